@@ -1,0 +1,137 @@
+//! The error type of every fallible chatvault call.
+//!
+//! Errors are typed so that an app can act on them: a mistyped recovery key is reported while the
+//! person is still typing it ([`Error::RecoveryKeyMistyped`]), a wrong passphrase is not confused
+//! with a damaged envelope beyond what cryptography allows, and anything that came out of the
+//! bucket and does not decode is an [`Error::Decode`] naming the object kind and the problem.
+
+use crate::format::ObjectKind;
+
+/// Result alias used throughout chatvault.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in chatvault.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The recovery key text does not parse: the person mistyped it (or it is not a chatvault key).
+    #[error("recovery key mistyped: {0}")]
+    RecoveryKeyMistyped(#[from] RecoveryKeyError),
+
+    /// An object (from the bucket, a file or local state) failed to decode or authenticate.
+    ///
+    /// With [`DecodeProblem::AuthenticationFailed`] the object was tampered with, sealed under
+    /// another key (a different vault or chat), or moved to another name.
+    #[error("{kind} object rejected: {problem}")]
+    Decode {
+        /// What was being decoded.
+        kind: ObjectKind,
+        /// Why it was rejected.
+        problem: DecodeProblem,
+    },
+
+    /// The passphrase does not open the passphrase envelope (or the envelope was tampered with:
+    /// the two cannot be told apart).
+    #[error("wrong passphrase (or the passphrase envelope was tampered with)")]
+    WrongPassphrase,
+
+    /// The passphrase fails the app's [`PassphrasePolicy`](crate::keys::PassphrasePolicy).
+    #[error("passphrase too weak: {0}")]
+    WeakPassphrase(String),
+
+    /// An argument from the caller is not acceptable (empty chat id, unknown chat, oversized input, ...).
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+
+    /// The operating system's random number generator failed.
+    #[error("the operating system's random number generator failed")]
+    Random,
+}
+
+impl Error {
+    pub(crate) fn decode(kind: ObjectKind, problem: DecodeProblem) -> Self {
+        Error::Decode { kind, problem }
+    }
+
+    pub(crate) fn invalid_input(message: impl Into<String>) -> Self {
+        Error::InvalidInput(message.into())
+    }
+}
+
+/// Why a recovery key text was rejected. Each case is a typing mistake the app can explain.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecoveryKeyError {
+    /// The text has the wrong number of key characters (spaces and dashes do not count).
+    #[error("expected {expected} characters, found {found}")]
+    WrongLength {
+        /// Characters found, not counting separators.
+        found: usize,
+        /// Characters a recovery key has.
+        expected: usize,
+    },
+    /// A character outside the recovery-key alphabet.
+    #[error("character {character:?} at position {position} is not used in recovery keys")]
+    InvalidCharacter {
+        /// The offending character.
+        character: char,
+        /// 1-based position among the key characters (separators not counted).
+        position: usize,
+    },
+    /// Every character is valid but the checksum does not match: some character is mistyped.
+    #[error("checksum mismatch: a character is mistyped")]
+    ChecksumMismatch,
+    /// The key is well-formed but of a version this library does not know (made by a newer app).
+    #[error("recovery key version {0} is not supported by this version of chatvault")]
+    UnsupportedVersion(u8),
+}
+
+/// Why an object was rejected. Never more detail than is safe: authentication failures do not say
+/// which byte was wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeProblem {
+    /// The object ends before its structure does.
+    #[error("truncated: needed at least {needed} bytes, got {got}")]
+    Truncated {
+        /// Minimum size needed to go on.
+        needed: usize,
+        /// Size present.
+        got: usize,
+    },
+    /// The object, or a length declared inside it, exceeds the format's limit.
+    #[error("too large: {len} bytes, limit {max}")]
+    TooLarge {
+        /// Size found or declared.
+        len: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// The first bytes are not the chatvault magic: not a chatvault object.
+    #[error("not a chatvault object (bad magic)")]
+    BadMagic,
+    /// A format version this library does not read.
+    #[error("unsupported format version {0}")]
+    UnsupportedVersion(u8),
+    /// A cipher suite this library does not implement.
+    #[error("unsupported cipher suite {0}")]
+    UnsupportedSuite(u8),
+    /// The header names a different object kind than the one expected at this place.
+    #[error("object kind {found} where {expected} was expected")]
+    WrongKind {
+        /// Kind expected by the caller.
+        expected: u8,
+        /// Kind found in the header.
+        found: u8,
+    },
+    /// Bits reserved by this format version are set.
+    #[error("reserved header bits set")]
+    ReservedBitsSet,
+    /// The AEAD tag does not verify: tampered, wrong key (other vault or chat), or moved object.
+    #[error("authentication failed: tampered, sealed under another key, or moved")]
+    AuthenticationFailed,
+    /// Authenticated content that violates the format (possible only with a buggy or hostile writer
+    /// that holds the key).
+    #[error("malformed content: {0}")]
+    Malformed(String),
+}

@@ -1,0 +1,218 @@
+//! The on-bucket byte format: the header every object starts with, the object kinds, size limits,
+//! and the protobuf messages inside sealed objects.
+//!
+//! `docs/FORMAT.md` is the normative description; this module is its implementation.
+
+use crate::error::{DecodeProblem, Error, Result};
+
+/// Protobuf messages generated from `proto/chatvault/v1/chatvault.proto` (checked in; a test
+/// keeps them current).
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod proto {
+    include!("chatvault.v1.rs");
+}
+
+/// The four bytes every chatvault object starts with.
+pub const MAGIC: [u8; 4] = *b"CVLT";
+/// The format version this library writes and reads.
+pub const FORMAT_VERSION: u8 = 1;
+/// Length of the fixed object header.
+pub const HEADER_LEN: usize = 8;
+/// The largest object this library writes or reads (64 MiB). Larger input is rejected before any
+/// allocation that depends on it.
+pub const MAX_OBJECT_LEN: usize = 64 * 1024 * 1024;
+
+/// The cipher suites a sealed object can name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CipherSuite {
+    /// XChaCha20-Poly1305 with a random 192-bit nonce (suite id 1).
+    XChaCha20Poly1305 = 1,
+}
+
+impl CipherSuite {
+    /// The suite's id in the header.
+    pub fn id(self) -> u8 {
+        self as u8
+    }
+
+    fn from_id(id: u8) -> Option<Self> {
+        match id {
+            1 => Some(CipherSuite::XChaCha20Poly1305),
+            _ => None,
+        }
+    }
+}
+
+/// What an object is. The kind is in the header and bound into the associated data, so an object
+/// of one kind can never be opened as another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ObjectKind {
+    /// The keyring of per-chat keys, sealed under the keyring key.
+    Keyring = 1,
+    /// Content of one chat, sealed under that chat's key.
+    ChatData = 2,
+    /// The recovery key wrapped under a passphrase.
+    PassphraseEnvelope = 3,
+}
+
+impl ObjectKind {
+    /// The kind's id in the header.
+    pub fn id(self) -> u8 {
+        self as u8
+    }
+
+    /// The kind with this id, if this library knows it.
+    pub fn from_id(id: u8) -> Option<Self> {
+        match id {
+            1 => Some(ObjectKind::Keyring),
+            2 => Some(ObjectKind::ChatData),
+            3 => Some(ObjectKind::PassphraseEnvelope),
+            _ => None,
+        }
+    }
+}
+
+impl core::fmt::Display for ObjectKind {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            ObjectKind::Keyring => "keyring",
+            ObjectKind::ChatData => "chat data",
+            ObjectKind::PassphraseEnvelope => "passphrase envelope",
+        })
+    }
+}
+
+/// The fixed 8-byte header: magic, format version, cipher suite, object kind, reserved zero byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    /// The cipher suite the rest of the object uses.
+    pub suite: CipherSuite,
+    /// The object kind.
+    pub kind: ObjectKind,
+}
+
+impl Header {
+    /// A version-1 header with the default suite.
+    pub fn new(kind: ObjectKind) -> Self {
+        Header {
+            suite: CipherSuite::XChaCha20Poly1305,
+            kind,
+        }
+    }
+
+    /// The header's bytes.
+    pub fn to_bytes(self) -> [u8; HEADER_LEN] {
+        [
+            MAGIC[0],
+            MAGIC[1],
+            MAGIC[2],
+            MAGIC[3],
+            FORMAT_VERSION,
+            self.suite.id(),
+            self.kind.id(),
+            0,
+        ]
+    }
+
+    /// Parses and checks the header at the start of `object`, which must be of kind `expected`.
+    pub fn parse(object: &[u8], expected: ObjectKind) -> Result<Header> {
+        let fail = |problem| Error::decode(expected, problem);
+        if object.len() > MAX_OBJECT_LEN {
+            return Err(fail(DecodeProblem::TooLarge {
+                len: object.len() as u64,
+                max: MAX_OBJECT_LEN as u64,
+            }));
+        }
+        let Some(header) = object.get(..HEADER_LEN) else {
+            return Err(fail(DecodeProblem::Truncated {
+                needed: HEADER_LEN,
+                got: object.len(),
+            }));
+        };
+        if header[..4] != MAGIC {
+            return Err(fail(DecodeProblem::BadMagic));
+        }
+        if header[4] != FORMAT_VERSION {
+            return Err(fail(DecodeProblem::UnsupportedVersion(header[4])));
+        }
+        let suite =
+            CipherSuite::from_id(header[5]).ok_or(fail(DecodeProblem::UnsupportedSuite(header[5])))?;
+        if header[6] != expected.id() {
+            return Err(fail(DecodeProblem::WrongKind {
+                expected: expected.id(),
+                found: header[6],
+            }));
+        }
+        if header[7] != 0 {
+            return Err(fail(DecodeProblem::ReservedBitsSet));
+        }
+        Ok(Header {
+            suite,
+            kind: expected,
+        })
+    }
+}
+
+/// Decodes a protobuf body that has already been authenticated, mapping failures to
+/// [`DecodeProblem::Malformed`].
+pub(crate) fn decode_body<M: prost::Message + Default>(kind: ObjectKind, bytes: &[u8]) -> Result<M> {
+    M::decode(bytes).map_err(|e| Error::decode(kind, DecodeProblem::Malformed(e.to_string())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_round_trips() {
+        let header = Header::new(ObjectKind::Keyring);
+        let bytes = header.to_bytes();
+        assert_eq!(&bytes, b"CVLT\x01\x01\x01\x00");
+        assert_eq!(Header::parse(&bytes, ObjectKind::Keyring).unwrap(), header);
+    }
+
+    #[test]
+    fn header_rejects_each_kind_of_damage() {
+        let good = Header::new(ObjectKind::ChatData).to_bytes();
+        let problem = |bytes: &[u8], kind| match Header::parse(bytes, kind) {
+            Err(Error::Decode { problem, .. }) => problem,
+            other => panic!("expected a decode error, got {other:?}"),
+        };
+        assert_eq!(
+            problem(&good[..5], ObjectKind::ChatData),
+            DecodeProblem::Truncated { needed: 8, got: 5 }
+        );
+        let mut bad = good;
+        bad[0] = b'X';
+        assert_eq!(problem(&bad, ObjectKind::ChatData), DecodeProblem::BadMagic);
+        let mut bad = good;
+        bad[4] = 2;
+        assert_eq!(problem(&bad, ObjectKind::ChatData), DecodeProblem::UnsupportedVersion(2));
+        let mut bad = good;
+        bad[5] = 9;
+        assert_eq!(problem(&bad, ObjectKind::ChatData), DecodeProblem::UnsupportedSuite(9));
+        assert_eq!(
+            problem(&good, ObjectKind::Keyring),
+            DecodeProblem::WrongKind { expected: 1, found: 2 }
+        );
+        let mut bad = good;
+        bad[7] = 1;
+        assert_eq!(problem(&bad, ObjectKind::ChatData), DecodeProblem::ReservedBitsSet);
+        let huge = vec![0u8; MAX_OBJECT_LEN + 1];
+        assert!(matches!(
+            problem(&huge, ObjectKind::ChatData),
+            DecodeProblem::TooLarge { .. }
+        ));
+    }
+
+    #[test]
+    fn kinds_round_trip_through_ids() {
+        for kind in [ObjectKind::Keyring, ObjectKind::ChatData, ObjectKind::PassphraseEnvelope] {
+            assert_eq!(ObjectKind::from_id(kind.id()), Some(kind));
+        }
+        assert_eq!(ObjectKind::from_id(0), None);
+        assert_eq!(ObjectKind::from_id(200), None);
+    }
+}

@@ -1,0 +1,263 @@
+//! The test-vector generator: writes `tests/vectors/*.json`, the byte-level contract that every
+//! language binding and any independent implementation must meet.
+//!
+//! Everything is deterministic (fixed keys, nonces and salts), so regenerating reproduces the files
+//! byte for byte; `vectors_are_current` fails if they drift from the code.
+//!
+//! Regenerate: `CHATVAULT_UPDATE_VECTORS=1 cargo test --lib vectors`.
+
+use std::path::PathBuf;
+
+use serde_json::{Value, json};
+
+use crate::format::{ObjectKind, proto};
+use crate::keyring::Keyring;
+use crate::keys::{
+    Argon2Params, ChatKey, DERIVATION_LABELS, HKDF_SALT, Key32, PassphraseEnvelope, RecoveryKey,
+    VaultKeys,
+};
+use crate::sealing::{self, Compression, ObjectContext};
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Deterministic "random" bytes for vectors: byte i = (seed * 31 + i * 17) mod 256.
+fn pattern<const N: usize>(seed: u8) -> [u8; N] {
+    let mut out = [0u8; N];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = seed.wrapping_mul(31).wrapping_add((i as u8).wrapping_mul(17));
+    }
+    out
+}
+
+fn recovery_keys() -> Vec<RecoveryKey> {
+    vec![
+        RecoveryKey::from_bytes([0u8; 32]),
+        RecoveryKey::from_bytes([0xff; 32]),
+        RecoveryKey::from_bytes(pattern(1)),
+        RecoveryKey::from_bytes(pattern(2)),
+        RecoveryKey::from_bytes(pattern(3)),
+    ]
+}
+
+fn hkdf_vectors() -> Value {
+    let mut list = Vec::new();
+    for key in recovery_keys().iter().skip(2).take(2) {
+        for (label, length) in DERIVATION_LABELS {
+            let ikm = key.to_bytes();
+            let okm = crate::keys::hkdf_sha256_for_vectors(&ikm[..], HKDF_SALT, label.as_bytes(), *length);
+            list.push(json!({
+                "ikm": hex(&ikm[..]),
+                "salt": hex(HKDF_SALT),
+                "info": hex(label.as_bytes()),
+                "length": length,
+                "okm": hex(&okm),
+            }));
+        }
+    }
+    Value::Array(list)
+}
+
+fn aead_vectors() -> Value {
+    use chacha20poly1305::aead::{Aead, Payload};
+    use chacha20poly1305::{KeyInit, XChaCha20Poly1305, XNonce};
+    let cases: [(u8, &[u8], &[u8]); 4] = [
+        (1, b"", b""),
+        (2, b"", b"chatvault"),
+        (3, b"CVLT\x01\x01\x02\x00associated data", b"hello, world"),
+        (4, &[0xaa; 40], &[0x55; 100]),
+    ];
+    let list = cases
+        .iter()
+        .map(|(seed, aad, plaintext)| {
+            let key: [u8; 32] = pattern(*seed);
+            let nonce: [u8; 24] = pattern(seed.wrapping_add(100));
+            let ciphertext = XChaCha20Poly1305::new((&key).into())
+                .encrypt(&XNonce::from(nonce), Payload { msg: plaintext, aad })
+                .unwrap();
+            json!({
+                "key": hex(&key),
+                "nonce": hex(&nonce),
+                "aad": hex(aad),
+                "plaintext": hex(plaintext),
+                "ciphertext": hex(&ciphertext),
+            })
+        })
+        .collect();
+    Value::Array(list)
+}
+
+fn recovery_key_vectors() -> Value {
+    let valid: Vec<Value> = recovery_keys()
+        .iter()
+        .map(|k| json!({ "bytes": hex(&k.to_bytes()[..]), "text": k.to_text().as_str() }))
+        .collect();
+
+    let sample = recovery_keys()[2].clone();
+    let text = sample.to_text().to_string();
+    let compact: Vec<char> = text.chars().filter(|c| *c != '-').collect();
+    let lenient = vec![
+        json!({ "bytes": hex(&sample.to_bytes()[..]), "text": text.to_lowercase() }),
+        json!({ "bytes": hex(&sample.to_bytes()[..]), "text": compact.iter().collect::<String>() }),
+        json!({
+            "bytes": hex(&sample.to_bytes()[..]),
+            "text": format!("  {}  ", text.replace('-', " ")),
+        }),
+    ];
+
+    let mut substituted = compact.clone();
+    substituted[20] = if substituted[20] == 'A' { 'B' } else { 'A' };
+    let mut swapped = compact.clone();
+    let position = (0..compact.len() - 1)
+        .find(|&i| compact[i] != compact[i + 1])
+        .unwrap();
+    swapped.swap(position, position + 1);
+    let mut bad_char = compact.clone();
+    bad_char[5] = 'U';
+    let zero_text = recovery_keys()[0].to_text().to_string();
+    let string = |chars: &[char]| chars.iter().collect::<String>();
+    let invalid = vec![
+        json!({ "text": "", "reason": "wrong_length" }),
+        json!({ "text": string(&compact[..53]), "reason": "wrong_length" }),
+        json!({ "text": format!("{text}0"), "reason": "wrong_length" }),
+        json!({ "text": string(&bad_char), "reason": "invalid_character" }),
+        json!({ "text": text.replacen(|c: char| c.is_ascii_alphanumeric(), "*", 1), "reason": "invalid_character" }),
+        json!({ "text": string(&substituted), "reason": "checksum_mismatch" }),
+        json!({ "text": string(&swapped), "reason": "checksum_mismatch" }),
+        json!({ "text": zero_text.replacen('0', "1", 1), "reason": "checksum_mismatch" }),
+        json!({ "text": crate::keys::recovery_text_with_version_for_vectors(&[0x5a; 32], 2), "reason": "unsupported_version" }),
+    ];
+    json!({ "valid": valid, "lenient": lenient, "invalid": invalid })
+}
+
+fn sealed_object_vectors() -> Value {
+    let recovery_key = recovery_keys()[2].clone();
+    let keys = VaultKeys::derive(&recovery_key);
+    let vault = keys.vault_id();
+    let common = |v: &mut serde_json::Map<String, Value>| {
+        v.insert("recovery_key".into(), json!(hex(&recovery_key.to_bytes()[..])));
+        v.insert("recovery_key_text".into(), json!(recovery_key.to_text().as_str()));
+        v.insert("vault_id".into(), json!(vault.to_hex()));
+    };
+    let mut list = Vec::new();
+
+    // A keyring holding two chat keys.
+    let chat_keys: [(&str, [u8; 32]); 2] = [("family", pattern(10)), ("work 🚀", pattern(11))];
+    let mut keyring = Keyring::new();
+    for (chat_id, key) in &chat_keys {
+        keyring.insert_key(chat_id, ChatKey::from_bytes(*key));
+    }
+    let keyring_nonce: [u8; 24] = pattern(20);
+    let keyring_object = keyring
+        .seal_with_nonce(&keys, "keyring/1", &keyring_nonce)
+        .unwrap();
+    let mut v = serde_json::Map::new();
+    common(&mut v);
+    v.insert("description".into(), json!("keyring (generation 1) with two chat keys"));
+    v.insert("kind".into(), json!(ObjectKind::Keyring.id()));
+    v.insert("name".into(), json!("keyring/1"));
+    v.insert("key".into(), json!(hex(keys.keyring().0.bytes())));
+    v.insert("key_source".into(), json!("keyring key derived from the recovery key"));
+    v.insert("nonce".into(), json!(hex(&keyring_nonce)));
+    v.insert("plaintext".into(), json!(hex(&keyring.body())));
+    v.insert(
+        "chat_keys".into(),
+        json!(chat_keys.iter().map(|(id, k)| json!({"chat_id": id, "key": hex(k)})).collect::<Vec<_>>()),
+    );
+    v.insert("object".into(), json!(hex(&keyring_object)));
+    list.push(Value::Object(v));
+
+    // Chat data under each chat key: a protobuf ChatBatch, once compressible, once not, once empty.
+    let batch = proto::ChatBatch {
+        chat: Some(proto::Chat {
+            chat_id: "family".into(),
+            title: "Family 👪".into(),
+            members: vec!["alice".into(), "bob".into()],
+        }),
+        messages: (0..20)
+            .map(|i| proto::Message {
+                chat_id: "family".into(),
+                message_id: format!("m{i}"),
+                sender: if i % 2 == 0 { "alice" } else { "bob" }.into(),
+                sent_at_ms: 1_700_000_000_000 + i * 1000,
+                text: format!("message number {i}: \"quotes\", tabs\t, newlines\n and emoji 🎉"),
+                reply_to: (i > 0).then(|| format!("m{}", i - 1)),
+            })
+            .collect(),
+    };
+    let chat_cases: Vec<(&str, &str, Vec<u8>, Compression, &str)> = vec![
+        ("family", "pack/family/0", prost::Message::encode_to_vec(&batch), Compression::Auto, "ChatBatch of 20 messages, zstd-compressed"),
+        ("work 🚀", "pack/work/0", b"raw bytes that do not compress".to_vec(), Compression::Never, "short opaque body, stored uncompressed"),
+        ("work 🚀", "pack/work/1", Vec::new(), Compression::Auto, "empty body"),
+    ];
+    for (i, (chat_id, name, plaintext, compression, description)) in chat_cases.into_iter().enumerate() {
+        let key = chat_keys.iter().find(|(id, _)| *id == chat_id).unwrap().1;
+        let nonce: [u8; 24] = pattern(30 + i as u8);
+        let context = ObjectContext { vault_id: vault, kind: ObjectKind::ChatData, name };
+        let object =
+            sealing::seal_with_nonce(&Key32::new(key), &context, &plaintext, &nonce, compression).unwrap();
+        let mut v = serde_json::Map::new();
+        common(&mut v);
+        v.insert("description".into(), json!(description));
+        v.insert("kind".into(), json!(ObjectKind::ChatData.id()));
+        v.insert("name".into(), json!(name));
+        v.insert("chat_id".into(), json!(chat_id));
+        v.insert("key".into(), json!(hex(&key)));
+        v.insert("key_source".into(), json!("chat key from the keyring vector"));
+        v.insert("nonce".into(), json!(hex(&nonce)));
+        v.insert("plaintext".into(), json!(hex(&plaintext)));
+        v.insert("object".into(), json!(hex(&object)));
+        list.push(Value::Object(v));
+    }
+
+    // A passphrase envelope with the cheapest allowed Argon2id parameters (so bindings test fast).
+    let passphrase = "correct horse battery staple ✓";
+    let salt: [u8; 16] = pattern(40);
+    let nonce: [u8; 24] = pattern(41);
+    let params = Argon2Params::MIN;
+    let envelope = PassphraseEnvelope::seal_with(&recovery_key, passphrase, params, &salt, &nonce).unwrap();
+    let mut v = serde_json::Map::new();
+    common(&mut v);
+    v.insert("description".into(), json!("passphrase envelope wrapping the recovery key"));
+    v.insert("kind".into(), json!(ObjectKind::PassphraseEnvelope.id()));
+    v.insert("passphrase".into(), json!(passphrase));
+    v.insert(
+        "argon2id".into(),
+        json!({"memory_kib": params.memory_kib, "iterations": params.iterations, "parallelism": params.parallelism, "salt": hex(&salt)}),
+    );
+    v.insert("nonce".into(), json!(hex(&nonce)));
+    v.insert("plaintext".into(), json!(hex(&recovery_key.to_bytes()[..])));
+    v.insert("object".into(), json!(hex(&envelope)));
+    list.push(Value::Object(v));
+
+    Value::Array(list)
+}
+
+fn vector_files() -> Vec<(&'static str, Value)> {
+    vec![
+        ("hkdf.json", hkdf_vectors()),
+        ("aead.json", aead_vectors()),
+        ("recovery_key.json", recovery_key_vectors()),
+        ("sealed_objects.json", sealed_object_vectors()),
+    ]
+}
+
+#[test]
+fn vectors_are_current() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/vectors");
+    let update = std::env::var_os("CHATVAULT_UPDATE_VECTORS").is_some();
+    for (file, value) in vector_files() {
+        let text = serde_json::to_string_pretty(&value).unwrap() + "\n";
+        let path = dir.join(file);
+        if update {
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(&path, &text).unwrap();
+        }
+        let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            on_disk == text,
+            "tests/vectors/{file} differs from the generator: run CHATVAULT_UPDATE_VECTORS=1 cargo test --lib vectors"
+        );
+    }
+}
