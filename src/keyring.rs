@@ -151,7 +151,8 @@ impl Keyring {
         };
         let body = sealing::open(&keys.keyring().0, &context, object)?;
         let mut message: proto::Keyring = decode_body(ObjectKind::Keyring, &body)?;
-        let malformed = |why: String| Error::decode(ObjectKind::Keyring, DecodeProblem::Malformed(why));
+        let malformed =
+            |why: String| Error::decode(ObjectKind::Keyring, DecodeProblem::Malformed(why));
         let mut chats = BTreeMap::new();
         for mut entry in message.chats.drain(..) {
             let key = Zeroizing::new(std::mem::take(&mut entry.key));
@@ -247,7 +248,10 @@ mod tests {
         ring.add_chat("a").unwrap();
         ring.add_chat("b").unwrap();
         let object = ring.seal_chat_data(&k, "a", "p", b"hi").unwrap();
-        assert_eq!(&ring.open_chat_data(&k, "a", "p", &object).unwrap()[..], b"hi");
+        assert_eq!(
+            &ring.open_chat_data(&k, "a", "p", &object).unwrap()[..],
+            b"hi"
+        );
         assert!(matches!(
             ring.open_chat_data(&k, "b", "p", &object),
             Err(Error::Decode {
@@ -305,7 +309,13 @@ mod tests {
             vec![entry("a", 32), entry("a", 32)],
         ];
         for chats in cases {
-            let object = seal_raw_keyring(&k, &proto::Keyring { generation: 1, chats });
+            let object = seal_raw_keyring(
+                &k,
+                &proto::Keyring {
+                    generation: 1,
+                    chats,
+                },
+            );
             assert!(matches!(
                 Keyring::open(&k, "r", &object),
                 Err(Error::Decode {

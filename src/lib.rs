@@ -13,7 +13,7 @@
 //! Modules, one concept each:
 //! - [`keys`]: recovery key and its text form, the HKDF key tree, per-chat keys, passphrase wrapping.
 //! - [`sealing`]: authenticated encryption of whole objects (compress, pad, seal, and the reverse).
-//! - [`format`]: the on-bucket byte format: header, object kinds, protobuf messages.
+//! - [`format`](mod@format): the on-bucket byte format: header, object kinds, protobuf messages.
 //! - [`keyring`]: the encrypted set of per-chat keys.
 //! - [`error`]: the one error type every fallible call returns.
 //!
@@ -45,7 +45,10 @@
 //! ```
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
-#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 
 pub mod error;
 pub mod format;

@@ -211,11 +211,16 @@ pub(crate) fn open(
             max: MAX_PLAINTEXT_LEN as u64,
         }));
     }
-    if frame[FRAME_HEADER_LEN + stored_len..].iter().any(|&b| b != 0) {
+    if frame[FRAME_HEADER_LEN + stored_len..]
+        .iter()
+        .any(|&b| b != 0)
+    {
         return Err(malformed("non-zero padding"));
     }
     if object.len() as u64 != padded_len((MIN_SEALED_LEN + stored_len) as u64) {
-        return Err(malformed("object size is not the padded size of its content"));
+        return Err(malformed(
+            "object size is not the padded size of its content",
+        ));
     }
     match method {
         COMPRESSION_NONE if plain_len == stored_len => Ok(Zeroizing::new(stored.to_vec())),
@@ -301,7 +306,10 @@ mod tests {
                 let object =
                     seal_with_nonce(&key(1), &ctx("n"), &plaintext, &[3; 24], compression).unwrap();
                 assert_eq!(object.len() as u64, padded_len(object.len() as u64));
-                assert_eq!(&open(&key(1), &ctx("n"), &object).unwrap()[..], &plaintext[..]);
+                assert_eq!(
+                    &open(&key(1), &ctx("n"), &object).unwrap()[..],
+                    &plaintext[..]
+                );
             }
         }
     }
@@ -310,7 +318,12 @@ mod tests {
     fn compressible_text_is_compressed() {
         let text = "the same chat line again and again\n".repeat(500);
         let object = seal(&key(1), &ctx("n"), text.as_bytes()).unwrap();
-        assert!(object.len() < text.len() / 5, "{} vs {}", object.len(), text.len());
+        assert!(
+            object.len() < text.len() / 5,
+            "{} vs {}",
+            object.len(),
+            text.len()
+        );
     }
 
     #[test]
@@ -353,11 +366,17 @@ mod tests {
             for bit in 0..8 {
                 let mut tampered = object.clone();
                 tampered[i] ^= 1 << bit;
-                assert!(open(&key(1), &ctx("a"), &tampered).is_err(), "byte {i} bit {bit}");
+                assert!(
+                    open(&key(1), &ctx("a"), &tampered).is_err(),
+                    "byte {i} bit {bit}"
+                );
             }
         }
         for len in 0..object.len() {
-            assert!(open(&key(1), &ctx("a"), &object[..len]).is_err(), "length {len}");
+            assert!(
+                open(&key(1), &ctx("a"), &object[..len]).is_err(),
+                "length {len}"
+            );
         }
         let mut extended = object.clone();
         extended.push(0);
@@ -393,15 +412,27 @@ mod tests {
             let aad = associated_data(&ctx("a"), &header).unwrap();
             let cipher = XChaCha20Poly1305::new(k.bytes().into());
             let ct = cipher
-                .encrypt(&XNonce::from([0; 24]), Payload { msg: frame, aad: &aad })
+                .encrypt(
+                    &XNonce::from([0; 24]),
+                    Payload {
+                        msg: frame,
+                        aad: &aad,
+                    },
+                )
                 .unwrap();
             [&header[..], &[0; 24], &ct].concat()
         };
         // Sizes chosen so the object length is a Padmé length (small lengths are their own).
         let cases: Vec<(Vec<u8>, &str)> = vec![
             (vec![9, 0, 0, 0, 1, 0, 0, 0, 1, b'x'], "unknown compression"),
-            (vec![0, 0, 0, 0, 2, 0, 0, 0, 1, b'x'], "plain length mismatch"),
-            (vec![0, 0, 0, 0, 1, 0, 0, 0, 9, b'x'], "stored length beyond frame"),
+            (
+                vec![0, 0, 0, 0, 2, 0, 0, 0, 1, b'x'],
+                "plain length mismatch",
+            ),
+            (
+                vec![0, 0, 0, 0, 1, 0, 0, 0, 9, b'x'],
+                "stored length beyond frame",
+            ),
             (vec![0, 0, 0, 0, 0, 0, 0, 0, 0, 1], "non-zero padding"),
             (vec![1, 0, 0, 0, 5, 0, 0, 0, 1, b'x'], "bad zstd"),
             (vec![0, 0xff, 0, 0, 0, 0, 0, 0, 0], "plain length too large"),
@@ -410,7 +441,10 @@ mod tests {
             let object = seal_frame(&frame);
             let problem = problem_of(open(&k, &ctx("a"), &object));
             assert!(
-                matches!(problem, DecodeProblem::Malformed(_) | DecodeProblem::TooLarge { .. }),
+                matches!(
+                    problem,
+                    DecodeProblem::Malformed(_) | DecodeProblem::TooLarge { .. }
+                ),
                 "{why}: {problem:?}"
             );
         }

@@ -26,7 +26,9 @@ fn hex(bytes: &[u8]) -> String {
 fn pattern<const N: usize>(seed: u8) -> [u8; N] {
     let mut out = [0u8; N];
     for (i, b) in out.iter_mut().enumerate() {
-        *b = seed.wrapping_mul(31).wrapping_add((i as u8).wrapping_mul(17));
+        *b = seed
+            .wrapping_mul(31)
+            .wrapping_add((i as u8).wrapping_mul(17));
     }
     out
 }
@@ -46,7 +48,12 @@ fn hkdf_vectors() -> Value {
     for key in recovery_keys().iter().skip(2).take(2) {
         for (label, length) in DERIVATION_LABELS {
             let ikm = key.to_bytes();
-            let okm = crate::keys::hkdf_sha256_for_vectors(&ikm[..], HKDF_SALT, label.as_bytes(), *length);
+            let okm = crate::keys::hkdf_sha256_for_vectors(
+                &ikm[..],
+                HKDF_SALT,
+                label.as_bytes(),
+                *length,
+            );
             list.push(json!({
                 "ikm": hex(&ikm[..]),
                 "salt": hex(HKDF_SALT),
@@ -74,7 +81,13 @@ fn aead_vectors() -> Value {
             let key: [u8; 32] = pattern(*seed);
             let nonce: [u8; 24] = pattern(seed.wrapping_add(100));
             let ciphertext = XChaCha20Poly1305::new((&key).into())
-                .encrypt(&XNonce::from(nonce), Payload { msg: plaintext, aad })
+                .encrypt(
+                    &XNonce::from(nonce),
+                    Payload {
+                        msg: plaintext,
+                        aad,
+                    },
+                )
                 .unwrap();
             json!({
                 "key": hex(&key),
@@ -136,8 +149,14 @@ fn sealed_object_vectors() -> Value {
     let keys = VaultKeys::derive(&recovery_key);
     let vault = keys.vault_id();
     let common = |v: &mut serde_json::Map<String, Value>| {
-        v.insert("recovery_key".into(), json!(hex(&recovery_key.to_bytes()[..])));
-        v.insert("recovery_key_text".into(), json!(recovery_key.to_text().as_str()));
+        v.insert(
+            "recovery_key".into(),
+            json!(hex(&recovery_key.to_bytes()[..])),
+        );
+        v.insert(
+            "recovery_key_text".into(),
+            json!(recovery_key.to_text().as_str()),
+        );
         v.insert("vault_id".into(), json!(vault.to_hex()));
     };
     let mut list = Vec::new();
@@ -154,16 +173,27 @@ fn sealed_object_vectors() -> Value {
         .unwrap();
     let mut v = serde_json::Map::new();
     common(&mut v);
-    v.insert("description".into(), json!("keyring (generation 1) with two chat keys"));
+    v.insert(
+        "description".into(),
+        json!("keyring (generation 1) with two chat keys"),
+    );
     v.insert("kind".into(), json!(ObjectKind::Keyring.id()));
     v.insert("name".into(), json!("keyring/1"));
     v.insert("key".into(), json!(hex(keys.keyring().0.bytes())));
-    v.insert("key_source".into(), json!("keyring key derived from the recovery key"));
+    v.insert(
+        "key_source".into(),
+        json!("keyring key derived from the recovery key"),
+    );
     v.insert("nonce".into(), json!(hex(&keyring_nonce)));
     v.insert("plaintext".into(), json!(hex(&keyring.body())));
     v.insert(
         "chat_keys".into(),
-        json!(chat_keys.iter().map(|(id, k)| json!({"chat_id": id, "key": hex(k)})).collect::<Vec<_>>()),
+        json!(
+            chat_keys
+                .iter()
+                .map(|(id, k)| json!({"chat_id": id, "key": hex(k)}))
+                .collect::<Vec<_>>()
+        ),
     );
     v.insert("object".into(), json!(hex(&keyring_object)));
     list.push(Value::Object(v));
@@ -187,16 +217,41 @@ fn sealed_object_vectors() -> Value {
             .collect(),
     };
     let chat_cases: Vec<(&str, &str, Vec<u8>, Compression, &str)> = vec![
-        ("family", "pack/family/0", prost::Message::encode_to_vec(&batch), Compression::Auto, "ChatBatch of 20 messages, zstd-compressed"),
-        ("work 🚀", "pack/work/0", b"raw bytes that do not compress".to_vec(), Compression::Never, "short opaque body, stored uncompressed"),
-        ("work 🚀", "pack/work/1", Vec::new(), Compression::Auto, "empty body"),
+        (
+            "family",
+            "pack/family/0",
+            prost::Message::encode_to_vec(&batch),
+            Compression::Auto,
+            "ChatBatch of 20 messages, zstd-compressed",
+        ),
+        (
+            "work 🚀",
+            "pack/work/0",
+            b"raw bytes that do not compress".to_vec(),
+            Compression::Never,
+            "short opaque body, stored uncompressed",
+        ),
+        (
+            "work 🚀",
+            "pack/work/1",
+            Vec::new(),
+            Compression::Auto,
+            "empty body",
+        ),
     ];
-    for (i, (chat_id, name, plaintext, compression, description)) in chat_cases.into_iter().enumerate() {
+    for (i, (chat_id, name, plaintext, compression, description)) in
+        chat_cases.into_iter().enumerate()
+    {
         let key = chat_keys.iter().find(|(id, _)| *id == chat_id).unwrap().1;
         let nonce: [u8; 24] = pattern(30 + i as u8);
-        let context = ObjectContext { vault_id: vault, kind: ObjectKind::ChatData, name };
+        let context = ObjectContext {
+            vault_id: vault,
+            kind: ObjectKind::ChatData,
+            name,
+        };
         let object =
-            sealing::seal_with_nonce(&Key32::new(key), &context, &plaintext, &nonce, compression).unwrap();
+            sealing::seal_with_nonce(&Key32::new(key), &context, &plaintext, &nonce, compression)
+                .unwrap();
         let mut v = serde_json::Map::new();
         common(&mut v);
         v.insert("description".into(), json!(description));
@@ -204,7 +259,10 @@ fn sealed_object_vectors() -> Value {
         v.insert("name".into(), json!(name));
         v.insert("chat_id".into(), json!(chat_id));
         v.insert("key".into(), json!(hex(&key)));
-        v.insert("key_source".into(), json!("chat key from the keyring vector"));
+        v.insert(
+            "key_source".into(),
+            json!("chat key from the keyring vector"),
+        );
         v.insert("nonce".into(), json!(hex(&nonce)));
         v.insert("plaintext".into(), json!(hex(&plaintext)));
         v.insert("object".into(), json!(hex(&object)));
@@ -216,10 +274,14 @@ fn sealed_object_vectors() -> Value {
     let salt: [u8; 16] = pattern(40);
     let nonce: [u8; 24] = pattern(41);
     let params = Argon2Params::MIN;
-    let envelope = PassphraseEnvelope::seal_with(&recovery_key, passphrase, params, &salt, &nonce).unwrap();
+    let envelope =
+        PassphraseEnvelope::seal_with(&recovery_key, passphrase, params, &salt, &nonce).unwrap();
     let mut v = serde_json::Map::new();
     common(&mut v);
-    v.insert("description".into(), json!("passphrase envelope wrapping the recovery key"));
+    v.insert(
+        "description".into(),
+        json!("passphrase envelope wrapping the recovery key"),
+    );
     v.insert("kind".into(), json!(ObjectKind::PassphraseEnvelope.id()));
     v.insert("passphrase".into(), json!(passphrase));
     v.insert(

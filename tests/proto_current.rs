@@ -10,8 +10,7 @@ use std::path::Path;
 fn generated_protobuf_code_is_current() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let proto = root.join("proto/chatvault/v1/chatvault.proto");
-    let descriptors =
-        protox::compile([&proto], [root.join("proto")]).expect("proto files compile");
+    let descriptors = protox::compile([&proto], [root.join("proto")]).expect("proto files compile");
     let out = tempfile::tempdir().expect("temp dir");
     prost_build::Config::new()
         .out_dir(out.path())

@@ -137,8 +137,8 @@ impl Header {
         if header[4] != FORMAT_VERSION {
             return Err(fail(DecodeProblem::UnsupportedVersion(header[4])));
         }
-        let suite =
-            CipherSuite::from_id(header[5]).ok_or(fail(DecodeProblem::UnsupportedSuite(header[5])))?;
+        let suite = CipherSuite::from_id(header[5])
+            .ok_or(fail(DecodeProblem::UnsupportedSuite(header[5])))?;
         if header[6] != expected.id() {
             return Err(fail(DecodeProblem::WrongKind {
                 expected: expected.id(),
@@ -157,7 +157,10 @@ impl Header {
 
 /// Decodes a protobuf body that has already been authenticated, mapping failures to
 /// [`DecodeProblem::Malformed`].
-pub(crate) fn decode_body<M: prost::Message + Default>(kind: ObjectKind, bytes: &[u8]) -> Result<M> {
+pub(crate) fn decode_body<M: prost::Message + Default>(
+    kind: ObjectKind,
+    bytes: &[u8],
+) -> Result<M> {
     M::decode(bytes).map_err(|e| Error::decode(kind, DecodeProblem::Malformed(e.to_string())))
 }
 
@@ -189,17 +192,29 @@ mod tests {
         assert_eq!(problem(&bad, ObjectKind::ChatData), DecodeProblem::BadMagic);
         let mut bad = good;
         bad[4] = 2;
-        assert_eq!(problem(&bad, ObjectKind::ChatData), DecodeProblem::UnsupportedVersion(2));
+        assert_eq!(
+            problem(&bad, ObjectKind::ChatData),
+            DecodeProblem::UnsupportedVersion(2)
+        );
         let mut bad = good;
         bad[5] = 9;
-        assert_eq!(problem(&bad, ObjectKind::ChatData), DecodeProblem::UnsupportedSuite(9));
+        assert_eq!(
+            problem(&bad, ObjectKind::ChatData),
+            DecodeProblem::UnsupportedSuite(9)
+        );
         assert_eq!(
             problem(&good, ObjectKind::Keyring),
-            DecodeProblem::WrongKind { expected: 1, found: 2 }
+            DecodeProblem::WrongKind {
+                expected: 1,
+                found: 2
+            }
         );
         let mut bad = good;
         bad[7] = 1;
-        assert_eq!(problem(&bad, ObjectKind::ChatData), DecodeProblem::ReservedBitsSet);
+        assert_eq!(
+            problem(&bad, ObjectKind::ChatData),
+            DecodeProblem::ReservedBitsSet
+        );
         let huge = vec![0u8; MAX_OBJECT_LEN + 1];
         assert!(matches!(
             problem(&huge, ObjectKind::ChatData),
@@ -209,7 +224,11 @@ mod tests {
 
     #[test]
     fn kinds_round_trip_through_ids() {
-        for kind in [ObjectKind::Keyring, ObjectKind::ChatData, ObjectKind::PassphraseEnvelope] {
+        for kind in [
+            ObjectKind::Keyring,
+            ObjectKind::ChatData,
+            ObjectKind::PassphraseEnvelope,
+        ] {
             assert_eq!(ObjectKind::from_id(kind.id()), Some(kind));
         }
         assert_eq!(ObjectKind::from_id(0), None);

@@ -18,8 +18,8 @@ pub use tree::{
     VaultId, VaultKeys,
 };
 
-pub(crate) use secret::Key32;
 #[cfg(test)]
 pub(crate) use recovery::text_with_version as recovery_text_with_version_for_vectors;
+pub(crate) use secret::Key32;
 #[cfg(test)]
 pub(crate) use tree::hkdf_sha256_for_vectors;

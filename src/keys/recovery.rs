@@ -277,7 +277,10 @@ mod tests {
         for seed in 0u8..62 {
             let mut bytes = [0u8; 32];
             for (i, b) in bytes.iter_mut().enumerate() {
-                *b = seed.wrapping_mul(151).wrapping_add((i as u8).wrapping_mul(97)) ^ (i as u8);
+                *b = seed
+                    .wrapping_mul(151)
+                    .wrapping_add((i as u8).wrapping_mul(97))
+                    ^ (i as u8);
             }
             keys.push(RecoveryKey::from_bytes(bytes));
         }
@@ -377,7 +380,10 @@ mod tests {
                 checked += 1;
             }
         }
-        assert!(checked > 64 * 40, "too few distinct adjacent pairs: {checked}");
+        assert!(
+            checked > 64 * 40,
+            "too few distinct adjacent pairs: {checked}"
+        );
     }
 
     #[test]
@@ -397,10 +403,12 @@ mod tests {
         let bad: String = bad.into_iter().collect();
         assert!(matches!(
             RecoveryKey::parse(&bad),
-            Err(Error::RecoveryKeyMistyped(RecoveryKeyError::InvalidCharacter {
-                character: 'U',
-                position: 11
-            }))
+            Err(Error::RecoveryKeyMistyped(
+                RecoveryKeyError::InvalidCharacter {
+                    character: 'U',
+                    position: 11
+                }
+            ))
         ));
         assert!(RecoveryKey::parse("").is_err());
         assert!(RecoveryKey::parse(&"é".repeat(54)).is_err());

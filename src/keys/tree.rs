@@ -191,7 +191,12 @@ fn expand<const N: usize>(hkdf: &Hkdf<Sha256>, label: &str) -> Zeroizing<[u8; N]
 
 /// HKDF-SHA256 in one call, for the test-vector generator.
 #[cfg(test)]
-pub(crate) fn hkdf_sha256_for_vectors(ikm: &[u8], salt: &[u8], info: &[u8], length: usize) -> Vec<u8> {
+pub(crate) fn hkdf_sha256_for_vectors(
+    ikm: &[u8],
+    salt: &[u8],
+    info: &[u8],
+    length: usize,
+) -> Vec<u8> {
     let hkdf = Hkdf::<Sha256>::new(Some(salt), ikm);
     let mut out = vec![0u8; length];
     hkdf.expand(info, &mut out).unwrap();
@@ -245,7 +250,10 @@ mod tests {
         let other = VaultKeys::derive(&RecoveryKey::from_bytes([4u8; 32]));
         let name = keys.naming().object_name("chat", b"family");
         assert_eq!(name.len(), 32);
-        assert!(name.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+        assert!(
+            name.bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        );
         assert_ne!(name, keys.naming().object_name("pack", b"family"));
         assert_ne!(name, keys.naming().object_name("chat", b"family2"));
         assert_ne!(name, other.naming().object_name("chat", b"family"));

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Runs every check and test of chatvault: formatting, lints, docs, unit and integration tests,
+# and the test-vector checks. This is the README's test command and what CI runs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy (all targets, all features, warnings are errors)"
+cargo clippy --all-targets --all-features -- -D warnings
+
+step "cargo doc (broken links and missing docs are errors)"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features --quiet
+
+step "the mobile library builds without the CLI feature"
+cargo build --lib --quiet
+
+step "cargo test (all features)"
+cargo test --all-features
