@@ -61,3 +61,8 @@ pub mod sealing;
 mod vectors;
 
 pub use error::{DecodeProblem, Error, RecoveryKeyError, Result};
+
+/// The README's Rust examples, compiled and run as doctests so they cannot rot.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
