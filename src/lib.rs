@@ -15,6 +15,7 @@
 //! - [`sealing`]: authenticated encryption of whole objects (compress, pad, seal, and the reverse).
 //! - [`format`](mod@format): the on-bucket byte format: header, object kinds, protobuf messages.
 //! - [`keyring`]: the encrypted set of per-chat keys.
+//! - [`store`]: object stores (memory, directory, S3).
 //! - [`error`]: the one error type every fallible call returns.
 //!
 //! The byte format is specified in `docs/FORMAT.md` and pinned by the test vectors in
@@ -56,6 +57,7 @@ pub mod keyring;
 pub mod keys;
 mod random;
 pub mod sealing;
+pub mod store;
 
 #[cfg(test)]
 mod vectors;

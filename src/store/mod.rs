@@ -1,0 +1,125 @@
+//! Object stores: where sealed objects live. Three backends share one contract:
+//!
+//! - [`MemoryStore`]: in process, for tests;
+//! - a directory store (the embedded default; also a "mothership" backup on a USB disk or NAS);
+//! - an S3 store for any S3-compatible bucket.
+//!
+//! The contract is deliberately small, so that correctness never depends on what some
+//! "S3-compatible" services get wrong: every object is written once under a name no other writer
+//! uses, nothing needs compare-and-swap, and listing is the only way to discover objects.
+//! Keys are relative to the store's own prefix and use `/` as separator.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::sync::Mutex;
+
+/// One object as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    /// Key relative to the store's prefix.
+    pub key: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// What went wrong talking to a store.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The store could not be reached or did not answer in time; trying later may work.
+    #[error("store unreachable: {0}")]
+    Unavailable(String),
+    /// The store refused the credentials or the request's signature.
+    #[error("store denied access: {0}")]
+    AccessDenied(String),
+    /// The store is throttling or failing internally (HTTP 429/5xx) after all retries.
+    #[error("store busy or failing: {0}")]
+    Busy(String),
+    /// A local I/O error (directory store).
+    #[error("store I/O error: {0}")]
+    Io(String),
+    /// Anything else the store answered that this client cannot act on.
+    #[error("store error: {0}")]
+    Other(String),
+}
+
+impl StoreError {
+    /// Whether retrying the same operation later can succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_) | StoreError::Busy(_))
+    }
+}
+
+/// Result of a store operation.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The operations chatvault needs from a bucket.
+#[async_trait::async_trait]
+pub trait ObjectStore: Send + Sync {
+    /// Writes an object (whole, atomically: readers see the old state or the new, never a part).
+    async fn put(&self, key: &str, body: Vec<u8>) -> StoreResult<()>;
+    /// Reads a whole object; `None` if it does not exist.
+    async fn get(&self, key: &str) -> StoreResult<Option<Vec<u8>>>;
+    /// Reads `range` of an object (clamped to its end); `None` if it does not exist.
+    async fn get_range(&self, key: &str, range: Range<u64>) -> StoreResult<Option<Vec<u8>>>;
+    /// Lists every object whose key starts with `prefix`, in key order, following all pages.
+    async fn list(&self, prefix: &str) -> StoreResult<Vec<ObjectInfo>>;
+    /// Deletes an object; deleting a missing object is not an error.
+    async fn delete(&self, key: &str) -> StoreResult<()>;
+}
+
+/// An in-memory store (tests and examples).
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    objects: Mutex<BTreeMap<String, Vec<u8>>>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> StoreResult<std::sync::MutexGuard<'_, BTreeMap<String, Vec<u8>>>> {
+        self.objects
+            .lock()
+            .map_err(|_| StoreError::Other("memory store poisoned".into()))
+    }
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for MemoryStore {
+    async fn put(&self, key: &str, body: Vec<u8>) -> StoreResult<()> {
+        self.lock()?.insert(key.to_owned(), body);
+        Ok(())
+    }
+
+    async fn get(&self, key: &str) -> StoreResult<Option<Vec<u8>>> {
+        Ok(self.lock()?.get(key).cloned())
+    }
+
+    async fn get_range(&self, key: &str, range: Range<u64>) -> StoreResult<Option<Vec<u8>>> {
+        Ok(self.lock()?.get(key).map(|body| {
+            let end = (range.end.min(body.len() as u64)) as usize;
+            let start = (range.start as usize).min(end);
+            body[start..end].to_vec()
+        }))
+    }
+
+    async fn list(&self, prefix: &str) -> StoreResult<Vec<ObjectInfo>> {
+        Ok(self
+            .lock()?
+            .range(prefix.to_owned()..)
+            .take_while(|(key, _)| key.starts_with(prefix))
+            .map(|(key, body)| ObjectInfo {
+                key: key.clone(),
+                size: body.len() as u64,
+            })
+            .collect())
+    }
+
+    async fn delete(&self, key: &str) -> StoreResult<()> {
+        self.lock()?.remove(key);
+        Ok(())
+    }
+}
