@@ -58,6 +58,7 @@ pub mod keys;
 mod random;
 pub mod sealing;
 pub mod store;
+pub mod sync;
 
 #[cfg(test)]
 mod vectors;

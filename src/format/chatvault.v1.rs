@@ -85,3 +85,115 @@ pub struct PassphraseEnvelope {
     #[prost(bytes = "vec", tag = "3")]
     pub ciphertext: ::prost::alloc::vec::Vec<u8>,
 }
+/// A hybrid-logical-clock stamp. Stamps are totally ordered by (wall_ms, counter, device_id), the
+/// device id (16 bytes) breaking ties between devices.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Stamp {
+    #[prost(uint64, tag = "1")]
+    pub wall_ms: u64,
+    #[prost(uint32, tag = "2")]
+    pub counter: u32,
+    #[prost(bytes = "vec", tag = "3")]
+    pub device_id: ::prost::alloc::vec::Vec<u8>,
+}
+/// Identifies one message.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct MessageRef {
+    #[prost(string, tag = "1")]
+    pub chat_id: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub message_id: ::prost::alloc::string::String,
+}
+/// One recorded change. The merge of all operations of all devices is the vault's state.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Operation {
+    #[prost(message, optional, tag = "1")]
+    pub stamp: ::core::option::Option<Stamp>,
+    #[prost(oneof = "operation::Body", tags = "2, 3, 4, 5")]
+    pub body: ::core::option::Option<operation::Body>,
+}
+/// Nested message and enum types in `Operation`.
+pub mod operation {
+    #[derive(Clone, PartialEq, Eq, Hash, ::prost::Oneof)]
+    pub enum Body {
+        /// Create or replace a chat's metadata.
+        #[prost(message, tag = "2")]
+        UpsertChat(super::Chat),
+        /// Create or edit a message (a later stamp wins).
+        #[prost(message, tag = "3")]
+        UpsertMessage(super::Message),
+        /// Delete a message (beats upserts with older stamps).
+        #[prost(message, tag = "4")]
+        DeleteMessage(super::MessageRef),
+        /// Delete a chat and everything in it stamped before this operation (the chat id).
+        #[prost(string, tag = "5")]
+        DeleteChat(::prost::alloc::string::String),
+    }
+}
+/// Body of a ChatData object inside a segment: one chat's operations, sealed under a key of that chat.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ChatOperations {
+    #[prost(string, tag = "1")]
+    pub chat_id: ::prost::alloc::string::String,
+    #[prost(message, repeated, tag = "2")]
+    pub operations: ::prost::alloc::vec::Vec<Operation>,
+}
+/// A chat key introduced by the writing device. Several keys may exist for one chat (devices that
+/// started the chat concurrently); each is identified by its key_id.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ChatKeyGrant {
+    #[prost(string, tag = "1")]
+    pub chat_id: ::prost::alloc::string::String,
+    /// 16 random bytes.
+    #[prost(bytes = "vec", tag = "2")]
+    pub key_id: ::prost::alloc::vec::Vec<u8>,
+    /// 32 bytes.
+    #[prost(bytes = "vec", tag = "3")]
+    pub key: ::prost::alloc::vec::Vec<u8>,
+}
+/// The newest segment of a device that the writer had applied when it wrote a segment.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DeviceHead {
+    #[prost(bytes = "vec", tag = "1")]
+    pub device_id: ::prost::alloc::vec::Vec<u8>,
+    #[prost(uint64, tag = "2")]
+    pub seq: u64,
+    /// SHA-256 of that segment object's bytes.
+    #[prost(bytes = "vec", tag = "3")]
+    pub hash: ::prost::alloc::vec::Vec<u8>,
+}
+/// One chat's sealed operations inside a segment.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SealedChatBlock {
+    #[prost(bytes = "vec", tag = "1")]
+    pub key_id: ::prost::alloc::vec::Vec<u8>,
+    /// A ChatData object (header, nonce, ciphertext) whose body is ChatOperations.
+    #[prost(bytes = "vec", tag = "2")]
+    pub sealed: ::prost::alloc::vec::Vec<u8>,
+}
+/// Body of a Segment object (kind 4), sealed under the log key: a batch of one device's operations.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct Segment {
+    #[prost(bytes = "vec", tag = "1")]
+    pub device_id: ::prost::alloc::vec::Vec<u8>,
+    /// 1, 2, 3, ... per device, without gaps.
+    #[prost(uint64, tag = "2")]
+    pub seq: u64,
+    /// SHA-256 of this device's previous segment object; empty for seq 1.
+    #[prost(bytes = "vec", tag = "3")]
+    pub prev_hash: ::prost::alloc::vec::Vec<u8>,
+    /// The newest segment of every other device the writer had applied.
+    #[prost(message, repeated, tag = "4")]
+    pub seen: ::prost::alloc::vec::Vec<DeviceHead>,
+    /// Chat keys this device created since its previous segment.
+    #[prost(message, repeated, tag = "5")]
+    pub keys: ::prost::alloc::vec::Vec<ChatKeyGrant>,
+    /// Operations, one block per (chat, key).
+    #[prost(message, repeated, tag = "6")]
+    pub chats: ::prost::alloc::vec::Vec<SealedChatBlock>,
+    /// Human-readable device description, e.g. "Anna's iPhone" and "ios".
+    #[prost(string, tag = "7")]
+    pub device_name: ::prost::alloc::string::String,
+    #[prost(string, tag = "8")]
+    pub platform: ::prost::alloc::string::String,
+}

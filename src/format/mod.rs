@@ -55,6 +55,8 @@ pub enum ObjectKind {
     ChatData = 2,
     /// The recovery key wrapped under a passphrase.
     PassphraseEnvelope = 3,
+    /// A batch of one device's operations, sealed under the log key.
+    Segment = 4,
 }
 
 impl ObjectKind {
@@ -69,6 +71,7 @@ impl ObjectKind {
             1 => Some(ObjectKind::Keyring),
             2 => Some(ObjectKind::ChatData),
             3 => Some(ObjectKind::PassphraseEnvelope),
+            4 => Some(ObjectKind::Segment),
             _ => None,
         }
     }
@@ -80,6 +83,7 @@ impl core::fmt::Display for ObjectKind {
             ObjectKind::Keyring => "keyring",
             ObjectKind::ChatData => "chat data",
             ObjectKind::PassphraseEnvelope => "passphrase envelope",
+            ObjectKind::Segment => "segment",
         })
     }
 }

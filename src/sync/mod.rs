@@ -1,0 +1,13 @@
+//! Multi-device sync: operations with hybrid-logical-clock stamps, a merge that converges in any
+//! order, and hash-chained segments that make the bucket's omissions and replays detectable.
+//!
+//! The logic here does no I/O: it is fed store listings and object bytes and says what to fetch
+//! and what to write (see `docs/SYNC.md`).
+
+pub mod clock;
+pub mod model;
+pub mod state;
+
+pub use clock::{Clock, DeviceId, Stamp};
+pub use model::{Change, Chat, Message, Operation};
+pub use state::{Applied, ChatRecord, MemoryState, MessageRecord, StateStore, apply};

@@ -1,0 +1,226 @@
+//! What the app records: chats, messages, edits and deletes, as operations with stamps.
+
+use crate::error::{Error, Result};
+use crate::format::proto;
+
+use super::clock::Stamp;
+
+/// Longest identifier (chat, message, sender, member) accepted, in UTF-8 bytes.
+pub const MAX_ID_LEN: usize = 1024;
+/// Longest message text or chat title accepted, in UTF-8 bytes (1 MiB).
+pub const MAX_TEXT_LEN: usize = 1024 * 1024;
+/// Most members one chat may list.
+pub const MAX_MEMBERS: usize = 10_000;
+
+/// A chat's metadata.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Chat {
+    /// The app's identifier of the chat.
+    pub chat_id: String,
+    /// Display title.
+    pub title: String,
+    /// Member identifiers.
+    pub members: Vec<String>,
+}
+
+/// One message.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Message {
+    /// The chat it belongs to.
+    pub chat_id: String,
+    /// The app's identifier of the message, unique within the chat.
+    pub message_id: String,
+    /// Who sent it.
+    pub sender: String,
+    /// When it was sent, milliseconds since the Unix epoch.
+    pub sent_at_ms: i64,
+    /// Its text.
+    pub text: String,
+    /// The message it replies to, if any.
+    pub reply_to: Option<String>,
+}
+
+/// One change to the vault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Create or replace a chat's metadata.
+    UpsertChat(Chat),
+    /// Create or edit a message.
+    UpsertMessage(Message),
+    /// Delete one message.
+    DeleteMessage {
+        /// The chat.
+        chat_id: String,
+        /// The message.
+        message_id: String,
+    },
+    /// Delete a chat and everything recorded in it before.
+    DeleteChat {
+        /// The chat.
+        chat_id: String,
+    },
+}
+
+impl Change {
+    /// The chat this change belongs to.
+    pub fn chat_id(&self) -> &str {
+        match self {
+            Change::UpsertChat(chat) => &chat.chat_id,
+            Change::UpsertMessage(message) => &message.chat_id,
+            Change::DeleteMessage { chat_id, .. } | Change::DeleteChat { chat_id } => chat_id,
+        }
+    }
+
+    /// Checks sizes and required fields.
+    pub fn validate(&self) -> Result<()> {
+        let id = |what: &str, value: &str| {
+            if value.is_empty() || value.len() > MAX_ID_LEN {
+                Err(Error::invalid_input(format!(
+                    "{what} must be 1..={MAX_ID_LEN} bytes, got {}",
+                    value.len()
+                )))
+            } else {
+                Ok(())
+            }
+        };
+        let text = |what: &str, value: &str| {
+            if value.len() > MAX_TEXT_LEN {
+                Err(Error::invalid_input(format!(
+                    "{what} of {} bytes exceeds {MAX_TEXT_LEN}",
+                    value.len()
+                )))
+            } else {
+                Ok(())
+            }
+        };
+        match self {
+            Change::UpsertChat(chat) => {
+                id("chat_id", &chat.chat_id)?;
+                text("title", &chat.title)?;
+                if chat.members.len() > MAX_MEMBERS {
+                    return Err(Error::invalid_input(format!(
+                        "{} members exceed {MAX_MEMBERS}",
+                        chat.members.len()
+                    )));
+                }
+                chat.members.iter().try_for_each(|m| id("member", m))
+            }
+            Change::UpsertMessage(message) => {
+                id("chat_id", &message.chat_id)?;
+                id("message_id", &message.message_id)?;
+                if !message.sender.is_empty() {
+                    id("sender", &message.sender)?;
+                }
+                text("text", &message.text)?;
+                message
+                    .reply_to
+                    .as_deref()
+                    .map_or(Ok(()), |r| id("reply_to", r))
+            }
+            Change::DeleteMessage {
+                chat_id,
+                message_id,
+            } => {
+                id("chat_id", chat_id)?;
+                id("message_id", message_id)
+            }
+            Change::DeleteChat { chat_id } => id("chat_id", chat_id),
+        }
+    }
+}
+
+/// A change with the stamp that orders it among all devices' changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Operation {
+    /// When and by whom.
+    pub stamp: Stamp,
+    /// What.
+    pub change: Change,
+}
+
+impl Chat {
+    pub(crate) fn to_proto(&self) -> proto::Chat {
+        proto::Chat {
+            chat_id: self.chat_id.clone(),
+            title: self.title.clone(),
+            members: self.members.clone(),
+        }
+    }
+
+    pub(crate) fn from_proto(chat: proto::Chat) -> Chat {
+        Chat {
+            chat_id: chat.chat_id,
+            title: chat.title,
+            members: chat.members,
+        }
+    }
+}
+
+impl Message {
+    pub(crate) fn to_proto(&self) -> proto::Message {
+        proto::Message {
+            chat_id: self.chat_id.clone(),
+            message_id: self.message_id.clone(),
+            sender: self.sender.clone(),
+            sent_at_ms: self.sent_at_ms,
+            text: self.text.clone(),
+            reply_to: self.reply_to.clone(),
+        }
+    }
+
+    pub(crate) fn from_proto(message: proto::Message) -> Message {
+        Message {
+            chat_id: message.chat_id,
+            message_id: message.message_id,
+            sender: message.sender,
+            sent_at_ms: message.sent_at_ms,
+            text: message.text,
+            reply_to: message.reply_to,
+        }
+    }
+}
+
+impl Operation {
+    pub(crate) fn to_proto(&self) -> proto::Operation {
+        use proto::operation::Body;
+        let body = match &self.change {
+            Change::UpsertChat(chat) => Body::UpsertChat(chat.to_proto()),
+            Change::UpsertMessage(message) => Body::UpsertMessage(message.to_proto()),
+            Change::DeleteMessage {
+                chat_id,
+                message_id,
+            } => Body::DeleteMessage(proto::MessageRef {
+                chat_id: chat_id.clone(),
+                message_id: message_id.clone(),
+            }),
+            Change::DeleteChat { chat_id } => Body::DeleteChat(chat_id.clone()),
+        };
+        proto::Operation {
+            stamp: Some(self.stamp.to_proto()),
+            body: Some(body),
+        }
+    }
+
+    /// Converts a decoded operation, checking it is complete and within limits.
+    pub(crate) fn from_proto(
+        operation: proto::Operation,
+    ) -> std::result::Result<Operation, String> {
+        use proto::operation::Body;
+        let stamp = operation
+            .stamp
+            .as_ref()
+            .and_then(Stamp::from_proto)
+            .ok_or("operation without a valid stamp")?;
+        let change = match operation.body.ok_or("operation without a body")? {
+            Body::UpsertChat(chat) => Change::UpsertChat(Chat::from_proto(chat)),
+            Body::UpsertMessage(message) => Change::UpsertMessage(Message::from_proto(message)),
+            Body::DeleteMessage(reference) => Change::DeleteMessage {
+                chat_id: reference.chat_id,
+                message_id: reference.message_id,
+            },
+            Body::DeleteChat(chat_id) => Change::DeleteChat { chat_id },
+        };
+        change.validate().map_err(|e| e.to_string())?;
+        Ok(Operation { stamp, change })
+    }
+}
