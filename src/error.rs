@@ -43,6 +43,19 @@ pub enum Error {
     #[error("invalid input: {0}")]
     InvalidInput(String),
 
+    /// The bucket's set of objects is inconsistent with what the vault's devices wrote: an object
+    /// is missing, rolled back, replayed or misplaced. Nothing from the sync was applied.
+    #[error("integrity problem in the bucket: {0}")]
+    Integrity(IntegrityProblem),
+
+    /// The object store failed (network, credentials, throttling, disk).
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+
+    /// The local state database failed or is damaged.
+    #[error("local state: {0}")]
+    LocalState(String),
+
     /// The operating system's random number generator failed.
     #[error("the operating system's random number generator failed")]
     Random,
@@ -84,6 +97,55 @@ pub enum RecoveryKeyError {
     /// The key is well-formed but of a version this library does not know (made by a newer app).
     #[error("recovery key version {0} is not supported by this version of chatvault")]
     UnsupportedVersion(u8),
+}
+
+/// What is wrong with the bucket's set of segments. Devices are named by their hex id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum IntegrityProblem {
+    /// A segment that must exist is not in the bucket (deleted, or withheld by the store).
+    #[error("segment {seq} of device {device} is missing")]
+    MissingSegment {
+        /// Device that wrote it.
+        device: String,
+        /// Its sequence number.
+        seq: u64,
+    },
+    /// The bucket shows fewer segments of a device than were already seen (a rollback).
+    #[error(
+        "device {device} rolled back: {seen} segments were seen before, the bucket has {found}"
+    )]
+    RolledBack {
+        /// The device.
+        device: String,
+        /// Segments known to exist.
+        seen: u64,
+        /// Segments present now.
+        found: u64,
+    },
+    /// A segment does not follow its predecessor in its device's hash chain (replaced, replayed
+    /// or reordered).
+    #[error("segment {seq} of device {device} breaks the device's hash chain")]
+    ChainBroken {
+        /// The device.
+        device: String,
+        /// The segment.
+        seq: u64,
+    },
+    /// A segment's content does not match the name it is stored under.
+    #[error("object {name} holds content that belongs elsewhere")]
+    Misplaced {
+        /// The object's name.
+        name: String,
+    },
+    /// A segment's operations are sealed under a chat key no segment granted.
+    #[error("segment {seq} of device {device} uses an unknown chat key")]
+    UnknownKey {
+        /// The device.
+        device: String,
+        /// The segment.
+        seq: u64,
+    },
 }
 
 /// Why an object was rejected. Never more detail than is safe: authentication failures do not say

@@ -63,7 +63,7 @@ pub mod sync;
 #[cfg(test)]
 mod vectors;
 
-pub use error::{DecodeProblem, Error, RecoveryKeyError, Result};
+pub use error::{DecodeProblem, Error, IntegrityProblem, RecoveryKeyError, Result};
 
 /// The README's Rust examples, compiled and run as doctests so they cannot rot.
 #[doc = include_str!("../README.md")]

@@ -6,6 +6,8 @@
 
 pub mod clock;
 pub mod model;
+pub mod plan;
+pub mod segment;
 pub mod state;
 
 pub use clock::{Clock, DeviceId, Stamp};

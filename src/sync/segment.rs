@@ -1,0 +1,557 @@
+//! Segments: sealed batches of one device's operations, hash-chained per device.
+//!
+//! ```text
+//! name    = "segments/" || device id hex (32) || "/" || seq as 16 hex digits
+//! object  = sealed (kind 4, log key, AAD name = name) protobuf Segment
+//! Segment = { device_id, seq, prev_hash, seen heads, chat key grants, sealed chat blocks, ... }
+//! block i = sealed (kind 2, chat key, AAD name = name || "#" || i) protobuf ChatOperations
+//! hash    = SHA-256 of the whole segment object
+//! ```
+//!
+//! The name carries the device and sequence number, and the AAD binds the name, so a segment
+//! replayed under another name, swapped with another or copied from another vault fails to open.
+//! Each segment names the hash of its device's previous segment, so a replaced or reordered
+//! segment breaks the chain; each names the newest segments it had seen from other devices, so a
+//! bucket that withholds or rolls back a device's newest segments is caught by the others.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use prost::Message as _;
+use sha2::{Digest, Sha256};
+
+use crate::error::{DecodeProblem, Error, IntegrityProblem, Result};
+use crate::format::{ObjectKind, decode_body, proto};
+use crate::keys::{ChatKey, VaultKeys};
+use crate::sealing::{self, ObjectContext};
+
+use super::clock::DeviceId;
+use super::model::Operation;
+
+/// Where segments live inside the vault prefix.
+pub const SEGMENTS_PREFIX: &str = "segments/";
+/// Operations per segment are split so that a segment body stays below this size (8 MiB).
+pub const MAX_SEGMENT_BODY: usize = 8 * 1024 * 1024;
+
+/// Identifies a chat key: 16 random bytes.
+pub type KeyId = [u8; 16];
+/// SHA-256 of a segment object.
+pub type SegmentHash = [u8; 32];
+
+/// The newest applied segment of a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Head {
+    /// The device.
+    pub device: DeviceId,
+    /// Its sequence number.
+    pub seq: u64,
+    /// The segment object's SHA-256.
+    pub hash: SegmentHash,
+}
+
+/// Every chat key known to a device, by key id, with the chat each belongs to.
+#[derive(Clone, Default)]
+pub struct ChatKeys {
+    by_id: BTreeMap<KeyId, (String, ChatKey)>,
+    by_chat: BTreeMap<String, BTreeSet<KeyId>>,
+}
+
+impl core::fmt::Debug for ChatKeys {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "ChatKeys({} keys)", self.by_id.len())
+    }
+}
+
+impl ChatKeys {
+    /// No keys.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of keys.
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    /// True if no key is known.
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    /// Adds a key. A known key id with a different key or chat is an error (a hostile writer).
+    pub(crate) fn insert(&mut self, key_id: KeyId, chat_id: &str, key: ChatKey) -> Result<bool> {
+        if let Some((known_chat, known_key)) = self.by_id.get(&key_id) {
+            if known_chat != chat_id || known_key.0.bytes() != key.0.bytes() {
+                return Err(Error::decode(
+                    ObjectKind::Segment,
+                    DecodeProblem::Malformed("conflicting grants for one key id".into()),
+                ));
+            }
+            return Ok(false);
+        }
+        self.by_id.insert(key_id, (chat_id.to_owned(), key));
+        self.by_chat
+            .entry(chat_id.to_owned())
+            .or_default()
+            .insert(key_id);
+        Ok(true)
+    }
+
+    /// The key this device writes a chat's operations with: the smallest known key id of the
+    /// chat, so devices converge on one key once they have seen each other's grants.
+    pub(crate) fn writing_key(&self, chat_id: &str) -> Option<(KeyId, &ChatKey)> {
+        let key_id = *self.by_chat.get(chat_id)?.iter().next()?;
+        self.by_id.get(&key_id).map(|(_, key)| (key_id, key))
+    }
+
+    fn get(&self, key_id: &KeyId) -> Option<&(String, ChatKey)> {
+        self.by_id.get(key_id)
+    }
+
+    /// All keys as (key id, chat id, key bytes), for sealed local persistence.
+    pub(crate) fn entries(&self) -> impl Iterator<Item = (&KeyId, &str, &ChatKey)> {
+        self.by_id
+            .iter()
+            .map(|(id, (chat, key))| (id, chat.as_str(), key))
+    }
+}
+
+/// The object name of a device's segment.
+pub fn segment_name(device: DeviceId, seq: u64) -> String {
+    format!("{SEGMENTS_PREFIX}{}/{seq:016x}", device.to_hex())
+}
+
+/// Parses a segment name back into (device, seq); `None` for anything else.
+pub fn parse_segment_name(name: &str) -> Option<(DeviceId, u64)> {
+    let rest = name.strip_prefix(SEGMENTS_PREFIX)?;
+    let (device, seq) = rest.split_once('/')?;
+    if seq.len() != 16
+        || !seq
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    {
+        return None;
+    }
+    Some((
+        DeviceId::from_hex(device)?,
+        u64::from_str_radix(seq, 16).ok()?,
+    ))
+}
+
+/// What a new segment holds.
+#[derive(Debug)]
+pub struct NewSegment<'a> {
+    /// The writing device.
+    pub device: DeviceId,
+    /// Its sequence number (previous + 1).
+    pub seq: u64,
+    /// Hash of the device's previous segment (`None` for seq 1).
+    pub prev_hash: Option<SegmentHash>,
+    /// Newest applied segments of other devices.
+    pub seen: &'a [Head],
+    /// Key ids of chat keys this segment introduces.
+    pub grants: &'a [KeyId],
+    /// The operations, all stamped by `device`.
+    pub operations: &'a [Operation],
+    /// Device description.
+    pub device_name: &'a str,
+    /// Platform ("ios", "android", ...).
+    pub platform: &'a str,
+}
+
+fn block_name(segment: &str, index: usize) -> String {
+    format!("{segment}#{index}")
+}
+
+/// Seals a segment. Every operation's chat must have a writing key in `chat_keys`.
+pub fn seal_segment(
+    keys: &VaultKeys,
+    chat_keys: &ChatKeys,
+    segment: &NewSegment<'_>,
+) -> Result<(String, Vec<u8>, SegmentHash)> {
+    let name = segment_name(segment.device, segment.seq);
+    // Group operations by chat, keeping each chat's order.
+    let mut groups: BTreeMap<&str, Vec<proto::Operation>> = BTreeMap::new();
+    for operation in segment.operations {
+        groups
+            .entry(operation.change.chat_id())
+            .or_default()
+            .push(operation.to_proto());
+    }
+    let mut blocks = Vec::with_capacity(groups.len());
+    for (index, (chat_id, operations)) in groups.into_iter().enumerate() {
+        let (key_id, key) = chat_keys
+            .writing_key(chat_id)
+            .ok_or_else(|| Error::invalid_input(format!("no key for chat {chat_id:?}")))?;
+        let body = proto::ChatOperations {
+            chat_id: chat_id.to_owned(),
+            operations,
+        }
+        .encode_to_vec();
+        let block = block_name(&name, index);
+        let context = ObjectContext {
+            vault_id: keys.vault_id(),
+            kind: ObjectKind::ChatData,
+            name: &block,
+        };
+        blocks.push(proto::SealedChatBlock {
+            key_id: key_id.to_vec(),
+            sealed: sealing::seal(&key.0, &context, &body)?,
+        });
+    }
+    let grants = segment
+        .grants
+        .iter()
+        .map(|key_id| {
+            chat_keys
+                .get(key_id)
+                .map(|(chat_id, key)| proto::ChatKeyGrant {
+                    chat_id: chat_id.clone(),
+                    key_id: key_id.to_vec(),
+                    key: key.0.bytes().to_vec(),
+                })
+                .ok_or_else(|| Error::invalid_input("grant of an unknown key"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let body = zeroize::Zeroizing::new(
+        proto::Segment {
+            device_id: segment.device.0.to_vec(),
+            seq: segment.seq,
+            prev_hash: segment.prev_hash.map(|h| h.to_vec()).unwrap_or_default(),
+            seen: segment
+                .seen
+                .iter()
+                .map(|head| proto::DeviceHead {
+                    device_id: head.device.0.to_vec(),
+                    seq: head.seq,
+                    hash: head.hash.to_vec(),
+                })
+                .collect(),
+            keys: grants,
+            chats: blocks,
+            device_name: segment.device_name.to_owned(),
+            platform: segment.platform.to_owned(),
+        }
+        .encode_to_vec(),
+    );
+    let context = ObjectContext {
+        vault_id: keys.vault_id(),
+        kind: ObjectKind::Segment,
+        name: &name,
+    };
+    let object = sealing::seal(&keys.log().0, &context, &body)?;
+    let hash = Sha256::digest(&object).into();
+    Ok((name, object, hash))
+}
+
+/// A segment whose outer layer is open; its chat blocks still need the keys.
+#[derive(Debug)]
+pub struct OpenedSegment {
+    /// The object name.
+    pub name: String,
+    /// This segment's head (device, seq, hash).
+    pub head: Head,
+    /// The previous segment's hash, `None` for seq 1.
+    pub prev_hash: Option<SegmentHash>,
+    /// Newest segments of other devices the writer had seen.
+    pub seen: Vec<Head>,
+    /// Chat keys granted: (key id, chat id, key).
+    pub grants: Vec<(KeyId, String, ChatKey)>,
+    /// Sealed chat blocks: (key id, sealed bytes).
+    pub blocks: Vec<(KeyId, Vec<u8>)>,
+    /// Device description.
+    pub device_name: String,
+    /// Platform.
+    pub platform: String,
+}
+
+/// Opens a segment's outer layer and checks that its content belongs at `name`.
+pub fn open_segment(keys: &VaultKeys, name: &str, object: &[u8]) -> Result<OpenedSegment> {
+    let misplaced = || {
+        Error::Integrity(IntegrityProblem::Misplaced {
+            name: name.to_owned(),
+        })
+    };
+    let (device, seq) = parse_segment_name(name).ok_or_else(misplaced)?;
+    let context = ObjectContext {
+        vault_id: keys.vault_id(),
+        kind: ObjectKind::Segment,
+        name,
+    };
+    let body = sealing::open(&keys.log().0, &context, object)?;
+    let segment: proto::Segment = decode_body(ObjectKind::Segment, &body)?;
+    let malformed = |why: &str| {
+        Error::decode(
+            ObjectKind::Segment,
+            DecodeProblem::Malformed(why.to_owned()),
+        )
+    };
+    if segment.device_id != device.0 || segment.seq != seq || seq == 0 {
+        return Err(misplaced());
+    }
+    let prev_hash = match (seq, segment.prev_hash.len()) {
+        (1, 0) => None,
+        (s, 32) if s > 1 => Some(
+            segment
+                .prev_hash
+                .as_slice()
+                .try_into()
+                .map_err(|_| malformed("previous hash"))?,
+        ),
+        _ => return Err(malformed("previous hash does not fit the sequence number")),
+    };
+    let seen = segment
+        .seen
+        .iter()
+        .map(|head| {
+            Ok(Head {
+                device: DeviceId(
+                    head.device_id
+                        .as_slice()
+                        .try_into()
+                        .map_err(|_| malformed("seen device id"))?,
+                ),
+                seq: head.seq,
+                hash: head
+                    .hash
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| malformed("seen hash"))?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let grants = segment
+        .keys
+        .iter()
+        .map(|grant| {
+            let key: [u8; 32] = grant
+                .key
+                .as_slice()
+                .try_into()
+                .map_err(|_| malformed("chat key length"))?;
+            let key_id: KeyId = grant
+                .key_id
+                .as_slice()
+                .try_into()
+                .map_err(|_| malformed("key id length"))?;
+            if grant.chat_id.is_empty() || grant.chat_id.len() > super::model::MAX_ID_LEN {
+                return Err(malformed("granted chat id"));
+            }
+            Ok((key_id, grant.chat_id.clone(), ChatKey::from_bytes(key)))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let blocks = segment
+        .chats
+        .into_iter()
+        .map(|block| {
+            let key_id: KeyId = block
+                .key_id
+                .as_slice()
+                .try_into()
+                .map_err(|_| malformed("block key id length"))?;
+            Ok((key_id, block.sealed))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(OpenedSegment {
+        name: name.to_owned(),
+        head: Head {
+            device,
+            seq,
+            hash: Sha256::digest(object).into(),
+        },
+        prev_hash,
+        seen,
+        grants,
+        blocks,
+        device_name: segment.device_name,
+        platform: segment.platform,
+    })
+}
+
+/// Opens a segment's chat blocks with the known keys and returns its operations in order.
+///
+/// Every operation must be stamped by the segment's device and belong to the block's chat, and
+/// the block's key must be a key of that chat.
+pub fn open_blocks(
+    keys: &VaultKeys,
+    chat_keys: &ChatKeys,
+    segment: &OpenedSegment,
+) -> Result<Vec<Operation>> {
+    let device = segment.head.device;
+    let malformed = |why: &str| {
+        Error::decode(
+            ObjectKind::ChatData,
+            DecodeProblem::Malformed(why.to_owned()),
+        )
+    };
+    let mut operations = Vec::new();
+    for (index, (key_id, sealed)) in segment.blocks.iter().enumerate() {
+        let (chat_id, key) = chat_keys.get(key_id).ok_or_else(|| {
+            Error::Integrity(IntegrityProblem::UnknownKey {
+                device: device.to_hex(),
+                seq: segment.head.seq,
+            })
+        })?;
+        let block = block_name(&segment.name, index);
+        let context = ObjectContext {
+            vault_id: keys.vault_id(),
+            kind: ObjectKind::ChatData,
+            name: &block,
+        };
+        let body = sealing::open(&key.0, &context, sealed)?;
+        let chat_operations: proto::ChatOperations = decode_body(ObjectKind::ChatData, &body)?;
+        if &chat_operations.chat_id != chat_id {
+            return Err(malformed("block sealed under another chat's key"));
+        }
+        for operation in chat_operations.operations {
+            let operation = Operation::from_proto(operation).map_err(|e| malformed(&e))?;
+            if operation.change.chat_id() != chat_id {
+                return Err(malformed("operation of another chat"));
+            }
+            if operation.stamp.device != device {
+                return Err(malformed("operation stamped by another device"));
+            }
+            operations.push(operation);
+        }
+    }
+    Ok(operations)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::RecoveryKey;
+    use crate::sync::clock::Stamp;
+    use crate::sync::model::{Change, Message};
+
+    const DEV: DeviceId = DeviceId([0xd1; 16]);
+
+    fn keys() -> VaultKeys {
+        VaultKeys::derive(&RecoveryKey::from_bytes([1; 32]))
+    }
+
+    fn message(chat: &str, id: &str, counter: u32) -> Operation {
+        Operation {
+            stamp: Stamp {
+                wall_ms: 1000,
+                counter,
+                device: DEV,
+            },
+            change: Change::UpsertMessage(Message {
+                chat_id: chat.into(),
+                message_id: id.into(),
+                text: "hello".into(),
+                ..Message::default()
+            }),
+        }
+    }
+
+    fn chat_keys() -> ChatKeys {
+        let mut ck = ChatKeys::new();
+        ck.insert([1; 16], "a", ChatKey::from_bytes([0xa; 32]))
+            .unwrap();
+        ck.insert([2; 16], "b", ChatKey::from_bytes([0xb; 32]))
+            .unwrap();
+        ck
+    }
+
+    fn sealed(seq: u64, prev: Option<SegmentHash>) -> (String, Vec<u8>, SegmentHash) {
+        let ops = [
+            message("a", "1", 0),
+            message("b", "2", 1),
+            message("a", "3", 2),
+        ];
+        seal_segment(
+            &keys(),
+            &chat_keys(),
+            &NewSegment {
+                device: DEV,
+                seq,
+                prev_hash: prev,
+                seen: &[],
+                grants: &[[1; 16], [2; 16]],
+                operations: &ops,
+                device_name: "test",
+                platform: "linux",
+            },
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn segments_round_trip_with_grants() {
+        let (name, object, hash) = sealed(1, None);
+        assert_eq!(parse_segment_name(&name), Some((DEV, 1)));
+        let opened = open_segment(&keys(), &name, &object).unwrap();
+        assert_eq!(opened.head.hash, hash);
+        let mut learned = ChatKeys::new();
+        for (id, chat, key) in &opened.grants {
+            learned.insert(*id, chat, key.clone()).unwrap();
+        }
+        let ops = open_blocks(&keys(), &learned, &opened).unwrap();
+        let ids: Vec<&str> = ops
+            .iter()
+            .map(|o| match &o.change {
+                Change::UpsertMessage(m) => m.message_id.as_str(),
+                _ => "",
+            })
+            .collect();
+        assert_eq!(ids, ["1", "3", "2"]); // grouped by chat, in order within a chat
+    }
+
+    #[test]
+    fn a_segment_under_another_name_is_rejected() {
+        let (_, object, _) = sealed(2, Some([0; 32]));
+        // Replayed as seq 3 of the same device, or as another device's segment.
+        for name in [segment_name(DEV, 3), segment_name(DeviceId([0xd2; 16]), 2)] {
+            assert!(open_segment(&keys(), &name, &object).is_err());
+        }
+        assert!(matches!(
+            open_segment(&keys(), "segments/garbage", &object),
+            Err(Error::Integrity(IntegrityProblem::Misplaced { .. }))
+        ));
+    }
+
+    #[test]
+    fn blocks_need_their_keys() {
+        let (name, object, _) = sealed(1, None);
+        let opened = open_segment(&keys(), &name, &object).unwrap();
+        assert!(matches!(
+            open_blocks(&keys(), &ChatKeys::new(), &opened),
+            Err(Error::Integrity(IntegrityProblem::UnknownKey { .. }))
+        ));
+    }
+
+    #[test]
+    fn conflicting_grants_are_rejected() {
+        let mut ck = chat_keys();
+        assert!(
+            !ck.insert([1; 16], "a", ChatKey::from_bytes([0xa; 32]))
+                .unwrap()
+        );
+        assert!(
+            ck.insert([1; 16], "a", ChatKey::from_bytes([0xf; 32]))
+                .is_err()
+        );
+        assert!(
+            ck.insert([1; 16], "b", ChatKey::from_bytes([0xa; 32]))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn names_parse_strictly() {
+        assert_eq!(
+            parse_segment_name(&segment_name(DEV, u64::MAX)),
+            Some((DEV, u64::MAX))
+        );
+        for bad in [
+            "segments/",
+            "segments/xyz/0000000000000001",
+            &format!("segments/{}/1", DEV.to_hex()),
+            &format!("segments/{}/000000000000000A", DEV.to_hex()),
+            &format!("other/{}/0000000000000001", DEV.to_hex()),
+        ] {
+            assert_eq!(parse_segment_name(bad), None, "{bad}");
+        }
+    }
+}
