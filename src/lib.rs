@@ -55,10 +55,12 @@ pub mod error;
 pub mod format;
 pub mod keyring;
 pub mod keys;
+pub mod local;
 mod random;
 pub mod sealing;
 pub mod store;
 pub mod sync;
+pub mod vault;
 
 #[cfg(test)]
 mod vectors;

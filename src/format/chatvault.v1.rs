@@ -197,3 +197,10 @@ pub struct Segment {
     #[prost(string, tag = "8")]
     pub platform: ::prost::alloc::string::String,
 }
+/// Body of a KeySet object (kind 5): chat keys a device keeps in its local state, sealed under the
+/// keyring key.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct KeySet {
+    #[prost(message, repeated, tag = "1")]
+    pub keys: ::prost::alloc::vec::Vec<ChatKeyGrant>,
+}

@@ -57,6 +57,8 @@ pub enum ObjectKind {
     PassphraseEnvelope = 3,
     /// A batch of one device's operations, sealed under the log key.
     Segment = 4,
+    /// A set of chat keys kept in a device's local state, sealed under the keyring key.
+    KeySet = 5,
 }
 
 impl ObjectKind {
@@ -72,6 +74,7 @@ impl ObjectKind {
             2 => Some(ObjectKind::ChatData),
             3 => Some(ObjectKind::PassphraseEnvelope),
             4 => Some(ObjectKind::Segment),
+            5 => Some(ObjectKind::KeySet),
             _ => None,
         }
     }
@@ -84,6 +87,7 @@ impl core::fmt::Display for ObjectKind {
             ObjectKind::ChatData => "chat data",
             ObjectKind::PassphraseEnvelope => "passphrase envelope",
             ObjectKind::Segment => "segment",
+            ObjectKind::KeySet => "key set",
         })
     }
 }

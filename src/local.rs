@@ -1,0 +1,656 @@
+//! Local state: one SQLite database per device and vault, crash-safe by transactions.
+//!
+//! It holds the outbox of recorded operations not yet uploaded, the sealed segment being uploaded
+//! (so a crash between sealing and upload re-sends the same bytes, never a second segment with the
+//! same sequence number), the newest applied segment per device, the merged chats and messages,
+//! the clock, and the chat keys sealed under the keyring key. No key is stored in plaintext: the
+//! app passes the recovery key each time it opens the vault.
+//!
+//! SQLite rather than redb: both platforms' apps already ship and trust SQLite, its
+//! write-ahead log with `synchronous=FULL` makes every committed transaction durable, and one
+//! transaction covers "apply these operations and advance this cursor", which is what makes a
+//! crash at any instant lose nothing acknowledged and apply nothing twice.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use prost::Message as _;
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+
+use crate::error::{Error, Result};
+use crate::format::proto;
+use crate::sync::segment::{Head, KeyId, SegmentHash};
+use crate::sync::{
+    Applied, Chat, ChatRecord, DeviceId, Message, MessageRecord, Operation, Stamp, StateStore,
+    apply,
+};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, operation BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS pending_segment (
+    seq INTEGER PRIMARY KEY, name TEXT NOT NULL, object BLOB NOT NULL, hash BLOB NOT NULL,
+    last_outbox_id INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS ungranted_keys (key_id BLOB PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS heads (device BLOB PRIMARY KEY, seq INTEGER NOT NULL, hash BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS segment_hashes (
+    device BLOB NOT NULL, seq INTEGER NOT NULL, hash BLOB NOT NULL, size INTEGER NOT NULL,
+    PRIMARY KEY (device, seq));
+CREATE TABLE IF NOT EXISTS devices (device BLOB PRIMARY KEY, name TEXT NOT NULL, platform TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS chats (
+    chat_id TEXT PRIMARY KEY, meta_stamp BLOB, chat BLOB, deleted_stamp BLOB);
+CREATE TABLE IF NOT EXISTS messages (
+    chat_id TEXT NOT NULL, message_id TEXT NOT NULL, stamp BLOB NOT NULL, message BLOB,
+    sent_at_ms INTEGER NOT NULL, size INTEGER NOT NULL, PRIMARY KEY (chat_id, message_id));
+CREATE INDEX IF NOT EXISTS messages_by_time ON messages (chat_id, sent_at_ms, message_id);
+";
+
+fn db_error(error: rusqlite::Error) -> Error {
+    Error::LocalState(error.to_string())
+}
+
+fn corrupt(what: &str) -> Error {
+    Error::LocalState(format!("damaged local state: {what}"))
+}
+
+/// A chat as listed: metadata, live message count and plaintext bytes of its messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatSummary {
+    /// The chat's metadata (empty title and members if only messages were recorded).
+    pub chat: Chat,
+    /// Live messages.
+    pub message_count: u64,
+    /// Sum of the encoded sizes of its live messages.
+    pub message_bytes: u64,
+}
+
+/// The device's local state database.
+pub struct LocalState {
+    connection: Connection,
+}
+
+impl core::fmt::Debug for LocalState {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("LocalState")
+    }
+}
+
+impl LocalState {
+    /// Opens (creating if needed) the database at `path`.
+    pub fn open(path: &Path) -> Result<LocalState> {
+        let connection = Connection::open(path).map_err(db_error)?;
+        connection
+            .execute_batch(
+                "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;",
+            )
+            .map_err(db_error)?;
+        connection.execute_batch(SCHEMA).map_err(db_error)?;
+        Ok(LocalState { connection })
+    }
+
+    /// A value from the meta table.
+    pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.connection
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |row| {
+                row.get(0)
+            })
+            .optional()
+            .map_err(db_error)
+    }
+
+    /// Sets a value in the meta table.
+    pub fn set_meta(&self, key: &str, value: &[u8]) -> Result<()> {
+        set_meta(&self.connection, key, value)
+    }
+
+    /// Runs `work` in one transaction: all of it is durable, or none.
+    pub fn transaction<T>(
+        &mut self,
+        work: impl FnOnce(&Transaction<'_>) -> Result<T>,
+    ) -> Result<T> {
+        let tx = self.connection.transaction().map_err(db_error)?;
+        let value = work(&tx)?;
+        tx.commit().map_err(db_error)?;
+        Ok(value)
+    }
+
+    /// Operations waiting in the outbox, oldest first, up to about `max_bytes` of encoding
+    /// (always at least one if any is waiting).
+    pub fn outbox(&self, max_bytes: usize) -> Result<Vec<(i64, Operation)>> {
+        let mut statement = self
+            .connection
+            .prepare("SELECT id, operation FROM outbox ORDER BY id")
+            .map_err(db_error)?;
+        let mut rows = statement.query([]).map_err(db_error)?;
+        let mut out = Vec::new();
+        let mut total = 0usize;
+        while let Some(row) = rows.next().map_err(db_error)? {
+            let id: i64 = row.get(0).map_err(db_error)?;
+            let bytes: Vec<u8> = row.get(1).map_err(db_error)?;
+            if !out.is_empty() && total + bytes.len() > max_bytes {
+                break;
+            }
+            total += bytes.len();
+            let decoded = proto::Operation::decode(&bytes[..]).map_err(|_| corrupt("outbox"))?;
+            out.push((
+                id,
+                Operation::from_proto(decoded).map_err(|_| corrupt("outbox"))?,
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Number of operations waiting in the outbox.
+    pub fn outbox_len(&self) -> Result<u64> {
+        self.connection
+            .query_row("SELECT COUNT(*) FROM outbox", [], |row| {
+                row.get::<_, i64>(0)
+            })
+            .map(|n| n as u64)
+            .map_err(db_error)
+    }
+
+    /// The sealed segment waiting for upload, if a previous sync stopped before finishing it.
+    pub fn pending_segment(&self) -> Result<Option<PendingSegment>> {
+        self.connection
+            .query_row(
+                "SELECT seq, name, object, hash FROM pending_segment ORDER BY seq LIMIT 1",
+                [],
+                |row| {
+                    Ok((
+                        row.get::<_, i64>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, Vec<u8>>(2)?,
+                        row.get::<_, Vec<u8>>(3)?,
+                    ))
+                },
+            )
+            .optional()
+            .map_err(db_error)?
+            .map(|(seq, name, object, hash)| {
+                Ok(PendingSegment {
+                    seq: seq as u64,
+                    name,
+                    object,
+                    hash: hash.try_into().map_err(|_| corrupt("pending hash"))?,
+                })
+            })
+            .transpose()
+    }
+
+    /// Newest applied segment per device.
+    pub fn heads(&self) -> Result<BTreeMap<DeviceId, Head>> {
+        let mut statement = self
+            .connection
+            .prepare("SELECT device, seq, hash FROM heads")
+            .map_err(db_error)?;
+        let rows = statement
+            .query_map([], |row| {
+                Ok((
+                    row.get::<_, Vec<u8>>(0)?,
+                    row.get::<_, i64>(1)?,
+                    row.get::<_, Vec<u8>>(2)?,
+                ))
+            })
+            .map_err(db_error)?;
+        let mut heads = BTreeMap::new();
+        for row in rows {
+            let (device, seq, hash) = row.map_err(db_error)?;
+            let device = DeviceId(device.try_into().map_err(|_| corrupt("head device"))?);
+            let hash: SegmentHash = hash.try_into().map_err(|_| corrupt("head hash"))?;
+            heads.insert(
+                device,
+                Head {
+                    device,
+                    seq: seq as u64,
+                    hash,
+                },
+            );
+        }
+        Ok(heads)
+    }
+
+    /// The hash of a segment this device applied or wrote.
+    pub fn segment_hash(&self, device: DeviceId, seq: u64) -> Result<Option<SegmentHash>> {
+        self.connection
+            .query_row(
+                "SELECT hash FROM segment_hashes WHERE device = ?1 AND seq = ?2",
+                params![&device.0[..], seq as i64],
+                |row| row.get::<_, Vec<u8>>(0),
+            )
+            .optional()
+            .map_err(db_error)?
+            .map(|h| h.try_into().map_err(|_| corrupt("segment hash")))
+            .transpose()
+    }
+
+    /// Key ids created here and not yet granted in an uploaded segment.
+    pub fn ungranted_keys(&self) -> Result<Vec<KeyId>> {
+        let mut statement = self
+            .connection
+            .prepare("SELECT key_id FROM ungranted_keys ORDER BY key_id")
+            .map_err(db_error)?;
+        let rows = statement
+            .query_map([], |row| row.get::<_, Vec<u8>>(0))
+            .map_err(db_error)?;
+        rows.map(|r| {
+            r.map_err(db_error)?
+                .try_into()
+                .map_err(|_| corrupt("key id"))
+        })
+        .collect()
+    }
+
+    /// Visible chats with counts, by chat id.
+    pub fn chat_summaries(&self) -> Result<Vec<ChatSummary>> {
+        let mut statement = self
+            .connection
+            .prepare(
+                "WITH ids AS (SELECT chat_id FROM chats WHERE chat IS NOT NULL
+                              UNION SELECT chat_id FROM messages WHERE message IS NOT NULL)
+                 SELECT ids.chat_id, c.chat,
+                        (SELECT COUNT(*) FROM messages m WHERE m.chat_id = ids.chat_id AND m.message IS NOT NULL),
+                        (SELECT COALESCE(SUM(size), 0) FROM messages m WHERE m.chat_id = ids.chat_id AND m.message IS NOT NULL)
+                 FROM ids LEFT JOIN chats c ON c.chat_id = ids.chat_id ORDER BY ids.chat_id",
+            )
+            .map_err(db_error)?;
+        let rows = statement
+            .query_map([], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, Option<Vec<u8>>>(1)?,
+                    row.get::<_, i64>(2)?,
+                    row.get::<_, i64>(3)?,
+                ))
+            })
+            .map_err(db_error)?;
+        rows.map(|row| {
+            let (chat_id, chat, count, bytes) = row.map_err(db_error)?;
+            let chat = match chat {
+                Some(bytes) => {
+                    Chat::from_proto(proto::Chat::decode(&bytes[..]).map_err(|_| corrupt("chat"))?)
+                }
+                None => Chat {
+                    chat_id,
+                    ..Chat::default()
+                },
+            };
+            Ok(ChatSummary {
+                chat,
+                message_count: count as u64,
+                message_bytes: bytes as u64,
+            })
+        })
+        .collect()
+    }
+
+    /// Live messages of one chat (or of all chats), ordered by chat, send time, message id.
+    pub fn messages(&self, chat_id: Option<&str>) -> Result<Vec<Message>> {
+        let sql = "SELECT message FROM messages WHERE message IS NOT NULL AND (?1 IS NULL OR chat_id = ?1)
+                   ORDER BY chat_id, sent_at_ms, message_id";
+        let mut statement = self.connection.prepare(sql).map_err(db_error)?;
+        let rows = statement
+            .query_map([chat_id], |row| row.get::<_, Vec<u8>>(0))
+            .map_err(db_error)?;
+        rows.map(|row| {
+            let bytes = row.map_err(db_error)?;
+            Ok(Message::from_proto(
+                proto::Message::decode(&bytes[..]).map_err(|_| corrupt("message"))?,
+            ))
+        })
+        .collect()
+    }
+
+    /// Devices seen in the vault: (device, name, platform).
+    pub fn devices(&self) -> Result<Vec<(DeviceId, String, String)>> {
+        let mut statement = self
+            .connection
+            .prepare("SELECT device, name, platform FROM devices ORDER BY device")
+            .map_err(db_error)?;
+        let rows = statement
+            .query_map([], |row| {
+                Ok((
+                    row.get::<_, Vec<u8>>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, String>(2)?,
+                ))
+            })
+            .map_err(db_error)?;
+        rows.map(|row| {
+            let (device, name, platform) = row.map_err(db_error)?;
+            Ok((
+                DeviceId(device.try_into().map_err(|_| corrupt("device"))?),
+                name,
+                platform,
+            ))
+        })
+        .collect()
+    }
+}
+
+/// A sealed segment waiting to be uploaded.
+#[derive(Debug, Clone)]
+pub struct PendingSegment {
+    /// Its sequence number.
+    pub seq: u64,
+    /// Its object name.
+    pub name: String,
+    /// Its bytes.
+    pub object: Vec<u8>,
+    /// Their SHA-256.
+    pub hash: SegmentHash,
+}
+
+pub(crate) fn set_meta(connection: &Connection, key: &str, value: &[u8]) -> Result<()> {
+    connection
+        .execute(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            params![key, value],
+        )
+        .map(|_| ())
+        .map_err(db_error)
+}
+
+/// Appends operations to the outbox.
+pub(crate) fn push_outbox(tx: &Transaction<'_>, operations: &[Operation]) -> Result<()> {
+    let mut statement = tx
+        .prepare_cached("INSERT INTO outbox (operation) VALUES (?1)")
+        .map_err(db_error)?;
+    for operation in operations {
+        statement
+            .execute([operation.to_proto().encode_to_vec()])
+            .map_err(db_error)?;
+    }
+    Ok(())
+}
+
+/// Moves outbox entries up to `last_outbox_id` into a pending segment.
+pub(crate) fn stage_segment(
+    tx: &Transaction<'_>,
+    segment: &PendingSegment,
+    last_outbox_id: i64,
+) -> Result<()> {
+    tx.execute(
+        "INSERT INTO pending_segment (seq, name, object, hash, last_outbox_id) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![segment.seq as i64, segment.name, segment.object, &segment.hash[..], last_outbox_id],
+    )
+    .map_err(db_error)?;
+    tx.execute("DELETE FROM outbox WHERE id <= ?1", [last_outbox_id])
+        .map_err(db_error)?;
+    tx.execute("DELETE FROM ungranted_keys", [])
+        .map_err(db_error)?;
+    Ok(())
+}
+
+/// Records that a segment is in the bucket and applied: advances the device's head.
+pub(crate) fn commit_head(tx: &Transaction<'_>, head: &Head, size: u64) -> Result<()> {
+    tx.execute(
+        "INSERT INTO heads (device, seq, hash) VALUES (?1, ?2, ?3)
+         ON CONFLICT (device) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+        params![&head.device.0[..], head.seq as i64, &head.hash[..]],
+    )
+    .map_err(db_error)?;
+    tx.execute(
+        "INSERT OR REPLACE INTO segment_hashes (device, seq, hash, size) VALUES (?1, ?2, ?3, ?4)",
+        params![
+            &head.device.0[..],
+            head.seq as i64,
+            &head.hash[..],
+            size as i64
+        ],
+    )
+    .map_err(db_error)?;
+    tx.execute(
+        "DELETE FROM pending_segment WHERE seq = ?1 AND name = ?2",
+        params![
+            head.seq as i64,
+            crate::sync::segment::segment_name(head.device, head.seq)
+        ],
+    )
+    .map_err(db_error)?;
+    Ok(())
+}
+
+pub(crate) fn note_device(
+    tx: &Transaction<'_>,
+    device: DeviceId,
+    name: &str,
+    platform: &str,
+) -> Result<()> {
+    tx.execute(
+        "INSERT OR REPLACE INTO devices (device, name, platform) VALUES (?1, ?2, ?3)",
+        params![&device.0[..], name, platform],
+    )
+    .map(|_| ())
+    .map_err(db_error)
+}
+
+pub(crate) fn add_ungranted_key(tx: &Transaction<'_>, key_id: &KeyId) -> Result<()> {
+    tx.execute(
+        "INSERT OR IGNORE INTO ungranted_keys (key_id) VALUES (?1)",
+        [&key_id[..]],
+    )
+    .map(|_| ())
+    .map_err(db_error)
+}
+
+/// Applies operations to the merged state inside `tx`; returns how many changed it.
+pub(crate) fn apply_operations(tx: &Transaction<'_>, operations: &[Operation]) -> Result<u64> {
+    let mut state = SqlState { tx };
+    let mut changed = 0;
+    for operation in operations {
+        if apply(&mut state, operation)? == Applied::Changed {
+            changed += 1;
+        }
+    }
+    Ok(changed)
+}
+
+/// The merge rules' view of the SQLite tables.
+struct SqlState<'a> {
+    tx: &'a Transaction<'a>,
+}
+
+fn stamp_from(bytes: Option<Vec<u8>>) -> Result<Option<Stamp>> {
+    bytes
+        .map(|b| Stamp::from_sortable_bytes(&b).ok_or_else(|| corrupt("stamp")))
+        .transpose()
+}
+
+impl StateStore for SqlState<'_> {
+    fn chat(&self, chat_id: &str) -> Result<Option<ChatRecord>> {
+        let row = self
+            .tx
+            .prepare_cached("SELECT meta_stamp, chat, deleted_stamp FROM chats WHERE chat_id = ?1")
+            .map_err(db_error)?
+            .query_row([chat_id], |row| {
+                Ok((
+                    row.get::<_, Option<Vec<u8>>>(0)?,
+                    row.get::<_, Option<Vec<u8>>>(1)?,
+                    row.get::<_, Option<Vec<u8>>>(2)?,
+                ))
+            })
+            .optional()
+            .map_err(db_error)?;
+        let Some((meta_stamp, chat, deleted)) = row else {
+            return Ok(None);
+        };
+        let meta = match (stamp_from(meta_stamp)?, chat) {
+            (Some(stamp), Some(bytes)) => Some((
+                stamp,
+                Chat::from_proto(proto::Chat::decode(&bytes[..]).map_err(|_| corrupt("chat"))?),
+            )),
+            _ => None,
+        };
+        Ok(Some(ChatRecord {
+            meta,
+            deleted: stamp_from(deleted)?,
+        }))
+    }
+
+    fn put_chat(&mut self, chat_id: &str, record: ChatRecord) -> Result<()> {
+        let (meta_stamp, chat) = match &record.meta {
+            Some((stamp, chat)) => (
+                Some(stamp.to_sortable_bytes().to_vec()),
+                Some(chat.to_proto().encode_to_vec()),
+            ),
+            None => (None, None),
+        };
+        self.tx
+            .prepare_cached(
+                "INSERT OR REPLACE INTO chats (chat_id, meta_stamp, chat, deleted_stamp) VALUES (?1, ?2, ?3, ?4)",
+            )
+            .map_err(db_error)?
+            .execute(params![
+                chat_id,
+                meta_stamp,
+                chat,
+                record.deleted.map(|s| s.to_sortable_bytes().to_vec())
+            ])
+            .map(|_| ())
+            .map_err(db_error)
+    }
+
+    fn message(&self, chat_id: &str, message_id: &str) -> Result<Option<MessageRecord>> {
+        let row = self
+            .tx
+            .prepare_cached(
+                "SELECT stamp, message FROM messages WHERE chat_id = ?1 AND message_id = ?2",
+            )
+            .map_err(db_error)?
+            .query_row([chat_id, message_id], |row| {
+                Ok((row.get::<_, Vec<u8>>(0)?, row.get::<_, Option<Vec<u8>>>(1)?))
+            })
+            .optional()
+            .map_err(db_error)?;
+        let Some((stamp, message)) = row else {
+            return Ok(None);
+        };
+        Ok(Some(MessageRecord {
+            stamp: Stamp::from_sortable_bytes(&stamp).ok_or_else(|| corrupt("stamp"))?,
+            message: message
+                .map(|bytes| {
+                    proto::Message::decode(&bytes[..])
+                        .map(Message::from_proto)
+                        .map_err(|_| corrupt("message"))
+                })
+                .transpose()?,
+        }))
+    }
+
+    fn put_message(
+        &mut self,
+        chat_id: &str,
+        message_id: &str,
+        record: MessageRecord,
+    ) -> Result<()> {
+        let body = record
+            .message
+            .as_ref()
+            .map(|m| m.to_proto().encode_to_vec());
+        let sent_at = record.message.as_ref().map_or(0, |m| m.sent_at_ms);
+        let size = body.as_ref().map_or(0, Vec::len) as i64;
+        self.tx
+            .prepare_cached(
+                "INSERT OR REPLACE INTO messages (chat_id, message_id, stamp, message, sent_at_ms, size)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .map_err(db_error)?
+            .execute(params![
+                chat_id,
+                message_id,
+                record.stamp.to_sortable_bytes().to_vec(),
+                body,
+                sent_at,
+                size
+            ])
+            .map(|_| ())
+            .map_err(db_error)
+    }
+
+    fn remove_messages_up_to(&mut self, chat_id: &str, stamp: Stamp) -> Result<()> {
+        self.tx
+            .execute(
+                "DELETE FROM messages WHERE chat_id = ?1 AND stamp <= ?2",
+                params![chat_id, stamp.to_sortable_bytes().to_vec()],
+            )
+            .map(|_| ())
+            .map_err(db_error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sync::{Change, MemoryState};
+
+    #[test]
+    fn sqlite_merge_matches_the_in_memory_merge() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut local = LocalState::open(&dir.path().join("state.db")).unwrap();
+        let device = DeviceId([3; 16]);
+        let stamp = |wall_ms| Stamp {
+            wall_ms,
+            counter: 0,
+            device,
+        };
+        let msg = |id: &str, text: &str| {
+            Change::UpsertMessage(Message {
+                chat_id: "c".into(),
+                message_id: id.into(),
+                text: text.into(),
+                sent_at_ms: 5,
+                ..Message::default()
+            })
+        };
+        let ops: Vec<Operation> = vec![
+            (1, msg("a", "one")),
+            (
+                2,
+                Change::UpsertChat(Chat {
+                    chat_id: "c".into(),
+                    title: "T".into(),
+                    members: vec!["x".into()],
+                }),
+            ),
+            (3, msg("b", "two")),
+            (
+                4,
+                Change::DeleteMessage {
+                    chat_id: "c".into(),
+                    message_id: "a".into(),
+                },
+            ),
+            (5, msg("b", "two edited")),
+            (
+                6,
+                Change::DeleteChat {
+                    chat_id: "gone".into(),
+                },
+            ),
+            (7, msg("c", "three")),
+        ]
+        .into_iter()
+        .map(|(wall, change)| Operation {
+            stamp: stamp(wall),
+            change,
+        })
+        .collect();
+        local.transaction(|tx| apply_operations(tx, &ops)).unwrap();
+        let mut memory = MemoryState::new();
+        for op in &ops {
+            apply(&mut memory, op).unwrap();
+        }
+        assert_eq!(local.messages(None).unwrap(), memory.messages());
+        let summaries = local.chat_summaries().unwrap();
+        assert_eq!(summaries.len(), 1);
+        assert_eq!(summaries[0].chat.title, "T");
+        assert_eq!(summaries[0].message_count, 2);
+        // Re-applying changes nothing.
+        assert_eq!(
+            local.transaction(|tx| apply_operations(tx, &ops)).unwrap(),
+            0
+        );
+    }
+}

@@ -1,0 +1,627 @@
+//! The vault: what an app opens. It records changes locally, syncs them with the bucket (push,
+//! then pull), and answers questions about the merged state.
+//!
+//! The sync logic itself lives in [`crate::sync`] and does no I/O; this module moves bytes between
+//! the store, the local state and that logic. See `docs/SYNC.md`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use prost::Message as _;
+
+use crate::error::{Error, Result};
+use crate::format::{ObjectKind, decode_body, proto};
+use crate::keys::{ChatKey, RecoveryKey, VaultKeys};
+use crate::local::{self, ChatSummary, LocalState, PendingSegment};
+use crate::sealing::{self, ObjectContext};
+use crate::store::{ObjectInfo, ObjectStore};
+use crate::sync::plan::{Fetch, check_chain, check_seen, plan_pull};
+use crate::sync::segment::{
+    ChatKeys, Head, KeyId, MAX_SEGMENT_BODY, NewSegment, OpenedSegment, SEGMENTS_PREFIX,
+    open_blocks, open_segment, seal_segment,
+};
+use crate::sync::{Change, Clock, DeviceId, Message, Operation, Stamp, clock::now_ms};
+
+const STATE_FILE: &str = "chatvault.sqlite";
+const META_VAULT_ID: &str = "vault_id";
+const META_DEVICE_ID: &str = "device_id";
+const META_CLOCK: &str = "clock";
+const META_CHAT_KEYS: &str = "chat_keys";
+const CHAT_KEYS_NAME: &str = "local/chat-keys";
+
+/// Who this device is, as other devices will see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// A human-readable name, e.g. "Anna's iPhone".
+    pub name: String,
+    /// The platform, e.g. "ios", "android", "linux".
+    pub platform: String,
+}
+
+/// Phases of a sync, for progress reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncPhase {
+    /// Uploading this device's segments.
+    Push,
+    /// Listing the bucket.
+    List,
+    /// Downloading and applying other devices' segments.
+    Pull,
+}
+
+/// Receives progress during a sync (called from the syncing task; keep it quick).
+pub trait SyncProgress: Send + Sync {
+    /// `done` of `total` units (segments) of `phase` are finished.
+    fn on_progress(&self, phase: SyncPhase, done: u64, total: u64);
+}
+
+/// Receives changes made by other devices, at least once each.
+///
+/// The vault advances its cursor past a segment only after this returns `Ok`; on `Err` the sync
+/// stops and the same changes are delivered again next time.
+pub trait ChangeListener: Send + Sync {
+    /// Changes from one segment of another device, in that device's recording order.
+    fn on_changes(&self, device: &str, operations: &[Operation])
+    -> std::result::Result<(), String>;
+}
+
+/// What a sync did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SyncReport {
+    /// Objects uploaded.
+    pub objects_up: u64,
+    /// Bytes uploaded.
+    pub bytes_up: u64,
+    /// Objects downloaded.
+    pub objects_down: u64,
+    /// Bytes downloaded.
+    pub bytes_down: u64,
+    /// Requests sent to the store (LIST, GET, PUT).
+    pub requests: u64,
+    /// Local operations uploaded.
+    pub operations_sent: u64,
+    /// Remote operations that changed the local state.
+    pub operations_applied: u64,
+    /// Remote segments applied.
+    pub segments_applied: u64,
+}
+
+/// Objects and bytes the vault occupies in the bucket.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UsageStats {
+    /// Number of objects under the vault prefix.
+    pub objects: u64,
+    /// Their total size.
+    pub bytes: u64,
+}
+
+/// What `verify` checked.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// Segments fetched and authenticated.
+    pub segments: u64,
+    /// Devices whose chains were checked.
+    pub devices: u64,
+    /// Operations decrypted.
+    pub operations: u64,
+}
+
+/// An open vault on one device.
+pub struct Vault {
+    keys: VaultKeys,
+    store: Arc<dyn ObjectStore>,
+    device: DeviceId,
+    info: DeviceInfo,
+    local: Mutex<LocalState>,
+    chat_keys: Mutex<ChatKeys>,
+    clock: Mutex<Clock>,
+    /// Serialises syncs of this vault object.
+    sync_lock: tokio::sync::Mutex<()>,
+}
+
+impl core::fmt::Debug for Vault {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Vault")
+            .field("vault_id", self.keys.vault_id())
+            .field("device", &self.device)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> Result<MutexGuard<'_, T>> {
+    mutex
+        .lock()
+        .map_err(|_| Error::LocalState("a previous operation panicked".into()))
+}
+
+impl Vault {
+    /// Opens the vault of `recovery_key` in `store`, with this device's state in `state_dir`
+    /// (created if missing). A new state directory makes a new device that joins the vault.
+    ///
+    /// Fails with [`Error::InvalidInput`] if `state_dir` belongs to another vault.
+    pub async fn open(
+        store: Arc<dyn ObjectStore>,
+        state_dir: &Path,
+        info: DeviceInfo,
+        recovery_key: &RecoveryKey,
+    ) -> Result<Vault> {
+        let keys = VaultKeys::derive(recovery_key);
+        std::fs::create_dir_all(state_dir).map_err(|e| {
+            Error::LocalState(format!("cannot create {}: {e}", state_dir.display()))
+        })?;
+        let local = LocalState::open(&state_dir.join(STATE_FILE))?;
+        match local.meta(META_VAULT_ID)? {
+            Some(id) if id.as_slice() != keys.vault_id().as_bytes() => {
+                return Err(Error::invalid_input(
+                    "this state directory belongs to another vault (a different recovery key)",
+                ));
+            }
+            Some(_) => {}
+            None => local.set_meta(META_VAULT_ID, keys.vault_id().as_bytes())?,
+        }
+        let device = match local.meta(META_DEVICE_ID)? {
+            Some(bytes) => DeviceId(
+                bytes
+                    .try_into()
+                    .map_err(|_| Error::LocalState("damaged device id".into()))?,
+            ),
+            None => {
+                let device = DeviceId::generate()?;
+                local.set_meta(META_DEVICE_ID, &device.0)?;
+                device
+            }
+        };
+        let last = match local.meta(META_CLOCK)? {
+            Some(bytes) => Some(
+                Stamp::from_sortable_bytes(&bytes)
+                    .ok_or_else(|| Error::LocalState("damaged clock".into()))?,
+            ),
+            None => None,
+        };
+        let chat_keys = match local.meta(META_CHAT_KEYS)? {
+            Some(sealed) => open_chat_keys(&keys, &sealed)?,
+            None => ChatKeys::new(),
+        };
+        Ok(Vault {
+            keys,
+            store,
+            device,
+            info,
+            local: Mutex::new(local),
+            chat_keys: Mutex::new(chat_keys),
+            clock: Mutex::new(Clock::new(device, last)),
+            sync_lock: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// The vault's public id (its prefix in the bucket).
+    pub fn vault_id(&self) -> String {
+        self.keys.vault_id().to_hex()
+    }
+
+    /// This device's id.
+    pub fn device_id(&self) -> DeviceId {
+        self.device
+    }
+
+    fn prefix(&self) -> String {
+        format!("{}/", self.keys.vault_id().to_hex())
+    }
+
+    /// Records changes: they are validated, stamped, applied to the local state and queued for
+    /// the next sync, all in one transaction. Once this returns, a crash loses none of them.
+    pub fn record(&self, changes: Vec<Change>) -> Result<()> {
+        for change in &changes {
+            change.validate()?;
+        }
+        let mut clock = lock(&self.clock)?;
+        let mut chat_keys = lock(&self.chat_keys)?;
+        let mut local = lock(&self.local)?;
+        let mut new_clock = *clock;
+        let mut new_keys = chat_keys.clone();
+        let mut created: Vec<KeyId> = Vec::new();
+        let now = now_ms();
+        let operations: Vec<Operation> = changes
+            .into_iter()
+            .map(|change| Operation {
+                stamp: new_clock.tick(now),
+                change,
+            })
+            .collect();
+        for operation in &operations {
+            let chat_id = operation.change.chat_id();
+            if new_keys.writing_key(chat_id).is_none() {
+                let key_id = crate::random::array::<16>()?;
+                new_keys.insert(key_id, chat_id, ChatKey::generate()?)?;
+                created.push(key_id);
+            }
+        }
+        let sealed_keys = if created.is_empty() {
+            None
+        } else {
+            Some(seal_chat_keys(&self.keys, &new_keys)?)
+        };
+        local.transaction(|tx| {
+            local::apply_operations(tx, &operations)?;
+            local::push_outbox(tx, &operations)?;
+            if let Some(last) = new_clock.last() {
+                local::set_meta(tx, META_CLOCK, &last.to_sortable_bytes())?;
+            }
+            if let Some(sealed) = &sealed_keys {
+                local::set_meta(tx, META_CHAT_KEYS, sealed)?;
+                for key_id in &created {
+                    local::add_ungranted_key(tx, key_id)?;
+                }
+            }
+            Ok(())
+        })?;
+        *clock = new_clock;
+        *chat_keys = new_keys;
+        Ok(())
+    }
+
+    /// Pushes this device's recorded changes, then pulls every other device's new segments.
+    pub async fn sync(
+        &self,
+        progress: Option<&dyn SyncProgress>,
+        listener: Option<&dyn ChangeListener>,
+    ) -> Result<SyncReport> {
+        let _guard = self.sync_lock.lock().await;
+        let mut report = SyncReport::default();
+        self.push(progress, &mut report).await?;
+        self.pull(progress, listener, &mut report).await?;
+        Ok(report)
+    }
+
+    async fn upload(&self, pending: PendingSegment, report: &mut SyncReport) -> Result<()> {
+        let size = pending.object.len() as u64;
+        self.store
+            .put(
+                &format!("{}{}", self.prefix(), pending.name),
+                pending.object,
+            )
+            .await?;
+        report.requests += 1;
+        report.objects_up += 1;
+        report.bytes_up += size;
+        let head = Head {
+            device: self.device,
+            seq: pending.seq,
+            hash: pending.hash,
+        };
+        lock(&self.local)?.transaction(|tx| local::commit_head(tx, &head, size))
+    }
+
+    async fn push(
+        &self,
+        progress: Option<&dyn SyncProgress>,
+        report: &mut SyncReport,
+    ) -> Result<()> {
+        // A segment sealed by an interrupted sync goes first, byte for byte as sealed.
+        let pending = lock(&self.local)?.pending_segment()?;
+        if let Some(pending) = pending {
+            self.upload(pending, report).await?;
+        }
+        let total = lock(&self.local)?.outbox_len()?;
+        let mut done = 0u64;
+        loop {
+            let staged = {
+                let mut local = lock(&self.local)?;
+                let batch = local.outbox(MAX_SEGMENT_BODY / 2)?;
+                let Some((last_id, _)) = batch.last() else {
+                    break;
+                };
+                let last_id = *last_id;
+                let operations: Vec<Operation> = batch.into_iter().map(|(_, op)| op).collect();
+                let heads = local.heads()?;
+                let own = heads.get(&self.device).copied();
+                let seen: Vec<Head> = heads
+                    .values()
+                    .filter(|h| h.device != self.device)
+                    .copied()
+                    .collect();
+                let grants = local.ungranted_keys()?;
+                let chat_keys = lock(&self.chat_keys)?;
+                let seq = own.map_or(1, |h| h.seq + 1);
+                let (name, object, hash) = seal_segment(
+                    &self.keys,
+                    &chat_keys,
+                    &NewSegment {
+                        device: self.device,
+                        seq,
+                        prev_hash: own.map(|h| h.hash),
+                        seen: &seen,
+                        grants: &grants,
+                        operations: &operations,
+                        device_name: &self.info.name,
+                        platform: &self.info.platform,
+                    },
+                )?;
+                let pending = PendingSegment {
+                    seq,
+                    name,
+                    object,
+                    hash,
+                };
+                local.transaction(|tx| local::stage_segment(tx, &pending, last_id))?;
+                report.operations_sent += operations.len() as u64;
+                done += operations.len() as u64;
+                pending
+            };
+            self.upload(staged, report).await?;
+            if let Some(progress) = progress {
+                progress.on_progress(SyncPhase::Push, done, total);
+            }
+        }
+        Ok(())
+    }
+
+    async fn list_segments(&self, report: &mut SyncReport) -> Result<Vec<ObjectInfo>> {
+        let prefix = self.prefix();
+        let listed = self
+            .store
+            .list(&format!("{prefix}{SEGMENTS_PREFIX}"))
+            .await?;
+        report.requests += 1;
+        Ok(listed
+            .into_iter()
+            .map(|info| ObjectInfo {
+                key: info
+                    .key
+                    .strip_prefix(&prefix)
+                    .unwrap_or(&info.key)
+                    .to_owned(),
+                size: info.size,
+            })
+            .collect())
+    }
+
+    async fn fetch(&self, fetch: &Fetch, report: &mut SyncReport) -> Result<(OpenedSegment, u64)> {
+        let object = self
+            .store
+            .get(&format!("{}{}", self.prefix(), fetch.name))
+            .await?
+            .ok_or_else(|| {
+                Error::Integrity(crate::IntegrityProblem::MissingSegment {
+                    device: fetch.device.to_hex(),
+                    seq: fetch.seq,
+                })
+            })?;
+        report.requests += 1;
+        report.objects_down += 1;
+        report.bytes_down += object.len() as u64;
+        Ok((
+            open_segment(&self.keys, &fetch.name, &object)?,
+            object.len() as u64,
+        ))
+    }
+
+    async fn pull(
+        &self,
+        progress: Option<&dyn SyncProgress>,
+        listener: Option<&dyn ChangeListener>,
+        report: &mut SyncReport,
+    ) -> Result<()> {
+        if let Some(progress) = progress {
+            progress.on_progress(SyncPhase::List, 0, 1);
+        }
+        let listed = self.list_segments(report).await?;
+        let names: Vec<String> = listed.iter().map(|i| i.key.clone()).collect();
+        let heads = lock(&self.local)?.heads()?;
+        let fetches = plan_pull(&names, &heads)?;
+        let available: BTreeMap<DeviceId, u64> = fetches
+            .iter()
+            .map(|f| (f.device, f.seq))
+            .chain(heads.values().map(|h| (h.device, h.seq)))
+            .fold(BTreeMap::new(), |mut map, (device, seq)| {
+                let entry = map.entry(device).or_insert(0);
+                *entry = (*entry).max(seq);
+                map
+            });
+        if fetches.is_empty() {
+            return Ok(());
+        }
+
+        // Fetch and open every new segment's outer layer, checking each device's chain, and learn
+        // the chat keys they grant before opening any chat block (a device may write with a key
+        // another device granted).
+        let mut opened = Vec::with_capacity(fetches.len());
+        let mut chain_heads = heads.clone();
+        for fetch in &fetches {
+            let (segment, size) = self.fetch(fetch, report).await?;
+            check_chain(chain_heads.get(&fetch.device), &segment)?;
+            chain_heads.insert(fetch.device, segment.head);
+            opened.push((segment, size));
+        }
+        let mut chat_keys = lock(&self.chat_keys)?.clone();
+        let mut keys_changed = false;
+        for (segment, _) in &opened {
+            for (key_id, chat_id, key) in &segment.grants {
+                keys_changed |= chat_keys.insert(*key_id, chat_id, key.clone())?;
+            }
+        }
+        let sealed_keys = if keys_changed {
+            Some(seal_chat_keys(&self.keys, &chat_keys)?)
+        } else {
+            None
+        };
+
+        let total = opened.len() as u64;
+        for (index, (segment, size)) in opened.into_iter().enumerate() {
+            let operations = open_blocks(&self.keys, &chat_keys, &segment)?;
+            {
+                let local = lock(&self.local)?;
+                check_seen(&segment, &available, |device, seq| {
+                    if chain_heads.get(&device).is_some_and(|h| h.seq == seq) {
+                        return Some(chain_heads[&device].hash);
+                    }
+                    local.segment_hash(device, seq).ok().flatten()
+                })?;
+            }
+            let device_hex = segment.head.device.to_hex();
+            if let Some(listener) = listener
+                && segment.head.device != self.device
+                && !operations.is_empty()
+            {
+                listener
+                    .on_changes(&device_hex, &operations)
+                    .map_err(|why| {
+                        Error::invalid_input(format!("change listener failed: {why}"))
+                    })?;
+            }
+            let mut clock = lock(&self.clock)?;
+            let mut new_clock = *clock;
+            let now = now_ms();
+            for operation in &operations {
+                new_clock.observe(operation.stamp, now);
+            }
+            let applied = lock(&self.local)?.transaction(|tx| {
+                let applied = local::apply_operations(tx, &operations)?;
+                local::commit_head(tx, &segment.head, size)?;
+                local::note_device(
+                    tx,
+                    segment.head.device,
+                    &segment.device_name,
+                    &segment.platform,
+                )?;
+                if let Some(last) = new_clock.last() {
+                    local::set_meta(tx, META_CLOCK, &last.to_sortable_bytes())?;
+                }
+                if let Some(sealed) = &sealed_keys {
+                    local::set_meta(tx, META_CHAT_KEYS, sealed)?;
+                }
+                Ok(applied)
+            })?;
+            *clock = new_clock;
+            report.operations_applied += applied;
+            report.segments_applied += 1;
+            if let Some(progress) = progress {
+                progress.on_progress(SyncPhase::Pull, index as u64 + 1, total);
+            }
+        }
+        *lock(&self.chat_keys)? = chat_keys;
+        Ok(())
+    }
+
+    /// Visible chats with message counts and sizes.
+    pub fn chats(&self) -> Result<Vec<ChatSummary>> {
+        lock(&self.local)?.chat_summaries()
+    }
+
+    /// Live messages of one chat, or of every chat, by chat, send time and message id.
+    pub fn messages(&self, chat_id: Option<&str>) -> Result<Vec<Message>> {
+        lock(&self.local)?.messages(chat_id)
+    }
+
+    /// Operations recorded here and not yet uploaded.
+    pub fn pending_operations(&self) -> Result<u64> {
+        lock(&self.local)?.outbox_len()
+    }
+
+    /// Objects and bytes under the vault's prefix (one LIST).
+    pub async fn usage(&self) -> Result<UsageStats> {
+        let listed = self.store.list(&self.prefix()).await?;
+        Ok(UsageStats {
+            objects: listed.len() as u64,
+            bytes: listed.iter().map(|i| i.size).sum(),
+        })
+    }
+
+    /// Fetches and authenticates every segment in the bucket, checking every device's chain from
+    /// the start, every claim segments make about each other, and that nothing this device has
+    /// already applied was rolled back. Changes nothing.
+    pub async fn verify(&self) -> Result<VerifyReport> {
+        let mut scratch = SyncReport::default();
+        let listed = self.list_segments(&mut scratch).await?;
+        let names: Vec<String> = listed.iter().map(|i| i.key.clone()).collect();
+        let applied = lock(&self.local)?.heads()?;
+        // Rollback against what this device knows, then everything from scratch.
+        plan_pull(&names, &applied)?;
+        let fetches = plan_pull(&names, &BTreeMap::new())?;
+        let mut chain: BTreeMap<DeviceId, Head> = BTreeMap::new();
+        let mut chat_keys = lock(&self.chat_keys)?.clone();
+        let mut segments = Vec::new();
+        for fetch in &fetches {
+            let (segment, _) = self.fetch(fetch, &mut scratch).await?;
+            check_chain(chain.get(&fetch.device), &segment)?;
+            chain.insert(fetch.device, segment.head);
+            for (key_id, chat_id, key) in &segment.grants {
+                chat_keys.insert(*key_id, chat_id, key.clone())?;
+            }
+            segments.push(segment);
+        }
+        let available: BTreeMap<DeviceId, u64> = chain
+            .iter()
+            .map(|(device, head)| (*device, head.seq))
+            .collect();
+        let hashes: BTreeMap<(DeviceId, u64), [u8; 32]> = segments
+            .iter()
+            .map(|s| ((s.head.device, s.head.seq), s.head.hash))
+            .collect();
+        for (device, head) in &applied {
+            if hashes.get(&(*device, head.seq)) != Some(&head.hash) {
+                return Err(Error::Integrity(crate::IntegrityProblem::ChainBroken {
+                    device: device.to_hex(),
+                    seq: head.seq,
+                }));
+            }
+        }
+        let mut report = VerifyReport {
+            devices: chain.len() as u64,
+            ..VerifyReport::default()
+        };
+        for segment in &segments {
+            check_seen(segment, &available, |device, seq| {
+                hashes.get(&(device, seq)).copied()
+            })?;
+            report.operations += open_blocks(&self.keys, &chat_keys, segment)?.len() as u64;
+            report.segments += 1;
+        }
+        Ok(report)
+    }
+}
+
+fn seal_chat_keys(keys: &VaultKeys, chat_keys: &ChatKeys) -> Result<Vec<u8>> {
+    let body = zeroize::Zeroizing::new(
+        proto::KeySet {
+            keys: chat_keys
+                .entries()
+                .map(|(key_id, chat_id, key)| proto::ChatKeyGrant {
+                    chat_id: chat_id.to_owned(),
+                    key_id: key_id.to_vec(),
+                    key: key.0.bytes().to_vec(),
+                })
+                .collect(),
+        }
+        .encode_to_vec(),
+    );
+    let context = ObjectContext {
+        vault_id: keys.vault_id(),
+        kind: ObjectKind::KeySet,
+        name: CHAT_KEYS_NAME,
+    };
+    sealing::seal(&keys.keyring().0, &context, &body)
+}
+
+fn open_chat_keys(keys: &VaultKeys, sealed: &[u8]) -> Result<ChatKeys> {
+    let context = ObjectContext {
+        vault_id: keys.vault_id(),
+        kind: ObjectKind::KeySet,
+        name: CHAT_KEYS_NAME,
+    };
+    let body = sealing::open(&keys.keyring().0, &context, sealed)?;
+    let set: proto::KeySet = decode_body(ObjectKind::KeySet, &body)?;
+    let mut chat_keys = ChatKeys::new();
+    for grant in set.keys {
+        let malformed = || Error::LocalState("damaged chat key set".into());
+        let key_id: KeyId = grant
+            .key_id
+            .as_slice()
+            .try_into()
+            .map_err(|_| malformed())?;
+        let key: [u8; 32] = grant.key.as_slice().try_into().map_err(|_| malformed())?;
+        chat_keys.insert(key_id, &grant.chat_id, ChatKey::from_bytes(key))?;
+    }
+    Ok(chat_keys)
+}
