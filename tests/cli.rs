@@ -1,6 +1,7 @@
 //! The `chatvault` binary as a person runs it (needs `--features cli`).
 
-use std::process::Command;
+use std::path::Path;
+use std::process::{Command, Output};
 
 use chatvault::keys::RecoveryKey;
 
@@ -8,68 +9,220 @@ fn chatvault() -> Command {
     Command::new(env!("CARGO_BIN_EXE_chatvault"))
 }
 
+fn ok(output: Output) -> String {
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
 #[test]
 fn keygen_prints_one_parsable_key_per_run() {
-    let first = chatvault().arg("keygen").output().unwrap();
-    let second = chatvault().arg("keygen").output().unwrap();
-    assert!(first.status.success());
-    let first = String::from_utf8(first.stdout).unwrap();
-    let second = String::from_utf8(second.stdout).unwrap();
+    let first = ok(chatvault().arg("keygen").output().unwrap());
+    let second = ok(chatvault().arg("keygen").output().unwrap());
     assert_eq!(first.lines().count(), 1);
     assert_ne!(first, second);
     RecoveryKey::parse(first.trim()).unwrap();
 }
 
 #[test]
-fn demo_backs_up_restores_and_shreds() {
+fn demo_backs_up_and_restores_across_devices() {
     let dir = tempfile::tempdir().unwrap();
-    let bucket = dir.path().join("bucket");
-    let output = chatvault()
+    let stdout = ok(chatvault()
         .args(["demo", "--dir"])
-        .arg(&bucket)
+        .arg(dir.path().join("demo"))
         .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
+        .unwrap());
+    assert!(stdout.contains("Family 👪 — 400 messages"), "{stdout}");
     assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
+        stdout.contains("Climbing crew 🧗 — 399 messages"),
+        "{stdout}"
     );
-    assert!(stdout.contains("Family 👪 (3 messages"), "{stdout}");
-    assert!(stdout.contains("the passphrase envelope also unlocks the same key: true"));
-    assert!(stdout.contains("chats left: climbing, family"));
+    assert!(stdout.contains("first family message: mum: Dinner at 7? 🍝 (edited)"));
+    assert!(stdout.contains("Both devices hold the same 1200 messages: true"));
+    assert!(stdout.contains("An idle sync costs 1 request(s)"));
+    assert!(stdout.contains("The passphrase envelope unlocks the same recovery key: true"));
 
-    // Nothing the bucket holds names a chat or contains message text.
-    let mut files = Vec::new();
+    // Nothing in the bucket names a chat or contains message text.
+    let bucket = dir.path().join("demo/bucket");
     let mut stack = vec![bucket.clone()];
+    let mut files = 0;
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            files += 1;
+            let name = path
+                .strip_prefix(&bucket)
+                .unwrap()
+                .to_string_lossy()
+                .to_string();
+            let bytes = std::fs::read(&path).unwrap();
+            for secret in ["family", "climbing", "landlord", "Dinner", "mum"] {
+                assert!(!name.contains(secret), "{name}");
+                assert!(
+                    !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                    "{name}"
+                );
+            }
+        }
+    }
+    assert!(files >= 3);
+}
+
+struct Env {
+    _dir: tempfile::TempDir,
+    store: String,
+    key_file: std::path::PathBuf,
+    root: std::path::PathBuf,
+}
+
+fn env() -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let key = ok(chatvault().arg("keygen").output().unwrap());
+    let key_file = root.join("key.txt");
+    std::fs::write(&key_file, key).unwrap();
+    Env {
+        store: format!("file://{}", root.join("bucket").display()),
+        key_file,
+        root,
+        _dir: dir,
+    }
+}
+
+fn run(env: &Env, device: &str, args: &[&str]) -> Output {
+    chatvault()
+        .env("CHATVAULT_STORE", &env.store)
+        .env("CHATVAULT_KEY_FILE", &env.key_file)
+        .env("CHATVAULT_STATE", env.root.join(device))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn write(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+}
+
+#[test]
+fn import_sync_restore_round_trips_every_character() {
+    let env = env();
+    let input = env.root.join("in.jsonl");
+    write(
+        &input,
+        concat!(
+            r#"{"type":"chat","chat_id":"c1","title":"Tabs\tand \"quotes\" \\ 🎉","members":["a","b"]}"#,
+            "\n",
+            r#"{"type":"message","chat_id":"c1","message_id":"m1","sender":"a","sent_at_ms":2,"text":"line\nbreak","reply_to":null}"#,
+            "\n",
+            r#"{"type":"message","chat_id":"c1","message_id":"m0","sender":"b","sent_at_ms":1,"text":"first","reply_to":null}"#,
+            "\n",
+            r#"{"type":"message","chat_id":"c1","message_id":"m1","sender":"a","sent_at_ms":2,"text":"edited ✏️","reply_to":"m0"}"#,
+            "\n",
+            r#"{"type":"message","chat_id":"c2","message_id":"x","sender":"a","sent_at_ms":3,"text":"bye","reply_to":null}"#,
+            "\n",
+            r#"{"type":"delete_chat","chat_id":"c2"}"#,
+            "\n",
+            r#"{"type":"message","chat_id":"c1","message_id":"gone","sender":"a","sent_at_ms":4,"text":"oops","reply_to":null}"#,
+            "\n",
+            r#"{"type":"delete_message","chat_id":"c1","message_id":"gone"}"#,
+            "\n",
+        ),
+    );
+    ok(run(&env, "phone", &["init"]));
+    ok(run(&env, "phone", &["import", input.to_str().unwrap()]));
+    let report = ok(run(&env, "phone", &["sync", "--json"]));
+    let report: serde_json::Value = serde_json::from_str(report.trim()).unwrap();
+    assert_eq!(report["objects_up"], 1);
+    assert_eq!(report["operations_sent"], 8);
+
+    let out = env.root.join("out.jsonl");
+    ok(run(
+        &env,
+        "tablet",
+        &["restore", "--out", out.to_str().unwrap()],
+    ));
+    let restored = std::fs::read_to_string(&out).unwrap();
+    let expected = concat!(
+        r#"{"type":"chat","chat_id":"c1","title":"Tabs\tand \"quotes\" \\ 🎉","members":["a","b"]}"#,
+        "\n",
+        r#"{"type":"message","chat_id":"c1","message_id":"m0","sender":"b","sent_at_ms":1,"text":"first","reply_to":null}"#,
+        "\n",
+        r#"{"type":"message","chat_id":"c1","message_id":"m1","sender":"a","sent_at_ms":2,"text":"edited ✏️","reply_to":"m0"}"#,
+        "\n",
+    );
+    assert_eq!(restored, expected);
+
+    let chats = ok(run(&env, "tablet", &["chats", "--json"]));
+    let chat: serde_json::Value = serde_json::from_str(chats.trim()).unwrap();
+    assert_eq!(chat["messages"], 2);
+    let stats = ok(run(&env, "tablet", &["stats", "--json"]));
+    let stats: serde_json::Value = serde_json::from_str(stats.trim()).unwrap();
+    assert_eq!(stats["objects"], 1);
+    assert!(ok(run(&env, "tablet", &["verify"])).starts_with("ok: 1 segments"));
+
+    let only = env.root.join("only.jsonl");
+    ok(run(
+        &env,
+        "tablet",
+        &["restore", "--out", only.to_str().unwrap(), "--chat", "nope"],
+    ));
+    assert_eq!(std::fs::read_to_string(&only).unwrap(), "");
+}
+
+#[test]
+fn a_malformed_line_is_reported_and_nothing_is_imported() {
+    let env = env();
+    let input = env.root.join("bad.jsonl");
+    write(
+        &input,
+        concat!(
+            r#"{"type":"message","chat_id":"c","message_id":"1","sent_at_ms":1,"text":"fine"}"#,
+            "\n",
+            r#"{"type":"message","chat_id":"c","message_id":"2","sent_at_ms":"yesterday"}"#,
+            "\n",
+        ),
+    );
+    let output = run(&env, "phone", &["import", input.to_str().unwrap()]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("line 2"), "{stderr}");
+    let stats = ok(run(&env, "phone", &["stats", "--json"]));
+    assert!(stats.contains("\"pending_operations\":0"), "{stats}");
+}
+
+#[test]
+fn verify_fails_loudly_on_a_tampered_store() {
+    let env = env();
+    let input = env.root.join("in.jsonl");
+    write(
+        &input,
+        "{\"type\":\"message\",\"chat_id\":\"c\",\"message_id\":\"1\",\"sent_at_ms\":1,\"text\":\"x\"}\n",
+    );
+    ok(run(&env, "phone", &["import", input.to_str().unwrap()]));
+    ok(run(&env, "phone", &["sync"]));
+    let mut stack = vec![env.root.join("bucket")];
     while let Some(d) = stack.pop() {
         for entry in std::fs::read_dir(d).unwrap() {
             let path = entry.unwrap().path();
             if path.is_dir() {
                 stack.push(path);
             } else {
-                files.push(path);
+                let mut bytes = std::fs::read(&path).unwrap();
+                let last = bytes.len() - 1;
+                bytes[last] ^= 0x40;
+                std::fs::write(&path, bytes).unwrap();
             }
         }
     }
-    assert_eq!(
-        files.len(),
-        4,
-        "two chats, one keyring, one passphrase envelope: {files:?}"
-    );
-    for file in files {
-        let name = file
-            .strip_prefix(&bucket)
-            .unwrap()
-            .to_string_lossy()
-            .to_string();
-        for secret in ["family", "climbing", "landlord", "Dinner", "crag"] {
-            assert!(!name.contains(secret), "{name}");
-            let bytes = std::fs::read(&file).unwrap();
-            assert!(
-                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
-                "{name}"
-            );
-        }
-    }
+    let output = run(&env, "laptop", &["verify"]);
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("authentication failed"));
 }

@@ -9,6 +9,12 @@
 //! uses, nothing needs compare-and-swap, and listing is the only way to discover objects.
 //! Keys are relative to the store's own prefix and use `/` as separator.
 
+mod directory;
+mod url;
+
+pub use directory::DirectoryStore;
+pub use url::open_store;
+
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::Mutex;

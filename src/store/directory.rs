@@ -1,0 +1,179 @@
+//! A store on a local directory: the embedded default, and a "mothership" backup on a USB disk or
+//! a NAS. Same semantics as S3: whole-object atomic writes, key-ordered listing.
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use super::{ObjectInfo, ObjectStore, StoreError, StoreResult};
+
+/// Temporary files are written beside their target with this prefix and never listed.
+const TEMP_PREFIX: &str = ".chatvault-tmp-";
+
+/// An object store on a local directory.
+#[derive(Debug, Clone)]
+pub struct DirectoryStore {
+    root: PathBuf,
+}
+
+fn io_error(error: std::io::Error) -> StoreError {
+    StoreError::Io(error.to_string())
+}
+
+impl DirectoryStore {
+    /// A store rooted at `root` (created on the first write).
+    pub fn new(root: PathBuf) -> Self {
+        DirectoryStore { root }
+    }
+
+    /// The path of `key`, refusing keys that could escape the root.
+    fn path_of(&self, key: &str) -> StoreResult<PathBuf> {
+        let valid = !key.is_empty()
+            && !key.starts_with('/')
+            && key.split('/').all(|segment| {
+                !segment.is_empty()
+                    && segment != "."
+                    && segment != ".."
+                    && !segment.starts_with(TEMP_PREFIX)
+            })
+            && !key.contains(['\\', '\0']);
+        if !valid {
+            return Err(StoreError::Other(format!("invalid object key {key:?}")));
+        }
+        Ok(self.root.join(key))
+    }
+
+    async fn blocking<T: Send + 'static>(
+        work: impl FnOnce() -> StoreResult<T> + Send + 'static,
+    ) -> StoreResult<T> {
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|e| StoreError::Io(format!("I/O task failed: {e}")))?
+    }
+}
+
+fn write_atomically(path: &Path, body: &[u8]) -> StoreResult<()> {
+    use std::io::Write;
+    let parent = path
+        .parent()
+        .ok_or_else(|| StoreError::Other("object path without a parent".into()))?;
+    std::fs::create_dir_all(parent).map_err(io_error)?;
+    let unique: [u8; 8] =
+        crate::random::array().map_err(|_| StoreError::Io("no randomness".into()))?;
+    let temp = parent.join(format!(
+        "{TEMP_PREFIX}{}",
+        unique
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    ));
+    let result = (|| {
+        let mut file = std::fs::File::create(&temp)?;
+        file.write_all(body)?;
+        file.sync_all()?;
+        std::fs::rename(&temp, path)?;
+        // Make the rename itself durable.
+        std::fs::File::open(parent)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    result.map_err(io_error)
+}
+
+fn read(path: &Path, range: Option<Range<u64>>) -> StoreResult<Option<Vec<u8>>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_error(e)),
+    };
+    let Some(range) = range else {
+        let mut body = Vec::new();
+        file.read_to_end(&mut body).map_err(io_error)?;
+        return Ok(Some(body));
+    };
+    let len = file.metadata().map_err(io_error)?.len();
+    let end = range.end.min(len);
+    let start = range.start.min(end);
+    file.seek(SeekFrom::Start(start)).map_err(io_error)?;
+    let mut body = Vec::with_capacity((end - start) as usize);
+    file.take(end - start)
+        .read_to_end(&mut body)
+        .map_err(io_error)?;
+    Ok(Some(body))
+}
+
+fn walk(root: &Path, dir: &Path, prefix: &str, out: &mut Vec<ObjectInfo>) -> StoreResult<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_error(e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(io_error)?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else {
+            continue; // not a key this store wrote
+        };
+        if name.starts_with(TEMP_PREFIX) {
+            continue;
+        }
+        let path = entry.path();
+        let key = path
+            .strip_prefix(root)
+            .ok()
+            .and_then(|p| p.to_str())
+            .map(|p| p.replace(std::path::MAIN_SEPARATOR, "/"))
+            .ok_or_else(|| StoreError::Other("path outside the store".into()))?;
+        let file_type = entry.file_type().map_err(io_error)?;
+        if file_type.is_dir() {
+            let as_dir = format!("{key}/");
+            if as_dir.starts_with(prefix) || prefix.starts_with(&as_dir) {
+                walk(root, &path, prefix, out)?;
+            }
+        } else if key.starts_with(prefix) {
+            let size = entry.metadata().map_err(io_error)?.len();
+            out.push(ObjectInfo { key, size });
+        }
+    }
+    Ok(())
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for DirectoryStore {
+    async fn put(&self, key: &str, body: Vec<u8>) -> StoreResult<()> {
+        let path = self.path_of(key)?;
+        Self::blocking(move || write_atomically(&path, &body)).await
+    }
+
+    async fn get(&self, key: &str) -> StoreResult<Option<Vec<u8>>> {
+        let path = self.path_of(key)?;
+        Self::blocking(move || read(&path, None)).await
+    }
+
+    async fn get_range(&self, key: &str, range: Range<u64>) -> StoreResult<Option<Vec<u8>>> {
+        let path = self.path_of(key)?;
+        Self::blocking(move || read(&path, Some(range))).await
+    }
+
+    async fn list(&self, prefix: &str) -> StoreResult<Vec<ObjectInfo>> {
+        let root = self.root.clone();
+        let prefix = prefix.to_owned();
+        Self::blocking(move || {
+            let mut out = Vec::new();
+            walk(&root, &root, &prefix, &mut out)?;
+            out.sort_by(|a, b| a.key.cmp(&b.key));
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn delete(&self, key: &str) -> StoreResult<()> {
+        let path = self.path_of(key)?;
+        Self::blocking(move || match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_error(e)),
+            _ => Ok(()),
+        })
+        .await
+    }
+}
