@@ -18,5 +18,9 @@ RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features --quiet
 step "the mobile library builds without the CLI feature"
 cargo build --lib --quiet
 
+step "test vectors, checked by an independent Python implementation of docs/FORMAT.md"
+python_bin=$(bash scripts/python-env.sh | tail -n 1)
+"$python_bin" tests/independent/check_vectors.py
+
 step "cargo test (all features)"
 cargo test --all-features

@@ -286,12 +286,24 @@ impl LocalState {
 
     /// Live messages of one chat (or of all chats), ordered by chat, send time, message id.
     pub fn messages(&self, chat_id: Option<&str>) -> Result<Vec<Message>> {
-        let sql = "SELECT message FROM messages WHERE message IS NOT NULL AND (?1 IS NULL OR chat_id = ?1)
-                   ORDER BY chat_id, sent_at_ms, message_id";
-        let mut statement = self.connection.prepare(sql).map_err(db_error)?;
-        let rows = statement
-            .query_map([chat_id], |row| row.get::<_, Vec<u8>>(0))
-            .map_err(db_error)?;
+        // Two statements rather than "?1 IS NULL OR chat_id = ?1", which would stop SQLite from
+        // using the (chat_id, sent_at_ms, message_id) index for one chat.
+        let mut statement = match chat_id {
+            Some(_) => self.connection.prepare(
+                "SELECT message FROM messages WHERE chat_id = ?1 AND message IS NOT NULL
+                 ORDER BY chat_id, sent_at_ms, message_id",
+            ),
+            None => self.connection.prepare(
+                "SELECT message FROM messages WHERE message IS NOT NULL
+                 ORDER BY chat_id, sent_at_ms, message_id",
+            ),
+        }
+        .map_err(db_error)?;
+        let rows = match chat_id {
+            Some(chat_id) => statement.query_map([chat_id], first_blob),
+            None => statement.query_map([], first_blob),
+        }
+        .map_err(db_error)?;
         rows.map(|row| {
             let bytes = row.map_err(db_error)?;
             Ok(Message::from_proto(
@@ -326,6 +338,10 @@ impl LocalState {
         })
         .collect()
     }
+}
+
+fn first_blob(row: &rusqlite::Row<'_>) -> rusqlite::Result<Vec<u8>> {
+    row.get(0)
 }
 
 /// A sealed segment waiting to be uploaded.
