@@ -11,6 +11,8 @@ use chatvault::sync::{Change, Chat, Message, Operation};
 use chatvault::vault::{ChangeListener, DeviceInfo, Vault};
 use chatvault::{Error, IntegrityProblem};
 
+mod common;
+
 fn info(name: &str) -> DeviceInfo {
     DeviceInfo {
         name: name.into(),
@@ -64,6 +66,20 @@ async fn three_devices_converge_through_a_directory_store() {
         bucket.path().to_path_buf(),
     )))
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+async fn three_devices_converge_on_garage() {
+    if let Some(config) = common::s3_server("GARAGE") {
+        converge(Arc::new(chatvault::store::S3Store::new(config).unwrap())).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+async fn three_devices_converge_on_moto() {
+    if let Some(config) = common::s3_server("MOTO") {
+        converge(Arc::new(chatvault::store::S3Store::new(config).unwrap())).await;
+    }
 }
 
 /// Three devices record and sync concurrently for several rounds; all converge with no lost and

@@ -10,10 +10,12 @@
 //! Keys are relative to the store's own prefix and use `/` as separator.
 
 mod directory;
+mod s3;
 mod url;
 
 pub use directory::DirectoryStore;
-pub use url::open_store;
+pub use s3::{S3Config, S3Store};
+pub use url::{open_store, parse_s3_url};
 
 use std::collections::BTreeMap;
 use std::ops::Range;

@@ -1,0 +1,34 @@
+//! Helpers shared by the integration tests: the real S3 servers started by
+//! `scripts/s3-servers.sh`.
+
+#![allow(dead_code)]
+
+use chatvault::store::{S3Config, parse_s3_url};
+
+/// A short random id, so runs against a long-lived server never collide.
+pub fn run_id() -> String {
+    let mut bytes = [0u8; 6];
+    getrandom::fill(&mut bytes).expect("randomness");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The configuration of test server `name` ("GARAGE" or "MOTO") under a fresh prefix, from the
+/// variables `scripts/s3-servers.sh` writes. `None` (and a SKIPPED line) when they are not set,
+/// unless `CHATVAULT_REQUIRE_S3=1`, which makes their absence a failure.
+pub fn s3_server(name: &str) -> Option<S3Config> {
+    let Ok(url) = std::env::var(format!("CHATVAULT_TEST_{name}_URL")) else {
+        assert!(
+            std::env::var("CHATVAULT_REQUIRE_S3").as_deref() != Ok("1"),
+            "CHATVAULT_TEST_{name}_URL is not set but CHATVAULT_REQUIRE_S3=1: start the servers with scripts/s3-servers.sh"
+        );
+        eprintln!("SKIPPED: {name} tests (CHATVAULT_TEST_{name}_URL not set)");
+        return None;
+    };
+    let mut config = parse_s3_url(&url).expect("valid test server URL");
+    config.prefix = format!("{}/{}", config.prefix, run_id());
+    config.access_key_id =
+        std::env::var(format!("CHATVAULT_TEST_{name}_ACCESS_KEY")).expect("access key");
+    config.secret_access_key =
+        std::env::var(format!("CHATVAULT_TEST_{name}_SECRET_KEY")).expect("secret key");
+    Some(config)
+}
