@@ -429,3 +429,28 @@ async fn a_state_directory_refuses_another_vault() {
         Err(Error::InvalidInput(_))
     ));
 }
+
+struct Progress(Mutex<Vec<(chatvault::vault::SyncPhase, u64, u64)>>);
+
+impl chatvault::vault::SyncProgress for Progress {
+    fn on_progress(&self, phase: chatvault::vault::SyncPhase, done: u64, total: u64) {
+        self.0.lock().unwrap().push((phase, done, total));
+    }
+}
+
+#[tokio::test]
+async fn progress_is_reported_for_push_and_pull() {
+    use chatvault::vault::SyncPhase;
+    let store: Arc<dyn ObjectStore> = Arc::new(MemoryStore::new());
+    let key = RecoveryKey::generate().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let a = device(store.clone(), &key, &dir, "a").await;
+    let b = device(store.clone(), &key, &dir, "b").await;
+    a.record((0..10).map(|i| message("c", &i.to_string(), "x", i)).collect()).unwrap();
+    let pushed = Progress(Mutex::new(vec![]));
+    a.sync(Some(&pushed), None).await.unwrap();
+    assert!(pushed.0.lock().unwrap().contains(&(SyncPhase::Push, 10, 10)));
+    let pulled = Progress(Mutex::new(vec![]));
+    b.sync(Some(&pulled), None).await.unwrap();
+    assert_eq!(pulled.0.lock().unwrap().last(), Some(&(SyncPhase::Pull, 1, 1)));
+}
