@@ -22,5 +22,13 @@ step "test vectors, checked by an independent Python implementation of docs/FORM
 python_bin=$(bash scripts/python-env.sh | tail -n 1)
 "$python_bin" tests/independent/check_vectors.py
 
-step "cargo test (all features)"
+step "real S3 servers on loopback: Garage 2.5.0 and moto (installed once, cached in ~/.cache/chatvault)"
+servers_dir=$(mktemp -d)
+trap 'bash scripts/s3-servers.sh stop "$servers_dir"; rm -rf "$servers_dir"' EXIT
+bash scripts/s3-servers.sh start "$servers_dir"
+# shellcheck disable=SC1091
+source "$servers_dir/env"
+export CHATVAULT_REQUIRE_S3=1
+
+step "cargo test (all features; the store and sync suites also run against Garage and moto)"
 cargo test --all-features
