@@ -42,6 +42,7 @@ CREATE TABLE IF NOT EXISTS chats (
 CREATE TABLE IF NOT EXISTS messages (
     chat_id TEXT NOT NULL, message_id TEXT NOT NULL, stamp BLOB NOT NULL, message BLOB,
     sent_at_ms INTEGER NOT NULL, size INTEGER NOT NULL, PRIMARY KEY (chat_id, message_id));
+CREATE TABLE IF NOT EXISTS checkpoints (name TEXT PRIMARY KEY, covered BLOB NOT NULL, created_at_ms INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS messages_by_time ON messages (chat_id, sent_at_ms, message_id);
 ";
 
@@ -313,6 +314,107 @@ impl LocalState {
         .collect()
     }
 
+    /// Every chat id with any record (live, deleted or only tombstones), in byte order.
+    pub fn all_chat_ids(&self) -> Result<Vec<String>> {
+        let mut statement = self
+            .connection
+            .prepare("SELECT chat_id FROM chats UNION SELECT chat_id FROM messages ORDER BY 1")
+            .map_err(db_error)?;
+        let rows = statement
+            .query_map([], |row| row.get::<_, String>(0))
+            .map_err(db_error)?;
+        rows.map(|r| r.map_err(db_error)).collect()
+    }
+
+    /// A chat's merge state as operations (the winning operation for its metadata and for each
+    /// message, tombstones included), and the stamp of its newest deletion.
+    pub fn chat_operations(&self, chat_id: &str) -> Result<(Vec<Operation>, Option<Stamp>)> {
+        let tx = self.connection.unchecked_transaction().map_err(db_error)?;
+        let state = SqlState { tx: &tx };
+        let record = state.chat(chat_id)?.unwrap_or_default();
+        let mut operations = Vec::new();
+        if let Some((stamp, chat)) = record.meta {
+            operations.push(Operation {
+                stamp,
+                change: crate::sync::Change::UpsertChat(chat),
+            });
+        }
+        let mut statement = tx
+            .prepare(
+                "SELECT message_id, stamp, message FROM messages WHERE chat_id = ?1 ORDER BY stamp",
+            )
+            .map_err(db_error)?;
+        let rows = statement
+            .query_map([chat_id], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, Vec<u8>>(1)?,
+                    row.get::<_, Option<Vec<u8>>>(2)?,
+                ))
+            })
+            .map_err(db_error)?;
+        for row in rows {
+            let (message_id, stamp, message) = row.map_err(db_error)?;
+            let stamp = Stamp::from_sortable_bytes(&stamp).ok_or_else(|| corrupt("stamp"))?;
+            let change = match message {
+                Some(bytes) => crate::sync::Change::UpsertMessage(Message::from_proto(
+                    proto::Message::decode(&bytes[..]).map_err(|_| corrupt("message"))?,
+                )),
+                None => crate::sync::Change::DeleteMessage {
+                    chat_id: chat_id.to_owned(),
+                    message_id,
+                },
+            };
+            operations.push(Operation { stamp, change });
+        }
+        Ok((operations, record.deleted))
+    }
+
+    /// Checkpoints this device has opened: name -> (covered heads, creation time).
+    pub fn known_checkpoints(&self) -> Result<BTreeMap<String, (Vec<Head>, u64)>> {
+        let mut statement = self
+            .connection
+            .prepare("SELECT name, covered, created_at_ms FROM checkpoints")
+            .map_err(db_error)?;
+        let rows = statement
+            .query_map([], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, Vec<u8>>(1)?,
+                    row.get::<_, i64>(2)?,
+                ))
+            })
+            .map_err(db_error)?;
+        let mut out = BTreeMap::new();
+        for row in rows {
+            let (name, covered, created) = row.map_err(db_error)?;
+            let decoded =
+                proto::Segment::decode(&covered[..]).map_err(|_| corrupt("checkpoint"))?;
+            let heads = decoded
+                .seen
+                .iter()
+                .map(|h| {
+                    Ok(Head {
+                        device: DeviceId(
+                            h.device_id
+                                .as_slice()
+                                .try_into()
+                                .map_err(|_| corrupt("checkpoint"))?,
+                        ),
+                        seq: h.seq,
+                        hash: h
+                            .hash
+                            .as_slice()
+                            .try_into()
+                            .map_err(|_| corrupt("checkpoint"))?,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            out.insert(name, (heads, created as u64));
+        }
+        Ok(out)
+    }
+
     /// Devices seen in the vault: (device, name, platform).
     pub fn devices(&self) -> Result<Vec<(DeviceId, String, String)>> {
         let mut statement = self
@@ -426,6 +528,58 @@ pub(crate) fn commit_head(tx: &Transaction<'_>, head: &Head, size: u64) -> Resul
     )
     .map_err(db_error)?;
     Ok(())
+}
+
+/// Remembers a checkpoint's coverage (stored as the `seen` list of an otherwise empty Segment
+/// message, to reuse its encoding).
+pub(crate) fn note_checkpoint(
+    tx: &Transaction<'_>,
+    name: &str,
+    covered: &[Head],
+    created_at_ms: u64,
+) -> Result<()> {
+    let encoded = proto::Segment {
+        seen: covered
+            .iter()
+            .map(|h| proto::DeviceHead {
+                device_id: h.device.0.to_vec(),
+                seq: h.seq,
+                hash: h.hash.to_vec(),
+            })
+            .collect(),
+        ..proto::Segment::default()
+    }
+    .encode_to_vec();
+    tx.execute(
+        "INSERT OR REPLACE INTO checkpoints (name, covered, created_at_ms) VALUES (?1, ?2, ?3)",
+        params![name, encoded, created_at_ms as i64],
+    )
+    .map(|_| ())
+    .map_err(db_error)
+}
+
+/// Forgets a checkpoint that is no longer in the bucket.
+pub(crate) fn forget_checkpoint(tx: &Transaction<'_>, name: &str) -> Result<()> {
+    tx.execute("DELETE FROM checkpoints WHERE name = ?1", [name])
+        .map(|_| ())
+        .map_err(db_error)
+}
+
+/// Sets a device's head only if it moves it forward.
+pub(crate) fn advance_head(tx: &Transaction<'_>, head: &Head) -> Result<()> {
+    tx.execute(
+        "INSERT INTO heads (device, seq, hash) VALUES (?1, ?2, ?3)
+         ON CONFLICT (device) DO UPDATE SET seq = excluded.seq, hash = excluded.hash
+         WHERE excluded.seq > heads.seq",
+        params![&head.device.0[..], head.seq as i64, &head.hash[..]],
+    )
+    .map_err(db_error)?;
+    tx.execute(
+        "INSERT OR IGNORE INTO segment_hashes (device, seq, hash, size) VALUES (?1, ?2, ?3, 0)",
+        params![&head.device.0[..], head.seq as i64, &head.hash[..]],
+    )
+    .map(|_| ())
+    .map_err(db_error)
 }
 
 pub(crate) fn note_device(

@@ -16,10 +16,14 @@ use crate::keys::{ChatKey, RecoveryKey, VaultKeys};
 use crate::local::{self, ChatSummary, LocalState, PendingSegment};
 use crate::sealing::{self, ObjectContext};
 use crate::store::{ObjectInfo, ObjectStore};
+use crate::sync::checkpoint::{
+    CHECKPOINTS_PREFIX, ChatContent, CheckpointIndex, CheckpointInput, PACKS_PREFIX, open_block,
+    open_checkpoint_index, pack_prefix, parse_checkpoint_name, seal_checkpoint,
+};
 use crate::sync::plan::{Fetch, check_chain, check_seen, plan_pull};
 use crate::sync::segment::{
     ChatKeys, Head, KeyId, MAX_SEGMENT_BODY, NewSegment, OpenedSegment, SEGMENTS_PREFIX,
-    open_blocks, open_segment, seal_segment,
+    open_blocks, open_segment, parse_segment_name, seal_segment, segment_name,
 };
 use crate::sync::{Change, Clock, DeviceId, Message, Operation, Stamp, clock::now_ms};
 
@@ -29,6 +33,9 @@ const META_DEVICE_ID: &str = "device_id";
 const META_CLOCK: &str = "clock";
 const META_CHAT_KEYS: &str = "chat_keys";
 const CHAT_KEYS_NAME: &str = "local/chat-keys";
+const META_CHECKPOINT_SEQ: &str = "checkpoint_seq";
+/// A sync that sees at least this many segments not covered by a checkpoint writes one.
+const AUTO_CHECKPOINT_SEGMENTS: u64 = 64;
 
 /// Who this device is, as other devices will see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,9 +103,22 @@ pub struct UsageStats {
     pub bytes: u64,
 }
 
+/// What `checkpoint` wrote.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CheckpointReport {
+    /// The index's name (empty if there was nothing to checkpoint).
+    pub name: String,
+    /// Objects written (index and packs).
+    pub objects: u64,
+    /// Bytes written.
+    pub bytes: u64,
+}
+
 /// What `verify` checked.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct VerifyReport {
+    /// Checkpoints fetched and authenticated (the newest, with every pack and block).
+    pub checkpoints: u64,
     /// Segments fetched and authenticated.
     pub segments: u64,
     /// Devices whose chains were checked.
@@ -270,7 +290,13 @@ impl Vault {
         let _guard = self.sync_lock.lock().await;
         let mut report = SyncReport::default();
         self.push(progress, &mut report).await?;
-        self.pull(progress, listener, &mut report).await?;
+        let uncovered = self.pull(progress, listener, &mut report).await?;
+        if uncovered >= AUTO_CHECKPOINT_SEGMENTS {
+            let written = self.write_checkpoint().await?;
+            report.objects_up += written.objects;
+            report.bytes_up += written.bytes;
+            report.requests += written.objects;
+        }
         Ok(report)
     }
 
@@ -357,12 +383,10 @@ impl Vault {
         Ok(())
     }
 
-    async fn list_segments(&self, report: &mut SyncReport) -> Result<Vec<ObjectInfo>> {
+    /// One LIST of the whole vault prefix, keys made relative to it.
+    async fn list_vault(&self, report: &mut SyncReport) -> Result<Vec<ObjectInfo>> {
         let prefix = self.prefix();
-        let listed = self
-            .store
-            .list(&format!("{prefix}{SEGMENTS_PREFIX}"))
-            .await?;
+        let listed = self.store.list(&prefix).await?;
         report.requests += 1;
         Ok(listed
             .into_iter()
@@ -375,6 +399,175 @@ impl Vault {
                 size: info.size,
             })
             .collect())
+    }
+
+    /// The newest checkpoint listed (the one covering the most segments), after learning the
+    /// coverage of any checkpoint this device has not seen (one GET each, once) and forgetting
+    /// those no longer listed.
+    async fn newest_checkpoint(
+        &self,
+        listed: &[ObjectInfo],
+        report: &mut SyncReport,
+    ) -> Result<Option<NewestCheckpoint>> {
+        let names: Vec<&str> = listed
+            .iter()
+            .map(|i| i.key.as_str())
+            .filter(|k| k.starts_with(CHECKPOINTS_PREFIX))
+            .collect();
+        let mut known = lock(&self.local)?.known_checkpoints()?;
+        let mut fetched = BTreeMap::new();
+        for name in &names {
+            if known.contains_key(*name) {
+                continue;
+            }
+            let index = self.fetch_checkpoint_index(name, report).await?;
+            lock(&self.local)?.transaction(|tx| {
+                local::note_checkpoint(tx, name, &index.covered, index.created_at_ms)
+            })?;
+            known.insert(
+                (*name).to_owned(),
+                (index.covered.clone(), index.created_at_ms),
+            );
+            fetched.insert((*name).to_owned(), index);
+        }
+        let gone: Vec<String> = known
+            .keys()
+            .filter(|k| !names.contains(&k.as_str()))
+            .cloned()
+            .collect();
+        if !gone.is_empty() {
+            lock(&self.local)?.transaction(|tx| {
+                gone.iter()
+                    .try_for_each(|name| local::forget_checkpoint(tx, name))
+            })?;
+        }
+        Ok(known
+            .into_iter()
+            .filter(|(name, _)| names.contains(&name.as_str()))
+            .max_by_key(|(name, (covered, _))| {
+                (covered.iter().map(|h| h.seq).sum::<u64>(), name.clone())
+            })
+            .map(|(name, (covered, created_at_ms))| NewestCheckpoint {
+                index: fetched.remove(&name),
+                name,
+                covered,
+                created_at_ms,
+            }))
+    }
+
+    async fn fetch_checkpoint_index(
+        &self,
+        name: &str,
+        report: &mut SyncReport,
+    ) -> Result<CheckpointIndex> {
+        let object = self
+            .store
+            .get(&format!("{}{name}", self.prefix()))
+            .await?
+            .ok_or_else(|| {
+                Error::Integrity(crate::IntegrityProblem::Misplaced {
+                    name: name.to_owned(),
+                })
+            })?;
+        report.requests += 1;
+        report.objects_down += 1;
+        report.bytes_down += object.len() as u64;
+        open_checkpoint_index(&self.keys, name, &object)
+    }
+
+    /// Applies a checkpoint's state: every pack, then the covered heads.
+    async fn apply_checkpoint(
+        &self,
+        checkpoint: &mut NewestCheckpoint,
+        listener: Option<&dyn ChangeListener>,
+        report: &mut SyncReport,
+    ) -> Result<()> {
+        let index = match checkpoint.index.take() {
+            Some(index) => index,
+            None => {
+                self.fetch_checkpoint_index(&checkpoint.name, report)
+                    .await?
+            }
+        };
+        {
+            let local = lock(&self.local)?;
+            for head in &index.covered {
+                if local
+                    .segment_hash(head.device, head.seq)?
+                    .is_some_and(|hash| hash != head.hash)
+                {
+                    return Err(Error::Integrity(crate::IntegrityProblem::ChainBroken {
+                        device: head.device.to_hex(),
+                        seq: head.seq,
+                    }));
+                }
+            }
+        }
+        let mut chat_keys = lock(&self.chat_keys)?.clone();
+        for (key_id, chat_id, key) in &index.grants {
+            chat_keys.insert(*key_id, chat_id, key.clone())?;
+        }
+        let sealed_keys = seal_chat_keys(&self.keys, &chat_keys)?;
+        let tombstones: Vec<Operation> = index
+            .deleted_chats
+            .iter()
+            .map(|(chat_id, stamp)| Operation {
+                stamp: *stamp,
+                change: Change::DeleteChat {
+                    chat_id: chat_id.clone(),
+                },
+            })
+            .collect();
+        let writer = index.device.to_hex();
+        for (pack_number, (pack_name, _)) in index.packs.iter().enumerate() {
+            let pack = self
+                .store
+                .get(&format!("{}{pack_name}", self.prefix()))
+                .await?
+                .ok_or_else(|| {
+                    Error::Integrity(crate::IntegrityProblem::Misplaced {
+                        name: pack_name.clone(),
+                    })
+                })?;
+            report.requests += 1;
+            report.objects_down += 1;
+            report.bytes_down += pack.len() as u64;
+            let mut operations = Vec::new();
+            for (block, entry) in index.chats.iter().enumerate() {
+                if entry.pack != pack_number {
+                    continue;
+                }
+                let bytes = pack
+                    .get(entry.offset as usize..(entry.offset + entry.length) as usize)
+                    .ok_or_else(|| {
+                        Error::Integrity(crate::IntegrityProblem::Misplaced {
+                            name: pack_name.clone(),
+                        })
+                    })?;
+                operations.extend(open_block(&self.keys, &chat_keys, &index, block, bytes)?);
+            }
+            if let Some(listener) = listener
+                && !operations.is_empty()
+            {
+                listener.on_changes(&writer, &operations).map_err(|why| {
+                    Error::invalid_input(format!("change listener failed: {why}"))
+                })?;
+            }
+            let applied =
+                lock(&self.local)?.transaction(|tx| local::apply_operations(tx, &operations))?;
+            report.operations_applied += applied;
+        }
+        let applied = lock(&self.local)?.transaction(|tx| {
+            let applied = local::apply_operations(tx, &tombstones)?;
+            for head in &index.covered {
+                local::advance_head(tx, head)?;
+            }
+            local::set_meta(tx, META_CHAT_KEYS, &sealed_keys)?;
+            Ok(applied)
+        })?;
+        report.operations_applied += applied;
+        *lock(&self.chat_keys)? = chat_keys;
+        Ok(())
     }
 
     async fn fetch(&self, fetch: &Fetch, report: &mut SyncReport) -> Result<(OpenedSegment, u64)> {
@@ -402,25 +595,67 @@ impl Vault {
         progress: Option<&dyn SyncProgress>,
         listener: Option<&dyn ChangeListener>,
         report: &mut SyncReport,
-    ) -> Result<()> {
+    ) -> Result<u64> {
         if let Some(progress) = progress {
             progress.on_progress(SyncPhase::List, 0, 1);
         }
-        let listed = self.list_segments(report).await?;
-        let names: Vec<String> = listed.iter().map(|i| i.key.clone()).collect();
-        let heads = lock(&self.local)?.heads()?;
-        let fetches = plan_pull(&names, &heads)?;
+        let listed = self.list_vault(report).await?;
+        let names = segment_names(&listed);
+        let mut checkpoint = self.newest_checkpoint(&listed, report).await?;
+        let base = coverage(checkpoint.as_ref().map(|c| c.covered.as_slice()));
+        let mut heads = lock(&self.local)?.heads()?;
+        // Start from the checkpoint when segments this device still needs were collected, or
+        // when the checkpoint is smaller than the segments it replaces (a new device).
+        if let Some(checkpoint) = &mut checkpoint {
+            let (name, covered) = (checkpoint.name.clone(), &checkpoint.covered);
+            let size_of: BTreeMap<&str, u64> =
+                listed.iter().map(|i| (i.key.as_str(), i.size)).collect();
+            let mut missing = false;
+            let mut replaced_bytes = 0u64;
+            for head in covered {
+                let done = heads.get(&head.device).map_or(0, |h| h.seq);
+                for seq in done + 1..=head.seq {
+                    match size_of.get(segment_name(head.device, seq).as_str()) {
+                        Some(size) => replaced_bytes += size,
+                        None => missing = true,
+                    }
+                }
+            }
+            let checkpoint_bytes: u64 = match parse_checkpoint_name(&name) {
+                Some((device, seq)) => {
+                    let packs = pack_prefix(device, seq);
+                    listed
+                        .iter()
+                        .filter(|i| i.key == *name || i.key.starts_with(&packs))
+                        .map(|i| i.size)
+                        .sum()
+                }
+                None => u64::MAX,
+            };
+            if missing || replaced_bytes > checkpoint_bytes {
+                self.apply_checkpoint(checkpoint, listener, report).await?;
+                heads = lock(&self.local)?.heads()?;
+            }
+        }
+        let fetches = plan_pull(&names, &heads, &base)?;
+        // Segments not covered by the newest checkpoint: when many, a sync writes a new one.
+        let uncovered = names
+            .iter()
+            .filter_map(|n| parse_segment_name(n))
+            .filter(|(device, seq)| base.get(device).is_none_or(|covered| seq > covered))
+            .count() as u64;
         let available: BTreeMap<DeviceId, u64> = fetches
             .iter()
             .map(|f| (f.device, f.seq))
             .chain(heads.values().map(|h| (h.device, h.seq)))
+            .chain(base.iter().map(|(d, s)| (*d, *s)))
             .fold(BTreeMap::new(), |mut map, (device, seq)| {
                 let entry = map.entry(device).or_insert(0);
                 *entry = (*entry).max(seq);
                 map
             });
         if fetches.is_empty() {
-            return Ok(());
+            return Ok(uncovered);
         }
 
         // Fetch and open every new segment's outer layer, checking each device's chain, and learn
@@ -501,7 +736,7 @@ impl Vault {
             }
         }
         *lock(&self.chat_keys)? = chat_keys;
-        Ok(())
+        Ok(uncovered)
     }
 
     /// Visible chats with message counts and sizes.
@@ -528,19 +763,56 @@ impl Vault {
         })
     }
 
-    /// Fetches and authenticates every segment in the bucket, checking every device's chain from
-    /// the start, every claim segments make about each other, and that nothing this device has
-    /// already applied was rolled back. Changes nothing.
+    /// Fetches and authenticates everything in the bucket: the newest checkpoint (index, every
+    /// pack and chat block) and every segment after it, checking every device's chain from the
+    /// checkpoint (or from its first segment), every claim segments make about each other, and
+    /// that nothing this device already applied was rolled back. Changes nothing but the cache of
+    /// known checkpoints.
     pub async fn verify(&self) -> Result<VerifyReport> {
         let mut scratch = SyncReport::default();
-        let listed = self.list_segments(&mut scratch).await?;
-        let names: Vec<String> = listed.iter().map(|i| i.key.clone()).collect();
+        let listed = self.list_vault(&mut scratch).await?;
+        let names = segment_names(&listed);
+        let checkpoint = self.newest_checkpoint(&listed, &mut scratch).await?;
+        let base = coverage(checkpoint.as_ref().map(|c| c.covered.as_slice()));
         let applied = lock(&self.local)?.heads()?;
-        // Rollback against what this device knows, then everything from scratch.
-        plan_pull(&names, &applied)?;
-        let fetches = plan_pull(&names, &BTreeMap::new())?;
-        let mut chain: BTreeMap<DeviceId, Head> = BTreeMap::new();
+        plan_pull(&names, &applied, &base)?;
+
+        let mut report = VerifyReport::default();
         let mut chat_keys = lock(&self.chat_keys)?.clone();
+        let mut chain: BTreeMap<DeviceId, Head> = BTreeMap::new();
+        if let Some(NewestCheckpoint { name, covered, .. }) = &checkpoint {
+            let index = self.fetch_checkpoint_index(name, &mut scratch).await?;
+            for (key_id, chat_id, key) in &index.grants {
+                chat_keys.insert(*key_id, chat_id, key.clone())?;
+            }
+            for (pack_number, (pack_name, _)) in index.packs.iter().enumerate() {
+                let pack = self
+                    .store
+                    .get(&format!("{}{pack_name}", self.prefix()))
+                    .await?
+                    .ok_or_else(|| {
+                        Error::Integrity(crate::IntegrityProblem::Misplaced {
+                            name: pack_name.clone(),
+                        })
+                    })?;
+                for (block, entry) in index.chats.iter().enumerate() {
+                    if entry.pack == pack_number {
+                        let bytes = pack
+                            .get(entry.offset as usize..(entry.offset + entry.length) as usize)
+                            .ok_or_else(|| {
+                                Error::Integrity(crate::IntegrityProblem::Misplaced {
+                                    name: pack_name.clone(),
+                                })
+                            })?;
+                        report.operations +=
+                            open_block(&self.keys, &chat_keys, &index, block, bytes)?.len() as u64;
+                    }
+                }
+            }
+            report.checkpoints = 1;
+            chain = covered.iter().map(|h| (h.device, *h)).collect();
+        }
+        let fetches = plan_pull(&names, &chain, &base)?;
         let mut segments = Vec::new();
         for fetch in &fetches {
             let (segment, _) = self.fetch(fetch, &mut scratch).await?;
@@ -555,22 +827,23 @@ impl Vault {
             .iter()
             .map(|(device, head)| (*device, head.seq))
             .collect();
-        let hashes: BTreeMap<(DeviceId, u64), [u8; 32]> = segments
+        let mut hashes: BTreeMap<(DeviceId, u64), [u8; 32]> = segments
             .iter()
             .map(|s| ((s.head.device, s.head.seq), s.head.hash))
             .collect();
+        if let Some(NewestCheckpoint { covered, .. }) = &checkpoint {
+            hashes.extend(covered.iter().map(|h| ((h.device, h.seq), h.hash)));
+        }
         for (device, head) in &applied {
-            if hashes.get(&(*device, head.seq)) != Some(&head.hash) {
+            let below_checkpoint = base.get(device).is_some_and(|b| head.seq < *b);
+            if !below_checkpoint && hashes.get(&(*device, head.seq)) != Some(&head.hash) {
                 return Err(Error::Integrity(crate::IntegrityProblem::ChainBroken {
                     device: device.to_hex(),
                     seq: head.seq,
                 }));
             }
         }
-        let mut report = VerifyReport {
-            devices: chain.len() as u64,
-            ..VerifyReport::default()
-        };
+        report.devices = chain.len() as u64;
         for segment in &segments {
             check_seen(segment, &available, |device, seq| {
                 hashes.get(&(device, seq)).copied()
@@ -580,6 +853,238 @@ impl Vault {
         }
         Ok(report)
     }
+
+    /// Writes a checkpoint of the merged state (after a full sync), so new devices and
+    /// single-chat restores read a few packs instead of every segment. Returns its figures.
+    pub async fn checkpoint(&self) -> Result<CheckpointReport> {
+        let _guard = self.sync_lock.lock().await;
+        let mut sync = SyncReport::default();
+        self.push(None, &mut sync).await?;
+        self.pull(None, None, &mut sync).await?;
+        self.write_checkpoint().await
+    }
+
+    /// Seals and uploads a checkpoint of the local state (the caller holds the sync lock and has
+    /// just synced).
+    async fn write_checkpoint(&self) -> Result<CheckpointReport> {
+        let sealed = {
+            let local = lock(&self.local)?;
+            let covered: Vec<Head> = local.heads()?.into_values().collect();
+            if covered.is_empty() {
+                return Ok(CheckpointReport::default());
+            }
+            let mut chats = Vec::new();
+            let mut deleted = Vec::new();
+            for chat_id in local.all_chat_ids()? {
+                let (operations, deleted_at) = local.chat_operations(&chat_id)?;
+                if let Some(stamp) = deleted_at {
+                    deleted.push((chat_id.clone(), stamp));
+                }
+                if !operations.is_empty() {
+                    chats.push(ChatContent {
+                        chat_id,
+                        operations,
+                    });
+                }
+            }
+            let seq = local
+                .meta(META_CHECKPOINT_SEQ)?
+                .and_then(|b| b.try_into().ok().map(u64::from_be_bytes))
+                .unwrap_or(0)
+                + 1;
+            let chat_keys = lock(&self.chat_keys)?;
+            seal_checkpoint(
+                &self.keys,
+                &CheckpointInput {
+                    device: self.device,
+                    seq,
+                    covered: &covered,
+                    chat_keys: &chat_keys,
+                    chats: &chats,
+                    deleted_chats: &deleted,
+                    created_at_ms: now_ms(),
+                },
+            )
+            .map(|sealed| (sealed, seq, covered))?
+        };
+        let (sealed, seq, covered) = sealed;
+        let mut report = CheckpointReport {
+            name: sealed.index_name.clone(),
+            objects: 1 + sealed.packs.len() as u64,
+            bytes: sealed.index.len() as u64,
+        };
+        // Packs first, the index last: an index is never listed before its packs exist.
+        for (name, bytes) in sealed.packs {
+            report.bytes += bytes.len() as u64;
+            self.store
+                .put(&format!("{}{name}", self.prefix()), bytes)
+                .await?;
+        }
+        self.store
+            .put(
+                &format!("{}{}", self.prefix(), sealed.index_name),
+                sealed.index,
+            )
+            .await?;
+        lock(&self.local)?.transaction(|tx| {
+            local::note_checkpoint(tx, &report.name, &covered, now_ms())?;
+            local::set_meta(tx, META_CHECKPOINT_SEQ, &seq.to_be_bytes())
+        })?;
+        Ok(report)
+    }
+
+    /// Deletes what the newest checkpoint made redundant, once it is older than `grace_ms`:
+    /// the segments it covers and older checkpoints with their packs. Without locks: a device
+    /// still reading those objects has had `grace_ms` to finish, and a device that falls behind
+    /// starts again from the checkpoint. Returns the number of objects deleted.
+    pub async fn collect_garbage(&self, grace_ms: u64) -> Result<u64> {
+        let _guard = self.sync_lock.lock().await;
+        let mut scratch = SyncReport::default();
+        let listed = self.list_vault(&mut scratch).await?;
+        let Some(NewestCheckpoint {
+            name: newest,
+            covered,
+            created_at_ms,
+            ..
+        }) = self.newest_checkpoint(&listed, &mut scratch).await?
+        else {
+            return Ok(0);
+        };
+        if now_ms() < created_at_ms.saturating_add(grace_ms) {
+            return Ok(0);
+        }
+        let base = coverage(Some(&covered));
+        let newest_packs = match parse_checkpoint_name(&newest) {
+            Some((device, seq)) => pack_prefix(device, seq),
+            None => return Ok(0),
+        };
+        let mut deleted = 0;
+        for object in &listed {
+            let redundant = if let Some((device, seq)) = parse_segment_name(&object.key) {
+                base.get(&device).is_some_and(|covered| seq <= *covered)
+            } else if object.key.starts_with(CHECKPOINTS_PREFIX) {
+                object.key != newest
+            } else {
+                object.key.starts_with(PACKS_PREFIX) && !object.key.starts_with(&newest_packs)
+            };
+            if redundant {
+                self.store
+                    .delete(&format!("{}{}", self.prefix(), object.key))
+                    .await?;
+                deleted += 1;
+            }
+        }
+        Ok(deleted)
+    }
+
+    /// One chat's messages read from the bucket without touching local state: its blocks of
+    /// the newest checkpoint (ranged GETs into the packs) merged with the segments written after
+    /// it. For a new device that wants one chat now, or an app paging old history it dropped.
+    pub async fn fetch_chat(&self, chat_id: &str) -> Result<Vec<Message>> {
+        let mut scratch = SyncReport::default();
+        let listed = self.list_vault(&mut scratch).await?;
+        let names = segment_names(&listed);
+        let checkpoint = self.newest_checkpoint(&listed, &mut scratch).await?;
+        let base = coverage(checkpoint.as_ref().map(|c| c.covered.as_slice()));
+        let mut chat_keys = lock(&self.chat_keys)?.clone();
+        let mut state = crate::sync::MemoryState::new();
+        let mut start: BTreeMap<DeviceId, Head> = BTreeMap::new();
+        if let Some(checkpoint) = checkpoint {
+            let covered = &checkpoint.covered;
+            let index = match checkpoint.index {
+                Some(index) => index,
+                None => {
+                    self.fetch_checkpoint_index(&checkpoint.name, &mut scratch)
+                        .await?
+                }
+            };
+            for (key_id, chat, key) in &index.grants {
+                chat_keys.insert(*key_id, chat, key.clone())?;
+            }
+            for (chat, stamp) in &index.deleted_chats {
+                if chat == chat_id {
+                    crate::sync::apply(
+                        &mut state,
+                        &Operation {
+                            stamp: *stamp,
+                            change: Change::DeleteChat {
+                                chat_id: chat.clone(),
+                            },
+                        },
+                    )?;
+                }
+            }
+            for (block, entry) in index.chats.iter().enumerate() {
+                if entry.chat_id != chat_id {
+                    continue;
+                }
+                let (pack_name, _) = &index.packs[entry.pack];
+                let bytes = self
+                    .store
+                    .get_range(
+                        &format!("{}{pack_name}", self.prefix()),
+                        entry.offset..entry.offset + entry.length,
+                    )
+                    .await?
+                    .ok_or_else(|| {
+                        Error::Integrity(crate::IntegrityProblem::Misplaced {
+                            name: pack_name.clone(),
+                        })
+                    })?;
+                for operation in open_block(&self.keys, &chat_keys, &index, block, &bytes)? {
+                    crate::sync::apply(&mut state, &operation)?;
+                }
+            }
+            start = covered.iter().map(|h| (h.device, *h)).collect();
+        }
+        let mut chain = start.clone();
+        let mut opened = Vec::new();
+        for fetch in plan_pull(&names, &start, &base)? {
+            let (segment, _) = self.fetch(&fetch, &mut scratch).await?;
+            check_chain(chain.get(&fetch.device), &segment)?;
+            chain.insert(fetch.device, segment.head);
+            for (key_id, chat, key) in &segment.grants {
+                chat_keys.insert(*key_id, chat, key.clone())?;
+            }
+            opened.push(segment);
+        }
+        for segment in &opened {
+            for operation in open_blocks(&self.keys, &chat_keys, segment)? {
+                if operation.change.chat_id() == chat_id {
+                    crate::sync::apply(&mut state, &operation)?;
+                }
+            }
+        }
+        let mut messages = state.messages();
+        messages.sort_by(|a, b| (a.sent_at_ms, &a.message_id).cmp(&(b.sent_at_ms, &b.message_id)));
+        Ok(messages)
+    }
+}
+
+/// The newest checkpoint in the bucket, with its index if this call fetched it.
+struct NewestCheckpoint {
+    name: String,
+    covered: Vec<Head>,
+    created_at_ms: u64,
+    index: Option<CheckpointIndex>,
+}
+
+/// Segment names among listed vault objects.
+fn segment_names(listed: &[ObjectInfo]) -> Vec<String> {
+    listed
+        .iter()
+        .filter(|i| i.key.starts_with(SEGMENTS_PREFIX))
+        .map(|i| i.key.clone())
+        .collect()
+}
+
+/// Covered sequence number per device.
+fn coverage(covered: Option<&[Head]>) -> BTreeMap<DeviceId, u64> {
+    covered
+        .unwrap_or_default()
+        .iter()
+        .map(|h| (h.device, h.seq))
+        .collect()
 }
 
 fn seal_chat_keys(keys: &VaultKeys, chat_keys: &ChatKeys) -> Result<Vec<u8>> {

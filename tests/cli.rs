@@ -167,6 +167,23 @@ fn import_sync_restore_round_trips_every_character() {
     let stats: serde_json::Value = serde_json::from_str(stats.trim()).unwrap();
     assert_eq!(stats["objects"], 1);
     assert!(ok(run(&env, "tablet", &["verify"])).starts_with("ok: 1 segments"));
+    assert!(ok(run(&env, "tablet", &["checkpoint"])).starts_with("checkpoint checkpoints/"));
+    assert_eq!(
+        ok(run(&env, "tablet", &["gc"])).trim(),
+        "deleted 0 redundant objects"
+    );
+    assert_eq!(
+        ok(run(&env, "tablet", &["gc", "--grace-hours", "0"])).trim(),
+        "deleted 1 redundant objects"
+    );
+    let again = env.root.join("again.jsonl");
+    ok(run(
+        &env,
+        "laptop",
+        &["restore", "--out", again.to_str().unwrap()],
+    ));
+    assert_eq!(std::fs::read_to_string(&again).unwrap(), expected);
+    assert!(ok(run(&env, "laptop", &["verify"])).contains("1 checkpoint(s)"));
 
     let only = env.root.join("only.jsonl");
     ok(run(

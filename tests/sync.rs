@@ -446,11 +446,209 @@ async fn progress_is_reported_for_push_and_pull() {
     let dir = tempfile::tempdir().unwrap();
     let a = device(store.clone(), &key, &dir, "a").await;
     let b = device(store.clone(), &key, &dir, "b").await;
-    a.record((0..10).map(|i| message("c", &i.to_string(), "x", i)).collect()).unwrap();
+    a.record(
+        (0..10)
+            .map(|i| message("c", &i.to_string(), "x", i))
+            .collect(),
+    )
+    .unwrap();
     let pushed = Progress(Mutex::new(vec![]));
     a.sync(Some(&pushed), None).await.unwrap();
-    assert!(pushed.0.lock().unwrap().contains(&(SyncPhase::Push, 10, 10)));
+    assert!(
+        pushed
+            .0
+            .lock()
+            .unwrap()
+            .contains(&(SyncPhase::Push, 10, 10))
+    );
     let pulled = Progress(Mutex::new(vec![]));
     b.sync(Some(&pulled), None).await.unwrap();
-    assert_eq!(pulled.0.lock().unwrap().last(), Some(&(SyncPhase::Pull, 1, 1)));
+    assert_eq!(
+        pulled.0.lock().unwrap().last(),
+        Some(&(SyncPhase::Pull, 1, 1))
+    );
+}
+
+/// Counts GETs (whole and ranged) of pack objects.
+#[derive(Default)]
+struct Counting {
+    inner: MemoryStore,
+    pack_gets: Mutex<u64>,
+    pack_range_gets: Mutex<u64>,
+}
+
+#[async_trait]
+impl ObjectStore for Counting {
+    async fn put(&self, key: &str, body: Vec<u8>) -> StoreResult<()> {
+        self.inner.put(key, body).await
+    }
+    async fn get(&self, key: &str) -> StoreResult<Option<Vec<u8>>> {
+        if key.contains("/packs/") {
+            *self.pack_gets.lock().unwrap() += 1;
+        }
+        self.inner.get(key).await
+    }
+    async fn get_range(
+        &self,
+        key: &str,
+        range: std::ops::Range<u64>,
+    ) -> StoreResult<Option<Vec<u8>>> {
+        if key.contains("/packs/") {
+            *self.pack_range_gets.lock().unwrap() += 1;
+        }
+        self.inner.get_range(key, range).await
+    }
+    async fn list(&self, prefix: &str) -> StoreResult<Vec<ObjectInfo>> {
+        self.inner.list(prefix).await
+    }
+    async fn delete(&self, key: &str) -> StoreResult<()> {
+        self.inner.delete(key).await
+    }
+}
+
+fn chat_messages(chat: &str, from: i64, to: i64) -> Vec<Change> {
+    (from..to)
+        .map(|i| message(chat, &format!("{chat}-{i}"), "text", i))
+        .collect()
+}
+
+#[tokio::test]
+async fn checkpoints_restore_new_devices_and_garbage_collection_keeps_everyone_consistent() {
+    let counting = Arc::new(Counting::default());
+    let store: Arc<dyn ObjectStore> = counting.clone();
+    let key = RecoveryKey::generate().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let a = device(store.clone(), &key, &dir, "a").await;
+    let offline = device(store.clone(), &key, &dir, "offline").await;
+    for round in 0..4 {
+        a.record(chat_messages("family", round * 10, round * 10 + 10))
+            .unwrap();
+        a.record(chat_messages("work", round * 10, round * 10 + 10))
+            .unwrap();
+        a.sync(None, None).await.unwrap();
+        if round == 0 {
+            offline.record(chat_messages("offline-chat", 0, 5)).unwrap();
+            offline.sync(None, None).await.unwrap();
+        }
+    }
+    let report = a.checkpoint().await.unwrap();
+    assert!(report.objects >= 2, "{report:?}");
+    a.record(chat_messages("family", 100, 105)).unwrap();
+    a.sync(None, None).await.unwrap();
+
+    // A new device reads the checkpoint (index and packs) and only the newer segment.
+    let fresh = device(store.clone(), &key, &dir, "fresh").await;
+    let restore = fresh.sync(None, None).await.unwrap();
+    assert_eq!(restore.objects_down, report.objects + 1, "{restore:?}");
+    assert_eq!(snapshot(&fresh), snapshot(&a));
+    assert_eq!(fresh.verify().await.unwrap().checkpoints, 1);
+
+    // Collect: the covered segments go; everyone still converges, including a device that was
+    // offline while its segments were collected.
+    let before = store.list("").await.unwrap().len();
+    let deleted = a.collect_garbage(0).await.unwrap();
+    assert!(deleted >= 5, "{deleted}");
+    assert_eq!(
+        store.list("").await.unwrap().len(),
+        before - deleted as usize
+    );
+    offline.sync(None, None).await.unwrap();
+    assert_eq!(snapshot(&offline), snapshot(&a));
+    let late = device(store.clone(), &key, &dir, "late").await;
+    late.sync(None, None).await.unwrap();
+    assert_eq!(snapshot(&late), snapshot(&a));
+    late.verify().await.unwrap();
+    a.verify().await.unwrap();
+    // New writes after collection keep flowing.
+    offline.record(chat_messages("offline-chat", 5, 8)).unwrap();
+    offline.sync(None, None).await.unwrap();
+    a.sync(None, None).await.unwrap();
+    assert_eq!(snapshot(&offline), snapshot(&a));
+
+    // One chat straight from the bucket: ranged GETs into the packs, never a whole pack.
+    *counting.pack_gets.lock().unwrap() = 0;
+    let one = late.fetch_chat("work").await.unwrap();
+    assert_eq!(one, a.messages(Some("work")).unwrap());
+    assert!(*counting.pack_range_gets.lock().unwrap() >= 1);
+    assert_eq!(*counting.pack_gets.lock().unwrap(), 0);
+}
+
+#[tokio::test]
+async fn a_deleted_chat_is_shredded_once_its_segments_are_collected() {
+    use chatvault::keys::VaultKeys;
+    use chatvault::sync::checkpoint::open_checkpoint_index;
+    use chatvault::sync::segment::open_segment;
+    let memory = Arc::new(MemoryStore::new());
+    let store: Arc<dyn ObjectStore> = memory.clone();
+    let key = RecoveryKey::generate().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let a = device(store.clone(), &key, &dir, "a").await;
+    a.record(chat_messages("secret", 0, 3)).unwrap();
+    a.record(chat_messages("keep", 0, 3)).unwrap();
+    a.sync(None, None).await.unwrap();
+    a.record(vec![Change::DeleteChat {
+        chat_id: "secret".into(),
+    }])
+    .unwrap();
+    a.sync(None, None).await.unwrap();
+
+    let keys = VaultKeys::derive(&key);
+    let granted_chats = || async {
+        let mut chats = std::collections::BTreeSet::new();
+        for object in memory.list("").await.unwrap() {
+            let name = object.key.split_once('/').unwrap().1.to_owned();
+            let bytes = memory.get(&object.key).await.unwrap().unwrap();
+            if name.starts_with("segments/") {
+                for (_, chat, _) in open_segment(&keys, &name, &bytes).unwrap().grants {
+                    chats.insert(chat);
+                }
+            } else if name.starts_with("checkpoints/") {
+                for (_, chat, _) in open_checkpoint_index(&keys, &name, &bytes).unwrap().grants {
+                    chats.insert(chat);
+                }
+            }
+        }
+        chats
+    };
+    assert!(granted_chats().await.contains("secret"));
+    a.checkpoint().await.unwrap();
+    a.collect_garbage(0).await.unwrap();
+    let remaining = granted_chats().await;
+    assert!(!remaining.contains("secret"), "{remaining:?}");
+    assert!(remaining.contains("keep"));
+    // A fresh device sees the chat deleted, and older operations cannot resurrect it.
+    let fresh = device(store, &key, &dir, "fresh").await;
+    fresh.sync(None, None).await.unwrap();
+    assert!(fresh.messages(Some("secret")).unwrap().is_empty());
+    assert_eq!(fresh.messages(Some("keep")).unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn syncs_write_a_checkpoint_once_segments_pile_up() {
+    let memory = Arc::new(MemoryStore::new());
+    let store: Arc<dyn ObjectStore> = memory.clone();
+    let key = RecoveryKey::generate().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let a = device(store.clone(), &key, &dir, "a").await;
+    let checkpoints = || async {
+        memory
+            .list("")
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|o| o.key.contains("/checkpoints/"))
+            .count()
+    };
+    for i in 0..63 {
+        a.record(chat_messages("c", i, i + 1)).unwrap();
+        a.sync(None, None).await.unwrap();
+    }
+    assert_eq!(checkpoints().await, 0);
+    a.record(chat_messages("c", 63, 64)).unwrap();
+    a.sync(None, None).await.unwrap();
+    assert_eq!(checkpoints().await, 1);
+    let fresh = device(store, &key, &dir, "fresh").await;
+    let report = fresh.sync(None, None).await.unwrap();
+    assert!(report.objects_down <= 3, "{report:?}");
+    assert_eq!(fresh.messages(None).unwrap().len(), 64);
 }

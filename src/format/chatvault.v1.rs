@@ -204,3 +204,63 @@ pub struct KeySet {
     #[prost(message, repeated, tag = "1")]
     pub keys: ::prost::alloc::vec::Vec<ChatKeyGrant>,
 }
+/// One chat's content inside a checkpoint pack (a ChatData object sealed under a key of the chat):
+/// the winning operation for its metadata and for each of its messages (tombstones included).
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ChatCheckpoint {
+    #[prost(string, tag = "1")]
+    pub chat_id: ::prost::alloc::string::String,
+    #[prost(message, repeated, tag = "2")]
+    pub operations: ::prost::alloc::vec::Vec<Operation>,
+}
+/// A pack object of a checkpoint.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct PackRef {
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "2")]
+    pub size: u64,
+}
+/// Where one sealed chat block lies: bytes [offset, offset + length) of pack `pack`.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct PackedChat {
+    #[prost(string, tag = "1")]
+    pub chat_id: ::prost::alloc::string::String,
+    #[prost(bytes = "vec", tag = "2")]
+    pub key_id: ::prost::alloc::vec::Vec<u8>,
+    #[prost(uint32, tag = "3")]
+    pub pack: u32,
+    #[prost(uint64, tag = "4")]
+    pub offset: u64,
+    #[prost(uint64, tag = "5")]
+    pub length: u64,
+}
+/// A deleted chat, kept so that older operations arriving later cannot bring it back.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ChatTombstone {
+    #[prost(string, tag = "1")]
+    pub chat_id: ::prost::alloc::string::String,
+    #[prost(message, optional, tag = "2")]
+    pub stamp: ::core::option::Option<Stamp>,
+}
+/// Body of a CheckpointIndex object (kind 6), sealed under the log key: the merged state of the
+/// vault as of the `covered` segments, stored in packs.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct CheckpointIndex {
+    #[prost(bytes = "vec", tag = "1")]
+    pub device_id: ::prost::alloc::vec::Vec<u8>,
+    #[prost(uint64, tag = "2")]
+    pub seq: u64,
+    #[prost(message, repeated, tag = "3")]
+    pub covered: ::prost::alloc::vec::Vec<DeviceHead>,
+    #[prost(message, repeated, tag = "4")]
+    pub keys: ::prost::alloc::vec::Vec<ChatKeyGrant>,
+    #[prost(message, repeated, tag = "5")]
+    pub packs: ::prost::alloc::vec::Vec<PackRef>,
+    #[prost(message, repeated, tag = "6")]
+    pub chats: ::prost::alloc::vec::Vec<PackedChat>,
+    #[prost(message, repeated, tag = "7")]
+    pub deleted_chats: ::prost::alloc::vec::Vec<ChatTombstone>,
+    #[prost(uint64, tag = "8")]
+    pub created_at_ms: u64,
+}

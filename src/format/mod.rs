@@ -59,6 +59,8 @@ pub enum ObjectKind {
     Segment = 4,
     /// A set of chat keys kept in a device's local state, sealed under the keyring key.
     KeySet = 5,
+    /// The index of a checkpoint (the merged state in packs), sealed under the log key.
+    CheckpointIndex = 6,
 }
 
 impl ObjectKind {
@@ -75,6 +77,7 @@ impl ObjectKind {
             3 => Some(ObjectKind::PassphraseEnvelope),
             4 => Some(ObjectKind::Segment),
             5 => Some(ObjectKind::KeySet),
+            6 => Some(ObjectKind::CheckpointIndex),
             _ => None,
         }
     }
@@ -88,6 +91,7 @@ impl core::fmt::Display for ObjectKind {
             ObjectKind::PassphraseEnvelope => "passphrase envelope",
             ObjectKind::Segment => "segment",
             ObjectKind::KeySet => "key set",
+            ObjectKind::CheckpointIndex => "checkpoint index",
         })
     }
 }

@@ -19,13 +19,18 @@ pub struct Fetch {
     pub name: String,
 }
 
-/// Plans a pull from the segment names listed in the bucket (relative to the vault prefix) and the
-/// newest segment applied per device.
+/// Plans a pull from the segment names listed in the bucket (relative to the vault prefix), the
+/// newest segment applied per device, and the segments covered by the newest checkpoint (`base`:
+/// those may have been garbage-collected).
 ///
-/// Fails if a device's segments are not exactly 1..=n (one was deleted or withheld), or if the
-/// bucket shows fewer segments of a device than were already applied (a rollback). Returns the
-/// segments not yet applied, per device in sequence order.
-pub fn plan_pull(listed: &[String], applied: &BTreeMap<DeviceId, Head>) -> Result<Vec<Fetch>> {
+/// Fails if a device's segments from `min(applied, base) + 1` to its newest are not all present
+/// (one was deleted or withheld), or if the bucket shows fewer segments of a device than were
+/// already applied (a rollback). Returns the segments not yet applied, per device in order.
+pub fn plan_pull(
+    listed: &[String],
+    applied: &BTreeMap<DeviceId, Head>,
+    base: &BTreeMap<DeviceId, u64>,
+) -> Result<Vec<Fetch>> {
     let mut by_device: BTreeMap<DeviceId, Vec<(u64, &str)>> = BTreeMap::new();
     for name in listed {
         let (device, seq) = parse_segment_name(name)
@@ -36,7 +41,8 @@ pub fn plan_pull(listed: &[String], applied: &BTreeMap<DeviceId, Head>) -> Resul
         let found = by_device
             .get(device)
             .and_then(|segments| segments.iter().map(|(seq, _)| *seq).max())
-            .unwrap_or(0);
+            .unwrap_or(0)
+            .max(base.get(device).copied().unwrap_or(0));
         if found < head.seq {
             return Err(Error::Integrity(IntegrityProblem::RolledBack {
                 device: device.to_hex(),
@@ -48,7 +54,10 @@ pub fn plan_pull(listed: &[String], applied: &BTreeMap<DeviceId, Head>) -> Resul
     let mut fetches = Vec::new();
     for (device, mut segments) in by_device {
         segments.sort_unstable();
-        for (expected, (seq, _)) in (1u64..).zip(&segments) {
+        let done = applied.get(&device).map_or(0, |head| head.seq);
+        let lower = done.min(base.get(&device).copied().unwrap_or(0)) + 1;
+        let required = segments.iter().skip_while(|(seq, _)| *seq < lower);
+        for (expected, (seq, _)) in (lower..).zip(required) {
             if *seq != expected {
                 return Err(Error::Integrity(IntegrityProblem::MissingSegment {
                     device: device.to_hex(),
@@ -56,7 +65,6 @@ pub fn plan_pull(listed: &[String], applied: &BTreeMap<DeviceId, Head>) -> Resul
                 }));
             }
         }
-        let done = applied.get(&device).map_or(0, |head| head.seq);
         fetches.extend(
             segments
                 .into_iter()
@@ -142,18 +150,22 @@ mod tests {
     fn fetches_only_what_is_new() {
         let listed = names(&[(A, 1), (A, 2), (A, 3), (B, 1)]);
         let applied = BTreeMap::from([(A, head(A, 2))]);
-        let plan = plan_pull(&listed, &applied).unwrap();
+        let plan = plan_pull(&listed, &applied, &BTreeMap::new()).unwrap();
         let got: Vec<(DeviceId, u64)> = plan.iter().map(|f| (f.device, f.seq)).collect();
         assert_eq!(got, [(A, 3), (B, 1)]);
         let nothing = BTreeMap::from([(A, head(A, 3)), (B, head(B, 1))]);
-        assert!(plan_pull(&listed, &nothing).unwrap().is_empty());
+        assert!(
+            plan_pull(&listed, &nothing, &BTreeMap::new())
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]
     fn gaps_and_rollbacks_are_reported() {
         let gap = names(&[(A, 1), (A, 3)]);
         assert!(matches!(
-            plan_pull(&gap, &BTreeMap::new()),
+            plan_pull(&gap, &BTreeMap::new(), &BTreeMap::new()),
             Err(Error::Integrity(IntegrityProblem::MissingSegment {
                 seq: 2,
                 ..
@@ -161,7 +173,7 @@ mod tests {
         ));
         let old_deleted = names(&[(A, 2), (A, 3)]);
         assert!(matches!(
-            plan_pull(&old_deleted, &BTreeMap::new()),
+            plan_pull(&old_deleted, &BTreeMap::new(), &BTreeMap::new()),
             Err(Error::Integrity(IntegrityProblem::MissingSegment {
                 seq: 1,
                 ..
@@ -170,7 +182,7 @@ mod tests {
         let rolled_back = names(&[(A, 1)]);
         let applied = BTreeMap::from([(A, head(A, 2))]);
         assert!(matches!(
-            plan_pull(&rolled_back, &applied),
+            plan_pull(&rolled_back, &applied, &BTreeMap::new()),
             Err(Error::Integrity(IntegrityProblem::RolledBack {
                 seen: 2,
                 found: 1,
@@ -179,16 +191,45 @@ mod tests {
         ));
         let vanished = BTreeMap::from([(B, head(B, 1))]);
         assert!(matches!(
-            plan_pull(&names(&[(A, 1)]), &vanished),
+            plan_pull(&names(&[(A, 1)]), &vanished, &BTreeMap::new()),
             Err(Error::Integrity(IntegrityProblem::RolledBack {
                 found: 0,
                 ..
             }))
         ));
         assert!(matches!(
-            plan_pull(&["segments/junk".to_owned()], &BTreeMap::new()),
+            plan_pull(
+                &["segments/junk".to_owned()],
+                &BTreeMap::new(),
+                &BTreeMap::new()
+            ),
             Err(Error::Integrity(IntegrityProblem::Misplaced { .. }))
         ));
+    }
+
+    #[test]
+    fn segments_covered_by_a_checkpoint_may_be_collected() {
+        // Segments 1-3 of A were collected after a checkpoint covering them.
+        let listed = names(&[(A, 4), (A, 5)]);
+        let base = BTreeMap::from([(A, 3)]);
+        // A device that applied nothing must apply the checkpoint first: 1-3 are gone.
+        assert!(matches!(
+            plan_pull(&listed, &BTreeMap::new(), &base),
+            Err(Error::Integrity(IntegrityProblem::MissingSegment {
+                seq: 1,
+                ..
+            }))
+        ));
+        let after_checkpoint = BTreeMap::from([(A, head(A, 3))]);
+        let plan = plan_pull(&listed, &after_checkpoint, &base).unwrap();
+        assert_eq!(plan.iter().map(|f| f.seq).collect::<Vec<_>>(), [4, 5]);
+        // A device ahead of the checkpoint still needs everything after its head.
+        let ahead = BTreeMap::from([(A, head(A, 4))]);
+        assert_eq!(plan_pull(&listed, &ahead, &base).unwrap().len(), 1);
+        // Everything collected and nothing new: not a rollback.
+        assert!(plan_pull(&[], &after_checkpoint, &base).unwrap().is_empty());
+        // A gap above the checkpoint is still a gap.
+        assert!(plan_pull(&names(&[(A, 5)]), &after_checkpoint, &base).is_err());
     }
 
     fn opened(

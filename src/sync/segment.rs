@@ -107,6 +107,13 @@ impl ChatKeys {
         self.by_id.get(key_id)
     }
 
+    /// The chat and key of a key id.
+    pub(crate) fn key(&self, key_id: &KeyId) -> Option<(&str, &ChatKey)> {
+        self.by_id
+            .get(key_id)
+            .map(|(chat, key)| (chat.as_str(), key))
+    }
+
     /// All keys as (key id, chat id, key bytes), for sealed local persistence.
     pub(crate) fn entries(&self) -> impl Iterator<Item = (&KeyId, &str, &ChatKey)> {
         self.by_id

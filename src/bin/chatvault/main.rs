@@ -78,6 +78,15 @@ enum Command {
     },
     /// Fetch and authenticate everything in the store; non-zero exit on any problem.
     Verify,
+    /// Compact the vault's state into a checkpoint (syncs first).
+    Checkpoint,
+    /// Delete segments and checkpoints the newest checkpoint made redundant.
+    Gc {
+        /// Only once the newest checkpoint is this many hours old (other devices may still be
+        /// reading what it replaces).
+        #[arg(long, default_value_t = 24)]
+        grace_hours: u64,
+    },
     /// Back up a chat history from one "device" and restore it on another through a local
     /// directory store, with a readable summary. No server needed.
     Demo {
@@ -210,9 +219,30 @@ async fn run(cli: Cli) -> CliResult {
             let vault = open_vault(&cli).await?;
             let report = vault.verify().await?;
             println!(
-                "ok: {} segments from {} devices authenticated, {} operations",
-                report.segments, report.devices, report.operations
+                "ok: {} segments from {} devices and {} checkpoint(s) authenticated, {} operations",
+                report.segments, report.devices, report.checkpoints, report.operations
             );
+            Ok(())
+        }
+        Command::Checkpoint => {
+            let vault = open_vault(&cli).await?;
+            let report = vault.checkpoint().await?;
+            if report.name.is_empty() {
+                println!("nothing to checkpoint yet");
+            } else {
+                println!(
+                    "checkpoint {}: {} objects, {} bytes",
+                    report.name, report.objects, report.bytes
+                );
+            }
+            Ok(())
+        }
+        Command::Gc { grace_hours } => {
+            let vault = open_vault(&cli).await?;
+            let deleted = vault
+                .collect_garbage(grace_hours.saturating_mul(3_600_000))
+                .await?;
+            println!("deleted {deleted} redundant objects");
             Ok(())
         }
     }

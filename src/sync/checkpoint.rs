@@ -1,0 +1,431 @@
+//! Checkpoints: the merged state written as per-chat blocks in a few pack objects plus a sealed
+//! index, so a new device reads few objects and one chat can be restored with one ranged GET.
+//!
+//! ```text
+//! index = checkpoints/<device hex>/<seq 016x>      sealed (kind 6, log key) CheckpointIndex
+//! pack  = packs/<device hex>/<seq 016x>/<n 4 digits>  sealed chat blocks back to back, zero-padded
+//! block i = sealed (kind 2, a key of the chat, AAD name = "<index name>#<i>") ChatCheckpoint
+//! ```
+//!
+//! The index lists the segments it covers (one head per device), every key of every live chat,
+//! the packs, where each chat block lies, and the deleted chats' tombstones. Keys of deleted chats
+//! are left out: once the segments and older checkpoints that held them are collected, those
+//! chats are shredded.
+
+use prost::Message as _;
+
+use crate::error::{DecodeProblem, Error, IntegrityProblem, Result};
+use crate::format::{ObjectKind, decode_body, proto};
+use crate::keys::{ChatKey, VaultKeys};
+use crate::sealing::{self, ObjectContext, padded_len};
+
+use super::clock::{DeviceId, Stamp};
+use super::model::Operation;
+use super::segment::{ChatKeys, Head, KeyId};
+
+/// Where checkpoint indexes live inside the vault prefix.
+pub const CHECKPOINTS_PREFIX: &str = "checkpoints/";
+/// Where packs live inside the vault prefix.
+pub const PACKS_PREFIX: &str = "packs/";
+/// Chat blocks are filled up to this much encoded plaintext (4 MiB); larger chats span blocks.
+const BLOCK_TARGET: usize = 4 * 1024 * 1024;
+/// Packs are closed once they hold this many bytes (8 MiB).
+const PACK_TARGET: usize = 8 * 1024 * 1024;
+
+/// The name of a checkpoint index.
+pub fn checkpoint_name(device: DeviceId, seq: u64) -> String {
+    format!("{CHECKPOINTS_PREFIX}{}/{seq:016x}", device.to_hex())
+}
+
+/// Parses a checkpoint index name.
+pub fn parse_checkpoint_name(name: &str) -> Option<(DeviceId, u64)> {
+    let rest = name.strip_prefix(CHECKPOINTS_PREFIX)?;
+    let (device, seq) = rest.split_once('/')?;
+    if seq.len() != 16
+        || !seq
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    {
+        return None;
+    }
+    Some((
+        DeviceId::from_hex(device)?,
+        u64::from_str_radix(seq, 16).ok()?,
+    ))
+}
+
+/// The prefix of a checkpoint's packs.
+pub fn pack_prefix(device: DeviceId, seq: u64) -> String {
+    format!("{PACKS_PREFIX}{}/{seq:016x}/", device.to_hex())
+}
+
+/// One live chat's content: the winning operation for its metadata and for each message.
+#[derive(Debug, Clone)]
+pub struct ChatContent {
+    /// The chat.
+    pub chat_id: String,
+    /// Its operations.
+    pub operations: Vec<Operation>,
+}
+
+/// What goes into a checkpoint.
+#[derive(Debug)]
+pub struct CheckpointInput<'a> {
+    /// The writing device and its checkpoint sequence number.
+    pub device: DeviceId,
+    /// 1, 2, ... per device.
+    pub seq: u64,
+    /// The newest applied segment of every device: the state below covers exactly these.
+    pub covered: &'a [Head],
+    /// Every known chat key (keys of chats not in `chats` are left out).
+    pub chat_keys: &'a ChatKeys,
+    /// Live chats.
+    pub chats: &'a [ChatContent],
+    /// Deleted chats: (chat id, stamp of the newest delete).
+    pub deleted_chats: &'a [(String, Stamp)],
+    /// Writer's clock, for garbage collection grace periods.
+    pub created_at_ms: u64,
+}
+
+/// A sealed checkpoint, ready to upload (packs first, index last).
+#[derive(Debug)]
+pub struct SealedCheckpoint {
+    /// The index's name.
+    pub index_name: String,
+    /// The index's bytes.
+    pub index: Vec<u8>,
+    /// (name, bytes) of each pack.
+    pub packs: Vec<(String, Vec<u8>)>,
+}
+
+/// Where one chat block lies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackedChat {
+    /// The chat.
+    pub chat_id: String,
+    /// The key its block is sealed under.
+    pub key_id: KeyId,
+    /// Index into the checkpoint's packs.
+    pub pack: usize,
+    /// Byte offset in the pack.
+    pub offset: u64,
+    /// Byte length.
+    pub length: u64,
+}
+
+/// An opened checkpoint index.
+#[derive(Debug)]
+pub struct CheckpointIndex {
+    /// Its name.
+    pub name: String,
+    /// Writer and sequence number.
+    pub device: DeviceId,
+    /// Checkpoint sequence number.
+    pub seq: u64,
+    /// Segments covered, one head per device.
+    pub covered: Vec<Head>,
+    /// Keys of live chats.
+    pub grants: Vec<(KeyId, String, ChatKey)>,
+    /// (name, size) of each pack.
+    pub packs: Vec<(String, u64)>,
+    /// Chat blocks.
+    pub chats: Vec<PackedChat>,
+    /// Deleted chats.
+    pub deleted_chats: Vec<(String, Stamp)>,
+    /// Writer's clock at creation.
+    pub created_at_ms: u64,
+}
+
+fn block_name(index_name: &str, block: usize) -> String {
+    format!("{index_name}#{block}")
+}
+
+fn head_to_proto(head: &Head) -> proto::DeviceHead {
+    proto::DeviceHead {
+        device_id: head.device.0.to_vec(),
+        seq: head.seq,
+        hash: head.hash.to_vec(),
+    }
+}
+
+/// Seals a checkpoint: chat blocks into packs, then the index.
+pub fn seal_checkpoint(keys: &VaultKeys, input: &CheckpointInput<'_>) -> Result<SealedCheckpoint> {
+    let index_name = checkpoint_name(input.device, input.seq);
+    let pack_base = pack_prefix(input.device, input.seq);
+    let mut packs: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut current: Vec<u8> = Vec::new();
+    let mut entries = Vec::new();
+    let mut grants = Vec::new();
+    let close = |packs: &mut Vec<(String, Vec<u8>)>, current: &mut Vec<u8>| {
+        let mut pack = std::mem::take(current);
+        pack.resize(padded_len(pack.len() as u64) as usize, 0);
+        packs.push((format!("{pack_base}{:04}", packs.len()), pack));
+    };
+    for chat in input.chats {
+        let (key_id, key) = input
+            .chat_keys
+            .writing_key(&chat.chat_id)
+            .ok_or_else(|| Error::invalid_input(format!("no key for chat {:?}", chat.chat_id)))?;
+        for (id, chat_id, _) in input.chat_keys.entries() {
+            if chat_id == chat.chat_id {
+                grants.push(*id);
+            }
+        }
+        // Split the chat's operations into blocks of about BLOCK_TARGET encoded bytes.
+        let mut start = 0;
+        while start < chat.operations.len() || (start == 0 && chat.operations.is_empty()) {
+            let mut size = 0;
+            let mut end = start;
+            let mut encoded = Vec::new();
+            while end < chat.operations.len() && (end == start || size < BLOCK_TARGET) {
+                let op = chat.operations[end].to_proto();
+                size += op.encoded_len();
+                encoded.push(op);
+                end += 1;
+            }
+            let body = proto::ChatCheckpoint {
+                chat_id: chat.chat_id.clone(),
+                operations: encoded,
+            }
+            .encode_to_vec();
+            let name = block_name(&index_name, entries.len());
+            let context = ObjectContext {
+                vault_id: keys.vault_id(),
+                kind: ObjectKind::ChatData,
+                name: &name,
+            };
+            let block = sealing::seal(&key.0, &context, &body)?;
+            if !current.is_empty() && current.len() + block.len() > PACK_TARGET {
+                close(&mut packs, &mut current);
+            }
+            entries.push(proto::PackedChat {
+                chat_id: chat.chat_id.clone(),
+                key_id: key_id.to_vec(),
+                pack: packs.len() as u32,
+                offset: current.len() as u64,
+                length: block.len() as u64,
+            });
+            current.extend_from_slice(&block);
+            if end == start {
+                break; // an empty chat: one empty block
+            }
+            start = end;
+        }
+    }
+    if !current.is_empty() {
+        close(&mut packs, &mut current);
+    }
+    grants.sort_unstable();
+    grants.dedup();
+    let body =
+        zeroize::Zeroizing::new(
+            proto::CheckpointIndex {
+                device_id: input.device.0.to_vec(),
+                seq: input.seq,
+                covered: input.covered.iter().map(head_to_proto).collect(),
+                keys: grants
+                    .iter()
+                    .filter_map(|id| {
+                        input.chat_keys.entries().find(|(k, _, _)| *k == id).map(
+                            |(k, chat, key)| proto::ChatKeyGrant {
+                                chat_id: chat.to_owned(),
+                                key_id: k.to_vec(),
+                                key: key.0.bytes().to_vec(),
+                            },
+                        )
+                    })
+                    .collect(),
+                packs: packs
+                    .iter()
+                    .map(|(name, bytes)| proto::PackRef {
+                        name: name.clone(),
+                        size: bytes.len() as u64,
+                    })
+                    .collect(),
+                chats: entries,
+                deleted_chats: input
+                    .deleted_chats
+                    .iter()
+                    .map(|(chat_id, stamp)| proto::ChatTombstone {
+                        chat_id: chat_id.clone(),
+                        stamp: Some(stamp.to_proto()),
+                    })
+                    .collect(),
+                created_at_ms: input.created_at_ms,
+            }
+            .encode_to_vec(),
+        );
+    let context = ObjectContext {
+        vault_id: keys.vault_id(),
+        kind: ObjectKind::CheckpointIndex,
+        name: &index_name,
+    };
+    let index = sealing::seal(&keys.log().0, &context, &body)?;
+    Ok(SealedCheckpoint {
+        index_name,
+        index,
+        packs,
+    })
+}
+
+/// Opens and checks a checkpoint index stored under `name`.
+pub fn open_checkpoint_index(
+    keys: &VaultKeys,
+    name: &str,
+    object: &[u8],
+) -> Result<CheckpointIndex> {
+    let misplaced = || {
+        Error::Integrity(IntegrityProblem::Misplaced {
+            name: name.to_owned(),
+        })
+    };
+    let (device, seq) = parse_checkpoint_name(name).ok_or_else(misplaced)?;
+    let context = ObjectContext {
+        vault_id: keys.vault_id(),
+        kind: ObjectKind::CheckpointIndex,
+        name,
+    };
+    let body = sealing::open(&keys.log().0, &context, object)?;
+    let index: proto::CheckpointIndex = decode_body(ObjectKind::CheckpointIndex, &body)?;
+    if index.device_id != device.0 || index.seq != seq {
+        return Err(misplaced());
+    }
+    let malformed = |why: &str| {
+        Error::decode(
+            ObjectKind::CheckpointIndex,
+            DecodeProblem::Malformed(why.to_owned()),
+        )
+    };
+    let id16 = |bytes: &[u8], what: &str| -> Result<[u8; 16]> {
+        bytes.try_into().map_err(|_| malformed(what))
+    };
+    let covered = index
+        .covered
+        .iter()
+        .map(|h| {
+            Ok(Head {
+                device: DeviceId(id16(&h.device_id, "covered device")?),
+                seq: h.seq,
+                hash: h
+                    .hash
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| malformed("covered hash"))?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let grants = index
+        .keys
+        .iter()
+        .map(|g| {
+            let key: [u8; 32] = g.key.as_slice().try_into().map_err(|_| malformed("key"))?;
+            Ok((
+                id16(&g.key_id, "key id")?,
+                g.chat_id.clone(),
+                ChatKey::from_bytes(key),
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let packs: Vec<(String, u64)> = index
+        .packs
+        .iter()
+        .map(|p| (p.name.clone(), p.size))
+        .collect();
+    let prefix = pack_prefix(device, seq);
+    if packs.iter().any(|(n, _)| !n.starts_with(&prefix)) {
+        return Err(malformed("pack outside the checkpoint"));
+    }
+    let chats = index
+        .chats
+        .iter()
+        .map(|c| {
+            let pack = c.pack as usize;
+            let size = packs.get(pack).ok_or_else(|| malformed("pack index"))?.1;
+            if c.offset.checked_add(c.length).is_none_or(|end| end > size) {
+                return Err(malformed("block outside its pack"));
+            }
+            Ok(PackedChat {
+                chat_id: c.chat_id.clone(),
+                key_id: id16(&c.key_id, "block key id")?,
+                pack,
+                offset: c.offset,
+                length: c.length,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let deleted_chats = index
+        .deleted_chats
+        .iter()
+        .map(|t| {
+            let stamp = t
+                .stamp
+                .as_ref()
+                .and_then(Stamp::from_proto)
+                .ok_or_else(|| malformed("tombstone stamp"))?;
+            Ok((t.chat_id.clone(), stamp))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(CheckpointIndex {
+        name: name.to_owned(),
+        device,
+        seq,
+        covered,
+        grants,
+        packs,
+        chats,
+        deleted_chats,
+        created_at_ms: index.created_at_ms,
+    })
+}
+
+/// Opens block `block` of `index` (its bytes cut from the pack) with the known chat keys.
+pub fn open_block(
+    keys: &VaultKeys,
+    chat_keys: &ChatKeys,
+    index: &CheckpointIndex,
+    block: usize,
+    bytes: &[u8],
+) -> Result<Vec<Operation>> {
+    let malformed = |why: &str| {
+        Error::decode(
+            ObjectKind::ChatData,
+            DecodeProblem::Malformed(why.to_owned()),
+        )
+    };
+    let entry = index
+        .chats
+        .get(block)
+        .ok_or_else(|| malformed("no such block"))?;
+    let key = chat_keys
+        .key(&entry.key_id)
+        .filter(|(chat, _)| *chat == entry.chat_id)
+        .map(|(_, key)| key)
+        .ok_or_else(|| {
+            Error::Integrity(IntegrityProblem::UnknownKey {
+                device: index.device.to_hex(),
+                seq: index.seq,
+            })
+        })?;
+    let name = block_name(&index.name, block);
+    let context = ObjectContext {
+        vault_id: keys.vault_id(),
+        kind: ObjectKind::ChatData,
+        name: &name,
+    };
+    let body = sealing::open(&key.0, &context, bytes)?;
+    let content: proto::ChatCheckpoint = decode_body(ObjectKind::ChatData, &body)?;
+    if content.chat_id != entry.chat_id {
+        return Err(malformed("block of another chat"));
+    }
+    content
+        .operations
+        .into_iter()
+        .map(|op| {
+            let op = Operation::from_proto(op).map_err(|e| malformed(&e))?;
+            if op.change.chat_id() != entry.chat_id {
+                return Err(malformed("operation of another chat"));
+            }
+            Ok(op)
+        })
+        .collect()
+}
