@@ -287,31 +287,62 @@ impl LocalState {
 
     /// Live messages of one chat (or of all chats), ordered by chat, send time, message id.
     pub fn messages(&self, chat_id: Option<&str>) -> Result<Vec<Message>> {
+        self.messages_sent_since(chat_id, i64::MIN)
+    }
+
+    /// Live messages sent at or after `since_ms`, of one chat or of all, in the same order.
+    pub fn messages_sent_since(
+        &self,
+        chat_id: Option<&str>,
+        since_ms: i64,
+    ) -> Result<Vec<Message>> {
         // Two statements rather than "?1 IS NULL OR chat_id = ?1", which would stop SQLite from
         // using the (chat_id, sent_at_ms, message_id) index for one chat.
         let mut statement = match chat_id {
             Some(_) => self.connection.prepare(
-                "SELECT message FROM messages WHERE chat_id = ?1 AND message IS NOT NULL
+                "SELECT message FROM messages
+                 WHERE chat_id = ?1 AND message IS NOT NULL AND sent_at_ms >= ?2
                  ORDER BY chat_id, sent_at_ms, message_id",
             ),
             None => self.connection.prepare(
-                "SELECT message FROM messages WHERE message IS NOT NULL
+                "SELECT message FROM messages WHERE message IS NOT NULL AND sent_at_ms >= ?1
                  ORDER BY chat_id, sent_at_ms, message_id",
             ),
         }
         .map_err(db_error)?;
         let rows = match chat_id {
-            Some(chat_id) => statement.query_map([chat_id], first_blob),
-            None => statement.query_map([], first_blob),
+            Some(chat_id) => statement.query_map(params![chat_id, since_ms], first_blob),
+            None => statement.query_map(params![since_ms], first_blob),
         }
         .map_err(db_error)?;
-        rows.map(|row| {
-            let bytes = row.map_err(db_error)?;
-            Ok(Message::from_proto(
-                proto::Message::decode(&bytes[..]).map_err(|_| corrupt("message"))?,
-            ))
-        })
-        .collect()
+        rows.map(|row| decode_message(&row.map_err(db_error)?))
+            .collect()
+    }
+
+    /// Up to `limit` live messages of a chat sent before `before_ms`, the newest of them, in
+    /// send order: one page of older history.
+    pub fn history_before(
+        &self,
+        chat_id: &str,
+        before_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<Message>> {
+        let mut statement = self
+            .connection
+            .prepare(
+                "SELECT message FROM messages
+                 WHERE chat_id = ?1 AND message IS NOT NULL AND sent_at_ms < ?2
+                 ORDER BY sent_at_ms DESC, message_id DESC LIMIT ?3",
+            )
+            .map_err(db_error)?;
+        let rows = statement
+            .query_map(params![chat_id, before_ms, limit], first_blob)
+            .map_err(db_error)?;
+        let mut page = rows
+            .map(|row| decode_message(&row.map_err(db_error)?))
+            .collect::<Result<Vec<_>>>()?;
+        page.reverse();
+        Ok(page)
     }
 
     /// Every chat id with any record (live, deleted or only tombstones), in byte order.
@@ -444,6 +475,12 @@ impl LocalState {
 
 fn first_blob(row: &rusqlite::Row<'_>) -> rusqlite::Result<Vec<u8>> {
     row.get(0)
+}
+
+fn decode_message(bytes: &[u8]) -> Result<Message> {
+    Ok(Message::from_proto(
+        proto::Message::decode(bytes).map_err(|_| corrupt("message"))?,
+    ))
 }
 
 /// A sealed segment waiting to be uploaded.

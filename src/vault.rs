@@ -749,6 +749,41 @@ impl Vault {
         lock(&self.local)?.messages(chat_id)
     }
 
+    /// Live messages sent at or after `since_ms` (of one chat or of all): restore "since a time".
+    pub fn messages_since(&self, chat_id: Option<&str>, since_ms: i64) -> Result<Vec<Message>> {
+        lock(&self.local)?.messages_sent_since(chat_id, since_ms)
+    }
+
+    /// One page of a chat's older history from local state: up to `limit` messages sent before
+    /// `before_ms`, in send order. For history the app dropped locally, see
+    /// [`fetch_history`](Self::fetch_history).
+    pub fn history_before(
+        &self,
+        chat_id: &str,
+        before_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<Message>> {
+        lock(&self.local)?.history_before(chat_id, before_ms, limit)
+    }
+
+    /// One page of a chat's older history read from the bucket (see [`fetch_chat`](Self::fetch_chat)):
+    /// up to `limit` messages sent before `before_ms`, in send order.
+    pub async fn fetch_history(
+        &self,
+        chat_id: &str,
+        before_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<Message>> {
+        let mut older: Vec<Message> = self
+            .fetch_chat(chat_id)
+            .await?
+            .into_iter()
+            .filter(|m| m.sent_at_ms < before_ms)
+            .collect();
+        let keep = older.len().saturating_sub(limit as usize);
+        Ok(older.split_off(keep))
+    }
+
     /// Operations recorded here and not yet uploaded.
     pub fn pending_operations(&self) -> Result<u64> {
         lock(&self.local)?.outbox_len()

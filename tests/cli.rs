@@ -185,6 +185,22 @@ fn import_sync_restore_round_trips_every_character() {
     assert_eq!(std::fs::read_to_string(&again).unwrap(), expected);
     assert!(ok(run(&env, "laptop", &["verify"])).contains("1 checkpoint(s)"));
 
+    let since = env.root.join("since.jsonl");
+    ok(run(
+        &env,
+        "tablet",
+        &[
+            "restore",
+            "--out",
+            since.to_str().unwrap(),
+            "--since-ms",
+            "2",
+        ],
+    ));
+    let since = std::fs::read_to_string(&since).unwrap();
+    assert_eq!(since.lines().count(), 2, "{since}");
+    assert!(since.contains("\"message_id\":\"m1\"") && !since.contains("\"message_id\":\"m0\""));
+
     let only = env.root.join("only.jsonl");
     ok(run(
         &env,

@@ -571,6 +571,16 @@ async fn checkpoints_restore_new_devices_and_garbage_collection_keeps_everyone_c
     assert_eq!(one, a.messages(Some("work")).unwrap());
     assert!(*counting.pack_range_gets.lock().unwrap() >= 1);
     assert_eq!(*counting.pack_gets.lock().unwrap(), 0);
+
+    // Paging older history, locally and from the bucket, and "since a time".
+    let local_page = a.history_before("family", 35, 4).unwrap();
+    let ids: Vec<&str> = local_page.iter().map(|m| m.message_id.as_str()).collect();
+    assert_eq!(ids, ["family-31", "family-32", "family-33", "family-34"]);
+    assert_eq!(
+        late.fetch_history("family", 35, 4).await.unwrap(),
+        local_page
+    );
+    assert_eq!(a.messages_since(Some("family"), 100).unwrap().len(), 5);
 }
 
 #[tokio::test]

@@ -63,6 +63,9 @@ enum Command {
         /// Only these chats (repeatable).
         #[arg(long = "chat")]
         chats: Vec<String>,
+        /// Only messages sent at or after this time (milliseconds since the Unix epoch).
+        #[arg(long)]
+        since_ms: Option<i64>,
     },
     /// List chats with message counts and sizes.
     Chats {
@@ -153,11 +156,15 @@ async fn run(cli: Cli) -> CliResult {
             print_report(&report, *json);
             Ok(())
         }
-        Command::Restore { out, chats } => {
+        Command::Restore {
+            out,
+            chats,
+            since_ms,
+        } => {
             let vault = open_vault(&cli).await?;
             vault.sync(None, None).await?;
             let mut chat_list: Vec<_> = vault.chats()?.into_iter().map(|s| s.chat).collect();
-            let mut messages = vault.messages(None)?;
+            let mut messages = vault.messages_since(None, since_ms.unwrap_or(i64::MIN))?;
             if !chats.is_empty() {
                 chat_list.retain(|c| chats.contains(&c.chat_id));
                 messages.retain(|m| chats.contains(&m.chat_id));
