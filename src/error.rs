@@ -132,6 +132,12 @@ pub enum IntegrityProblem {
         /// The segment.
         seq: u64,
     },
+    /// An object that the vault's index or listing names is not in the bucket.
+    #[error("object {name} is missing")]
+    MissingObject {
+        /// The object's name.
+        name: String,
+    },
     /// A segment's content does not match the name it is stored under.
     #[error("object {name} holds content that belongs elsewhere")]
     Misplaced {

@@ -455,24 +455,59 @@ impl Vault {
             }))
     }
 
-    async fn fetch_checkpoint_index(
-        &self,
-        name: &str,
-        report: &mut SyncReport,
-    ) -> Result<CheckpointIndex> {
+    /// GETs an object the vault's own records say exists; its absence is an integrity problem.
+    async fn get_listed(&self, name: &str, report: &mut SyncReport) -> Result<Vec<u8>> {
         let object = self
             .store
             .get(&format!("{}{name}", self.prefix()))
             .await?
             .ok_or_else(|| {
-                Error::Integrity(crate::IntegrityProblem::Misplaced {
+                Error::Integrity(crate::IntegrityProblem::MissingObject {
                     name: name.to_owned(),
                 })
             })?;
         report.requests += 1;
         report.objects_down += 1;
         report.bytes_down += object.len() as u64;
+        Ok(object)
+    }
+
+    async fn fetch_checkpoint_index(
+        &self,
+        name: &str,
+        report: &mut SyncReport,
+    ) -> Result<CheckpointIndex> {
+        let object = self.get_listed(name, report).await?;
         open_checkpoint_index(&self.keys, name, &object)
+    }
+
+    /// Fetches every pack of a checkpoint in turn and hands each to `each` with its opened
+    /// blocks' operations.
+    async fn for_each_pack(
+        &self,
+        index: &CheckpointIndex,
+        chat_keys: &ChatKeys,
+        report: &mut SyncReport,
+        mut each: impl FnMut(Vec<Operation>) -> Result<()>,
+    ) -> Result<()> {
+        for (pack_number, (pack_name, _)) in index.packs.iter().enumerate() {
+            let pack = self.get_listed(pack_name, report).await?;
+            let mut operations = Vec::new();
+            for (block, entry) in index.chats.iter().enumerate() {
+                if entry.pack == pack_number {
+                    let bytes = pack
+                        .get(entry.offset as usize..(entry.offset + entry.length) as usize)
+                        .ok_or_else(|| {
+                            Error::Integrity(crate::IntegrityProblem::Misplaced {
+                                name: pack_name.clone(),
+                            })
+                        })?;
+                    operations.extend(open_block(&self.keys, chat_keys, index, block, bytes)?);
+                }
+            }
+            each(operations)?;
+        }
+        Ok(())
     }
 
     /// Applies a checkpoint's state: every pack, then the covered heads.
@@ -519,33 +554,8 @@ impl Vault {
             })
             .collect();
         let writer = index.device.to_hex();
-        for (pack_number, (pack_name, _)) in index.packs.iter().enumerate() {
-            let pack = self
-                .store
-                .get(&format!("{}{pack_name}", self.prefix()))
-                .await?
-                .ok_or_else(|| {
-                    Error::Integrity(crate::IntegrityProblem::Misplaced {
-                        name: pack_name.clone(),
-                    })
-                })?;
-            report.requests += 1;
-            report.objects_down += 1;
-            report.bytes_down += pack.len() as u64;
-            let mut operations = Vec::new();
-            for (block, entry) in index.chats.iter().enumerate() {
-                if entry.pack != pack_number {
-                    continue;
-                }
-                let bytes = pack
-                    .get(entry.offset as usize..(entry.offset + entry.length) as usize)
-                    .ok_or_else(|| {
-                        Error::Integrity(crate::IntegrityProblem::Misplaced {
-                            name: pack_name.clone(),
-                        })
-                    })?;
-                operations.extend(open_block(&self.keys, &chat_keys, &index, block, bytes)?);
-            }
+        let mut applied_total = 0;
+        self.for_each_pack(&index, &chat_keys, report, |operations| {
             if let Some(listener) = listener
                 && !operations.is_empty()
             {
@@ -553,10 +563,12 @@ impl Vault {
                     Error::invalid_input(format!("change listener failed: {why}"))
                 })?;
             }
-            let applied =
+            applied_total +=
                 lock(&self.local)?.transaction(|tx| local::apply_operations(tx, &operations))?;
-            report.operations_applied += applied;
-        }
+            Ok(())
+        })
+        .await?;
+        report.operations_applied += applied_total;
         let applied = lock(&self.local)?.transaction(|tx| {
             let applied = local::apply_operations(tx, &tombstones)?;
             for head in &index.covered {
@@ -820,30 +832,13 @@ impl Vault {
             for (key_id, chat_id, key) in &index.grants {
                 chat_keys.insert(*key_id, chat_id, key.clone())?;
             }
-            for (pack_number, (pack_name, _)) in index.packs.iter().enumerate() {
-                let pack = self
-                    .store
-                    .get(&format!("{}{pack_name}", self.prefix()))
-                    .await?
-                    .ok_or_else(|| {
-                        Error::Integrity(crate::IntegrityProblem::Misplaced {
-                            name: pack_name.clone(),
-                        })
-                    })?;
-                for (block, entry) in index.chats.iter().enumerate() {
-                    if entry.pack == pack_number {
-                        let bytes = pack
-                            .get(entry.offset as usize..(entry.offset + entry.length) as usize)
-                            .ok_or_else(|| {
-                                Error::Integrity(crate::IntegrityProblem::Misplaced {
-                                    name: pack_name.clone(),
-                                })
-                            })?;
-                        report.operations +=
-                            open_block(&self.keys, &chat_keys, &index, block, bytes)?.len() as u64;
-                    }
-                }
-            }
+            let mut operations = 0;
+            self.for_each_pack(&index, &chat_keys, &mut scratch, |ops| {
+                operations += ops.len() as u64;
+                Ok(())
+            })
+            .await?;
+            report.operations += operations;
             report.checkpoints = 1;
             chain = covered.iter().map(|h| (h.device, *h)).collect();
         }

@@ -21,7 +21,7 @@ use crate::sealing::{self, ObjectContext, padded_len};
 
 use super::clock::{DeviceId, Stamp};
 use super::model::Operation;
-use super::segment::{ChatKeys, Head, KeyId};
+use super::segment::{ChatKeys, Head, KeyId, parse_device_and_seq};
 
 /// Where checkpoint indexes live inside the vault prefix.
 pub const CHECKPOINTS_PREFIX: &str = "checkpoints/";
@@ -39,19 +39,7 @@ pub fn checkpoint_name(device: DeviceId, seq: u64) -> String {
 
 /// Parses a checkpoint index name.
 pub fn parse_checkpoint_name(name: &str) -> Option<(DeviceId, u64)> {
-    let rest = name.strip_prefix(CHECKPOINTS_PREFIX)?;
-    let (device, seq) = rest.split_once('/')?;
-    if seq.len() != 16
-        || !seq
-            .bytes()
-            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-    {
-        return None;
-    }
-    Some((
-        DeviceId::from_hex(device)?,
-        u64::from_str_radix(seq, 16).ok()?,
-    ))
+    parse_device_and_seq(name.strip_prefix(CHECKPOINTS_PREFIX)?)
 }
 
 /// The prefix of a checkpoint's packs.

@@ -129,7 +129,12 @@ pub fn segment_name(device: DeviceId, seq: u64) -> String {
 
 /// Parses a segment name back into (device, seq); `None` for anything else.
 pub fn parse_segment_name(name: &str) -> Option<(DeviceId, u64)> {
-    let rest = name.strip_prefix(SEGMENTS_PREFIX)?;
+    parse_device_and_seq(name.strip_prefix(SEGMENTS_PREFIX)?)
+}
+
+/// Parses `<device id hex>/<seq as 16 lower-case hex digits>`, the tail of segment and
+/// checkpoint names.
+pub(crate) fn parse_device_and_seq(rest: &str) -> Option<(DeviceId, u64)> {
     let (device, seq) = rest.split_once('/')?;
     if seq.len() != 16
         || !seq
