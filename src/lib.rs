@@ -44,7 +44,8 @@
 //! # Ok(())
 //! # }
 //! ```
-#![forbid(unsafe_code)]
+// `deny`, not `forbid`: only src/ffi/ (uniffi's generated extern "C" glue) may allow it.
+#![deny(unsafe_code)]
 #![deny(missing_docs)]
 #![cfg_attr(
     not(test),
@@ -52,6 +53,12 @@
 )]
 
 pub mod error;
+#[cfg(feature = "ffi")]
+pub mod ffi;
+// uniffi's derives look for the scaffolding's tag type at the crate root.
+#[cfg(feature = "ffi")]
+#[doc(hidden)]
+pub use ffi::UniFfiTag;
 pub mod format;
 pub mod keyring;
 pub mod keys;

@@ -1,0 +1,511 @@
+//! The foreign-language facade: the only module with uniffi attributes. Swift, Kotlin and Python
+//! bindings are generated from it (`uniffi/`, `bindings/`). It mirrors the Rust API one to one,
+//! with types foreign languages can hold: records, one error enum, objects behind `Arc`, async
+//! functions on a tokio runtime, and synchronous listener traits.
+//!
+//! Nothing here panics on input: every failure becomes a [`ChatVaultError`] case an app can
+//! switch on.
+#![allow(unsafe_code)] // uniffi's generated scaffolding is `extern "C"` glue.
+#![allow(missing_docs)] // the records mirror documented Rust types field for field.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::error::{DecodeProblem, Error};
+use crate::keys::{self, Argon2Params, PassphraseEnvelope, PassphrasePolicy};
+use crate::sync;
+use crate::vault;
+
+uniffi::setup_scaffolding!("chatvault");
+
+/// Every error, as cases an app can act on.
+#[derive(Debug, thiserror::Error, uniffi::Error)]
+#[non_exhaustive]
+pub enum ChatVaultError {
+    /// The recovery key text has a typo: ask the person to check it (`reason` says where).
+    #[error("mistyped recovery key: {reason}")]
+    MistypedKey { reason: String },
+    /// The recovery key is fine but belongs to another vault than this device's state.
+    #[error("wrong key: {message}")]
+    WrongKey { message: String },
+    /// The passphrase does not open the envelope.
+    #[error("wrong passphrase")]
+    WrongPassphrase,
+    /// The passphrase fails the app's policy.
+    #[error("weak passphrase: {message}")]
+    WeakPassphrase { message: String },
+    /// Data from the bucket is damaged, tampered with, or in an unknown format.
+    #[error("tampered or damaged data: {message}")]
+    Tampered { message: String },
+    /// The bucket's set of objects is inconsistent (missing, rolled back, replayed).
+    #[error("integrity problem: {message}")]
+    Integrity { message: String },
+    /// The store failed; `retryable` says whether trying later may help.
+    #[error("store error: {message}")]
+    Store { message: String, retryable: bool },
+    /// An argument was rejected.
+    #[error("invalid input: {message}")]
+    InvalidInput { message: String },
+    /// The device's local state failed.
+    #[error("local state: {message}")]
+    LocalState { message: String },
+    /// Anything else (for example the OS random generator failing).
+    #[error("internal error: {message}")]
+    Internal { message: String },
+}
+
+impl From<Error> for ChatVaultError {
+    fn from(error: Error) -> Self {
+        let message = error.to_string();
+        match error {
+            Error::RecoveryKeyMistyped(reason) => ChatVaultError::MistypedKey {
+                reason: reason.to_string(),
+            },
+            Error::WrongPassphrase => ChatVaultError::WrongPassphrase,
+            Error::WeakPassphrase(message) => ChatVaultError::WeakPassphrase { message },
+            Error::Decode { .. } => ChatVaultError::Tampered { message },
+            Error::Integrity(_) => ChatVaultError::Integrity { message },
+            Error::Store(store) => ChatVaultError::Store {
+                retryable: store.is_retryable(),
+                message,
+            },
+            Error::InvalidInput(text) if text.contains("belongs to another vault") => {
+                ChatVaultError::WrongKey { message: text }
+            }
+            Error::InvalidInput(message) => ChatVaultError::InvalidInput { message },
+            Error::LocalState(message) => ChatVaultError::LocalState { message },
+            _ => ChatVaultError::Internal { message },
+        }
+    }
+}
+
+impl From<crate::store::StoreError> for ChatVaultError {
+    fn from(error: crate::store::StoreError) -> Self {
+        Error::Store(error).into()
+    }
+}
+
+type FfiResult<T> = Result<T, ChatVaultError>;
+
+/// A recovery key. Keep its bytes in the Keychain / Keystore; show its text once.
+#[derive(uniffi::Object)]
+pub struct RecoveryKey(keys::RecoveryKey);
+
+#[uniffi::export]
+impl RecoveryKey {
+    /// A new random key.
+    #[uniffi::constructor]
+    pub fn generate() -> FfiResult<Arc<Self>> {
+        Ok(Arc::new(RecoveryKey(keys::RecoveryKey::generate()?)))
+    }
+
+    /// Parses typed text (case, spaces and dashes do not matter); typos fail with `MistypedKey`.
+    #[uniffi::constructor]
+    pub fn parse(text: String) -> FfiResult<Arc<Self>> {
+        Ok(Arc::new(RecoveryKey(keys::RecoveryKey::parse(&text)?)))
+    }
+
+    /// A key from its 32 bytes.
+    #[uniffi::constructor]
+    pub fn from_bytes(bytes: Vec<u8>) -> FfiResult<Arc<Self>> {
+        let bytes: [u8; 32] = bytes.try_into().map_err(|_| ChatVaultError::InvalidInput {
+            message: "a recovery key is 32 bytes".into(),
+        })?;
+        Ok(Arc::new(RecoveryKey(keys::RecoveryKey::from_bytes(bytes))))
+    }
+
+    /// The text form: nine groups of six characters.
+    pub fn to_text(&self) -> String {
+        self.0.to_text().to_string()
+    }
+
+    /// The 32 bytes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        self.0.to_bytes().to_vec()
+    }
+
+    /// The public vault id (hex): the vault's prefix in the bucket.
+    pub fn vault_id(&self) -> String {
+        keys::VaultKeys::derive(&self.0).vault_id().to_hex()
+    }
+}
+
+/// Wraps the recovery key under a passphrase (Argon2id, default cost) for the bucket.
+#[uniffi::export]
+pub fn seal_passphrase_envelope(
+    key: Arc<RecoveryKey>,
+    passphrase: String,
+    min_chars: u32,
+) -> FfiResult<Vec<u8>> {
+    let policy = PassphrasePolicy {
+        min_chars: min_chars as usize,
+        ..PassphrasePolicy::default()
+    };
+    Ok(PassphraseEnvelope::seal(
+        &key.0,
+        &passphrase,
+        Argon2Params::DEFAULT,
+        &policy,
+    )?)
+}
+
+/// Unwraps the recovery key of vault `vault_id` (hex) from its passphrase envelope.
+#[uniffi::export]
+pub fn open_passphrase_envelope(
+    envelope: Vec<u8>,
+    vault_id: String,
+    passphrase: String,
+) -> FfiResult<Arc<RecoveryKey>> {
+    let bytes: Option<[u8; 16]> = (vault_id.len() == 32)
+        .then(|| {
+            (0..16)
+                .map(|i| u8::from_str_radix(vault_id.get(2 * i..2 * i + 2)?, 16).ok())
+                .collect::<Option<Vec<u8>>>()
+                .and_then(|v| v.try_into().ok())
+        })
+        .flatten();
+    let vault_id = keys::VaultId::from_bytes(bytes.ok_or(ChatVaultError::InvalidInput {
+        message: "a vault id is 32 hex characters".into(),
+    })?);
+    Ok(Arc::new(RecoveryKey(PassphraseEnvelope::open(
+        &envelope,
+        &vault_id,
+        &passphrase,
+    )?)))
+}
+
+/// Opens a sealed keyring object and returns its chat ids (test vectors and diagnostics).
+#[uniffi::export]
+pub fn open_keyring_chat_ids(
+    key: Arc<RecoveryKey>,
+    name: String,
+    object: Vec<u8>,
+) -> FfiResult<Vec<String>> {
+    let keys = keys::VaultKeys::derive(&key.0);
+    let keyring = crate::keyring::Keyring::open(&keys, &name, &object)?;
+    Ok(keyring.chat_ids().map(str::to_owned).collect())
+}
+
+/// Opens chat data sealed under a chat key from a keyring object (test vectors).
+#[uniffi::export]
+pub fn open_chat_data(
+    key: Arc<RecoveryKey>,
+    keyring_name: String,
+    keyring_object: Vec<u8>,
+    chat_id: String,
+    name: String,
+    object: Vec<u8>,
+) -> FfiResult<Vec<u8>> {
+    let keys = keys::VaultKeys::derive(&key.0);
+    let keyring = crate::keyring::Keyring::open(&keys, &keyring_name, &keyring_object)?;
+    Ok(keyring
+        .open_chat_data(&keys, &chat_id, &name, &object)?
+        .to_vec())
+}
+
+/// A chat's metadata.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct Chat {
+    pub chat_id: String,
+    pub title: String,
+    pub members: Vec<String>,
+}
+
+/// One message.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct Message {
+    pub chat_id: String,
+    pub message_id: String,
+    pub sender: String,
+    pub sent_at_ms: i64,
+    pub text: String,
+    pub reply_to: Option<String>,
+}
+
+/// One change to record.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Enum)]
+pub enum Change {
+    UpsertChat { chat: Chat },
+    UpsertMessage { message: Message },
+    DeleteMessage { chat_id: String, message_id: String },
+    DeleteChat { chat_id: String },
+}
+
+/// A chat as listed.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct ChatSummary {
+    pub chat: Chat,
+    pub message_count: u64,
+    pub message_bytes: u64,
+}
+
+/// What a sync did.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct SyncReport {
+    pub objects_up: u64,
+    pub bytes_up: u64,
+    pub objects_down: u64,
+    pub bytes_down: u64,
+    pub requests: u64,
+    pub operations_sent: u64,
+    pub operations_applied: u64,
+    pub segments_applied: u64,
+}
+
+/// Space used in the bucket.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct UsageStats {
+    pub objects: u64,
+    pub bytes: u64,
+}
+
+/// What verify checked.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct VerifyReport {
+    pub checkpoints: u64,
+    pub segments: u64,
+    pub devices: u64,
+    pub operations: u64,
+}
+
+/// Sync phases for progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum SyncPhase {
+    Push,
+    List,
+    Pull,
+}
+
+/// Progress during a sync (called on a background thread; keep it quick).
+#[uniffi::export(with_foreign)]
+pub trait SyncProgressListener: Send + Sync {
+    fn on_progress(&self, phase: SyncPhase, done: u64, total: u64);
+}
+
+/// Changes from other devices, at least once; return `false` to stop the sync and get the same
+/// changes again next time.
+#[uniffi::export(with_foreign)]
+pub trait ChangeListener: Send + Sync {
+    fn on_changes(&self, device: String, changes: Vec<Change>) -> bool;
+}
+
+fn chat_to(chat: sync::Chat) -> Chat {
+    Chat {
+        chat_id: chat.chat_id,
+        title: chat.title,
+        members: chat.members,
+    }
+}
+
+fn message_to(m: sync::Message) -> Message {
+    Message {
+        chat_id: m.chat_id,
+        message_id: m.message_id,
+        sender: m.sender,
+        sent_at_ms: m.sent_at_ms,
+        text: m.text,
+        reply_to: m.reply_to,
+    }
+}
+
+fn change_from(change: Change) -> sync::Change {
+    match change {
+        Change::UpsertChat { chat } => sync::Change::UpsertChat(sync::Chat {
+            chat_id: chat.chat_id,
+            title: chat.title,
+            members: chat.members,
+        }),
+        Change::UpsertMessage { message: m } => sync::Change::UpsertMessage(sync::Message {
+            chat_id: m.chat_id,
+            message_id: m.message_id,
+            sender: m.sender,
+            sent_at_ms: m.sent_at_ms,
+            text: m.text,
+            reply_to: m.reply_to,
+        }),
+        Change::DeleteMessage {
+            chat_id,
+            message_id,
+        } => sync::Change::DeleteMessage {
+            chat_id,
+            message_id,
+        },
+        Change::DeleteChat { chat_id } => sync::Change::DeleteChat { chat_id },
+    }
+}
+
+fn change_to(change: sync::Change) -> Change {
+    match change {
+        sync::Change::UpsertChat(chat) => Change::UpsertChat {
+            chat: chat_to(chat),
+        },
+        sync::Change::UpsertMessage(m) => Change::UpsertMessage {
+            message: message_to(m),
+        },
+        sync::Change::DeleteMessage {
+            chat_id,
+            message_id,
+        } => Change::DeleteMessage {
+            chat_id,
+            message_id,
+        },
+        sync::Change::DeleteChat { chat_id } => Change::DeleteChat { chat_id },
+    }
+}
+
+struct ProgressBridge(Arc<dyn SyncProgressListener>);
+
+impl vault::SyncProgress for ProgressBridge {
+    fn on_progress(&self, phase: vault::SyncPhase, done: u64, total: u64) {
+        let phase = match phase {
+            vault::SyncPhase::Push => SyncPhase::Push,
+            vault::SyncPhase::List => SyncPhase::List,
+            vault::SyncPhase::Pull => SyncPhase::Pull,
+        };
+        self.0.on_progress(phase, done, total);
+    }
+}
+
+struct ChangeBridge(Arc<dyn ChangeListener>);
+
+impl vault::ChangeListener for ChangeBridge {
+    fn on_changes(&self, device: &str, operations: &[sync::Operation]) -> Result<(), String> {
+        let changes = operations
+            .iter()
+            .map(|o| change_to(o.change.clone()))
+            .collect();
+        if self.0.on_changes(device.to_owned(), changes) {
+            Ok(())
+        } else {
+            Err("the app's listener declined the changes".into())
+        }
+    }
+}
+
+/// An open vault on this device.
+#[derive(uniffi::Object)]
+pub struct Vault(vault::Vault);
+
+#[uniffi::export(async_runtime = "tokio")]
+impl Vault {
+    /// Opens (or joins) the vault of `key` in the store named by `store_url` (file:///…, s3://…),
+    /// with this device's state in `state_dir`.
+    #[uniffi::constructor]
+    pub async fn open(
+        store_url: String,
+        state_dir: String,
+        device_name: String,
+        platform: String,
+        key: Arc<RecoveryKey>,
+    ) -> FfiResult<Arc<Self>> {
+        let store = crate::store::open_store(&store_url)?;
+        let info = vault::DeviceInfo {
+            name: device_name,
+            platform,
+        };
+        let vault = vault::Vault::open(store, &PathBuf::from(state_dir), info, &key.0).await?;
+        Ok(Arc::new(Vault(vault)))
+    }
+
+    /// The vault id (hex).
+    pub fn vault_id(&self) -> String {
+        self.0.vault_id()
+    }
+
+    /// Records a batch of changes locally (durable when this returns; no network).
+    pub fn record(&self, changes: Vec<Change>) -> FfiResult<()> {
+        Ok(self
+            .0
+            .record(changes.into_iter().map(change_from).collect())?)
+    }
+
+    /// Pushes local changes, then pulls other devices'.
+    pub async fn sync(
+        &self,
+        progress: Option<Arc<dyn SyncProgressListener>>,
+        listener: Option<Arc<dyn ChangeListener>>,
+    ) -> FfiResult<SyncReport> {
+        let progress = progress.map(ProgressBridge);
+        let listener = listener.map(ChangeBridge);
+        let report = self
+            .0
+            .sync(
+                progress.as_ref().map(|p| p as &dyn vault::SyncProgress),
+                listener.as_ref().map(|l| l as &dyn vault::ChangeListener),
+            )
+            .await?;
+        Ok(SyncReport {
+            objects_up: report.objects_up,
+            bytes_up: report.bytes_up,
+            objects_down: report.objects_down,
+            bytes_down: report.bytes_down,
+            requests: report.requests,
+            operations_sent: report.operations_sent,
+            operations_applied: report.operations_applied,
+            segments_applied: report.segments_applied,
+        })
+    }
+
+    /// Visible chats with counts.
+    pub fn chats(&self) -> FfiResult<Vec<ChatSummary>> {
+        Ok(self
+            .0
+            .chats()?
+            .into_iter()
+            .map(|s| ChatSummary {
+                chat: chat_to(s.chat),
+                message_count: s.message_count,
+                message_bytes: s.message_bytes,
+            })
+            .collect())
+    }
+
+    /// Live messages of a chat (or all), by chat, time, id.
+    pub fn messages(&self, chat_id: Option<String>) -> FfiResult<Vec<Message>> {
+        Ok(self
+            .0
+            .messages(chat_id.as_deref())?
+            .into_iter()
+            .map(message_to)
+            .collect())
+    }
+
+    /// One chat read straight from the bucket (no local state change).
+    pub async fn fetch_chat(&self, chat_id: String) -> FfiResult<Vec<Message>> {
+        Ok(self
+            .0
+            .fetch_chat(&chat_id)
+            .await?
+            .into_iter()
+            .map(message_to)
+            .collect())
+    }
+
+    /// Objects and bytes in the bucket.
+    pub async fn usage(&self) -> FfiResult<UsageStats> {
+        let usage = self.0.usage().await?;
+        Ok(UsageStats {
+            objects: usage.objects,
+            bytes: usage.bytes,
+        })
+    }
+
+    /// Fetches and authenticates everything.
+    pub async fn verify(&self) -> FfiResult<VerifyReport> {
+        let report = self.0.verify().await?;
+        Ok(VerifyReport {
+            checkpoints: report.checkpoints,
+            segments: report.segments,
+            devices: report.devices,
+            operations: report.operations,
+        })
+    }
+}
+
+impl From<DecodeProblem> for ChatVaultError {
+    fn from(problem: DecodeProblem) -> Self {
+        ChatVaultError::Tampered {
+            message: problem.to_string(),
+        }
+    }
+}
