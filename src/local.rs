@@ -401,6 +401,27 @@ impl LocalState {
         Ok((operations, record.deleted))
     }
 
+    /// Deleted chats with the stamp of their newest deletion, by chat id.
+    pub fn deleted_chats(&self) -> Result<Vec<(String, Stamp)>> {
+        let mut statement = self
+            .connection
+            .prepare("SELECT chat_id, deleted_stamp FROM chats WHERE deleted_stamp IS NOT NULL ORDER BY chat_id")
+            .map_err(db_error)?;
+        let rows = statement
+            .query_map([], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, Vec<u8>>(1)?))
+            })
+            .map_err(db_error)?;
+        rows.map(|row| {
+            let (chat_id, stamp) = row.map_err(db_error)?;
+            Ok((
+                chat_id,
+                Stamp::from_sortable_bytes(&stamp).ok_or_else(|| corrupt("stamp"))?,
+            ))
+        })
+        .collect()
+    }
+
     /// Checkpoints this device has opened: name -> (covered heads, creation time).
     pub fn known_checkpoints(&self) -> Result<BTreeMap<String, (Vec<Head>, u64)>> {
         let mut statement = self

@@ -481,8 +481,8 @@ impl Vault {
         open_checkpoint_index(&self.keys, name, &object)
     }
 
-    /// Fetches every pack of a checkpoint in turn and hands each to `each` with its opened
-    /// blocks' operations.
+    /// Fetches every pack of a checkpoint in turn and hands each chat block's operations to
+    /// `each` (one block, at most about 4 MiB of operations, in memory at a time).
     async fn for_each_pack(
         &self,
         index: &CheckpointIndex,
@@ -492,7 +492,6 @@ impl Vault {
     ) -> Result<()> {
         for (pack_number, (pack_name, _)) in index.packs.iter().enumerate() {
             let pack = self.get_listed(pack_name, report).await?;
-            let mut operations = Vec::new();
             for (block, entry) in index.chats.iter().enumerate() {
                 if entry.pack == pack_number {
                     let bytes = pack
@@ -502,10 +501,9 @@ impl Vault {
                                 name: pack_name.clone(),
                             })
                         })?;
-                    operations.extend(open_block(&self.keys, chat_keys, index, block, bytes)?);
+                    each(open_block(&self.keys, chat_keys, index, block, bytes)?)?;
                 }
             }
-            each(operations)?;
         }
         Ok(())
     }
@@ -903,26 +901,20 @@ impl Vault {
             if covered.is_empty() {
                 return Ok(CheckpointReport::default());
             }
-            let mut chats = Vec::new();
-            let mut deleted = Vec::new();
-            for chat_id in local.all_chat_ids()? {
-                let (operations, deleted_at) = local.chat_operations(&chat_id)?;
-                if let Some(stamp) = deleted_at {
-                    deleted.push((chat_id.clone(), stamp));
-                }
-                if !operations.is_empty() {
-                    chats.push(ChatContent {
-                        chat_id,
-                        operations,
-                    });
-                }
-            }
+            let deleted = local.deleted_chats()?;
             let seq = local
                 .meta(META_CHECKPOINT_SEQ)?
                 .and_then(|b| b.try_into().ok().map(u64::from_be_bytes))
                 .unwrap_or(0)
                 + 1;
             let chat_keys = lock(&self.chat_keys)?;
+            let chats = local.all_chat_ids()?.into_iter().map(|chat_id| {
+                let (operations, _) = local.chat_operations(&chat_id)?;
+                Ok(ChatContent {
+                    chat_id,
+                    operations,
+                })
+            });
             seal_checkpoint(
                 &self.keys,
                 &CheckpointInput {
@@ -930,10 +922,10 @@ impl Vault {
                     seq,
                     covered: &covered,
                     chat_keys: &chat_keys,
-                    chats: &chats,
                     deleted_chats: &deleted,
                     created_at_ms: now_ms(),
                 },
+                chats,
             )
             .map(|sealed| (sealed, seq, covered))?
         };

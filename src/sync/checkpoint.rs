@@ -67,8 +67,6 @@ pub struct CheckpointInput<'a> {
     pub covered: &'a [Head],
     /// Every known chat key (keys of chats not in `chats` are left out).
     pub chat_keys: &'a ChatKeys,
-    /// Live chats.
-    pub chats: &'a [ChatContent],
     /// Deleted chats: (chat id, stamp of the newest delete).
     pub deleted_chats: &'a [(String, Stamp)],
     /// Writer's clock, for garbage collection grace periods.
@@ -136,8 +134,14 @@ fn head_to_proto(head: &Head) -> proto::DeviceHead {
     }
 }
 
-/// Seals a checkpoint: chat blocks into packs, then the index.
-pub fn seal_checkpoint(keys: &VaultKeys, input: &CheckpointInput<'_>) -> Result<SealedCheckpoint> {
+/// Seals a checkpoint: chat blocks into packs, then the index. `chats` yields each chat's content
+/// in turn (so only one chat's operations are in memory at a time); chats without operations
+/// are skipped.
+pub fn seal_checkpoint(
+    keys: &VaultKeys,
+    input: &CheckpointInput<'_>,
+    chats: impl IntoIterator<Item = Result<ChatContent>>,
+) -> Result<SealedCheckpoint> {
     let index_name = checkpoint_name(input.device, input.seq);
     let pack_base = pack_prefix(input.device, input.seq);
     let mut packs: Vec<(String, Vec<u8>)> = Vec::new();
@@ -149,7 +153,11 @@ pub fn seal_checkpoint(keys: &VaultKeys, input: &CheckpointInput<'_>) -> Result<
         pack.resize(padded_len(pack.len() as u64) as usize, 0);
         packs.push((format!("{pack_base}{:04}", packs.len()), pack));
     };
-    for chat in input.chats {
+    for chat in chats {
+        let chat = chat?;
+        if chat.operations.is_empty() {
+            continue;
+        }
         let (key_id, key) = input
             .chat_keys
             .writing_key(&chat.chat_id)
