@@ -23,7 +23,8 @@ use crate::sync::checkpoint::{
 use crate::sync::plan::{Fetch, check_chain, check_seen, plan_pull};
 use crate::sync::segment::{
     ChatKeys, Head, KeyId, MAX_SEGMENT_BODY, NewSegment, OpenedSegment, SEGMENTS_PREFIX,
-    open_blocks, open_segment, parse_segment_name, seal_segment, segment_name,
+    open_blocks, open_segment, parse_device_and_seq, parse_segment_name, seal_segment,
+    segment_name,
 };
 use crate::sync::{Change, Clock, DeviceId, Message, Operation, Stamp, clock::now_ms};
 
@@ -976,9 +977,27 @@ impl Vault {
             return Ok(0);
         }
         let base = coverage(Some(&covered));
-        let newest_packs = match parse_checkpoint_name(&newest) {
-            Some((device, seq)) => pack_prefix(device, seq),
-            None => return Ok(0),
+        let Some(newest_id) = parse_checkpoint_name(&newest) else {
+            return Ok(0);
+        };
+        // Packs are written before their index, so packs without a listed index may belong to a
+        // checkpoint another device is writing right now: only packs of a listed, superseded
+        // checkpoint, or of an attempt its writer has since replaced, are redundant.
+        let indexes: Vec<(DeviceId, u64)> = listed
+            .iter()
+            .filter_map(|o| parse_checkpoint_name(&o.key))
+            .collect();
+        let pack_is_redundant = |key: &str| {
+            let Some(rest) = key.strip_prefix(PACKS_PREFIX) else {
+                return false;
+            };
+            let Some((device_and_seq, _)) = rest.rsplit_once('/') else {
+                return false;
+            };
+            let Some((device, seq)) = parse_device_and_seq(device_and_seq) else {
+                return false;
+            };
+            (device, seq) != newest_id && indexes.iter().any(|(d, s)| *d == device && *s >= seq)
         };
         let mut deleted = 0;
         for object in &listed {
@@ -987,7 +1006,7 @@ impl Vault {
             } else if object.key.starts_with(CHECKPOINTS_PREFIX) {
                 object.key != newest
             } else {
-                object.key.starts_with(PACKS_PREFIX) && !object.key.starts_with(&newest_packs)
+                pack_is_redundant(&object.key)
             };
             if redundant {
                 self.store

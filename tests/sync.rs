@@ -545,8 +545,35 @@ async fn checkpoints_restore_new_devices_and_garbage_collection_keeps_everyone_c
 
     // Collect: the covered segments go; everyone still converges, including a device that was
     // offline while its segments were collected.
+    // A second checkpoint supersedes the first; a pack of a checkpoint another device is still
+    // writing (no index yet) must survive collection.
+    a.checkpoint().await.unwrap();
+    let vault_prefix = store.list("").await.unwrap()[0]
+        .key
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let in_progress = format!(
+        "{vault_prefix}/packs/{}/0000000000000001/0000",
+        "ab".repeat(16)
+    );
+    store.put(&in_progress, vec![0; 64]).await.unwrap();
     let before = store.list("").await.unwrap().len();
     let deleted = a.collect_garbage(0).await.unwrap();
+    assert!(store.get(&in_progress).await.unwrap().is_some());
+    let checkpoints_left = store
+        .list(&format!("{vault_prefix}/checkpoints/"))
+        .await
+        .unwrap();
+    assert_eq!(checkpoints_left.len(), 1);
+    let packs_left = store.list(&format!("{vault_prefix}/packs/")).await.unwrap();
+    let newest_packs = checkpoints_left[0].key.replace("/checkpoints/", "/packs/");
+    assert!(
+        packs_left
+            .iter()
+            .all(|p| p.key.starts_with(&newest_packs) || p.key == in_progress)
+    );
     assert!(deleted >= 5, "{deleted}");
     assert_eq!(
         store.list("").await.unwrap().len(),

@@ -134,7 +134,7 @@ pub fn parse_segment_name(name: &str) -> Option<(DeviceId, u64)> {
 
 /// Parses `<device id hex>/<seq as 16 lower-case hex digits>`, the tail of segment and
 /// checkpoint names.
-pub(crate) fn parse_device_and_seq(rest: &str) -> Option<(DeviceId, u64)> {
+pub fn parse_device_and_seq(rest: &str) -> Option<(DeviceId, u64)> {
     let (device, seq) = rest.split_once('/')?;
     if seq.len() != 16
         || !seq
