@@ -18,7 +18,8 @@ use crate::vault;
 
 uniffi::setup_scaffolding!("chatvault");
 
-/// Every error, as cases an app can act on.
+/// Every error, as cases an app can act on. (Fields are `detail`, not `message`: Kotlin
+/// exceptions already have a `message`.)
 #[derive(Debug, thiserror::Error, uniffi::Error)]
 #[non_exhaustive]
 pub enum ChatVaultError {
@@ -26,32 +27,32 @@ pub enum ChatVaultError {
     #[error("mistyped recovery key: {reason}")]
     MistypedKey { reason: String },
     /// The recovery key is fine but belongs to another vault than this device's state.
-    #[error("wrong key: {message}")]
-    WrongKey { message: String },
+    #[error("wrong key: {detail}")]
+    WrongKey { detail: String },
     /// The passphrase does not open the envelope.
     #[error("wrong passphrase")]
     WrongPassphrase,
     /// The passphrase fails the app's policy.
-    #[error("weak passphrase: {message}")]
-    WeakPassphrase { message: String },
+    #[error("weak passphrase: {detail}")]
+    WeakPassphrase { detail: String },
     /// Data from the bucket is damaged, tampered with, or in an unknown format.
-    #[error("tampered or damaged data: {message}")]
-    Tampered { message: String },
+    #[error("tampered or damaged data: {detail}")]
+    Tampered { detail: String },
     /// The bucket's set of objects is inconsistent (missing, rolled back, replayed).
-    #[error("integrity problem: {message}")]
-    Integrity { message: String },
+    #[error("integrity problem: {detail}")]
+    Integrity { detail: String },
     /// The store failed; `retryable` says whether trying later may help.
-    #[error("store error: {message}")]
-    Store { message: String, retryable: bool },
+    #[error("store error: {detail}")]
+    Store { detail: String, retryable: bool },
     /// An argument was rejected.
-    #[error("invalid input: {message}")]
-    InvalidInput { message: String },
+    #[error("invalid input: {detail}")]
+    InvalidInput { detail: String },
     /// The device's local state failed.
-    #[error("local state: {message}")]
-    LocalState { message: String },
+    #[error("local state: {detail}")]
+    LocalState { detail: String },
     /// Anything else (for example the OS random generator failing).
-    #[error("internal error: {message}")]
-    Internal { message: String },
+    #[error("internal error: {detail}")]
+    Internal { detail: String },
 }
 
 impl From<Error> for ChatVaultError {
@@ -62,19 +63,19 @@ impl From<Error> for ChatVaultError {
                 reason: reason.to_string(),
             },
             Error::WrongPassphrase => ChatVaultError::WrongPassphrase,
-            Error::WeakPassphrase(message) => ChatVaultError::WeakPassphrase { message },
-            Error::Decode { .. } => ChatVaultError::Tampered { message },
-            Error::Integrity(_) => ChatVaultError::Integrity { message },
+            Error::WeakPassphrase(message) => ChatVaultError::WeakPassphrase { detail: message },
+            Error::Decode { .. } => ChatVaultError::Tampered { detail: message },
+            Error::Integrity(_) => ChatVaultError::Integrity { detail: message },
             Error::Store(store) => ChatVaultError::Store {
                 retryable: store.is_retryable(),
-                message,
+                detail: message,
             },
             Error::InvalidInput(text) if text.contains("belongs to another vault") => {
-                ChatVaultError::WrongKey { message: text }
+                ChatVaultError::WrongKey { detail: text }
             }
-            Error::InvalidInput(message) => ChatVaultError::InvalidInput { message },
-            Error::LocalState(message) => ChatVaultError::LocalState { message },
-            _ => ChatVaultError::Internal { message },
+            Error::InvalidInput(message) => ChatVaultError::InvalidInput { detail: message },
+            Error::LocalState(message) => ChatVaultError::LocalState { detail: message },
+            _ => ChatVaultError::Internal { detail: message },
         }
     }
 }
@@ -109,7 +110,7 @@ impl RecoveryKey {
     #[uniffi::constructor]
     pub fn from_bytes(bytes: Vec<u8>) -> FfiResult<Arc<Self>> {
         let bytes: [u8; 32] = bytes.try_into().map_err(|_| ChatVaultError::InvalidInput {
-            message: "a recovery key is 32 bytes".into(),
+            detail: "a recovery key is 32 bytes".into(),
         })?;
         Ok(Arc::new(RecoveryKey(keys::RecoveryKey::from_bytes(bytes))))
     }
@@ -165,7 +166,7 @@ pub fn open_passphrase_envelope(
         })
         .flatten();
     let vault_id = keys::VaultId::from_bytes(bytes.ok_or(ChatVaultError::InvalidInput {
-        message: "a vault id is 32 hex characters".into(),
+        detail: "a vault id is 32 hex characters".into(),
     })?);
     Ok(Arc::new(RecoveryKey(PassphraseEnvelope::open(
         &envelope,
@@ -505,7 +506,7 @@ impl Vault {
 impl From<DecodeProblem> for ChatVaultError {
     fn from(problem: DecodeProblem) -> Self {
         ChatVaultError::Tampered {
-            message: problem.to_string(),
+            detail: problem.to_string(),
         }
     }
 }
