@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Generates the foreign-language bindings from the compiled library (uniffi library mode) and runs
-# each language's tests against it: Python, and Kotlin on the JVM. Toolchains are installed on
-# first use and cached in ~/.cache/chatvault (kotlinc from the npm package, JNA and JUnit from
-# Debian). Swift: see bindings/README.md.
+# each language's tests against it: Python, Kotlin on the JVM, and Swift (XCTest via SwiftPM in a
+# Debian trixie chroot). Toolchains are installed on first use and cached in ~/.cache/chatvault
+# (kotlinc from the npm package, JNA and JUnit from Debian, swiftlang 6.0.3 from trixie).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -15,7 +15,7 @@ library=target/debug/libchatvault.so
 
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
-for language in python kotlin; do
+for language in python kotlin swift; do
   ./target/debug/uniffi-bindgen generate --no-format --library "$library" --language "$language" \
     --out-dir "$out/$language" >/dev/null
 done
@@ -41,3 +41,27 @@ classpath="/usr/share/java/jna.jar:$kotlin/lib/kotlinx-coroutines-core-jvm.jar:/
 CHATVAULT_VECTORS="$root/tests/vectors" java -Djna.library.path="$root/target/debug" \
   -cp "$out/kotlin-classes:$classpath:/usr/share/java/hamcrest-core.jar:$kotlin/lib/kotlin-stdlib.jar" \
   org.junit.runner.JUnitCore org.chatvault.ChatVaultTest
+
+echo "--- Swift (Linux, swift test in a trixie chroot)"
+chroot_dir=$(bash scripts/swift-toolchain.sh | tail -n 1)
+inside=/tmp/chatvault-swift-$$
+pkg="$chroot_dir$inside"
+mkdir -p "$pkg/Sources/ChatVaultFFI" "$pkg/Sources/ChatVault" "$pkg/Tests" "$pkg/lib"
+cp "$out/swift/ChatVaultFFI.h" "$pkg/Sources/ChatVaultFFI/"
+cat > "$pkg/Sources/ChatVaultFFI/module.modulemap" <<'MAP'
+module ChatVaultFFI {
+    header "ChatVaultFFI.h"
+    link "chatvault"
+    export *
+}
+MAP
+cp "$out/swift/ChatVault.swift" "$pkg/Sources/ChatVault/"
+cp -r bindings/swift/Tests/ChatVaultTests "$pkg/Tests/"
+cp bindings/swift/Package.linux.swift "$pkg/Package.swift"
+cp "$library" "$pkg/lib/"
+cp -r tests/vectors "$pkg/vectors"
+mount -t proc proc "$chroot_dir/proc"
+cleanup_swift() { umount "$chroot_dir/proc" 2>/dev/null || true; rm -rf "$pkg"; rm -rf "$out"; }
+trap cleanup_swift EXIT
+chroot "$chroot_dir" /bin/sh -c "cd $inside && swift build --build-tests -Xlinker -L$inside/lib >/dev/null \
+  && LD_LIBRARY_PATH=$inside/lib CHATVAULT_VECTORS=$inside/vectors swift test --skip-build 2>&1"
