@@ -129,12 +129,24 @@ enum Attempt {
     Retry(StoreError),
 }
 
-fn tls_config() -> Result<rustls::ClientConfig, StoreError> {
+/// TLS for `https` endpoints: rustls with the ring provider and the platform's verifier (the OS
+/// trust store, as the app's other connections use). For plain `http` endpoints (a local test
+/// server, a NAS on the LAN) no certificate is ever checked, so the platform's trust store is not
+/// loaded: a device or container without one can still reach them. reqwest needs a configuration
+/// either way (without one it would pick a default provider we do not compile in).
+fn tls_config(https: bool) -> Result<rustls::ClientConfig, StoreError> {
     use rustls_platform_verifier::BuilderVerifierExt;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .and_then(|builder| builder.with_platform_verifier())
+        .map_err(|e| StoreError::Other(format!("TLS setup: {e}")))?;
+    if !https {
+        return Ok(builder
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth());
+    }
+    builder
+        .with_platform_verifier()
         .map(|builder| builder.with_no_client_auth())
         .map_err(|e| StoreError::Other(format!("TLS setup: {e}")))
 }
@@ -142,10 +154,11 @@ fn tls_config() -> Result<rustls::ClientConfig, StoreError> {
 impl S3Store {
     /// A store for `config`. Fails on a malformed endpoint or missing credentials.
     pub fn new(config: S3Config) -> Result<S3Store, StoreError> {
-        let endpoint = config
+        let endpoint: url::Url = config
             .endpoint
             .parse()
             .map_err(|e| StoreError::Other(format!("endpoint {:?}: {e}", config.endpoint)))?;
+        let https = endpoint.scheme() == "https";
         let style = if config.path_style {
             UrlStyle::Path
         } else {
@@ -175,7 +188,7 @@ impl S3Store {
             ),
         };
         let client = reqwest::Client::builder()
-            .tls_backend_preconfigured(tls_config()?)
+            .tls_backend_preconfigured(tls_config(https)?)
             .connect_timeout(config.connect_timeout)
             .timeout(config.request_timeout)
             .build()
