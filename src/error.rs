@@ -56,6 +56,11 @@ pub enum Error {
     #[error("local state: {0}")]
     LocalState(String),
 
+    /// The app cancelled the operation through its [`CancelToken`](crate::vault::CancelToken).
+    /// Everything done before the cancellation is durable; running it again continues.
+    #[error("cancelled")]
+    Cancelled,
+
     /// The operating system's random number generator failed.
     #[error("the operating system's random number generator failed")]
     Random,

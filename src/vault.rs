@@ -74,6 +74,37 @@ pub trait ChangeListener: Send + Sync {
     -> std::result::Result<(), String>;
 }
 
+/// Lets an app stop a long sync from another thread (a screen closed, the OS ending a background
+/// task). The sync stops at the next segment boundary with [`Error::Cancelled`]; what it
+/// finished stays done.
+#[derive(Debug, Clone, Default)]
+pub struct CancelToken(Arc<std::sync::atomic::AtomicBool>);
+
+impl CancelToken {
+    /// A token not yet cancelled.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Asks the operation holding this token to stop.
+    pub fn cancel(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether [`cancel`](Self::cancel) was called.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.is_cancelled() {
+            Err(Error::Cancelled)
+        } else {
+            Ok(())
+        }
+    }
+}
+
 /// What a sync did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SyncReport {
@@ -288,10 +319,22 @@ impl Vault {
         progress: Option<&dyn SyncProgress>,
         listener: Option<&dyn ChangeListener>,
     ) -> Result<SyncReport> {
+        self.sync_cancellable(progress, listener, &CancelToken::new())
+            .await
+    }
+
+    /// [`sync`](Self::sync) that stops with [`Error::Cancelled`] at the next segment once
+    /// `cancel` is cancelled.
+    pub async fn sync_cancellable(
+        &self,
+        progress: Option<&dyn SyncProgress>,
+        listener: Option<&dyn ChangeListener>,
+        cancel: &CancelToken,
+    ) -> Result<SyncReport> {
         let _guard = self.sync_lock.lock().await;
         let mut report = SyncReport::default();
-        self.push(progress, &mut report).await?;
-        let uncovered = self.pull(progress, listener, &mut report).await?;
+        self.push(progress, &mut report, cancel).await?;
+        let uncovered = self.pull(progress, listener, &mut report, cancel).await?;
         if uncovered >= AUTO_CHECKPOINT_SEGMENTS {
             let written = self.write_checkpoint().await?;
             report.objects_up += written.objects;
@@ -324,7 +367,9 @@ impl Vault {
         &self,
         progress: Option<&dyn SyncProgress>,
         report: &mut SyncReport,
+        cancel: &CancelToken,
     ) -> Result<()> {
+        cancel.check()?;
         // A segment sealed by an interrupted sync goes first, byte for byte as sealed.
         let pending = lock(&self.local)?.pending_segment()?;
         if let Some(pending) = pending {
@@ -333,6 +378,7 @@ impl Vault {
         let total = lock(&self.local)?.outbox_len()?;
         let mut done = 0u64;
         loop {
+            cancel.check()?;
             let staged = {
                 let mut local = lock(&self.local)?;
                 let batch = local.outbox(MAX_SEGMENT_BODY / 2)?;
@@ -606,6 +652,7 @@ impl Vault {
         progress: Option<&dyn SyncProgress>,
         listener: Option<&dyn ChangeListener>,
         report: &mut SyncReport,
+        cancel: &CancelToken,
     ) -> Result<u64> {
         if let Some(progress) = progress {
             progress.on_progress(SyncPhase::List, 0, 1);
@@ -675,6 +722,7 @@ impl Vault {
         let mut opened = Vec::with_capacity(fetches.len());
         let mut chain_heads = heads.clone();
         for fetch in &fetches {
+            cancel.check()?;
             let (segment, size) = self.fetch(fetch, report).await?;
             check_chain(chain_heads.get(&fetch.device), &segment)?;
             chain_heads.insert(fetch.device, segment.head);
@@ -695,6 +743,11 @@ impl Vault {
 
         let total = opened.len() as u64;
         for (index, (segment, size)) in opened.into_iter().enumerate() {
+            if cancel.is_cancelled() {
+                // Keys learned so far are already persisted with the segments applied.
+                *lock(&self.chat_keys)? = chat_keys;
+                return Err(Error::Cancelled);
+            }
             let operations = open_blocks(&self.keys, &chat_keys, &segment)?;
             {
                 let local = lock(&self.local)?;
@@ -888,8 +941,9 @@ impl Vault {
     pub async fn checkpoint(&self) -> Result<CheckpointReport> {
         let _guard = self.sync_lock.lock().await;
         let mut sync = SyncReport::default();
-        self.push(None, &mut sync).await?;
-        self.pull(None, None, &mut sync).await?;
+        let never = CancelToken::new();
+        self.push(None, &mut sync, &never).await?;
+        self.pull(None, None, &mut sync, &never).await?;
         self.write_checkpoint().await
     }
 

@@ -689,3 +689,52 @@ async fn syncs_write_a_checkpoint_once_segments_pile_up() {
     assert!(report.objects_down <= 3, "{report:?}");
     assert_eq!(fresh.messages(None).unwrap().len(), 64);
 }
+
+/// Cancels the sync from the progress callback once the first pulled segment is applied.
+struct CancelAfterFirst(chatvault::vault::CancelToken);
+
+impl chatvault::vault::SyncProgress for CancelAfterFirst {
+    fn on_progress(&self, phase: chatvault::vault::SyncPhase, done: u64, _total: u64) {
+        if phase == chatvault::vault::SyncPhase::Pull && done == 1 {
+            self.0.cancel();
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_cancelled_sync_stops_at_a_segment_boundary_and_resumes() {
+    use chatvault::vault::CancelToken;
+    let store: Arc<dyn ObjectStore> = Arc::new(MemoryStore::new());
+    let key = RecoveryKey::generate().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let a = device(store.clone(), &key, &dir, "a").await;
+    for i in 0..3 {
+        a.record(chat_messages("c", i * 10, i * 10 + 10)).unwrap();
+        a.sync(None, None).await.unwrap();
+    }
+    let b = device(store.clone(), &key, &dir, "b").await;
+    let cancelled = CancelToken::new();
+    cancelled.cancel();
+    b.record(chat_messages("mine", 0, 1)).unwrap();
+    assert!(matches!(
+        b.sync_cancellable(None, None, &cancelled).await,
+        Err(Error::Cancelled)
+    ));
+    assert_eq!(b.pending_operations().unwrap(), 1, "nothing was pushed");
+
+    let token = CancelToken::new();
+    let progress = CancelAfterFirst(token.clone());
+    assert!(matches!(
+        b.sync_cancellable(Some(&progress), None, &token).await,
+        Err(Error::Cancelled)
+    ));
+    assert_eq!(
+        b.messages(Some("c")).unwrap().len(),
+        10,
+        "exactly the first segment applied"
+    );
+    b.sync(None, None).await.unwrap();
+    assert_eq!(b.messages(Some("c")).unwrap().len(), 30);
+    a.sync(None, None).await.unwrap();
+    assert_eq!(snapshot(&a), snapshot(&b));
+}

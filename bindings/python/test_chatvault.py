@@ -151,6 +151,16 @@ class Sync(unittest.TestCase):
         with self.assertRaises(cv.ChatVaultError.Tampered):
             run(fresh.verify())
 
+    def test_a_cancelled_sync_reports_cancelled(self):
+        key = cv.RecoveryKey.generate()
+        phone = self.open("phone", key)
+        phone.record([message("c", "1", "x", 1)])
+        handle = cv.CancelHandle()
+        handle.cancel()
+        with self.assertRaises(cv.ChatVaultError.Cancelled):
+            run(phone.sync_cancellable(None, None, handle))
+        self.assertEqual(run(phone.sync(None, None)).objects_up, 1)
+
     def open_store_error(self, key):
         run(cv.Vault.open("ftp://nowhere", os.path.join(self.dir, "x"), "x", "python", key))
 

@@ -50,6 +50,9 @@ pub enum ChatVaultError {
     /// The device's local state failed.
     #[error("local state: {detail}")]
     LocalState { detail: String },
+    /// The app cancelled the operation; what finished before stays done.
+    #[error("cancelled")]
+    Cancelled,
     /// Anything else (for example the OS random generator failing).
     #[error("internal error: {detail}")]
     Internal { detail: String },
@@ -75,6 +78,7 @@ impl From<Error> for ChatVaultError {
             }
             Error::InvalidInput(message) => ChatVaultError::InvalidInput { detail: message },
             Error::LocalState(message) => ChatVaultError::LocalState { detail: message },
+            Error::Cancelled => ChatVaultError::Cancelled,
             _ => ChatVaultError::Internal { detail: message },
         }
     }
@@ -383,6 +387,25 @@ impl vault::ChangeListener for ChangeBridge {
     }
 }
 
+/// Cancels a long operation from any thread: `vault.syncCancellable(…, handle)`, then
+/// `handle.cancel()`; the sync stops at the next segment with `Cancelled`.
+#[derive(uniffi::Object, Default)]
+pub struct CancelHandle(vault::CancelToken);
+
+#[uniffi::export]
+impl CancelHandle {
+    /// A handle not yet cancelled.
+    #[uniffi::constructor]
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Asks the operation to stop.
+    pub fn cancel(&self) {
+        self.0.cancel();
+    }
+}
+
 /// An open vault on this device.
 #[derive(uniffi::Object)]
 pub struct Vault(vault::Vault);
@@ -426,13 +449,25 @@ impl Vault {
         progress: Option<Arc<dyn SyncProgressListener>>,
         listener: Option<Arc<dyn ChangeListener>>,
     ) -> FfiResult<SyncReport> {
+        self.sync_cancellable(progress, listener, CancelHandle::new())
+            .await
+    }
+
+    /// [`sync`](Self::sync) that `cancel` can stop.
+    pub async fn sync_cancellable(
+        &self,
+        progress: Option<Arc<dyn SyncProgressListener>>,
+        listener: Option<Arc<dyn ChangeListener>>,
+        cancel: Arc<CancelHandle>,
+    ) -> FfiResult<SyncReport> {
         let progress = progress.map(ProgressBridge);
         let listener = listener.map(ChangeBridge);
         let report = self
             .0
-            .sync(
+            .sync_cancellable(
                 progress.as_ref().map(|p| p as &dyn vault::SyncProgress),
                 listener.as_ref().map(|l| l as &dyn vault::ChangeListener),
+                &cancel.0,
             )
             .await?;
         Ok(SyncReport {
