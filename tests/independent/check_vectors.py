@@ -1,33 +1,633 @@
 #!/usr/bin/env python3
-"""An independent implementation of the chatvault format (docs/FORMAT.md), in Python, checked
-against tests/vectors/*.json. It shares no code with the Rust crate: it is evidence that the
-specification alone is enough to read and write the format.
+"""Independent implementation of the chatvault format (docs/FORMAT.md), checked against
+tests/vectors/*.json.
 
-Run: `$(bash scripts/python-env.sh | tail -1) tests/independent/check_vectors.py`
+Written from docs/FORMAT.md and proto/chatvault/v1/chatvault.proto only, never from the Rust
+sources, so that passing it shows the specification alone is enough to read and write the format.
+
+Run from anywhere:  python3 tests/independent/check_vectors.py
+If PyNaCl, argon2-cffi or zstandard are missing, the script creates the pinned virtualenv with
+scripts/python-env.sh and re-executes itself with that interpreter.
+
+Prints one line per failed check, then `N passed, M failed`; exits 1 if any check failed.
 """
+
 import hashlib
 import hmac
 import json
 import os
+import struct
+import subprocess
 import sys
 import unicodedata
 
-import argon2.low_level
-import nacl.bindings as sodium
-import zstandard
-
 HERE = os.path.dirname(os.path.abspath(__file__))
-VECTORS = os.path.join(HERE, "..", "vectors")
-passed = failed = 0
+ROOT = os.path.normpath(os.path.join(HERE, "..", ".."))
+VECTORS = os.path.join(ROOT, "tests", "vectors")
 
 
-def check(condition, what):
-    global passed, failed
-    if condition:
-        passed += 1
+def _bootstrap():
+    """Import the third-party primitives, re-executing under the pinned venv if needed."""
+    try:
+        import argon2.low_level  # noqa: F401
+        import nacl.bindings  # noqa: F401
+        import zstandard  # noqa: F401
+        return
+    except ImportError:
+        if os.environ.get("CHATVAULT_PY_REEXEC"):
+            raise
+    out = subprocess.run(
+        ["bash", os.path.join(ROOT, "scripts", "python-env.sh")],
+        stdout=subprocess.PIPE, check=True, text=True,
+    ).stdout
+    py = out.strip().splitlines()[-1]
+    env = dict(os.environ, CHATVAULT_PY_REEXEC="1")
+    os.execve(py, [py, os.path.abspath(__file__)] + sys.argv[1:], env)
+
+
+_bootstrap()
+
+import argon2.low_level  # noqa: E402
+import nacl.bindings  # noqa: E402
+import nacl.exceptions  # noqa: E402
+import zstandard  # noqa: E402
+
+
+class FormatError(Exception):
+    """A reader rejection; `reason` names the rule (stable, for comparisons)."""
+
+    def __init__(self, reason, detail=""):
+        super().__init__(reason + (": " + detail if detail else ""))
+        self.reason = reason
+
+
+# ---------------------------------------------------------------------------------------------
+# Section 1 and 3: HKDF-SHA256 (RFC 5869) and the key tree
+# ---------------------------------------------------------------------------------------------
+
+def hkdf_extract(salt, ikm):
+    return hmac.new(salt, ikm, hashlib.sha256).digest()
+
+
+def hkdf_expand(prk, info, length):
+    if length > 255 * 32:
+        raise ValueError("HKDF length too large")
+    okm, t, i = b"", b"", 1
+    while len(okm) < length:
+        t = hmac.new(prk, t + info + bytes([i]), hashlib.sha256).digest()
+        okm += t
+        i += 1
+    return okm[:length]
+
+
+def hkdf(salt, ikm, info, length):
+    return hkdf_expand(hkdf_extract(salt, ikm), info, length)
+
+
+ROOT_SALT = b"chatvault/v1"
+LABELS = {
+    "vault-id": 16,
+    "keyring": 32,
+    "log": 32,
+    "naming": 32,
+    "attachment": 32,
+    "device-link": 32,
+}
+
+
+def derive(recovery_key, label):
+    if len(recovery_key) != 32:
+        raise ValueError("recovery key must be 32 bytes")
+    prk = hkdf_extract(ROOT_SALT, recovery_key)
+    return hkdf_expand(prk, b"chatvault/v1/" + label.encode("ascii"), LABELS[label])
+
+
+def vault_id(recovery_key):
+    return derive(recovery_key, "vault-id")
+
+
+def object_name(naming_key, namespace, ident):
+    """Section 4."""
+    return hmac.new(naming_key, namespace.encode("ascii") + b"\x00" + ident,
+                    hashlib.sha256).digest()[:16].hex()
+
+
+# ---------------------------------------------------------------------------------------------
+# Section 2.1: recovery key text form
+# ---------------------------------------------------------------------------------------------
+
+ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+DECODE = {c: i for i, c in enumerate(ALPHABET)}
+DECODE.update({"O": 0, "I": 1, "L": 1})
+GF_POLY = 0x25  # x^5 + x^2 + 1
+RK_VERSION = 1
+
+
+def gf_mul(a, b):
+    r = 0
+    while b:
+        if b & 1:
+            r ^= a
+        b >>= 1
+        a <<= 1
+        if a & 0x20:
+            a ^= GF_POLY
+    return r
+
+
+def gf_pow(a, n):
+    r = 1
+    for _ in range(n):
+        r = gf_mul(r, a)
+    return r
+
+
+def gf_inv(a):
+    if a == 0:
+        raise ZeroDivisionError
+    return gf_pow(a, 30)  # the multiplicative group has order 31
+
+
+ALPHA = 2
+
+
+def checksum_sums(symbols):
+    s1 = s2 = 0
+    for i, s in enumerate(symbols):
+        s1 ^= s
+        s2 ^= gf_mul(gf_pow(ALPHA, i), s)
+    return s1, s2
+
+
+def encode_recovery_key(key, version=RK_VERSION):
+    if len(key) != 32:
+        raise ValueError("recovery key must be 32 bytes")
+    bits = (int.from_bytes(key, "big") << 4) | (version & 0xF)  # 260 bits
+    syms = [(bits >> (5 * (51 - i))) & 31 for i in range(52)]
+    s1, s2 = checksum_sums(syms)
+    num = s2 ^ gf_mul(gf_pow(ALPHA, 53), s1)
+    den = gf_mul(gf_pow(ALPHA, 52), 1 ^ ALPHA)
+    s52 = gf_mul(num, gf_inv(den))
+    s53 = s1 ^ s52
+    syms += [s52, s53]
+    assert checksum_sums(syms) == (0, 0)
+    text = "".join(ALPHABET[s] for s in syms)
+    return "-".join(text[i:i + 6] for i in range(0, 54, 6))
+
+
+def parse_recovery_key(text):
+    """Returns the 32 key bytes or raises FormatError(reason)."""
+    syms = []
+    for ch in text:
+        if ch == "-" or ch.isspace():
+            continue
+        v = DECODE.get(ch.upper())
+        if v is None or not ch.isascii():
+            raise FormatError("invalid_character", "%r at position %d" % (ch, len(syms) + 1))
+        syms.append(v)
+    if len(syms) != 54:
+        raise FormatError("wrong_length", "%d key characters" % len(syms))
+    if checksum_sums(syms) != (0, 0):
+        raise FormatError("checksum_mismatch")
+    bits = 0
+    for s in syms[:52]:
+        bits = (bits << 5) | s
+    if bits & 0xF != RK_VERSION:
+        raise FormatError("unsupported_version", "version %d" % (bits & 0xF))
+    return (bits >> 4).to_bytes(32, "big")
+
+
+# ---------------------------------------------------------------------------------------------
+# Section 5: Padmé
+# ---------------------------------------------------------------------------------------------
+
+def padme(length):
+    if length < 2:
+        return length
+    e = length.bit_length() - 1          # floor(log2 L)
+    s = e.bit_length()                   # floor(log2 E) + 1
+    z = e - s
+    mask = (1 << z) - 1
+    return (length + mask) & ~mask
+
+
+# ---------------------------------------------------------------------------------------------
+# Minimal proto3 wire format
+# ---------------------------------------------------------------------------------------------
+
+def _read_varint(buf, pos):
+    result = shift = 0
+    while True:
+        if pos >= len(buf):
+            raise FormatError("protobuf", "truncated varint")
+        b = buf[pos]
+        pos += 1
+        if shift == 63 and b > 1:
+            raise FormatError("protobuf", "varint overflow")
+        result |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return result, pos
+        shift += 7
+        if shift > 63:
+            raise FormatError("protobuf", "varint too long")
+
+
+def pb_fields(buf):
+    """Yields (field number, wire type, value): int for varint/fixed, bytes for length-delimited."""
+    pos = 0
+    while pos < len(buf):
+        tag, pos = _read_varint(buf, pos)
+        field, wt = tag >> 3, tag & 7
+        if field == 0:
+            raise FormatError("protobuf", "field number 0")
+        if wt == 0:
+            v, pos = _read_varint(buf, pos)
+        elif wt == 1:
+            if pos + 8 > len(buf):
+                raise FormatError("protobuf", "truncated fixed64")
+            v, pos = struct.unpack_from("<Q", buf, pos)[0], pos + 8
+        elif wt == 2:
+            n, pos = _read_varint(buf, pos)
+            if n > len(buf) - pos:
+                raise FormatError("protobuf", "length beyond buffer")
+            v, pos = bytes(buf[pos:pos + n]), pos + n
+        elif wt == 5:
+            if pos + 4 > len(buf):
+                raise FormatError("protobuf", "truncated fixed32")
+            v, pos = struct.unpack_from("<I", buf, pos)[0], pos + 4
+        else:
+            raise FormatError("protobuf", "unsupported wire type %d" % wt)
+        yield field, wt, v
+
+
+def pb_message(buf, schema):
+    """Decodes into a dict. schema: field -> (name, kind, repeated) with kind in
+    'uint64', 'uint32', 'bytes', 'string', or a nested schema dict. Unknown fields are ignored;
+    a known field with the wrong wire type is an error; for singular fields the last one wins
+    (nested singular messages are merged, as proto3 requires)."""
+    out = {}
+    for name, kind, repeated in schema.values():
+        if repeated:
+            out[name] = []
+        elif isinstance(kind, dict):
+            out[name] = None
+        elif kind in ("bytes",):
+            out[name] = b""
+        elif kind == "string":
+            out[name] = ""
+        else:
+            out[name] = 0
+    for field, wt, v in pb_fields(buf):
+        if field not in schema:
+            continue
+        name, kind, repeated = schema[field]
+        if isinstance(kind, dict) or kind in ("bytes", "string"):
+            if wt != 2:
+                raise FormatError("protobuf", "field %d: wire type %d" % (field, wt))
+            if isinstance(kind, dict):
+                if repeated:
+                    val = pb_message(v, kind)
+                else:
+                    # Merging repeated occurrences of a singular message = decoding the concatenation.
+                    prev = out.get("__raw_" + name, b"")
+                    out["__raw_" + name] = prev + v
+                    val = pb_message(prev + v, kind)
+            elif kind == "string":
+                try:
+                    val = v.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise FormatError("protobuf", "field %d: invalid UTF-8" % field)
+            else:
+                val = v
+        else:
+            if wt != 0:
+                raise FormatError("protobuf", "field %d: wire type %d" % (field, wt))
+            val = v & (0xFFFFFFFF if kind == "uint32" else 0xFFFFFFFFFFFFFFFF)
+        if repeated:
+            out[name].append(val)
+        else:
+            out[name] = val
+    for k in [k for k in out if k.startswith("__raw_")]:
+        del out[k]
+    return out
+
+
+def _varint(n):
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def pb_encode(msg, schema):
+    """Canonical proto3 encoding: fields in number order, default scalars omitted."""
+    out = bytearray()
+    for field in sorted(schema):
+        name, kind, repeated = schema[field]
+        values = msg.get(name)
+        if values is None:
+            continue
+        if not repeated:
+            values = [values]
+        for v in values:
+            if isinstance(kind, dict):
+                data = pb_encode(v, kind)
+                out += _varint(field << 3 | 2) + _varint(len(data)) + data
+            elif kind in ("bytes", "string"):
+                data = v.encode("utf-8") if kind == "string" else bytes(v)
+                if not repeated and not data:
+                    continue
+                out += _varint(field << 3 | 2) + _varint(len(data)) + data
+            else:
+                if not repeated and v == 0:
+                    continue
+                out += _varint(field << 3) + _varint(v)
+    return bytes(out)
+
+
+CHAT_KEY_ENTRY = {1: ("chat_id", "string", False), 2: ("key", "bytes", False)}
+KEYRING = {1: ("generation", "uint64", False), 2: ("chats", CHAT_KEY_ENTRY, True)}
+ARGON2ID_PARAMS = {
+    1: ("memory_kib", "uint32", False),
+    2: ("iterations", "uint32", False),
+    3: ("parallelism", "uint32", False),
+    4: ("salt", "bytes", False),
+}
+PASSPHRASE_ENVELOPE = {
+    1: ("kdf", ARGON2ID_PARAMS, False),
+    2: ("nonce", "bytes", False),
+    3: ("ciphertext", "bytes", False),
+}
+CHAT = {1: ("chat_id", "string", False), 2: ("title", "string", False),
+        3: ("members", "string", True)}
+MESSAGE = {1: ("chat_id", "string", False), 2: ("message_id", "string", False),
+           3: ("sender", "string", False), 4: ("sent_at_ms", "uint64", False),
+           5: ("text", "string", False), 6: ("reply_to", "string", False)}
+CHAT_BATCH = {1: ("chat", CHAT, False), 2: ("messages", MESSAGE, True)}
+
+
+def decode_keyring(body):
+    """Section 7, with its reader rules."""
+    kr = pb_message(body, KEYRING)
+    seen = set()
+    for e in kr["chats"]:
+        cid = e["chat_id"].encode("utf-8")
+        if not 1 <= len(cid) <= 1024:
+            raise FormatError("keyring", "chat_id length %d" % len(cid))
+        if cid in seen:
+            raise FormatError("keyring", "duplicate chat_id %r" % e["chat_id"])
+        seen.add(cid)
+        if len(e["key"]) != 32:
+            raise FormatError("keyring", "key of %d bytes" % len(e["key"]))
+    return kr
+
+
+def keyring_sorted(kr):
+    ids = [e["chat_id"].encode("utf-8") for e in kr["chats"]]
+    return ids == sorted(ids)
+
+
+# ---------------------------------------------------------------------------------------------
+# Section 6: sealed objects
+# ---------------------------------------------------------------------------------------------
+
+MAGIC = b"CVLT"
+FORMAT_VERSION = 1
+SUITE_XCHACHA = 1
+KIND_KEYRING, KIND_CHAT_DATA, KIND_ENVELOPE = 1, 2, 3
+SEALED_KINDS = (1, 2, 4, 5, 6)
+MAX_OBJECT_LEN = 64 * 1024 * 1024
+MAX_PLAINTEXT_LEN = 56 * 1024 * 1024
+MAX_NAME_LEN = 1024
+HEADER_LEN, NONCE_LEN, TAG_LEN, FRAME_HEADER_LEN = 8, 24, 16, 9
+EMPTY_OBJECT_LEN = HEADER_LEN + NONCE_LEN + TAG_LEN + FRAME_HEADER_LEN  # 57
+ZSTD_LEVEL = 3
+
+
+def header(kind):
+    return MAGIC + bytes([FORMAT_VERSION, SUITE_XCHACHA, kind, 0])
+
+
+def sealed_aad(hdr, vid, name):
+    name_b = name.encode("utf-8")
+    if len(name_b) > MAX_NAME_LEN:
+        raise FormatError("name_too_long")
+    return hdr + vid + struct.pack(">I", len(name_b)) + name_b
+
+
+def aead_encrypt(key, nonce, aad, plaintext):
+    return nacl.bindings.crypto_aead_xchacha20poly1305_ietf_encrypt(plaintext, aad, nonce, key)
+
+
+def aead_decrypt(key, nonce, aad, ciphertext):
+    try:
+        return nacl.bindings.crypto_aead_xchacha20poly1305_ietf_decrypt(ciphertext, aad, nonce, key)
+    except nacl.exceptions.CryptoError:
+        raise FormatError("tag")
+
+
+def zstd_compress(body):
+    return zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(body)
+
+
+def seal(key, nonce, kind, vid, name, body, stored=None):
+    """Writer. `stored` overrides the compressed bytes (to reproduce another zstd encoder's
+    output); by default the body is compressed at level 3 and kept only if shorter."""
+    if kind not in SEALED_KINDS:
+        raise ValueError("kind %d is not a sealed object kind" % kind)
+    if stored is None:
+        comp = zstd_compress(body)
+        compression, stored = (1, comp) if len(comp) < len(body) else (0, body)
     else:
-        failed += 1
-        print("FAILED:", what)
+        compression = 0 if stored == body else 1
+    total = padme(EMPTY_OBJECT_LEN + len(stored))
+    frame = bytes([compression]) + struct.pack(">II", len(body), len(stored)) + stored
+    frame += bytes(total - HEADER_LEN - NONCE_LEN - TAG_LEN - len(frame))
+    hdr = header(kind)
+    obj = hdr + nonce + aead_encrypt(key, nonce, sealed_aad(hdr, vid, name), frame)
+    assert len(obj) == total
+    return obj
+
+
+def open_sealed(obj, key, kind, vid, name, want_frame=False):
+    """Reader, rejecting everything section 6 lists, in its order."""
+    if len(obj) > MAX_OBJECT_LEN:
+        raise FormatError("too_large")
+    if len(obj) < EMPTY_OBJECT_LEN:
+        raise FormatError("too_short")
+    hdr = bytes(obj[:HEADER_LEN])
+    if hdr[:4] != MAGIC:
+        raise FormatError("magic")
+    if hdr[4] != FORMAT_VERSION:
+        raise FormatError("version")
+    if hdr[5] != SUITE_XCHACHA:
+        raise FormatError("suite")
+    if hdr[6] != kind:
+        raise FormatError("kind")
+    if hdr[7] != 0:
+        raise FormatError("reserved")
+    nonce = bytes(obj[HEADER_LEN:HEADER_LEN + NONCE_LEN])
+    frame = aead_decrypt(key, nonce, sealed_aad(hdr, vid, name), bytes(obj[HEADER_LEN + NONCE_LEN:]))
+    compression = frame[0]
+    plain_len, stored_len = struct.unpack_from(">II", frame, 1)
+    if plain_len > MAX_PLAINTEXT_LEN:
+        raise FormatError("plain_len_too_large")
+    if stored_len > len(frame) - FRAME_HEADER_LEN:
+        raise FormatError("stored_len_beyond_frame")
+    stored = frame[FRAME_HEADER_LEN:FRAME_HEADER_LEN + stored_len]
+    padding = frame[FRAME_HEADER_LEN + stored_len:]
+    if any(padding):
+        raise FormatError("nonzero_padding")
+    if len(obj) != padme(EMPTY_OBJECT_LEN + stored_len):
+        raise FormatError("wrong_padded_length")
+    if compression == 0:
+        if plain_len != stored_len:
+            raise FormatError("stored_length_mismatch")
+        body = stored
+    elif compression == 1:
+        try:
+            d = zstandard.ZstdDecompressor().decompressobj()
+            body = d.decompress(stored)
+        except zstandard.ZstdError as e:
+            raise FormatError("zstd", str(e))
+        if not d.eof or d.unused_data:
+            raise FormatError("zstd", "not exactly one complete frame")
+        if len(body) != plain_len:
+            raise FormatError("zstd_length")
+    else:
+        raise FormatError("compression")
+    if want_frame:
+        return body, compression, stored
+    return body
+
+
+# ---------------------------------------------------------------------------------------------
+# Section 8: passphrase envelope
+# ---------------------------------------------------------------------------------------------
+
+MAX_ENVELOPE_LEN = 4096
+
+
+def passphrase_bytes(passphrase):
+    return unicodedata.normalize("NFC", passphrase).encode("utf-8")
+
+
+def argon2id(passphrase, params):
+    return argon2.low_level.hash_secret_raw(
+        secret=passphrase_bytes(passphrase),
+        salt=params["salt"],
+        time_cost=params["iterations"],
+        memory_cost=params["memory_kib"],
+        parallelism=params["parallelism"],
+        hash_len=32,
+        type=argon2.low_level.Type.ID,
+        version=19,
+    )
+
+
+def envelope_aad(hdr, vid, kdf):
+    return (hdr + vid + struct.pack(">III", kdf["memory_kib"], kdf["iterations"], kdf["parallelism"])
+            + bytes([len(kdf["salt"])]) + kdf["salt"])
+
+
+def parse_envelope(obj):
+    """Everything checked before Argon2 runs."""
+    if len(obj) > MAX_ENVELOPE_LEN:
+        raise FormatError("too_large")
+    if len(obj) < HEADER_LEN:
+        raise FormatError("too_short")
+    hdr = bytes(obj[:HEADER_LEN])
+    if hdr[:4] != MAGIC:
+        raise FormatError("magic")
+    if hdr[4] != FORMAT_VERSION:
+        raise FormatError("version")
+    if hdr[5] != SUITE_XCHACHA:
+        raise FormatError("suite")
+    if hdr[6] != KIND_ENVELOPE:
+        raise FormatError("kind")
+    if hdr[7] != 0:
+        raise FormatError("reserved")
+    env = pb_message(bytes(obj[HEADER_LEN:]), PASSPHRASE_ENVELOPE)
+    kdf = env["kdf"]
+    if kdf is None:
+        raise FormatError("missing_kdf")
+    if not 8192 <= kdf["memory_kib"] <= 262144:
+        raise FormatError("memory")
+    if not 1 <= kdf["iterations"] <= 16:
+        raise FormatError("iterations")
+    if not 1 <= kdf["parallelism"] <= 8:
+        raise FormatError("parallelism")
+    if not 16 <= len(kdf["salt"]) <= 64:
+        raise FormatError("salt")
+    if len(env["nonce"]) != NONCE_LEN:
+        raise FormatError("nonce")
+    if len(env["ciphertext"]) != 32 + TAG_LEN:
+        raise FormatError("ciphertext")
+    return hdr, env
+
+
+def open_envelope(obj, passphrase, vid):
+    hdr, env = parse_envelope(obj)
+    kek = argon2id(passphrase, env["kdf"])
+    rk = aead_decrypt(kek, env["nonce"], envelope_aad(hdr, vid, env["kdf"]), env["ciphertext"])
+    if vault_id(rk) != vid:
+        raise FormatError("vault_id_mismatch")
+    return rk
+
+
+def seal_envelope(recovery_key, passphrase, params, nonce):
+    hdr = header(KIND_ENVELOPE)
+    vid = vault_id(recovery_key)
+    kek = argon2id(passphrase, params)
+    ct = aead_encrypt(kek, nonce, envelope_aad(hdr, vid, params), recovery_key)
+    return hdr + pb_encode({"kdf": params, "nonce": nonce, "ciphertext": ct}, PASSPHRASE_ENVELOPE)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks
+# ---------------------------------------------------------------------------------------------
+
+class Checker:
+    def __init__(self):
+        self.passed = 0
+        self.failed = 0
+        self.verbose = "-v" in sys.argv
+
+    def check(self, what, ok, detail=""):
+        if ok:
+            self.passed += 1
+            if self.verbose:
+                print("ok    " + what)
+        else:
+            self.failed += 1
+            print("FAIL  " + what + (" (" + detail + ")" if detail else ""))
+        return ok
+
+    def run(self, what, fn):
+        """fn() returns (ok, detail) or bool; an exception is a failure."""
+        try:
+            r = fn()
+        except Exception as e:  # noqa: BLE001
+            return self.check(what, False, "%s: %s" % (type(e).__name__, e))
+        if isinstance(r, tuple):
+            return self.check(what, *r)
+        return self.check(what, bool(r))
+
+    def rejects(self, what, fn, reason=None):
+        try:
+            fn()
+        except FormatError as e:
+            if reason is not None and e.reason != reason:
+                return self.check(what, False, "rejected as %s, expected %s" % (e.reason, reason))
+            return self.check(what, True)
+        except Exception as e:  # noqa: BLE001
+            return self.check(what, False, "unexpected %s: %s" % (type(e).__name__, e))
+        return self.check(what, False, "accepted")
 
 
 def load(name):
@@ -35,304 +635,391 @@ def load(name):
         return json.load(f)
 
 
-# ---- 1. primitives ---------------------------------------------------------------------------
-
-def hkdf(ikm, salt, info, length):
-    prk = hmac.new(salt, ikm, hashlib.sha256).digest()
-    out, block, counter = b"", b"", 1
-    while len(out) < length:
-        block = hmac.new(prk, block + info + bytes([counter]), hashlib.sha256).digest()
-        out += block
-        counter += 1
-    return out[:length]
+def h(s):
+    return bytes.fromhex(s)
 
 
-def aead_encrypt(key, nonce, aad, plaintext):
-    return sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(plaintext, aad, nonce, key)
+def check_hkdf(c):
+    vectors = load("hkdf.json")
+    labels_seen = {}
+    for i, v in enumerate(vectors):
+        info = h(v["info"])
+        c.run("hkdf[%d] %s" % (i, info.decode("ascii", "replace")),
+              lambda v=v: (hkdf(h(v["salt"]), h(v["ikm"]), h(v["info"]), v["length"]) == h(v["okm"]),
+                           "okm differs"))
+        labels_seen.setdefault(v["ikm"], set()).add(info)
+        # The vectors are the key tree of section 3: same salt, labels and lengths.
+        label = info.decode("ascii", "replace")
+        c.check("hkdf[%d] is a section-3 derivation" % i,
+                h(v["salt"]) == ROOT_SALT and label.startswith("chatvault/v1/")
+                and LABELS.get(label[len("chatvault/v1/"):]) == v["length"]
+                and derive(h(v["ikm"]), label[len("chatvault/v1/"):]) == h(v["okm"]),
+                "salt/label/length not as in section 3")
+    c.check("hkdf.json covers every label of section 3 for two keys",
+            len(labels_seen) == 2 and all(
+                s == {b"chatvault/v1/" + k.encode() for k in LABELS} for s in labels_seen.values()))
+    # RFC 5869 test case 1, as a sanity check of the HKDF implementation itself.
+    c.check("hkdf RFC 5869 A.1",
+            hkdf(h("000102030405060708090a0b0c"), h("0b" * 22), h("f0f1f2f3f4f5f6f7f8f9"), 42)
+            == h("3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf"
+                 "34007208d5b887185865"))
 
 
-def aead_decrypt(key, nonce, aad, ciphertext):
-    return sodium.crypto_aead_xchacha20poly1305_ietf_decrypt(ciphertext, aad, nonce, key)
+def check_aead(c):
+    for i, v in enumerate(load("aead.json")):
+        key, nonce, aad, pt, ct = (h(v[k]) for k in ("key", "nonce", "aad", "plaintext", "ciphertext"))
+        c.run("aead[%d] encrypt" % i, lambda: aead_encrypt(key, nonce, aad, pt) == ct)
+        c.run("aead[%d] decrypt" % i, lambda: aead_decrypt(key, nonce, aad, ct) == pt)
+        bad = bytearray(ct)
+        bad[-1] ^= 1
+        c.rejects("aead[%d] rejects a modified tag" % i,
+                  lambda: aead_decrypt(key, nonce, aad, bytes(bad)), "tag")
+        c.rejects("aead[%d] rejects other aad" % i,
+                  lambda: aead_decrypt(key, nonce, aad + b"x", ct), "tag")
 
 
-# ---- 2. recovery key text -------------------------------------------------------------------
+def check_recovery_key(c):
+    v = load("recovery_key.json")
+    for i, e in enumerate(v["valid"]):
+        c.run("recovery_key valid[%d] encode" % i,
+              lambda e=e: (encode_recovery_key(h(e["bytes"])) == e["text"],
+                           "got " + encode_recovery_key(h(e["bytes"]))))
+        c.run("recovery_key valid[%d] parse" % i,
+              lambda e=e: parse_recovery_key(e["text"]) == h(e["bytes"]))
+    for i, e in enumerate(v["lenient"]):
+        c.run("recovery_key lenient[%d] parse" % i,
+              lambda e=e: parse_recovery_key(e["text"]) == h(e["bytes"]))
+    for i, e in enumerate(v["invalid"]):
+        c.rejects("recovery_key invalid[%d] %s" % (i, e["reason"]),
+                  lambda e=e: parse_recovery_key(e["text"]), e["reason"])
+    # Extra properties the spec claims (2.1): O/I/L aliases, every single substitution and every
+    # adjacent transposition of different characters is detected.
+    key = h(v["valid"][2]["bytes"])
+    text = encode_recovery_key(key).replace("-", "")
 
-ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-
-
-def gf_mul(a, b):
-    p = 0
-    while b:
-        if b & 1:
-            p ^= a
-        b >>= 1
-        a <<= 1
-        if a & 0x20:
-            a ^= 0x25
-    return p
-
-
-def gf_pow(a, n):
-    r = 1
-    for _ in range(n % 31):
-        r = gf_mul(r, a)
-    return r
-
-
-def gf_inv(a):
-    return gf_pow(a, 30)
-
-
-def syndromes(symbols):
-    s1 = s2 = 0
-    for i, s in enumerate(symbols):
-        s1 ^= s
-        s2 ^= gf_mul(gf_pow(2, i), s)
-    return s1, s2
-
-
-def key_to_text(key):
-    bits = int.from_bytes(key, "big") << 4 | 1  # 256 key bits, then version 0001
-    data = [(bits >> (5 * (51 - i))) & 31 for i in range(52)]
-    s1, s2 = syndromes(data)
-    c1 = gf_mul(s2 ^ gf_mul(gf_pow(2, 53), s1), gf_inv(gf_mul(gf_pow(2, 52), 1 ^ 2)))
-    symbols = data + [c1, s1 ^ c1]
-    text = "".join(ALPHABET[s] for s in symbols)
-    return "-".join(text[i:i + 6] for i in range(0, 54, 6))
-
-
-def parse_text(text):
-    """Returns (bytes, None) or (None, reason)."""
-    symbols = []
-    for ch in text:
-        if ch.isspace() or ch == "-":
-            continue
-        up = {"O": "0", "I": "1", "L": "1"}.get(ch.upper(), ch.upper())
-        if len(up) != 1 or up not in ALPHABET:
-            return None, "invalid_character"
-        symbols.append(ALPHABET.index(up))
-    if len(symbols) != 54:
-        return None, "wrong_length"
-    if syndromes(symbols) != (0, 0):
-        return None, "checksum_mismatch"
-    bits = 0
-    for s in symbols[:52]:
-        bits = bits << 5 | s
-    if bits & 15 != 1:
-        return None, "unsupported_version"
-    return (bits >> 4).to_bytes(32, "big"), None
-
-
-# ---- 3-6. key tree, padding, sealed objects -------------------------------------------------
-
-SALT = b"chatvault/v1"
-
-
-def derive(recovery_key, label, length=32):
-    return hkdf(recovery_key, SALT, ("chatvault/v1/" + label).encode(), length)
-
-
-def padme(length):
-    if length < 2:
-        return length
-    e = length.bit_length() - 1
-    s = e.bit_length()
-    mask = (1 << (e - s)) - 1
-    return (length + mask) & ~mask
-
-
-def header(kind):
-    return b"CVLT" + bytes([1, 1, kind, 0])
-
-
-def aad_for(head, vault_id, name):
-    name = name.encode()
-    return head + vault_id + len(name).to_bytes(4, "big") + name
-
-
-def open_sealed(key, vault_id, kind, name, obj):
-    """Opens a sealed object (FORMAT.md section 6), enforcing every reader rule."""
-    if len(obj) > 64 * 1024 * 1024 or len(obj) < 57:
-        raise ValueError("size")
-    if obj[:8] != header(kind):
-        raise ValueError("header")
-    frame = aead_decrypt(key, obj[8:32], aad_for(obj[:8], vault_id, name), obj[32:])
-    method = frame[0]
-    plain_len = int.from_bytes(frame[1:5], "big")
-    stored_len = int.from_bytes(frame[5:9], "big")
-    if 9 + stored_len > len(frame) or plain_len > 56 * 1024 * 1024:
-        raise ValueError("lengths")
-    if any(frame[9 + stored_len:]):
-        raise ValueError("padding")
-    if len(obj) != padme(57 + stored_len):
-        raise ValueError("padded size")
-    stored = frame[9:9 + stored_len]
-    if method == 0 and plain_len == stored_len:
-        return stored
-    if method == 1:
-        body = zstandard.ZstdDecompressor().decompress(stored, max_output_size=plain_len)
-        if len(body) != plain_len:
-            raise ValueError("zstd length")
-        return body
-    raise ValueError("compression")
-
-
-def seal(key, vault_id, kind, name, stored, plain_len, method, nonce):
-    """The writer's side, to reproduce vectors byte for byte."""
-    total = padme(57 + len(stored))
-    frame = bytes([method]) + plain_len.to_bytes(4, "big") + len(stored).to_bytes(4, "big") + stored
-    frame += bytes(total - 48 - len(frame))
-    head = header(kind)
-    return head + nonce + aead_encrypt(key, nonce, aad_for(head, vault_id, name), frame)
-
-
-# ---- minimal protobuf reader ----------------------------------------------------------------
-
-def varint(buf, i):
-    shift = value = 0
-    while True:
-        b = buf[i]
-        i += 1
-        value |= (b & 0x7F) << shift
-        shift += 7
-        if not b & 0x80:
-            return value, i
-
-
-def fields(buf):
-    """Yields (field number, value) for varint and length-delimited fields."""
-    i = 0
-    while i < len(buf):
-        tag, i = varint(buf, i)
-        number, wire = tag >> 3, tag & 7
-        if wire == 0:
-            value, i = varint(buf, i)
-        elif wire == 2:
-            length, i = varint(buf, i)
-            value, i = bytes(buf[i:i + length]), i + length
-        else:
-            raise ValueError("unexpected wire type %d" % wire)
-        yield number, value
-
-
-# ---- the checks -------------------------------------------------------------------------------
-
-def check_hkdf():
-    for case in load("hkdf.json"):
-        okm = hkdf(bytes.fromhex(case["ikm"]), bytes.fromhex(case["salt"]),
-                   bytes.fromhex(case["info"]), case["length"])
-        check(okm.hex() == case["okm"], "hkdf " + bytes.fromhex(case["info"]).decode())
-
-
-def check_aead():
-    for case in load("aead.json"):
-        key, nonce, aad, pt = (bytes.fromhex(case[k]) for k in ("key", "nonce", "aad", "plaintext"))
-        ct = aead_encrypt(key, nonce, aad, pt)
-        check(ct.hex() == case["ciphertext"], "aead encrypt")
-        check(aead_decrypt(key, nonce, aad, ct) == pt, "aead decrypt")
-
-
-def check_recovery_keys():
-    vectors = load("recovery_key.json")
-    for case in vectors["valid"]:
-        key = bytes.fromhex(case["bytes"])
-        check(key_to_text(key) == case["text"], "encode " + case["text"])
-        check(parse_text(case["text"]) == (key, None), "parse " + case["text"])
-    for case in vectors["lenient"]:
-        check(parse_text(case["text"]) == (bytes.fromhex(case["bytes"]), None), "lenient " + case["text"])
-    for case in vectors["invalid"]:
-        check(parse_text(case["text"]) == (None, case["reason"]),
-              "reject %r as %s, got %s" % (case["text"], case["reason"], parse_text(case["text"])))
-
-
-def check_sealed_objects():
-    chat_keys = {}
-    for case in load("sealed_objects.json"):
-        rk = bytes.fromhex(case["recovery_key"])
-        vault_id = derive(rk, "vault-id", 16)
-        check(vault_id.hex() == case["vault_id"], "vault id")
-        check(key_to_text(rk) == case["recovery_key_text"], "recovery key text")
-        obj = bytes.fromhex(case["object"])
-        plaintext = bytes.fromhex(case["plaintext"])
-        nonce = bytes.fromhex(case["nonce"])
-        kind = case["kind"]
-        if kind in (1, 2):
-            key = bytes.fromhex(case["key"])
-            if kind == 1:
-                check(derive(rk, "keyring") == key, "keyring key derivation")
-            else:
-                check(chat_keys.get(case["chat_id"]) == key, "chat key comes from the keyring")
-            body = open_sealed(key, vault_id, kind, case["name"], obj)
-            check(body == plaintext, "open " + case["description"])
-            # Re-seal: the stored form is whatever the frame says; rebuild it from the object.
-            frame = aead_decrypt(key, nonce, aad_for(obj[:8], vault_id, case["name"]), obj[32:])
-            stored = frame[9:9 + int.from_bytes(frame[5:9], "big")]
-            again = seal(key, vault_id, kind, case["name"], stored, len(plaintext), frame[0], nonce)
-            check(again == obj, "reproduce " + case["description"])
-            if frame[0] == 0:
-                check(stored == plaintext, "uncompressed frame holds the body")
-            if kind == 1:
-                ids = []
-                for number, entry in fields(body):
-                    if number == 2:
-                        parts = dict(fields(entry))
-                        chat_keys[parts[1].decode()] = parts[2]
-                        ids.append(parts[1].decode())
-                expected = [c["chat_id"] for c in case["chat_keys"]]
-                check(ids == expected, "keyring chat ids")
-                check(all(chat_keys[c["chat_id"]].hex() == c["key"] for c in case["chat_keys"]),
-                      "keyring chat keys")
-            for i in (0, 8, 31, 40, len(obj) - 1):
-                tampered = bytearray(obj)
-                tampered[i] ^= 1
+    def substitutions():
+        for pos in range(54):
+            for ch in ALPHABET:
+                if ch == text[pos]:
+                    continue
+                t = text[:pos] + ch + text[pos + 1:]
                 try:
-                    open_sealed(key, vault_id, kind, case["name"], bytes(tampered))
-                    check(False, "tampered byte %d accepted" % i)
-                except Exception:
-                    check(True, "tampered byte rejected")
-            try:
-                open_sealed(key, vault_id, kind, case["name"] + "x", obj)
-                check(False, "object accepted under another name")
-            except Exception:
-                check(True, "other name rejected")
-        elif kind == 3:
-            check(obj[:8] == header(3), "envelope header")
-            env = dict(fields(obj[8:]))
-            kdf = dict(fields(env[1]))
-            m, t, p, salt = kdf[1], kdf[2], kdf[3], kdf[4]
-            params = case["argon2id"]
-            check((m, t, p, salt.hex()) == (params["memory_kib"], params["iterations"],
-                                            params["parallelism"], params["salt"]), "argon2 params")
-            check(env[2] == nonce, "envelope nonce")
-            aad = header(3) + vault_id + m.to_bytes(4, "big") + t.to_bytes(4, "big") \
-                + p.to_bytes(4, "big") + bytes([len(salt)]) + salt
+                    parse_recovery_key(t)
+                    return False, "substitution at %d accepted" % pos
+                except FormatError as e:
+                    if e.reason != "checksum_mismatch":
+                        return False, "substitution at %d: %s" % (pos, e.reason)
+        return True, ""
 
-            def kek(passphrase):
-                return argon2.low_level.hash_secret_raw(
-                    unicodedata.normalize("NFC", passphrase).encode(), salt, time_cost=t,
-                    memory_cost=m, parallelism=p, hash_len=32, type=argon2.low_level.Type.ID,
-                    version=19)
-            check(aead_decrypt(kek(case["passphrase"]), env[2], aad, env[3]) == plaintext,
-                  "passphrase envelope opens")
-            check(aead_encrypt(kek(case["passphrase"]), env[2], aad, plaintext) == env[3],
-                  "passphrase envelope reproduces")
+    def transpositions():
+        for pos in range(53):
+            if text[pos] == text[pos + 1]:
+                continue
+            t = text[:pos] + text[pos + 1] + text[pos] + text[pos + 2:]
             try:
-                aead_decrypt(kek(case["passphrase"] + "!"), env[2], aad, env[3])
-                check(False, "wrong passphrase accepted")
-            except Exception:
-                check(True, "wrong passphrase rejected")
+                parse_recovery_key(t)
+                return False, "transposition at %d accepted" % pos
+            except FormatError:
+                pass
+        return True, ""
+
+    c.run("recovery_key detects every single substitution", substitutions)
+    c.run("recovery_key detects every adjacent transposition", transpositions)
+    zero = v["valid"][0]["text"]
+    c.run("recovery_key reads O as 0 and I, L as 1",
+          lambda: parse_recovery_key(zero.replace("0", "o").replace("1", "I")) == bytes(32)
+          and parse_recovery_key(zero.replace("1", "l")) == bytes(32))
+    c.rejects("recovery_key rejects U", lambda: parse_recovery_key("U" + zero[1:]),
+              "invalid_character")
+    # Version 2 with a correct checksum must be unsupported_version, not checksum_mismatch.
+    c.rejects("recovery_key rejects version 2",
+              lambda: parse_recovery_key(encode_recovery_key(key, version=2)), "unsupported_version")
+    uv = [e for e in v["invalid"] if e["reason"] == "unsupported_version"]
+    for e in uv:
+        def has_valid_checksum(e=e):
+            syms = [DECODE[ch] for ch in e["text"].replace("-", "").upper()]
+            return checksum_sums(syms) == (0, 0)
+        c.run("recovery_key unsupported_version vector has a valid checksum", has_valid_checksum)
+
+
+def check_padme(c):
+    def props():
+        prev = 0
+        for n in range(0, 1 << 16):
+            p = padme(n)
+            if p < n or p < prev:
+                return False, "padme(%d) = %d" % (n, p)
+            if n >= 2 and (p - n) * 43 > 5 * n:
+                return False, "overhead at %d" % n
+            if n >= 256 and (p - n) * 16 > n:
+                return False, "overhead at %d" % n
+            prev = p
+        return True, ""
+    c.run("padme bounds and monotonicity (section 5) up to 2^16", props)
+
+    def sampled():
+        import random
+        rng = random.Random(1)
+        for _ in range(200000):
+            n = rng.randrange(1 << 16, 1 << 40)
+            p = padme(n)
+            if p < n or (p - n) * 32 > n or p & ((1 << ((n.bit_length() - 1) - (n.bit_length() - 1).bit_length())) - 1):
+                return False, "padme(%d) = %d" % (n, p)
+        return True, ""
+    c.run("padme overhead at most 1/32 from 2^16 (sampled to 2^40)", sampled)
+    c.check("padme(129) = 144 (worst case 5/43 of 129 is 15)", padme(129) == 144)
+
+
+def check_sealed(c):
+    objs = load("sealed_objects.json")
+    keyring = None
+    for i, o in enumerate(objs):
+        if o["kind"] == KIND_KEYRING:
+            rk = h(o["recovery_key"])
+            keyring = decode_keyring(open_sealed(h(o["object"]), derive(rk, "keyring"), KIND_KEYRING,
+                                                 vault_id(rk), o["name"]))
+    for i, o in enumerate(objs):
+        tag = "sealed[%d] kind %d (%s)" % (i, o["kind"], o.get("description", ""))
+        rk = h(o["recovery_key"])
+        vid = h(o["vault_id"])
+        obj = h(o["object"])
+        c.check(tag + ": vault id = HKDF(recovery key)", vault_id(rk) == vid)
+        c.run(tag + ": recovery key text", lambda: encode_recovery_key(rk) == o["recovery_key_text"]
+              and parse_recovery_key(o["recovery_key_text"]) == rk)
+        if o["kind"] in (KIND_KEYRING, KIND_CHAT_DATA):
+            check_sealed_object(c, tag, o, rk, vid, obj, keyring)
+        elif o["kind"] == KIND_ENVELOPE:
+            check_envelope(c, tag, o, rk, vid, obj)
         else:
-            check(False, "unknown kind %d" % kind)
+            c.check(tag + ": known kind", False, "no check for kind %d" % o["kind"])
+
+
+def check_sealed_object(c, tag, o, rk, vid, obj, keyring):
+    key = h(o["key"])
+    kind = o["kind"]
+    name = o["name"]
+    pt = h(o["plaintext"])
+    nonce = h(o["nonce"])
+    if kind == KIND_KEYRING:
+        c.check(tag + ": key = HKDF keyring key", derive(rk, "keyring") == key)
+    else:
+        def from_keyring():
+            entries = {e["chat_id"]: e["key"] for e in keyring["chats"]}
+            return entries.get(o["chat_id"]) == key, "chat %r not in keyring with this key" % o["chat_id"]
+        c.run(tag + ": key comes from the keyring vector", from_keyring)
+
+    # Header, by hand.
+    c.check(tag + ": header", obj[:8] == MAGIC + bytes([1, 1, kind, 0]), obj[:8].hex())
+    c.check(tag + ": nonce at offset 8", obj[8:32] == nonce)
+
+    result = {}
+
+    def do_open():
+        body, compression, stored = open_sealed(obj, key, kind, vid, name, want_frame=True)
+        result.update(body=body, compression=compression, stored=stored)
+        return body == pt, "plaintext differs"
+    if not c.run(tag + ": opens to plaintext", do_open):
+        return
+
+    # The frame and the length rule, by hand.
+    frame = aead_decrypt(key, nonce, sealed_aad(obj[:8], vid, name), obj[32:])
+    comp, plain_len, stored_len = frame[0], *struct.unpack(">II", frame[1:9])
+    c.check(tag + ": frame plain_len = len(plaintext)", plain_len == len(pt))
+    c.check(tag + ": total length = padded(57 + stored_len)",
+            len(obj) == padme(57 + stored_len), "%d vs padded(%d)" % (len(obj), 57 + stored_len))
+    c.check(tag + ": padding is zero", not any(frame[9 + stored_len:]))
+    if comp == 0:
+        c.check(tag + ": compression 0 stores the body", frame[9:9 + stored_len] == pt)
+    # Writer rule: compress, keep only if shorter.
+    zc = zstd_compress(pt)
+    c.check(tag + ": compression chosen as the writer rule says",
+            comp == (1 if len(zc) < len(pt) else 0),
+            "compression %d, zstd %d bytes vs body %d" % (comp, len(zc), len(pt)))
+    if "description" in o and "zstd" in o["description"]:
+        c.check(tag + ": is compressed", comp == 1)
+
+    # Re-encrypt with the given nonce; the framing and padding rules must reproduce the object.
+    c.run(tag + ": re-seal reproduces the object (given stored bytes)",
+          lambda: seal(key, nonce, kind, vid, name, pt, stored=result["stored"]) == obj)
+    c.run(tag + ": re-seal from plaintext alone (zstd level 3) reproduces the object",
+          lambda: (seal(key, nonce, kind, vid, name, pt) == obj,
+                   "stored bytes differ: ours %s, vector %s" % (zc[:12].hex(), result["stored"][:12].hex())))
+
+    if kind == KIND_KEYRING:
+        kr = keyring
+        want = [(e["chat_id"], h(e["key"])) for e in o["chat_keys"]]
+        c.check(tag + ": keyring chat ids and keys", [(e["chat_id"], e["key"]) for e in kr["chats"]] == want)
+        c.check(tag + ": keyring generation 1", kr["generation"] == 1)
+        c.check(tag + ": keyring entries in byte order of chat_id", keyring_sorted(kr))
+        c.check(tag + ": keyring body is canonical protobuf", pb_encode(kr, KEYRING) == pt)
+    elif kind == KIND_CHAT_DATA:
+        if "ChatBatch" in o.get("description", ""):
+            def batch():
+                b = pb_message(pt, CHAT_BATCH)
+                ok = b["chat"] is not None and b["chat"]["chat_id"] == o["chat_id"] and all(
+                    m["chat_id"] == o["chat_id"] for m in b["messages"])
+                return ok and len(b["messages"]) == 20, "%d messages" % len(b["messages"])
+            c.run(tag + ": body decodes as ChatBatch of the chat", batch)
+
+    # Negative checks.
+    def flip_every_byte():
+        accepted = []
+        for pos in range(len(obj)):
+            for mask in (0x01, 0x80):
+                bad = bytearray(obj)
+                bad[pos] ^= mask
+                try:
+                    open_sealed(bytes(bad), key, kind, vid, name)
+                    accepted.append((pos, mask))
+                except FormatError:
+                    pass
+        return not accepted, "accepted flips %s" % accepted[:5]
+    c.run(tag + ": every single-byte flip is rejected", flip_every_byte)
+    c.rejects(tag + ": flipped nonce rejected", lambda: open_sealed(
+        obj[:8] + bytes([obj[8] ^ 0xFF]) + obj[9:], key, kind, vid, name), "tag")
+    c.rejects(tag + ": other name rejected", lambda: open_sealed(obj, key, kind, vid, name + "x"), "tag")
+    c.rejects(tag + ": other vault rejected",
+              lambda: open_sealed(obj, key, kind, bytes(16), name), "tag")
+    other_kind = KIND_CHAT_DATA if kind == KIND_KEYRING else KIND_KEYRING
+    c.rejects(tag + ": expected as another kind rejected",
+              lambda: open_sealed(obj, key, other_kind, vid, name), "kind")
+    relabelled = obj[:6] + bytes([other_kind]) + obj[7:]
+    c.rejects(tag + ": relabelled kind rejected (kind is in the AAD)",
+              lambda: open_sealed(relabelled, key, other_kind, vid, name), "tag")
+    c.rejects(tag + ": truncated object rejected", lambda: open_sealed(obj[:-1], key, kind, vid, name))
+    c.rejects(tag + ": extended object rejected", lambda: open_sealed(obj + b"\0", key, kind, vid, name))
+    c.rejects(tag + ": wrong key rejected", lambda: open_sealed(obj, bytes(32), kind, vid, name), "tag")
+
+
+def crafted_frame_checks(c):
+    """Reader rules that need a valid tag: seal hand-made frames under a test key."""
+    key, nonce, vid, name = bytes(range(32)), bytes(24), bytes(range(16)), "crafted"
+    hdr = header(KIND_CHAT_DATA)
+
+    def obj(frame):
+        return hdr + nonce + aead_encrypt(key, nonce, sealed_aad(hdr, vid, name), frame)
+
+    def frame(comp, plain_len, stored, total=None, pad_byte=0):
+        f = bytes([comp]) + struct.pack(">II", plain_len, len(stored)) + stored
+        total = padme(57 + len(stored)) if total is None else total
+        padn = total - 48 - len(f)
+        return f + bytes([pad_byte]) * padn if padn > 0 else f
+
+    body = b"hello world"
+    c.run("crafted: well-formed frame opens",
+          lambda: open_sealed(obj(frame(0, len(body), body)), key, 2, vid, name) == body)
+    c.rejects("crafted: non-zero padding", lambda: open_sealed(
+        obj(frame(0, len(body), body, pad_byte=1)), key, 2, vid, name), "nonzero_padding")
+    c.rejects("crafted: longer than padded(57 + stored_len)", lambda: open_sealed(
+        obj(frame(0, len(body), body, total=padme(57 + len(body)) + 64)), key, 2, vid, name),
+        "wrong_padded_length")
+    c.rejects("crafted: stored_len beyond frame", lambda: open_sealed(
+        obj(bytes([0]) + struct.pack(">II", 100, 100) + bytes(10)), key, 2, vid, name),
+        "stored_len_beyond_frame")
+    c.rejects("crafted: compression 0 with plain_len != stored_len", lambda: open_sealed(
+        obj(frame(0, len(body) + 1, body)), key, 2, vid, name), "stored_length_mismatch")
+    c.rejects("crafted: unknown compression", lambda: open_sealed(
+        obj(frame(2, len(body), body)), key, 2, vid, name), "compression")
+    z = zstd_compress(b"a" * 1000)
+    c.run("crafted: zstd frame opens",
+          lambda: open_sealed(obj(frame(1, 1000, z)), key, 2, vid, name) == b"a" * 1000)
+    c.rejects("crafted: zstd yielding another length", lambda: open_sealed(
+        obj(frame(1, 999, z)), key, 2, vid, name), "zstd_length")
+    c.rejects("crafted: garbage zstd", lambda: open_sealed(
+        obj(frame(1, 5, b"hello")), key, 2, vid, name), "zstd")
+    c.rejects("crafted: two zstd frames", lambda: open_sealed(
+        obj(frame(1, 1000, z + z)), key, 2, vid, name), "zstd")
+    c.rejects("crafted: plain_len above 56 MiB", lambda: open_sealed(
+        obj(frame(1, MAX_PLAINTEXT_LEN + 1, z)), key, 2, vid, name), "plain_len_too_large")
+    c.rejects("crafted: shorter than 57 bytes", lambda: open_sealed(
+        hdr + nonce + bytes(24), key, 2, vid, name), "too_short")
+    c.rejects("crafted: non-zero reserved byte", lambda: open_sealed(
+        hdr[:7] + b"\x01" + obj(frame(0, 1, b"x"))[8:], key, 2, vid, name), "reserved")
+    c.rejects("crafted: unknown version", lambda: open_sealed(
+        hdr[:4] + b"\x02" + obj(frame(0, 1, b"x"))[5:], key, 2, vid, name), "version")
+    c.rejects("crafted: unknown suite", lambda: open_sealed(
+        hdr[:5] + b"\x02" + obj(frame(0, 1, b"x"))[6:], key, 2, vid, name), "suite")
+    c.rejects("crafted: wrong magic", lambda: open_sealed(
+        b"CVLX" + obj(frame(0, 1, b"x"))[4:], key, 2, vid, name), "magic")
+
+    # Keyring reader rules.
+    good = {"chat_id": "a", "key": bytes(32)}
+    c.rejects("crafted: keyring duplicate chat_id", lambda: decode_keyring(
+        pb_encode({"generation": 1, "chats": [good, good]}, KEYRING)), "keyring")
+    c.rejects("crafted: keyring key of 31 bytes", lambda: decode_keyring(
+        pb_encode({"generation": 1, "chats": [{"chat_id": "a", "key": bytes(31)}]}, KEYRING)), "keyring")
+    c.rejects("crafted: keyring empty chat_id", lambda: decode_keyring(
+        pb_encode({"generation": 1, "chats": [{"chat_id": "", "key": bytes(32)}]}, KEYRING)), "keyring")
+
+
+def check_envelope(c, tag, o, rk, vid, obj):
+    pp = o["passphrase"]
+    params = {k: (h(v) if k == "salt" else v) for k, v in o["argon2id"].items()}
+    c.check(tag + ": header", obj[:8] == MAGIC + bytes([1, 1, 3, 0]))
+    c.check(tag + ": plaintext is the recovery key", h(o["plaintext"]) == rk)
+
+    def parsed():
+        _, env = parse_envelope(obj)
+        return (env["kdf"] == params and env["nonce"] == h(o["nonce"]),
+                "parsed %r" % env)
+    c.run(tag + ": protobuf envelope fields", parsed)
+    c.run(tag + ": opens with the passphrase", lambda: open_envelope(obj, pp, vid) == h(o["plaintext"]))
+    c.run(tag + ": opens with the NFD spelling of the passphrase",
+          lambda: open_envelope(obj, unicodedata.normalize("NFD", pp), vid) == rk)
+    c.rejects(tag + ": wrong passphrase rejected", lambda: open_envelope(obj, pp + " ", vid), "tag")
+    c.rejects(tag + ": other vault id rejected", lambda: open_envelope(obj, pp, bytes(16)), "tag")
+    c.run(tag + ": re-seal reproduces the object",
+          lambda: seal_envelope(rk, pp, params, h(o["nonce"])) == obj)
+
+    def flip_every_byte():
+        accepted = []
+        for pos in range(len(obj)):
+            bad = bytearray(obj)
+            bad[pos] ^= 0x01
+            try:
+                open_envelope(bytes(bad), pp, vid)
+                accepted.append(pos)
+            except FormatError:
+                pass
+        return not accepted, "accepted flips at %s" % accepted
+    c.run(tag + ": every single-byte flip is rejected", flip_every_byte)
+
+    # Bounds checked before Argon2 (section 8), with an otherwise valid envelope.
+    def variant(**kw):
+        p = dict(params)
+        p.update({k: v for k, v in kw.items() if k in p})
+        env = {"kdf": p, "nonce": kw.get("nonce", h(o["nonce"])),
+               "ciphertext": kw.get("ciphertext", bytes(48))}
+        if kw.get("no_kdf"):
+            env["kdf"] = None
+        return header(3) + pb_encode(env, PASSPHRASE_ENVELOPE)
+    for what, kw, reason in [
+        ("memory 8191", {"memory_kib": 8191}, "memory"),
+        ("memory 262145", {"memory_kib": 262145}, "memory"),
+        ("iterations 0", {"iterations": 0}, "iterations"),
+        ("iterations 17", {"iterations": 17}, "iterations"),
+        ("parallelism 9", {"parallelism": 9}, "parallelism"),
+        ("salt 15 bytes", {"salt": bytes(15)}, "salt"),
+        ("salt 65 bytes", {"salt": bytes(65)}, "salt"),
+        ("nonce 12 bytes", {"nonce": bytes(12)}, "nonce"),
+        ("ciphertext 47 bytes", {"ciphertext": bytes(47)}, "ciphertext"),
+        ("missing kdf", {"no_kdf": True}, "missing_kdf"),
+    ]:
+        c.rejects(tag + ": rejects " + what, lambda kw=kw: parse_envelope(variant(**kw)), reason)
+    c.rejects(tag + ": rejects over 4096 bytes",
+              lambda: parse_envelope(obj + bytes(4097 - len(obj))), "too_large")
 
 
 def main():
-    for step in (check_hkdf, check_aead, check_recovery_keys, check_sealed_objects):
+    c = Checker()
+    for fn in (check_hkdf, check_aead, check_recovery_key, check_padme, check_sealed,
+               crafted_frame_checks):
         try:
-            step()
-        except Exception as error:  # a crash in one step is a failure, not a stop
-            check(False, "%s raised %r" % (step.__name__, error))
-    print("python: %d passed, %d failed" % (passed, failed))
-    return 1 if failed else 0
+            fn(c)
+        except Exception as e:  # noqa: BLE001
+            c.check(fn.__name__, False, "%s: %s" % (type(e).__name__, e))
+    print("%d passed, %d failed" % (c.passed, c.failed))
+    return 1 if c.failed else 0
 
 
 if __name__ == "__main__":
