@@ -4,32 +4,54 @@
 #   moto server  - an AWS emulator: implements conditional writes, enforces multipart part sizes.
 #
 #   scripts/s3-servers.sh install      install both (Garage: cargo install, ~8 min the first time)
-#   scripts/s3-servers.sh start DIR    start both with state in DIR; writes DIR/env (shell exports)
+#   scripts/s3-servers.sh start DIR    (re)start both with state in DIR on free loopback ports;
+#                                      writes DIR/env (shell exports for the tests)
 #   scripts/s3-servers.sh stop DIR     stop them
+#
+# DIR/env exports CHATVAULT_TEST_{GARAGE,MOTO}_{URL,ACCESS_KEY,SECRET_KEY,PID}; the URLs are
+# s3:// store URLs (see StoreConfig::parse). Then: `source DIR/env; CHATVAULT_REQUIRE_S3=1 cargo test`.
+#
+# Caches live in ${XDG_CACHE_HOME:-~/.cache}/chatvault: garage-<version>/bin/garage and
+# moto-venv-<version>/. moto comes from the system python3 if it already has exactly the pinned
+# version with its server extras, else from that venv.
 set -euo pipefail
 
 GARAGE_VERSION=2.5.0
 MOTO_VERSION=5.2.5
+BUCKET=chatvault-test
 CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/chatvault"
 GARAGE="$CACHE/garage-$GARAGE_VERSION/bin/garage"
-MOTO_VENV="$CACHE/moto-$MOTO_VERSION"
+MOTO_VENV="$CACHE/moto-venv-$MOTO_VERSION"
 
 log() { printf 's3-servers: %s\n' "$*" >&2; }
+die() { log "$*"; exit 1; }
+
+# The python that has moto[server] at the pinned version ("" if none yet).
+moto_python() {
+  local check="import moto, moto.server, flask, flask_cors, importlib.metadata as m; \
+assert m.version('moto') == '$MOTO_VERSION'"
+  if python3 -c "$check" 2>/dev/null; then
+    command -v python3
+  elif [ -x "$MOTO_VENV/bin/python" ] && "$MOTO_VENV/bin/python" -c "$check" 2>/dev/null; then
+    echo "$MOTO_VENV/bin/python"
+  fi
+}
 
 install() {
+  mkdir -p "$CACHE"
   if [ ! -x "$GARAGE" ]; then
-    log "installing Garage $GARAGE_VERSION with cargo (cached in $CACHE; takes minutes once)"
-    cargo install garage --version "$GARAGE_VERSION" --locked --root "$CACHE/garage-$GARAGE_VERSION" >&2
+    command -v cargo >/dev/null || die "cargo is needed to install Garage"
+    log "installing Garage $GARAGE_VERSION with cargo into $CACHE (about 8 minutes, once)"
+    cargo install garage --version "$GARAGE_VERSION" --locked \
+      --root "$CACHE/garage-$GARAGE_VERSION" >&2
   fi
-  if [ ! -x "$MOTO_VENV/bin/python" ] || ! "$MOTO_VENV/bin/python" -c 'import moto.server' 2>/dev/null; then
-    log "installing moto[server] $MOTO_VERSION into $MOTO_VENV"
+  if [ -z "$(moto_python)" ]; then
+    log "installing moto[server]==$MOTO_VERSION into $MOTO_VENV"
     rm -rf "$MOTO_VENV"
-    mkdir -p "$CACHE"
-    python3 -m venv "$MOTO_VENV" 2>/dev/null || {
-      apt-get update -qq >/dev/null && apt-get install -y -qq python3-venv >/dev/null
-      python3 -m venv "$MOTO_VENV"
-    }
-    "$MOTO_VENV/bin/python" -m pip install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION" >&2
+    python3 -m venv "$MOTO_VENV" || die "python3 -m venv failed (install python3-venv)"
+    "$MOTO_VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+      "moto[server]==$MOTO_VERSION" >&2
+    [ -n "$(moto_python)" ] || die "moto $MOTO_VERSION did not install"
   fi
 }
 
@@ -37,69 +59,112 @@ free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
 }
 
-wait_for() { # URL EXPECTED_STATUS_REGEX NAME
-  for _ in $(seq 1 150); do
+hex() { od -An -tx1 -N "$1" /dev/urandom | tr -d ' \n'; }
+
+# Polls URL until its HTTP status matches REGEX, while PID lives.
+wait_for() { # URL REGEX PID NAME
+  local status=none
+  for _ in $(seq 1 200); do
+    kill -0 "$3" 2>/dev/null || { log "$4 exited"; return 1; }
     status=$(curl -s -o /dev/null -w '%{http_code}' "$1" || true)
     if [[ "$status" =~ $2 ]]; then return 0; fi
     sleep 0.1
   done
-  log "$3 did not start (last status $status)"
+  log "$4 did not answer in 20 s (last status $status)"
+  return 1
+}
+
+stop_pid_file() { # FILE
+  [ -f "$1" ] || return 0
+  local pid; pid=$(cat "$1")
+  if kill "$pid" 2>/dev/null; then
+    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+  fi
+  rm -f "$1"
+}
+
+start_garage() { # DIR ACCESS SECRET -> sets GARAGE_PORT
+  local dir=$1 attempt
+  for attempt in 1 2 3; do
+    local s3_port rpc_port
+    s3_port=$(free_port); rpc_port=$(free_port)
+    cat > "$dir/garage/garage.toml" <<TOML
+metadata_dir = "$dir/garage/meta"
+data_dir = "$dir/garage/data"
+replication_factor = 1
+rpc_bind_addr = "127.0.0.1:$rpc_port"
+rpc_public_addr = "127.0.0.1:$rpc_port"
+rpc_secret = "$(hex 32)"
+[s3_api]
+api_bind_addr = "127.0.0.1:$s3_port"
+s3_region = "garage"
+TOML
+    GARAGE_DEFAULT_ACCESS_KEY=$2 GARAGE_DEFAULT_SECRET_KEY=$3 GARAGE_DEFAULT_BUCKET=$BUCKET \
+      RUST_LOG=warn "$GARAGE" -c "$dir/garage/garage.toml" server --single-node --default-bucket \
+      >> "$dir/garage/log" 2>&1 &
+    echo $! > "$dir/garage.pid"
+    # An unsigned request is refused (403) once the S3 API is up.
+    if wait_for "http://127.0.0.1:$s3_port/$BUCKET" '^403$' "$(cat "$dir/garage.pid")" Garage; then
+      GARAGE_PORT=$s3_port
+      return 0
+    fi
+    stop_pid_file "$dir/garage.pid"
+    log "Garage attempt $attempt failed (port taken?); see $dir/garage/log"
+  done
+  return 1
+}
+
+start_moto() { # DIR PYTHON -> sets MOTO_PORT
+  local dir=$1 attempt
+  for attempt in 1 2 3; do
+    local port; port=$(free_port)
+    "$2" -m moto.server -H 127.0.0.1 -p "$port" >> "$dir/moto.log" 2>&1 &
+    echo $! > "$dir/moto.pid"
+    if wait_for "http://127.0.0.1:$port/" '^(200|403)$' "$(cat "$dir/moto.pid")" moto; then
+      MOTO_PORT=$port
+      return 0
+    fi
+    stop_pid_file "$dir/moto.pid"
+    log "moto attempt $attempt failed (port taken?); see $dir/moto.log"
+  done
   return 1
 }
 
 start() {
   local dir=$1
   install
-  mkdir -p "$dir/garage/meta" "$dir/garage/data"
+  mkdir -p "$dir"
   dir=$(cd "$dir" && pwd)
-  local s3_port rpc_port moto_port
-  s3_port=$(free_port); rpc_port=$(free_port); moto_port=$(free_port)
-  local access_key="GK$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
-  local secret_key; secret_key=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
-  cat > "$dir/garage/garage.toml" <<TOML
-metadata_dir = "$dir/garage/meta"
-data_dir = "$dir/garage/data"
-replication_factor = 1
-rpc_bind_addr = "127.0.0.1:$rpc_port"
-rpc_public_addr = "127.0.0.1:$rpc_port"
-rpc_secret = "$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
-[s3_api]
-api_bind_addr = "127.0.0.1:$s3_port"
-s3_region = "garage"
-TOML
-  GARAGE_DEFAULT_ACCESS_KEY=$access_key GARAGE_DEFAULT_SECRET_KEY=$secret_key \
-    GARAGE_DEFAULT_BUCKET=chatvault-test RUST_LOG=warn \
-    "$GARAGE" -c "$dir/garage/garage.toml" server --single-node --default-bucket \
-    > "$dir/garage/log" 2>&1 &
-  echo $! > "$dir/garage.pid"
-  # An unsigned request is refused (403) once the S3 API is up.
-  wait_for "http://127.0.0.1:$s3_port/chatvault-test" '^403$' Garage
+  stop "$dir"  # idempotent: a second start replaces the first
+  rm -rf "$dir/garage" "$dir/env"
+  mkdir -p "$dir/garage/meta" "$dir/garage/data"
+  local access_key="GK$(hex 12)" secret_key; secret_key=$(hex 32)
+  start_garage "$dir" "$access_key" "$secret_key" || { stop "$dir"; die "Garage did not start"; }
+  start_moto "$dir" "$(moto_python)" || { stop "$dir"; die "moto did not start"; }
+  # moto checks no signature: create its bucket with a plain PUT (200, or 409 if it exists).
+  local status
+  status=$(curl -s -o /dev/null -w '%{http_code}' -X PUT "http://127.0.0.1:$MOTO_PORT/$BUCKET" || true)
+  [[ "$status" =~ ^(200|409)$ ]] || { stop "$dir"; die "creating the moto bucket answered $status"; }
 
-  "$MOTO_VENV/bin/python" -m moto.server -H 127.0.0.1 -p "$moto_port" > "$dir/moto.log" 2>&1 &
-  echo $! > "$dir/moto.pid"
-  wait_for "http://127.0.0.1:$moto_port/" '^(200|403)$' moto
-  # moto accepts any credentials: create the bucket with a plain PUT.
-  curl -s -o /dev/null -X PUT "http://127.0.0.1:$moto_port/chatvault-test"
-
-  cat > "$dir/env" <<ENV
-export CHATVAULT_TEST_GARAGE_URL='s3://chatvault-test/tests?endpoint=http://127.0.0.1:$s3_port&region=garage&path_style=true'
+  cat > "$dir/env.tmp" <<ENV
+export CHATVAULT_TEST_GARAGE_URL='s3://$BUCKET/tests?endpoint=http://127.0.0.1:$GARAGE_PORT&region=garage&path_style=true'
 export CHATVAULT_TEST_GARAGE_ACCESS_KEY='$access_key'
 export CHATVAULT_TEST_GARAGE_SECRET_KEY='$secret_key'
-export CHATVAULT_TEST_MOTO_URL='s3://chatvault-test/tests?endpoint=http://127.0.0.1:$moto_port&region=us-east-1&path_style=true'
-export CHATVAULT_TEST_MOTO_ACCESS_KEY='testing'
-export CHATVAULT_TEST_MOTO_SECRET_KEY='testing'
+export CHATVAULT_TEST_GARAGE_PID='$(cat "$dir/garage.pid")'
+export CHATVAULT_TEST_MOTO_URL='s3://$BUCKET/tests?endpoint=http://127.0.0.1:$MOTO_PORT&region=us-east-1&path_style=true'
+export CHATVAULT_TEST_MOTO_ACCESS_KEY='testing-key'
+export CHATVAULT_TEST_MOTO_SECRET_KEY='testing-secret'
+export CHATVAULT_TEST_MOTO_PID='$(cat "$dir/moto.pid")'
 ENV
-  log "Garage on 127.0.0.1:$s3_port, moto on 127.0.0.1:$moto_port; exports in $dir/env"
+  mv "$dir/env.tmp" "$dir/env"
+  log "Garage on 127.0.0.1:$GARAGE_PORT, moto on 127.0.0.1:$MOTO_PORT; exports in $dir/env"
 }
 
 stop() {
   local dir=$1
-  for name in garage moto; do
-    if [ -f "$dir/$name.pid" ]; then
-      kill "$(cat "$dir/$name.pid")" 2>/dev/null || true
-      rm -f "$dir/$name.pid"
-    fi
-  done
+  stop_pid_file "$dir/garage.pid"
+  stop_pid_file "$dir/moto.pid"
 }
 
 case "${1:-}" in

@@ -4,10 +4,14 @@
 //! Without the servers' environment variables the S3 tests fail if `CHATVAULT_REQUIRE_S3=1`
 //! (as in CI) and otherwise say they were skipped.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use chatvault::keys::RecoveryKey;
-use chatvault::store::{DirectoryStore, MemoryStore, ObjectStore, S3Config, S3Store, StoreError};
+use chatvault::store::{
+    DirectoryStore, MemoryStore, ObjectStore, S3Config, S3Store, StoreConfig, StoreError,
+};
 use chatvault::sync::{Change, Message};
 use chatvault::vault::{DeviceInfo, Vault};
 
@@ -67,6 +71,66 @@ async fn contract(store: &dyn ObjectStore) {
     );
     assert_eq!(range(len + 10..len + 20).await.unwrap().unwrap(), b"");
     assert_eq!(range(5..5).await.unwrap().unwrap(), b"");
+    #[allow(clippy::reversed_empty_ranges)]
+    let backwards = 9..3;
+    assert_eq!(range(backwards).await.unwrap().unwrap(), b"");
+    let empty_key = key("empty");
+    for r in [0..10, 0..0, 3..7] {
+        assert_eq!(
+            store
+                .get_range(&empty_key, r.clone())
+                .await
+                .unwrap()
+                .unwrap(),
+            b"",
+            "{r:?} of an empty object"
+        );
+    }
+    let small_key = key("small");
+    assert_eq!(
+        store.get_range(&small_key, 2..5).await.unwrap().unwrap(),
+        b"pla"
+    );
+
+    // Unicode and every S3 "safe" punctuation character (plus a few that trip up signers).
+    for (i, name) in [
+        "unicode/ünïcødé-日本語-✉️",
+        "safe/a-b_c.d~e!f*g'(h)",
+        "tricky/plus+equals=at@comma,semi;colon:",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let body = format!("body {i} of {name}").into_bytes();
+        store.put(&key(name), body.clone()).await.unwrap();
+        assert_eq!(store.get(&key(name)).await.unwrap(), Some(body), "{name}");
+        let listed = store.list(&key(name)).await.unwrap();
+        assert_eq!(
+            listed.iter().map(|o| o.key.as_str()).collect::<Vec<_>>(),
+            [key(name).as_str()],
+            "{name}"
+        );
+        store.delete(&key(name)).await.unwrap();
+        assert_eq!(store.get(&key(name)).await.unwrap(), None, "{name}");
+    }
+
+    // Invalid keys are refused the same way everywhere, before any I/O.
+    for bad in [
+        "",
+        "../x",
+        &key("a//b"),
+        &key("a/../../b"),
+        &key("trailing/"),
+    ] {
+        assert!(
+            matches!(store.put(bad, vec![1]).await, Err(StoreError::Other(_))),
+            "put {bad:?}"
+        );
+        assert!(
+            matches!(store.get(bad).await, Err(StoreError::Other(_))),
+            "get {bad:?}"
+        );
+    }
 
     // Listing: prefix filter, key order, more than one page where the store pages.
     for i in [3, 0, 4, 1, 2, 5] {
@@ -85,6 +149,29 @@ async fn contract(store: &dyn ObjectStore) {
         [0, 1, 2, 3, 4, 5]
     );
     assert_eq!(store.list(&key("nothing-here/")).await.unwrap(), vec![]);
+    // A prefix is a plain string prefix, not a directory.
+    let both: Vec<String> = store
+        .list(&key("list"))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| o.key)
+        .collect();
+    assert_eq!(both.len(), 7);
+    assert_eq!(both.last(), Some(&key("listless")));
+    assert_eq!(store.list(&key("list/item-4")).await.unwrap().len(), 1);
+    // Everything under the run's prefix, in byte order, across several pages on S3.
+    let all: Vec<String> = store
+        .list(&p)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| o.key)
+        .collect();
+    let mut sorted = all.clone();
+    sorted.sort();
+    assert_eq!(all, sorted);
+    assert_eq!(all.len(), 10, "{all:?}");
 
     // Delete.
     store.delete(&key("list/item-3")).await.unwrap();
@@ -180,7 +267,7 @@ async fn directory_store_refuses_keys_that_escape_its_root() {
 }
 
 /// A test server's configuration with small pages and parts, so that pagination and multipart
-/// are exercised.
+/// are exercised (moto refuses parts under 5 MiB but the last).
 fn server(name: &str) -> Option<S3Config> {
     let mut config = common::s3_server(name)?;
     config.list_page_size = Some(2);
@@ -206,6 +293,64 @@ async fn moto_meets_the_contract() {
     s3_suite("MOTO").await;
 }
 
+/// The URL form the servers' environment gives opens a working store (with the credentials
+/// passed explicitly, as an app does).
+async fn url_opens(name: &str) {
+    if common::s3_server(name).is_none() {
+        return;
+    }
+    let url = std::env::var(format!("CHATVAULT_TEST_{name}_URL")).unwrap();
+    let access = std::env::var(format!("CHATVAULT_TEST_{name}_ACCESS_KEY")).unwrap();
+    let secret = std::env::var(format!("CHATVAULT_TEST_{name}_SECRET_KEY")).unwrap();
+    let config = StoreConfig::parse(&url)
+        .unwrap()
+        .with_credentials(&access, &secret, None);
+    // (moto's test credentials use the same word for key and secret.)
+    if secret != access {
+        assert!(!config.to_string().contains(&secret));
+        assert!(!format!("{config:?}").contains(&secret));
+    }
+    let store = config.open().unwrap();
+    let key = format!("url-{}/object", common::run_id());
+    store.put(&key, b"via a URL".to_vec()).await.unwrap();
+    assert_eq!(store.get(&key).await.unwrap().unwrap(), b"via a URL");
+    store.delete(&key).await.unwrap();
+}
+
+#[tokio::test]
+async fn garage_opens_from_its_url() {
+    url_opens("GARAGE").await;
+}
+
+#[tokio::test]
+async fn moto_opens_from_its_url() {
+    url_opens("MOTO").await;
+}
+
+/// A missing bucket is an error, never an empty store.
+async fn missing_bucket(name: &str) {
+    let Some(mut config) = server(name) else {
+        return;
+    };
+    config.bucket = format!("no-such-bucket-{}", common::run_id());
+    let store = S3Store::new(config).unwrap();
+    let get = store.get("x").await;
+    assert!(matches!(get, Err(StoreError::Other(_))), "{get:?}");
+    let range = store.get_range("x", 0..1).await;
+    assert!(matches!(range, Err(StoreError::Other(_))), "{range:?}");
+    assert!(matches!(store.list("").await, Err(StoreError::Other(_))));
+}
+
+#[tokio::test]
+async fn garage_reports_a_missing_bucket() {
+    missing_bucket("GARAGE").await;
+}
+
+#[tokio::test]
+async fn moto_reports_a_missing_bucket() {
+    missing_bucket("MOTO").await;
+}
+
 #[tokio::test]
 async fn garage_refuses_a_wrong_secret() {
     let Some(mut config) = server("GARAGE") else {
@@ -213,72 +358,365 @@ async fn garage_refuses_a_wrong_secret() {
     };
     config.secret_access_key = "0".repeat(64);
     config.max_attempts = 1;
-    let store = S3Store::new(config).unwrap();
-    assert!(matches!(
-        store.get("anything").await,
-        Err(StoreError::AccessDenied(_))
-    ));
-    assert!(matches!(
+    let store = S3Store::new(config.clone()).unwrap();
+    for result in [
+        store.get("anything").await.map(|_| ()),
+        store.get_range("anything", 0..4).await.map(|_| ()),
         store.put("anything", vec![1]).await,
-        Err(StoreError::AccessDenied(_))
-    ));
+        store.list("").await.map(|_| ()),
+        store.delete("anything").await,
+    ] {
+        assert!(
+            matches!(result, Err(StoreError::AccessDenied(_))),
+            "{result:?}"
+        );
+    }
+    // An unknown access key too.
+    config.access_key_id = "GK000000000000000000000000".into();
+    let store = S3Store::new(config).unwrap();
+    let result = store.get("anything").await;
+    assert!(
+        matches!(result, Err(StoreError::AccessDenied(_))),
+        "{result:?}"
+    );
+}
+
+/// The startup probe tells the two worlds apart: Garage ignores `If-None-Match: *`, moto
+/// honours it.
+#[tokio::test]
+async fn conditional_write_probe_tells_garage_from_moto() {
+    for (name, expected) in [("GARAGE", false), ("MOTO", true)] {
+        let Some(config) = server(name) else {
+            continue;
+        };
+        let store = S3Store::new(config).unwrap();
+        assert_eq!(
+            store.probe_conditional_writes().await.unwrap(),
+            expected,
+            "{name}"
+        );
+        assert!(
+            store.list("").await.unwrap().is_empty(),
+            "{name}: probe left behind"
+        );
+    }
+}
+
+/// moto enforces S3's 5 MiB minimum part size: a multipart upload with 1 MiB parts fails at
+/// completion, and the store must abort it so that no parts stay behind.
+#[tokio::test]
+async fn moto_failed_multipart_uploads_are_aborted() {
+    let Some(mut config) = server("MOTO") else {
+        return;
+    };
+    config.multipart_threshold = 1024 * 1024;
+    config.part_size = 1024 * 1024;
+    let store = S3Store::new(config.clone()).unwrap();
+    let result = store.put("too-small-parts", vec![7; 3 * 1024 * 1024]).await;
+    let Err(StoreError::Other(detail)) = result else {
+        panic!("moto accepted 1 MiB parts: {result:?}");
+    };
+    assert!(detail.contains("EntityTooSmall"), "{detail}");
+    assert_eq!(store.get("too-small-parts").await.unwrap(), None);
+    // moto does not check signatures: list the bucket's pending uploads with a plain request.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let listing = reqwest::get(format!(
+        "{}/{}?uploads&prefix={}",
+        config.endpoint,
+        config.bucket,
+        config.prefix.trim_start_matches('/')
+    ))
+    .await
+    .unwrap()
+    .text()
+    .await
+    .unwrap();
+    assert!(listing.contains("ListMultipartUploadsResult"), "{listing}");
+    assert!(
+        !listing.contains("<UploadId>"),
+        "upload left behind: {listing}"
+    );
 }
 
 #[tokio::test]
 async fn an_unreachable_endpoint_is_unavailable_after_retries() {
-    // A port nothing listens on.
+    // A loopback port nothing listens on.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let mut config = S3Config::new(&format!("http://127.0.0.1:{port}"), "us-east-1", "b");
-    config.path_style = true;
-    config.access_key_id = "k".into();
-    config.secret_access_key = "s".into();
+    let mut config = fake_config(port);
     config.max_attempts = 3;
-    config.base_backoff = std::time::Duration::from_millis(5);
+    config.connect_timeout = Duration::from_millis(500);
     let store = S3Store::new(config).unwrap();
+    let started = Instant::now();
     let error = store.get("x").await.unwrap_err();
     assert!(matches!(error, StoreError::Unavailable(_)), "{error}");
     assert!(error.is_retryable());
+    assert!(error.to_string().contains("after 3 attempts"), "{error}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let error = store.put("x", vec![1]).await.unwrap_err();
+    assert!(matches!(error, StoreError::Unavailable(_)), "{error}");
 }
 
-/// A tiny HTTP server that answers 503 twice, then 200 with a body: retries must hide the 503s.
-#[tokio::test]
-async fn server_errors_are_retried_with_backoff() {
+// --- A scripted HTTP server for fault injection ---------------------------------------------
+
+/// One request as the fake server saw it.
+#[derive(Debug, Clone)]
+struct Seen {
+    method: String,
+    target: String,
+}
+
+type Handler = Arc<dyn Fn(usize, &Seen) -> (u16, String) + Send + Sync>;
+
+/// A loopback HTTP/1.1 server answering each request with `handler(n, request)` (n counts from
+/// 0) after `delay`, one request per connection. Returns its port, what it saw, and the most
+/// requests it ever had in flight.
+async fn fake_server(
+    delay: Duration,
+    handler: Handler,
+) -> (u16, Arc<Mutex<Vec<Seen>>>, Arc<AtomicUsize>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let counter = served.clone();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let (seen2, peak2) = (seen.clone(), peak.clone());
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::new(AtomicUsize::new(0));
     tokio::spawn(async move {
         loop {
             let Ok((mut socket, _)) = listener.accept().await else {
                 return;
             };
-            let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let mut buffer = [0u8; 4096];
-            let _ = socket.read(&mut buffer).await;
-            let reply: &[u8] = if n < 2 {
-                b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-            } else {
-                b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\nhello"
-            };
-            let _ = socket.write_all(reply).await;
+            let (seen, peak, in_flight, counter, handler) = (
+                seen2.clone(),
+                peak2.clone(),
+                in_flight.clone(),
+                counter.clone(),
+                handler.clone(),
+            );
+            tokio::spawn(async move {
+                // Read the head, then as much body as it announces.
+                let mut data = Vec::new();
+                let mut buffer = [0u8; 16 * 1024];
+                let head_end = loop {
+                    let Ok(n) = socket.read(&mut buffer).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    data.extend_from_slice(&buffer[..n]);
+                    if let Some(i) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break i + 4;
+                    }
+                };
+                let head = String::from_utf8_lossy(&data[..head_end]).to_string();
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        let (name, value) = l.split_once(':')?;
+                        name.eq_ignore_ascii_case("content-length")
+                            .then(|| value.trim().parse().ok())?
+                    })
+                    .unwrap_or(0);
+                while data.len() < head_end + length {
+                    match socket.read(&mut buffer).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => data.extend_from_slice(&buffer[..n]),
+                    }
+                }
+                let mut words = head.split_whitespace();
+                let request = Seen {
+                    method: words.next().unwrap_or("").to_owned(),
+                    target: words.next().unwrap_or("").to_owned(),
+                };
+                let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                peak.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(delay).await;
+                let n = counter.fetch_add(1, Ordering::SeqCst);
+                let (status, body) = handler(n, &request);
+                seen.lock().unwrap().push(request);
+                in_flight.fetch_sub(1, Ordering::SeqCst);
+                let reply = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-length: {}\r\netag: \"e{n}\"\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(reply.as_bytes()).await;
+            });
         }
     });
-    let mut config = S3Config::new(&format!("http://127.0.0.1:{port}"), "us-east-1", "b");
+    (port, seen, peak)
+}
+
+fn fake_config(port: u16) -> S3Config {
+    let mut config = S3Config::new(&format!("http://127.0.0.1:{port}"), "us-east-1", "b")
+        .with_credentials("AKIDEXAMPLE", "secret", None);
     config.path_style = true;
-    config.access_key_id = "k".into();
-    config.secret_access_key = "s".into();
-    config.base_backoff = std::time::Duration::from_millis(5);
-    let store = S3Store::new(config.clone()).unwrap();
-    assert_eq!(store.get("x").await.unwrap().unwrap(), b"hello");
-    assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 3);
-    // With fewer attempts than failures the caller sees a retryable Busy error.
-    served.store(0, std::sync::atomic::Ordering::SeqCst);
+    config.base_backoff = Duration::from_millis(5);
+    config.max_backoff = Duration::from_millis(50);
+    config
+}
+
+/// 503 and 429 twice, then 200: retries hide them; with fewer attempts the caller sees a
+/// retryable `Busy`.
+#[tokio::test]
+async fn server_errors_and_throttling_are_retried_with_backoff() {
+    for failing in [503u16, 429, 500] {
+        let (port, seen, _) = fake_server(
+            Duration::ZERO,
+            Arc::new(move |n, _| {
+                if n % 3 < 2 {
+                    (failing, String::new())
+                } else {
+                    (200, "hello".into())
+                }
+            }),
+        )
+        .await;
+        let mut config = fake_config(port);
+        let store = S3Store::new(config.clone()).unwrap();
+        assert_eq!(store.get("x").await.unwrap().unwrap(), b"hello");
+        assert_eq!(seen.lock().unwrap().len(), 3);
+        config.max_attempts = 2;
+        let store = S3Store::new(config).unwrap();
+        let error = store.get("x").await.unwrap_err();
+        assert!(matches!(error, StoreError::Busy(_)), "{failing}: {error}");
+        assert!(error.is_retryable());
+    }
+}
+
+#[tokio::test]
+async fn forbidden_is_access_denied_without_retries() {
+    let (port, seen, _) = fake_server(
+        Duration::ZERO,
+        Arc::new(|_, _| {
+            (
+                403,
+                "<Error><Code>SignatureDoesNotMatch</Code><Message>nope</Message></Error>".into(),
+            )
+        }),
+    )
+    .await;
+    let store = S3Store::new(fake_config(port)).unwrap();
+    let error = store.get("x").await.unwrap_err();
+    assert!(matches!(error, StoreError::AccessDenied(_)), "{error}");
+    assert!(error.to_string().contains("SignatureDoesNotMatch"));
+    assert_eq!(seen.lock().unwrap().len(), 1);
+}
+
+/// Listing follows continuation tokens (sent back exactly, URL-encoded) and decodes keys.
+#[tokio::test]
+async fn listing_follows_continuation_tokens() {
+    let page = |keys: &[&str], next: Option<&str>| {
+        let mut xml = String::from(
+            r#"<?xml version="1.0" encoding="UTF-8"?><ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Name>b</Name><EncodingType>url</EncodingType>"#,
+        );
+        for key in keys {
+            xml.push_str(&format!(
+                "<Contents><Key>{key}</Key><Size>3</Size></Contents>"
+            ));
+        }
+        match next {
+            Some(token) => xml.push_str(&format!(
+                "<IsTruncated>true</IsTruncated><NextContinuationToken>{token}</NextContinuationToken>"
+            )),
+            None => xml.push_str("<IsTruncated>false</IsTruncated>"),
+        }
+        xml + "</ListBucketResult>"
+    };
+    let pages = [
+        page(&["pre/a", "pre/caf%C3%A9"], Some("tok/1+=")),
+        page(&["pre/d"], Some("tok2")),
+        page(&["pre/e"], None),
+    ];
+    let (port, seen, _) = fake_server(
+        Duration::ZERO,
+        Arc::new(move |n, _| (200, pages[n.min(2)].clone())),
+    )
+    .await;
+    let mut config = fake_config(port);
+    config.prefix = "pre".into();
+    config.list_page_size = Some(2);
+    let store = S3Store::new(config).unwrap();
+    let keys: Vec<String> = store
+        .list("")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| o.key)
+        .collect();
+    assert_eq!(keys, ["a", "café", "d", "e"]);
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 3);
+    assert!(seen[0].target.contains("max-keys=2"), "{:?}", seen[0]);
+    assert!(seen[0].target.contains("prefix=pre%2F"), "{:?}", seen[0]);
+    assert!(!seen[0].target.contains("continuation-token"));
+    assert!(
+        seen[1].target.contains("continuation-token=tok%2F1%2B%3D"),
+        "{:?}",
+        seen[1]
+    );
+    assert!(seen[2].target.contains("continuation-token=tok2"));
+}
+
+/// A part that keeps failing aborts the whole upload.
+#[tokio::test]
+async fn failed_multipart_uploads_are_aborted() {
+    let (port, seen, _) = fake_server(
+        Duration::ZERO,
+        Arc::new(|_, request| match request.method.as_str() {
+            "POST" => (
+                200,
+                r#"<InitiateMultipartUploadResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Bucket>b</Bucket><Key>k</Key><UploadId>UP-1</UploadId></InitiateMultipartUploadResult>"#.into(),
+            ),
+            "PUT" => (500, String::new()),
+            _ => (204, String::new()),
+        }),
+    )
+    .await;
+    let mut config = fake_config(port);
+    config.multipart_threshold = 10;
+    config.part_size = 4;
     config.max_attempts = 2;
     let store = S3Store::new(config).unwrap();
-    assert!(matches!(store.get("x").await, Err(StoreError::Busy(_))));
+    let error = store.put("k", b"0123456789ab".to_vec()).await.unwrap_err();
+    assert!(matches!(error, StoreError::Busy(_)), "{error}");
+    let seen = seen.lock().unwrap();
+    let aborts: Vec<&Seen> = seen
+        .iter()
+        .filter(|s| s.method == "DELETE" && s.target.contains("uploadId=UP-1"))
+        .collect();
+    assert_eq!(aborts.len(), 1, "{seen:?}");
+    assert!(
+        !seen
+            .iter()
+            .any(|s| s.method == "POST" && s.target.contains("uploadId"))
+    );
+}
+
+/// No more requests in flight than the configured bound.
+#[tokio::test]
+async fn requests_in_flight_are_bounded() {
+    let (port, seen, peak) = fake_server(
+        Duration::from_millis(40),
+        Arc::new(|_, _| (200, "x".into())),
+    )
+    .await;
+    let mut config = fake_config(port);
+    config.max_concurrency = 2;
+    let store = Arc::new(S3Store::new(config).unwrap());
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..8 {
+        let store = store.clone();
+        tasks.spawn(async move { store.get(&format!("k{i}")).await });
+    }
+    while let Some(result) = tasks.join_next().await {
+        assert_eq!(result.unwrap().unwrap().unwrap(), b"x");
+    }
+    assert_eq!(seen.lock().unwrap().len(), 8);
+    assert_eq!(peak.load(Ordering::SeqCst), 2);
 }

@@ -25,19 +25,17 @@ impl DirectoryStore {
         DirectoryStore { root }
     }
 
-    /// The path of `key`, refusing keys that could escape the root.
+    /// The path of `key`, refusing keys that could escape the root (see
+    /// [`validate_key`](super::validate_key)) or collide with temporary files.
     fn path_of(&self, key: &str) -> StoreResult<PathBuf> {
-        let valid = !key.is_empty()
-            && !key.starts_with('/')
-            && key.split('/').all(|segment| {
-                !segment.is_empty()
-                    && segment != "."
-                    && segment != ".."
-                    && !segment.starts_with(TEMP_PREFIX)
-            })
-            && !key.contains(['\\', '\0']);
-        if !valid {
-            return Err(StoreError::Other(format!("invalid object key {key:?}")));
+        super::validate_key(key)?;
+        if key
+            .split('/')
+            .any(|segment| segment.starts_with(TEMP_PREFIX))
+        {
+            return Err(StoreError::Other(format!(
+                "invalid object key {key:?}: segments starting with {TEMP_PREFIX:?} are reserved"
+            )));
         }
         Ok(self.root.join(key))
     }
@@ -51,13 +49,46 @@ impl DirectoryStore {
     }
 }
 
+/// Creates `dir` and its missing ancestors, and makes each new directory entry durable by
+/// syncing its parent.
+fn create_dirs_durably(dir: &Path) -> std::io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let mut missing = Vec::new();
+    let mut cursor = Some(dir);
+    while let Some(path) = cursor {
+        if path.as_os_str().is_empty() || path.is_dir() {
+            break;
+        }
+        missing.push(path);
+        cursor = path.parent();
+    }
+    std::fs::create_dir_all(dir)?;
+    for created in missing.iter().rev() {
+        if let Some(parent) = created.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync_dir(parent)?;
+        }
+    }
+    Ok(())
+}
+
+/// Makes a directory's entries (a rename, a new file) durable. Not possible on Windows, where
+/// directories cannot be opened as files; NTFS journals the metadata instead.
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    if cfg!(windows) {
+        return Ok(());
+    }
+    std::fs::File::open(dir)?.sync_all()
+}
+
 fn write_atomically(path: &Path, body: &[u8]) -> StoreResult<()> {
     use std::io::Write;
     let parent = path
         .parent()
         .ok_or_else(|| StoreError::Other("object path without a parent".into()))?;
-    std::fs::create_dir_all(parent).map_err(io_error)?;
-    let unique: [u8; 8] =
+    create_dirs_durably(parent).map_err(io_error)?;
+    let unique: [u8; 12] =
         crate::random::array().map_err(|_| StoreError::Io("no randomness".into()))?;
     let temp = parent.join(format!(
         "{TEMP_PREFIX}{}",
@@ -67,12 +98,17 @@ fn write_atomically(path: &Path, body: &[u8]) -> StoreResult<()> {
             .collect::<String>()
     ));
     let result = (|| {
-        let mut file = std::fs::File::create(&temp)?;
+        // `create_new`: never follow or reuse whatever might already be at the temporary name.
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&temp)?;
         file.write_all(body)?;
         file.sync_all()?;
+        drop(file);
         std::fs::rename(&temp, path)?;
         // Make the rename itself durable.
-        std::fs::File::open(parent)?.sync_all()
+        sync_dir(parent)
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&temp);
@@ -96,7 +132,7 @@ fn read(path: &Path, range: Option<Range<u64>>) -> StoreResult<Option<Vec<u8>>> 
     let end = range.end.min(len);
     let start = range.start.min(end);
     file.seek(SeekFrom::Start(start)).map_err(io_error)?;
-    let mut body = Vec::with_capacity((end - start) as usize);
+    let mut body = Vec::with_capacity(usize::try_from(end - start).unwrap_or(0));
     file.take(end - start)
         .read_to_end(&mut body)
         .map_err(io_error)?;
@@ -131,7 +167,7 @@ fn walk(root: &Path, dir: &Path, prefix: &str, out: &mut Vec<ObjectInfo>) -> Sto
             if as_dir.starts_with(prefix) || prefix.starts_with(&as_dir) {
                 walk(root, &path, prefix, out)?;
             }
-        } else if key.starts_with(prefix) {
+        } else if file_type.is_file() && key.starts_with(prefix) {
             let size = entry.metadata().map_err(io_error)?.len();
             out.push(ObjectInfo { key, size });
         }

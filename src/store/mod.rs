@@ -8,14 +8,30 @@
 //! "S3-compatible" services get wrong: every object is written once under a name no other writer
 //! uses, nothing needs compare-and-swap, and listing is the only way to discover objects.
 //! Keys are relative to the store's own prefix and use `/` as separator.
+//!
+//! The contract, as every backend implements it and `tests/store_contract.rs` checks it:
+//! - keys follow [`validate_key`] (the same rules everywhere: non-empty `/`-separated segments,
+//!   no `.`/`..`, no backslash or control characters); invalid keys fail with
+//!   [`StoreError::Other`] before any I/O;
+//! - a key must not also be a "directory" of another key (`a` and `a/b` cannot both exist: the
+//!   directory store maps keys to files);
+//! - [`ObjectStore::list`] takes a plain string prefix (`"a/b"` matches `a/b/c` and `a/bc`) and
+//!   returns keys in byte order;
+//! - [`ObjectStore::get_range`] clamps to the object: a range past the end, or an empty range,
+//!   reads as empty bytes (`Some`), a missing object as `None`.
+//!
+//! Stores are opened from URLs (`file://`, `s3://`, `mem://`) with [`open_store`] or
+//! [`StoreConfig::parse`].
 
 mod directory;
+mod key;
 mod s3;
 mod url;
 
 pub use directory::DirectoryStore;
+pub use key::{MAX_KEY_LEN, validate_key};
 pub use s3::{S3Config, S3Store};
-pub use url::{open_store, parse_s3_url};
+pub use url::{StoreConfig, open_store, parse_s3_url};
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -98,18 +114,21 @@ impl MemoryStore {
 #[async_trait::async_trait]
 impl ObjectStore for MemoryStore {
     async fn put(&self, key: &str, body: Vec<u8>) -> StoreResult<()> {
+        validate_key(key)?;
         self.lock()?.insert(key.to_owned(), body);
         Ok(())
     }
 
     async fn get(&self, key: &str) -> StoreResult<Option<Vec<u8>>> {
+        validate_key(key)?;
         Ok(self.lock()?.get(key).cloned())
     }
 
     async fn get_range(&self, key: &str, range: Range<u64>) -> StoreResult<Option<Vec<u8>>> {
+        validate_key(key)?;
         Ok(self.lock()?.get(key).map(|body| {
-            let end = (range.end.min(body.len() as u64)) as usize;
-            let start = (range.start as usize).min(end);
+            let end = usize::try_from(range.end).map_or(body.len(), |end| end.min(body.len()));
+            let start = usize::try_from(range.start).map_or(end, |start| start.min(end));
             body[start..end].to_vec()
         }))
     }
@@ -127,6 +146,7 @@ impl ObjectStore for MemoryStore {
     }
 
     async fn delete(&self, key: &str) -> StoreResult<()> {
+        validate_key(key)?;
         self.lock()?.remove(key);
         Ok(())
     }

@@ -1,60 +1,85 @@
-//! A store on any S3-compatible bucket: reqwest over rustls (ring provider, the platform's
-//! certificate verifier), requests signed with SigV4 by rusty-s3 (presigned URLs), ListObjectsV2
-//! pagination, multipart upload for large objects, retries with exponential backoff and full
-//! jitter, and a bound on concurrent requests.
+//! A store on any S3-compatible bucket.
+//!
+//! - HTTP: reqwest over rustls with the `ring` provider and the platform's certificate verifier
+//!   (no aws-lc). Redirects are not followed: a presigned request cannot be replayed elsewhere,
+//!   and a redirect from S3 means a wrong region or endpoint, which is reported as such.
+//! - Signing: SigV4 presigned URLs from rusty-s3 (signed afresh for every attempt), with session
+//!   tokens for temporary credentials.
+//! - ListObjectsV2 follows every continuation token; page size is configurable.
+//! - Objects of at least [`S3Config::multipart_threshold`] bytes are uploaded in parts, in
+//!   parallel; a failed upload is aborted so no parts are left behind to be billed.
+//! - Every request is retried on 5xx, 429, S3's `RequestTimeout`/`InternalError` answers,
+//!   timeouts and connection errors, with exponential backoff and full jitter (and at least what
+//!   a `Retry-After` header asks, within [`S3Config::max_backoff`]), at most
+//!   [`S3Config::max_attempts`] times. Final failures map to [`StoreError`]: 401/403 →
+//!   `AccessDenied`, 5xx/429 → `Busy`, connection problems and timeouts → `Unavailable`.
+//! - A semaphore bounds the requests in flight ([`S3Config::max_concurrency`]); a permit is held
+//!   while a response body is read, and released while waiting to retry.
 //!
 //! Nothing here relies on conditional writes: chatvault writes every name once.
+//!
+//! On Android, `rustls-platform-verifier` must be initialised from the app (its
+//! `android::init_*` functions, plus its AAR on the classpath) before the first HTTPS request.
 
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+use reqwest::header::HeaderMap;
 use reqwest::{Method, StatusCode};
-use rusty_s3::actions::{CreateMultipartUpload, ListObjectsV2};
+use rusty_s3::actions::{CompleteMultipartUploadResponse, CreateMultipartUpload, ListObjectsV2};
 use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
 use tokio::sync::Semaphore;
 
-use super::{ObjectInfo, ObjectStore, StoreError, StoreResult};
+use super::{ObjectInfo, ObjectStore, StoreError, StoreResult, validate_key};
 
-/// How presigned URLs stay valid (long enough for a slow part upload).
+/// How long presigned URLs stay valid (long enough for a slow part upload).
 const SIGNATURE_LIFETIME: Duration = Duration::from_secs(15 * 60);
 
-/// Settings of an S3 store.
+/// S3 accepts at most this many parts per multipart upload.
+const MAX_PARTS: usize = 10_000;
+
+/// Settings of an S3 store. `Debug` never shows the secret key or session token; `Display`
+/// (in `url.rs`) prints the equivalent `s3://` URL, which holds no credentials.
 #[derive(Clone)]
 pub struct S3Config {
     /// Endpoint URL, e.g. `https://s3.eu-west-1.amazonaws.com` or `http://127.0.0.1:3900`.
     pub endpoint: String,
-    /// Region (Garage: the configured `s3_region`, often `garage`).
+    /// Signing region (Garage: its configured `s3_region`, often `garage`).
     pub region: String,
     /// Bucket name.
     pub bucket: String,
     /// Key prefix inside the bucket (no leading `/`; a trailing `/` is added if missing).
     pub prefix: String,
-    /// Path-style addressing (`endpoint/bucket/key`) instead of virtual-hosted.
+    /// Path-style addressing (`endpoint/bucket/key`) instead of virtual-hosted
+    /// (`bucket.endpoint/key`). Garage and most self-hosted stores need path style.
     pub path_style: bool,
     /// Access key id.
     pub access_key_id: String,
     /// Secret access key (never printed).
     pub secret_access_key: String,
-    /// Session token for temporary credentials.
+    /// Session token for temporary credentials (never printed).
     pub session_token: Option<String>,
-    /// Attempts per request, first included.
+    /// Attempts per request, first included (default 5).
     pub max_attempts: u32,
-    /// First retry delay; doubles each attempt up to `max_backoff` (full jitter).
+    /// First retry delay ceiling; doubles each attempt up to `max_backoff` (full jitter: the
+    /// actual delay is uniform between zero and the ceiling). Default 100 ms.
     pub base_backoff: Duration,
-    /// Longest delay between attempts.
+    /// Longest delay between attempts (default 5 s).
     pub max_backoff: Duration,
-    /// Requests in flight at once.
+    /// Requests in flight at once (default 8).
     pub max_concurrency: usize,
-    /// Objects at least this large are uploaded in parts.
+    /// Objects at least this large are uploaded in parts (default 16 MiB).
     pub multipart_threshold: usize,
-    /// Size of each part but the last (S3 requires at least 5 MiB).
+    /// Size of each part but the last (default 8 MiB; S3 requires at least 5 MiB, Garage does
+    /// not). Grown automatically when an object would need more than 10,000 parts.
     pub part_size: usize,
     /// Keys per ListObjectsV2 page (`None`: the server's default, 1000 on S3).
     pub list_page_size: Option<usize>,
-    /// Connection timeout.
+    /// Timeout to establish a connection (default 10 s).
     pub connect_timeout: Duration,
-    /// Timeout of one request.
+    /// Timeout of one attempt of one request, body included (default 120 s).
     pub request_timeout: Duration,
 }
 
@@ -68,13 +93,24 @@ impl core::fmt::Debug for S3Config {
             .field("path_style", &self.path_style)
             .field("access_key_id", &self.access_key_id)
             .field("secret_access_key", &"<redacted>")
+            .field(
+                "session_token",
+                &self.session_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("max_attempts", &self.max_attempts)
+            .field("max_concurrency", &self.max_concurrency)
+            .field("multipart_threshold", &self.multipart_threshold)
+            .field("part_size", &self.part_size)
+            .field("list_page_size", &self.list_page_size)
             .finish_non_exhaustive()
     }
 }
 
 impl S3Config {
-    /// A configuration with default tuning; credentials from the standard AWS environment
-    /// variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`) when set.
+    /// A configuration with default tuning, and credentials from the standard AWS environment
+    /// variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, and `AWS_SESSION_TOKEN` for
+    /// temporary credentials) when they are set; empty otherwise (see
+    /// [`with_credentials`](Self::with_credentials)).
     pub fn new(endpoint: &str, region: &str, bucket: &str) -> Self {
         let credentials = Credentials::from_env();
         S3Config {
@@ -103,30 +139,165 @@ impl S3Config {
             request_timeout: Duration::from_secs(120),
         }
     }
+
+    /// The same configuration with explicit credentials (an app passes what it keeps in the
+    /// Keychain / Keystore; `session_token` for temporary credentials).
+    pub fn with_credentials(
+        mut self,
+        access_key_id: &str,
+        secret_access_key: &str,
+        session_token: Option<&str>,
+    ) -> Self {
+        self.access_key_id = access_key_id.to_owned();
+        self.secret_access_key = secret_access_key.to_owned();
+        self.session_token = session_token.map(str::to_owned);
+        self
+    }
 }
 
-/// An S3-compatible object store.
+/// An S3-compatible object store. Cloning is cheap and shares the connection pool and the
+/// bound on requests in flight.
+#[derive(Clone)]
 pub struct S3Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     bucket: Bucket,
     credentials: Credentials,
+    /// The configured prefix, with a trailing `/` unless empty.
     prefix: String,
     client: reqwest::Client,
-    permits: Arc<Semaphore>,
+    permits: Semaphore,
     config: S3Config,
 }
 
 impl core::fmt::Debug for S3Store {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("S3Store")
-            .field("config", &self.config)
+            .field("config", &self.inner.config)
             .finish()
     }
 }
 
-/// What one HTTP attempt produced.
-enum Attempt {
-    Done(reqwest::Response),
-    Retry(StoreError),
+/// A whole response: status, headers and body.
+struct Reply {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Reply {
+    fn text(&self) -> &str {
+        core::str::from_utf8(&self.body).unwrap_or("")
+    }
+
+    /// The `<Code>` of an S3 error document.
+    fn code(&self) -> Option<&str> {
+        xml_field(self.text(), "Code")
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// The text of the first `<tag>...</tag>` in `xml` (enough for S3's flat error documents).
+fn xml_field<'a>(xml: &'a str, tag: &str) -> Option<&'a str> {
+    let open = format!("<{tag}>");
+    let start = xml.find(&open)? + open.len();
+    let end = xml[start..].find(&format!("</{tag}>"))? + start;
+    Some(xml[start..end].trim())
+}
+
+/// Why one attempt did not produce a reply.
+enum Failure {
+    /// Worth another attempt (connection refused or reset, timeout).
+    Transient(StoreError),
+    /// Retrying cannot help.
+    Fatal(StoreError),
+}
+
+fn describe(error: &reqwest::Error) -> String {
+    use std::error::Error as _;
+    let mut text = if error.is_timeout() {
+        format!("timed out: {error}")
+    } else {
+        error.to_string()
+    };
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+fn classify(error: reqwest::Error) -> Failure {
+    if error.is_builder() {
+        Failure::Fatal(StoreError::Other(format!(
+            "bad request: {}",
+            describe(&error)
+        )))
+    } else {
+        Failure::Transient(StoreError::Unavailable(describe(&error)))
+    }
+}
+
+/// Whether a reply is a transient failure, in which case the request is retried.
+fn is_transient(reply: &Reply) -> bool {
+    let status = reply.status;
+    status.is_server_error()
+        || status == StatusCode::TOO_MANY_REQUESTS
+        // S3 closes idle uploads with 400 RequestTimeout and asks for a retry.
+        || (status == StatusCode::BAD_REQUEST && reply.code() == Some("RequestTimeout"))
+}
+
+/// The error for a reply that is not what the operation wanted.
+fn error_for(reply: &Reply, what: &str) -> StoreError {
+    let status = reply.status;
+    let code = reply.code().unwrap_or("");
+    let message = xml_field(reply.text(), "Message").unwrap_or("");
+    let mut detail = format!("{what}: HTTP {status}");
+    for part in [code, message] {
+        if !part.is_empty() {
+            detail.push(' ');
+            detail.extend(part.chars().take(300));
+        }
+    }
+    let hint = match (status.as_u16(), code) {
+        (_, "RequestTimeTooSkewed") => " (check the device clock)",
+        (_, "AuthorizationHeaderMalformed") => " (wrong region? Garage wants its s3_region)",
+        (301 | 307 | 308, _) => " (the bucket lives at another endpoint or region)",
+        (404, "NoSuchBucket") => " (the bucket does not exist)",
+        _ => "",
+    };
+    detail.push_str(hint);
+    match status {
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => StoreError::AccessDenied(detail),
+        _ if is_transient(reply) => StoreError::Busy(detail),
+        _ => StoreError::Other(detail),
+    }
+}
+
+/// What a 404 means: `None` for a missing key, an error for a missing bucket.
+fn missing(reply: &Reply, what: &str) -> StoreResult<Option<Vec<u8>>> {
+    match reply.code() {
+        Some("NoSuchBucket") => Err(error_for(reply, what)),
+        _ => Ok(None),
+    }
+}
+
+/// The start of a `Content-Range: bytes START-END/TOTAL` header.
+fn content_range_start(value: &str) -> Option<u64> {
+    value
+        .strip_prefix("bytes ")?
+        .split('-')
+        .next()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// TLS for `https` endpoints: rustls with the ring provider and the platform's verifier (the OS
@@ -152,7 +323,8 @@ fn tls_config(https: bool) -> Result<rustls::ClientConfig, StoreError> {
 }
 
 impl S3Store {
-    /// A store for `config`. Fails on a malformed endpoint or missing credentials.
+    /// A store for `config`. Fails with `Other` on a malformed endpoint or bucket name and with
+    /// `AccessDenied` when no credentials are configured. Touches no network.
     pub fn new(config: S3Config) -> Result<S3Store, StoreError> {
         let endpoint: url::Url = config
             .endpoint
@@ -170,10 +342,12 @@ impl S3Store {
             config.bucket.clone(),
             config.region.clone(),
         )
-        .map_err(|e| StoreError::Other(format!("bucket: {e}")))?;
+        .map_err(|e| StoreError::Other(format!("bucket {:?}: {e}", config.bucket)))?;
         if config.access_key_id.is_empty() || config.secret_access_key.is_empty() {
             return Err(StoreError::AccessDenied(
-                "no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY".into(),
+                "no S3 credentials: pass them in the configuration or set AWS_ACCESS_KEY_ID and \
+                 AWS_SECRET_ACCESS_KEY"
+                    .into(),
             ));
         }
         let credentials = match &config.session_token {
@@ -191,313 +365,495 @@ impl S3Store {
             .tls_backend_preconfigured(tls_config(https)?)
             .connect_timeout(config.connect_timeout)
             .timeout(config.request_timeout)
+            // S3 closes idle connections after ~20 s; do not keep them longer.
+            .pool_idle_timeout(Duration::from_secs(15))
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("chatvault/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| StoreError::Other(format!("HTTP client: {e}")))?;
-        let mut prefix = config.prefix.trim_start_matches('/').to_owned();
-        if !prefix.is_empty() && !prefix.ends_with('/') {
+            .map_err(|e| StoreError::Other(format!("HTTP client: {}", describe(&e))))?;
+        let mut prefix = config.prefix.trim_matches('/').to_owned();
+        if !prefix.is_empty() {
             prefix.push('/');
         }
         Ok(S3Store {
-            bucket,
-            credentials,
-            prefix,
-            client,
-            permits: Arc::new(Semaphore::new(config.max_concurrency.max(1))),
-            config,
+            inner: Arc::new(Inner {
+                bucket,
+                credentials,
+                prefix,
+                client,
+                permits: Semaphore::new(config.max_concurrency.max(1)),
+                config,
+            }),
         })
     }
 
-    fn full_key(&self, key: &str) -> String {
-        format!("{}{key}", self.prefix)
+    /// The configuration this store was opened with.
+    pub fn config(&self) -> &S3Config {
+        &self.inner.config
     }
 
-    /// Sends one request (built fresh for each attempt by `build`) with retries on 5xx, 429,
-    /// timeouts and connection errors. Returns the final response, whatever its status.
-    async fn send(
+    /// Whether the bucket honours conditional writes (`If-None-Match: *` on PUT): writes a
+    /// fresh probe object twice under `probe-conditional-write/` and expects the second write to
+    /// be refused with 412, then deletes it. Garage and some hosted stores ignore the header
+    /// (`false`); AWS S3 and moto honour it (`true`). chatvault never depends on the answer;
+    /// it only allows an extra guard where conditional writes work.
+    ///
+    /// # Errors
+    ///
+    /// As [`ObjectStore::put`] when the probe cannot be written at all.
+    pub async fn probe_conditional_writes(&self) -> StoreResult<bool> {
+        let inner = &self.inner;
+        let mut nonce = [0u8; 8];
+        getrandom::fill(&mut nonce)
+            .map_err(|e| StoreError::Other(format!("no randomness: {e}")))?;
+        let name: String = nonce.iter().map(|b| format!("{b:02x}")).collect();
+        let key = inner.full_key(&format!("probe-conditional-write/{name}"))?;
+        let mut statuses = Vec::new();
+        for body in [&b"first"[..], &b"second"[..]] {
+            let body = Bytes::from_static(body);
+            let reply = inner
+                .execute(
+                    &key,
+                    || {
+                        let url = inner
+                            .bucket
+                            .put_object(inner.creds(), &key)
+                            .sign(SIGNATURE_LIFETIME);
+                        inner
+                            .client
+                            .put(url)
+                            .header("if-none-match", "*")
+                            .body(body.clone())
+                    },
+                    |_| false,
+                )
+                .await?;
+            statuses.push(reply.status);
+            if !reply.status.is_success() && reply.status != StatusCode::PRECONDITION_FAILED {
+                return Err(error_for(&reply, &key));
+            }
+        }
+        let _ = self
+            .delete(key.strip_prefix(&inner.prefix).unwrap_or(&key))
+            .await;
+        Ok(statuses.first().is_some_and(StatusCode::is_success)
+            && statuses.get(1) == Some(&StatusCode::PRECONDITION_FAILED))
+    }
+}
+
+impl Inner {
+    fn full_key(&self, key: &str) -> StoreResult<String> {
+        validate_key(key)?;
+        Ok(format!("{}{key}", self.prefix))
+    }
+
+    fn creds(&self) -> Option<&Credentials> {
+        Some(&self.credentials)
+    }
+
+    /// Sends one request (built and signed afresh for each attempt by `build`), reading the
+    /// whole reply, with retries on transient failures and on replies `retry_also` accepts.
+    /// Returns the final reply whatever its status, unless it is still transient after the last
+    /// attempt.
+    async fn execute(
         &self,
+        what: &str,
         build: impl Fn() -> reqwest::RequestBuilder,
-    ) -> StoreResult<reqwest::Response> {
+        retry_also: impl Fn(&Reply) -> bool,
+    ) -> StoreResult<Reply> {
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let (error, asked_delay) = match self.attempt(&build).await {
+                Ok(reply) if is_transient(&reply) || retry_also(&reply) => {
+                    let asked = reply
+                        .header("retry-after")
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .map(Duration::from_secs);
+                    let error = match error_for(&reply, what) {
+                        StoreError::Other(detail) => StoreError::Busy(detail),
+                        error => error,
+                    };
+                    (error, asked)
+                }
+                Ok(reply) => return Ok(reply),
+                Err(Failure::Fatal(error)) => return Err(error),
+                Err(Failure::Transient(error)) => (error, None),
+            };
+            if attempt >= self.config.max_attempts {
+                return Err(match error {
+                    StoreError::Unavailable(detail) => StoreError::Unavailable(format!(
+                        "{what}: {detail} (after {attempt} attempts)"
+                    )),
+                    StoreError::Busy(detail) => {
+                        StoreError::Busy(format!("{detail} (after {attempt} attempts)"))
+                    }
+                    error => error,
+                });
+            }
+            let delay = self.backoff(attempt);
+            let delay = match asked_delay {
+                Some(asked) => delay.max(asked.min(self.config.max_backoff)),
+                None => delay,
+            };
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// One attempt, holding a permit until the body is read.
+    async fn attempt(
+        &self,
+        build: &impl Fn() -> reqwest::RequestBuilder,
+    ) -> Result<Reply, Failure> {
         let _permit = self
             .permits
             .acquire()
             .await
-            .map_err(|_| StoreError::Other("store closed".into()))?;
-        let mut attempt = 0u32;
-        loop {
-            attempt += 1;
-            let outcome = match build().send().await {
-                Ok(response) => {
-                    let status = response.status();
-                    if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
-                        Attempt::Retry(StoreError::Busy(format!("HTTP {status}")))
-                    } else {
-                        Attempt::Done(response)
-                    }
-                }
-                Err(error) => Attempt::Retry(StoreError::Unavailable(describe(&error))),
-            };
-            match outcome {
-                Attempt::Done(response) => return Ok(response),
-                Attempt::Retry(error) if attempt >= self.config.max_attempts => return Err(error),
-                Attempt::Retry(_) => tokio::time::sleep(self.backoff(attempt)).await,
-            }
-        }
+            .map_err(|_| Failure::Fatal(StoreError::Other("store closed".into())))?;
+        let response = build().send().await.map_err(classify)?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response.bytes().await.map_err(classify)?;
+        Ok(Reply {
+            status,
+            headers,
+            body,
+        })
     }
 
-    /// Full jitter: a uniform delay in [0, min(max, base * 2^(attempt-1))].
+    /// Full jitter: a uniform delay in [0, min(max_backoff, base_backoff * 2^(attempt-1))].
     fn backoff(&self, attempt: u32) -> Duration {
         let ceiling = self
             .config
             .base_backoff
-            .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(20))
             .min(self.config.max_backoff);
         let mut random = [0u8; 4];
         if getrandom::fill(&mut random).is_err() {
-            return ceiling;
+            return ceiling / 2;
         }
         let fraction = f64::from(u32::from_le_bytes(random)) / f64::from(u32::MAX);
         ceiling.mul_f64(fraction)
     }
 
-    async fn put_single(&self, key: &str, body: Vec<u8>) -> StoreResult<()> {
-        let body = bytes::Bytes::from(body);
-        let response = self
-            .send(|| {
-                let url = self
-                    .bucket
-                    .put_object(Some(&self.credentials), key)
-                    .sign(SIGNATURE_LIFETIME);
-                self.client.put(url).body(body.clone())
-            })
-            .await?;
-        expect_success(response, key).await.map(|_| ())
-    }
-
-    async fn put_multipart(&self, key: &str, body: Vec<u8>) -> StoreResult<()> {
-        let response = self
-            .send(|| {
-                let url = self
-                    .bucket
-                    .create_multipart_upload(Some(&self.credentials), key)
-                    .sign(SIGNATURE_LIFETIME);
-                self.client.post(url)
-            })
-            .await?;
-        let text = expect_success(response, key).await?;
-        let created = CreateMultipartUpload::parse_response(&text)
-            .map_err(|e| StoreError::Other(format!("CreateMultipartUpload answer: {e}")))?;
-        let upload_id = created.upload_id().to_owned();
-        let result = self
-            .upload_parts(key, &upload_id, bytes::Bytes::from(body))
-            .await;
-        if result.is_err() {
-            // Leave no half upload behind (best effort; lifecycle rules catch the rest).
-            let _ = self
-                .send(|| {
+    async fn put_single(&self, key: &str, body: Bytes) -> StoreResult<()> {
+        let reply = self
+            .execute(
+                key,
+                || {
                     let url = self
                         .bucket
-                        .abort_multipart_upload(Some(&self.credentials), key, &upload_id)
+                        .put_object(self.creds(), key)
                         .sign(SIGNATURE_LIFETIME);
-                    self.client.delete(url)
-                })
+                    self.client.put(url).body(body.clone())
+                },
+                |_| false,
+            )
+            .await?;
+        if reply.status.is_success() {
+            Ok(())
+        } else {
+            Err(error_for(&reply, key))
+        }
+    }
+
+    async fn put_multipart(self: &Arc<Self>, key: &str, body: Bytes) -> StoreResult<()> {
+        let reply = self
+            .execute(
+                key,
+                || {
+                    let url = self
+                        .bucket
+                        .create_multipart_upload(self.creds(), key)
+                        .sign(SIGNATURE_LIFETIME);
+                    self.client.post(url)
+                },
+                |_| false,
+            )
+            .await?;
+        if !reply.status.is_success() {
+            return Err(error_for(&reply, key));
+        }
+        let created = CreateMultipartUpload::parse_response(reply.text())
+            .map_err(|e| StoreError::Other(format!("{key}: CreateMultipartUpload answer: {e}")))?;
+        let upload_id = created.upload_id().to_owned();
+        let result = self.upload_parts(key, &upload_id, body).await;
+        if result.is_err() {
+            // Leave no parts behind to be billed (best effort; lifecycle rules catch the rest).
+            let _ = self
+                .execute(
+                    key,
+                    || {
+                        let url = self
+                            .bucket
+                            .abort_multipart_upload(self.creds(), key, &upload_id)
+                            .sign(SIGNATURE_LIFETIME);
+                        self.client.delete(url)
+                    },
+                    |_| false,
+                )
                 .await;
         }
         result
     }
 
+    /// Uploads the parts in parallel (bounded by the store's semaphore), then completes.
     async fn upload_parts(
+        self: &Arc<Self>,
+        key: &str,
+        upload_id: &str,
+        body: Bytes,
+    ) -> StoreResult<()> {
+        let part_size = self
+            .config
+            .part_size
+            .max(1)
+            .max(body.len().div_ceil(MAX_PARTS));
+        let mut tasks = tokio::task::JoinSet::new();
+        for (index, start) in (0..body.len()).step_by(part_size).enumerate() {
+            let part = body.slice(start..(start + part_size).min(body.len()));
+            let part_number = u16::try_from(index + 1)
+                .map_err(|_| StoreError::Other(format!("{key}: too many parts")))?;
+            let inner = Arc::clone(self);
+            let (key, upload_id) = (key.to_owned(), upload_id.to_owned());
+            tasks.spawn(async move {
+                let what = format!("{key} part {part_number}");
+                let reply = inner
+                    .execute(
+                        &what,
+                        || {
+                            let url = inner
+                                .bucket
+                                .upload_part(inner.creds(), &key, part_number, &upload_id)
+                                .sign(SIGNATURE_LIFETIME);
+                            inner.client.put(url).body(part.clone())
+                        },
+                        |_| false,
+                    )
+                    .await?;
+                if !reply.status.is_success() {
+                    return Err(error_for(&reply, &what));
+                }
+                let etag = reply
+                    .header("etag")
+                    .map(str::to_owned)
+                    .ok_or_else(|| StoreError::Other(format!("{what}: no ETag in the answer")))?;
+                Ok((part_number, etag))
+            });
+        }
+        let mut etags = Vec::with_capacity(tasks.len());
+        while let Some(joined) = tasks.join_next().await {
+            // An error returns at once; dropping `tasks` cancels the other parts.
+            let (part_number, etag) = joined
+                .map_err(|e| StoreError::Other(format!("{key}: part task failed: {e}")))??;
+            etags.push((part_number, etag));
+        }
+        etags.sort_unstable_by_key(|(number, _)| *number);
+        self.complete(key, upload_id, &etags, body.len()).await
+    }
+
+    async fn complete(
         &self,
         key: &str,
         upload_id: &str,
-        body: bytes::Bytes,
+        etags: &[(u16, String)],
+        len: usize,
     ) -> StoreResult<()> {
-        let part_size = self.config.part_size.max(1);
-        let mut etags = Vec::new();
-        for (index, start) in (0..body.len()).step_by(part_size).enumerate() {
-            let part_number = u16::try_from(index + 1)
-                .map_err(|_| StoreError::Other("object needs more than 65535 parts".into()))?;
-            let part = body.slice(start..(start + part_size).min(body.len()));
-            let response = self
-                .send(|| {
+        let reply = self
+            .execute(
+                key,
+                || {
+                    let action = self.bucket.complete_multipart_upload(
+                        self.creds(),
+                        key,
+                        upload_id,
+                        etags.iter().map(|(_, etag)| etag.as_str()),
+                    );
+                    let url = action.sign(SIGNATURE_LIFETIME);
+                    self.client.post(url).body(action.body())
+                },
+                // S3 may answer 200 and fail late, with an error document worth retrying.
+                |reply| {
+                    reply.status.is_success()
+                        && matches!(
+                            reply.code(),
+                            Some("InternalError" | "SlowDown" | "ServiceUnavailable")
+                        )
+                },
+            )
+            .await?;
+        if reply.status.is_success() {
+            return match CompleteMultipartUploadResponse::parse(reply.text()) {
+                Ok(_) => Ok(()),
+                Err(_) if reply.code().is_some() => Err(StoreError::Other(format!(
+                    "{key}: CompleteMultipartUpload failed: {}",
+                    reply.text().chars().take(300).collect::<String>()
+                ))),
+                Err(e) => Err(StoreError::Other(format!(
+                    "{key}: CompleteMultipartUpload answer: {e}"
+                ))),
+            };
+        }
+        // An earlier attempt may have completed the upload and lost its answer: then the upload
+        // is gone but the object is there, whole.
+        if reply.status == StatusCode::NOT_FOUND
+            && reply.code() == Some("NoSuchUpload")
+            && self.object_len(key).await? == Some(len as u64)
+        {
+            return Ok(());
+        }
+        Err(error_for(&reply, key))
+    }
+
+    /// The size of an object (HEAD), `None` if missing.
+    async fn object_len(&self, key: &str) -> StoreResult<Option<u64>> {
+        let reply = self
+            .execute(
+                key,
+                || {
                     let url = self
                         .bucket
-                        .upload_part(Some(&self.credentials), key, part_number, upload_id)
+                        .head_object(self.creds(), key)
                         .sign(SIGNATURE_LIFETIME);
-                    self.client.put(url).body(part.clone())
-                })
-                .await?;
-            let etag = response
-                .headers()
-                .get("etag")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
-            expect_success(response, key).await?;
-            etags
-                .push(etag.ok_or_else(|| StoreError::Other("part upload without an ETag".into()))?);
-        }
-        let response = self
-            .send(|| {
-                let action = self.bucket.complete_multipart_upload(
-                    Some(&self.credentials),
-                    key,
-                    upload_id,
-                    etags.iter().map(String::as_str),
-                );
-                let url = action.sign(SIGNATURE_LIFETIME);
-                self.client.post(url).body(action.body())
-            })
+                    self.client.head(url)
+                },
+                |_| false,
+            )
             .await?;
-        let text = expect_success(response, key).await?;
-        // S3 may answer 200 with an error document when completion fails late.
-        if text.contains("<Error>") {
-            return Err(StoreError::Other(format!(
-                "CompleteMultipartUpload failed: {text}"
-            )));
+        match reply.status {
+            StatusCode::NOT_FOUND => Ok(None),
+            s if s.is_success() => Ok(reply.header("content-length").and_then(|v| v.parse().ok())),
+            _ => Err(error_for(&reply, key)),
         }
-        Ok(())
     }
-}
-
-fn describe(error: &reqwest::Error) -> String {
-    use std::error::Error as _;
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
-/// Maps a final non-success status to an error; returns the body text on success.
-async fn expect_success(response: reqwest::Response, key: &str) -> StoreResult<String> {
-    let status = response.status();
-    let text = response
-        .text()
-        .await
-        .map_err(|e| StoreError::Unavailable(describe(&e)))?;
-    if status.is_success() {
-        return Ok(text);
-    }
-    let detail = format!(
-        "HTTP {status} for {key}: {}",
-        text.chars().take(300).collect::<String>()
-    );
-    Err(match status {
-        StatusCode::FORBIDDEN | StatusCode::UNAUTHORIZED => StoreError::AccessDenied(detail),
-        s if s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS => StoreError::Busy(detail),
-        _ => StoreError::Other(detail),
-    })
 }
 
 #[async_trait::async_trait]
 impl ObjectStore for S3Store {
     async fn put(&self, key: &str, body: Vec<u8>) -> StoreResult<()> {
-        let key = self.full_key(key);
-        if body.len() >= self.config.multipart_threshold {
-            self.put_multipart(&key, body).await
+        let inner = &self.inner;
+        let key = inner.full_key(key)?;
+        let body = Bytes::from(body);
+        if body.len() >= inner.config.multipart_threshold.max(1) {
+            inner.put_multipart(&key, body).await
         } else {
-            self.put_single(&key, body).await
+            inner.put_single(&key, body).await
         }
     }
 
     async fn get(&self, key: &str) -> StoreResult<Option<Vec<u8>>> {
-        let key = self.full_key(key);
-        let response = self
-            .send(|| {
-                let url = self
-                    .bucket
-                    .get_object(Some(&self.credentials), &key)
-                    .sign(SIGNATURE_LIFETIME);
-                self.client.get(url)
-            })
+        let inner = &self.inner;
+        let key = inner.full_key(key)?;
+        let reply = inner
+            .execute(
+                &key,
+                || {
+                    let url = inner
+                        .bucket
+                        .get_object(inner.creds(), &key)
+                        .sign(SIGNATURE_LIFETIME);
+                    inner.client.get(url)
+                },
+                |_| false,
+            )
             .await?;
-        if response.status() == StatusCode::NOT_FOUND {
-            return Ok(None);
+        match reply.status {
+            StatusCode::OK => Ok(Some(Vec::from(reply.body))),
+            StatusCode::NOT_FOUND => missing(&reply, &key),
+            _ => Err(error_for(&reply, &key)),
         }
-        if !response.status().is_success() {
-            return Err(expect_success(response, &key)
-                .await
-                .err()
-                .unwrap_or_else(|| StoreError::Other("unexpected status".into())));
-        }
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| StoreError::Unavailable(describe(&e)))?;
-        Ok(Some(body.to_vec()))
     }
 
     async fn get_range(&self, key: &str, range: Range<u64>) -> StoreResult<Option<Vec<u8>>> {
-        if range.end <= range.start {
-            // An empty range cannot be expressed as an HTTP Range; answer from existence alone.
-            return Ok(self.get(key).await?.map(|_| Vec::new()));
-        }
-        let key = self.full_key(key);
-        let header = format!("bytes={}-{}", range.start, range.end - 1);
-        let response = self
-            .send(|| {
-                let url = self
-                    .bucket
-                    .get_object(Some(&self.credentials), &key)
-                    .sign(SIGNATURE_LIFETIME);
-                self.client.get(url).header("range", header.as_str())
-            })
+        let inner = &self.inner;
+        let key = inner.full_key(key)?;
+        // An empty range has no HTTP form: ask for one byte, to learn whether the object exists.
+        let empty = range.end <= range.start;
+        let header = if empty {
+            "bytes=0-0".to_owned()
+        } else {
+            format!("bytes={}-{}", range.start, range.end - 1)
+        };
+        let reply = inner
+            .execute(
+                &key,
+                || {
+                    let url = inner
+                        .bucket
+                        .get_object(inner.creds(), &key)
+                        .sign(SIGNATURE_LIFETIME);
+                    inner.client.get(url).header("range", header.as_str())
+                },
+                |_| false,
+            )
             .await?;
-        match response.status() {
-            StatusCode::NOT_FOUND => Ok(None),
-            // The range starts at or after the end of the object.
+        let wanted = usize::try_from(range.end - range.start.min(range.end)).unwrap_or(usize::MAX);
+        match reply.status {
+            StatusCode::NOT_FOUND => missing(&reply, &key),
+            // The range starts at or after the end of the object (or the object is empty).
             StatusCode::RANGE_NOT_SATISFIABLE => Ok(Some(Vec::new())),
+            _ if empty && reply.status.is_success() => Ok(Some(Vec::new())),
+            StatusCode::PARTIAL_CONTENT => {
+                let start = reply.header("content-range").and_then(content_range_start);
+                if start.is_some_and(|start| start != range.start) {
+                    return Err(StoreError::Other(format!(
+                        "{key}: asked for {header}, got {:?}",
+                        reply.header("content-range")
+                    )));
+                }
+                let mut body = Vec::from(reply.body);
+                body.truncate(wanted);
+                Ok(Some(body))
+            }
             StatusCode::OK => {
                 // A server that ignores Range sends the whole object: cut it here.
-                let body = response
-                    .bytes()
-                    .await
-                    .map_err(|e| StoreError::Unavailable(describe(&e)))?;
-                let end = (range.end as usize).min(body.len());
-                let start = (range.start as usize).min(end);
-                Ok(Some(body[start..end].to_vec()))
+                let len = reply.body.len();
+                let start = usize::try_from(range.start).map_or(len, |s| s.min(len));
+                let end = start.saturating_add(wanted).min(len);
+                Ok(Some(reply.body.slice(start..end).to_vec()))
             }
-            StatusCode::PARTIAL_CONTENT => Ok(Some(
-                response
-                    .bytes()
-                    .await
-                    .map_err(|e| StoreError::Unavailable(describe(&e)))?
-                    .to_vec(),
-            )),
-            _ => Err(expect_success(response, &key)
-                .await
-                .err()
-                .unwrap_or_else(|| StoreError::Other("unexpected status".into()))),
+            _ => Err(error_for(&reply, &key)),
         }
     }
 
     async fn list(&self, prefix: &str) -> StoreResult<Vec<ObjectInfo>> {
-        let full_prefix = self.full_key(prefix);
+        let inner = &self.inner;
+        let full_prefix = format!("{}{prefix}", inner.prefix);
         let mut out = Vec::new();
         let mut token: Option<String> = None;
         loop {
-            let response = self
-                .send(|| {
-                    let mut action: ListObjectsV2<'_> =
-                        self.bucket.list_objects_v2(Some(&self.credentials));
-                    action.with_prefix(full_prefix.as_str());
-                    if let Some(size) = self.config.list_page_size {
-                        action.with_max_keys(size);
-                    }
-                    if let Some(token) = &token {
-                        action.with_continuation_token(token.as_str());
-                    }
-                    self.client
-                        .request(Method::GET, action.sign(SIGNATURE_LIFETIME))
-                })
+            let reply = inner
+                .execute(
+                    &full_prefix,
+                    || {
+                        let mut action: ListObjectsV2<'_> =
+                            inner.bucket.list_objects_v2(inner.creds());
+                        if !full_prefix.is_empty() {
+                            action.with_prefix(full_prefix.as_str());
+                        }
+                        if let Some(size) = inner.config.list_page_size {
+                            action.with_max_keys(size);
+                        }
+                        if let Some(token) = &token {
+                            action.with_continuation_token(token.as_str());
+                        }
+                        inner
+                            .client
+                            .request(Method::GET, action.sign(SIGNATURE_LIFETIME))
+                    },
+                    |_| false,
+                )
                 .await?;
-            let text = expect_success(response, &full_prefix).await?;
-            let page = ListObjectsV2::parse_response(&text)
-                .map_err(|e| StoreError::Other(format!("ListObjectsV2 answer: {e}")))?;
+            if !reply.status.is_success() {
+                return Err(error_for(&reply, &format!("list {full_prefix:?}")));
+            }
+            let page = ListObjectsV2::parse_response(reply.text()).map_err(|e| {
+                StoreError::Other(format!("list {full_prefix:?}: ListObjectsV2 answer: {e}"))
+            })?;
             for object in page.contents {
-                if let Some(key) = object.key.strip_prefix(&self.prefix) {
+                if let Some(key) = object.key.strip_prefix(&inner.prefix)
+                    && key.starts_with(prefix)
+                {
                     out.push(ObjectInfo {
                         key: key.to_owned(),
                         size: object.size.unwrap_or(0),
@@ -506,27 +862,109 @@ impl ObjectStore for S3Store {
             }
             match page.next_continuation_token {
                 Some(next) if Some(&next) != token.as_ref() => token = Some(next),
-                _ => break,
+                Some(_) => {
+                    return Err(StoreError::Other(format!(
+                        "list {full_prefix:?}: the server repeated its continuation token"
+                    )));
+                }
+                None => break,
             }
         }
+        // S3 lists in UTF-8 byte order already; some compatible stores do not.
         out.sort_by(|a, b| a.key.cmp(&b.key));
+        out.dedup_by(|a, b| a.key == b.key);
         Ok(out)
     }
 
     async fn delete(&self, key: &str) -> StoreResult<()> {
-        let key = self.full_key(key);
-        let response = self
-            .send(|| {
-                let url = self
-                    .bucket
-                    .delete_object(Some(&self.credentials), &key)
-                    .sign(SIGNATURE_LIFETIME);
-                self.client.delete(url)
-            })
+        let inner = &self.inner;
+        let key = inner.full_key(key)?;
+        let reply = inner
+            .execute(
+                &key,
+                || {
+                    let url = inner
+                        .bucket
+                        .delete_object(inner.creds(), &key)
+                        .sign(SIGNATURE_LIFETIME);
+                    inner.client.delete(url)
+                },
+                |_| false,
+            )
             .await?;
-        if response.status() == StatusCode::NOT_FOUND {
-            return Ok(());
+        match reply.status {
+            s if s.is_success() => Ok(()),
+            StatusCode::NOT_FOUND => missing(&reply, &key).map(|_| ()),
+            _ => Err(error_for(&reply, &key)),
         }
-        expect_success(response, &key).await.map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(status: u16, body: &str) -> Reply {
+        Reply {
+            status: StatusCode::from_u16(status).unwrap(),
+            headers: HeaderMap::new(),
+            body: Bytes::from(body.to_owned()),
+        }
+    }
+
+    #[test]
+    fn replies_map_to_the_right_errors() {
+        let denied = reply(
+            403,
+            "<Error><Code>SignatureDoesNotMatch</Code><Message>no</Message></Error>",
+        );
+        assert!(matches!(
+            error_for(&denied, "k"),
+            StoreError::AccessDenied(_)
+        ));
+        assert!(matches!(
+            error_for(&reply(503, ""), "k"),
+            StoreError::Busy(_)
+        ));
+        assert!(matches!(
+            error_for(&reply(429, ""), "k"),
+            StoreError::Busy(_)
+        ));
+        let timeout = reply(400, "<Error><Code>RequestTimeout</Code></Error>");
+        assert!(is_transient(&timeout));
+        let region = reply(
+            400,
+            "<Error><Code>AuthorizationHeaderMalformed</Code></Error>",
+        );
+        let StoreError::Other(detail) = error_for(&region, "k") else {
+            panic!("400 is Other");
+        };
+        assert!(detail.contains("region"), "{detail}");
+        let no_bucket = reply(404, "<Error><Code>NoSuchBucket</Code></Error>");
+        assert!(missing(&no_bucket, "k").is_err());
+        assert_eq!(
+            missing(&reply(404, "<Error><Code>NoSuchKey</Code></Error>"), "k"),
+            Ok(None)
+        );
+        assert_eq!(missing(&reply(404, ""), "k"), Ok(None));
+    }
+
+    #[test]
+    fn content_ranges_parse() {
+        assert_eq!(content_range_start("bytes 10-19/100"), Some(10));
+        assert_eq!(content_range_start("bytes */100"), None);
+        assert_eq!(content_range_start("items 1-2/3"), None);
+    }
+
+    #[test]
+    fn debug_redacts_secrets() {
+        let config = S3Config::new("http://127.0.0.1:1", "r", "b").with_credentials(
+            "AKID",
+            "very-secret",
+            Some("session-secret"),
+        );
+        let shown = format!("{config:?}");
+        assert!(shown.contains("AKID"));
+        assert!(!shown.contains("very-secret") && !shown.contains("session-secret"));
     }
 }
