@@ -161,6 +161,23 @@ class Sync(unittest.TestCase):
             run(phone.sync_cancellable(None, None, handle))
         self.assertEqual(run(phone.sync(None, None)).objects_up, 1)
 
+    @unittest.skipUnless(os.environ.get("CHATVAULT_TEST_GARAGE_URL") or os.environ.get("CHATVAULT_REQUIRE_S3") == "1",
+                         "needs Garage (the test command starts it)")
+    def test_explicit_s3_credentials(self):
+        url = os.environ["CHATVAULT_TEST_GARAGE_URL"].replace("/tests?", "/python-%s?" % os.getpid())
+        good = cv.S3Credentials(access_key_id=os.environ["CHATVAULT_TEST_GARAGE_ACCESS_KEY"],
+                                secret_access_key=os.environ["CHATVAULT_TEST_GARAGE_SECRET_KEY"],
+                                session_token=None)
+        key = cv.RecoveryKey.generate()
+        phone = run(cv.Vault.open_with_credentials(url, good, os.path.join(self.dir, "s3"), "p", "python", key))
+        phone.record([message("c", "1", "through Garage", 1)])
+        self.assertEqual(run(phone.sync(None, None)).objects_up, 1)
+        bad = cv.S3Credentials(access_key_id=good.access_key_id, secret_access_key="0" * 64, session_token=None)
+        other = run(cv.Vault.open_with_credentials(url, bad, os.path.join(self.dir, "s3-bad"), "p", "python", key))
+        with self.assertRaises(cv.ChatVaultError.Store) as raised:
+            run(other.sync(None, None))
+        self.assertFalse(raised.exception.retryable)
+
     def open_store_error(self, key):
         run(cv.Vault.open("ftp://nowhere", os.path.join(self.dir, "x"), "x", "python", key))
 

@@ -273,6 +273,23 @@ pub struct VerifyReport {
     pub operations: u64,
 }
 
+impl Vault {
+    async fn open_store(
+        store: Arc<dyn crate::store::ObjectStore>,
+        state_dir: String,
+        device_name: String,
+        platform: String,
+        key: Arc<RecoveryKey>,
+    ) -> FfiResult<Arc<Self>> {
+        let info = vault::DeviceInfo {
+            name: device_name,
+            platform,
+        };
+        let vault = vault::Vault::open(store, &PathBuf::from(state_dir), info, &key.0).await?;
+        Ok(Arc::new(Vault(vault)))
+    }
+}
+
 /// Sync phases for progress.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
 pub enum SyncPhase {
@@ -406,6 +423,22 @@ impl CancelHandle {
     }
 }
 
+/// S3 credentials passed by the app (phones have no environment variables to read them from).
+#[derive(Clone, uniffi::Record)]
+pub struct S3Credentials {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub session_token: Option<String>,
+}
+
+impl core::fmt::Debug for S3Credentials {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("S3Credentials")
+            .field("access_key_id", &self.access_key_id)
+            .finish_non_exhaustive()
+    }
+}
+
 /// An open vault on this device.
 #[derive(uniffi::Object)]
 pub struct Vault(vault::Vault);
@@ -423,12 +456,27 @@ impl Vault {
         key: Arc<RecoveryKey>,
     ) -> FfiResult<Arc<Self>> {
         let store = crate::store::open_store(&store_url)?;
-        let info = vault::DeviceInfo {
-            name: device_name,
-            platform,
-        };
-        let vault = vault::Vault::open(store, &PathBuf::from(state_dir), info, &key.0).await?;
-        Ok(Arc::new(Vault(vault)))
+        Self::open_store(store, state_dir, device_name, platform, key).await
+    }
+
+    /// [`open`](Self::open) with explicit S3 credentials (ignored for other stores).
+    #[uniffi::constructor]
+    pub async fn open_with_credentials(
+        store_url: String,
+        credentials: S3Credentials,
+        state_dir: String,
+        device_name: String,
+        platform: String,
+        key: Arc<RecoveryKey>,
+    ) -> FfiResult<Arc<Self>> {
+        let store = crate::store::StoreConfig::parse(&store_url)?
+            .with_credentials(
+                &credentials.access_key_id,
+                &credentials.secret_access_key,
+                credentials.session_token.as_deref(),
+            )
+            .open()?;
+        Self::open_store(store, state_dir, device_name, platform, key).await
     }
 
     /// The vault id (hex).
