@@ -16,6 +16,10 @@
 //! - [`format`](mod@format): the on-bucket byte format: header, object kinds, protobuf messages.
 //! - [`keyring`]: the encrypted set of per-chat keys.
 //! - [`store`]: object stores (memory, directory, S3).
+//! - [`sync`]: clock, operations, the merge, segments, checkpoints, pull planning (no I/O).
+//! - [`local`]: the device's crash-safe local state (SQLite).
+//! - [`vault`]: what an app opens: record, sync, restore, verify, checkpoint, collect garbage.
+//! - `ffi` (cargo feature `ffi`): the uniffi facade the Swift, Kotlin and Python bindings use.
 //! - [`error`]: the one error type every fallible call returns.
 //!
 //! The byte format is specified in `docs/FORMAT.md` and pinned by the test vectors in

@@ -528,6 +528,18 @@ impl Vault {
         open_checkpoint_index(&self.keys, name, &object)
     }
 
+    /// The checkpoint's index: the one `newest_checkpoint` already fetched, or a fresh GET.
+    async fn take_index(
+        &self,
+        checkpoint: &mut NewestCheckpoint,
+        report: &mut SyncReport,
+    ) -> Result<CheckpointIndex> {
+        match checkpoint.index.take() {
+            Some(index) => Ok(index),
+            None => self.fetch_checkpoint_index(&checkpoint.name, report).await,
+        }
+    }
+
     /// Fetches every pack of a checkpoint in turn and hands each chat block's operations to
     /// `each` (one block, at most about 4 MiB of operations, in memory at a time).
     async fn for_each_pack(
@@ -562,13 +574,7 @@ impl Vault {
         listener: Option<&dyn ChangeListener>,
         report: &mut SyncReport,
     ) -> Result<()> {
-        let index = match checkpoint.index.take() {
-            Some(index) => index,
-            None => {
-                self.fetch_checkpoint_index(&checkpoint.name, report)
-                    .await?
-            }
-        };
+        let index = self.take_index(checkpoint, report).await?;
         {
             let local = lock(&self.local)?;
             for head in &index.covered {
@@ -871,7 +877,7 @@ impl Vault {
         let mut scratch = SyncReport::default();
         let listed = self.list_vault(&mut scratch).await?;
         let names = segment_names(&listed);
-        let checkpoint = self.newest_checkpoint(&listed, &mut scratch).await?;
+        let mut checkpoint = self.newest_checkpoint(&listed, &mut scratch).await?;
         let base = coverage(checkpoint.as_ref().map(|c| c.covered.as_slice()));
         let applied = lock(&self.local)?.heads()?;
         plan_pull(&names, &applied, &base)?;
@@ -879,8 +885,9 @@ impl Vault {
         let mut report = VerifyReport::default();
         let mut chat_keys = lock(&self.chat_keys)?.clone();
         let mut chain: BTreeMap<DeviceId, Head> = BTreeMap::new();
-        if let Some(NewestCheckpoint { name, covered, .. }) = &checkpoint {
-            let index = self.fetch_checkpoint_index(name, &mut scratch).await?;
+        if let Some(checkpoint) = checkpoint.as_mut() {
+            let index = self.take_index(checkpoint, &mut scratch).await?;
+            let covered = &checkpoint.covered;
             for (key_id, chat_id, key) in &index.grants {
                 chat_keys.insert(*key_id, chat_id, key.clone())?;
             }
@@ -1085,14 +1092,9 @@ impl Vault {
         let mut state = crate::sync::MemoryState::new();
         let mut start: BTreeMap<DeviceId, Head> = BTreeMap::new();
         if let Some(checkpoint) = checkpoint {
+            let mut checkpoint = checkpoint;
+            let index = self.take_index(&mut checkpoint, &mut scratch).await?;
             let covered = &checkpoint.covered;
-            let index = match checkpoint.index {
-                Some(index) => index,
-                None => {
-                    self.fetch_checkpoint_index(&checkpoint.name, &mut scratch)
-                        .await?
-                }
-            };
             for (key_id, chat, key) in &index.grants {
                 chat_keys.insert(*key_id, chat, key.clone())?;
             }
