@@ -16,6 +16,9 @@ use crate::keys::{self, Argon2Params, PassphraseEnvelope, PassphrasePolicy};
 use crate::sync;
 use crate::vault;
 
+#[cfg(target_os = "android")]
+mod android;
+
 uniffi::setup_scaffolding!("chatvault");
 
 /// Every error, as cases an app can act on. (Fields are `detail`, not `message`: Kotlin
