@@ -44,6 +44,7 @@ fn message(chat: usize, index: u64, seed: &mut u64) -> Change {
         sent_at_ms: 1_600_000_000_000 + index as i64 * 1000,
         text,
         reply_to: None,
+        attachments: Vec::new(),
     })
 }
 

@@ -56,6 +56,7 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod attachment;
 pub mod error;
 #[cfg(feature = "ffi")]
 pub mod ffi;

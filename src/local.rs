@@ -285,6 +285,24 @@ impl LocalState {
         .collect()
     }
 
+    /// Every attachment a live message references, by content id (one reference per content).
+    pub fn referenced_attachments(
+        &self,
+    ) -> Result<BTreeMap<crate::attachment::ContentId, crate::attachment::Attachment>> {
+        let mut statement = self
+            .connection
+            .prepare("SELECT message FROM messages WHERE message IS NOT NULL")
+            .map_err(db_error)?;
+        let rows = statement.query_map([], first_blob).map_err(db_error)?;
+        let mut out = BTreeMap::new();
+        for row in rows {
+            for attachment in decode_message(&row.map_err(db_error)?)?.attachments {
+                out.entry(attachment.content_id).or_insert(attachment);
+            }
+        }
+        Ok(out)
+    }
+
     /// Live messages of one chat (or of all chats), ordered by chat, send time, message id.
     pub fn messages(&self, chat_id: Option<&str>) -> Result<Vec<Message>> {
         self.messages_sent_since(chat_id, i64::MIN)
@@ -388,9 +406,7 @@ impl LocalState {
             let (message_id, stamp, message) = row.map_err(db_error)?;
             let stamp = Stamp::from_sortable_bytes(&stamp).ok_or_else(|| corrupt("stamp"))?;
             let change = match message {
-                Some(bytes) => crate::sync::Change::UpsertMessage(Message::from_proto(
-                    proto::Message::decode(&bytes[..]).map_err(|_| corrupt("message"))?,
-                )),
+                Some(bytes) => crate::sync::Change::UpsertMessage(decode_message(&bytes)?),
                 None => crate::sync::Change::DeleteMessage {
                     chat_id: chat_id.to_owned(),
                     message_id,
@@ -499,9 +515,8 @@ fn first_blob(row: &rusqlite::Row<'_>) -> rusqlite::Result<Vec<u8>> {
 }
 
 fn decode_message(bytes: &[u8]) -> Result<Message> {
-    Ok(Message::from_proto(
-        proto::Message::decode(bytes).map_err(|_| corrupt("message"))?,
-    ))
+    Message::from_proto(proto::Message::decode(bytes).map_err(|_| corrupt("message"))?)
+        .map_err(|_| corrupt("message"))
 }
 
 /// A sealed segment waiting to be uploaded.
@@ -757,13 +772,7 @@ impl StateStore for SqlState<'_> {
         };
         Ok(Some(MessageRecord {
             stamp: Stamp::from_sortable_bytes(&stamp).ok_or_else(|| corrupt("stamp"))?,
-            message: message
-                .map(|bytes| {
-                    proto::Message::decode(&bytes[..])
-                        .map(Message::from_proto)
-                        .map_err(|_| corrupt("message"))
-                })
-                .transpose()?,
+            message: message.map(|bytes| decode_message(&bytes)).transpose()?,
         }))
     }
 

@@ -24,7 +24,7 @@ use chacha20poly1305::{KeyInit, XChaCha20Poly1305, XNonce};
 use zeroize::Zeroizing;
 
 use crate::error::{DecodeProblem, Error, Result};
-use crate::format::{HEADER_LEN, Header, MAX_OBJECT_LEN, ObjectKind};
+use crate::format::{CipherSuite, HEADER_LEN, Header, MAX_OBJECT_LEN, ObjectKind};
 use crate::keys::{Key32, VaultId};
 
 /// XChaCha20-Poly1305 nonce length.
@@ -169,6 +169,9 @@ pub(crate) fn open(
     let kind = context.kind;
     let fail = |problem| Error::decode(kind, problem);
     let header = Header::parse(object, kind)?;
+    if header.suite != CipherSuite::XChaCha20Poly1305 {
+        return Err(fail(DecodeProblem::UnsupportedSuite(header.suite.id())));
+    }
     if object.len() < MIN_SEALED_LEN {
         return Err(fail(DecodeProblem::Truncated {
             needed: MIN_SEALED_LEN,

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use prost::Message as _;
 
+use crate::attachment::{Attachment, TransferListener, TransferReport};
 use crate::error::{Error, Result};
 use crate::format::{ObjectKind, decode_body, proto};
 use crate::keys::{ChatKey, RecoveryKey, VaultKeys};
@@ -96,7 +97,7 @@ impl CancelToken {
         self.0.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    fn check(&self) -> Result<()> {
+    pub(crate) fn check(&self) -> Result<()> {
         if self.is_cancelled() {
             Err(Error::Cancelled)
         } else {
@@ -170,6 +171,8 @@ pub struct Vault {
     clock: Mutex<Clock>,
     /// Serialises syncs of this vault object.
     sync_lock: tokio::sync::Mutex<()>,
+    /// Chunk size for new attachments.
+    attachment_chunk_size: std::sync::atomic::AtomicU32,
 }
 
 impl core::fmt::Debug for Vault {
@@ -244,6 +247,9 @@ impl Vault {
             chat_keys: Mutex::new(chat_keys),
             clock: Mutex::new(Clock::new(device, last)),
             sync_lock: tokio::sync::Mutex::new(()),
+            attachment_chunk_size: std::sync::atomic::AtomicU32::new(
+                crate::attachment::DEFAULT_CHUNK_SIZE,
+            ),
         })
     }
 
@@ -259,6 +265,89 @@ impl Vault {
 
     fn prefix(&self) -> String {
         format!("{}/", self.keys.vault_id().to_hex())
+    }
+
+    /// Where this vault's attachment chunks live: beside its prefix, not inside it.
+    fn attachments_prefix(&self) -> String {
+        format!(
+            "{}{}",
+            self.keys.vault_id().to_hex(),
+            crate::attachment::ATTACHMENTS_SUFFIX
+        )
+    }
+
+    /// Sets the chunk size of attachments uploaded from now on (a power of two from 64 KiB to
+    /// 16 MiB; the default is 4 MiB). Smaller chunks repeat less after an interruption and cost
+    /// more requests. Content already stored keeps its chunk size.
+    pub fn set_attachment_chunk_size(&self, chunk_size: u32) -> Result<()> {
+        crate::attachment::Attachment {
+            content_id: crate::attachment::ContentId([0; 32]),
+            size: 0,
+            chunk_size,
+            name: String::new(),
+            mime: String::new(),
+        }
+        .validate()?;
+        self.attachment_chunk_size
+            .store(chunk_size, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Uploads the file at `path` as an attachment (streamed: memory stays at about two chunks)
+    /// and returns the reference to put in a message's `attachments`. Content the vault already
+    /// holds is not sent again; an upload interrupted earlier resumes, sending only the chunks
+    /// that are missing. `name` and `mime` travel only inside the encrypted message.
+    pub async fn attach_file(
+        &self,
+        path: &Path,
+        name: &str,
+        mime: &str,
+        listener: Option<&dyn TransferListener>,
+        cancel: &CancelToken,
+    ) -> Result<(Attachment, TransferReport)> {
+        crate::attachment::upload(
+            self.store.as_ref(),
+            &self.attachments_prefix(),
+            &self.keys,
+            path,
+            name,
+            mime,
+            self.attachment_chunk_size
+                .load(std::sync::atomic::Ordering::Relaxed),
+            listener,
+            cancel,
+        )
+        .await
+    }
+
+    /// Downloads an attachment to `dest` (replaced when complete), verifying every chunk and the
+    /// whole content. An interrupted download leaves `<dest>.<id>.part`; calling this again with
+    /// the same `dest` resumes it.
+    pub async fn download_attachment(
+        &self,
+        attachment: &Attachment,
+        dest: &Path,
+        listener: Option<&dyn TransferListener>,
+        cancel: &CancelToken,
+    ) -> Result<TransferReport> {
+        crate::attachment::download(
+            self.store.as_ref(),
+            &self.attachments_prefix(),
+            &self.keys,
+            attachment,
+            dest,
+            listener,
+            cancel,
+        )
+        .await
+    }
+
+    /// Every attachment referenced by a live message on this device, once per content.
+    pub fn attachments(&self) -> Result<Vec<Attachment>> {
+        Ok(lock(&self.local)?
+            .referenced_attachments()?
+            .into_values()
+            .collect())
     }
 
     /// Records changes: they are validated, stamped, applied to the local state and queued for
@@ -444,6 +533,7 @@ impl Vault {
                     .unwrap_or(&info.key)
                     .to_owned(),
                 size: info.size,
+                modified_ms: info.modified_ms,
             })
             .collect())
     }
@@ -859,9 +949,10 @@ impl Vault {
         lock(&self.local)?.outbox_len()
     }
 
-    /// Objects and bytes under the vault's prefix (one LIST).
+    /// Objects and bytes the vault holds: its prefix and its attachments (two LISTs).
     pub async fn usage(&self) -> Result<UsageStats> {
-        let listed = self.store.list(&self.prefix()).await?;
+        let mut listed = self.store.list(&self.prefix()).await?;
+        listed.extend(self.store.list(&self.attachments_prefix()).await?);
         Ok(UsageStats {
             objects: listed.len() as u64,
             bytes: listed.iter().map(|i| i.size).sum(),
@@ -1021,8 +1112,63 @@ impl Vault {
     /// the segments it covers and older checkpoints with their packs. Without locks: a device
     /// still reading those objects has had `grace_ms` to finish, and a device that falls behind
     /// starts again from the checkpoint. Returns the number of objects deleted.
+    ///
+    /// It also deletes attachment content that no live message references any more (after a
+    /// full sync, so every device's references are known) and whose chunks are all older than
+    /// `grace_ms`: content of deleted messages and chats, and chunks of uploads abandoned half
+    /// way. The grace period protects an upload in progress on another device, whose message is
+    /// not synced yet.
     pub async fn collect_garbage(&self, grace_ms: u64) -> Result<u64> {
         let _guard = self.sync_lock.lock().await;
+        let mut scratch = SyncReport::default();
+        let never = CancelToken::new();
+        self.push(None, &mut scratch, &never).await?;
+        self.pull(None, None, &mut scratch, &never).await?;
+        let log = self.collect_log_garbage(grace_ms).await?;
+        let attachments = self.collect_attachment_garbage(grace_ms).await?;
+        Ok(log + attachments)
+    }
+
+    /// Deletes unreferenced attachment chunks older than `grace_ms` (the caller holds the sync
+    /// lock and has just synced).
+    async fn collect_attachment_garbage(&self, grace_ms: u64) -> Result<u64> {
+        let referenced = lock(&self.local)?.referenced_attachments()?;
+        let root = self.attachments_prefix();
+        let listed = self.store.list(&root).await?;
+        let cutoff = now_ms().saturating_sub(grace_ms);
+        // Per content: its chunk names, and whether every one is old enough.
+        let mut candidates: BTreeMap<crate::attachment::ContentId, (Vec<String>, bool)> =
+            BTreeMap::new();
+        for object in &listed {
+            let Some(name) = object.key.strip_prefix(&root) else {
+                continue;
+            };
+            let Some((content_id, _)) = crate::attachment::parse_chunk_name(name) else {
+                continue; // not ours: leave it
+            };
+            if referenced.contains_key(&content_id) {
+                continue;
+            }
+            let old = object.modified_ms.is_some_and(|at| at <= cutoff);
+            let entry = candidates.entry(content_id).or_insert((Vec::new(), true));
+            entry.0.push(object.key.clone());
+            entry.1 &= old;
+        }
+        let mut deleted = 0;
+        for (keys, all_old) in candidates.into_values() {
+            if !all_old {
+                continue;
+            }
+            for key in keys {
+                self.store.delete(&key).await?;
+                deleted += 1;
+            }
+        }
+        Ok(deleted)
+    }
+
+    /// The segment, checkpoint and pack part of [`collect_garbage`](Self::collect_garbage).
+    async fn collect_log_garbage(&self, grace_ms: u64) -> Result<u64> {
         let mut scratch = SyncReport::default();
         let listed = self.list_vault(&mut scratch).await?;
         let Some(NewestCheckpoint {

@@ -207,6 +207,7 @@ fn sealed_object_vectors() -> Value {
         }),
         messages: (0..20)
             .map(|i| proto::Message {
+                attachments: Vec::new(),
                 chat_id: "family".into(),
                 message_id: format!("m{i}"),
                 sender: if i % 2 == 0 { "alice" } else { "bob" }.into(),

@@ -28,6 +28,7 @@ fn message(chat: &str, id: &str, text: &str, at: i64) -> Change {
         sent_at_ms: at,
         text: text.into(),
         reply_to: None,
+        attachments: Vec::new(),
     })
 }
 

@@ -40,7 +40,7 @@ pub struct Chat {
     pub members: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
 /// One message.
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct Message {
     #[prost(string, tag = "1")]
     pub chat_id: ::prost::alloc::string::String,
@@ -55,6 +55,28 @@ pub struct Message {
     /// The message this one replies to, if any.
     #[prost(string, optional, tag = "6")]
     pub reply_to: ::core::option::Option<::prost::alloc::string::String>,
+    /// Files attached to the message; their content is in attachments/<content id hex>/ chunks.
+    #[prost(message, repeated, tag = "7")]
+    pub attachments: ::prost::alloc::vec::Vec<AttachmentRef>,
+}
+/// A reference to attachment content (see docs/FORMAT.md, "Attachments").
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct AttachmentRef {
+    /// HMAC-SHA256(attachment key, "chatvault/v1/attachment-id" || 0x00 || chunk_size u32 BE || content).
+    #[prost(bytes = "vec", tag = "1")]
+    pub content_id: ::prost::alloc::vec::Vec<u8>,
+    /// The content's exact size in bytes.
+    #[prost(uint64, tag = "2")]
+    pub size: u64,
+    /// The chunk size of its stream: a power of two from 65536 to 16777216.
+    #[prost(uint32, tag = "3")]
+    pub chunk_size: u32,
+    /// The file name as the sender saw it (not a path).
+    #[prost(string, tag = "4")]
+    pub name: ::prost::alloc::string::String,
+    /// MIME type, may be empty.
+    #[prost(string, tag = "5")]
+    pub mime: ::prost::alloc::string::String,
 }
 /// Parameters of Argon2id (version 0x13) as stored in a passphrase envelope.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -105,7 +127,7 @@ pub struct MessageRef {
     pub message_id: ::prost::alloc::string::String,
 }
 /// One recorded change. The merge of all operations of all devices is the vault's state.
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct Operation {
     #[prost(message, optional, tag = "1")]
     pub stamp: ::core::option::Option<Stamp>,
@@ -114,7 +136,7 @@ pub struct Operation {
 }
 /// Nested message and enum types in `Operation`.
 pub mod operation {
-    #[derive(Clone, PartialEq, Eq, Hash, ::prost::Oneof)]
+    #[derive(Clone, PartialEq, ::prost::Oneof)]
     pub enum Body {
         /// Create or replace a chat's metadata.
         #[prost(message, tag = "2")]

@@ -28,6 +28,9 @@ pub const MAX_OBJECT_LEN: usize = 64 * 1024 * 1024;
 pub enum CipherSuite {
     /// XChaCha20-Poly1305 with a random 192-bit nonce (suite id 1).
     XChaCha20Poly1305 = 1,
+    /// XChaCha20-Poly1305 STREAM chunks of an attachment: a per-file key and a nonce made of the
+    /// chunk counter and the last-chunk flag (suite id 2; see `attachment::stream`).
+    XChaCha20Poly1305Stream = 2,
 }
 
 impl CipherSuite {
@@ -39,6 +42,7 @@ impl CipherSuite {
     fn from_id(id: u8) -> Option<Self> {
         match id {
             1 => Some(CipherSuite::XChaCha20Poly1305),
+            2 => Some(CipherSuite::XChaCha20Poly1305Stream),
             _ => None,
         }
     }
@@ -61,6 +65,8 @@ pub enum ObjectKind {
     KeySet = 5,
     /// The index of a checkpoint (the merged state in packs), sealed under the log key.
     CheckpointIndex = 6,
+    /// One chunk of an attachment's content, sealed under that content's file key.
+    AttachmentChunk = 7,
 }
 
 impl ObjectKind {
@@ -78,6 +84,7 @@ impl ObjectKind {
             4 => Some(ObjectKind::Segment),
             5 => Some(ObjectKind::KeySet),
             6 => Some(ObjectKind::CheckpointIndex),
+            7 => Some(ObjectKind::AttachmentChunk),
             _ => None,
         }
     }
@@ -92,6 +99,7 @@ impl core::fmt::Display for ObjectKind {
             ObjectKind::Segment => "segment",
             ObjectKind::KeySet => "key set",
             ObjectKind::CheckpointIndex => "checkpoint index",
+            ObjectKind::AttachmentChunk => "attachment chunk",
         })
     }
 }

@@ -168,8 +168,17 @@ fn walk(root: &Path, dir: &Path, prefix: &str, out: &mut Vec<ObjectInfo>) -> Sto
                 walk(root, &path, prefix, out)?;
             }
         } else if file_type.is_file() && key.starts_with(prefix) {
-            let size = entry.metadata().map_err(io_error)?.len();
-            out.push(ObjectInfo { key, size });
+            let metadata = entry.metadata().map_err(io_error)?;
+            let modified_ms = metadata
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_millis() as u64);
+            out.push(ObjectInfo {
+                key,
+                size: metadata.len(),
+                modified_ms,
+            });
         }
     }
     Ok(())

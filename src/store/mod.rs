@@ -44,6 +44,8 @@ pub struct ObjectInfo {
     pub key: String,
     /// Size in bytes.
     pub size: u64,
+    /// When it was last written (milliseconds since the Unix epoch), if the store says.
+    pub modified_ms: Option<u64>,
 }
 
 /// What went wrong talking to a store.
@@ -95,7 +97,8 @@ pub trait ObjectStore: Send + Sync {
 /// An in-memory store (tests and examples).
 #[derive(Debug, Default)]
 pub struct MemoryStore {
-    objects: Mutex<BTreeMap<String, Vec<u8>>>,
+    /// Body and time of writing, per key.
+    objects: Mutex<BTreeMap<String, (Vec<u8>, u64)>>,
 }
 
 impl MemoryStore {
@@ -104,7 +107,8 @@ impl MemoryStore {
         Self::default()
     }
 
-    fn lock(&self) -> StoreResult<std::sync::MutexGuard<'_, BTreeMap<String, Vec<u8>>>> {
+    #[allow(clippy::type_complexity)]
+    fn lock(&self) -> StoreResult<std::sync::MutexGuard<'_, BTreeMap<String, (Vec<u8>, u64)>>> {
         self.objects
             .lock()
             .map_err(|_| StoreError::Other("memory store poisoned".into()))
@@ -115,18 +119,19 @@ impl MemoryStore {
 impl ObjectStore for MemoryStore {
     async fn put(&self, key: &str, body: Vec<u8>) -> StoreResult<()> {
         validate_key(key)?;
-        self.lock()?.insert(key.to_owned(), body);
+        self.lock()?
+            .insert(key.to_owned(), (body, crate::sync::clock::now_ms()));
         Ok(())
     }
 
     async fn get(&self, key: &str) -> StoreResult<Option<Vec<u8>>> {
         validate_key(key)?;
-        Ok(self.lock()?.get(key).cloned())
+        Ok(self.lock()?.get(key).map(|(body, _)| body.clone()))
     }
 
     async fn get_range(&self, key: &str, range: Range<u64>) -> StoreResult<Option<Vec<u8>>> {
         validate_key(key)?;
-        Ok(self.lock()?.get(key).map(|body| {
+        Ok(self.lock()?.get(key).map(|(body, _)| {
             let end = usize::try_from(range.end).map_or(body.len(), |end| end.min(body.len()));
             let start = usize::try_from(range.start).map_or(end, |start| start.min(end));
             body[start..end].to_vec()
@@ -138,9 +143,10 @@ impl ObjectStore for MemoryStore {
             .lock()?
             .range(prefix.to_owned()..)
             .take_while(|(key, _)| key.starts_with(prefix))
-            .map(|(key, body)| ObjectInfo {
+            .map(|(key, (body, written_ms))| ObjectInfo {
                 key: key.clone(),
                 size: body.len() as u64,
+                modified_ms: Some(*written_ms),
             })
             .collect())
     }

@@ -1,5 +1,6 @@
 //! What the app records: chats, messages, edits and deletes, as operations with stamps.
 
+use crate::attachment::{Attachment, MAX_ATTACHMENTS_PER_MESSAGE};
 use crate::error::{Error, Result};
 use crate::format::proto;
 
@@ -38,6 +39,8 @@ pub struct Message {
     pub text: String,
     /// The message it replies to, if any.
     pub reply_to: Option<String>,
+    /// Files attached to it (references; the content is downloaded on demand).
+    pub attachments: Vec<Attachment>,
 }
 
 /// One change to the vault.
@@ -112,6 +115,16 @@ impl Change {
                     id("sender", &message.sender)?;
                 }
                 text("text", &message.text)?;
+                if message.attachments.len() > MAX_ATTACHMENTS_PER_MESSAGE {
+                    return Err(Error::invalid_input(format!(
+                        "{} attachments exceed {MAX_ATTACHMENTS_PER_MESSAGE}",
+                        message.attachments.len()
+                    )));
+                }
+                message
+                    .attachments
+                    .iter()
+                    .try_for_each(Attachment::validate)?;
                 message
                     .reply_to
                     .as_deref()
@@ -165,18 +178,25 @@ impl Message {
             sent_at_ms: self.sent_at_ms,
             text: self.text.clone(),
             reply_to: self.reply_to.clone(),
+            attachments: self.attachments.iter().map(Attachment::to_proto).collect(),
         }
     }
 
-    pub(crate) fn from_proto(message: proto::Message) -> Message {
-        Message {
+    /// Converts a decoded message; fails on an attachment reference that breaks the limits.
+    pub(crate) fn from_proto(message: proto::Message) -> std::result::Result<Message, String> {
+        Ok(Message {
             chat_id: message.chat_id,
             message_id: message.message_id,
             sender: message.sender,
             sent_at_ms: message.sent_at_ms,
             text: message.text,
             reply_to: message.reply_to,
-        }
+            attachments: message
+                .attachments
+                .into_iter()
+                .map(Attachment::from_proto)
+                .collect::<std::result::Result<_, _>>()?,
+        })
     }
 }
 
@@ -213,7 +233,7 @@ impl Operation {
             .ok_or("operation without a valid stamp")?;
         let change = match operation.body.ok_or("operation without a body")? {
             Body::UpsertChat(chat) => Change::UpsertChat(Chat::from_proto(chat)),
-            Body::UpsertMessage(message) => Change::UpsertMessage(Message::from_proto(message)),
+            Body::UpsertMessage(message) => Change::UpsertMessage(Message::from_proto(message)?),
             Body::DeleteMessage(reference) => Change::DeleteMessage {
                 chat_id: reference.chat_id,
                 message_id: reference.message_id,

@@ -40,6 +40,7 @@ fn history() -> Vec<Change> {
                     1 + i % 12
                 ),
                 reply_to: (i > 0).then(|| format!("{chat_id}-{}", i - 1)),
+                attachments: Vec::new(),
             }));
         }
     }
@@ -50,6 +51,7 @@ fn history() -> Vec<Change> {
         sent_at_ms: 1_700_000_000_000,
         text: "Dinner at 7? 🍝 (edited)".into(),
         reply_to: None,
+        attachments: Vec::new(),
     }));
     changes.push(Change::DeleteMessage {
         chat_id: "climbing".into(),
@@ -151,6 +153,7 @@ pub async fn run(dir: Option<PathBuf>) -> CliResult {
         sent_at_ms: 1_800_000_000_000,
         text: "Written on Android, read on the iPhone ✅".into(),
         reply_to: None,
+        attachments: Vec::new(),
     })])?;
     let up = android.sync(None, None).await?;
     let down = iphone.sync(None, None).await?;

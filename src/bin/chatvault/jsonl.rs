@@ -2,6 +2,7 @@
 
 use std::io::{BufRead, Write};
 
+use chatvault::attachment::{Attachment, ContentId};
 use chatvault::sync::{Change, Chat, Message};
 use serde::{Deserialize, Serialize};
 
@@ -28,6 +29,8 @@ pub enum Line {
         text: String,
         #[serde(default)]
         reply_to: Option<String>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        attachments: Vec<AttachmentLine>,
     },
     /// Deletes one message.
     DeleteMessage { chat_id: String, message_id: String },
@@ -35,8 +38,67 @@ pub enum Line {
     DeleteChat { chat_id: String },
 }
 
+/// An attachment of a message line. On import, `path` names a file to upload (relative to the
+/// JSON Lines file); without `path`, `content_id`, `size` and `chunk_size` reference content
+/// already in the vault. Restore writes the reference, and `path` when it downloaded the file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttachmentLine {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub mime: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunk_size: Option<u32>,
+}
+
+impl AttachmentLine {
+    /// The line of a stored attachment, with the path it was downloaded to, if any.
+    pub fn from_attachment(attachment: &Attachment, path: Option<String>) -> Self {
+        AttachmentLine {
+            path,
+            name: attachment.name.clone(),
+            mime: attachment.mime.clone(),
+            content_id: Some(attachment.content_id.to_hex()),
+            size: Some(attachment.size),
+            chunk_size: Some(attachment.chunk_size),
+        }
+    }
+
+    /// The reference this line spells out, when it has no file to upload.
+    pub fn as_reference(&self) -> Result<Attachment, String> {
+        match (&self.content_id, self.size, self.chunk_size) {
+            (Some(id), Some(size), Some(chunk_size)) => Ok(Attachment {
+                content_id: ContentId::from_hex(id)
+                    .ok_or("attachment content_id must be 64 hex characters")?,
+                size,
+                chunk_size,
+                name: self.name.clone(),
+                mime: self.mime.clone(),
+            }),
+            _ => Err("an attachment needs a path, or content_id, size and chunk_size".into()),
+        }
+    }
+}
+
 impl Line {
-    pub fn into_change(self) -> Change {
+    /// The attachments this line asks for.
+    pub fn attachments(&self) -> &[AttachmentLine] {
+        match self {
+            Line::Message { attachments, .. } => attachments,
+            _ => &[],
+        }
+    }
+
+    /// The change this line records, with `attachments` resolved to references (in the order
+    /// of [`attachments`](Self::attachments)).
+    pub fn into_change(self, resolved: Vec<Attachment>) -> Change {
         match self {
             Line::Chat {
                 chat_id,
@@ -54,6 +116,7 @@ impl Line {
                 sent_at_ms,
                 text,
                 reply_to,
+                attachments: _,
             } => Change::UpsertMessage(Message {
                 chat_id,
                 message_id,
@@ -61,6 +124,7 @@ impl Line {
                 sent_at_ms,
                 text,
                 reply_to,
+                attachments: resolved,
             }),
             Line::DeleteMessage {
                 chat_id,
@@ -74,9 +138,9 @@ impl Line {
     }
 }
 
-/// Reads every line; the first malformed or invalid line fails the whole file, with its number.
-pub fn read_changes(input: impl BufRead) -> Result<Vec<Change>, String> {
-    let mut changes = Vec::new();
+/// Parses every line, with its line number; the first malformed line fails the whole file.
+pub fn read_lines(input: impl BufRead) -> Result<Vec<(usize, Line)>, String> {
+    let mut lines = Vec::new();
     for (index, line) in input.lines().enumerate() {
         let number = index + 1;
         let line = line.map_err(|e| format!("line {number}: {e}"))?;
@@ -85,20 +149,25 @@ pub fn read_changes(input: impl BufRead) -> Result<Vec<Change>, String> {
         }
         let parsed: Line =
             serde_json::from_str(&line).map_err(|e| format!("line {number}: {e}"))?;
-        let change = parsed.into_change();
-        change
-            .validate()
-            .map_err(|e| format!("line {number}: {e}"))?;
-        changes.push(change);
+        for attachment in parsed.attachments() {
+            if attachment.path.is_none() {
+                attachment
+                    .as_reference()
+                    .map_err(|e| format!("line {number}: {e}"))?;
+            }
+        }
+        lines.push((number, parsed));
     }
-    Ok(changes)
+    Ok(lines)
 }
 
-/// Writes chats, then messages, as lines.
+/// Writes chats, then messages, as lines; `path_of` gives the path (relative to the output
+/// file) an attachment was downloaded to, if it was.
 pub fn write_state(
     mut out: impl Write,
     chats: &[Chat],
     messages: &[Message],
+    path_of: impl Fn(&Attachment) -> Option<String>,
 ) -> std::io::Result<()> {
     let json = |line: &Line| serde_json::to_string(line).map_err(std::io::Error::other);
     for chat in chats {
@@ -123,6 +192,11 @@ pub fn write_state(
                 sent_at_ms: message.sent_at_ms,
                 text: message.text.clone(),
                 reply_to: message.reply_to.clone(),
+                attachments: message
+                    .attachments
+                    .iter()
+                    .map(|a| AttachmentLine::from_attachment(a, path_of(a)))
+                    .collect(),
             })?
         )?;
     }

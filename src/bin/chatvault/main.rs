@@ -13,9 +13,12 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use std::collections::BTreeMap;
+
+use chatvault::attachment::{Attachment, ContentId, TransferListener, TransferReport};
 use chatvault::keys::RecoveryKey;
 use chatvault::store::ObjectStore;
-use chatvault::vault::{DeviceInfo, SyncReport, Vault};
+use chatvault::vault::{CancelToken, DeviceInfo, SyncReport, Vault};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -44,10 +47,17 @@ enum Command {
     Keygen,
     /// Create the vault in the store if absent, or join it as a new device.
     Init,
-    /// Record the operations of a JSON Lines file into the local outbox (no network).
+    /// Record the operations of a JSON Lines file into the local outbox. Attachments named by
+    /// `path` are uploaded first (resumable: run it again after an interruption).
     Import {
         /// The file.
         file: PathBuf,
+        /// Chunk size of new attachments, in KiB (a power of two from 64 to 16384).
+        #[arg(long, default_value_t = 4096)]
+        chunk_kib: u32,
+        /// Print transfer progress and a final transfer summary as JSON lines on stderr.
+        #[arg(long)]
+        progress: bool,
     },
     /// Push local changes and pull other devices' changes.
     Sync {
@@ -66,6 +76,13 @@ enum Command {
         /// Only messages sent at or after this time (milliseconds since the Unix epoch).
         #[arg(long)]
         since_ms: Option<i64>,
+        /// Download the attachments of the restored messages into this directory (resumable),
+        /// and point to them from the output lines. Without it, lines keep references only.
+        #[arg(long)]
+        attachments: Option<PathBuf>,
+        /// Print transfer progress and a final transfer summary as JSON lines on stderr.
+        #[arg(long)]
+        progress: bool,
     },
     /// List chats with message counts and sizes.
     Chats {
@@ -83,10 +100,11 @@ enum Command {
     Verify,
     /// Compact the vault's state into a checkpoint (syncs first).
     Checkpoint,
-    /// Delete segments and checkpoints the newest checkpoint made redundant.
+    /// Delete segments and checkpoints the newest checkpoint made redundant, and attachment
+    /// content no live message references (syncs first).
     Gc {
-        /// Only once the newest checkpoint is this many hours old (other devices may still be
-        /// reading what it replaces).
+        /// Only what has been redundant this many hours (other devices may still be reading what
+        /// a checkpoint replaces, or uploading an attachment whose message is not synced yet).
         #[arg(long, default_value_t = 24)]
         grace_hours: u64,
     },
@@ -140,14 +158,68 @@ async fn run(cli: Cli) -> CliResult {
             );
             Ok(())
         }
-        Command::Import { file } => {
+        Command::Import {
+            file,
+            chunk_kib,
+            progress,
+        } => {
             let input = File::open(file).map_err(|e| format!("{}: {e}", file.display()))?;
-            let changes = jsonl::read_changes(BufReader::new(input))
+            let lines = jsonl::read_lines(BufReader::new(input))
                 .map_err(|e| format!("{}: {e}; nothing was imported", file.display()))?;
-            let count = changes.len();
             let vault = open_vault(&cli).await?;
+            vault.set_attachment_chunk_size(chunk_kib.saturating_mul(1024))?;
+            let base = file.parent().unwrap_or(Path::new("."));
+            let mut totals = TransferReport::default();
+            let mut changes = Vec::with_capacity(lines.len());
+            for (number, line) in lines {
+                let mut resolved = Vec::new();
+                for attachment in line.attachments() {
+                    resolved.push(match &attachment.path {
+                        Some(path) => {
+                            let path = base.join(path);
+                            let name = if attachment.name.is_empty() {
+                                path.file_name()
+                                    .map(|n| n.to_string_lossy().into_owned())
+                                    .unwrap_or_default()
+                            } else {
+                                attachment.name.clone()
+                            };
+                            let reporter = ProgressPrinter::new(*progress, &path);
+                            let (uploaded, report) = vault
+                                .attach_file(
+                                    &path,
+                                    &name,
+                                    &attachment.mime,
+                                    reporter.as_listener(),
+                                    &CancelToken::new(),
+                                )
+                                .await
+                                .map_err(|e| format!("{} line {number}: {e}", file.display()))?;
+                            add_report(&mut totals, &report);
+                            uploaded
+                        }
+                        None => attachment
+                            .as_reference()
+                            .map_err(|e| format!("{} line {number}: {e}", file.display()))?,
+                    });
+                }
+                let change = line.into_change(resolved);
+                change.validate().map_err(|e| {
+                    format!(
+                        "{} line {number}: {e}; nothing was imported",
+                        file.display()
+                    )
+                })?;
+                changes.push(change);
+            }
+            let count = changes.len();
             vault.record(changes)?;
-            println!("recorded {count} operations; run `chatvault sync` to upload them");
+            print_transfer_summary(*progress, &totals);
+            println!(
+                "recorded {count} operations ({} attachment chunks uploaded, {} already stored); \
+                 run `chatvault sync` to upload them",
+                totals.chunks_transferred, totals.chunks_skipped
+            );
             Ok(())
         }
         Command::Sync { json } => {
@@ -160,6 +232,8 @@ async fn run(cli: Cli) -> CliResult {
             out,
             chats,
             since_ms,
+            attachments,
+            progress,
         } => {
             let vault = open_vault(&cli).await?;
             vault.sync(None, None).await?;
@@ -169,13 +243,54 @@ async fn run(cli: Cli) -> CliResult {
                 chat_list.retain(|c| chats.contains(&c.chat_id));
                 messages.retain(|m| chats.contains(&m.chat_id));
             }
+            let mut totals = TransferReport::default();
+            let mut downloaded: BTreeMap<ContentId, String> = BTreeMap::new();
+            if let Some(dir) = attachments {
+                std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+                let out_dir = absolute(out.parent().unwrap_or(Path::new(".")))?;
+                for attachment in messages.iter().flat_map(|m| &m.attachments) {
+                    if downloaded.contains_key(&attachment.content_id) {
+                        continue;
+                    }
+                    let dest = dir.join(attachment_file_name(attachment));
+                    let complete = std::fs::metadata(&dest)
+                        .is_ok_and(|m| m.is_file() && m.len() == attachment.size);
+                    if !complete {
+                        let reporter = ProgressPrinter::new(*progress, &dest);
+                        let report = vault
+                            .download_attachment(
+                                attachment,
+                                &dest,
+                                reporter.as_listener(),
+                                &CancelToken::new(),
+                            )
+                            .await
+                            .map_err(|e| format!("{}: {e}", dest.display()))?;
+                        add_report(&mut totals, &report);
+                    }
+                    let relative = relative_path(&out_dir, &absolute(&dest)?);
+                    downloaded.insert(attachment.content_id, relative);
+                }
+            }
             let file = File::create(out).map_err(|e| format!("{}: {e}", out.display()))?;
-            jsonl::write_state(BufWriter::new(file), &chat_list, &messages)?;
+            jsonl::write_state(BufWriter::new(file), &chat_list, &messages, |a| {
+                downloaded.get(&a.content_id).cloned()
+            })?;
+            print_transfer_summary(*progress, &totals);
             println!(
-                "restored {} chats and {} messages to {}",
+                "restored {} chats and {} messages to {}{}",
                 chat_list.len(),
                 messages.len(),
-                out.display()
+                out.display(),
+                if attachments.is_some() {
+                    format!(
+                        ", {} attachments in place ({} bytes downloaded)",
+                        downloaded.len(),
+                        totals.bytes_transferred
+                    )
+                } else {
+                    String::new()
+                }
             );
             Ok(())
         }
@@ -314,4 +429,118 @@ fn cli_device() -> DeviceInfo {
 
 pub(crate) fn open_store(url: &str) -> CliResult<Arc<dyn ObjectStore>> {
     Ok(chatvault::store::open_store(url)?)
+}
+
+/// Prints `{"event":"progress",...}` lines on stderr when asked to, at most one per percent.
+struct ProgressPrinter {
+    enabled: bool,
+    file: String,
+    last_percent: std::sync::atomic::AtomicU64,
+}
+
+impl ProgressPrinter {
+    fn new(enabled: bool, file: &Path) -> Self {
+        ProgressPrinter {
+            enabled,
+            file: file.display().to_string(),
+            last_percent: std::sync::atomic::AtomicU64::new(u64::MAX),
+        }
+    }
+
+    fn as_listener(&self) -> Option<&dyn TransferListener> {
+        self.enabled.then_some(self as &dyn TransferListener)
+    }
+}
+
+impl TransferListener for ProgressPrinter {
+    fn on_progress(&self, done: u64, total: u64) {
+        let percent = (done.saturating_mul(100)).checked_div(total).unwrap_or(100);
+        if self
+            .last_percent
+            .swap(percent, std::sync::atomic::Ordering::Relaxed)
+            != percent
+        {
+            eprintln!(
+                "{}",
+                serde_json::json!({"event": "progress", "file": self.file, "done": done, "total": total})
+            );
+        }
+    }
+}
+
+fn add_report(totals: &mut TransferReport, report: &TransferReport) {
+    totals.bytes_transferred += report.bytes_transferred;
+    totals.chunks_transferred += report.chunks_transferred;
+    totals.chunks_skipped += report.chunks_skipped;
+    totals.requests += report.requests;
+}
+
+/// The final `{"event":"transfers",...}` line, with this process's peak memory where the OS
+/// tells it (Linux: VmHWM).
+fn print_transfer_summary(enabled: bool, totals: &TransferReport) {
+    if !enabled {
+        return;
+    }
+    let peak_rss_kib = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        });
+    eprintln!(
+        "{}",
+        serde_json::json!({
+            "event": "transfers",
+            "bytes_transferred": totals.bytes_transferred,
+            "chunks_transferred": totals.chunks_transferred,
+            "chunks_skipped": totals.chunks_skipped,
+            "requests": totals.requests,
+            "peak_rss_kib": peak_rss_kib,
+        })
+    );
+}
+
+/// A file name for a downloaded attachment: a prefix of its content id (unique per content)
+/// and its name with anything that could leave the directory replaced.
+fn attachment_file_name(attachment: &Attachment) -> String {
+    let mut name: String = attachment
+        .name
+        .chars()
+        .map(|c| {
+            if c.is_alphanumeric() || matches!(c, '.' | '-' | '_' | ' ') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(120)
+        .collect();
+    name = name.trim_start_matches('.').trim().to_owned();
+    if name.is_empty() {
+        name = "attachment".into();
+    }
+    format!("{}-{name}", &attachment.content_id.to_hex()[..16])
+}
+
+fn absolute(path: &Path) -> CliResult<PathBuf> {
+    Ok(std::path::absolute(path).map_err(|e| format!("{}: {e}", path.display()))?)
+}
+
+/// `path` relative to the directory `base` (both absolute), with `..` where needed.
+fn relative_path(base: &Path, path: &Path) -> String {
+    let base: Vec<_> = base.components().collect();
+    let target: Vec<_> = path.components().collect();
+    let common = base.iter().zip(&target).take_while(|(a, b)| a == b).count();
+    let mut relative = PathBuf::new();
+    for _ in common..base.len() {
+        relative.push("..");
+    }
+    for component in &target[common..] {
+        relative.push(component);
+    }
+    relative
+        .to_string_lossy()
+        .replace(std::path::MAIN_SEPARATOR, "/")
 }

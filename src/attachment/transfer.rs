@@ -1,0 +1,356 @@
+//! Moving attachment content between a local file and the bucket, one chunk at a time, so memory
+//! stays at a few chunks whatever the file size, and an interrupted transfer resumes where it
+//! stopped.
+//!
+//! - **Upload** hashes the file once to get its content id (the chunks' names and key), lists
+//!   which chunks the bucket already has (another device's upload of the same file, or this
+//!   device's interrupted one) and sends only the missing ones, in order. A kill mid-upload costs
+//!   at most the chunk that was in flight. Before returning it lists again, so the reference it
+//!   returns names only content that is complete in the bucket.
+//! - **Download** writes verified plaintext to `<dest>.<id prefix>.part`, then checks the whole
+//!   file against its content id and renames it to `dest`. After a kill it keeps the whole chunks
+//!   already written and fetches the rest. Chunks made only of padding are never fetched: the
+//!   reference's exact size (authenticated inside the message) says where the content ends.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::error::{DecodeProblem, Error, IntegrityProblem, Result};
+use crate::format::ObjectKind;
+use crate::keys::VaultKeys;
+use crate::store::ObjectStore;
+use crate::vault::CancelToken;
+
+use super::stream::{self, ContentHasher};
+use super::{Attachment, ContentId};
+
+/// Receives progress of one transfer (called from the transferring task; keep it quick).
+pub trait TransferListener: Send + Sync {
+    /// `done` of `total` bytes of the file are in place (sent or already present; received and
+    /// written).
+    fn on_progress(&self, done: u64, total: u64);
+}
+
+/// What a transfer did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TransferReport {
+    /// Bytes of chunk objects sent (upload) or received (download).
+    pub bytes_transferred: u64,
+    /// Chunks sent or received.
+    pub chunks_transferred: u64,
+    /// Chunks not transferred because they were already in place (in the bucket for an upload:
+    /// deduplicated or resumed; in the partial file for a download: resumed).
+    pub chunks_skipped: u64,
+    /// Requests sent to the store.
+    pub requests: u64,
+}
+
+fn read_error(path: &Path, error: std::io::Error) -> Error {
+    Error::invalid_input(format!("cannot read {}: {error}", path.display()))
+}
+
+fn write_error(path: &Path, error: std::io::Error) -> Error {
+    Error::LocalState(format!("cannot write {}: {error}", path.display()))
+}
+
+/// The first pass over a file: its content id and a digest of each chunk's bytes, so the second
+/// pass notices a file that changed in between instead of uploading a mix of two versions.
+struct Fingerprint {
+    size: u64,
+    content_id: ContentId,
+    chunk_digests: Vec<[u8; 32]>,
+}
+
+fn fingerprint(
+    keys: &VaultKeys,
+    path: &Path,
+    chunk_size: u32,
+    cancel: &CancelToken,
+) -> Result<Fingerprint> {
+    let mut file = std::fs::File::open(path).map_err(|e| read_error(path, e))?;
+    let mut hasher = ContentHasher::new(keys.attachment(), chunk_size);
+    let mut buffer = vec![0u8; chunk_size as usize];
+    let mut size = 0u64;
+    let mut chunk_digests = Vec::new();
+    loop {
+        cancel.check()?;
+        let filled = read_full(&mut file, &mut buffer).map_err(|e| read_error(path, e))?;
+        if filled == 0 {
+            break;
+        }
+        hasher.update(&buffer[..filled]);
+        chunk_digests.push(Sha256::digest(&buffer[..filled]).into());
+        size += filled as u64;
+        if size > super::MAX_ATTACHMENT_SIZE {
+            return Err(Error::invalid_input(format!(
+                "{} exceeds the {}-byte attachment limit",
+                path.display(),
+                super::MAX_ATTACHMENT_SIZE
+            )));
+        }
+        if filled < buffer.len() {
+            break;
+        }
+    }
+    Ok(Fingerprint {
+        size,
+        content_id: hasher.finish(),
+        chunk_digests,
+    })
+}
+
+/// Reads until `buffer` is full or the file ends; returns the bytes read.
+fn read_full(file: &mut std::fs::File, buffer: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buffer.len() {
+        match file.read(&mut buffer[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// Which chunks of `attachment` the bucket holds whole (by listed size).
+async fn chunks_present(
+    store: &dyn ObjectStore,
+    root: &str,
+    attachment: &Attachment,
+    report: &mut TransferReport,
+) -> Result<BTreeMap<u64, bool>> {
+    let prefix = format!("{root}{}", attachment.chunk_prefix());
+    report.requests += 1;
+    let listed = store.list(&prefix).await?;
+    let mut present = BTreeMap::new();
+    for object in listed {
+        let Some(index) = object
+            .key
+            .strip_prefix(&prefix)
+            .filter(|rest| rest.len() == 8)
+            .and_then(|rest| u64::from_str_radix(rest, 16).ok())
+        else {
+            continue;
+        };
+        if index < attachment.chunk_count() {
+            let whole = object.size
+                == stream::chunk_object_len(attachment.size, attachment.chunk_size, index);
+            present.insert(index, whole);
+        }
+    }
+    Ok(present)
+}
+
+/// Uploads the file at `path` as an attachment named `name` of type `mime`, in chunks of
+/// `chunk_size`, skipping chunks the bucket already has. Returns the reference to put in a
+/// message.
+#[allow(clippy::too_many_arguments)]
+pub async fn upload(
+    store: &dyn ObjectStore,
+    root: &str,
+    keys: &VaultKeys,
+    path: &Path,
+    name: &str,
+    mime: &str,
+    chunk_size: u32,
+    listener: Option<&dyn TransferListener>,
+    cancel: &CancelToken,
+) -> Result<(Attachment, TransferReport)> {
+    let mut report = TransferReport::default();
+    let probe = Attachment {
+        content_id: ContentId([0; 32]),
+        size: 0,
+        chunk_size,
+        name: name.to_owned(),
+        mime: mime.to_owned(),
+    };
+    probe.validate()?;
+    // Hashing a large video takes seconds: keep it off the async workers.
+    let fingerprint = {
+        let keys = keys.clone();
+        let path = path.to_owned();
+        let cancel = cancel.clone();
+        tokio::task::spawn_blocking(move || fingerprint(&keys, &path, chunk_size, &cancel))
+            .await
+            .map_err(|e| Error::LocalState(format!("hashing task failed: {e}")))??
+    };
+    let attachment = Attachment {
+        content_id: fingerprint.content_id,
+        size: fingerprint.size,
+        ..probe
+    };
+    let total = attachment.size;
+    let chunk = u64::from(chunk_size);
+    let done_at = |index: u64| (index.saturating_mul(chunk)).min(total);
+    let present = chunks_present(store, root, &attachment, &mut report).await?;
+    let file_key = stream::file_key(keys.attachment(), &attachment.content_id);
+    let count = attachment.chunk_count();
+    let mut file = std::fs::File::open(path).map_err(|e| read_error(path, e))?;
+    let mut buffer = Vec::with_capacity(chunk_size as usize);
+    for index in 0..count {
+        cancel.check()?;
+        if present.get(&index).copied().unwrap_or(false) {
+            report.chunks_skipped += 1;
+            if let Some(listener) = listener {
+                listener.on_progress(done_at(index + 1), total);
+            }
+            continue;
+        }
+        // Read this chunk's share of the file (short reads of local files are rare but legal).
+        let plain_len = stream::chunk_plain_len(attachment.size, chunk_size, index) as usize;
+        let start = index * chunk;
+        let content_len = total.saturating_sub(start).min(chunk) as usize;
+        buffer.clear();
+        buffer.resize(plain_len, 0);
+        if content_len > 0 {
+            file.seek(SeekFrom::Start(start))
+                .map_err(|e| read_error(path, e))?;
+            let filled = read_full(&mut file, &mut buffer[..content_len])
+                .map_err(|e| read_error(path, e))?;
+            let digest: [u8; 32] = Sha256::digest(&buffer[..filled]).into();
+            if filled != content_len
+                || fingerprint.chunk_digests.get(index as usize) != Some(&digest)
+            {
+                return Err(Error::invalid_input(format!(
+                    "{} changed while it was being uploaded; attach it again",
+                    path.display()
+                )));
+            }
+        }
+        let object = stream::seal_chunk(
+            &file_key,
+            keys.vault_id(),
+            index,
+            index + 1 == count,
+            &buffer,
+        )?;
+        report.bytes_transferred += object.len() as u64;
+        report.requests += 1;
+        store
+            .put(&format!("{root}{}", attachment.chunk_name(index)), object)
+            .await?;
+        report.chunks_transferred += 1;
+        if let Some(listener) = listener {
+            listener.on_progress(done_at(index + 1), total);
+        }
+    }
+    // Every chunk must be there now: another device's garbage collection may have removed a chunk
+    // this upload counted on; say so rather than hand out a reference to incomplete content.
+    let present = chunks_present(store, root, &attachment, &mut report).await?;
+    if let Some(missing) = (0..count).find(|i| !present.get(i).copied().unwrap_or(false)) {
+        return Err(Error::Integrity(IntegrityProblem::MissingObject {
+            name: attachment.chunk_name(missing),
+        }));
+    }
+    Ok((attachment, report))
+}
+
+/// Where a download keeps its verified prefix until it is complete.
+pub fn partial_path(dest: &Path, content_id: &ContentId) -> PathBuf {
+    let mut name = dest
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(format!(".{}.part", &content_id.to_hex()[..16]));
+    dest.with_file_name(name)
+}
+
+/// Downloads `attachment` to `dest` (replacing it), resuming a partial download left at the same
+/// destination.
+pub async fn download(
+    store: &dyn ObjectStore,
+    root: &str,
+    keys: &VaultKeys,
+    attachment: &Attachment,
+    dest: &Path,
+    listener: Option<&dyn TransferListener>,
+    cancel: &CancelToken,
+) -> Result<TransferReport> {
+    attachment.validate()?;
+    let mut report = TransferReport::default();
+    let total = attachment.size;
+    let chunk = u64::from(attachment.chunk_size);
+    let count = attachment.chunk_count();
+    // Chunks holding content; the rest are padding and never fetched.
+    let content_chunks = total.div_ceil(chunk);
+    let part = partial_path(dest, &attachment.content_id);
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&part)
+        .map_err(|e| write_error(&part, e))?;
+    let part_len = file.metadata().map_err(|e| write_error(&part, e))?.len();
+    let first = if part_len >= total {
+        content_chunks
+    } else {
+        part_len / chunk
+    };
+    report.chunks_skipped = first;
+    let kept = first.saturating_mul(chunk).min(total);
+    file.set_len(kept).map_err(|e| write_error(&part, e))?;
+    file.seek(SeekFrom::Start(kept))
+        .map_err(|e| write_error(&part, e))?;
+    if let Some(listener) = listener {
+        listener.on_progress(kept, total);
+    }
+    let file_key = stream::file_key(keys.attachment(), &attachment.content_id);
+    for index in first..content_chunks {
+        cancel.check()?;
+        let name = attachment.chunk_name(index);
+        report.requests += 1;
+        let object = store.get(&format!("{root}{name}")).await?.ok_or_else(|| {
+            Error::Integrity(IntegrityProblem::MissingObject { name: name.clone() })
+        })?;
+        report.bytes_transferred += object.len() as u64;
+        let plain_len = stream::chunk_plain_len(total, attachment.chunk_size, index) as usize;
+        let plain = stream::open_chunk(
+            &file_key,
+            keys.vault_id(),
+            index,
+            index + 1 == count,
+            plain_len,
+            &object,
+        )?;
+        let content_len = total.saturating_sub(index * chunk).min(chunk) as usize;
+        let (content, padding) = plain.split_at(content_len.min(plain.len()));
+        if padding.iter().any(|&b| b != 0) {
+            return Err(Error::decode(
+                ObjectKind::AttachmentChunk,
+                DecodeProblem::Malformed("non-zero padding".into()),
+            ));
+        }
+        file.write_all(content).map_err(|e| write_error(&part, e))?;
+        report.chunks_transferred += 1;
+        if let Some(listener) = listener {
+            listener.on_progress(((index + 1) * chunk).min(total), total);
+        }
+    }
+    file.sync_all().map_err(|e| write_error(&part, e))?;
+    drop(file);
+    // The chunks authenticated themselves; this also catches a partial file damaged on disk
+    // between two runs, and a reference whose content id lies about its content.
+    let check = {
+        let keys = keys.clone();
+        let part = part.clone();
+        let chunk_size = attachment.chunk_size;
+        let cancel = cancel.clone();
+        tokio::task::spawn_blocking(move || fingerprint(&keys, &part, chunk_size, &cancel))
+            .await
+            .map_err(|e| Error::LocalState(format!("hashing task failed: {e}")))??
+    };
+    if check.size != total || check.content_id != attachment.content_id {
+        let _ = std::fs::remove_file(&part);
+        return Err(Error::decode(
+            ObjectKind::AttachmentChunk,
+            DecodeProblem::Malformed("downloaded content does not match its content id".into()),
+        ));
+    }
+    std::fs::rename(&part, dest).map_err(|e| write_error(dest, e))?;
+    Ok(report)
+}
