@@ -228,6 +228,38 @@ pub struct Message {
     pub sent_at_ms: i64,
     pub text: String,
     pub reply_to: Option<String>,
+    /// Files attached (references from `Vault.attachFile`); empty by default.
+    #[uniffi(default)]
+    pub attachments: Vec<Attachment>,
+}
+
+/// A reference to a file stored in the vault: put it in a message, download it with
+/// `Vault.downloadAttachment`.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct Attachment {
+    /// The content's keyed hash, 64 hex characters (equal for equal files in one vault).
+    pub content_id: String,
+    pub size: u64,
+    pub chunk_size: u32,
+    pub name: String,
+    pub mime: String,
+}
+
+/// What an attachment upload or download did.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct TransferReport {
+    pub bytes_transferred: u64,
+    pub chunks_transferred: u64,
+    /// Chunks already in place (deduplicated or resumed).
+    pub chunks_skipped: u64,
+    pub requests: u64,
+}
+
+/// An uploaded attachment: the reference for the message, and what the upload did.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct AttachmentUpload {
+    pub attachment: Attachment,
+    pub report: TransferReport,
 }
 
 /// One change to record.
@@ -307,6 +339,55 @@ pub trait SyncProgressListener: Send + Sync {
     fn on_progress(&self, phase: SyncPhase, done: u64, total: u64);
 }
 
+/// Progress of an attachment transfer in bytes of the file (called on a background thread;
+/// keep it quick).
+#[uniffi::export(with_foreign)]
+pub trait TransferProgressListener: Send + Sync {
+    fn on_progress(&self, done: u64, total: u64);
+}
+
+struct TransferBridge(Arc<dyn TransferProgressListener>);
+
+impl crate::attachment::TransferListener for TransferBridge {
+    fn on_progress(&self, done: u64, total: u64) {
+        self.0.on_progress(done, total);
+    }
+}
+
+fn attachment_to(a: crate::attachment::Attachment) -> Attachment {
+    Attachment {
+        content_id: a.content_id.to_hex(),
+        size: a.size,
+        chunk_size: a.chunk_size,
+        name: a.name,
+        mime: a.mime,
+    }
+}
+
+fn attachment_from(a: Attachment) -> FfiResult<crate::attachment::Attachment> {
+    let content_id = crate::attachment::ContentId::from_hex(&a.content_id).ok_or_else(|| {
+        ChatVaultError::InvalidInput {
+            detail: "attachment content id must be 64 hex characters".into(),
+        }
+    })?;
+    Ok(crate::attachment::Attachment {
+        content_id,
+        size: a.size,
+        chunk_size: a.chunk_size,
+        name: a.name,
+        mime: a.mime,
+    })
+}
+
+fn transfer_report_to(r: crate::attachment::TransferReport) -> TransferReport {
+    TransferReport {
+        bytes_transferred: r.bytes_transferred,
+        chunks_transferred: r.chunks_transferred,
+        chunks_skipped: r.chunks_skipped,
+        requests: r.requests,
+    }
+}
+
 /// Changes from other devices, at least once; return `false` to stop the sync and get the same
 /// changes again next time.
 #[uniffi::export(with_foreign)]
@@ -330,11 +411,12 @@ fn message_to(m: sync::Message) -> Message {
         sent_at_ms: m.sent_at_ms,
         text: m.text,
         reply_to: m.reply_to,
+        attachments: m.attachments.into_iter().map(attachment_to).collect(),
     }
 }
 
-fn change_from(change: Change) -> sync::Change {
-    match change {
+fn change_from(change: Change) -> FfiResult<sync::Change> {
+    Ok(match change {
         Change::UpsertChat { chat } => sync::Change::UpsertChat(sync::Chat {
             chat_id: chat.chat_id,
             title: chat.title,
@@ -347,6 +429,11 @@ fn change_from(change: Change) -> sync::Change {
             sent_at_ms: m.sent_at_ms,
             text: m.text,
             reply_to: m.reply_to,
+            attachments: m
+                .attachments
+                .into_iter()
+                .map(attachment_from)
+                .collect::<FfiResult<_>>()?,
         }),
         Change::DeleteMessage {
             chat_id,
@@ -356,7 +443,7 @@ fn change_from(change: Change) -> sync::Change {
             message_id,
         },
         Change::DeleteChat { chat_id } => sync::Change::DeleteChat { chat_id },
-    }
+    })
 }
 
 fn change_to(change: sync::Change) -> Change {
@@ -489,9 +576,12 @@ impl Vault {
 
     /// Records a batch of changes locally (durable when this returns; no network).
     pub fn record(&self, changes: Vec<Change>) -> FfiResult<()> {
-        Ok(self
-            .0
-            .record(changes.into_iter().map(change_from).collect())?)
+        Ok(self.0.record(
+            changes
+                .into_iter()
+                .map(change_from)
+                .collect::<FfiResult<_>>()?,
+        )?)
     }
 
     /// Pushes local changes, then pulls other devices'.
@@ -566,6 +656,84 @@ impl Vault {
             .into_iter()
             .map(message_to)
             .collect())
+    }
+
+    /// Uploads the file at `path` as an attachment and returns the reference to put in a
+    /// message. Streams the file (memory stays at a few MiB); content the vault already holds is
+    /// not sent again; after an interruption (network loss, app killed), calling this again with
+    /// the same file sends only the missing chunks.
+    pub async fn attach_file(
+        &self,
+        path: String,
+        name: String,
+        mime: String,
+        progress: Option<Arc<dyn TransferProgressListener>>,
+        cancel: Option<Arc<CancelHandle>>,
+    ) -> FfiResult<AttachmentUpload> {
+        let progress = progress.map(TransferBridge);
+        let cancel = cancel.map(|c| c.0.clone()).unwrap_or_default();
+        let (attachment, report) = self
+            .0
+            .attach_file(
+                &PathBuf::from(path),
+                &name,
+                &mime,
+                progress
+                    .as_ref()
+                    .map(|p| p as &dyn crate::attachment::TransferListener),
+                &cancel,
+            )
+            .await?;
+        Ok(AttachmentUpload {
+            attachment: attachment_to(attachment),
+            report: transfer_report_to(report),
+        })
+    }
+
+    /// Downloads an attachment to `dest_path`, verifying it; resumes an interrupted download to
+    /// the same path.
+    pub async fn download_attachment(
+        &self,
+        attachment: Attachment,
+        dest_path: String,
+        progress: Option<Arc<dyn TransferProgressListener>>,
+        cancel: Option<Arc<CancelHandle>>,
+    ) -> FfiResult<TransferReport> {
+        let attachment = attachment_from(attachment)?;
+        let progress = progress.map(TransferBridge);
+        let cancel = cancel.map(|c| c.0.clone()).unwrap_or_default();
+        let report = self
+            .0
+            .download_attachment(
+                &attachment,
+                &PathBuf::from(dest_path),
+                progress
+                    .as_ref()
+                    .map(|p| p as &dyn crate::attachment::TransferListener),
+                &cancel,
+            )
+            .await?;
+        Ok(transfer_report_to(report))
+    }
+
+    /// Every attachment live messages reference, once per content (for "download all").
+    pub fn attachments(&self) -> FfiResult<Vec<Attachment>> {
+        Ok(self
+            .0
+            .attachments()?
+            .into_iter()
+            .map(attachment_to)
+            .collect())
+    }
+
+    /// Deletes what is no longer needed: segments and checkpoints a newer checkpoint replaced,
+    /// and attachment content no live message references, when older than `grace_hours`.
+    /// Returns the number of objects deleted.
+    pub async fn collect_garbage(&self, grace_hours: u32) -> FfiResult<u64> {
+        Ok(self
+            .0
+            .collect_garbage(u64::from(grace_hours) * 3_600_000)
+            .await?)
     }
 
     /// Objects and bytes in the bucket.
