@@ -247,7 +247,11 @@ async fn run(cli: Cli) -> CliResult {
             let mut downloaded: BTreeMap<ContentId, String> = BTreeMap::new();
             if let Some(dir) = attachments {
                 std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-                let out_dir = absolute(out.parent().unwrap_or(Path::new(".")))?;
+                let out_dir = absolute(
+                    out.parent()
+                        .filter(|p| !p.as_os_str().is_empty())
+                        .unwrap_or(Path::new(".")),
+                )?;
                 for attachment in messages.iter().flat_map(|m| &m.attachments) {
                     if downloaded.contains_key(&attachment.content_id) {
                         continue;
