@@ -303,7 +303,82 @@ fn vector_files() -> Vec<(&'static str, Value)> {
         ("aead.json", aead_vectors()),
         ("recovery_key.json", recovery_key_vectors()),
         ("sealed_objects.json", sealed_object_vectors()),
+        ("attachments.json", attachment_vectors()),
     ]
+}
+
+/// Attachment content as STREAM chunk objects: content ids, file keys, every chunk object, and
+/// the reference a message carries. Content byte i = (i * 7 + seed) mod 256.
+fn attachment_vectors() -> Value {
+    use crate::attachment::{Attachment, ContentHasher, stream};
+    use prost::Message as _;
+    let recovery_key = RecoveryKey::from_bytes(pattern(5));
+    let keys = VaultKeys::derive(&recovery_key);
+    let chunk_size = crate::attachment::MIN_CHUNK_SIZE;
+    let cases: [(u8, usize, &str, &str); 3] = [
+        (0, 0, "empty.txt", "text/plain"),
+        (1, 5, "hello.txt", "text/plain"),
+        (2, chunk_size as usize + 100, "photo.jpg", "image/jpeg"),
+    ];
+    let list = cases
+        .iter()
+        .map(|&(seed, len, name, mime)| {
+            let content: Vec<u8> = (0..len)
+                .map(|i| (i as u8).wrapping_mul(7).wrapping_add(seed))
+                .collect();
+            let mut hasher = ContentHasher::new(keys.attachment(), chunk_size);
+            hasher.update(&content);
+            let attachment = Attachment {
+                content_id: hasher.finish(),
+                size: len as u64,
+                chunk_size,
+                name: name.into(),
+                mime: mime.into(),
+            };
+            let file_key = stream::file_key(keys.attachment(), &attachment.content_id);
+            let mut padded = content.clone();
+            padded.resize(stream::stream_len(len as u64) as usize, 0);
+            let count = attachment.chunk_count();
+            let chunks: Vec<Value> = padded
+                .chunks(chunk_size as usize)
+                .enumerate()
+                .map(|(i, plain)| {
+                    let index = i as u64;
+                    let last = index + 1 == count;
+                    let object =
+                        stream::seal_chunk(&file_key, keys.vault_id(), index, last, plain).unwrap();
+                    json!({
+                        "name": attachment.chunk_name(index),
+                        "index": index,
+                        "last": last,
+                        "object": hex(&object),
+                    })
+                })
+                .collect();
+            json!({
+                "description": format!("{len}-byte content in {count} chunk(s)"),
+                "seed": seed,
+                "size": len,
+                "chunk_size": chunk_size,
+                "name": name,
+                "mime": mime,
+                "content_id": attachment.content_id.to_hex(),
+                "file_key": hex(file_key.bytes()),
+                "stream_len": stream::stream_len(len as u64),
+                "chunks": chunks,
+                "reference_proto": hex(&attachment.to_proto().encode_to_vec()),
+            })
+        })
+        .collect::<Vec<_>>();
+    json!({
+        "description": "attachment content: content id = HMAC-SHA256(attachment key, label || 0 || chunk_size u32 BE || content); chunks sealed with XChaCha20-Poly1305 under the file key, nonce = 15 zero bytes || index u64 BE || last flag, aad = header (suite 2, kind 7) || vault id; content byte i = (i * 7 + seed) mod 256",
+        "recovery_key": hex(&recovery_key.to_bytes()[..]),
+        "recovery_key_text": recovery_key.to_text().as_str(),
+        "vault_id": keys.vault_id().to_hex(),
+        "attachment_key": hex(keys.attachment().0.bytes()),
+        "prefix": format!("{}{}", keys.vault_id().to_hex(), crate::attachment::ATTACHMENTS_SUFFIX),
+        "cases": list,
+    })
 }
 
 #[test]

@@ -1010,10 +1010,92 @@ def check_envelope(c, tag, o, rk, vid, obj):
               lambda: parse_envelope(obj + bytes(4097 - len(obj))), "too_large")
 
 
+
+# Attachments (FORMAT.md, "Attachments"): STREAM chunks under a per-content key.
+SUITE_STREAM = 2
+KIND_ATTACHMENT_CHUNK = 7
+MIN_STREAM_LEN = 1024
+ATTACHMENT_REF_SCHEMA = {
+    1: ("content_id", "bytes", False),
+    2: ("size", "uint64", False),
+    3: ("chunk_size", "uint32", False),
+    4: ("name", "string", False),
+    5: ("mime", "string", False),
+}
+
+
+def attachment_content_id(attachment_key, chunk_size, content):
+    return hmac.new(attachment_key, b"chatvault/v1/attachment-id\x00" + struct.pack(">I", chunk_size)
+                    + content, hashlib.sha256).digest()
+
+
+def attachment_file_key(attachment_key, content_id):
+    return hmac.new(attachment_key, b"chatvault/v1/attachment-file-key\x00" + content_id,
+                    hashlib.sha256).digest()
+
+
+def chunk_nonce(index, last):
+    return bytes(15) + struct.pack(">Q", index) + bytes([1 if last else 0])
+
+
+def chunk_header():
+    return MAGIC + bytes([FORMAT_VERSION, SUITE_STREAM, KIND_ATTACHMENT_CHUNK, 0])
+
+
+def open_chunk(file_key, vid, index, last, obj):
+    if obj[:8] != chunk_header():
+        raise FormatError("header")
+    return aead_decrypt(file_key, chunk_nonce(index, last), chunk_header() + vid, obj[8:])
+
+
+def check_attachments(c):
+    v = load("attachments.json")
+    rk = h(v["recovery_key"])
+    vid = vault_id(rk)
+    akey = derive(rk, "attachment")
+    c.check("attachments: vault id and attachment key derive from the recovery key",
+            vid.hex() == v["vault_id"] and akey.hex() == v["attachment_key"])
+    c.check("attachments: prefix is <vault id>-attachments/", v["prefix"] == vid.hex() + "-attachments/")
+    for case in v["cases"]:
+        tag = "attachment %s" % case["description"]
+        content = bytes((i * 7 + case["seed"]) % 256 for i in range(case["size"]))
+        chunk_size = case["chunk_size"]
+        cid = attachment_content_id(akey, chunk_size, content)
+        c.check(tag + ": content id", cid.hex() == case["content_id"])
+        fkey = attachment_file_key(akey, cid)
+        c.check(tag + ": file key", fkey.hex() == case["file_key"])
+        stream_len = padme(max(case["size"], MIN_STREAM_LEN))
+        c.check(tag + ": stream length is Padme(max(size, 1024))", stream_len == case["stream_len"])
+        stream = content + bytes(stream_len - len(content))
+        count = -(-stream_len // chunk_size)
+        chunks = case["chunks"]
+        c.check(tag + ": chunk count", len(chunks) == count)
+        for ch in chunks:
+            i, last, obj = ch["index"], ch["last"], h(ch["object"])
+            plain = stream[i * chunk_size:(i + 1) * chunk_size]
+            c.check(tag + ": chunk %d name" % i, ch["name"] == "%s/%08x" % (cid.hex(), i))
+            c.check(tag + ": chunk %d last flag" % i, last == (i == count - 1))
+            c.run(tag + ": chunk %d opens to the padded stream" % i,
+                  lambda: open_chunk(fkey, vid, i, last, obj) == plain)
+            c.run(tag + ": chunk %d re-seals byte for byte" % i,
+                  lambda: chunk_header() + aead_encrypt(fkey, chunk_nonce(i, last), chunk_header() + vid,
+                                                        plain) == obj)
+            c.rejects(tag + ": chunk %d at another index" % i,
+                      lambda: open_chunk(fkey, vid, i + 1, last, obj), "tag")
+            c.rejects(tag + ": chunk %d with the other last flag" % i,
+                      lambda: open_chunk(fkey, vid, i, not last, obj), "tag")
+            c.rejects(tag + ": chunk %d in another vault" % i,
+                      lambda: open_chunk(fkey, bytes(16), i, last, obj), "tag")
+        ref = pb_message(h(case["reference_proto"]), ATTACHMENT_REF_SCHEMA)
+        c.check(tag + ": reference", ref == {"content_id": cid, "size": case["size"],
+                                             "chunk_size": chunk_size, "name": case["name"],
+                                             "mime": case["mime"]}, repr(ref))
+
+
 def main():
     c = Checker()
     for fn in (check_hkdf, check_aead, check_recovery_key, check_padme, check_sealed,
-               crafted_frame_checks):
+               crafted_frame_checks, check_attachments):
         try:
             fn(c)
         except Exception as e:  # noqa: BLE001
