@@ -182,5 +182,92 @@ class Sync(unittest.TestCase):
         run(cv.Vault.open("ftp://nowhere", os.path.join(self.dir, "x"), "x", "python", key))
 
 
+class TransferProgress(cv.TransferProgressListener):
+    def __init__(self, cancel_at=None, handle=None):
+        self.events = []
+        self.cancel_at = cancel_at
+        self.handle = handle
+
+    def on_progress(self, done, total):
+        self.events.append((done, total))
+        if self.cancel_at is not None and done >= self.cancel_at:
+            self.handle.cancel()
+
+
+class Attachments(unittest.TestCase):
+    def setUp(self):
+        self.dir = tempfile.mkdtemp()
+        self.store = "file://" + os.path.join(self.dir, "bucket")
+
+    def tearDown(self):
+        shutil.rmtree(self.dir)
+
+    def test_vector_chunks_download(self):
+        v = load("attachments.json")
+        for case in v["cases"]:
+            for chunk in case["chunks"]:
+                path = os.path.join(self.dir, "bucket", v["prefix"], chunk["name"])
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                with open(path, "wb") as f:
+                    f.write(bytes.fromhex(chunk["object"]))
+        key = cv.RecoveryKey.parse(v["recovery_key_text"])
+        vault = run(cv.Vault.open(self.store, os.path.join(self.dir, "state"), "v", "python", key))
+        for case in v["cases"]:
+            ref = cv.Attachment(content_id=case["content_id"], size=case["size"],
+                                chunk_size=case["chunk_size"], name=case["name"], mime=case["mime"])
+            out = os.path.join(self.dir, case["name"])
+            run(vault.download_attachment(ref, out, None, None))
+            with open(out, "rb") as f:
+                self.assertEqual(f.read(), bytes((i * 7 + case["seed"]) % 256 for i in range(case["size"])))
+
+    def test_attach_sync_download_with_progress_cancel_and_typed_errors(self):
+        key = cv.RecoveryKey.generate()
+        phone = run(cv.Vault.open(self.store, os.path.join(self.dir, "phone"), "phone", "python", key))
+        path = os.path.join(self.dir, "photo.jpg")
+        content = os.urandom(9 * 1024 * 1024 + 5)
+        with open(path, "wb") as f:
+            f.write(content)
+        handle = cv.CancelHandle()
+        stopper = TransferProgress(cancel_at=4 * 1024 * 1024, handle=handle)
+        with self.assertRaises(cv.ChatVaultError.Cancelled):
+            run(phone.attach_file(path, "photo.jpg", "image/jpeg", stopper, handle))
+        progress = TransferProgress()
+        upload = run(phone.attach_file(path, "photo.jpg", "image/jpeg", progress, None))
+        self.assertEqual(upload.report.chunks_skipped, 1, "the chunk sent before the cancel is kept")
+        self.assertEqual(progress.events[-1], (len(content), len(content)))
+        self.assertEqual(upload.attachment.size, len(content))
+        again = run(phone.attach_file(path, "copy.jpg", "image/jpeg", None, None))
+        self.assertEqual(again.report.bytes_transferred, 0)
+        self.assertEqual(again.attachment.content_id, upload.attachment.content_id)
+
+        phone.record([cv.Change.UPSERT_MESSAGE(cv.Message(
+            chat_id="c", message_id="1", sender="me", sent_at_ms=1, text="look",
+            reply_to=None, attachments=[upload.attachment]))])
+        run(phone.sync(None, None))
+        tablet = run(cv.Vault.open(self.store, os.path.join(self.dir, "tablet"), "tablet", "python", key))
+        run(tablet.sync(None, None))
+        [received] = tablet.messages(None)
+        self.assertEqual(received.attachments, [upload.attachment])
+        self.assertEqual(tablet.attachments(), [upload.attachment])
+        out = os.path.join(self.dir, "restored.jpg")
+        run(tablet.download_attachment(received.attachments[0], out, None, None))
+        with open(out, "rb") as f:
+            self.assertEqual(f.read(), content)
+
+        # A tampered chunk is a Tampered error; a malformed content id is InvalidInput.
+        chunk = os.path.join(self.dir, "bucket", key.vault_id() + "-attachments",
+                             upload.attachment.content_id, "00000001")
+        with open(chunk, "r+b") as f:
+            f.seek(100)
+            byte = f.read(1)
+            f.seek(100)
+            f.write(bytes([byte[0] ^ 1]))
+        with self.assertRaises(cv.ChatVaultError.Tampered):
+            run(tablet.download_attachment(received.attachments[0], out + "2", None, None))
+        bad = cv.Attachment(content_id="xyz", size=1, chunk_size=65536, name="", mime="")
+        with self.assertRaises(cv.ChatVaultError.InvalidInput):
+            run(tablet.download_attachment(bad, out + "3", None, None))
+
+
 if __name__ == "__main__":
     unittest.main()
