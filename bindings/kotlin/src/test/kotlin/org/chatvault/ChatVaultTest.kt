@@ -11,7 +11,7 @@ import org.junit.Assert.assertTrue
 import org.junit.Assert.fail
 import org.junit.Test
 
-/** A minimal JSON reader (Kotlin has none built in): objects, arrays, strings, numbers, null. */
+/** A minimal JSON reader (Kotlin has none built in): objects, arrays, strings, integers, booleans, null. */
 private class Json(private val s: String) {
     private var i = 0
     fun parse(): Any? {
@@ -33,6 +33,8 @@ private class Json(private val s: String) {
                     i++ }
                 i++; b.toString() }
             'n' -> { i += 4; null }
+            't' -> { i += 4; true }
+            'f' -> { i += 5; false }
             else -> { val st = i; while (i < s.length && (s[i].isDigit() || s[i] == '-')) i++; s.substring(st, i).toLong() }
         }
     }
@@ -102,6 +104,63 @@ class ChatVaultTest {
                     } catch (e: ChatVaultException.WrongPassphrase) {}
                 }
             }
+        }
+    }
+
+    @Test
+    @Suppress("UNCHECKED_CAST")
+    fun attachmentVectorsDownloadAndFilesRoundTrip() = runBlocking {
+        val dir = Files.createTempDirectory("chatvault-kotlin-attachments").toFile()
+        try {
+            val v = vectors("attachments.json") as Map<String, Any?>
+            val cases = v["cases"] as List<Map<String, Any?>>
+            for (case in cases) {
+                for (chunk in case["chunks"] as List<Map<String, Any?>>) {
+                    val file = File(File(dir, "bucket/" + v["prefix"]), chunk["name"] as String)
+                    file.parentFile.mkdirs()
+                    file.writeBytes(hex(chunk["object"] as String))
+                }
+            }
+            val store = "file://" + File(dir, "bucket").absolutePath
+            val key = RecoveryKey.parse(v["recovery_key_text"] as String)
+            val vault = Vault.open(store, File(dir, "state").path, "Pixel", "android", key)
+            for (case in cases) {
+                val size = case["size"] as Long
+                val seed = case["seed"] as Long
+                val ref = Attachment(case["content_id"] as String, size.toULong(),
+                    (case["chunk_size"] as Long).toUInt(), case["name"] as String, case["mime"] as String)
+                val out = File(dir, case["name"] as String)
+                vault.downloadAttachment(ref, out.path, null, null)
+                val expected = ByteArray(size.toInt()) { ((it * 7 + seed) % 256).toByte() }
+                assertTrue(expected.contentEquals(out.readBytes()))
+            }
+
+            // A file attached with progress, referenced from a message, downloaded elsewhere.
+            val file = File(dir, "voice.ogg")
+            val content = ByteArray(5 * 1024 * 1024 + 3) { (it * 31 % 251).toByte() }
+            file.writeBytes(content)
+            var last = 0UL to 0UL
+            val progress = object : TransferProgressListener {
+                override fun onProgress(done: ULong, total: ULong) { last = done to total }
+            }
+            val upload = vault.attachFile(file.path, "voice.ogg", "audio/ogg", progress, null)
+            assertEquals(content.size.toULong() to content.size.toULong(), last)
+            vault.record(listOf(Change.UpsertMessage(
+                Message("c", "1", "me", 1, "listen", null, listOf(upload.attachment)))))
+            vault.sync(null, null)
+            val other = Vault.open(store, File(dir, "other").path, "iPhone", "ios", key)
+            other.sync(null, null)
+            val received = other.messages(null).single().attachments.single()
+            assertEquals(upload.attachment, received)
+            val out = File(dir, "voice-restored.ogg")
+            other.downloadAttachment(received, out.path, null, null)
+            assertTrue(content.contentEquals(out.readBytes()))
+            try {
+                other.downloadAttachment(received.copy(contentId = "00"), out.path, null, null)
+                fail("a malformed content id was accepted")
+            } catch (e: ChatVaultException.InvalidInput) {}
+        } finally {
+            dir.deleteRecursively()
         }
     }
 
