@@ -47,7 +47,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // Raw: one object.
     let start = Instant::now();
-    store.put(&format!("{run}/raw-single"), bytes.clone()).await?;
+    store
+        .put(&format!("{run}/raw-single"), bytes.clone())
+        .await?;
     let raw_put = start.elapsed().as_secs_f64();
     let start = Instant::now();
     let back = store.get(&format!("{run}/raw-single")).await?;
@@ -109,7 +111,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let download = start.elapsed().as_secs_f64();
     assert_eq!(std::fs::metadata(&out)?.len(), size as u64);
 
-    println!("store: {label}; file: {mib} MiB; chunk: {} MiB", chunk >> 20);
+    println!(
+        "store: {label}; file: {mib} MiB; chunk: {} MiB",
+        chunk >> 20
+    );
     println!(
         "raw PUT, one object:        {:8.1} MiB/s   raw GET: {:8.1} MiB/s",
         rate(size, raw_put),
