@@ -185,29 +185,27 @@ pub async fn upload(
     };
     let total = attachment.size;
     let chunk = u64::from(chunk_size);
-    let done_at = |index: u64| (index.saturating_mul(chunk)).min(total);
+    let content_of = |index: u64| total.saturating_sub(index.saturating_mul(chunk)).min(chunk);
     let present = chunks_present(store, root, &attachment, &mut report).await?;
     let file_key = stream::file_key(keys.attachment(), &attachment.content_id);
     let count = attachment.chunk_count();
+    let (skipped, mut missing): (Vec<u64>, Vec<u64>) =
+        (0..count).partition(|i| present.get(i).copied().unwrap_or(false));
+    report.chunks_skipped = skipped.len() as u64;
+    let mut done: u64 = skipped.iter().map(|&i| content_of(i)).sum();
+    if let Some(listener) = listener {
+        listener.on_progress(done, total);
+    }
     let mut file = std::fs::File::open(path).map_err(|e| read_error(path, e))?;
     let mut buffer = Vec::with_capacity(chunk_size as usize);
-    for index in 0..count {
-        cancel.check()?;
-        if present.get(&index).copied().unwrap_or(false) {
-            report.chunks_skipped += 1;
-            if let Some(listener) = listener {
-                listener.on_progress(done_at(index + 1), total);
-            }
-            continue;
-        }
-        // Read this chunk's share of the file (short reads of local files are rare but legal).
+    // Reads chunk `index`'s share of the file, checks it against the first pass, and seals it.
+    let mut seal = |index: u64| -> Result<Vec<u8>> {
         let plain_len = stream::chunk_plain_len(attachment.size, chunk_size, index) as usize;
-        let start = index * chunk;
-        let content_len = total.saturating_sub(start).min(chunk) as usize;
+        let content_len = content_of(index) as usize;
         buffer.clear();
         buffer.resize(plain_len, 0);
         if content_len > 0 {
-            file.seek(SeekFrom::Start(start))
+            file.seek(SeekFrom::Start(index * chunk))
                 .map_err(|e| read_error(path, e))?;
             let filled = read_full(&mut file, &mut buffer[..content_len])
                 .map_err(|e| read_error(path, e))?;
@@ -221,21 +219,38 @@ pub async fn upload(
                 )));
             }
         }
-        let object = stream::seal_chunk(
+        stream::seal_chunk(
             &file_key,
             keys.vault_id(),
             index,
             index + 1 == count,
             &buffer,
-        )?;
+        )
+    };
+    // One PUT in flight at a time, so an interruption costs at most one chunk; the next chunk is
+    // read and sealed while the current one travels.
+    missing.reverse();
+    let mut next = match missing.pop() {
+        Some(index) => Some((index, seal(index)?)),
+        None => None,
+    };
+    while let Some((index, object)) = next.take() {
+        cancel.check()?;
         report.bytes_transferred += object.len() as u64;
         report.requests += 1;
-        store
-            .put(&format!("{root}{}", attachment.chunk_name(index)), object)
-            .await?;
+        let following = missing.pop();
+        let name = format!("{root}{}", attachment.chunk_name(index));
+        let (sent, sealed) = tokio::join!(store.put(&name, object), async {
+            following
+                .map(|i| seal(i).map(|object| (i, object)))
+                .transpose()
+        });
+        sent?;
+        next = sealed?;
         report.chunks_transferred += 1;
+        done += content_of(index);
         if let Some(listener) = listener {
-            listener.on_progress(done_at(index + 1), total);
+            listener.on_progress(done, total);
         }
     }
     // Every chunk must be there now: another device's garbage collection may have removed a chunk
