@@ -277,7 +277,7 @@ impl Vault {
     }
 
     /// Sets the chunk size of attachments uploaded from now on (a power of two from 64 KiB to
-    /// 16 MiB; the default is 4 MiB). Smaller chunks repeat less after an interruption and cost
+    /// 8 MiB; the default is 4 MiB). Smaller chunks repeat less after an interruption and cost
     /// more requests. Content already stored keeps its chunk size.
     pub fn set_attachment_chunk_size(&self, chunk_size: u32) -> Result<()> {
         crate::attachment::Attachment {

@@ -32,10 +32,15 @@ pub const ATTACHMENTS_SUFFIX: &str = "-attachments/";
 pub const DEFAULT_CHUNK_SIZE: u32 = 4 * 1024 * 1024;
 /// The smallest chunk size a reference may name (64 KiB).
 pub const MIN_CHUNK_SIZE: u32 = 64 * 1024;
-/// The largest chunk size a reference may name (16 MiB).
-pub const MAX_CHUNK_SIZE: u32 = 16 * 1024 * 1024;
+/// The largest chunk size a reference may name (8 MiB): chunk objects then stay below the S3
+/// store's multipart threshold (16 MiB), so an interrupted chunk upload never leaves an
+/// incomplete multipart upload behind, only whole chunks that garbage collection can see.
+pub const MAX_CHUNK_SIZE: u32 = 8 * 1024 * 1024;
 /// The largest attachment (1 TiB).
 pub const MAX_ATTACHMENT_SIZE: u64 = 1 << 40;
+/// Most chunks one attachment may have (2^20): bounds the per-chunk state an upload keeps (16
+/// bytes each) whatever the chunk size.
+pub const MAX_CHUNKS: u64 = 1 << 20;
 /// Most attachments one message may carry.
 pub const MAX_ATTACHMENTS_PER_MESSAGE: usize = 256;
 /// Longest file name or MIME type accepted, in UTF-8 bytes.
@@ -120,6 +125,13 @@ impl Attachment {
             return Err(Error::invalid_input(format!(
                 "attachment of {} bytes exceeds {MAX_ATTACHMENT_SIZE}",
                 self.size
+            )));
+        }
+        if self.chunk_count() > MAX_CHUNKS {
+            return Err(Error::invalid_input(format!(
+                "an attachment of {} bytes in {}-byte chunks needs more than {MAX_CHUNKS} chunks; \
+                 use a larger chunk size",
+                self.size, self.chunk_size
             )));
         }
         for (what, value) in [("name", &self.name), ("mime", &self.mime)] {
@@ -226,6 +238,12 @@ mod tests {
         let mut huge = good.clone();
         huge.size = MAX_ATTACHMENT_SIZE + 1;
         assert!(huge.validate().is_err());
+        let mut many_chunks = good.clone();
+        many_chunks.chunk_size = MIN_CHUNK_SIZE;
+        many_chunks.size = u64::from(MIN_CHUNK_SIZE) * MAX_CHUNKS;
+        assert!(many_chunks.validate().is_ok());
+        many_chunks.size += 1 << 20;
+        assert!(many_chunks.validate().is_err());
         let mut long_name = good;
         long_name.name = "x".repeat(MAX_ATTACHMENT_LABEL_LEN + 1);
         assert!(long_name.validate().is_err());

@@ -61,7 +61,8 @@ fn write_error(path: &Path, error: std::io::Error) -> Error {
 struct Fingerprint {
     size: u64,
     content_id: ContentId,
-    chunk_digests: Vec<[u8; 32]>,
+    /// The first 16 bytes of each chunk's SHA-256 (enough to notice a change, half the memory).
+    chunk_digests: Vec<[u8; 16]>,
 }
 
 fn fingerprint(
@@ -82,8 +83,15 @@ fn fingerprint(
             break;
         }
         hasher.update(&buffer[..filled]);
-        chunk_digests.push(Sha256::digest(&buffer[..filled]).into());
+        chunk_digests.push(short_digest(&buffer[..filled]));
         size += filled as u64;
+        if chunk_digests.len() as u64 > super::MAX_CHUNKS {
+            return Err(Error::invalid_input(format!(
+                "{} needs more than {} chunks of {chunk_size} bytes; use a larger chunk size",
+                path.display(),
+                super::MAX_CHUNKS
+            )));
+        }
         if size > super::MAX_ATTACHMENT_SIZE {
             return Err(Error::invalid_input(format!(
                 "{} exceeds the {}-byte attachment limit",
@@ -100,6 +108,13 @@ fn fingerprint(
         content_id: hasher.finish(),
         chunk_digests,
     })
+}
+
+fn short_digest(bytes: &[u8]) -> [u8; 16] {
+    let digest = Sha256::digest(bytes);
+    let mut short = [0u8; 16];
+    short.copy_from_slice(&digest[..16]);
+    short
 }
 
 /// Reads until `buffer` is full or the file ends; returns the bytes read.
@@ -209,7 +224,7 @@ pub async fn upload(
                 .map_err(|e| read_error(path, e))?;
             let filled = read_full(&mut file, &mut buffer[..content_len])
                 .map_err(|e| read_error(path, e))?;
-            let digest: [u8; 32] = Sha256::digest(&buffer[..filled]).into();
+            let digest = short_digest(&buffer[..filled]);
             if filled != content_len
                 || fingerprint.chunk_digests.get(index as usize) != Some(&digest)
             {

@@ -68,7 +68,7 @@ pub struct AttachmentRef {
     /// The content's exact size in bytes.
     #[prost(uint64, tag = "2")]
     pub size: u64,
-    /// The chunk size of its stream: a power of two from 65536 to 16777216.
+    /// The chunk size of its stream: a power of two from 65536 to 8388608.
     #[prost(uint32, tag = "3")]
     pub chunk_size: u32,
     /// The file name as the sender saw it (not a path).

@@ -52,7 +52,7 @@ enum Command {
     Import {
         /// The file.
         file: PathBuf,
-        /// Chunk size of new attachments, in KiB (a power of two from 64 to 16384).
+        /// Chunk size of new attachments, in KiB (a power of two from 64 to 8192).
         #[arg(long, default_value_t = 4096)]
         chunk_kib: u32,
         /// Print transfer progress and a final transfer summary as JSON lines on stderr.
