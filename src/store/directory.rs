@@ -8,6 +8,8 @@ use super::{ObjectInfo, ObjectStore, StoreError, StoreResult};
 
 /// Temporary files are written beside their target with this prefix and never listed.
 const TEMP_PREFIX: &str = ".chatvault-tmp-";
+/// Temporary files older than this are leftovers of a killed writer (a write takes seconds).
+const STALE_TEMP_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// An object store on a local directory.
 #[derive(Debug, Clone)]
@@ -152,6 +154,17 @@ fn walk(root: &Path, dir: &Path, prefix: &str, out: &mut Vec<ObjectInfo>) -> Sto
             continue; // not a key this store wrote
         };
         if name.starts_with(TEMP_PREFIX) {
+            // A writer killed mid-write leaves its temporary file; once it is old enough that no
+            // live writer can own it, listing removes it (best effort).
+            let stale = entry
+                .metadata()
+                .ok()
+                .and_then(|m| m.modified().ok())
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age >= STALE_TEMP_AGE);
+            if stale {
+                let _ = std::fs::remove_file(entry.path());
+            }
             continue;
         }
         let path = entry.path();
@@ -220,5 +233,33 @@ impl ObjectStore for DirectoryStore {
             _ => Ok(()),
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn listing_removes_temporary_files_of_killed_writers_once_stale() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DirectoryStore::new(dir.path().to_path_buf());
+        store.put("a/object", b"kept".to_vec()).await.unwrap();
+        let stale = dir.path().join("a").join(format!("{TEMP_PREFIX}0001"));
+        let fresh = dir.path().join("a").join(format!("{TEMP_PREFIX}0002"));
+        std::fs::write(&stale, b"half a chunk").unwrap();
+        std::fs::write(&fresh, b"being written").unwrap();
+        let two_hours_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+        std::fs::File::options()
+            .write(true)
+            .open(&stale)
+            .unwrap()
+            .set_modified(two_hours_ago)
+            .unwrap();
+        let listed = store.list("").await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].key, "a/object");
+        assert!(!stale.exists(), "a stale temporary file is removed");
+        assert!(fresh.exists(), "a recent one may belong to a live writer");
     }
 }
