@@ -2,7 +2,8 @@
 //!
 //! An iPhone backs up three chats (with edits and a deletion), a new Android phone restores them
 //! with the typed recovery key alone, both keep syncing incrementally, everything is verified, and
-//! a passphrase envelope restores the same key.
+//! a passphrase envelope restores the same key. A video is attached once and forwarded to another
+//! chat (stored once); the Android phone has the chats at once and downloads the video when opened.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use std::sync::Arc;
 use chatvault::keys::{Argon2Params, PassphraseEnvelope, PassphrasePolicy, RecoveryKey};
 use chatvault::store::{DirectoryStore, ObjectStore};
 use chatvault::sync::{Change, Chat, Message};
-use chatvault::vault::{DeviceInfo, Vault};
+use chatvault::vault::{CancelToken, DeviceInfo, Vault};
 
 use crate::CliResult;
 
@@ -97,6 +98,40 @@ pub async fn run(dir: Option<PathBuf>) -> CliResult {
         "  backed up {count} operations in {} object(s), {} bytes uploaded",
         report.objects_up, report.bytes_up
     );
+
+    // A 12 MiB "video" (random bytes, as video is incompressible), sent to the family chat and
+    // forwarded to the climbing chat.
+    let video_path = root.join("holiday.mp4");
+    let mut video = vec![0u8; 12 << 20];
+    getrandom::fill(&mut video).map_err(|e| format!("random: {e}"))?;
+    std::fs::write(&video_path, &video)?;
+    let never = CancelToken::new();
+    let (attachment, sent) = iphone
+        .attach_file(&video_path, "holiday.mp4", "video/mp4", None, &never)
+        .await?;
+    let (forwarded, again) = iphone
+        .attach_file(&video_path, "holiday.mp4", "video/mp4", None, &never)
+        .await?;
+    let with_video = |chat_id: &str, id: &str, attachment| {
+        Change::UpsertMessage(Message {
+            chat_id: chat_id.into(),
+            message_id: id.into(),
+            sender: "me".into(),
+            sent_at_ms: 1_750_000_000_000,
+            text: "Our holiday 🎬".into(),
+            reply_to: None,
+            attachments: vec![attachment],
+        })
+    };
+    iphone.record(vec![
+        with_video("family", "family-video", attachment),
+        with_video("climbing", "climbing-video", forwarded),
+    ])?;
+    iphone.sync(None, None).await?;
+    println!(
+        "  attached a 12 MiB video: {} chunks, {} bytes up; forwarded to a second chat: {} bytes up (stored once)",
+        sent.chunks_transferred, sent.bytes_transferred, again.bytes_transferred
+    );
     let envelope = PassphraseEnvelope::seal(
         &recovery_key,
         "purple elephants dance at midnight",
@@ -107,7 +142,7 @@ pub async fn run(dir: Option<PathBuf>) -> CliResult {
         .put(&format!("{}/passphrase", iphone.vault_id()), envelope)
         .await?;
     println!(
-        "  what the bucket holds (the vault id, random device ids and sequence numbers; sizes padded):"
+        "  what the bucket holds (the vault id, random device ids and sequence numbers, keyed content ids; sizes padded):"
     );
     for object in store.list("").await? {
         println!("    {} ({} bytes)", object.key, object.size);
@@ -136,6 +171,27 @@ pub async fn run(dir: Option<PathBuf>) -> CliResult {
             summary.message_bytes,
             summary.chat.members.join(", ")
         );
+    }
+    // The chats are usable now; the video downloads when she opens it.
+    let references = android.attachments()?;
+    println!(
+        "  {} attachment reference(s) restored with the messages; nothing downloaded yet",
+        references.len()
+    );
+    if let Some(reference) = references.first() {
+        let opened = root.join("android-files").join(&reference.name);
+        std::fs::create_dir_all(root.join("android-files"))?;
+        let fetched = android
+            .download_attachment(reference, &opened, None, &never)
+            .await?;
+        let identical = std::fs::read(&opened)? == video;
+        println!(
+            "  opening the video downloads {} bytes; identical to the original: {identical}",
+            fetched.bytes_transferred
+        );
+        if !identical {
+            return Err("the downloaded video differs".into());
+        }
     }
     let first = android.messages(Some("family"))?;
     if let Some(message) = first.first() {
