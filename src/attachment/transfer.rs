@@ -65,10 +65,12 @@ struct Fingerprint {
     chunk_digests: Vec<[u8; 16]>,
 }
 
+/// Hashes the file at `path`; `with_chunk_digests` also keeps a digest per chunk (for uploads).
 fn fingerprint(
     keys: &VaultKeys,
     path: &Path,
     chunk_size: u32,
+    with_chunk_digests: bool,
     cancel: &CancelToken,
 ) -> Result<Fingerprint> {
     let mut file = std::fs::File::open(path).map_err(|e| read_error(path, e))?;
@@ -83,9 +85,11 @@ fn fingerprint(
             break;
         }
         hasher.update(&buffer[..filled]);
-        chunk_digests.push(short_digest(&buffer[..filled]));
+        if with_chunk_digests {
+            chunk_digests.push(short_digest(&buffer[..filled]));
+        }
         size += filled as u64;
-        if chunk_digests.len() as u64 > super::MAX_CHUNKS {
+        if size.div_ceil(u64::from(chunk_size)) > super::MAX_CHUNKS {
             return Err(Error::invalid_input(format!(
                 "{} needs more than {} chunks of {chunk_size} bytes; use a larger chunk size",
                 path.display(),
@@ -189,7 +193,7 @@ pub async fn upload(
         let keys = keys.clone();
         let path = path.to_owned();
         let cancel = cancel.clone();
-        tokio::task::spawn_blocking(move || fingerprint(&keys, &path, chunk_size, &cancel))
+        tokio::task::spawn_blocking(move || fingerprint(&keys, &path, chunk_size, true, &cancel))
             .await
             .map_err(|e| Error::LocalState(format!("hashing task failed: {e}")))??
     };
@@ -370,7 +374,7 @@ pub async fn download(
         let part = part.clone();
         let chunk_size = attachment.chunk_size;
         let cancel = cancel.clone();
-        tokio::task::spawn_blocking(move || fingerprint(&keys, &part, chunk_size, &cancel))
+        tokio::task::spawn_blocking(move || fingerprint(&keys, &part, chunk_size, false, &cancel))
             .await
             .map_err(|e| Error::LocalState(format!("hashing task failed: {e}")))??
     };
