@@ -111,7 +111,15 @@ cp "$library" "$pkg/lib/"
 cp -r tests/vectors "$pkg/vectors"
 mount -t proc proc "$chroot_dir/proc"
 cleanup() { umount "$chroot_dir/proc" 2>/dev/null || true; rm -rf "$pkg" "$out"; }
-chroot "$chroot_dir" /bin/sh -c "cd $inside && swift build --build-tests -Xlinker -L$inside/lib >/dev/null"
+swift_build() { # DIR ARGS...: quiet when it works, the compiler's output when it does not
+  local dir=$1 log
+  shift
+  if ! log=$(chroot "$chroot_dir" /bin/sh -c "cd $dir && swift build $* -Xlinker -L$inside/lib" 2>&1); then
+    printf '%s\n' "$log" >&2
+    return 1
+  fi
+}
+swift_build "$inside" --build-tests
 run_swift() { # SWIFT-TEST-ARGS... (extra environment comes from SWIFT_ENV, split on spaces)
   local extra=()
   read -r -a extra <<< "${SWIFT_ENV:-}"
@@ -128,7 +136,7 @@ mkdir -p "$example/Sources/Quickstart" "$example/run"
 cp -r "$pkg/Sources/ChatVaultFFI" "$pkg/Sources/ChatVault" "$example/Sources/"
 cp examples/swift/Sources/Quickstart/main.swift "$example/Sources/Quickstart/"
 cp examples/swift/Package.linux.swift "$example/Package.swift"
-chroot "$chroot_dir" /bin/sh -c "cd $inside/example && swift build -Xlinker -L$inside/lib >/dev/null"
+swift_build "$inside/example"
 chroot "$chroot_dir" /usr/bin/env LD_LIBRARY_PATH="$inside/lib" \
   "$inside/example/.build/debug/Quickstart" "file://$inside/example/run/bucket" "$inside/example/run" \
   > "$out/swift-example.txt"

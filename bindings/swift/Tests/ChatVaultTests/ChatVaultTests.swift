@@ -47,6 +47,22 @@ final class Collector: ChangeListener, @unchecked Sendable {
     }
 }
 
+final class TransferProgress: TransferProgressListener, @unchecked Sendable {
+    private let lock = NSLock()
+    private var events: [(UInt64, UInt64)] = []
+    private let cancelAt: UInt64?
+    private let handle: CancelHandle?
+    init(cancelAt: UInt64? = nil, handle: CancelHandle? = nil) {
+        self.cancelAt = cancelAt
+        self.handle = handle
+    }
+    var last: (UInt64, UInt64)? { lock.lock(); defer { lock.unlock() }; return events.last }
+    func onProgress(done: UInt64, total: UInt64) {
+        lock.lock(); events.append((done, total)); lock.unlock()
+        if let cancelAt, done >= cancelAt { handle?.cancel() }
+    }
+}
+
 final class ChatVaultTests: XCTestCase {
     func testRecoveryKeyVectors() throws {
         let v = try vectors("recovery_key.json") as! [String: [[String: String]]]
@@ -154,5 +170,75 @@ final class ChatVaultTests: XCTestCase {
             _ = try await fresh.verify()
             XCTFail("tampered bucket verified")
         } catch ChatVaultError.Tampered {}
+    }
+
+    func testAttachmentVectorsAndFilesRoundTrip() async throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent(UUID().uuidString)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let v = try vectors("attachments.json") as! [String: Any]
+        let cases = v["cases"] as! [[String: Any]]
+        let bucket = dir.appendingPathComponent("bucket")
+        for c in cases {
+            for chunk in c["chunks"] as! [[String: Any]] {
+                let url = bucket.appendingPathComponent(v["prefix"] as! String)
+                    .appendingPathComponent(chunk["name"] as! String)
+                try FileManager.default.createDirectory(at: url.deletingLastPathComponent(),
+                                                        withIntermediateDirectories: true)
+                try hex(chunk["object"] as! String).write(to: url)
+            }
+        }
+        let store = "file://" + bucket.path
+        let key = try RecoveryKey.parse(text: v["recovery_key_text"] as! String)
+        let vault = try await Vault.open(storeUrl: store, stateDir: dir.appendingPathComponent("state").path,
+                                         deviceName: "iPhone", platform: "ios", key: key)
+        for c in cases {
+            let size = c["size"] as! Int
+            let seed = c["seed"] as! Int
+            let ref = Attachment(contentId: c["content_id"] as! String, size: UInt64(size),
+                                 chunkSize: UInt32(c["chunk_size"] as! Int), name: c["name"] as! String,
+                                 mime: c["mime"] as! String)
+            let out = dir.appendingPathComponent(c["name"] as! String)
+            _ = try await vault.downloadAttachment(attachment: ref, destPath: out.path, progress: nil, cancel: nil)
+            var expected = Data(count: size)
+            for i in 0..<size { expected[i] = UInt8(truncatingIfNeeded: (i * 7 + seed) % 256) }
+            XCTAssertEqual(try Data(contentsOf: out), expected)
+        }
+
+        // Attach with progress, cancel part way, resume; reference it; download on another device.
+        let file = dir.appendingPathComponent("clip.mov")
+        let length: Int = 9 * 1024 * 1024 + 1
+        var content = Data(count: length)
+        for i in 0..<length { content[i] = UInt8(truncatingIfNeeded: (i * 13) % 253) }
+        try content.write(to: file)
+        let handle = CancelHandle()
+        do {
+            _ = try await vault.attachFile(path: file.path, name: "clip.mov", mime: "video/quicktime",
+                                           progress: TransferProgress(cancelAt: 4 * 1024 * 1024, handle: handle),
+                                           cancel: handle)
+            XCTFail("the cancelled upload finished")
+        } catch ChatVaultError.Cancelled {}
+        let progress = TransferProgress()
+        let upload = try await vault.attachFile(path: file.path, name: "clip.mov", mime: "video/quicktime",
+                                                progress: progress, cancel: nil)
+        XCTAssertEqual(upload.report.chunksSkipped, 1)
+        XCTAssertEqual(progress.last?.0, UInt64(content.count))
+        try vault.record(changes: [.upsertMessage(message: Message(
+            chatId: "c", messageId: "1", sender: "me", sentAtMs: 1, text: "watch", replyTo: nil,
+            attachments: [upload.attachment]))])
+        _ = try await vault.sync(progress: nil, listener: nil)
+        let other = try await Vault.open(storeUrl: store, stateDir: dir.appendingPathComponent("other").path,
+                                         deviceName: "Pixel", platform: "android", key: key)
+        _ = try await other.sync(progress: nil, listener: nil)
+        let received = try other.messages(chatId: nil).first!.attachments
+        XCTAssertEqual(received, [upload.attachment])
+        let out = dir.appendingPathComponent("clip-restored.mov")
+        _ = try await other.downloadAttachment(attachment: received[0], destPath: out.path, progress: nil, cancel: nil)
+        XCTAssertEqual(try Data(contentsOf: out), content)
+        var bad = received[0]
+        bad.contentId = "not hex"
+        do {
+            _ = try await other.downloadAttachment(attachment: bad, destPath: out.path, progress: nil, cancel: nil)
+            XCTFail("a malformed content id was accepted")
+        } catch ChatVaultError.InvalidInput {}
     }
 }
