@@ -158,6 +158,8 @@ pub struct VerifyReport {
     pub devices: u64,
     /// Operations decrypted.
     pub operations: u64,
+    /// Attachment contents whose chunks were all found with their expected sizes.
+    pub attachments: u64,
 }
 
 /// An open vault on one device.
@@ -280,14 +282,7 @@ impl Vault {
     /// 8 MiB; the default is 4 MiB). Smaller chunks repeat less after an interruption and cost
     /// more requests. Content already stored keeps its chunk size.
     pub fn set_attachment_chunk_size(&self, chunk_size: u32) -> Result<()> {
-        crate::attachment::Attachment {
-            content_id: crate::attachment::ContentId([0; 32]),
-            size: 0,
-            chunk_size,
-            name: String::new(),
-            mime: String::new(),
-        }
-        .validate()?;
+        crate::attachment::check_chunk_size(chunk_size)?;
         self.attachment_chunk_size
             .store(chunk_size, std::sync::atomic::Ordering::Relaxed);
         Ok(())
@@ -962,8 +957,9 @@ impl Vault {
     /// Fetches and authenticates everything in the bucket: the newest checkpoint (index, every
     /// pack and chat block) and every segment after it, checking every device's chain from the
     /// checkpoint (or from its first segment), every claim segments make about each other, and
-    /// that nothing this device already applied was rolled back. Changes nothing but the cache of
-    /// known checkpoints.
+    /// that nothing this device already applied was rolled back; and that every chunk of every
+    /// attachment referenced by this device's messages is present. Changes nothing but the cache
+    /// of known checkpoints.
     pub async fn verify(&self) -> Result<VerifyReport> {
         let mut scratch = SyncReport::default();
         let listed = self.list_vault(&mut scratch).await?;
@@ -1031,7 +1027,50 @@ impl Vault {
             report.operations += open_blocks(&self.keys, &chat_keys, segment)?.len() as u64;
             report.segments += 1;
         }
+        report.attachments = self.check_attachments_present().await?;
         Ok(report)
+    }
+
+    /// Checks that every chunk of every attachment this device's messages reference is in the
+    /// bucket with its expected size (one LIST; the content itself is authenticated when it is
+    /// downloaded). Returns the number of contents checked.
+    async fn check_attachments_present(&self) -> Result<u64> {
+        let referenced = lock(&self.local)?.referenced_attachments()?;
+        if referenced.is_empty() {
+            return Ok(0);
+        }
+        let root = self.attachments_prefix();
+        let sizes: BTreeMap<String, u64> = self
+            .store
+            .list(&root)
+            .await?
+            .into_iter()
+            .filter_map(|o| Some((o.key.strip_prefix(&root)?.to_owned(), o.size)))
+            .collect();
+        for attachment in referenced.values() {
+            for index in 0..attachment.chunk_count() {
+                let name = attachment.chunk_name(index);
+                let expected = crate::attachment::stream::chunk_object_len(
+                    attachment.size,
+                    attachment.chunk_size,
+                    index,
+                );
+                match sizes.get(&name) {
+                    Some(&size) if size == expected => {}
+                    Some(_) => {
+                        return Err(Error::Integrity(crate::IntegrityProblem::Misplaced {
+                            name,
+                        }));
+                    }
+                    None => {
+                        return Err(Error::Integrity(crate::IntegrityProblem::MissingObject {
+                            name,
+                        }));
+                    }
+                }
+            }
+        }
+        Ok(referenced.len() as u64)
     }
 
     /// Writes a checkpoint of the merged state (after a full sync), so new devices and

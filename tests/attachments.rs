@@ -225,6 +225,27 @@ async fn deduplicates_across_chats_and_devices(store: Arc<dyn ObjectStore>) {
         .await
         .unwrap();
     assert_eq!(std::fs::read(&out).unwrap(), bytes);
+    assert_eq!(laptop.verify().await.unwrap().attachments, 1);
+
+    // verify notices a chunk gone or cut short (without downloading the content).
+    let root = format!("{}-attachments/", laptop.vault_id());
+    let chunk = format!("{root}{}", all[0].chunk_name(2));
+    let original = store.get(&chunk).await.unwrap().unwrap();
+    store.delete(&chunk).await.unwrap();
+    assert!(matches!(
+        laptop.verify().await.unwrap_err(),
+        Error::Integrity(IntegrityProblem::MissingObject { .. })
+    ));
+    store
+        .put(&chunk, original[..original.len() - 1].to_vec())
+        .await
+        .unwrap();
+    assert!(matches!(
+        laptop.verify().await.unwrap_err(),
+        Error::Integrity(IntegrityProblem::Misplaced { .. })
+    ));
+    store.put(&chunk, original).await.unwrap();
+    assert_eq!(laptop.verify().await.unwrap().attachments, 1);
 }
 
 #[tokio::test]

@@ -113,14 +113,7 @@ impl Attachment {
 
     /// Checks the limits (a reference comes from another device: never trust it blindly).
     pub fn validate(&self) -> Result<()> {
-        if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&self.chunk_size)
-            || !self.chunk_size.is_power_of_two()
-        {
-            return Err(Error::invalid_input(format!(
-                "attachment chunk size {} is not a power of two in {MIN_CHUNK_SIZE}..={MAX_CHUNK_SIZE}",
-                self.chunk_size
-            )));
-        }
+        check_chunk_size(self.chunk_size)?;
         if self.size > MAX_ATTACHMENT_SIZE {
             return Err(Error::invalid_input(format!(
                 "attachment of {} bytes exceeds {MAX_ATTACHMENT_SIZE}",
@@ -172,6 +165,17 @@ impl Attachment {
         };
         attachment.validate().map_err(|e| e.to_string())?;
         Ok(attachment)
+    }
+}
+
+/// Checks that `chunk_size` is a power of two from [`MIN_CHUNK_SIZE`] to [`MAX_CHUNK_SIZE`].
+pub fn check_chunk_size(chunk_size: u32) -> Result<()> {
+    if (MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&chunk_size) && chunk_size.is_power_of_two() {
+        Ok(())
+    } else {
+        Err(Error::invalid_input(format!(
+            "attachment chunk size {chunk_size} is not a power of two in {MIN_CHUNK_SIZE}..={MAX_CHUNK_SIZE}"
+        )))
     }
 }
 

@@ -306,6 +306,8 @@ pub struct VerifyReport {
     pub segments: u64,
     pub devices: u64,
     pub operations: u64,
+    /// Attachment contents whose chunks are all present.
+    pub attachments: u64,
 }
 
 impl Vault {
@@ -753,6 +755,7 @@ impl Vault {
             segments: report.segments,
             devices: report.devices,
             operations: report.operations,
+            attachments: report.attachments,
         })
     }
 }

@@ -345,8 +345,13 @@ async fn run(cli: Cli) -> CliResult {
             let vault = open_vault(&cli).await?;
             let report = vault.verify().await?;
             println!(
-                "ok: {} segments from {} devices and {} checkpoint(s) authenticated, {} operations",
-                report.segments, report.devices, report.checkpoints, report.operations
+                "ok: {} segments from {} devices and {} checkpoint(s) authenticated, {} operations; \
+                 all chunks of {} attachment(s) present",
+                report.segments,
+                report.devices,
+                report.checkpoints,
+                report.operations,
+                report.attachments
             );
             Ok(())
         }
