@@ -265,3 +265,94 @@ fn verify_fails_loudly_on_a_tampered_store() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("authentication failed"));
 }
+
+#[test]
+fn restore_downloads_what_it_can_and_reports_a_tampered_attachment() {
+    let env = env();
+    std::fs::create_dir_all(env.root.join("media")).unwrap();
+    std::fs::write(env.root.join("media/good.txt"), "good content".repeat(1000)).unwrap();
+    std::fs::write(env.root.join("media/bad.txt"), "other content".repeat(1000)).unwrap();
+    let jsonl = env.root.join("in.jsonl");
+    write(
+        &jsonl,
+        concat!(
+            r#"{"type":"message","chat_id":"c","message_id":"1","sent_at_ms":1,"attachments":[{"path":"media/good.txt","mime":"text/plain"}]}"#,
+            "\n",
+            r#"{"type":"message","chat_id":"c","message_id":"2","sent_at_ms":2,"attachments":[{"path":"media/bad.txt"}]}"#,
+            "\n"
+        ),
+    );
+    ok(run(&env, "phone", &["import", jsonl.to_str().unwrap()]));
+    ok(run(&env, "phone", &["sync"]));
+
+    // Damage the one chunk of bad.txt: find its reference, then flip a byte of the chunk.
+    let refs = env.root.join("refs.jsonl");
+    ok(run(
+        &env,
+        "laptop",
+        &["restore", "--out", refs.to_str().unwrap()],
+    ));
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&refs)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let bad = lines
+        .iter()
+        .find(|l| l["attachments"][0]["name"] == "bad.txt")
+        .unwrap();
+    let bad_id = bad["attachments"][0]["content_id"].as_str().unwrap();
+    let mut chunk = None;
+    let mut stack = vec![env.root.join("bucket")];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.parent().unwrap().ends_with(bad_id) {
+                chunk = Some(path);
+            }
+        }
+    }
+    let chunk = chunk.expect("the chunk of bad.txt");
+    let mut bytes = std::fs::read(&chunk).unwrap();
+    bytes[20] ^= 1;
+    std::fs::write(&chunk, bytes).unwrap();
+
+    let out = env.root.join("restored/out.jsonl");
+    std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+    let files = env.root.join("restored/files");
+    let output = run(
+        &env,
+        "laptop",
+        &[
+            "restore",
+            "--out",
+            out.to_str().unwrap(),
+            "--attachments",
+            files.to_str().unwrap(),
+        ],
+    );
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("1 attachment(s) could not be downloaded"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("authentication failed"), "{stderr}");
+    let restored: Vec<serde_json::Value> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|l| l["type"] == "message")
+        .collect();
+    let good = &restored[0]["attachments"][0];
+    assert_eq!(good["name"], "good.txt");
+    let path = out.parent().unwrap().join(good["path"].as_str().unwrap());
+    assert_eq!(
+        std::fs::read_to_string(path).unwrap(),
+        "good content".repeat(1000)
+    );
+    assert!(restored[1]["attachments"][0]["path"].is_null());
+    assert_eq!(restored[1]["attachments"][0]["content_id"], bad_id);
+}

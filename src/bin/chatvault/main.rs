@@ -245,6 +245,7 @@ async fn run(cli: Cli) -> CliResult {
             }
             let mut totals = TransferReport::default();
             let mut downloaded: BTreeMap<ContentId, String> = BTreeMap::new();
+            let mut failed: Vec<(ContentId, String)> = Vec::new();
             if let Some(dir) = attachments {
                 std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
                 let out_dir = absolute(
@@ -253,7 +254,9 @@ async fn run(cli: Cli) -> CliResult {
                         .unwrap_or(Path::new(".")),
                 )?;
                 for attachment in messages.iter().flat_map(|m| &m.attachments) {
-                    if downloaded.contains_key(&attachment.content_id) {
+                    if downloaded.contains_key(&attachment.content_id)
+                        || failed.iter().any(|(id, _)| *id == attachment.content_id)
+                    {
                         continue;
                     }
                     let dest = dir.join(attachment_file_name(attachment));
@@ -261,7 +264,7 @@ async fn run(cli: Cli) -> CliResult {
                         .is_ok_and(|m| m.is_file() && m.len() == attachment.size);
                     if !complete {
                         let reporter = ProgressPrinter::new(*progress, &dest);
-                        let report = vault
+                        match vault
                             .download_attachment(
                                 attachment,
                                 &dest,
@@ -269,8 +272,18 @@ async fn run(cli: Cli) -> CliResult {
                                 &CancelToken::new(),
                             )
                             .await
-                            .map_err(|e| format!("{}: {e}", dest.display()))?;
-                        add_report(&mut totals, &report);
+                        {
+                            Ok(report) => add_report(&mut totals, &report),
+                            // Keep going: one damaged file must not cost the others; the lines
+                            // keep its reference and the command fails at the end.
+                            Err(error) => {
+                                failed.push((
+                                    attachment.content_id,
+                                    format!("{}: {error}", dest.display()),
+                                ));
+                                continue;
+                            }
+                        }
                     }
                     let relative = relative_path(&out_dir, &absolute(&dest)?);
                     downloaded.insert(attachment.content_id, relative);
@@ -296,7 +309,18 @@ async fn run(cli: Cli) -> CliResult {
                     String::new()
                 }
             );
-            Ok(())
+            if failed.is_empty() {
+                Ok(())
+            } else {
+                let list: Vec<_> = failed.into_iter().map(|(_, e)| e).collect();
+                Err(format!(
+                    "{} attachment(s) could not be downloaded (their lines keep the reference; run \
+                     restore again to retry):\n  {}",
+                    list.len(),
+                    list.join("\n  ")
+                )
+                .into())
+            }
         }
         Command::Chats { json } => {
             let vault = open_vault(&cli).await?;
