@@ -55,7 +55,7 @@ pub struct Message {
     /// The message this one replies to, if any.
     #[prost(string, optional, tag = "6")]
     pub reply_to: ::core::option::Option<::prost::alloc::string::String>,
-    /// Files attached to the message; their content is in attachments/<content id hex>/ chunks.
+    /// Files attached to the message; their content is stored in chunks beside the vault (FORMAT.md section 10).
     #[prost(message, repeated, tag = "7")]
     pub attachments: ::prost::alloc::vec::Vec<AttachmentRef>,
 }
