@@ -83,6 +83,18 @@ pub struct S3Config {
     pub request_timeout: Duration,
 }
 
+impl Drop for S3Config {
+    /// Wipes this copy of the secret (the signing credentials hold their own copy for the
+    /// store's lifetime).
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        self.secret_access_key.zeroize();
+        if let Some(token) = self.session_token.as_mut() {
+            token.zeroize();
+        }
+    }
+}
+
 impl core::fmt::Debug for S3Config {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("S3Config")
