@@ -452,6 +452,35 @@ async fn cancelled_transfers_resume_without_repeating_finished_chunks() {
     assert_eq!(report.chunks_skipped, 12);
     assert_eq!(report.chunks_transferred, 21 - 12);
     assert_eq!(std::fs::read(&out).unwrap(), bytes);
+
+    // A partial file damaged on disk between two runs is caught, dropped, and the next run
+    // starts over.
+    let again = dir.path().join("voice-again.ogg");
+    let stop = CancelAfter {
+        after: 5 * c,
+        token: CancelToken::new(),
+        calls: AtomicU64::new(0),
+    };
+    phone
+        .download_attachment(&attachment, &again, Some(&stop), &stop.token)
+        .await
+        .unwrap_err();
+    let part = chatvault::attachment::transfer::partial_path(&again, &attachment.content_id);
+    let mut damaged = std::fs::read(&part).unwrap();
+    damaged[1000] ^= 1;
+    std::fs::write(&part, damaged).unwrap();
+    let error = phone
+        .download_attachment(&attachment, &again, None, &CancelToken::new())
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::Decode { .. }), "{error:?}");
+    assert!(!part.exists() && !again.exists());
+    let report = phone
+        .download_attachment(&attachment, &again, None, &CancelToken::new())
+        .await
+        .unwrap();
+    assert_eq!(report.chunks_skipped, 0);
+    assert_eq!(std::fs::read(&again).unwrap(), bytes);
 }
 
 /// Rewrites a later part of the file when the first chunk is done.

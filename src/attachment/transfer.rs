@@ -7,8 +7,9 @@
 //!   device's interrupted one) and sends only the missing ones, in order. A kill mid-upload costs
 //!   at most the chunk that was in flight. Before returning it lists again, so the reference it
 //!   returns names only content that is complete in the bucket.
-//! - **Download** writes verified plaintext to `<dest>.<id prefix>.part`, then checks the whole
-//!   file against its content id and renames it to `dest`. After a kill it keeps the whole chunks
+//! - **Download** writes verified plaintext to `<dest>.<id prefix>.part`, hashing it on the way
+//!   (after a restart, the part already on disk is read back into the hash), checks the whole
+//!   against its content id and renames it to `dest`. After a kill it keeps the whole chunks
 //!   already written and fetches the rest. Chunks made only of padding are never fetched: the
 //!   reference's exact size (authenticated inside the message) says where the content ends.
 
@@ -65,12 +66,11 @@ struct Fingerprint {
     chunk_digests: Vec<[u8; 16]>,
 }
 
-/// Hashes the file at `path`; `with_chunk_digests` also keeps a digest per chunk (for uploads).
+/// Hashes the file at `path`: its content id and a short digest per chunk.
 fn fingerprint(
     keys: &VaultKeys,
     path: &Path,
     chunk_size: u32,
-    with_chunk_digests: bool,
     cancel: &CancelToken,
 ) -> Result<Fingerprint> {
     let mut file = std::fs::File::open(path).map_err(|e| read_error(path, e))?;
@@ -85,9 +85,7 @@ fn fingerprint(
             break;
         }
         hasher.update(&buffer[..filled]);
-        if with_chunk_digests {
-            chunk_digests.push(short_digest(&buffer[..filled]));
-        }
+        chunk_digests.push(short_digest(&buffer[..filled]));
         size += filled as u64;
         if size.div_ceil(u64::from(chunk_size)) > super::MAX_CHUNKS {
             return Err(Error::invalid_input(format!(
@@ -193,7 +191,7 @@ pub async fn upload(
         let keys = keys.clone();
         let path = path.to_owned();
         let cancel = cancel.clone();
-        tokio::task::spawn_blocking(move || fingerprint(&keys, &path, chunk_size, true, &cancel))
+        tokio::task::spawn_blocking(move || fingerprint(&keys, &path, chunk_size, &cancel))
             .await
             .map_err(|e| Error::LocalState(format!("hashing task failed: {e}")))??
     };
@@ -328,6 +326,25 @@ pub async fn download(
     report.chunks_skipped = first;
     let kept = first.saturating_mul(chunk).min(total);
     file.set_len(kept).map_err(|e| write_error(&part, e))?;
+    // The content id is computed as the file is written; what an earlier run left is read back
+    // from disk, so a partial file damaged between two runs is caught too.
+    let mut hasher = ContentHasher::new(keys.attachment(), attachment.chunk_size);
+    if kept > 0 {
+        file.seek(SeekFrom::Start(0))
+            .map_err(|e| write_error(&part, e))?;
+        let mut buffer = vec![0u8; attachment.chunk_size as usize];
+        let mut left = kept;
+        while left > 0 {
+            let want = left.min(chunk) as usize;
+            let filled =
+                read_full(&mut file, &mut buffer[..want]).map_err(|e| write_error(&part, e))?;
+            if filled != want {
+                break; // shorter than its length said: the final check fails
+            }
+            hasher.update(&buffer[..filled]);
+            left -= filled as u64;
+        }
+    }
     file.seek(SeekFrom::Start(kept))
         .map_err(|e| write_error(&part, e))?;
     if let Some(listener) = listener {
@@ -359,6 +376,7 @@ pub async fn download(
                 DecodeProblem::Malformed("non-zero padding".into()),
             ));
         }
+        hasher.update(content);
         file.write_all(content).map_err(|e| write_error(&part, e))?;
         report.chunks_transferred += 1;
         if let Some(listener) = listener {
@@ -367,18 +385,9 @@ pub async fn download(
     }
     file.sync_all().map_err(|e| write_error(&part, e))?;
     drop(file);
-    // The chunks authenticated themselves; this also catches a partial file damaged on disk
-    // between two runs, and a reference whose content id lies about its content.
-    let check = {
-        let keys = keys.clone();
-        let part = part.clone();
-        let chunk_size = attachment.chunk_size;
-        let cancel = cancel.clone();
-        tokio::task::spawn_blocking(move || fingerprint(&keys, &part, chunk_size, false, &cancel))
-            .await
-            .map_err(|e| Error::LocalState(format!("hashing task failed: {e}")))??
-    };
-    if check.size != total || check.content_id != attachment.content_id {
+    // The chunks authenticated themselves; this also catches a reference whose content id lies
+    // about its content, and a partial file damaged on disk between two runs.
+    if hasher.finish() != attachment.content_id {
         let _ = std::fs::remove_file(&part);
         return Err(Error::decode(
             ObjectKind::AttachmentChunk,
