@@ -65,6 +65,7 @@ pub mod ffi;
 #[doc(hidden)]
 pub use ffi::UniFfiTag;
 pub mod format;
+mod hex;
 pub mod keyring;
 pub mod keys;
 pub mod local;

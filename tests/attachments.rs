@@ -538,7 +538,7 @@ async fn garbage_collection_follows_references(store: Arc<dyn ObjectStore>) {
     };
     let shared = attach(1).await; // in two chats
     let single = attach(2).await; // in one chat
-    let orphan = attach(3).await; // uploaded, never referenced (an abandoned upload)
+    attach(3).await; // uploaded, never referenced (an abandoned upload)
     let per = shared.chunk_count();
     phone
         .record(vec![
@@ -550,7 +550,6 @@ async fn garbage_collection_follows_references(store: Arc<dyn ObjectStore>) {
     phone.sync(None, None).await.unwrap();
     let count = || async { chunk_objects(store.as_ref(), &phone).await.len() as u64 };
     assert_eq!(count().await, 3 * per);
-    let _ = orphan;
 
     // Within the grace period nothing goes, not even the orphan.
     phone.collect_garbage(3_600_000).await.unwrap();
@@ -592,6 +591,15 @@ async fn garbage_collection_follows_references(store: Arc<dyn ObjectStore>) {
         error,
         Error::Integrity(IntegrityProblem::MissingObject { .. })
     ));
+
+    // Attaching the file again (as SYNC.md advises after that error) re-uploads what is gone.
+    let again = attach(1).await;
+    assert_eq!(again, shared);
+    assert_eq!(count().await, 2 * per);
+    phone
+        .download_attachment(&shared, &dir.path().join("shared"), None, &never)
+        .await
+        .unwrap();
 }
 
 #[tokio::test]

@@ -90,13 +90,18 @@ def message(chat, message_id, text, at):
                                                sent_at_ms=at, text=text, reply_to=None))
 
 
-class Sync(unittest.TestCase):
+class WithDirectoryStore(unittest.TestCase):
+    """A fresh temporary directory with a directory store in it, per test."""
+
     def setUp(self):
         self.dir = tempfile.mkdtemp()
         self.store = "file://" + os.path.join(self.dir, "bucket")
 
     def tearDown(self):
         shutil.rmtree(self.dir)
+
+
+class Sync(WithDirectoryStore):
 
     def open(self, name, key):
         return run(cv.Vault.open(self.store, os.path.join(self.dir, name), name, "python", key))
@@ -194,13 +199,7 @@ class TransferProgress(cv.TransferProgressListener):
             self.handle.cancel()
 
 
-class Attachments(unittest.TestCase):
-    def setUp(self):
-        self.dir = tempfile.mkdtemp()
-        self.store = "file://" + os.path.join(self.dir, "bucket")
-
-    def tearDown(self):
-        shutil.rmtree(self.dir)
+class Attachments(WithDirectoryStore):
 
     def test_vector_chunks_download(self):
         v = load("attachments.json")

@@ -53,19 +53,12 @@ pub struct ContentId(pub [u8; 32]);
 impl ContentId {
     /// 64 lower-case hex characters: the content's folder name in the bucket.
     pub fn to_hex(&self) -> String {
-        self.0.iter().map(|b| format!("{b:02x}")).collect()
+        crate::hex::encode(&self.0)
     }
 
     /// Parses 64 hex characters.
     pub fn from_hex(text: &str) -> Option<ContentId> {
-        if text.len() != 64 || !text.is_ascii() {
-            return None;
-        }
-        let mut out = [0u8; 32];
-        for (i, byte) in out.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
-        }
-        Some(ContentId(out))
+        crate::hex::decode(text).map(ContentId)
     }
 }
 

@@ -61,6 +61,12 @@ pub fn chunk_plain_len(size: u64, chunk_size: u32, index: u64) -> u64 {
         .min(chunk)
 }
 
+/// How many bytes of content (not padding) chunk `index` holds.
+pub fn chunk_content_len(size: u64, chunk_size: u32, index: u64) -> u64 {
+    let chunk = u64::from(chunk_size);
+    size.saturating_sub(index.saturating_mul(chunk)).min(chunk)
+}
+
 /// Length of chunk `index` as stored in the bucket.
 pub fn chunk_object_len(size: u64, chunk_size: u32, index: u64) -> u64 {
     chunk_plain_len(size, chunk_size, index) + (HEADER_LEN + TAG_LEN) as u64
@@ -79,7 +85,7 @@ impl ContentHasher {
     /// A hasher for content stored in chunks of `chunk_size` bytes (the chunk size is part of the
     /// id, so the same file stored with two chunk sizes never shares objects).
     pub fn new(key: &AttachmentKey, chunk_size: u32) -> Self {
-        let mut mac = hmac_with(&key.0);
+        let mut mac = key.0.hmac();
         mac.update(LABEL_CONTENT_ID);
         mac.update(&[0]);
         mac.update(&chunk_size.to_be_bytes());
@@ -97,15 +103,9 @@ impl ContentHasher {
     }
 }
 
-fn hmac_with(key: &Key32) -> Hmac<Sha256> {
-    // HMAC takes keys of any length; the fallback is unreachable but keeps this panic-free.
-    <Hmac<Sha256> as hmac::KeyInit>::new_from_slice(key.bytes())
-        .unwrap_or_else(|_| <Hmac<Sha256> as hmac::KeyInit>::new(&Default::default()))
-}
-
 /// The key that seals one content's chunks.
 pub(crate) fn file_key(key: &AttachmentKey, id: &ContentId) -> Key32 {
-    let mut mac = hmac_with(&key.0);
+    let mut mac = key.0.hmac();
     mac.update(LABEL_FILE_KEY);
     mac.update(&[0]);
     mac.update(&id.0);

@@ -13,7 +13,7 @@
 //!   already written and fetches the rest. Chunks made only of padding are never fetched: the
 //!   reference's exact size (authenticated inside the message) says where the content ends.
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
@@ -133,33 +133,28 @@ fn read_full(file: &mut std::fs::File, buffer: &mut [u8]) -> std::io::Result<usi
     Ok(filled)
 }
 
-/// Which chunks of `attachment` the bucket holds whole (by listed size).
+/// The chunks of `attachment` the bucket holds whole (by listed size).
 async fn chunks_present(
     store: &dyn ObjectStore,
     root: &str,
     attachment: &Attachment,
     report: &mut TransferReport,
-) -> Result<BTreeMap<u64, bool>> {
-    let prefix = format!("{root}{}", attachment.chunk_prefix());
+) -> Result<BTreeSet<u64>> {
     report.requests += 1;
-    let listed = store.list(&prefix).await?;
-    let mut present = BTreeMap::new();
-    for object in listed {
-        let Some(index) = object
-            .key
-            .strip_prefix(&prefix)
-            .filter(|rest| rest.len() == 8)
-            .and_then(|rest| u64::from_str_radix(rest, 16).ok())
-        else {
-            continue;
-        };
-        if index < attachment.chunk_count() {
-            let whole = object.size
-                == stream::chunk_object_len(attachment.size, attachment.chunk_size, index);
-            present.insert(index, whole);
-        }
-    }
-    Ok(present)
+    let listed = store
+        .list(&format!("{root}{}", attachment.chunk_prefix()))
+        .await?;
+    Ok(listed
+        .into_iter()
+        .filter_map(|object| {
+            let (id, index) = super::parse_chunk_name(object.key.strip_prefix(root)?)?;
+            let whole = id == attachment.content_id
+                && index < attachment.chunk_count()
+                && object.size
+                    == stream::chunk_object_len(attachment.size, attachment.chunk_size, index);
+            whole.then_some(index)
+        })
+        .collect())
 }
 
 /// Uploads the file at `path` as an attachment named `name` of type `mime`, in chunks of
@@ -202,12 +197,12 @@ pub async fn upload(
     };
     let total = attachment.size;
     let chunk = u64::from(chunk_size);
-    let content_of = |index: u64| total.saturating_sub(index.saturating_mul(chunk)).min(chunk);
+    let content_of = |index: u64| stream::chunk_content_len(total, chunk_size, index);
     let present = chunks_present(store, root, &attachment, &mut report).await?;
     let file_key = stream::file_key(keys.attachment(), &attachment.content_id);
     let count = attachment.chunk_count();
     let (skipped, mut missing): (Vec<u64>, Vec<u64>) =
-        (0..count).partition(|i| present.get(i).copied().unwrap_or(false));
+        (0..count).partition(|i| present.contains(i));
     report.chunks_skipped = skipped.len() as u64;
     let mut done: u64 = skipped.iter().map(|&i| content_of(i)).sum();
     if let Some(listener) = listener {
@@ -273,7 +268,7 @@ pub async fn upload(
     // Every chunk must be there now: another device's garbage collection may have removed a chunk
     // this upload counted on; say so rather than hand out a reference to incomplete content.
     let present = chunks_present(store, root, &attachment, &mut report).await?;
-    if let Some(missing) = (0..count).find(|i| !present.get(i).copied().unwrap_or(false)) {
+    if let Some(missing) = (0..count).find(|i| !present.contains(i)) {
         return Err(Error::Integrity(IntegrityProblem::MissingObject {
             name: attachment.chunk_name(missing),
         }));
@@ -368,7 +363,7 @@ pub async fn download(
             plain_len,
             &object,
         )?;
-        let content_len = total.saturating_sub(index * chunk).min(chunk) as usize;
+        let content_len = stream::chunk_content_len(total, attachment.chunk_size, index) as usize;
         let (content, padding) = plain.split_at(content_len.min(plain.len()));
         if padding.iter().any(|&b| b != 0) {
             return Err(Error::decode(

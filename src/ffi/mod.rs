@@ -164,14 +164,7 @@ pub fn open_passphrase_envelope(
     vault_id: String,
     passphrase: String,
 ) -> FfiResult<Arc<RecoveryKey>> {
-    let bytes: Option<[u8; 16]> = (vault_id.len() == 32)
-        .then(|| {
-            (0..16)
-                .map(|i| u8::from_str_radix(vault_id.get(2 * i..2 * i + 2)?, 16).ok())
-                .collect::<Option<Vec<u8>>>()
-                .and_then(|v| v.try_into().ok())
-        })
-        .flatten();
+    let bytes: Option<[u8; 16]> = crate::hex::decode(&vault_id);
     let vault_id = keys::VaultId::from_bytes(bytes.ok_or(ChatVaultError::InvalidInput {
         detail: "a vault id is 32 hex characters".into(),
     })?);

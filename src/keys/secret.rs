@@ -14,6 +14,15 @@ impl Key32 {
     pub(crate) fn bytes(&self) -> &[u8; 32] {
         &self.0
     }
+
+    /// An HMAC-SHA256 keyed with these bytes.
+    pub(crate) fn hmac(&self) -> hmac::Hmac<sha2::Sha256> {
+        use hmac::KeyInit;
+        // HMAC accepts keys of any length, so this cannot fail; fall back to an empty-key HMAC
+        // rather than panic if that ever changed.
+        hmac::Hmac::<sha2::Sha256>::new_from_slice(&self.0)
+            .unwrap_or_else(|_| hmac::Hmac::<sha2::Sha256>::new(&Default::default()))
+    }
 }
 
 impl core::fmt::Debug for Key32 {

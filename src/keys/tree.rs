@@ -14,7 +14,7 @@
 //! listed in [`DERIVATION_LABELS`] and pinned by `tests/vectors/hkdf.json`.
 
 use hkdf::Hkdf;
-use hmac::{KeyInit, Mac};
+use hmac::Mac;
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
@@ -61,7 +61,7 @@ impl VaultId {
 
     /// The bucket prefix form: 32 lower-case hex characters.
     pub fn to_hex(&self) -> String {
-        self.0.iter().map(|b| format!("{b:02x}")).collect()
+        crate::hex::encode(&self.0)
     }
 }
 
@@ -103,15 +103,11 @@ impl NamingKey {
     /// The object name for `id` in namespace `namespace`: the first 16 bytes of
     /// HMAC-SHA256(naming key, namespace || 0x00 || id), as 32 lower-case hex characters.
     pub fn object_name(&self, namespace: &str, id: &[u8]) -> String {
-        // HMAC accepts keys of any length, so this cannot fail; fall back to an empty-key HMAC
-        // rather than panic if that ever changed.
-        let mut mac = <hmac::Hmac<Sha256> as KeyInit>::new_from_slice(self.0.bytes())
-            .unwrap_or_else(|_| <hmac::Hmac<Sha256> as KeyInit>::new(&Default::default()));
+        let mut mac = self.0.hmac();
         mac.update(namespace.as_bytes());
         mac.update(&[0]);
         mac.update(id);
-        let tag = mac.finalize().into_bytes();
-        tag[..16].iter().map(|b| format!("{b:02x}")).collect()
+        crate::hex::encode(&mac.finalize().into_bytes()[..16])
     }
 }
 

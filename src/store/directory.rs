@@ -92,13 +92,7 @@ fn write_atomically(path: &Path, body: &[u8]) -> StoreResult<()> {
     create_dirs_durably(parent).map_err(io_error)?;
     let unique: [u8; 12] =
         crate::random::array().map_err(|_| StoreError::Io("no randomness".into()))?;
-    let temp = parent.join(format!(
-        "{TEMP_PREFIX}{}",
-        unique
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    ));
+    let temp = parent.join(format!("{TEMP_PREFIX}{}", crate::hex::encode(&unique)));
     let result = (|| {
         // `create_new`: never follow or reuse whatever might already be at the temporary name.
         let mut file = std::fs::OpenOptions::new()

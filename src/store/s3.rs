@@ -418,7 +418,7 @@ impl S3Store {
         let mut nonce = [0u8; 8];
         getrandom::fill(&mut nonce)
             .map_err(|e| StoreError::Other(format!("no randomness: {e}")))?;
-        let name: String = nonce.iter().map(|b| format!("{b:02x}")).collect();
+        let name = crate::hex::encode(&nonce);
         let key = inner.full_key(&format!("probe-conditional-write/{name}"))?;
         let mut statuses = Vec::new();
         for body in [&b"first"[..], &b"second"[..]] {

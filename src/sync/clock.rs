@@ -17,19 +17,12 @@ impl DeviceId {
 
     /// 32 lower-case hex characters.
     pub fn to_hex(&self) -> String {
-        self.0.iter().map(|b| format!("{b:02x}")).collect()
+        crate::hex::encode(&self.0)
     }
 
     /// Parses the 32-character hex form.
     pub fn from_hex(text: &str) -> Option<Self> {
-        if text.len() != 32 || !text.is_ascii() {
-            return None;
-        }
-        let mut out = [0u8; 16];
-        for (i, slot) in out.iter_mut().enumerate() {
-            *slot = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
-        }
-        Some(DeviceId(out))
+        crate::hex::decode(text).map(DeviceId)
     }
 }
 
