@@ -44,7 +44,7 @@ fn message(chat: usize, index: u64, seed: &mut u64) -> Change {
         sent_at_ms: 1_600_000_000_000 + index as i64 * 1000,
         text,
         reply_to: None,
-        attachments: Vec::new(),
+        ..Message::default()
     })
 }
 
@@ -95,6 +95,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     chat_id: format!("chat-{c:04}"),
                     title: format!("Chat {c}"),
                     members: vec!["me".into(), format!("friend{c}")],
+                    ..Chat::default()
                 })
             })
             .collect(),

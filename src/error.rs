@@ -48,6 +48,19 @@ pub enum Error {
     #[error("integrity problem in the bucket: {0}")]
     Integrity(IntegrityProblem),
 
+    /// A field the app passed is larger than chatvault accepts (`field` names it: `payload`,
+    /// `kind`, `text`, `title`). Nothing of the batch was recorded. A payload this large belongs
+    /// in an attachment.
+    #[error("{field} of {size} bytes exceeds the limit of {limit}")]
+    TooLarge {
+        /// The field.
+        field: &'static str,
+        /// Its size in bytes.
+        size: u64,
+        /// The most accepted.
+        limit: u64,
+    },
+
     /// The object store failed (network, credentials, throttling, disk).
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),

@@ -849,6 +849,7 @@ mod tests {
                     chat_id: "c".into(),
                     title: "T".into(),
                     members: vec!["x".into()],
+                    payload: vec![0, 1, 255],
                 }),
             ),
             (3, msg("b", "two")),

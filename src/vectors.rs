@@ -204,10 +204,25 @@ fn sealed_object_vectors() -> Value {
             chat_id: "family".into(),
             title: "Family 👪".into(),
             members: vec!["alice".into(), "bob".into()],
+            // The app's own bytes: every byte value once.
+            payload: (0..=255u8).collect(),
         }),
         messages: (0..20)
             .map(|i| proto::Message {
                 attachments: Vec::new(),
+                // Open message model: an app kind on every message but the first, and app
+                // payloads of every byte value (message 3) and a short one (message 5).
+                kind: match i {
+                    0 => String::new(),
+                    3 => "image".into(),
+                    5 => "reaction".into(),
+                    _ => "text".into(),
+                },
+                payload: match i {
+                    3 => (0..=255u8).rev().collect(),
+                    5 => vec![0x08, 0x01, 0x12, 0x04, 0xf0, 0x9f, 0x91, 0x8d],
+                    _ => Vec::new(),
+                },
                 chat_id: "family".into(),
                 message_id: format!("m{i}"),
                 sender: if i % 2 == 0 { "alice" } else { "bob" }.into(),

@@ -55,6 +55,8 @@ fn message(chat: &str, id: &str, attachments: Vec<Attachment>) -> Change {
         text: format!("message {id}"),
         reply_to: None,
         attachments,
+        kind: "file".into(),
+        ..Message::default()
     })
 }
 

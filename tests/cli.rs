@@ -217,6 +217,112 @@ fn import_sync_restore_round_trips_every_character() {
 }
 
 #[test]
+fn app_kinds_and_payloads_survive_an_export_and_import_unchanged() {
+    let env = env();
+    // Every byte value, in standard base64 with padding.
+    let every_byte: Vec<u8> = (0..=255).collect();
+    let every_byte_b64 = base64_standard(&every_byte);
+    let input = env.root.join("in.jsonl");
+    let lines = [
+        format!(
+            r#"{{"type":"chat","chat_id":"c","title":"T","members":["a"],"payload":"{every_byte_b64}"}}"#
+        ),
+        r#"{"type":"message","chat_id":"c","message_id":"m1","sender":"a","sent_at_ms":1,"text":"hi","reply_to":null}"#.to_owned(),
+        format!(
+            r#"{{"type":"message","chat_id":"c","message_id":"m2","sender":"a","sent_at_ms":2,"text":"","reply_to":null,"kind":"sticker","payload":"{every_byte_b64}"}}"#
+        ),
+        r#"{"type":"message","chat_id":"c","message_id":"m3","sender":"a","sent_at_ms":3,"text":"👍","reply_to":"m2","kind":"reaction"}"#.to_owned(),
+    ];
+    write(&input, &(lines.join("\n") + "\n"));
+    ok(run(&env, "phone", &["import", input.to_str().unwrap()]));
+    ok(run(&env, "phone", &["sync"]));
+    let out = env.root.join("out.jsonl");
+    ok(run(
+        &env,
+        "tablet",
+        &["restore", "--out", out.to_str().unwrap()],
+    ));
+    // The export is the input, line for line: fields omitted when empty.
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap(),
+        lines.join("\n") + "\n"
+    );
+    // And it imports again unchanged, on a device of another vault.
+    let other = self::env();
+    ok(run(&other, "laptop", &["import", out.to_str().unwrap()]));
+    let again = other.root.join("again.jsonl");
+    ok(run(
+        &other,
+        "laptop",
+        &["restore", "--out", again.to_str().unwrap()],
+    ));
+    assert_eq!(
+        std::fs::read_to_string(&again).unwrap(),
+        lines.join("\n") + "\n"
+    );
+}
+
+#[test]
+fn bad_base64_and_oversized_fields_name_their_line_and_import_nothing() {
+    let env = env();
+    let big = base64_standard(&vec![7u8; 64 * 1024 + 1]);
+    let long_kind = "k".repeat(65);
+    let cases = [
+        (
+            r#"{"type":"message","chat_id":"c","message_id":"2","sent_at_ms":1,"payload":"not base64!"}"#.to_owned(),
+            "not standard base64",
+        ),
+        (
+            r#"{"type":"chat","chat_id":"c","payload":"AAE"}"#.to_owned(),
+            "not standard base64",
+        ),
+        (
+            format!(r#"{{"type":"message","chat_id":"c","message_id":"2","sent_at_ms":1,"payload":"{big}"}}"#),
+            "payload of 65537 bytes exceeds the limit of 65536",
+        ),
+        (
+            format!(r#"{{"type":"message","chat_id":"c","message_id":"2","sent_at_ms":1,"kind":"{long_kind}"}}"#),
+            "kind of 65 bytes exceeds the limit of 64",
+        ),
+    ];
+    for (line, reason) in cases {
+        let input = env.root.join("bad.jsonl");
+        write(
+            &input,
+            &format!(
+                "{}\n{line}\n",
+                r#"{"type":"message","chat_id":"c","message_id":"1","sent_at_ms":1,"text":"fine"}"#
+            ),
+        );
+        let output = run(&env, "phone", &["import", input.to_str().unwrap()]);
+        assert!(!output.status.success());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("line 2"), "{stderr}");
+        assert!(stderr.contains(reason), "{stderr}");
+        let stats = ok(run(&env, "phone", &["stats", "--json"]));
+        assert!(stats.contains("\"pending_operations\":0"), "{stats}");
+    }
+}
+
+/// Standard base64 with padding (RFC 4648 section 4), written out here so the test does not
+/// share the CLI's encoder.
+fn base64_standard(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().fold(0u32, |n, b| n << 8 | u32::from(*b)) << (8 * (3 - chunk.len()));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[test]
 fn a_malformed_line_is_reported_and_nothing_is_imported() {
     let env = env();
     let input = env.root.join("bad.jsonl");

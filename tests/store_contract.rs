@@ -209,7 +209,7 @@ async fn vault_round_trip(store: Arc<dyn ObjectStore>) {
                             sent_at_ms: i,
                             text: format!("message {i} from {who} ✉️"),
                             reply_to: None,
-                            attachments: Vec::new(),
+                            ..Message::default()
                         })
                     })
                     .collect(),

@@ -29,6 +29,9 @@ fn message(chat: &str, id: &str, text: &str, at: i64) -> Change {
         text: text.into(),
         reply_to: None,
         attachments: Vec::new(),
+        // The app's own fields travel unchanged (here: the text's bytes backwards).
+        kind: "text".into(),
+        payload: text.bytes().rev().collect(),
     })
 }
 
@@ -101,6 +104,7 @@ pub async fn converge(store: Arc<dyn ObjectStore>) {
                 chat_id: chat.clone(),
                 title: format!("title {round}/{d}"),
                 members: vec!["x".into()],
+                payload: vec![round as u8, d as u8, 0, 255],
             })];
             for m in 0..5 {
                 let id = format!("{round}-{d}-{m}");

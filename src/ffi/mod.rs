@@ -47,6 +47,14 @@ pub enum ChatVaultError {
     /// The store failed; `retryable` says whether trying later may help.
     #[error("store error: {detail}")]
     Store { detail: String, retryable: bool },
+    /// A field is larger than chatvault accepts (`field`: "payload", "kind", "text", "title");
+    /// nothing of the batch was recorded. Put large data in an attachment.
+    #[error("{field} of {size} bytes exceeds the limit of {limit}")]
+    TooLarge {
+        field: String,
+        size: u64,
+        limit: u64,
+    },
     /// An argument was rejected.
     #[error("invalid input: {detail}")]
     InvalidInput { detail: String },
@@ -81,6 +89,11 @@ impl From<Error> for ChatVaultError {
             }
             Error::InvalidInput(message) => ChatVaultError::InvalidInput { detail: message },
             Error::LocalState(message) => ChatVaultError::LocalState { detail: message },
+            Error::TooLarge { field, size, limit } => ChatVaultError::TooLarge {
+                field: field.to_owned(),
+                size,
+                limit,
+            },
             Error::Cancelled => ChatVaultError::Cancelled,
             _ => ChatVaultError::Internal { detail: message },
         }
@@ -210,6 +223,9 @@ pub struct Chat {
     pub chat_id: String,
     pub title: String,
     pub members: Vec<String>,
+    /// Bytes the app defines, at most 64 KiB; empty by default.
+    #[uniffi(default)]
+    pub payload: Vec<u8>,
 }
 
 /// One message.
@@ -224,6 +240,14 @@ pub struct Message {
     /// Files attached (references from `Vault.attachFile`); empty by default.
     #[uniffi(default)]
     pub attachments: Vec<Attachment>,
+    /// The app's name for the sort of message ("text", "image", "reaction", ...), at most 64
+    /// bytes; empty by default.
+    #[uniffi(default = "")]
+    pub kind: String,
+    /// Bytes the app defines (e.g. its own protobuf), at most 64 KiB; empty by default. Larger
+    /// data goes in an attachment.
+    #[uniffi(default)]
+    pub payload: Vec<u8>,
 }
 
 /// A reference to a file stored in the vault: put it in a message, download it with
@@ -395,6 +419,7 @@ fn chat_to(chat: sync::Chat) -> Chat {
         chat_id: chat.chat_id,
         title: chat.title,
         members: chat.members,
+        payload: chat.payload,
     }
 }
 
@@ -407,6 +432,8 @@ fn message_to(m: sync::Message) -> Message {
         text: m.text,
         reply_to: m.reply_to,
         attachments: m.attachments.into_iter().map(attachment_to).collect(),
+        kind: m.kind,
+        payload: m.payload,
     }
 }
 
@@ -416,6 +443,7 @@ fn change_from(change: Change) -> FfiResult<sync::Change> {
             chat_id: chat.chat_id,
             title: chat.title,
             members: chat.members,
+            payload: chat.payload,
         }),
         Change::UpsertMessage { message: m } => sync::Change::UpsertMessage(sync::Message {
             chat_id: m.chat_id,
@@ -429,6 +457,8 @@ fn change_from(change: Change) -> FfiResult<sync::Change> {
                 .into_iter()
                 .map(attachment_from)
                 .collect::<FfiResult<_>>()?,
+            kind: m.kind,
+            payload: m.payload,
         }),
         Change::DeleteMessage {
             chat_id,

@@ -38,6 +38,9 @@ pub struct Chat {
     pub title: ::prost::alloc::string::String,
     #[prost(string, repeated, tag = "3")]
     pub members: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Bytes the app defines, at most 65536 (added before the first release; see FORMAT.md).
+    #[prost(bytes = "vec", tag = "4")]
+    pub payload: ::prost::alloc::vec::Vec<u8>,
 }
 /// One message.
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -58,6 +61,13 @@ pub struct Message {
     /// Files attached to the message; their content is stored in chunks beside the vault (FORMAT.md section 10).
     #[prost(message, repeated, tag = "7")]
     pub attachments: ::prost::alloc::vec::Vec<AttachmentRef>,
+    /// The app's name for what sort of message this is ("text", "image", "reaction", ...), at most
+    /// 64 bytes of UTF-8; empty when the app does not say.
+    #[prost(string, tag = "8")]
+    pub kind: ::prost::alloc::string::String,
+    /// Bytes the app defines (e.g. its own protobuf), at most 65536.
+    #[prost(bytes = "vec", tag = "9")]
+    pub payload: ::prost::alloc::vec::Vec<u8>,
 }
 /// A reference to attachment content (see docs/FORMAT.md, "Attachments").
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

@@ -12,6 +12,11 @@ pub const MAX_ID_LEN: usize = 1024;
 pub const MAX_TEXT_LEN: usize = 1024 * 1024;
 /// Most members one chat may list.
 pub const MAX_MEMBERS: usize = 10_000;
+/// Longest app-defined message kind accepted, in UTF-8 bytes.
+pub const MAX_KIND_LEN: usize = 64;
+/// Largest app-defined payload of a message or chat (64 KiB). Anything larger belongs in an
+/// attachment, which is chunked, deduplicated and downloaded on demand.
+pub const MAX_PAYLOAD_LEN: usize = 64 * 1024;
 
 /// A chat's metadata.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -22,6 +27,9 @@ pub struct Chat {
     pub title: String,
     /// Member identifiers.
     pub members: Vec<String>,
+    /// Bytes the app defines (its own encoding of whatever else it keeps about the chat), at
+    /// most [`MAX_PAYLOAD_LEN`]. chatvault stores and returns them unchanged.
+    pub payload: Vec<u8>,
 }
 
 /// One message.
@@ -41,6 +49,12 @@ pub struct Message {
     pub reply_to: Option<String>,
     /// Files attached to it (references; the content is downloaded on demand).
     pub attachments: Vec<Attachment>,
+    /// What sort of message this is, in the app's own terms ("text", "image", "sticker",
+    /// "reaction", "system", ...): at most [`MAX_KIND_LEN`] bytes; empty if the app does not say.
+    pub kind: String,
+    /// Bytes the app defines (e.g. its own protobuf of fields chatvault has no name for), at most
+    /// [`MAX_PAYLOAD_LEN`]. chatvault stores and returns them unchanged.
+    pub payload: Vec<u8>,
 }
 
 /// One change to the vault.
@@ -86,20 +100,23 @@ impl Change {
                 Ok(())
             }
         };
-        let text = |what: &str, value: &str| {
-            if value.len() > MAX_TEXT_LEN {
-                Err(Error::invalid_input(format!(
-                    "{what} of {} bytes exceeds {MAX_TEXT_LEN}",
-                    value.len()
-                )))
+        let bounded = |field: &'static str, len: usize, limit: usize| {
+            if len > limit {
+                Err(Error::TooLarge {
+                    field,
+                    size: len as u64,
+                    limit: limit as u64,
+                })
             } else {
                 Ok(())
             }
         };
+        let text = |field: &'static str, value: &str| bounded(field, value.len(), MAX_TEXT_LEN);
         match self {
             Change::UpsertChat(chat) => {
                 id("chat_id", &chat.chat_id)?;
                 text("title", &chat.title)?;
+                bounded("payload", chat.payload.len(), MAX_PAYLOAD_LEN)?;
                 if chat.members.len() > MAX_MEMBERS {
                     return Err(Error::invalid_input(format!(
                         "{} members exceed {MAX_MEMBERS}",
@@ -115,6 +132,8 @@ impl Change {
                     id("sender", &message.sender)?;
                 }
                 text("text", &message.text)?;
+                bounded("kind", message.kind.len(), MAX_KIND_LEN)?;
+                bounded("payload", message.payload.len(), MAX_PAYLOAD_LEN)?;
                 if message.attachments.len() > MAX_ATTACHMENTS_PER_MESSAGE {
                     return Err(Error::invalid_input(format!(
                         "{} attachments exceed {MAX_ATTACHMENTS_PER_MESSAGE}",
@@ -157,6 +176,7 @@ impl Chat {
             chat_id: self.chat_id.clone(),
             title: self.title.clone(),
             members: self.members.clone(),
+            payload: self.payload.clone(),
         }
     }
 
@@ -165,6 +185,7 @@ impl Chat {
             chat_id: chat.chat_id,
             title: chat.title,
             members: chat.members,
+            payload: chat.payload,
         }
     }
 }
@@ -179,6 +200,8 @@ impl Message {
             text: self.text.clone(),
             reply_to: self.reply_to.clone(),
             attachments: self.attachments.iter().map(Attachment::to_proto).collect(),
+            kind: self.kind.clone(),
+            payload: self.payload.clone(),
         }
     }
 
@@ -196,6 +219,8 @@ impl Message {
                 .into_iter()
                 .map(Attachment::from_proto)
                 .collect::<std::result::Result<_, _>>()?,
+            kind: message.kind,
+            payload: message.payload,
         })
     }
 }

@@ -298,11 +298,14 @@ mod tests {
                         chat_id: chat.into(),
                         title: format!("t{wall}"),
                         members: vec![],
+                        payload: vec![wall as u8],
                     }),
                     _ => Change::UpsertMessage(Message {
                         chat_id: chat.into(),
                         message_id: message.into(),
                         text: format!("{wall}/{counter}/{device}"),
+                        kind: format!("k{counter}"),
+                        payload: wall.to_be_bytes().to_vec(),
                         ..Message::default()
                     }),
                 };

@@ -364,10 +364,11 @@ PASSPHRASE_ENVELOPE = {
     3: ("ciphertext", "bytes", False),
 }
 CHAT = {1: ("chat_id", "string", False), 2: ("title", "string", False),
-        3: ("members", "string", True)}
+        3: ("members", "string", True), 4: ("payload", "bytes", False)}
 MESSAGE = {1: ("chat_id", "string", False), 2: ("message_id", "string", False),
            3: ("sender", "string", False), 4: ("sent_at_ms", "uint64", False),
-           5: ("text", "string", False), 6: ("reply_to", "string", False)}
+           5: ("text", "string", False), 6: ("reply_to", "string", False),
+           8: ("kind", "string", False), 9: ("payload", "bytes", False)}
 CHAT_BATCH = {1: ("chat", CHAT, False), 2: ("messages", MESSAGE, True)}
 
 
@@ -860,6 +861,21 @@ def check_sealed_object(c, tag, o, rk, vid, obj, keyring):
                     m["chat_id"] == o["chat_id"] for m in b["messages"])
                 return ok and len(b["messages"]) == 20, "%d messages" % len(b["messages"])
             c.run(tag + ": body decodes as ChatBatch of the chat", batch)
+
+            def open_model():
+                # Section 9.3: the app's kind and payload travel unchanged (every byte value).
+                b = pb_message(pt, CHAT_BATCH)
+                kinds = {m["message_id"]: (m["kind"], m["payload"]) for m in b["messages"]}
+                ok = (b["chat"]["payload"] == bytes(range(256))
+                      and kinds["m0"] == ("", b"")
+                      and kinds["m3"] == ("image", bytes(range(255, -1, -1)))
+                      and kinds["m5"] == ("reaction", bytes.fromhex("08011204f09f918d"))
+                      and all(k == ("text", b"") for i, k in kinds.items()
+                              if i not in ("m0", "m3", "m5")))
+                return ok, "kinds and payloads %r" % sorted(kinds.items())[:3]
+            c.run(tag + ": chat payload, message kinds and payloads", open_model)
+            c.run(tag + ": ChatBatch body is canonical protobuf",
+                  lambda: (pb_encode(pb_message(pt, CHAT_BATCH), CHAT_BATCH) == pt, "re-encoding differs"))
 
     # Negative checks.
     def flip_every_byte():

@@ -21,6 +21,9 @@ const CHATS: &[(&str, &str, &[&str])] = &[
     ("landlord", "Landlord", &["mr-smith", "me"]),
 ];
 
+/// What an app might keep about a video in its own protobuf (duration, width, height).
+const VIDEO_PAYLOAD: [u8; 9] = [0x08, 0x9c, 0x01, 0x10, 0x80, 0x0f, 0x18, 0xb8, 0x08];
+
 fn history() -> Vec<Change> {
     let mut changes = Vec::new();
     for (chat_id, title, members) in CHATS {
@@ -28,6 +31,7 @@ fn history() -> Vec<Change> {
             chat_id: chat_id.to_string(),
             title: title.to_string(),
             members: members.iter().map(|m| m.to_string()).collect(),
+            ..Chat::default()
         }));
         for i in 0..400 {
             let sender = members[i % members.len()];
@@ -41,7 +45,8 @@ fn history() -> Vec<Change> {
                     1 + i % 12
                 ),
                 reply_to: (i > 0).then(|| format!("{chat_id}-{}", i - 1)),
-                attachments: Vec::new(),
+                kind: "text".into(),
+                ..Message::default()
             }));
         }
     }
@@ -51,8 +56,8 @@ fn history() -> Vec<Change> {
         sender: "mum".into(),
         sent_at_ms: 1_700_000_000_000,
         text: "Dinner at 7? 🍝 (edited)".into(),
-        reply_to: None,
-        attachments: Vec::new(),
+        kind: "text".into(),
+        ..Message::default()
     }));
     changes.push(Change::DeleteMessage {
         chat_id: "climbing".into(),
@@ -121,6 +126,9 @@ pub async fn run(dir: Option<PathBuf>) -> CliResult {
             text: "Our holiday 🎬".into(),
             reply_to: None,
             attachments: vec![attachment],
+            // The app's own fields, e.g. its protobuf of the video's duration and size.
+            kind: "video".into(),
+            payload: VIDEO_PAYLOAD.to_vec(),
         })
     };
     iphone.record(vec![
@@ -172,7 +180,21 @@ pub async fn run(dir: Option<PathBuf>) -> CliResult {
             summary.chat.members.join(", ")
         );
     }
-    // The chats are usable now; the video downloads when she opens it.
+    // The chats are usable now, with the app's own fields; the video downloads when opened.
+    let video_message = android
+        .messages(Some("family"))?
+        .into_iter()
+        .find(|m| m.message_id == "family-video")
+        .ok_or("the video message did not arrive")?;
+    let intact = video_message.payload == VIDEO_PAYLOAD;
+    println!(
+        "  the video message arrived as kind {:?} with the app's {}-byte payload intact: {intact}",
+        video_message.kind,
+        video_message.payload.len(),
+    );
+    if video_message.kind != "video" || !intact {
+        return Err("the video message lost its kind or payload".into());
+    }
     let references = android.attachments()?;
     println!(
         "  {} attachment reference(s) restored with the messages; nothing downloaded yet",
@@ -208,8 +230,8 @@ pub async fn run(dir: Option<PathBuf>) -> CliResult {
         sender: "me".into(),
         sent_at_ms: 1_800_000_000_000,
         text: "Written on Android, read on the iPhone ✅".into(),
-        reply_to: None,
-        attachments: Vec::new(),
+        kind: "text".into(),
+        ..Message::default()
     })])?;
     let up = android.sync(None, None).await?;
     let down = iphone.sync(None, None).await?;

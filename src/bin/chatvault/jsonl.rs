@@ -17,6 +17,8 @@ pub enum Line {
         title: String,
         #[serde(default)]
         members: Vec<String>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty", with = "base64_bytes")]
+        payload: Vec<u8>,
     },
     /// A message; a later line with the same ids is an edit.
     Message {
@@ -31,11 +33,33 @@ pub enum Line {
         reply_to: Option<String>,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         attachments: Vec<AttachmentLine>,
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        kind: String,
+        #[serde(default, skip_serializing_if = "Vec::is_empty", with = "base64_bytes")]
+        payload: Vec<u8>,
     },
     /// Deletes one message.
     DeleteMessage { chat_id: String, message_id: String },
     /// Deletes a whole chat.
     DeleteChat { chat_id: String },
+}
+
+/// App payloads as standard base64 (with padding) in JSON strings.
+mod base64_bytes {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        STANDARD
+            .decode(text.as_bytes())
+            .map_err(|e| serde::de::Error::custom(format!("payload is not standard base64: {e}")))
+    }
 }
 
 /// An attachment of a message line. On import, `path` names a file to upload (relative to the
@@ -104,10 +128,12 @@ impl Line {
                 chat_id,
                 title,
                 members,
+                payload,
             } => Change::UpsertChat(Chat {
                 chat_id,
                 title,
                 members,
+                payload,
             }),
             Line::Message {
                 chat_id,
@@ -117,6 +143,8 @@ impl Line {
                 text,
                 reply_to,
                 attachments: _,
+                kind,
+                payload,
             } => Change::UpsertMessage(Message {
                 chat_id,
                 message_id,
@@ -125,6 +153,8 @@ impl Line {
                 text,
                 reply_to,
                 attachments: resolved,
+                kind,
+                payload,
             }),
             Line::DeleteMessage {
                 chat_id,
@@ -156,6 +186,13 @@ pub fn read_lines(input: impl BufRead) -> Result<Vec<(usize, Line)>, String> {
                     .map_err(|e| format!("line {number}: {e}"))?;
             }
         }
+        // Every field's limits, before anything is uploaded or recorded (attachments are
+        // checked above and when they are uploaded).
+        parsed
+            .clone()
+            .into_change(Vec::new())
+            .validate()
+            .map_err(|e| format!("line {number}: {e}"))?;
         lines.push((number, parsed));
     }
     Ok(lines)
@@ -178,6 +215,7 @@ pub fn write_state(
                 chat_id: chat.chat_id.clone(),
                 title: chat.title.clone(),
                 members: chat.members.clone(),
+                payload: chat.payload.clone(),
             })?
         )?;
     }
@@ -197,6 +235,8 @@ pub fn write_state(
                     .iter()
                     .map(|a| AttachmentLine::from_attachment(a, path_of(a)))
                     .collect(),
+                kind: message.kind.clone(),
+                payload: message.payload.clone(),
             })?
         )?;
     }
