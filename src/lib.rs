@@ -18,6 +18,7 @@
 //! - [`store`]: object stores (memory, directory, S3).
 //! - [`sync`]: clock, operations, the merge, segments, checkpoints, pull planning (no I/O).
 //! - [`local`]: the device's crash-safe local state (SQLite).
+//! - [`history`]: paging a chat's history by `(sent_at_ms, message_id)` cursors.
 //! - [`vault`]: what an app opens: record, sync, restore, verify, checkpoint, collect garbage.
 //! - `ffi` (cargo feature `ffi`): the uniffi facade the Swift, Kotlin and Python bindings use.
 //! - [`error`]: the one error type every fallible call returns.
@@ -66,6 +67,7 @@ pub mod ffi;
 pub use ffi::UniFfiTag;
 pub mod format;
 mod hex;
+pub mod history;
 pub mod keyring;
 pub mod keys;
 pub mod local;

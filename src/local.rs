@@ -19,6 +19,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use crate::error::{Error, Result};
 use crate::format::proto;
+use crate::history::{HistoryCursor, HistoryPage};
 use crate::sync::segment::{Head, KeyId, SegmentHash};
 use crate::sync::{
     Applied, Chat, ChatRecord, DeviceId, Message, MessageRecord, Operation, Stamp, StateStore,
@@ -337,30 +338,47 @@ impl LocalState {
             .collect()
     }
 
-    /// Up to `limit` live messages of a chat sent before `before_ms`, the newest of them, in
-    /// send order: one page of older history.
-    pub fn history_before(
+    /// One page of a chat's history: up to `limit` live messages before `before` (from the
+    /// newest when `None`), oldest first. One indexed range scan of `limit + 1` rows.
+    pub fn history_page(
         &self,
         chat_id: &str,
-        before_ms: i64,
+        before: Option<&HistoryCursor>,
         limit: u32,
-    ) -> Result<Vec<Message>> {
+    ) -> Result<HistoryPage> {
+        // Row values compare (sent_at_ms, message_id) as a pair, using the
+        // (chat_id, sent_at_ms, message_id) index; TEXT compares by UTF-8 bytes (BINARY).
         let mut statement = self
             .connection
-            .prepare(
-                "SELECT message FROM messages
-                 WHERE chat_id = ?1 AND message IS NOT NULL AND sent_at_ms < ?2
-                 ORDER BY sent_at_ms DESC, message_id DESC LIMIT ?3",
-            )
+            .prepare_cached(match before {
+                Some(_) => {
+                    "SELECT message FROM messages
+                     WHERE chat_id = ?1 AND message IS NOT NULL
+                       AND (sent_at_ms, message_id) < (?3, ?4)
+                     ORDER BY sent_at_ms DESC, message_id DESC LIMIT ?2"
+                }
+                None => {
+                    "SELECT message FROM messages WHERE chat_id = ?1 AND message IS NOT NULL
+                     ORDER BY sent_at_ms DESC, message_id DESC LIMIT ?2"
+                }
+            })
             .map_err(db_error)?;
-        let rows = statement
-            .query_map(params![chat_id, before_ms, limit], first_blob)
-            .map_err(db_error)?;
+        let fetch = i64::from(limit) + 1;
+        let rows = match before {
+            Some(cursor) => statement.query_map(
+                params![chat_id, fetch, cursor.sent_at_ms, cursor.message_id],
+                first_blob,
+            ),
+            None => statement.query_map(params![chat_id, fetch], first_blob),
+        }
+        .map_err(db_error)?;
         let mut page = rows
             .map(|row| decode_message(&row.map_err(db_error)?))
             .collect::<Result<Vec<_>>>()?;
+        let more = page.len() > limit as usize;
+        page.truncate(limit as usize);
         page.reverse();
-        Ok(page)
+        Ok(HistoryPage::new(page, more))
     }
 
     /// Every chat id with any record (live, deleted or only tombstones), in byte order.

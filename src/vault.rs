@@ -13,6 +13,7 @@ use prost::Message as _;
 use crate::attachment::{Attachment, TransferListener, TransferReport};
 use crate::error::{Error, Result};
 use crate::format::{ObjectKind, decode_body, proto};
+use crate::history::{HistoryCursor, HistoryPage};
 use crate::keys::{ChatKey, RecoveryKey, VaultKeys};
 use crate::local::{self, ChatSummary, LocalState, PendingSegment};
 use crate::sealing::{self, ObjectContext};
@@ -909,34 +910,29 @@ impl Vault {
         lock(&self.local)?.messages_sent_since(chat_id, since_ms)
     }
 
-    /// One page of a chat's older history from local state: up to `limit` messages sent before
-    /// `before_ms`, in send order. For history the app dropped locally, see
-    /// [`fetch_history`](Self::fetch_history).
-    pub fn history_before(
+    /// One page of a chat's history from local state: up to `limit` messages before `before`
+    /// (from the newest when `None`), oldest first, with the cursor of the next older page. For
+    /// history the app dropped locally, see [`fetch_history`](Self::fetch_history).
+    pub fn history_page(
         &self,
         chat_id: &str,
-        before_ms: i64,
+        before: Option<&HistoryCursor>,
         limit: u32,
-    ) -> Result<Vec<Message>> {
-        lock(&self.local)?.history_before(chat_id, before_ms, limit)
+    ) -> Result<HistoryPage> {
+        lock(&self.local)?.history_page(chat_id, before, limit)
     }
 
-    /// One page of a chat's older history read from the bucket (see [`fetch_chat`](Self::fetch_chat)):
-    /// up to `limit` messages sent before `before_ms`, in send order.
+    /// One page of a chat's history read from the bucket (see [`fetch_chat`](Self::fetch_chat)),
+    /// with the same cursors as [`history_page`](Self::history_page). It reads the whole chat
+    /// (its checkpoint blocks and later segments) and returns one page of it.
     pub async fn fetch_history(
         &self,
         chat_id: &str,
-        before_ms: i64,
+        before: Option<&HistoryCursor>,
         limit: u32,
-    ) -> Result<Vec<Message>> {
-        let mut older: Vec<Message> = self
-            .fetch_chat(chat_id)
-            .await?
-            .into_iter()
-            .filter(|m| m.sent_at_ms < before_ms)
-            .collect();
-        let keep = older.len().saturating_sub(limit as usize);
-        Ok(older.split_off(keep))
+    ) -> Result<HistoryPage> {
+        let chat = self.fetch_chat(chat_id).await?;
+        Ok(HistoryPage::from_sorted(chat, before, limit))
     }
 
     /// Operations recorded here and not yet uploaded.
@@ -1338,7 +1334,7 @@ impl Vault {
             }
         }
         let mut messages = state.messages();
-        messages.sort_by(|a, b| (a.sent_at_ms, &a.message_id).cmp(&(b.sent_at_ms, &b.message_id)));
+        crate::history::sort_by_position(&mut messages);
         Ok(messages)
     }
 }

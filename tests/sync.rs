@@ -5,6 +5,7 @@
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use chatvault::history::HistoryCursor;
 use chatvault::keys::RecoveryKey;
 use chatvault::store::{MemoryStore, ObjectInfo, ObjectStore, StoreError, StoreResult};
 use chatvault::sync::{Change, Chat, Message, Operation};
@@ -605,11 +606,22 @@ async fn checkpoints_restore_new_devices_and_garbage_collection_keeps_everyone_c
     assert_eq!(*counting.pack_gets.lock().unwrap(), 0);
 
     // Paging older history, locally and from the bucket, and "since a time".
-    let local_page = a.history_before("family", 35, 4).unwrap();
-    let ids: Vec<&str> = local_page.iter().map(|m| m.message_id.as_str()).collect();
+    let before = HistoryCursor {
+        sent_at_ms: 35,
+        message_id: "family-35".into(),
+    };
+    let local_page = a.history_page("family", Some(&before), 4).unwrap();
+    let ids: Vec<&str> = local_page
+        .messages
+        .iter()
+        .map(|m| m.message_id.as_str())
+        .collect();
     assert_eq!(ids, ["family-31", "family-32", "family-33", "family-34"]);
+    assert_eq!(local_page.next.as_ref().unwrap().message_id, "family-31");
     assert_eq!(
-        late.fetch_history("family", 35, 4).await.unwrap(),
+        late.fetch_history("family", Some(&before), 4)
+            .await
+            .unwrap(),
         local_page
     );
     assert_eq!(a.messages_since(Some("family"), 100).unwrap().len(), 5);

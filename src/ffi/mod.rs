@@ -250,6 +250,38 @@ pub struct Message {
     pub payload: Vec<u8>,
 }
 
+/// A position in a chat's history: the send time and id of a message.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct HistoryCursor {
+    pub sent_at_ms: i64,
+    pub message_id: String,
+}
+
+/// One page of history, oldest first; `next` is where the older page starts (null at the
+/// beginning of the chat).
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct HistoryPage {
+    pub messages: Vec<Message>,
+    pub next: Option<HistoryCursor>,
+}
+
+fn cursor_from(cursor: HistoryCursor) -> crate::history::HistoryCursor {
+    crate::history::HistoryCursor {
+        sent_at_ms: cursor.sent_at_ms,
+        message_id: cursor.message_id,
+    }
+}
+
+fn page_to(page: crate::history::HistoryPage) -> HistoryPage {
+    HistoryPage {
+        messages: page.messages.into_iter().map(message_to).collect(),
+        next: page.next.map(|c| HistoryCursor {
+            sent_at_ms: c.sent_at_ms,
+            message_id: c.message_id,
+        }),
+    }
+}
+
 /// A reference to a file stored in the vault: put it in a message, download it with
 /// `Vault.downloadAttachment`.
 #[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
@@ -670,6 +702,40 @@ impl Vault {
             .into_iter()
             .map(message_to)
             .collect())
+    }
+
+    /// One page of a chat's history from local state: up to `limit` messages before `before`
+    /// (from the newest when null), oldest first. Pass the page's `next` to get the page before
+    /// it; `next` is null at the chat's beginning. No message is skipped or repeated, even when
+    /// many share a millisecond.
+    pub fn history_page(
+        &self,
+        chat_id: String,
+        before: Option<HistoryCursor>,
+        limit: u32,
+    ) -> FfiResult<HistoryPage> {
+        let before = before.map(cursor_from);
+        Ok(page_to(self.0.history_page(
+            &chat_id,
+            before.as_ref(),
+            limit,
+        )?))
+    }
+
+    /// [`history_page`](Self::history_page) read from the bucket, for history no longer on the
+    /// device (no local state change).
+    pub async fn fetch_history(
+        &self,
+        chat_id: String,
+        before: Option<HistoryCursor>,
+        limit: u32,
+    ) -> FfiResult<HistoryPage> {
+        let before = before.map(cursor_from);
+        Ok(page_to(
+            self.0
+                .fetch_history(&chat_id, before.as_ref(), limit)
+                .await?,
+        ))
     }
 
     /// One chat read straight from the bucket (no local state change).
