@@ -18,6 +18,7 @@ use crate::keys::{ChatKey, RecoveryKey, VaultKeys};
 use crate::local::{self, ChatSummary, LocalState, PendingSegment};
 use crate::sealing::{self, ObjectContext};
 use crate::store::{ObjectInfo, ObjectStore};
+use crate::sync::batch::EncodedBatch;
 use crate::sync::checkpoint::{
     CHECKPOINTS_PREFIX, ChatContent, CheckpointIndex, CheckpointInput, PACKS_PREFIX, open_block,
     open_checkpoint_index, pack_prefix, parse_checkpoint_name, seal_checkpoint,
@@ -381,7 +382,15 @@ impl Vault {
         };
         local.transaction(|tx| {
             local::apply_operations(tx, &operations)?;
-            local::push_outbox(tx, &operations)?;
+            // Each operation is encoded once here; pushing copies these bytes into segments.
+            let mut row = EncodedBatch::new();
+            for operation in &operations {
+                row.push(operation);
+                if row.encoded_len() >= local::OUTBOX_ROW_TARGET {
+                    local::insert_outbox_row(tx, &std::mem::take(&mut row))?;
+                }
+            }
+            local::insert_outbox_row(tx, &row)?;
             if let Some(last) = new_clock.last() {
                 local::set_meta(tx, META_CLOCK, &last.to_sortable_bytes())?;
             }
@@ -426,6 +435,10 @@ impl Vault {
             report.bytes_up += written.bytes;
             report.requests += written.objects;
         }
+        if report.operations_sent > 0 || report.segments_applied > 0 {
+            // The outbox rows and applied segments leave free pages and a full log behind.
+            lock(&self.local)?.compact()?;
+        }
         Ok(report)
     }
 
@@ -466,12 +479,9 @@ impl Vault {
             cancel.check()?;
             let staged = {
                 let mut local = lock(&self.local)?;
-                let batch = local.outbox(MAX_SEGMENT_BODY / 2)?;
-                let Some((last_id, _)) = batch.last() else {
+                let Some((last_id, operations)) = local.outbox(MAX_SEGMENT_BODY / 2)? else {
                     break;
                 };
-                let last_id = *last_id;
-                let operations: Vec<Operation> = batch.into_iter().map(|(_, op)| op).collect();
                 let heads = local.heads()?;
                 let own = heads.get(&self.device).copied();
                 let seen: Vec<Head> = heads
@@ -503,8 +513,8 @@ impl Vault {
                     hash,
                 };
                 local.transaction(|tx| local::stage_segment(tx, &pending, last_id))?;
-                report.operations_sent += operations.len() as u64;
-                done += operations.len() as u64;
+                report.operations_sent += operations.operation_count();
+                done += operations.operation_count();
                 pending
             };
             self.upload(staged, report).await?;

@@ -322,6 +322,54 @@ fn base64_standard(bytes: &[u8]) -> String {
     out
 }
 
+/// Copies a directory tree.
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_state_directory_of_the_first_layout_migrates_and_loses_nothing() {
+    // tests/fixtures/state-v0: written by the CLI of f6647f2, with 5 operations in its outbox.
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/state-v0");
+    let dir = tempfile::tempdir().unwrap();
+    copy_tree(&fixture, dir.path());
+    let cli = |state: &str, args: &[&str]| {
+        chatvault()
+            .env(
+                "CHATVAULT_STORE",
+                format!("file://{}", dir.path().join("bucket").display()),
+            )
+            .env("CHATVAULT_KEY_FILE", dir.path().join("key.txt"))
+            .env("CHATVAULT_STATE", dir.path().join(state))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let stats = ok(cli("state", &["stats", "--json"]));
+    assert!(stats.contains("\"pending_operations\":5"), "{stats}");
+    let expected = std::fs::read_to_string(fixture.join("expected.jsonl")).unwrap();
+    // The migrated device restores what it held, pushing its outbox on the way.
+    let out = dir.path().join("out.jsonl");
+    ok(cli("state", &["restore", "--out", out.to_str().unwrap()]));
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), expected);
+    let stats = ok(cli("state", &["stats", "--json"]));
+    assert!(stats.contains("\"pending_operations\":0"), "{stats}");
+    // And a new device gets all of it from the bucket, the migrated outbox included.
+    let fresh = dir.path().join("fresh.jsonl");
+    ok(cli("fresh", &["restore", "--out", fresh.to_str().unwrap()]));
+    assert_eq!(std::fs::read_to_string(&fresh).unwrap(), expected);
+    assert!(ok(cli("fresh", &["verify"])).starts_with("ok: 2 segments"));
+}
+
 #[test]
 fn a_malformed_line_is_reported_and_nothing_is_imported() {
     let env = env();

@@ -4,6 +4,7 @@
 //! The logic here does no I/O: it is fed store listings and object bytes and says what to fetch
 //! and what to write (see `docs/SYNC.md`).
 
+pub mod batch;
 pub mod checkpoint;
 pub mod clock;
 pub mod model;

@@ -24,6 +24,7 @@ use crate::format::{ObjectKind, decode_body, proto};
 use crate::keys::{ChatKey, VaultKeys};
 use crate::sealing::{self, ObjectContext};
 
+use super::batch::EncodedBatch;
 use super::clock::DeviceId;
 use super::model::Operation;
 
@@ -162,8 +163,8 @@ pub struct NewSegment<'a> {
     pub seen: &'a [Head],
     /// Key ids of chat keys this segment introduces.
     pub grants: &'a [KeyId],
-    /// The operations, all stamped by `device`.
-    pub operations: &'a [Operation],
+    /// The operations, all stamped by `device`, encoded once when they were recorded.
+    pub operations: &'a EncodedBatch,
     /// Device description.
     pub device_name: &'a str,
     /// Platform ("ios", "android", ...).
@@ -181,24 +182,12 @@ pub fn seal_segment(
     segment: &NewSegment<'_>,
 ) -> Result<(String, Vec<u8>, SegmentHash)> {
     let name = segment_name(segment.device, segment.seq);
-    // Group operations by chat, keeping each chat's order.
-    let mut groups: BTreeMap<&str, Vec<proto::Operation>> = BTreeMap::new();
-    for operation in segment.operations {
-        groups
-            .entry(operation.change.chat_id())
-            .or_default()
-            .push(operation.to_proto());
-    }
-    let mut blocks = Vec::with_capacity(groups.len());
-    for (index, (chat_id, operations)) in groups.into_iter().enumerate() {
+    let mut blocks = Vec::new();
+    for (index, (chat_id, fragment)) in segment.operations.chats().enumerate() {
         let (key_id, key) = chat_keys
             .writing_key(chat_id)
             .ok_or_else(|| Error::invalid_input(format!("no key for chat {chat_id:?}")))?;
-        let body = proto::ChatOperations {
-            chat_id: chat_id.to_owned(),
-            operations,
-        }
-        .encode_to_vec();
+        let body = EncodedBatch::chat_body(chat_id, fragment);
         let block = block_name(&name, index);
         let context = ObjectContext {
             vault_id: keys.vault_id(),
@@ -481,7 +470,7 @@ mod tests {
                 prev_hash: prev,
                 seen: &[],
                 grants: &[[1; 16], [2; 16]],
-                operations: &ops,
+                operations: &EncodedBatch::from_operations(&ops),
                 device_name: "test",
                 platform: "linux",
             },

@@ -140,6 +140,9 @@ fn main() -> ExitCode {
     }
 }
 
+/// Changes per `record` call (and local transaction) during `import`.
+const IMPORT_BATCH: usize = 1000;
+
 async fn run(cli: Cli) -> CliResult {
     match &cli.command {
         Command::Keygen => {
@@ -212,8 +215,14 @@ async fn run(cli: Cli) -> CliResult {
                 })?;
                 changes.push(change);
             }
+            // Recorded in batches, each one transaction: the write-ahead log stays small however
+            // long the file. Every line was checked above, so only the disk can stop it half way,
+            // and importing the file again is harmless (upserts and deletes are idempotent).
             let count = changes.len();
-            vault.record(changes)?;
+            let mut changes = changes.into_iter().peekable();
+            while changes.peek().is_some() {
+                vault.record(changes.by_ref().take(IMPORT_BATCH).collect())?;
+            }
             print_transfer_summary(*progress, &totals);
             println!(
                 "recorded {count} operations ({} attachment chunks uploaded, {} already stored); \

@@ -20,32 +20,20 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use crate::error::{Error, Result};
 use crate::format::proto;
 use crate::history::{HistoryCursor, HistoryPage};
+use crate::sync::batch::EncodedBatch;
 use crate::sync::segment::{Head, KeyId, SegmentHash};
 use crate::sync::{
     Applied, Chat, ChatRecord, DeviceId, Message, MessageRecord, Operation, Stamp, StateStore,
     apply,
 };
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, operation BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS pending_segment (
-    seq INTEGER PRIMARY KEY, name TEXT NOT NULL, object BLOB NOT NULL, hash BLOB NOT NULL,
-    last_outbox_id INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS ungranted_keys (key_id BLOB PRIMARY KEY);
-CREATE TABLE IF NOT EXISTS heads (device BLOB PRIMARY KEY, seq INTEGER NOT NULL, hash BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS segment_hashes (
-    device BLOB NOT NULL, seq INTEGER NOT NULL, hash BLOB NOT NULL, size INTEGER NOT NULL,
-    PRIMARY KEY (device, seq));
-CREATE TABLE IF NOT EXISTS devices (device BLOB PRIMARY KEY, name TEXT NOT NULL, platform TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS chats (
-    chat_id TEXT PRIMARY KEY, meta_stamp BLOB, chat BLOB, deleted_stamp BLOB);
-CREATE TABLE IF NOT EXISTS messages (
-    chat_id TEXT NOT NULL, message_id TEXT NOT NULL, stamp BLOB NOT NULL, message BLOB,
-    sent_at_ms INTEGER NOT NULL, size INTEGER NOT NULL, PRIMARY KEY (chat_id, message_id));
-CREATE TABLE IF NOT EXISTS checkpoints (name TEXT PRIMARY KEY, covered BLOB NOT NULL, created_at_ms INTEGER NOT NULL);
-CREATE INDEX IF NOT EXISTS messages_by_time ON messages (chat_id, sent_at_ms, message_id);
-";
+mod schema;
+
+pub use schema::CURRENT_VERSION as SCHEMA_VERSION;
+
+/// Outbox rows are closed at about this much encoded operations (1 MiB), so a segment (up to
+/// 4 MiB of operations per push step) is made of whole rows.
+pub const OUTBOX_ROW_TARGET: usize = 1024 * 1024;
 
 fn db_error(error: rusqlite::Error) -> Error {
     Error::LocalState(error.to_string())
@@ -80,14 +68,34 @@ impl core::fmt::Debug for LocalState {
 impl LocalState {
     /// Opens (creating if needed) the database at `path`.
     pub fn open(path: &Path) -> Result<LocalState> {
-        let connection = Connection::open(path).map_err(db_error)?;
+        let mut connection = Connection::open(path).map_err(db_error)?;
+        // The WAL file is cut back to 64 MiB whenever a checkpoint empties it, so one large
+        // transaction does not leave a large file behind.
         connection
             .execute_batch(
-                "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;",
+                "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;
+                 PRAGMA journal_size_limit=67108864;",
             )
             .map_err(db_error)?;
-        connection.execute_batch(SCHEMA).map_err(db_error)?;
+        schema::migrate(&mut connection)?;
         Ok(LocalState { connection })
+    }
+
+    /// Returns free pages to the file system and empties the write-ahead log (after a sync
+    /// drained the outbox, say): the state file keeps only live data.
+    pub fn compact(&self) -> Result<()> {
+        // incremental_vacuum frees one page per step: step it to the end.
+        let mut vacuum = self
+            .connection
+            .prepare("PRAGMA incremental_vacuum")
+            .map_err(db_error)?;
+        let mut steps = vacuum.query([]).map_err(db_error)?;
+        while steps.next().map_err(db_error)?.is_some() {}
+        drop(steps);
+        drop(vacuum);
+        self.connection
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .map_err(db_error)
     }
 
     /// A value from the meta table.
@@ -116,38 +124,40 @@ impl LocalState {
         Ok(value)
     }
 
-    /// Operations waiting in the outbox, oldest first, up to about `max_bytes` of encoding
-    /// (always at least one if any is waiting).
-    pub fn outbox(&self, max_bytes: usize) -> Result<Vec<(i64, Operation)>> {
+    /// Recorded batches waiting in the outbox, oldest first, merged, up to about `max_bytes` of
+    /// encoded operations (always at least one row if any is waiting); with the id of the last
+    /// row taken.
+    pub fn outbox(&self, max_bytes: usize) -> Result<Option<(i64, EncodedBatch)>> {
         let mut statement = self
             .connection
-            .prepare("SELECT id, operation FROM outbox ORDER BY id")
+            .prepare("SELECT id, body FROM outbox_batches ORDER BY id")
             .map_err(db_error)?;
         let mut rows = statement.query([]).map_err(db_error)?;
-        let mut out = Vec::new();
-        let mut total = 0usize;
+        let mut merged: Option<(i64, EncodedBatch)> = None;
         while let Some(row) = rows.next().map_err(db_error)? {
             let id: i64 = row.get(0).map_err(db_error)?;
-            let bytes: Vec<u8> = row.get(1).map_err(db_error)?;
-            if !out.is_empty() && total + bytes.len() > max_bytes {
-                break;
+            let body: Vec<u8> = row.get(1).map_err(db_error)?;
+            let batch = EncodedBatch::from_row(&body).ok_or_else(|| corrupt("outbox"))?;
+            match &mut merged {
+                Some((_, taken)) if taken.encoded_len() + batch.encoded_len() > max_bytes => break,
+                Some((last, taken)) => {
+                    *last = id;
+                    taken.append(batch);
+                }
+                None => merged = Some((id, batch)),
             }
-            total += bytes.len();
-            let decoded = proto::Operation::decode(&bytes[..]).map_err(|_| corrupt("outbox"))?;
-            out.push((
-                id,
-                Operation::from_proto(decoded).map_err(|_| corrupt("outbox"))?,
-            ));
         }
-        Ok(out)
+        Ok(merged)
     }
 
     /// Number of operations waiting in the outbox.
     pub fn outbox_len(&self) -> Result<u64> {
         self.connection
-            .query_row("SELECT COUNT(*) FROM outbox", [], |row| {
-                row.get::<_, i64>(0)
-            })
+            .query_row(
+                "SELECT COALESCE(SUM(operations), 0) FROM outbox_batches",
+                [],
+                |row| row.get::<_, i64>(0),
+            )
             .map(|n| n as u64)
             .map_err(db_error)
     }
@@ -561,20 +571,19 @@ pub(crate) fn set_meta(connection: &Connection, key: &str, value: &[u8]) -> Resu
         .map_err(db_error)
 }
 
-/// Appends operations to the outbox.
-pub(crate) fn push_outbox(tx: &Transaction<'_>, operations: &[Operation]) -> Result<()> {
-    let mut statement = tx
-        .prepare_cached("INSERT INTO outbox (operation) VALUES (?1)")
-        .map_err(db_error)?;
-    for operation in operations {
-        statement
-            .execute([operation.to_proto().encode_to_vec()])
-            .map_err(db_error)?;
+/// Appends a recorded batch to the outbox.
+pub(crate) fn insert_outbox_row(tx: &Transaction<'_>, batch: &EncodedBatch) -> Result<()> {
+    if batch.is_empty() {
+        return Ok(());
     }
-    Ok(())
+    tx.prepare_cached("INSERT INTO outbox_batches (operations, body) VALUES (?1, ?2)")
+        .map_err(db_error)?
+        .execute(params![batch.operation_count() as i64, batch.to_row()])
+        .map(|_| ())
+        .map_err(db_error)
 }
 
-/// Moves outbox entries up to `last_outbox_id` into a pending segment.
+/// Moves outbox rows up to `last_outbox_id` into a pending segment.
 pub(crate) fn stage_segment(
     tx: &Transaction<'_>,
     segment: &PendingSegment,
@@ -585,8 +594,11 @@ pub(crate) fn stage_segment(
         params![segment.seq as i64, segment.name, segment.object, &segment.hash[..], last_outbox_id],
     )
     .map_err(db_error)?;
-    tx.execute("DELETE FROM outbox WHERE id <= ?1", [last_outbox_id])
-        .map_err(db_error)?;
+    tx.execute(
+        "DELETE FROM outbox_batches WHERE id <= ?1",
+        [last_outbox_id],
+    )
+    .map_err(db_error)?;
     tx.execute("DELETE FROM ungranted_keys", [])
         .map_err(db_error)?;
     Ok(())
