@@ -20,8 +20,9 @@ use crate::sealing::{self, ObjectContext};
 use crate::store::{ObjectInfo, ObjectStore};
 use crate::sync::batch::EncodedBatch;
 use crate::sync::checkpoint::{
-    CHECKPOINTS_PREFIX, ChatContent, CheckpointIndex, CheckpointInput, PACKS_PREFIX, open_block,
-    open_checkpoint_index, pack_prefix, parse_checkpoint_name, seal_checkpoint,
+    CHECKPOINTS_PREFIX, ChatContent, CheckpointIndex, CheckpointInput, PACKS_PREFIX,
+    checkpoint_due, open_block, open_checkpoint_index, pack_prefix, parse_checkpoint_name,
+    seal_checkpoint,
 };
 use crate::sync::plan::{Fetch, check_chain, check_seen, plan_pull};
 use crate::sync::segment::{
@@ -38,8 +39,6 @@ const META_CLOCK: &str = "clock";
 const META_CHAT_KEYS: &str = "chat_keys";
 const CHAT_KEYS_NAME: &str = "local/chat-keys";
 const META_CHECKPOINT_SEQ: &str = "checkpoint_seq";
-/// A sync that sees at least this many segments not covered by a checkpoint writes one.
-const AUTO_CHECKPOINT_SEGMENTS: u64 = 64;
 
 /// Who this device is, as other devices will see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -429,7 +428,11 @@ impl Vault {
         let mut report = SyncReport::default();
         self.push(progress, &mut report, cancel).await?;
         let uncovered = self.pull(progress, listener, &mut report, cancel).await?;
-        if uncovered >= AUTO_CHECKPOINT_SEGMENTS {
+        if checkpoint_due(
+            uncovered.segments,
+            uncovered.bytes,
+            uncovered.checkpoint_bytes,
+        ) {
             let written = self.write_checkpoint().await?;
             report.objects_up += written.objects;
             report.bytes_up += written.bytes;
@@ -755,7 +758,7 @@ impl Vault {
         listener: Option<&dyn ChangeListener>,
         report: &mut SyncReport,
         cancel: &CancelToken,
-    ) -> Result<u64> {
+    ) -> Result<Uncovered> {
         if let Some(progress) = progress {
             progress.on_progress(SyncPhase::List, 0, 1);
         }
@@ -764,12 +767,23 @@ impl Vault {
         let mut checkpoint = self.newest_checkpoint(&listed, report).await?;
         let base = coverage(checkpoint.as_ref().map(|c| c.covered.as_slice()));
         let mut heads = lock(&self.local)?.heads()?;
+        let size_of: BTreeMap<&str, u64> =
+            listed.iter().map(|i| (i.key.as_str(), i.size)).collect();
+        let checkpoint_bytes: Option<u64> = checkpoint
+            .as_ref()
+            .and_then(|c| parse_checkpoint_name(&c.name).map(|id| (id, &c.name)))
+            .map(|((device, seq), name)| {
+                let packs = pack_prefix(device, seq);
+                listed
+                    .iter()
+                    .filter(|i| i.key == *name || i.key.starts_with(&packs))
+                    .map(|i| i.size)
+                    .sum()
+            });
         // Start from the checkpoint when segments this device still needs were collected, or
         // when the checkpoint is smaller than the segments it replaces (a new device).
         if let Some(checkpoint) = &mut checkpoint {
-            let (name, covered) = (checkpoint.name.clone(), &checkpoint.covered);
-            let size_of: BTreeMap<&str, u64> =
-                listed.iter().map(|i| (i.key.as_str(), i.size)).collect();
+            let covered = &checkpoint.covered;
             let mut missing = false;
             let mut replaced_bytes = 0u64;
             for head in covered {
@@ -781,29 +795,25 @@ impl Vault {
                     }
                 }
             }
-            let checkpoint_bytes: u64 = match parse_checkpoint_name(&name) {
-                Some((device, seq)) => {
-                    let packs = pack_prefix(device, seq);
-                    listed
-                        .iter()
-                        .filter(|i| i.key == *name || i.key.starts_with(&packs))
-                        .map(|i| i.size)
-                        .sum()
-                }
-                None => u64::MAX,
-            };
-            if missing || replaced_bytes > checkpoint_bytes {
+            if missing || replaced_bytes > checkpoint_bytes.unwrap_or(u64::MAX) {
                 self.apply_checkpoint(checkpoint, listener, report).await?;
                 heads = lock(&self.local)?.heads()?;
             }
         }
         let fetches = plan_pull(&names, &heads, &base)?;
-        // Segments not covered by the newest checkpoint: when many, a sync writes a new one.
-        let uncovered = names
-            .iter()
-            .filter_map(|n| parse_segment_name(n))
-            .filter(|(device, seq)| base.get(device).is_none_or(|covered| seq > covered))
-            .count() as u64;
+        // Segments not covered by the newest checkpoint: they decide when to write a new one.
+        let mut uncovered = Uncovered {
+            checkpoint_bytes,
+            ..Uncovered::default()
+        };
+        for name in &names {
+            if let Some((device, seq)) = parse_segment_name(name)
+                && base.get(&device).is_none_or(|covered| seq > *covered)
+            {
+                uncovered.segments += 1;
+                uncovered.bytes += size_of.get(name.as_str()).copied().unwrap_or(0);
+            }
+        }
         let available: BTreeMap<DeviceId, u64> = fetches
             .iter()
             .map(|f| (f.device, f.seq))
@@ -1347,6 +1357,17 @@ impl Vault {
         crate::history::sort_by_position(&mut messages);
         Ok(messages)
     }
+}
+
+/// What the newest checkpoint leaves uncovered, as a pull saw it.
+#[derive(Debug, Default, Clone, Copy)]
+struct Uncovered {
+    /// Segments not covered.
+    segments: u64,
+    /// Their bytes.
+    bytes: u64,
+    /// The newest checkpoint's bytes (index and packs), if there is one.
+    checkpoint_bytes: Option<u64>,
 }
 
 /// The newest checkpoint in the bucket, with its index if this call fetched it.

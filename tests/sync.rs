@@ -693,18 +693,19 @@ async fn syncs_write_a_checkpoint_once_segments_pile_up() {
             .filter(|o| o.key.contains("/checkpoints/"))
             .count()
     };
-    for i in 0..63 {
+    // A vault without a checkpoint gets its first after 256 segments.
+    for i in 0..255 {
         a.record(chat_messages("c", i, i + 1)).unwrap();
         a.sync(None, None).await.unwrap();
     }
     assert_eq!(checkpoints().await, 0);
-    a.record(chat_messages("c", 63, 64)).unwrap();
+    a.record(chat_messages("c", 255, 256)).unwrap();
     a.sync(None, None).await.unwrap();
     assert_eq!(checkpoints().await, 1);
     let fresh = device(store, &key, &dir, "fresh").await;
     let report = fresh.sync(None, None).await.unwrap();
     assert!(report.objects_down <= 3, "{report:?}");
-    assert_eq!(fresh.messages(None).unwrap().len(), 64);
+    assert_eq!(fresh.messages(None).unwrap().len(), 256);
 }
 
 /// Cancels the sync from the progress callback once the first pulled segment is applied.

@@ -32,6 +32,40 @@ const BLOCK_TARGET: usize = 4 * 1024 * 1024;
 /// Packs are closed once they hold this many bytes (8 MiB).
 const PACK_TARGET: usize = 8 * 1024 * 1024;
 
+/// Fewest segments outside the newest checkpoint before a sync writes a new checkpoint.
+pub const AUTO_CHECKPOINT_SEGMENTS: u64 = 64;
+/// Segments a vault without any checkpoint collects before a sync writes its first one.
+pub const FIRST_CHECKPOINT_SEGMENTS: u64 = 256;
+/// Most segments outside the newest checkpoint before a sync writes one however small they are,
+/// so a new device fetches a bounded number of objects after the checkpoint.
+pub const MAX_UNCOVERED_SEGMENTS: u64 = 1024;
+
+/// Whether a sync should write a checkpoint, given the segments the newest checkpoint does not
+/// cover (count and bytes) and the newest checkpoint's bytes (index and packs; `None` when the
+/// vault has none).
+///
+/// A checkpoint rewrites the whole vault, so one is due when the uncovered segments are at
+/// least [`AUTO_CHECKPOINT_SEGMENTS`] and hold at least a quarter of the last checkpoint's
+/// bytes: over time checkpoints upload at most about four times the bytes of the segments they
+/// replace, instead of the whole vault every 64 syncs however little each carried. A vault
+/// without a checkpoint (its first backup is in segments of up to 4 MiB, as good to restore
+/// from as a checkpoint) gets its first after [`FIRST_CHECKPOINT_SEGMENTS`]; past
+/// [`MAX_UNCOVERED_SEGMENTS`] one is written however small the segments are.
+pub fn checkpoint_due(
+    uncovered_segments: u64,
+    uncovered_bytes: u64,
+    checkpoint_bytes: Option<u64>,
+) -> bool {
+    uncovered_segments >= MAX_UNCOVERED_SEGMENTS
+        || match checkpoint_bytes {
+            None => uncovered_segments >= FIRST_CHECKPOINT_SEGMENTS,
+            Some(bytes) => {
+                uncovered_segments >= AUTO_CHECKPOINT_SEGMENTS
+                    && uncovered_bytes.saturating_mul(4) >= bytes
+            }
+        }
+}
+
 /// The name of a checkpoint index.
 pub fn checkpoint_name(device: DeviceId, seq: u64) -> String {
     format!("{CHECKPOINTS_PREFIX}{}/{seq:016x}", device.to_hex())
@@ -424,4 +458,24 @@ pub fn open_block(
             Ok(op)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpoints_wait_for_a_quarter_of_the_last_one_in_new_segments() {
+        // No checkpoint yet: the first comes after 256 segments.
+        assert!(!checkpoint_due(255, u64::MAX, None));
+        assert!(checkpoint_due(256, 1, None));
+        // A 10 MB checkpoint: 64 small segments are not enough, 2.5 MB of them are.
+        assert!(!checkpoint_due(64, 64 * 2_000, Some(10_000_000)));
+        assert!(!checkpoint_due(1000, 2_499_999, Some(10_000_000)));
+        assert!(checkpoint_due(100, 2_500_000, Some(10_000_000)));
+        assert!(!checkpoint_due(63, 9_000_000, Some(10_000_000)));
+        // Many tiny segments: one anyway, to bound what a new device fetches.
+        assert!(checkpoint_due(MAX_UNCOVERED_SEGMENTS, 1, Some(u64::MAX)));
+        assert!(checkpoint_due(MAX_UNCOVERED_SEGMENTS, 1, None));
+    }
 }
