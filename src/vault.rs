@@ -925,6 +925,18 @@ impl Vault {
         lock(&self.local)?.messages(chat_id)
     }
 
+    /// Hands each live message sent at or after `since_ms` (of one chat or of all), by chat, send
+    /// time and id, to `each`, one at a time, so an export of any size runs in flat memory.
+    /// `each` must not call this vault (it holds the local state). Returns the count.
+    pub fn for_each_message(
+        &self,
+        chat_id: Option<&str>,
+        since_ms: i64,
+        mut each: impl FnMut(Message) -> Result<()>,
+    ) -> Result<u64> {
+        lock(&self.local)?.for_each_message(chat_id, since_ms, &mut each)
+    }
+
     /// Live messages sent at or after `since_ms` (of one chat or of all): restore "since a time".
     pub fn messages_since(&self, chat_id: Option<&str>, since_ms: i64) -> Result<Vec<Message>> {
         lock(&self.local)?.messages_sent_since(chat_id, since_ms)

@@ -263,7 +263,7 @@ fn app_kinds_and_payloads_survive_an_export_and_import_unchanged() {
 }
 
 #[test]
-fn bad_base64_and_oversized_fields_name_their_line_and_import_nothing() {
+fn bad_base64_oversized_fields_and_missing_files_name_their_line_and_import_nothing() {
     let env = env();
     let big = base64_standard(&vec![7u8; 64 * 1024 + 1]);
     let long_kind = "k".repeat(65);
@@ -283,6 +283,10 @@ fn bad_base64_and_oversized_fields_name_their_line_and_import_nothing() {
         (
             format!(r#"{{"type":"message","chat_id":"c","message_id":"2","sent_at_ms":1,"kind":"{long_kind}"}}"#),
             "kind of 65 bytes exceeds the limit of 64",
+        ),
+        (
+            r#"{"type":"message","chat_id":"c","message_id":"2","sent_at_ms":1,"attachments":[{"path":"missing.jpg"}]}"#.to_owned(),
+            "attachment \"missing.jpg\" is not a readable file",
         ),
     ];
     for (line, reason) in cases {

@@ -325,6 +325,23 @@ impl LocalState {
         chat_id: Option<&str>,
         since_ms: i64,
     ) -> Result<Vec<Message>> {
+        let mut messages = Vec::new();
+        self.for_each_message(chat_id, since_ms, &mut |m| {
+            messages.push(m);
+            Ok(())
+        })?;
+        Ok(messages)
+    }
+
+    /// Hands each live message sent at or after `since_ms` (of one chat or of all), by chat,
+    /// send time and id, to `each`, one at a time: memory stays flat however long the history.
+    /// Returns how many it handed over.
+    pub fn for_each_message(
+        &self,
+        chat_id: Option<&str>,
+        since_ms: i64,
+        each: &mut dyn FnMut(Message) -> Result<()>,
+    ) -> Result<u64> {
         // Two statements rather than "?1 IS NULL OR chat_id = ?1", which would stop SQLite from
         // using the (chat_id, sent_at_ms, message_id) index for one chat.
         let mut statement = match chat_id {
@@ -339,13 +356,22 @@ impl LocalState {
             ),
         }
         .map_err(db_error)?;
-        let rows = match chat_id {
-            Some(chat_id) => statement.query_map(params![chat_id, since_ms], first_blob),
-            None => statement.query_map(params![since_ms], first_blob),
+        let mut rows = match chat_id {
+            Some(chat_id) => statement.query(params![chat_id, since_ms]),
+            None => statement.query(params![since_ms]),
         }
         .map_err(db_error)?;
-        rows.map(|row| decode_message(&row.map_err(db_error)?))
-            .collect()
+        let mut count = 0;
+        while let Some(row) = rows.next().map_err(db_error)? {
+            let bytes = row
+                .get_ref(0)
+                .map_err(db_error)?
+                .as_blob()
+                .map_err(|_| corrupt("message"))?;
+            each(decode_message(bytes)?)?;
+            count += 1;
+        }
+        Ok(count)
     }
 
     /// One page of a chat's history: up to `limit` live messages before `before` (from the

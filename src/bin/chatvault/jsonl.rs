@@ -112,6 +112,11 @@ impl AttachmentLine {
 }
 
 impl Line {
+    /// The change this line records, with no attachments: enough to check every other field.
+    fn to_change_without_attachments(&self) -> Change {
+        self.clone().into_change(Vec::new())
+    }
+
     /// The attachments this line asks for.
     pub fn attachments(&self) -> &[AttachmentLine] {
         match self {
@@ -168,77 +173,88 @@ impl Line {
     }
 }
 
-/// Parses every line, with its line number; the first malformed line fails the whole file.
-pub fn read_lines(input: impl BufRead) -> Result<Vec<(usize, Line)>, String> {
-    let mut lines = Vec::new();
-    for (index, line) in input.lines().enumerate() {
-        let number = index + 1;
-        let line = line.map_err(|e| format!("line {number}: {e}"))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let parsed: Line =
-            serde_json::from_str(&line).map_err(|e| format!("line {number}: {e}"))?;
-        for attachment in parsed.attachments() {
-            if attachment.path.is_none() {
-                attachment
-                    .as_reference()
-                    .map_err(|e| format!("line {number}: {e}"))?;
+/// Parses and checks each line in turn (streaming: one line in memory at a time), yielding it
+/// with its number; blank lines are skipped. A malformed line yields an error naming it.
+pub fn parse_lines(input: impl BufRead) -> impl Iterator<Item = Result<(usize, Line), String>> {
+    input
+        .lines()
+        .enumerate()
+        .filter(|(_, line)| line.as_ref().map_or(true, |l| !l.trim().is_empty()))
+        .map(|(index, line)| {
+            let number = index + 1;
+            let line = line.map_err(|e| format!("line {number}: {e}"))?;
+            let parsed: Line =
+                serde_json::from_str(&line).map_err(|e| format!("line {number}: {e}"))?;
+            for attachment in parsed.attachments() {
+                if attachment.path.is_none() {
+                    attachment
+                        .as_reference()
+                        .map_err(|e| format!("line {number}: {e}"))?;
+                }
             }
-        }
-        // Every field's limits, before anything is uploaded or recorded (attachments are
-        // checked above and when they are uploaded).
-        parsed
-            .clone()
-            .into_change(Vec::new())
-            .validate()
-            .map_err(|e| format!("line {number}: {e}"))?;
-        lines.push((number, parsed));
-    }
-    Ok(lines)
+            // Every field's limits, before anything is uploaded or recorded (attachments are
+            // checked above and when they are uploaded).
+            parsed
+                .to_change_without_attachments()
+                .validate()
+                .map_err(|e| format!("line {number}: {e}"))?;
+            Ok((number, parsed))
+        })
 }
 
-/// Writes chats, then messages, as lines; `path_of` gives the path (relative to the output
-/// file) an attachment was downloaded to, if it was.
-pub fn write_state(
-    mut out: impl Write,
-    chats: &[Chat],
-    messages: &[Message],
-    path_of: impl Fn(&Attachment) -> Option<String>,
-) -> std::io::Result<()> {
-    let json = |line: &Line| serde_json::to_string(line).map_err(std::io::Error::other);
-    for chat in chats {
-        writeln!(
-            out,
-            "{}",
-            json(&Line::Chat {
-                chat_id: chat.chat_id.clone(),
-                title: chat.title.clone(),
-                members: chat.members.clone(),
-                payload: chat.payload.clone(),
-            })?
-        )?;
+/// Writes chats and messages as lines, as they come.
+pub struct LineWriter<W: Write> {
+    out: W,
+}
+
+impl<W: Write> LineWriter<W> {
+    /// Writes to `out`.
+    pub fn new(out: W) -> Self {
+        LineWriter { out }
     }
-    for message in messages {
-        writeln!(
-            out,
-            "{}",
-            json(&Line::Message {
-                chat_id: message.chat_id.clone(),
-                message_id: message.message_id.clone(),
-                sender: message.sender.clone(),
-                sent_at_ms: message.sent_at_ms,
-                text: message.text.clone(),
-                reply_to: message.reply_to.clone(),
-                attachments: message
-                    .attachments
-                    .iter()
-                    .map(|a| AttachmentLine::from_attachment(a, path_of(a)))
-                    .collect(),
-                kind: message.kind.clone(),
-                payload: message.payload.clone(),
-            })?
-        )?;
+
+    fn line(&mut self, line: &Line) -> std::io::Result<()> {
+        serde_json::to_writer(&mut self.out, line).map_err(std::io::Error::other)?;
+        self.out.write_all(b"\n")
     }
-    out.flush()
+
+    /// A chat's line.
+    pub fn chat(&mut self, chat: &Chat) -> std::io::Result<()> {
+        self.line(&Line::Chat {
+            chat_id: chat.chat_id.clone(),
+            title: chat.title.clone(),
+            members: chat.members.clone(),
+            payload: chat.payload.clone(),
+        })
+    }
+
+    /// A message's line; `path_of` gives the path (relative to the output file) an attachment
+    /// was downloaded to, if it was.
+    pub fn message(
+        &mut self,
+        message: Message,
+        path_of: impl Fn(&Attachment) -> Option<String>,
+    ) -> std::io::Result<()> {
+        let attachments = message
+            .attachments
+            .iter()
+            .map(|a| AttachmentLine::from_attachment(a, path_of(a)))
+            .collect();
+        self.line(&Line::Message {
+            chat_id: message.chat_id,
+            message_id: message.message_id,
+            sender: message.sender,
+            sent_at_ms: message.sent_at_ms,
+            text: message.text,
+            reply_to: message.reply_to,
+            attachments,
+            kind: message.kind,
+            payload: message.payload,
+        })
+    }
+
+    /// Flushes what was written.
+    pub fn finish(mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
 }

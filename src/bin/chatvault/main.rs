@@ -166,15 +166,41 @@ async fn run(cli: Cli) -> CliResult {
             chunk_kib,
             progress,
         } => {
-            let input = File::open(file).map_err(|e| format!("{}: {e}", file.display()))?;
-            let lines = jsonl::read_lines(BufReader::new(input))
-                .map_err(|e| format!("{}: {e}; nothing was imported", file.display()))?;
+            let open_input = || {
+                File::open(file)
+                    .map(BufReader::new)
+                    .map_err(|e| format!("{}: {e}", file.display()))
+            };
+            // Two streaming passes: the first checks every line, so a malformed one anywhere
+            // imports nothing; the second uploads attachments and records.
+            let base = file.parent().unwrap_or(Path::new("."));
+            for line in jsonl::parse_lines(open_input()?) {
+                let (number, line) =
+                    line.map_err(|e| format!("{}: {e}; nothing was imported", file.display()))?;
+                for path in line.attachments().iter().filter_map(|a| a.path.as_ref()) {
+                    if !base.join(path).is_file() {
+                        return Err(format!(
+                            "{} line {number}: attachment {path:?} is not a readable file; \
+                             nothing was imported",
+                            file.display()
+                        )
+                        .into());
+                    }
+                }
+            }
             let vault = open_vault(&cli).await?;
             vault.set_attachment_chunk_size(chunk_kib.saturating_mul(1024))?;
-            let base = file.parent().unwrap_or(Path::new("."));
             let mut totals = TransferReport::default();
-            let mut changes = Vec::with_capacity(lines.len());
-            for (number, line) in lines {
+            let mut batch = Vec::with_capacity(IMPORT_BATCH);
+            let mut count = 0;
+            for line in jsonl::parse_lines(open_input()?) {
+                // Checked by the first pass; an error now means the file changed meanwhile.
+                let (number, line) = line.map_err(|e| {
+                    format!(
+                        "{}: {e} (the file changed during the import)",
+                        file.display()
+                    )
+                })?;
                 let mut resolved = Vec::new();
                 for attachment in line.attachments() {
                     resolved.push(match &attachment.path {
@@ -206,23 +232,18 @@ async fn run(cli: Cli) -> CliResult {
                             .map_err(|e| format!("{} line {number}: {e}", file.display()))?,
                     });
                 }
-                let change = line.into_change(resolved);
-                change.validate().map_err(|e| {
-                    format!(
-                        "{} line {number}: {e}; nothing was imported",
-                        file.display()
-                    )
-                })?;
-                changes.push(change);
+                batch.push(line.into_change(resolved));
+                // Recorded in batches, each one transaction: the write-ahead log stays small
+                // however long the file. Every line was checked, so only the disk (or a missing
+                // attachment file) can stop it half way, and importing the file again is
+                // harmless (upserts and deletes are idempotent).
+                if batch.len() == IMPORT_BATCH {
+                    count += batch.len();
+                    vault.record(std::mem::take(&mut batch))?;
+                }
             }
-            // Recorded in batches, each one transaction: the write-ahead log stays small however
-            // long the file. Every line was checked above, so only the disk can stop it half way,
-            // and importing the file again is harmless (upserts and deletes are idempotent).
-            let count = changes.len();
-            let mut changes = changes.into_iter().peekable();
-            while changes.peek().is_some() {
-                vault.record(changes.by_ref().take(IMPORT_BATCH).collect())?;
-            }
+            count += batch.len();
+            vault.record(batch)?;
             print_transfer_summary(*progress, &totals);
             println!(
                 "recorded {count} operations ({} attachment chunks uploaded, {} already stored); \
@@ -247,10 +268,17 @@ async fn run(cli: Cli) -> CliResult {
             let vault = open_vault(&cli).await?;
             vault.sync(None, None).await?;
             let mut chat_list: Vec<_> = vault.chats()?.into_iter().map(|s| s.chat).collect();
-            let mut messages = vault.messages_since(None, since_ms.unwrap_or(i64::MIN))?;
             if !chats.is_empty() {
                 chat_list.retain(|c| chats.contains(&c.chat_id));
-                messages.retain(|m| chats.contains(&m.chat_id));
+            }
+            let since = since_ms.unwrap_or(i64::MIN);
+            // Messages stream from local state twice (for attachments, then for the lines), so
+            // memory stays flat however long the history.
+            let mut selected: Vec<Option<&str>> = chats.iter().map(|c| Some(c.as_str())).collect();
+            selected.sort_unstable();
+            selected.dedup();
+            if chats.is_empty() {
+                selected.push(None);
             }
             let mut totals = TransferReport::default();
             let mut downloaded: BTreeMap<ContentId, String> = BTreeMap::new();
@@ -262,12 +290,20 @@ async fn run(cli: Cli) -> CliResult {
                         .filter(|p| !p.as_os_str().is_empty())
                         .unwrap_or(Path::new(".")),
                 )?;
-                for attachment in messages.iter().flat_map(|m| &m.attachments) {
-                    if downloaded.contains_key(&attachment.content_id)
-                        || failed.iter().any(|(id, _)| *id == attachment.content_id)
-                    {
-                        continue;
-                    }
+                // Each content once, in the order the messages reference it.
+                let mut wanted: Vec<Attachment> = Vec::new();
+                let mut seen = std::collections::BTreeSet::new();
+                for chat in &selected {
+                    vault.for_each_message(*chat, since, |message| {
+                        for attachment in message.attachments {
+                            if seen.insert(attachment.content_id) {
+                                wanted.push(attachment);
+                            }
+                        }
+                        Ok(())
+                    })?;
+                }
+                for attachment in &wanted {
                     let dest = dir.join(attachment_file_name(attachment));
                     let complete = std::fs::metadata(&dest)
                         .is_ok_and(|m| m.is_file() && m.len() == attachment.size);
@@ -299,14 +335,33 @@ async fn run(cli: Cli) -> CliResult {
                 }
             }
             let file = File::create(out).map_err(|e| format!("{}: {e}", out.display()))?;
-            jsonl::write_state(BufWriter::new(file), &chat_list, &messages, |a| {
-                downloaded.get(&a.content_id).cloned()
-            })?;
+            let mut writer = jsonl::LineWriter::new(BufWriter::new(file));
+            for chat in &chat_list {
+                writer.chat(chat)?;
+            }
+            let mut message_count = 0;
+            let mut write_error = None;
+            for chat in &selected {
+                let written = vault.for_each_message(*chat, since, |message| {
+                    writer
+                        .message(message, |a| downloaded.get(&a.content_id).cloned())
+                        .map_err(|e| {
+                            write_error = Some(format!("{}: {e}", out.display()));
+                            // Stops the iteration; the write error is reported below.
+                            chatvault::Error::Cancelled
+                        })
+                });
+                match (written, write_error.take()) {
+                    (_, Some(error)) => return Err(error.into()),
+                    (written, None) => message_count += written?,
+                }
+            }
+            writer.finish()?;
             print_transfer_summary(*progress, &totals);
             println!(
                 "restored {} chats and {} messages to {}{}",
                 chat_list.len(),
-                messages.len(),
+                message_count,
                 out.display(),
                 if attachments.is_some() {
                     format!(
