@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use futures_util::StreamExt as _;
 use prost::Message as _;
 
 use crate::attachment::{Attachment, TransferListener, TransferReport};
@@ -733,6 +734,15 @@ impl Vault {
     }
 
     async fn fetch(&self, fetch: &Fetch, report: &mut SyncReport) -> Result<(OpenedSegment, u64)> {
+        let (segment, size) = self.fetch_segment(fetch).await?;
+        report.requests += 1;
+        report.objects_down += 1;
+        report.bytes_down += size;
+        Ok((segment, size))
+    }
+
+    /// GETs a planned segment and opens its outer layer; the caller counts the request.
+    async fn fetch_segment(&self, fetch: &Fetch) -> Result<(OpenedSegment, u64)> {
         let object = self
             .store
             .get(&format!("{}{}", self.prefix(), fetch.name))
@@ -743,9 +753,6 @@ impl Vault {
                     seq: fetch.seq,
                 })
             })?;
-        report.requests += 1;
-        report.objects_down += 1;
-        report.bytes_down += object.len() as u64;
         Ok((
             open_segment(&self.keys, &fetch.name, &object)?,
             object.len() as u64,
@@ -828,91 +835,132 @@ impl Vault {
             return Ok(uncovered);
         }
 
-        // Fetch and open every new segment's outer layer, checking each device's chain, and learn
-        // the chat keys they grant before opening any chat block (a device may write with a key
-        // another device granted).
-        let mut opened = Vec::with_capacity(fetches.len());
-        let mut chain_heads = heads.clone();
-        for fetch in &fetches {
-            cancel.check()?;
-            let (segment, size) = self.fetch(fetch, report).await?;
-            check_chain(chain_heads.get(&fetch.device), &segment)?;
-            chain_heads.insert(fetch.device, segment.head);
-            opened.push((segment, size));
-        }
-        let mut chat_keys = lock(&self.chat_keys)?.clone();
-        let mut keys_changed = false;
-        for (segment, _) in &opened {
-            for (key_id, chat_id, key) in &segment.grants {
-                keys_changed |= chat_keys.insert(*key_id, chat_id, key.clone())?;
+        // Segments arrive in plan order with up to PULL_PREFETCH GETs in flight, and each is
+        // applied as soon as it arrives, so memory holds a few segments, not everything new.
+        // A segment whose blocks use a chat key no segment has granted yet (a device writing
+        // with a key another device created) waits, with the rest of its device's segments,
+        // until every segment has arrived.
+        let mut pulled = Pulled {
+            chat_keys: lock(&self.chat_keys)?.clone(),
+            keys_dirty: false,
+            chain_heads: heads.clone(),
+            fetched: BTreeMap::new(),
+            available,
+            done: 0,
+            total: fetches.len() as u64,
+        };
+        let mut waiting: Vec<(OpenedSegment, u64)> = Vec::new();
+        let mut waiting_devices = std::collections::BTreeSet::new();
+        let mut arriving = futures_util::stream::iter(fetches.iter().cloned())
+            .map(|fetch| async move { self.fetch_segment(&fetch).await })
+            .buffered(PULL_PREFETCH);
+        while let Some(arrived) = arriving.next().await {
+            if cancel.is_cancelled() {
+                // Keys learned so far are already persisted with the segments applied.
+                *lock(&self.chat_keys)? = pulled.chat_keys;
+                return Err(Error::Cancelled);
             }
+            let (segment, size) = arrived?;
+            report.requests += 1;
+            report.objects_down += 1;
+            report.bytes_down += size;
+            let device = segment.head.device;
+            check_chain(pulled.chain_heads.get(&device), &segment)?;
+            pulled.chain_heads.insert(device, segment.head);
+            pulled
+                .fetched
+                .insert((device, segment.head.seq), segment.head.hash);
+            for (key_id, chat_id, key) in &segment.grants {
+                pulled.keys_dirty |= pulled.chat_keys.insert(*key_id, chat_id, key.clone())?;
+            }
+            let keys_known = segment
+                .blocks
+                .iter()
+                .all(|(key_id, _)| pulled.chat_keys.key(key_id).is_some());
+            if !keys_known || waiting_devices.contains(&device) {
+                waiting_devices.insert(device);
+                waiting.push((segment, size));
+                continue;
+            }
+            self.apply_pulled(segment, size, &mut pulled, progress, listener, report)?;
         }
-        let sealed_keys = if keys_changed {
-            Some(seal_chat_keys(&self.keys, &chat_keys)?)
+        drop(arriving);
+        for (segment, size) in waiting {
+            cancel.check()?;
+            self.apply_pulled(segment, size, &mut pulled, progress, listener, report)?;
+        }
+        *lock(&self.chat_keys)? = pulled.chat_keys;
+        Ok(uncovered)
+    }
+
+    /// Applies one pulled segment: opens its blocks, checks its claims about other devices,
+    /// hands its operations to the listener, then applies them and advances its device's head
+    /// (with the chat keys learned so far) in one transaction.
+    fn apply_pulled(
+        &self,
+        segment: OpenedSegment,
+        size: u64,
+        pulled: &mut Pulled,
+        progress: Option<&dyn SyncProgress>,
+        listener: Option<&dyn ChangeListener>,
+        report: &mut SyncReport,
+    ) -> Result<()> {
+        let operations = open_blocks(&self.keys, &pulled.chat_keys, &segment)?;
+        {
+            let local = lock(&self.local)?;
+            check_seen(&segment, &pulled.available, |device, seq| {
+                if let Some(hash) = pulled.fetched.get(&(device, seq)) {
+                    return Some(*hash);
+                }
+                local.segment_hash(device, seq).ok().flatten()
+            })?;
+        }
+        let device_hex = segment.head.device.to_hex();
+        if let Some(listener) = listener
+            && segment.head.device != self.device
+            && !operations.is_empty()
+        {
+            listener
+                .on_changes(&device_hex, &operations)
+                .map_err(|why| Error::invalid_input(format!("change listener failed: {why}")))?;
+        }
+        let sealed_keys = if pulled.keys_dirty {
+            Some(seal_chat_keys(&self.keys, &pulled.chat_keys)?)
         } else {
             None
         };
-
-        let total = opened.len() as u64;
-        for (index, (segment, size)) in opened.into_iter().enumerate() {
-            if cancel.is_cancelled() {
-                // Keys learned so far are already persisted with the segments applied.
-                *lock(&self.chat_keys)? = chat_keys;
-                return Err(Error::Cancelled);
-            }
-            let operations = open_blocks(&self.keys, &chat_keys, &segment)?;
-            {
-                let local = lock(&self.local)?;
-                check_seen(&segment, &available, |device, seq| {
-                    if chain_heads.get(&device).is_some_and(|h| h.seq == seq) {
-                        return Some(chain_heads[&device].hash);
-                    }
-                    local.segment_hash(device, seq).ok().flatten()
-                })?;
-            }
-            let device_hex = segment.head.device.to_hex();
-            if let Some(listener) = listener
-                && segment.head.device != self.device
-                && !operations.is_empty()
-            {
-                listener
-                    .on_changes(&device_hex, &operations)
-                    .map_err(|why| {
-                        Error::invalid_input(format!("change listener failed: {why}"))
-                    })?;
-            }
-            let mut clock = lock(&self.clock)?;
-            let mut new_clock = *clock;
-            let now = now_ms();
-            for operation in &operations {
-                new_clock.observe(operation.stamp, now);
-            }
-            let applied = lock(&self.local)?.transaction(|tx| {
-                let applied = local::apply_operations(tx, &operations)?;
-                local::commit_head(tx, &segment.head, size)?;
-                local::note_device(
-                    tx,
-                    segment.head.device,
-                    &segment.device_name,
-                    &segment.platform,
-                )?;
-                if let Some(last) = new_clock.last() {
-                    local::set_meta(tx, META_CLOCK, &last.to_sortable_bytes())?;
-                }
-                if let Some(sealed) = &sealed_keys {
-                    local::set_meta(tx, META_CHAT_KEYS, sealed)?;
-                }
-                Ok(applied)
-            })?;
-            *clock = new_clock;
-            report.operations_applied += applied;
-            report.segments_applied += 1;
-            if let Some(progress) = progress {
-                progress.on_progress(SyncPhase::Pull, index as u64 + 1, total);
-            }
+        let mut clock = lock(&self.clock)?;
+        let mut new_clock = *clock;
+        let now = now_ms();
+        for operation in &operations {
+            new_clock.observe(operation.stamp, now);
         }
-        *lock(&self.chat_keys)? = chat_keys;
-        Ok(uncovered)
+        let applied = lock(&self.local)?.transaction(|tx| {
+            let applied = local::apply_operations(tx, &operations)?;
+            local::commit_head(tx, &segment.head, size)?;
+            local::note_device(
+                tx,
+                segment.head.device,
+                &segment.device_name,
+                &segment.platform,
+            )?;
+            if let Some(last) = new_clock.last() {
+                local::set_meta(tx, META_CLOCK, &last.to_sortable_bytes())?;
+            }
+            if let Some(sealed) = &sealed_keys {
+                local::set_meta(tx, META_CHAT_KEYS, sealed)?;
+            }
+            Ok(applied)
+        })?;
+        *clock = new_clock;
+        pulled.keys_dirty = false;
+        report.operations_applied += applied;
+        report.segments_applied += 1;
+        pulled.done += 1;
+        if let Some(progress) = progress {
+            progress.on_progress(SyncPhase::Pull, pulled.done, pulled.total);
+        }
+        Ok(())
     }
 
     /// Visible chats with message counts and sizes.
@@ -1369,6 +1417,26 @@ impl Vault {
         crate::history::sort_by_position(&mut messages);
         Ok(messages)
     }
+}
+
+/// GETs a pull keeps in flight.
+const PULL_PREFETCH: usize = 4;
+
+/// What a pull carries from one applied segment to the next.
+struct Pulled {
+    /// Chat keys known so far (those of applied segments are persisted).
+    chat_keys: ChatKeys,
+    /// Keys learned since the last persisted copy.
+    keys_dirty: bool,
+    /// Newest segment of each device whose chain was checked.
+    chain_heads: BTreeMap<DeviceId, Head>,
+    /// Hashes of every segment this pull fetched.
+    fetched: BTreeMap<(DeviceId, u64), crate::sync::segment::SegmentHash>,
+    /// Newest segment of each device the listing showed.
+    available: BTreeMap<DeviceId, u64>,
+    /// Segments applied, of `total`.
+    done: u64,
+    total: u64,
 }
 
 /// What the newest checkpoint leaves uncovered, as a pull saw it.
