@@ -32,9 +32,10 @@ restored 2 chats, 4 messages
 chat climbing "Climbing 🧗" [anna, ana] (1 messages)
   c1 ana: Saturday at the gym?
 chat family "Family 👪" [anna, mum] (3 messages)
-  m1 mum: Dinner at 7?
+  m1 mum: Dinner at 7? [poll 796573006e6f]
   m2 anna: Yes! 🍝 (reply to m1)
   m3 mum: Bring bread, please
+family, 2 per page, newest page first: [m2, m3] [m1]
 TEXT
 }
 check_example() { # OUTPUT-FILE NAME

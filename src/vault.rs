@@ -999,6 +999,7 @@ impl Vault {
         before: Option<&HistoryCursor>,
         limit: u32,
     ) -> Result<HistoryPage> {
+        check_page_limit(limit)?;
         lock(&self.local)?.history_page(chat_id, before, limit)
     }
 
@@ -1011,6 +1012,7 @@ impl Vault {
         before: Option<&HistoryCursor>,
         limit: u32,
     ) -> Result<HistoryPage> {
+        check_page_limit(limit)?;
         let chat = self.fetch_chat(chat_id).await?;
         Ok(HistoryPage::from_sorted(chat, before, limit))
     }
@@ -1417,6 +1419,16 @@ impl Vault {
         crate::history::sort_by_position(&mut messages);
         Ok(messages)
     }
+}
+
+/// A page of no messages would read as "the beginning of the chat": refuse it.
+fn check_page_limit(limit: u32) -> Result<()> {
+    if limit == 0 {
+        return Err(Error::invalid_input(
+            "a history page needs a limit of at least 1",
+        ));
+    }
+    Ok(())
 }
 
 /// GETs a pull keeps in flight.

@@ -103,4 +103,13 @@ async fn pages_hold_every_message_once_across_a_shared_millisecond() {
             .messages
             .is_empty()
     );
+    // A limit of 0 would return an empty page that reads as "the beginning": refused.
+    assert!(matches!(
+        phone.history_page("c", None, 0),
+        Err(chatvault::Error::InvalidInput(_))
+    ));
+    assert!(matches!(
+        fresh.fetch_history("c", None, 0).await,
+        Err(chatvault::Error::InvalidInput(_))
+    ));
 }

@@ -1,6 +1,7 @@
 // chatvault quickstart in Kotlin: a phone creates a vault with a new recovery key, records two
 // chats, syncs; a second device with a fresh state directory restores everything from the typed
-// recovery key alone and prints it. Same steps and output as examples/swift.
+// recovery key alone, prints it (a message's app-defined kind and payload bytes too) and pages
+// through one chat's history. Same steps and output as examples/swift.
 //
 //   Quickstart [STORE_URL [WORK_DIR]]
 //
@@ -19,8 +20,12 @@ import org.chatvault.Message
 import org.chatvault.RecoveryKey
 import org.chatvault.Vault
 
-private fun message(chat: String, id: String, sender: String, atMs: Long, text: String, replyTo: String? = null) =
-    Change.UpsertMessage(Message(chat, id, sender, atMs, text, replyTo))
+private fun message(
+    chat: String, id: String, sender: String, atMs: Long, text: String, replyTo: String? = null,
+    kind: String = "", payload: ByteArray = byteArrayOf(),
+) = Change.UpsertMessage(Message(chat, id, sender, atMs, text, replyTo, kind = kind, payload = payload))
+
+private fun ByteArray.hex() = joinToString("") { "%02x".format(it) }
 
 fun main(args: Array<String>) = runBlocking {
     val work = args.getOrNull(1)?.let { File(it) } ?: Files.createTempDirectory("chatvault-quickstart").toFile()
@@ -37,7 +42,9 @@ fun main(args: Array<String>) = runBlocking {
     val t = 1_700_000_000_000L
     phone.record(listOf(
         Change.UpsertChat(Chat("family", "Family 👪", listOf("anna", "mum"))),
-        message("family", "m1", "mum", t, "Dinner at 7?"),
+        // kind and payload are the app's own (at most 64 and 65,536 bytes), stored and returned
+        // unchanged: here a poll with its options in the app's encoding.
+        message("family", "m1", "mum", t, "Dinner at 7?", kind = "poll", payload = "yes\u0000no".toByteArray()),
         message("family", "m2", "anna", t + 60_000, "Yes! 🍝", replyTo = "m1"),
         message("family", "m3", "mum", t + 120_000, "Bring bread"),
         message("family", "m3", "mum", t + 120_000, "Bring bread, please"), // an edit: same id
@@ -63,9 +70,20 @@ fun main(args: Array<String>) = runBlocking {
         val chat = summary.chat
         println("chat ${chat.chatId} \"${chat.title}\" ${chat.members} (${summary.messageCount} messages)")
         for (m in tablet.messages(chat.chatId)) {
-            println("  ${m.messageId} ${m.sender}: ${m.text}" + (m.replyTo?.let { " (reply to $it)" } ?: ""))
+            println("  ${m.messageId} ${m.sender}: ${m.text}" + (m.replyTo?.let { " (reply to $it)" } ?: "") +
+                (if (m.kind.isEmpty()) "" else " [${m.kind} ${m.payload.hex()}]"))
         }
     }
+    // A history screen loads a page at a time, newest first: pass each page's `next` to get the
+    // page before it, until `next` is null (fetchHistory does the same from the bucket).
+    val pages = mutableListOf<String>()
+    var page = tablet.historyPage("family", null, 2u)
+    while (true) {
+        pages += page.messages.joinToString(", ", "[", "]") { it.messageId }
+        val next = page.next ?: break
+        page = tablet.historyPage("family", next, 2u)
+    }
+    println("family, 2 per page, newest page first: ${pages.joinToString(" ")}")
     val verified = tablet.verify() // fetch and authenticate everything in the bucket
     println("verified: ${verified.devices} device(s), ${verified.operations} changes")
     tablet.close()

@@ -1,6 +1,7 @@
 // chatvault quickstart in Swift: a phone creates a vault with a new recovery key, records two
 // chats, syncs; a second device with a fresh state directory restores everything from the typed
-// recovery key alone and prints it. Same steps and output as examples/kotlin/Quickstart.kt.
+// recovery key alone, prints it (a message's app-defined kind and payload bytes too) and pages
+// through one chat's history. Same steps and output as examples/kotlin/Quickstart.kt.
 //
 //   swift run Quickstart [STORE_URL [WORK_DIR]]
 //
@@ -12,9 +13,9 @@ import ChatVault
 import Foundation
 
 func message(_ chat: String, _ id: String, _ sender: String, _ atMs: Int64, _ text: String,
-             replyTo: String? = nil) -> Change {
+             replyTo: String? = nil, kind: String = "", payload: Data = Data()) -> Change {
     .upsertMessage(message: Message(chatId: chat, messageId: id, sender: sender, sentAtMs: atMs,
-                                    text: text, replyTo: replyTo))
+                                    text: text, replyTo: replyTo, kind: kind, payload: payload))
 }
 
 let arguments = CommandLine.arguments
@@ -35,7 +36,9 @@ print("vault \(phone.vaultId())")
 let t: Int64 = 1_700_000_000_000
 try phone.record(changes: [
     .upsertChat(chat: Chat(chatId: "family", title: "Family 👪", members: ["anna", "mum"])),
-    message("family", "m1", "mum", t, "Dinner at 7?"),
+    // kind and payload are the app's own (at most 64 and 65,536 bytes), stored and returned
+    // unchanged: here a poll with its options in the app's encoding.
+    message("family", "m1", "mum", t, "Dinner at 7?", kind: "poll", payload: Data("yes\u{0}no".utf8)),
     message("family", "m2", "anna", t + 60_000, "Yes! 🍝", replyTo: "m1"),
     message("family", "m3", "mum", t + 120_000, "Bring bread"),
     message("family", "m3", "mum", t + 120_000, "Bring bread, please"), // an edit: same id
@@ -62,8 +65,20 @@ for summary in chats {
     let members = chat.members.joined(separator: ", ")
     print("chat \(chat.chatId) \"\(chat.title)\" [\(members)] (\(summary.messageCount) messages)")
     for m in try tablet.messages(chatId: chat.chatId) {
-        print("  \(m.messageId) \(m.sender): \(m.text)" + (m.replyTo.map { " (reply to \($0))" } ?? ""))
+        let hex = m.payload.map { String(format: "%02x", $0) }.joined()
+        print("  \(m.messageId) \(m.sender): \(m.text)" + (m.replyTo.map { " (reply to \($0))" } ?? "")
+              + (m.kind.isEmpty ? "" : " [\(m.kind) \(hex)]"))
     }
 }
+// A history screen loads a page at a time, newest first: pass each page's `next` to get the page
+// before it, until `next` is nil (fetchHistory does the same from the bucket).
+var pages: [String] = []
+var page = try tablet.historyPage(chatId: "family", before: nil, limit: 2)
+while true {
+    pages.append("[" + page.messages.map(\.messageId).joined(separator: ", ") + "]")
+    guard let next = page.next else { break }
+    page = try tablet.historyPage(chatId: "family", before: next, limit: 2)
+}
+print("family, 2 per page, newest page first: \(pages.joined(separator: " "))")
 let verified = try await tablet.verify() // fetch and authenticate everything in the bucket
 print("verified: \(verified.devices) device(s), \(verified.operations) changes")
