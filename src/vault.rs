@@ -127,6 +127,9 @@ pub struct SyncReport {
     pub operations_applied: u64,
     /// Remote segments applied.
     pub segments_applied: u64,
+    /// Redundant objects (segments and checkpoints the newest checkpoint replaced) deleted by
+    /// automatic garbage collection.
+    pub objects_deleted: u64,
 }
 
 /// Objects and bytes the vault occupies in the bucket.
@@ -177,6 +180,9 @@ pub struct Vault {
     sync_lock: tokio::sync::Mutex<()>,
     /// Chunk size for new attachments.
     attachment_chunk_size: std::sync::atomic::AtomicU32,
+    /// How old the newest checkpoint must be before a sync deletes what it replaced
+    /// (`u64::MAX`: never by itself).
+    auto_gc_grace_ms: std::sync::atomic::AtomicU64,
 }
 
 impl core::fmt::Debug for Vault {
@@ -254,6 +260,7 @@ impl Vault {
             attachment_chunk_size: std::sync::atomic::AtomicU32::new(
                 crate::attachment::DEFAULT_CHUNK_SIZE,
             ),
+            auto_gc_grace_ms: std::sync::atomic::AtomicU64::new(AUTO_GC_GRACE_MS),
         })
     }
 
@@ -278,6 +285,18 @@ impl Vault {
             self.keys.vault_id().to_hex(),
             crate::attachment::ATTACHMENTS_SUFFIX
         )
+    }
+
+    /// Sets how old the newest checkpoint must be before a sync deletes, by itself, the
+    /// segments and older checkpoints it replaced (default 7 days; `None`: only
+    /// [`collect_garbage`](Self::collect_garbage) deletes). A device that was offline longer
+    /// than this restarts from the checkpoint, losing nothing; the grace period only spares it
+    /// that download.
+    pub fn set_auto_gc_grace_ms(&self, grace_ms: Option<u64>) {
+        self.auto_gc_grace_ms.store(
+            grace_ms.unwrap_or(u64::MAX),
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 
     /// Sets the chunk size of attachments uploaded from now on (a power of two from 64 KiB to
@@ -438,6 +457,17 @@ impl Vault {
             report.objects_up += written.objects;
             report.bytes_up += written.bytes;
             report.requests += written.objects;
+        } else if let Some(created_at_ms) = uncovered.garbage_since_ms {
+            // What the newest checkpoint replaced goes once it is old enough: no app has to
+            // remember to call collect_garbage for the bucket to stop growing.
+            let grace = self
+                .auto_gc_grace_ms
+                .load(std::sync::atomic::Ordering::Relaxed);
+            if now_ms() >= created_at_ms.saturating_add(grace) {
+                let (deleted, requests) = self.collect_log_garbage(grace).await?;
+                report.objects_deleted += deleted;
+                report.requests += requests;
+            }
         }
         if report.operations_sent > 0 || report.segments_applied > 0 {
             // The outbox rows and applied segments leave free pages and a full log behind.
@@ -813,12 +843,23 @@ impl Vault {
             checkpoint_bytes,
             ..Uncovered::default()
         };
+        let mut redundant = false;
         for name in &names {
-            if let Some((device, seq)) = parse_segment_name(name)
-                && base.get(&device).is_none_or(|covered| seq > *covered)
-            {
-                uncovered.segments += 1;
-                uncovered.bytes += size_of.get(name.as_str()).copied().unwrap_or(0);
+            if let Some((device, seq)) = parse_segment_name(name) {
+                if base.get(&device).is_none_or(|covered| seq > *covered) {
+                    uncovered.segments += 1;
+                    uncovered.bytes += size_of.get(name.as_str()).copied().unwrap_or(0);
+                } else {
+                    redundant = true;
+                }
+            }
+        }
+        if let Some(newest) = &checkpoint {
+            redundant |= listed
+                .iter()
+                .any(|i| i.key.starts_with(CHECKPOINTS_PREFIX) && i.key != newest.name);
+            if redundant {
+                uncovered.garbage_since_ms = Some(newest.created_at_ms);
             }
         }
         let available: BTreeMap<DeviceId, u64> = fetches
@@ -1241,7 +1282,7 @@ impl Vault {
         let never = CancelToken::new();
         self.push(None, &mut scratch, &never).await?;
         self.pull(None, None, &mut scratch, &never).await?;
-        let log = self.collect_log_garbage(grace_ms).await?;
+        let (log, _) = self.collect_log_garbage(grace_ms).await?;
         let attachments = self.collect_attachment_garbage(grace_ms).await?;
         Ok(log + attachments)
     }
@@ -1285,7 +1326,8 @@ impl Vault {
     }
 
     /// The segment, checkpoint and pack part of [`collect_garbage`](Self::collect_garbage).
-    async fn collect_log_garbage(&self, grace_ms: u64) -> Result<u64> {
+    /// Returns the objects deleted and the requests made.
+    async fn collect_log_garbage(&self, grace_ms: u64) -> Result<(u64, u64)> {
         let mut scratch = SyncReport::default();
         let listed = self.list_vault(&mut scratch).await?;
         let Some(NewestCheckpoint {
@@ -1295,14 +1337,14 @@ impl Vault {
             ..
         }) = self.newest_checkpoint(&listed, &mut scratch).await?
         else {
-            return Ok(0);
+            return Ok((0, scratch.requests));
         };
         if now_ms() < created_at_ms.saturating_add(grace_ms) {
-            return Ok(0);
+            return Ok((0, scratch.requests));
         }
         let base = coverage(Some(&covered));
         let Some(newest_id) = parse_checkpoint_name(&newest) else {
-            return Ok(0);
+            return Ok((0, scratch.requests));
         };
         // Packs are written before their index, so packs without a listed index may belong to a
         // checkpoint another device is writing right now: only packs of a listed, superseded
@@ -1339,7 +1381,7 @@ impl Vault {
                 deleted += 1;
             }
         }
-        Ok(deleted)
+        Ok((deleted, scratch.requests + deleted))
     }
 
     /// One chat's messages read from the bucket without touching local state: its blocks of
@@ -1431,6 +1473,9 @@ fn check_page_limit(limit: u32) -> Result<()> {
     Ok(())
 }
 
+/// How old the newest checkpoint must be before a sync deletes what it replaced (7 days).
+const AUTO_GC_GRACE_MS: u64 = 7 * 24 * 3_600_000;
+
 /// GETs a pull keeps in flight.
 const PULL_PREFETCH: usize = 4;
 
@@ -1460,6 +1505,9 @@ struct Uncovered {
     bytes: u64,
     /// The newest checkpoint's bytes (index and packs), if there is one.
     checkpoint_bytes: Option<u64>,
+    /// When the listing shows objects the newest checkpoint made redundant (covered segments,
+    /// other checkpoints): that checkpoint's creation time.
+    garbage_since_ms: Option<u64>,
 }
 
 /// The newest checkpoint in the bucket, with its index if this call fetched it.

@@ -114,3 +114,48 @@ async fn small_syncs_upload_their_segments_and_checkpoints_only_in_proportion() 
         "every message is still there"
     );
 }
+
+#[tokio::test]
+async fn what_a_checkpoint_replaced_goes_without_anyone_calling_gc() {
+    let memory = Arc::new(MemoryStore::new());
+    let store: Arc<dyn ObjectStore> = memory.clone();
+    let key = RecoveryKey::generate().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let info = |name: &str| DeviceInfo {
+        name: name.into(),
+        platform: "test".into(),
+    };
+    let phone = Vault::open(store.clone(), &dir.path().join("p"), info("p"), &key)
+        .await
+        .unwrap();
+    for i in 0..3 {
+        phone.record(vec![message(i)]).unwrap();
+        phone.sync(None, None).await.unwrap();
+    }
+    phone.checkpoint().await.unwrap();
+    let segments = || async {
+        memory
+            .list("")
+            .await
+            .unwrap()
+            .iter()
+            .filter(|o| o.key.contains("/segments/"))
+            .count()
+    };
+    // By default the checkpoint must be a week old first: nothing goes yet.
+    assert_eq!(phone.sync(None, None).await.unwrap().objects_deleted, 0);
+    assert_eq!(segments().await, 3);
+    // With no grace period, the next sync deletes the three covered segments by itself.
+    phone.set_auto_gc_grace_ms(Some(0));
+    let report = phone.sync(None, None).await.unwrap();
+    assert_eq!(report.objects_deleted, 3);
+    assert_eq!(segments().await, 0);
+    assert_eq!(phone.sync(None, None).await.unwrap().objects_deleted, 0);
+    // A new device restores everything from the checkpoint.
+    let fresh = Vault::open(store, &dir.path().join("f"), info("f"), &key)
+        .await
+        .unwrap();
+    fresh.sync(None, None).await.unwrap();
+    assert_eq!(fresh.messages(None).unwrap(), phone.messages(None).unwrap());
+    assert_eq!(fresh.messages(None).unwrap().len(), 3);
+}

@@ -339,6 +339,8 @@ pub struct SyncReport {
     pub operations_sent: u64,
     pub operations_applied: u64,
     pub segments_applied: u64,
+    /// Redundant objects automatic garbage collection deleted.
+    pub objects_deleted: u64,
 }
 
 /// Space used in the bucket.
@@ -677,6 +679,7 @@ impl Vault {
             operations_sent: report.operations_sent,
             operations_applied: report.operations_applied,
             segments_applied: report.segments_applied,
+            objects_deleted: report.objects_deleted,
         })
     }
 

@@ -480,6 +480,7 @@ fn print_report(report: &SyncReport, json: bool) {
                 "operations_sent": report.operations_sent,
                 "operations_applied": report.operations_applied,
                 "segments_applied": report.segments_applied,
+                "objects_deleted": report.objects_deleted,
             })
         );
     } else {
