@@ -193,6 +193,7 @@ async fn run(cli: Cli) -> CliResult {
             let mut totals = TransferReport::default();
             let mut batch = Vec::with_capacity(IMPORT_BATCH);
             let mut count = 0;
+            let import_pause = test_pause("CHATVAULT_TEST_PAUSE_AFTER_BATCH");
             for line in jsonl::parse_lines(open_input()?) {
                 // Checked by the first pass; an error now means the file changed meanwhile.
                 let (number, line) = line.map_err(|e| {
@@ -240,6 +241,9 @@ async fn run(cli: Cli) -> CliResult {
                 if batch.len() == IMPORT_BATCH {
                     count += batch.len();
                     vault.record(std::mem::take(&mut batch))?;
+                    if let Some(pause) = &import_pause {
+                        pause.reached((count / IMPORT_BATCH) as u64);
+                    }
                 }
             }
             count += batch.len();
@@ -266,7 +270,8 @@ async fn run(cli: Cli) -> CliResult {
             progress,
         } => {
             let vault = open_vault(&cli).await?;
-            vault.sync(None, None).await?;
+            let pause = test_pause("CHATVAULT_TEST_PAUSE_AFTER_SEGMENT");
+            vault.sync(pause.as_ref().map(|p| p as _), None).await?;
             let mut chat_list: Vec<_> = vault.chats()?.into_iter().map(|s| s.chat).collect();
             if !chats.is_empty() {
                 chat_list.retain(|c| chats.contains(&c.chat_id));
@@ -527,6 +532,37 @@ fn cli_device() -> DeviceInfo {
 
 pub(crate) fn open_store(url: &str) -> CliResult<Arc<dyn ObjectStore>> {
     Ok(chatvault::store::open_store(url)?)
+}
+
+/// A pause point for the kill tests: with `VARIABLE=n` set, the command prints `paused` on
+/// stderr once it has finished its n-th unit (import batch, or pulled segment) and waits there
+/// to be killed, so a test kills it at a known point instead of racing it.
+struct TestPause {
+    at: u64,
+}
+
+fn test_pause(variable: &str) -> Option<TestPause> {
+    let at = std::env::var(variable).ok()?.parse().ok()?;
+    Some(TestPause { at })
+}
+
+impl TestPause {
+    fn reached(&self, done: u64) {
+        if done == self.at {
+            eprintln!("paused");
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+            }
+        }
+    }
+}
+
+impl chatvault::vault::SyncProgress for TestPause {
+    fn on_progress(&self, phase: chatvault::vault::SyncPhase, done: u64, _total: u64) {
+        if phase == chatvault::vault::SyncPhase::Pull {
+            self.reached(done);
+        }
+    }
 }
 
 /// Prints `{"event":"progress",...}` lines on stderr when asked to, at most one per percent.
