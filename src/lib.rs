@@ -67,7 +67,7 @@ pub mod ffi;
 pub use ffi::UniFfiTag;
 pub mod format;
 mod hex;
-pub mod history;
+pub use sync::history;
 pub mod keyring;
 pub mod keys;
 pub mod local;

@@ -9,6 +9,8 @@ use chatvault::store::{MemoryStore, ObjectStore};
 use chatvault::sync::{Change, Message};
 use chatvault::vault::{DeviceInfo, Vault};
 
+mod common;
+
 fn info(name: &str) -> DeviceInfo {
     DeviceInfo {
         name: name.into(),
@@ -112,4 +114,87 @@ async fn pages_hold_every_message_once_across_a_shared_millisecond() {
         fresh.fetch_history("c", None, 0).await,
         Err(chatvault::Error::InvalidInput(_))
     ));
+}
+
+#[tokio::test]
+async fn a_page_from_the_bucket_reads_only_the_blocks_it_needs() {
+    let counting = Arc::new(common::Counting::default());
+    let store: Arc<dyn ObjectStore> = counting.clone();
+    let key = RecoveryKey::generate().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let phone = Vault::open(store.clone(), &dir.path().join("phone"), info("p"), &key)
+        .await
+        .unwrap();
+    // About 600 KB of one chat: several 64 KiB checkpoint blocks; three per millisecond.
+    let changes: Vec<Change> = (0..3000)
+        .map(|i| {
+            Change::UpsertMessage(Message {
+                chat_id: "long".into(),
+                message_id: format!("m{:05}", (i * 7919) % 3000),
+                sent_at_ms: i / 3,
+                text: format!("{i} {}", "lorem ipsum dolor sit amet ".repeat(7)),
+                ..Message::default()
+            })
+        })
+        .collect();
+    phone.record(changes).unwrap();
+    phone.sync(None, None).await.unwrap();
+    phone.checkpoint().await.unwrap();
+    // Deletions and an edit after the checkpoint, which pages must honour.
+    phone
+        .record(vec![
+            Change::DeleteMessage {
+                chat_id: "long".into(),
+                message_id: phone.messages(Some("long")).unwrap()[2990]
+                    .message_id
+                    .clone(),
+            },
+            Change::UpsertMessage(Message {
+                chat_id: "long".into(),
+                message_id: phone.messages(Some("long")).unwrap()[5].message_id.clone(),
+                sent_at_ms: 999,
+                text: "moved to the newest millisecond".into(),
+                ..Message::default()
+            }),
+        ])
+        .unwrap();
+    phone.sync(None, None).await.unwrap();
+    let expected = phone.messages(Some("long")).unwrap();
+
+    let fresh = Vault::open(store, &dir.path().join("fresh"), info("f"), &key)
+        .await
+        .unwrap();
+    *counting.pack_range_gets.lock().unwrap() = 0;
+    fresh.fetch_chat("long").await.unwrap();
+    let blocks = *counting.pack_range_gets.lock().unwrap();
+    assert!(blocks >= 6, "{blocks} blocks");
+
+    // The newest page, and one from the middle: one or two blocks each, not the chat.
+    *counting.pack_range_gets.lock().unwrap() = 0;
+    let newest = fresh.fetch_history("long", None, 20).await.unwrap();
+    assert_eq!(newest.messages, expected[expected.len() - 20..]);
+    assert!(*counting.pack_range_gets.lock().unwrap() <= 2);
+    let middle = HistoryCursor::of(&expected[1500]);
+    *counting.pack_range_gets.lock().unwrap() = 0;
+    let page = fresh
+        .fetch_history("long", Some(&middle), 20)
+        .await
+        .unwrap();
+    assert_eq!(page.messages, expected[1480..1500]);
+    assert_eq!(page.next, Some(HistoryCursor::of(&expected[1480])));
+    assert!(*counting.pack_range_gets.lock().unwrap() <= 2);
+    // And every page size still yields the whole chat exactly once.
+    for limit in [97, 1000] {
+        let all = page_through(limit, |cursor| {
+            let fresh = &fresh;
+            async move {
+                fresh
+                    .fetch_history("long", cursor.as_ref(), limit)
+                    .await
+                    .unwrap()
+            }
+        })
+        .await;
+        assert_eq!(all, expected, "pages of {limit}");
+    }
 }

@@ -488,42 +488,6 @@ async fn progress_is_reported_for_push_and_pull() {
 }
 
 /// Counts GETs (whole and ranged) of pack objects.
-#[derive(Default)]
-struct Counting {
-    inner: MemoryStore,
-    pack_gets: Mutex<u64>,
-    pack_range_gets: Mutex<u64>,
-}
-
-#[async_trait]
-impl ObjectStore for Counting {
-    async fn put(&self, key: &str, body: Vec<u8>) -> StoreResult<()> {
-        self.inner.put(key, body).await
-    }
-    async fn get(&self, key: &str) -> StoreResult<Option<Vec<u8>>> {
-        if key.contains("/packs/") {
-            *self.pack_gets.lock().unwrap() += 1;
-        }
-        self.inner.get(key).await
-    }
-    async fn get_range(
-        &self,
-        key: &str,
-        range: std::ops::Range<u64>,
-    ) -> StoreResult<Option<Vec<u8>>> {
-        if key.contains("/packs/") {
-            *self.pack_range_gets.lock().unwrap() += 1;
-        }
-        self.inner.get_range(key, range).await
-    }
-    async fn list(&self, prefix: &str) -> StoreResult<Vec<ObjectInfo>> {
-        self.inner.list(prefix).await
-    }
-    async fn delete(&self, key: &str) -> StoreResult<()> {
-        self.inner.delete(key).await
-    }
-}
-
 fn chat_messages(chat: &str, from: i64, to: i64) -> Vec<Change> {
     (from..to)
         .map(|i| message(chat, &format!("{chat}-{i}"), "text", i))
@@ -532,7 +496,7 @@ fn chat_messages(chat: &str, from: i64, to: i64) -> Vec<Change> {
 
 #[tokio::test]
 async fn checkpoints_restore_new_devices_and_garbage_collection_keeps_everyone_consistent() {
-    let counting = Arc::new(Counting::default());
+    let counting = Arc::new(common::Counting::default());
     let store: Arc<dyn ObjectStore> = counting.clone();
     let key = RecoveryKey::generate().unwrap();
     let dir = tempfile::tempdir().unwrap();

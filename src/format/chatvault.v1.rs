@@ -266,6 +266,21 @@ pub struct PackedChat {
     pub offset: u64,
     #[prost(uint64, tag = "5")]
     pub length: u64,
+    /// For a block of messages only: the history positions (sent_at_ms, message_id) of its first
+    /// and last message, so one page of history reads only the blocks it needs. Absent on blocks
+    /// holding the chat's metadata and deletions, which every read of the chat needs.
+    #[prost(message, optional, tag = "6")]
+    pub first: ::core::option::Option<HistoryPosition>,
+    #[prost(message, optional, tag = "7")]
+    pub last: ::core::option::Option<HistoryPosition>,
+}
+/// A message's place in its chat's history.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct HistoryPosition {
+    #[prost(int64, tag = "1")]
+    pub sent_at_ms: i64,
+    #[prost(string, tag = "2")]
+    pub message_id: ::prost::alloc::string::String,
 }
 /// A deleted chat, kept so that older operations arriving later cannot bring it back.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

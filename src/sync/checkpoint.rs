@@ -20,6 +20,7 @@ use crate::keys::{ChatKey, VaultKeys};
 use crate::sealing::{self, ObjectContext, padded_len};
 
 use super::clock::{DeviceId, Stamp};
+use super::history::{HistoryCursor, position_of};
 use super::model::Operation;
 use super::segment::{ChatKeys, Head, KeyId, parse_device_and_seq};
 
@@ -27,8 +28,9 @@ use super::segment::{ChatKeys, Head, KeyId, parse_device_and_seq};
 pub const CHECKPOINTS_PREFIX: &str = "checkpoints/";
 /// Where packs live inside the vault prefix.
 pub const PACKS_PREFIX: &str = "packs/";
-/// Chat blocks are filled up to this much encoded plaintext (4 MiB); larger chats span blocks.
-const BLOCK_TARGET: usize = 4 * 1024 * 1024;
+/// Chat blocks are filled up to about this much encoded plaintext (64 KiB): a page of history
+/// reads one or two blocks, and a chat spans as many as it needs.
+const BLOCK_TARGET: usize = 64 * 1024;
 /// Packs are closed once they hold this many bytes (8 MiB).
 const PACK_TARGET: usize = 8 * 1024 * 1024;
 
@@ -131,6 +133,9 @@ pub struct PackedChat {
     pub offset: u64,
     /// Byte length.
     pub length: u64,
+    /// For a block of messages: the history positions of its first and last message. `None`
+    /// for a block a reader of the chat always needs (metadata, deletions, or an older writer).
+    pub range: Option<(HistoryCursor, HistoryCursor)>,
 }
 
 /// An opened checkpoint index.
@@ -201,45 +206,50 @@ pub fn seal_checkpoint(
                 grants.push(*id);
             }
         }
-        // Split the chat's operations into blocks of about BLOCK_TARGET encoded bytes.
-        let mut start = 0;
-        while start < chat.operations.len() || (start == 0 && chat.operations.is_empty()) {
-            let mut size = 0;
-            let mut end = start;
-            let mut encoded = Vec::new();
-            while end < chat.operations.len() && (end == start || size < BLOCK_TARGET) {
-                let op = chat.operations[end].to_proto();
-                size += op.encoded_len();
-                encoded.push(op);
-                end += 1;
+        // The chat's metadata and deletions first (every read of the chat needs them), then its
+        // messages in history order, in blocks of about BLOCK_TARGET encoded bytes, each with the
+        // positions of its first and last message so a page of history reads only its blocks.
+        let (mut messages, head): (Vec<&Operation>, Vec<&Operation>) = chat
+            .operations
+            .iter()
+            .partition(|op| position_of(op).is_some());
+        messages.sort_by(|a, b| position_of(a).cmp(&position_of(b)));
+        for (group, ranged) in [(head, false), (messages, true)] {
+            for block_ops in split_blocks(&group) {
+                let body = proto::ChatCheckpoint {
+                    chat_id: chat.chat_id.clone(),
+                    operations: block_ops.iter().map(|op| op.to_proto()).collect(),
+                }
+                .encode_to_vec();
+                let name = block_name(&index_name, entries.len());
+                let context = ObjectContext {
+                    vault_id: keys.vault_id(),
+                    kind: ObjectKind::ChatData,
+                    name: &name,
+                };
+                let block = sealing::seal(&key.0, &context, &body)?;
+                if !current.is_empty() && current.len() + block.len() > PACK_TARGET {
+                    close(&mut packs, &mut current);
+                }
+                let place = |op: Option<&&Operation>| {
+                    op.and_then(|op| position_of(op)).filter(|_| ranged).map(
+                        |(sent_at_ms, message_id)| proto::HistoryPosition {
+                            sent_at_ms,
+                            message_id: message_id.to_owned(),
+                        },
+                    )
+                };
+                entries.push(proto::PackedChat {
+                    chat_id: chat.chat_id.clone(),
+                    key_id: key_id.to_vec(),
+                    pack: packs.len() as u32,
+                    offset: current.len() as u64,
+                    length: block.len() as u64,
+                    first: place(block_ops.first()),
+                    last: place(block_ops.last()),
+                });
+                current.extend_from_slice(&block);
             }
-            let body = proto::ChatCheckpoint {
-                chat_id: chat.chat_id.clone(),
-                operations: encoded,
-            }
-            .encode_to_vec();
-            let name = block_name(&index_name, entries.len());
-            let context = ObjectContext {
-                vault_id: keys.vault_id(),
-                kind: ObjectKind::ChatData,
-                name: &name,
-            };
-            let block = sealing::seal(&key.0, &context, &body)?;
-            if !current.is_empty() && current.len() + block.len() > PACK_TARGET {
-                close(&mut packs, &mut current);
-            }
-            entries.push(proto::PackedChat {
-                chat_id: chat.chat_id.clone(),
-                key_id: key_id.to_vec(),
-                pack: packs.len() as u32,
-                offset: current.len() as u64,
-                length: block.len() as u64,
-            });
-            current.extend_from_slice(&block);
-            if end == start {
-                break; // an empty chat: one empty block
-            }
-            start = end;
         }
     }
     if !current.is_empty() {
@@ -296,6 +306,25 @@ pub fn seal_checkpoint(
         index,
         packs,
     })
+}
+
+/// Cuts operations into runs of about [`BLOCK_TARGET`] encoded bytes (at least one each).
+fn split_blocks<'a>(operations: &'a [&'a Operation]) -> Vec<&'a [&'a Operation]> {
+    let mut blocks = Vec::new();
+    let mut start = 0;
+    let mut size = 0;
+    for (index, operation) in operations.iter().enumerate() {
+        if index > start && size >= BLOCK_TARGET {
+            blocks.push(&operations[start..index]);
+            start = index;
+            size = 0;
+        }
+        size += operation.to_proto().encoded_len();
+    }
+    if start < operations.len() {
+        blocks.push(&operations[start..]);
+    }
+    blocks
 }
 
 /// Opens and checks a checkpoint index stored under `name`.
@@ -374,12 +403,24 @@ pub fn open_checkpoint_index(
             if c.offset.checked_add(c.length).is_none_or(|end| end > size) {
                 return Err(malformed("block outside its pack"));
             }
+            let cursor = |p: &proto::HistoryPosition| HistoryCursor {
+                sent_at_ms: p.sent_at_ms,
+                message_id: p.message_id.clone(),
+            };
+            let range = match (&c.first, &c.last) {
+                (None, None) => None,
+                (Some(first), Some(last)) if cursor(first) <= cursor(last) => {
+                    Some((cursor(first), cursor(last)))
+                }
+                _ => return Err(malformed("block range")),
+            };
             Ok(PackedChat {
                 chat_id: c.chat_id.clone(),
                 key_id: id16(&c.key_id, "block key id")?,
                 pack,
                 offset: c.offset,
                 length: c.length,
+                range,
             })
         })
         .collect::<Result<Vec<_>>>()?;
@@ -455,6 +496,18 @@ pub fn open_block(
             if op.change.chat_id() != entry.chat_id {
                 return Err(malformed("operation of another chat"));
             }
+            // A block that claims a range holds only messages inside it: a reader that skips
+            // blocks by their ranges must not miss anything.
+            if let Some((first, last)) = &entry.range {
+                let inside = position_of(&op).is_some_and(|(at, id)| {
+                    let place = (at, id.as_bytes());
+                    (first.sent_at_ms, first.message_id.as_bytes()) <= place
+                        && place <= (last.sent_at_ms, last.message_id.as_bytes())
+                });
+                if !inside {
+                    return Err(malformed("operation outside its block's range"));
+                }
+            }
             Ok(op)
         })
         .collect()
@@ -463,6 +516,90 @@ pub fn open_block(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::keys::RecoveryKey;
+    use crate::sync::{Change, Message, Stamp};
+
+    /// A checkpoint of one chat with 3,000 messages recorded newest first, opened again.
+    fn long_chat_checkpoint() -> (VaultKeys, ChatKeys, CheckpointIndex, Vec<Vec<u8>>) {
+        let keys = VaultKeys::derive(&RecoveryKey::from_bytes([7; 32]));
+        let mut chat_keys = ChatKeys::new();
+        chat_keys
+            .insert([1; 16], "c", ChatKey::from_bytes([2; 32]))
+            .unwrap();
+        let device = DeviceId([3; 16]);
+        let operations = (0..3000u64)
+            .rev()
+            .map(|i| Operation {
+                stamp: Stamp {
+                    wall_ms: 10_000 - i,
+                    counter: 0,
+                    device,
+                },
+                change: Change::UpsertMessage(Message {
+                    chat_id: "c".into(),
+                    message_id: format!("m{i:04}"),
+                    sent_at_ms: (i / 2) as i64,
+                    text: "some words that fill the blocks ".repeat(2),
+                    ..Message::default()
+                }),
+            })
+            .collect();
+        let sealed = seal_checkpoint(
+            &keys,
+            &CheckpointInput {
+                device,
+                seq: 1,
+                covered: &[],
+                chat_keys: &chat_keys,
+                deleted_chats: &[],
+                created_at_ms: 0,
+            },
+            [Ok(ChatContent {
+                chat_id: "c".into(),
+                operations,
+            })],
+        )
+        .unwrap();
+        let index = open_checkpoint_index(&keys, &sealed.index_name, &sealed.index).unwrap();
+        let packs = sealed.packs.into_iter().map(|(_, bytes)| bytes).collect();
+        (keys, chat_keys, index, packs)
+    }
+
+    fn block_bytes<'a>(index: &CheckpointIndex, packs: &'a [Vec<u8>], block: usize) -> &'a [u8] {
+        let entry = &index.chats[block];
+        &packs[entry.pack][entry.offset as usize..(entry.offset + entry.length) as usize]
+    }
+
+    #[test]
+    fn message_blocks_follow_history_order_and_hold_only_their_range() {
+        let (keys, chat_keys, index, packs) = long_chat_checkpoint();
+        assert!(index.chats.len() >= 3, "{} blocks", index.chats.len());
+        let mut previous_last: Option<HistoryCursor> = None;
+        for block in 0..index.chats.len() {
+            let (first, last) = index.chats[block].range.clone().unwrap();
+            assert!(previous_last.as_ref().is_none_or(|p| *p < first));
+            let operations =
+                open_block(&keys, &chat_keys, &index, block, block_bytes(&index, &packs, block))
+                    .unwrap();
+            let positions: Vec<_> = operations.iter().filter_map(position_of).collect();
+            assert!(positions.windows(2).all(|w| w[0] < w[1]));
+            previous_last = Some(last);
+        }
+        // An index whose range leaves out some of its block's messages is refused.
+        let mut lying = index;
+        let (first, last) = lying.chats[1].range.clone().unwrap();
+        lying.chats[1].range = Some((
+            HistoryCursor {
+                sent_at_ms: first.sent_at_ms + 1,
+                ..first
+            },
+            last,
+        ));
+        assert!(matches!(
+            open_block(&keys, &chat_keys, &lying, 1, block_bytes(&lying, &packs, 1)),
+            Err(Error::Decode { .. })
+        ));
+    }
 
     #[test]
     fn checkpoints_wait_for_a_quarter_of_the_last_one_in_new_segments() {

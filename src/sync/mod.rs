@@ -7,6 +7,7 @@
 pub mod batch;
 pub mod checkpoint;
 pub mod clock;
+pub mod history;
 pub mod model;
 pub mod plan;
 pub mod segment;

@@ -3,7 +3,10 @@
 
 #![allow(dead_code)]
 
-use chatvault::store::{S3Config, parse_s3_url};
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use chatvault::store::{MemoryStore, ObjectInfo, ObjectStore, S3Config, StoreResult, parse_s3_url};
 
 /// A short random id, so runs against a long-lived server never collide.
 pub fn run_id() -> String {
@@ -31,4 +34,41 @@ pub fn s3_server(name: &str) -> Option<S3Config> {
     config.secret_access_key =
         std::env::var(format!("CHATVAULT_TEST_{name}_SECRET_KEY")).expect("secret key");
     Some(config)
+}
+
+/// A memory store that counts whole and ranged GETs of pack objects.
+#[derive(Default)]
+pub struct Counting {
+    pub inner: MemoryStore,
+    pub pack_gets: Mutex<u64>,
+    pub pack_range_gets: Mutex<u64>,
+}
+
+#[async_trait]
+impl ObjectStore for Counting {
+    async fn put(&self, key: &str, body: Vec<u8>) -> StoreResult<()> {
+        self.inner.put(key, body).await
+    }
+    async fn get(&self, key: &str) -> StoreResult<Option<Vec<u8>>> {
+        if key.contains("/packs/") {
+            *self.pack_gets.lock().unwrap() += 1;
+        }
+        self.inner.get(key).await
+    }
+    async fn get_range(
+        &self,
+        key: &str,
+        range: std::ops::Range<u64>,
+    ) -> StoreResult<Option<Vec<u8>>> {
+        if key.contains("/packs/") {
+            *self.pack_range_gets.lock().unwrap() += 1;
+        }
+        self.inner.get_range(key, range).await
+    }
+    async fn list(&self, prefix: &str) -> StoreResult<Vec<ObjectInfo>> {
+        self.inner.list(prefix).await
+    }
+    async fn delete(&self, key: &str) -> StoreResult<()> {
+        self.inner.delete(key).await
+    }
 }

@@ -33,6 +33,8 @@ use crate::sync::segment::{
 };
 use crate::sync::{Change, Clock, DeviceId, Message, Operation, Stamp, clock::now_ms};
 
+mod reading;
+
 const STATE_FILE: &str = "chatvault.sqlite";
 const META_VAULT_ID: &str = "vault_id";
 const META_DEVICE_ID: &str = "device_id";
@@ -1044,20 +1046,6 @@ impl Vault {
         lock(&self.local)?.history_page(chat_id, before, limit)
     }
 
-    /// One page of a chat's history read from the bucket (see [`fetch_chat`](Self::fetch_chat)),
-    /// with the same cursors as [`history_page`](Self::history_page). It reads the whole chat
-    /// (its checkpoint blocks and later segments) and returns one page of it.
-    pub async fn fetch_history(
-        &self,
-        chat_id: &str,
-        before: Option<&HistoryCursor>,
-        limit: u32,
-    ) -> Result<HistoryPage> {
-        check_page_limit(limit)?;
-        let chat = self.fetch_chat(chat_id).await?;
-        Ok(HistoryPage::from_sorted(chat, before, limit))
-    }
-
     /// Operations recorded here and not yet uploaded.
     pub fn pending_operations(&self) -> Result<u64> {
         lock(&self.local)?.outbox_len()
@@ -1382,84 +1370,6 @@ impl Vault {
             }
         }
         Ok((deleted, scratch.requests + deleted))
-    }
-
-    /// One chat's messages read from the bucket without touching local state: its blocks of
-    /// the newest checkpoint (ranged GETs into the packs) merged with the segments written after
-    /// it. For a new device that wants one chat now, or an app paging old history it dropped.
-    pub async fn fetch_chat(&self, chat_id: &str) -> Result<Vec<Message>> {
-        let mut scratch = SyncReport::default();
-        let listed = self.list_vault(&mut scratch).await?;
-        let names = segment_names(&listed);
-        let checkpoint = self.newest_checkpoint(&listed, &mut scratch).await?;
-        let base = coverage(checkpoint.as_ref().map(|c| c.covered.as_slice()));
-        let mut chat_keys = lock(&self.chat_keys)?.clone();
-        let mut state = crate::sync::MemoryState::new();
-        let mut start: BTreeMap<DeviceId, Head> = BTreeMap::new();
-        if let Some(checkpoint) = checkpoint {
-            let mut checkpoint = checkpoint;
-            let index = self.take_index(&mut checkpoint, &mut scratch).await?;
-            let covered = &checkpoint.covered;
-            for (key_id, chat, key) in &index.grants {
-                chat_keys.insert(*key_id, chat, key.clone())?;
-            }
-            for (chat, stamp) in &index.deleted_chats {
-                if chat == chat_id {
-                    crate::sync::apply(
-                        &mut state,
-                        &Operation {
-                            stamp: *stamp,
-                            change: Change::DeleteChat {
-                                chat_id: chat.clone(),
-                            },
-                        },
-                    )?;
-                }
-            }
-            for (block, entry) in index.chats.iter().enumerate() {
-                if entry.chat_id != chat_id {
-                    continue;
-                }
-                let (pack_name, _) = &index.packs[entry.pack];
-                let bytes = self
-                    .store
-                    .get_range(
-                        &format!("{}{pack_name}", self.prefix()),
-                        entry.offset..entry.offset + entry.length,
-                    )
-                    .await?
-                    .ok_or_else(|| {
-                        Error::Integrity(crate::IntegrityProblem::Misplaced {
-                            name: pack_name.clone(),
-                        })
-                    })?;
-                for operation in open_block(&self.keys, &chat_keys, &index, block, &bytes)? {
-                    crate::sync::apply(&mut state, &operation)?;
-                }
-            }
-            start = covered.iter().map(|h| (h.device, *h)).collect();
-        }
-        let mut chain = start.clone();
-        let mut opened = Vec::new();
-        for fetch in plan_pull(&names, &start, &base)? {
-            let (segment, _) = self.fetch(&fetch, &mut scratch).await?;
-            check_chain(chain.get(&fetch.device), &segment)?;
-            chain.insert(fetch.device, segment.head);
-            for (key_id, chat, key) in &segment.grants {
-                chat_keys.insert(*key_id, chat, key.clone())?;
-            }
-            opened.push(segment);
-        }
-        for segment in &opened {
-            for operation in open_blocks(&self.keys, &chat_keys, segment)? {
-                if operation.change.chat_id() == chat_id {
-                    crate::sync::apply(&mut state, &operation)?;
-                }
-            }
-        }
-        let mut messages = state.messages();
-        crate::history::sort_by_position(&mut messages);
-        Ok(messages)
     }
 }
 

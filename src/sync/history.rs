@@ -6,7 +6,7 @@
 //! starts exactly there, so a message sharing the boundary's millisecond is neither dropped nor
 //! delivered twice.
 
-use crate::sync::Message;
+use super::model::{Change, Message, Operation};
 
 /// A position in a chat's history: the `(sent_at_ms, message_id)` of a message.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -65,6 +65,15 @@ impl HistoryPage {
             None
         };
         HistoryPage { messages, next }
+    }
+}
+
+/// Where an operation sits in its chat's history: `Some` for a message upsert only (deletions
+/// and chat metadata have no place in the timeline).
+pub fn position_of(operation: &Operation) -> Option<(i64, &str)> {
+    match &operation.change {
+        Change::UpsertMessage(m) => Some((m.sent_at_ms, m.message_id.as_str())),
+        _ => None,
     }
 }
 
