@@ -265,6 +265,9 @@ class OpenMessageModel(WithDirectoryStore):
             ("text", 1048577, 1048576, message("c", "big", "a" * 1048577, 2)),
             ("title", 1048577, 1048576, cv.Change.UPSERT_CHAT(cv.Chat(chat_id="c", title="t" * 1048577, members=[]))),
         ]
+        limits = cv.message_limits()
+        self.assertEqual((limits.max_kind_bytes, limits.max_payload_bytes, limits.max_text_bytes),
+                         (64, 65536, 1048576))
         for field, size, limit, oversized in cases:
             with self.assertRaises(cv.ChatVaultError.TooLarge) as raised:
                 vault.record([valid, oversized])

@@ -217,6 +217,25 @@ pub fn open_chat_data(
         .to_vec())
 }
 
+/// The largest fields `Vault.record` accepts, in bytes (of UTF-8 for text), so an app can check
+/// before recording (over a limit, `record` throws `TooLarge` and records nothing of the batch).
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct MessageLimits {
+    pub max_kind_bytes: u32,
+    pub max_payload_bytes: u32,
+    pub max_text_bytes: u32,
+}
+
+/// The limits `record` enforces.
+#[uniffi::export]
+pub fn message_limits() -> MessageLimits {
+    MessageLimits {
+        max_kind_bytes: sync::model::MAX_KIND_LEN as u32,
+        max_payload_bytes: sync::model::MAX_PAYLOAD_LEN as u32,
+        max_text_bytes: sync::model::MAX_TEXT_LEN as u32,
+    }
+}
+
 /// A chat's metadata.
 #[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
 pub struct Chat {
