@@ -578,9 +578,14 @@ mod tests {
         for block in 0..index.chats.len() {
             let (first, last) = index.chats[block].range.clone().unwrap();
             assert!(previous_last.as_ref().is_none_or(|p| *p < first));
-            let operations =
-                open_block(&keys, &chat_keys, &index, block, block_bytes(&index, &packs, block))
-                    .unwrap();
+            let operations = open_block(
+                &keys,
+                &chat_keys,
+                &index,
+                block,
+                block_bytes(&index, &packs, block),
+            )
+            .unwrap();
             let positions: Vec<_> = operations.iter().filter_map(position_of).collect();
             assert!(positions.windows(2).all(|w| w[0] < w[1]));
             previous_last = Some(last);
