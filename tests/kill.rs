@@ -129,14 +129,14 @@ fn a_killed_import_and_a_killed_restore_resume_with_nothing_lost_or_doubled() {
     let expected = reference.restore("phone");
     assert!(expected.lines().count() > 15_000);
 
-    // Each import is killed after its third batch of 1,000 lines (durably recorded), then run
-    // again whole, then synced: four segments.
+    // Each import (in batches of 1,000 lines) is killed after its third batch (durably
+    // recorded), then run again whole, then synced: four segments.
     let env = Env::new();
     for file in &files {
         let file = file.to_str().unwrap();
         env.kill_at(
             "phone",
-            &["import", file],
+            &["import", file, "--batch", "1000"],
             "CHATVAULT_TEST_PAUSE_AFTER_BATCH",
             3,
         );

@@ -58,6 +58,10 @@ enum Command {
         /// Print transfer progress and a final transfer summary as JSON lines on stderr.
         #[arg(long)]
         progress: bool,
+        /// Lines recorded per local transaction: larger batches record faster, smaller ones
+        /// keep the write-ahead log smaller.
+        #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        batch: u32,
     },
     /// Push local changes and pull other devices' changes.
     Sync {
@@ -140,9 +144,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// Changes per `record` call (and local transaction) during `import`.
-const IMPORT_BATCH: usize = 1000;
-
 async fn run(cli: Cli) -> CliResult {
     match &cli.command {
         Command::Keygen => {
@@ -165,7 +166,9 @@ async fn run(cli: Cli) -> CliResult {
             file,
             chunk_kib,
             progress,
+            batch: batch_size,
         } => {
+            let batch_size = *batch_size as usize;
             let open_input = || {
                 File::open(file)
                     .map(BufReader::new)
@@ -191,7 +194,7 @@ async fn run(cli: Cli) -> CliResult {
             let vault = open_vault(&cli).await?;
             vault.set_attachment_chunk_size(chunk_kib.saturating_mul(1024))?;
             let mut totals = TransferReport::default();
-            let mut batch = Vec::with_capacity(IMPORT_BATCH);
+            let mut batch = Vec::with_capacity(batch_size);
             let mut count = 0;
             let import_pause = test_pause("CHATVAULT_TEST_PAUSE_AFTER_BATCH");
             for line in jsonl::parse_lines(open_input()?) {
@@ -238,11 +241,11 @@ async fn run(cli: Cli) -> CliResult {
                 // however long the file. Every line was checked, so only the disk (or a missing
                 // attachment file) can stop it half way, and importing the file again is
                 // harmless (upserts and deletes are idempotent).
-                if batch.len() == IMPORT_BATCH {
+                if batch.len() == batch_size {
                     count += batch.len();
                     vault.record(std::mem::take(&mut batch))?;
                     if let Some(pause) = &import_pause {
-                        pause.reached((count / IMPORT_BATCH) as u64);
+                        pause.reached((count / batch_size) as u64);
                     }
                 }
             }
