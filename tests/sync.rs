@@ -732,3 +732,30 @@ async fn a_cancelled_sync_stops_at_a_segment_boundary_and_resumes() {
     a.sync(None, None).await.unwrap();
     assert_eq!(snapshot(&a), snapshot(&b));
 }
+
+#[tokio::test]
+async fn keys_learned_before_a_failed_pull_survive_a_later_record_and_a_restart() {
+    let (memory, key, _dir, names) = two_segment_vault().await;
+    // The second segment is damaged: a new device applies the first (learning the chat's key
+    // from its grant) and stops with an error.
+    let original = memory.get(&names[1]).await.unwrap().unwrap();
+    let mut damaged = original.clone();
+    damaged[60] ^= 1;
+    memory.put(&names[1], damaged).await.unwrap();
+    let store: Arc<dyn ObjectStore> = memory.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let b = device(store.clone(), &key, &dir, "b").await;
+    assert!(matches!(
+        b.sync(None, None).await,
+        Err(Error::Decode { .. })
+    ));
+    assert_eq!(b.messages(Some("c")).unwrap().len(), 1);
+    // It records into that chat (re-sealing its key set), and restarts once the bucket heals:
+    // the key the first segment granted must still open the segments written with it.
+    b.record(vec![message("c", "from-b", "y", 9)]).unwrap();
+    drop(b);
+    memory.put(&names[1], original).await.unwrap();
+    let b = device(store, &key, &dir, "b").await;
+    b.sync(None, None).await.unwrap();
+    assert_eq!(b.messages(Some("c")).unwrap().len(), 4);
+}

@@ -447,6 +447,11 @@ impl Vault {
             Ok(applied)
         })?;
         *clock = new_clock;
+        if sealed_keys.is_some() {
+            // What is in memory matches what was just persisted, whatever stops the pull later:
+            // a `record` that re-seals the key set must never drop keys applied segments granted.
+            *lock(&self.chat_keys)? = pulled.chat_keys.clone();
+        }
         pulled.keys_dirty = false;
         report.operations_applied += applied;
         report.segments_applied += 1;
