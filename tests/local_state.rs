@@ -87,3 +87,23 @@ async fn a_sync_leaves_no_free_pages_and_no_write_ahead_log() {
     let after = std::fs::metadata(&file).unwrap().len();
     assert!(after < before, "{after} >= {before}");
 }
+
+#[tokio::test]
+async fn a_small_sync_does_not_pay_for_a_compaction() {
+    let key = RecoveryKey::generate().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ObjectStore> = Arc::new(MemoryStore::new());
+    let vault = Vault::open(store, dir.path(), info(), &key).await.unwrap();
+    vault
+        .record(vec![Change::UpsertMessage(Message {
+            chat_id: "c".into(),
+            message_id: "m".into(),
+            text: "one message".into(),
+            ..Message::default()
+        })])
+        .unwrap();
+    vault.sync(None, None).await.unwrap();
+    // A few freed pages are left for the next writes, and the log is not truncated.
+    let wal = dir.path().join(format!("{STATE_FILE}-wal"));
+    assert!(std::fs::metadata(&wal).unwrap().len() > 0);
+}

@@ -35,6 +35,9 @@ pub use schema::CURRENT_VERSION as SCHEMA_VERSION;
 /// 4 MiB of operations per push step) is made of whole rows.
 pub const OUTBOX_ROW_TARGET: usize = 1024 * 1024;
 
+/// Free pages (of 4 KiB) above which a sync compacts the state file: 1 MiB.
+pub const COMPACT_FREE_PAGES: i64 = 256;
+
 fn db_error(error: rusqlite::Error) -> Error {
     Error::LocalState(error.to_string())
 }
@@ -81,9 +84,19 @@ impl LocalState {
         Ok(LocalState { connection })
     }
 
-    /// Returns free pages to the file system and empties the write-ahead log (after a sync
-    /// drained the outbox, say): the state file keeps only live data.
-    pub fn compact(&self) -> Result<()> {
+    /// Returns free pages to the file system and empties the write-ahead log once at least
+    /// [`COMPACT_FREE_PAGES`] pages are free (after a sync drained a large outbox, say), so the
+    /// state file keeps only live data. Below that it does nothing: a phone syncing every few
+    /// messages does not pay a vacuum and a log truncation (with their fsyncs) each time; those
+    /// few pages are reused by the next writes anyway. Returns whether it compacted.
+    pub fn compact(&self) -> Result<bool> {
+        let free: i64 = self
+            .connection
+            .query_row("PRAGMA freelist_count", [], |row| row.get(0))
+            .map_err(db_error)?;
+        if free < COMPACT_FREE_PAGES {
+            return Ok(false);
+        }
         // incremental_vacuum frees one page per step: step it to the end.
         let mut vacuum = self
             .connection
@@ -95,7 +108,8 @@ impl LocalState {
         drop(vacuum);
         self.connection
             .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
-            .map_err(db_error)
+            .map_err(db_error)?;
+        Ok(true)
     }
 
     /// A value from the meta table.

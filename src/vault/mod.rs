@@ -476,7 +476,8 @@ impl Vault {
             }
         }
         if report.operations_sent > 0 || report.segments_applied > 0 {
-            // The outbox rows and applied segments leave free pages and a full log behind.
+            // Drained outbox rows and applied segments leave free pages and a log behind; once
+            // there are enough of them they go back to the file system.
             lock(&self.local)?.compact()?;
         }
         Ok(report)

@@ -112,11 +112,6 @@ impl AttachmentLine {
 }
 
 impl Line {
-    /// The change this line records, with no attachments: enough to check every other field.
-    fn to_change_without_attachments(&self) -> Change {
-        self.clone().into_change(Vec::new())
-    }
-
     /// The attachments this line asks for.
     pub fn attachments(&self) -> &[AttachmentLine] {
         match self {
@@ -173,8 +168,10 @@ impl Line {
     }
 }
 
-/// Parses and checks each line in turn (streaming: one line in memory at a time), yielding it
-/// with its number; blank lines are skipped. A malformed line yields an error naming it.
+/// Parses each line in turn (streaming: one line in memory at a time), yielding it with its
+/// number; blank lines are skipped. A line that is not JSON of a known shape, or whose attachment
+/// reference is incomplete, yields an error naming it. Field limits are checked by
+/// [`check_line`].
 pub fn parse_lines(input: impl BufRead) -> impl Iterator<Item = Result<(usize, Line), String>> {
     input
         .lines()
@@ -192,14 +189,16 @@ pub fn parse_lines(input: impl BufRead) -> impl Iterator<Item = Result<(usize, L
                         .map_err(|e| format!("line {number}: {e}"))?;
                 }
             }
-            // Every field's limits, before anything is uploaded or recorded (attachments are
-            // checked above and when they are uploaded).
-            parsed
-                .to_change_without_attachments()
-                .validate()
-                .map_err(|e| format!("line {number}: {e}"))?;
             Ok((number, parsed))
         })
+}
+
+/// Checks every field's limits of a parsed line (attachment files are checked when they are
+/// uploaded), consuming it: the first pass of an import needs nothing of the line afterwards.
+pub fn check_line(number: usize, line: Line) -> Result<(), String> {
+    line.into_change(Vec::new())
+        .validate()
+        .map_err(|e| format!("line {number}: {e}"))
 }
 
 /// Writes chats and messages as lines, as they come.

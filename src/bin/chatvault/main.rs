@@ -190,6 +190,8 @@ async fn run(cli: Cli) -> CliResult {
                         .into());
                     }
                 }
+                jsonl::check_line(number, line)
+                    .map_err(|e| format!("{}: {e}; nothing was imported", file.display()))?;
             }
             let vault = open_vault(&cli).await?;
             vault.set_attachment_chunk_size(chunk_kib.saturating_mul(1024))?;
