@@ -69,6 +69,16 @@ pub enum Error {
     #[error("local state: {0}")]
     LocalState(String),
 
+    /// The content cache does not hold this chat (the cache is off, or the chat was evicted to
+    /// keep the cache within its bounds): read its history from the bucket
+    /// ([`Vault::fetch_history`](crate::vault::Vault::fetch_history)) or from the app's own
+    /// database. Nothing is lost: eviction never removes anything from the vault.
+    #[error("chat {chat_id:?} is not in the content cache")]
+    NotCached {
+        /// The chat asked for (empty when the question was about every chat).
+        chat_id: String,
+    },
+
     /// The app cancelled the operation through its [`CancelToken`](crate::vault::CancelToken).
     /// Everything done before the cancellation is durable; running it again continues.
     #[error("cancelled")]

@@ -64,6 +64,10 @@ pub enum ChatVaultError {
     /// The app cancelled the operation; what finished before stays done.
     #[error("cancelled")]
     Cancelled,
+    /// The content cache does not hold this chat (cache off, or evicted within its bounds):
+    /// read it from the app's database or page it from the bucket with `fetchHistory`.
+    #[error("chat {chat_id:?} is not in the content cache")]
+    NotCached { chat_id: String },
     /// Anything else (for example the OS random generator failing).
     #[error("internal error: {detail}")]
     Internal { detail: String },
@@ -95,6 +99,7 @@ impl From<Error> for ChatVaultError {
                 limit,
             },
             Error::Cancelled => ChatVaultError::Cancelled,
+            Error::NotCached { chat_id } => ChatVaultError::NotCached { chat_id },
             _ => ChatVaultError::Internal { detail: message },
         }
     }

@@ -2,9 +2,11 @@
 //!
 //! It holds the outbox of recorded operations not yet uploaded, the sealed segment being uploaded
 //! (so a crash between sealing and upload re-sends the same bytes, never a second segment with the
-//! same sequence number), the newest applied segment per device, the merged chats and messages,
-//! the clock, and the chat keys sealed under the keyring key. No key is stored in plaintext: the
-//! app passes the recovery key each time it opens the vault.
+//! same sequence number), the newest applied segment per device, the chats' metadata, the
+//! version index of every message (32 bytes each, no content: see [`versions`]), the optional
+//! content cache (sealed: see [`cache`]), the clock, and the chat keys sealed under the keyring
+//! key. No key is stored in plaintext: the app passes the recovery key each time it opens the
+//! vault.
 //!
 //! SQLite rather than redb: both platforms' apps already ship and trust SQLite, its
 //! write-ahead log with `synchronous=FULL` makes every committed transaction durable, and one
@@ -19,17 +21,20 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use crate::error::{Error, Result};
 use crate::format::proto;
-use crate::history::{HistoryCursor, HistoryPage};
+use crate::keys::VaultKeys;
 use crate::sync::batch::EncodedBatch;
 use crate::sync::segment::{Head, KeyId, SegmentHash};
-use crate::sync::{
-    Applied, Chat, ChatRecord, DeviceId, Message, MessageRecord, Operation, Stamp, StateStore,
-    apply,
-};
+use crate::sync::{Chat, DeviceId};
 
+pub mod cache;
+mod content;
 mod schema;
+pub mod versions;
 
+use cache::CacheKey;
+pub use content::CacheSetting;
 pub use schema::CURRENT_VERSION as SCHEMA_VERSION;
+use versions::{DeviceNumbers, RunCache};
 
 /// Outbox rows are closed at about this much encoded operations (1 MiB), so a segment (up to
 /// 4 MiB of operations per push step) is made of whole rows.
@@ -60,6 +65,9 @@ pub struct ChatSummary {
 /// The device's local state database.
 pub struct LocalState {
     connection: Connection,
+    cache_key: CacheKey,
+    devices: DeviceNumbers,
+    runs: RunCache,
 }
 
 impl core::fmt::Debug for LocalState {
@@ -69,8 +77,9 @@ impl core::fmt::Debug for LocalState {
 }
 
 impl LocalState {
-    /// Opens (creating if needed) the database at `path`.
-    pub fn open(path: &Path) -> Result<LocalState> {
+    /// Opens (creating if needed) the database at `path`, for the vault of `keys`. A database
+    /// of another vault is refused before anything in it changes.
+    pub fn open(path: &Path, keys: &VaultKeys) -> Result<LocalState> {
         let mut connection = Connection::open(path).map_err(db_error)?;
         // The WAL file is cut back to 64 MiB whenever a checkpoint empties it, so one large
         // transaction does not leave a large file behind.
@@ -80,8 +89,38 @@ impl LocalState {
                  PRAGMA journal_size_limit=67108864;",
             )
             .map_err(db_error)?;
-        schema::migrate(&mut connection)?;
-        Ok(LocalState { connection })
+        let has_meta: bool = connection
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta')",
+                [],
+                |row| row.get(0),
+            )
+            .map_err(db_error)?;
+        if has_meta {
+            let vault_id: Option<Vec<u8>> = connection
+                .query_row("SELECT value FROM meta WHERE key = 'vault_id'", [], |row| {
+                    row.get(0)
+                })
+                .optional()
+                .map_err(db_error)?;
+            if vault_id.is_some_and(|id| id.as_slice() != keys.vault_id().as_bytes()) {
+                return Err(Error::invalid_input(
+                    "this state directory belongs to another vault (a different recovery key)",
+                ));
+            }
+        }
+        let cache_key = CacheKey {
+            key: keys.keyring().0.clone(),
+            vault_id: *keys.vault_id(),
+        };
+        schema::migrate(&mut connection, &cache_key)?;
+        let devices = DeviceNumbers::load(&connection)?;
+        Ok(LocalState {
+            connection,
+            cache_key,
+            devices,
+            runs: RunCache::default(),
+        })
     }
 
     /// Returns free pages to the file system and empties the write-ahead log once at least
@@ -267,245 +306,6 @@ impl LocalState {
         .collect()
     }
 
-    /// Visible chats with counts, by chat id.
-    pub fn chat_summaries(&self) -> Result<Vec<ChatSummary>> {
-        let mut statement = self
-            .connection
-            .prepare(
-                "WITH ids AS (SELECT chat_id FROM chats WHERE chat IS NOT NULL
-                              UNION SELECT chat_id FROM messages WHERE message IS NOT NULL)
-                 SELECT ids.chat_id, c.chat,
-                        (SELECT COUNT(*) FROM messages m WHERE m.chat_id = ids.chat_id AND m.message IS NOT NULL),
-                        (SELECT COALESCE(SUM(size), 0) FROM messages m WHERE m.chat_id = ids.chat_id AND m.message IS NOT NULL)
-                 FROM ids LEFT JOIN chats c ON c.chat_id = ids.chat_id ORDER BY ids.chat_id",
-            )
-            .map_err(db_error)?;
-        let rows = statement
-            .query_map([], |row| {
-                Ok((
-                    row.get::<_, String>(0)?,
-                    row.get::<_, Option<Vec<u8>>>(1)?,
-                    row.get::<_, i64>(2)?,
-                    row.get::<_, i64>(3)?,
-                ))
-            })
-            .map_err(db_error)?;
-        rows.map(|row| {
-            let (chat_id, chat, count, bytes) = row.map_err(db_error)?;
-            let chat = match chat {
-                Some(bytes) => {
-                    Chat::from_proto(proto::Chat::decode(&bytes[..]).map_err(|_| corrupt("chat"))?)
-                }
-                None => Chat {
-                    chat_id,
-                    ..Chat::default()
-                },
-            };
-            Ok(ChatSummary {
-                chat,
-                message_count: count as u64,
-                message_bytes: bytes as u64,
-            })
-        })
-        .collect()
-    }
-
-    /// Every attachment a live message references, by content id (one reference per content).
-    pub fn referenced_attachments(
-        &self,
-    ) -> Result<BTreeMap<crate::attachment::ContentId, crate::attachment::Attachment>> {
-        let mut statement = self
-            .connection
-            .prepare("SELECT message FROM messages WHERE message IS NOT NULL")
-            .map_err(db_error)?;
-        let rows = statement.query_map([], first_blob).map_err(db_error)?;
-        let mut out = BTreeMap::new();
-        for row in rows {
-            for attachment in decode_message(&row.map_err(db_error)?)?.attachments {
-                out.entry(attachment.content_id).or_insert(attachment);
-            }
-        }
-        Ok(out)
-    }
-
-    /// Live messages of one chat (or of all chats), ordered by chat, send time, message id.
-    pub fn messages(&self, chat_id: Option<&str>) -> Result<Vec<Message>> {
-        self.messages_sent_since(chat_id, i64::MIN)
-    }
-
-    /// Live messages sent at or after `since_ms`, of one chat or of all, in the same order.
-    pub fn messages_sent_since(
-        &self,
-        chat_id: Option<&str>,
-        since_ms: i64,
-    ) -> Result<Vec<Message>> {
-        let mut messages = Vec::new();
-        self.for_each_message(chat_id, since_ms, &mut |m| {
-            messages.push(m);
-            Ok(())
-        })?;
-        Ok(messages)
-    }
-
-    /// Hands each live message sent at or after `since_ms` (of one chat or of all), by chat,
-    /// send time and id, to `each`, one at a time: memory stays flat however long the history.
-    /// Returns how many it handed over.
-    pub fn for_each_message(
-        &self,
-        chat_id: Option<&str>,
-        since_ms: i64,
-        each: &mut dyn FnMut(Message) -> Result<()>,
-    ) -> Result<u64> {
-        // Two statements rather than "?1 IS NULL OR chat_id = ?1", which would stop SQLite from
-        // using the (chat_id, sent_at_ms, message_id) index for one chat.
-        let mut statement = match chat_id {
-            Some(_) => self.connection.prepare(
-                "SELECT message FROM messages
-                 WHERE chat_id = ?1 AND message IS NOT NULL AND sent_at_ms >= ?2
-                 ORDER BY chat_id, sent_at_ms, message_id",
-            ),
-            None => self.connection.prepare(
-                "SELECT message FROM messages WHERE message IS NOT NULL AND sent_at_ms >= ?1
-                 ORDER BY chat_id, sent_at_ms, message_id",
-            ),
-        }
-        .map_err(db_error)?;
-        let mut rows = match chat_id {
-            Some(chat_id) => statement.query(params![chat_id, since_ms]),
-            None => statement.query(params![since_ms]),
-        }
-        .map_err(db_error)?;
-        let mut count = 0;
-        while let Some(row) = rows.next().map_err(db_error)? {
-            let bytes = row
-                .get_ref(0)
-                .map_err(db_error)?
-                .as_blob()
-                .map_err(|_| corrupt("message"))?;
-            each(decode_message(bytes)?)?;
-            count += 1;
-        }
-        Ok(count)
-    }
-
-    /// One page of a chat's history: up to `limit` live messages before `before` (from the
-    /// newest when `None`), oldest first. One indexed range scan of `limit + 1` rows.
-    pub fn history_page(
-        &self,
-        chat_id: &str,
-        before: Option<&HistoryCursor>,
-        limit: u32,
-    ) -> Result<HistoryPage> {
-        // Row values compare (sent_at_ms, message_id) as a pair, using the
-        // (chat_id, sent_at_ms, message_id) index; TEXT compares by UTF-8 bytes (BINARY).
-        let mut statement = self
-            .connection
-            .prepare_cached(match before {
-                Some(_) => {
-                    "SELECT message FROM messages
-                     WHERE chat_id = ?1 AND message IS NOT NULL
-                       AND (sent_at_ms, message_id) < (?3, ?4)
-                     ORDER BY sent_at_ms DESC, message_id DESC LIMIT ?2"
-                }
-                None => {
-                    "SELECT message FROM messages WHERE chat_id = ?1 AND message IS NOT NULL
-                     ORDER BY sent_at_ms DESC, message_id DESC LIMIT ?2"
-                }
-            })
-            .map_err(db_error)?;
-        let fetch = i64::from(limit) + 1;
-        let rows = match before {
-            Some(cursor) => statement.query_map(
-                params![chat_id, fetch, cursor.sent_at_ms, cursor.message_id],
-                first_blob,
-            ),
-            None => statement.query_map(params![chat_id, fetch], first_blob),
-        }
-        .map_err(db_error)?;
-        let mut page = rows
-            .map(|row| decode_message(&row.map_err(db_error)?))
-            .collect::<Result<Vec<_>>>()?;
-        let more = page.len() > limit as usize;
-        page.truncate(limit as usize);
-        page.reverse();
-        Ok(HistoryPage::new(page, more))
-    }
-
-    /// Every chat id with any record (live, deleted or only tombstones), in byte order.
-    pub fn all_chat_ids(&self) -> Result<Vec<String>> {
-        let mut statement = self
-            .connection
-            .prepare("SELECT chat_id FROM chats UNION SELECT chat_id FROM messages ORDER BY 1")
-            .map_err(db_error)?;
-        let rows = statement
-            .query_map([], |row| row.get::<_, String>(0))
-            .map_err(db_error)?;
-        rows.map(|r| r.map_err(db_error)).collect()
-    }
-
-    /// A chat's merge state as operations (the winning operation for its metadata and for each
-    /// message, tombstones included), and the stamp of its newest deletion.
-    pub fn chat_operations(&self, chat_id: &str) -> Result<(Vec<Operation>, Option<Stamp>)> {
-        let tx = self.connection.unchecked_transaction().map_err(db_error)?;
-        let state = SqlState { tx: &tx };
-        let record = state.chat(chat_id)?.unwrap_or_default();
-        let mut operations = Vec::new();
-        if let Some((stamp, chat)) = record.meta {
-            operations.push(Operation {
-                stamp,
-                change: crate::sync::Change::UpsertChat(chat),
-            });
-        }
-        let mut statement = tx
-            .prepare(
-                "SELECT message_id, stamp, message FROM messages WHERE chat_id = ?1 ORDER BY stamp",
-            )
-            .map_err(db_error)?;
-        let rows = statement
-            .query_map([chat_id], |row| {
-                Ok((
-                    row.get::<_, String>(0)?,
-                    row.get::<_, Vec<u8>>(1)?,
-                    row.get::<_, Option<Vec<u8>>>(2)?,
-                ))
-            })
-            .map_err(db_error)?;
-        for row in rows {
-            let (message_id, stamp, message) = row.map_err(db_error)?;
-            let stamp = Stamp::from_sortable_bytes(&stamp).ok_or_else(|| corrupt("stamp"))?;
-            let change = match message {
-                Some(bytes) => crate::sync::Change::UpsertMessage(decode_message(&bytes)?),
-                None => crate::sync::Change::DeleteMessage {
-                    chat_id: chat_id.to_owned(),
-                    message_id,
-                },
-            };
-            operations.push(Operation { stamp, change });
-        }
-        Ok((operations, record.deleted))
-    }
-
-    /// Deleted chats with the stamp of their newest deletion, by chat id.
-    pub fn deleted_chats(&self) -> Result<Vec<(String, Stamp)>> {
-        let mut statement = self
-            .connection
-            .prepare("SELECT chat_id, deleted_stamp FROM chats WHERE deleted_stamp IS NOT NULL ORDER BY chat_id")
-            .map_err(db_error)?;
-        let rows = statement
-            .query_map([], |row| {
-                Ok((row.get::<_, String>(0)?, row.get::<_, Vec<u8>>(1)?))
-            })
-            .map_err(db_error)?;
-        rows.map(|row| {
-            let (chat_id, stamp) = row.map_err(db_error)?;
-            Ok((
-                chat_id,
-                Stamp::from_sortable_bytes(&stamp).ok_or_else(|| corrupt("stamp"))?,
-            ))
-        })
-        .collect()
-    }
-
     /// Checkpoints this device has opened: name -> (covered heads, creation time).
     pub fn known_checkpoints(&self) -> Result<BTreeMap<String, (Vec<Head>, u64)>> {
         let mut statement = self
@@ -576,15 +376,6 @@ impl LocalState {
         })
         .collect()
     }
-}
-
-fn first_blob(row: &rusqlite::Row<'_>) -> rusqlite::Result<Vec<u8>> {
-    row.get(0)
-}
-
-fn decode_message(bytes: &[u8]) -> Result<Message> {
-    Message::from_proto(proto::Message::decode(bytes).map_err(|_| corrupt("message"))?)
-        .map_err(|_| corrupt("message"))
 }
 
 /// A sealed segment waiting to be uploaded.
@@ -748,217 +539,228 @@ pub(crate) fn add_ungranted_key(tx: &Transaction<'_>, key_id: &KeyId) -> Result<
     .map_err(db_error)
 }
 
-/// Applies operations to the merged state inside `tx`; returns how many changed it.
-pub(crate) fn apply_operations(tx: &Transaction<'_>, operations: &[Operation]) -> Result<u64> {
-    let mut state = SqlState { tx };
-    let mut changed = 0;
-    for operation in operations {
-        if apply(&mut state, operation)? == Applied::Changed {
-            changed += 1;
-        }
-    }
-    Ok(changed)
-}
-
-/// The merge rules' view of the SQLite tables.
-struct SqlState<'a> {
-    tx: &'a Transaction<'a>,
-}
-
-fn stamp_from(bytes: Option<Vec<u8>>) -> Result<Option<Stamp>> {
-    bytes
-        .map(|b| Stamp::from_sortable_bytes(&b).ok_or_else(|| corrupt("stamp")))
-        .transpose()
-}
-
-impl StateStore for SqlState<'_> {
-    fn chat(&self, chat_id: &str) -> Result<Option<ChatRecord>> {
-        let row = self
-            .tx
-            .prepare_cached("SELECT meta_stamp, chat, deleted_stamp FROM chats WHERE chat_id = ?1")
-            .map_err(db_error)?
-            .query_row([chat_id], |row| {
-                Ok((
-                    row.get::<_, Option<Vec<u8>>>(0)?,
-                    row.get::<_, Option<Vec<u8>>>(1)?,
-                    row.get::<_, Option<Vec<u8>>>(2)?,
-                ))
-            })
-            .optional()
-            .map_err(db_error)?;
-        let Some((meta_stamp, chat, deleted)) = row else {
-            return Ok(None);
-        };
-        let meta = match (stamp_from(meta_stamp)?, chat) {
-            (Some(stamp), Some(bytes)) => Some((
-                stamp,
-                Chat::from_proto(proto::Chat::decode(&bytes[..]).map_err(|_| corrupt("chat"))?),
-            )),
-            _ => None,
-        };
-        Ok(Some(ChatRecord {
-            meta,
-            deleted: stamp_from(deleted)?,
-        }))
-    }
-
-    fn put_chat(&mut self, chat_id: &str, record: ChatRecord) -> Result<()> {
-        let (meta_stamp, chat) = match &record.meta {
-            Some((stamp, chat)) => (
-                Some(stamp.to_sortable_bytes().to_vec()),
-                Some(chat.to_proto().encode_to_vec()),
-            ),
-            None => (None, None),
-        };
-        self.tx
-            .prepare_cached(
-                "INSERT OR REPLACE INTO chats (chat_id, meta_stamp, chat, deleted_stamp) VALUES (?1, ?2, ?3, ?4)",
-            )
-            .map_err(db_error)?
-            .execute(params![
-                chat_id,
-                meta_stamp,
-                chat,
-                record.deleted.map(|s| s.to_sortable_bytes().to_vec())
-            ])
-            .map(|_| ())
-            .map_err(db_error)
-    }
-
-    fn message(&self, chat_id: &str, message_id: &str) -> Result<Option<MessageRecord>> {
-        let row = self
-            .tx
-            .prepare_cached(
-                "SELECT stamp, message FROM messages WHERE chat_id = ?1 AND message_id = ?2",
-            )
-            .map_err(db_error)?
-            .query_row([chat_id, message_id], |row| {
-                Ok((row.get::<_, Vec<u8>>(0)?, row.get::<_, Option<Vec<u8>>>(1)?))
-            })
-            .optional()
-            .map_err(db_error)?;
-        let Some((stamp, message)) = row else {
-            return Ok(None);
-        };
-        Ok(Some(MessageRecord {
-            stamp: Stamp::from_sortable_bytes(&stamp).ok_or_else(|| corrupt("stamp"))?,
-            message: message.map(|bytes| decode_message(&bytes)).transpose()?,
-        }))
-    }
-
-    fn put_message(
-        &mut self,
-        chat_id: &str,
-        message_id: &str,
-        record: MessageRecord,
-    ) -> Result<()> {
-        let body = record
-            .message
-            .as_ref()
-            .map(|m| m.to_proto().encode_to_vec());
-        let sent_at = record.message.as_ref().map_or(0, |m| m.sent_at_ms);
-        let size = body.as_ref().map_or(0, Vec::len) as i64;
-        self.tx
-            .prepare_cached(
-                "INSERT OR REPLACE INTO messages (chat_id, message_id, stamp, message, sent_at_ms, size)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )
-            .map_err(db_error)?
-            .execute(params![
-                chat_id,
-                message_id,
-                record.stamp.to_sortable_bytes().to_vec(),
-                body,
-                sent_at,
-                size
-            ])
-            .map(|_| ())
-            .map_err(db_error)
-    }
-
-    fn remove_messages_up_to(&mut self, chat_id: &str, stamp: Stamp) -> Result<()> {
-        self.tx
-            .execute(
-                "DELETE FROM messages WHERE chat_id = ?1 AND stamp <= ?2",
-                params![chat_id, stamp.to_sortable_bytes().to_vec()],
-            )
-            .map(|_| ())
-            .map_err(db_error)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sync::{Change, MemoryState};
+    use crate::keys::RecoveryKey;
+    use crate::sync::{Change, MemoryState, Message, Operation, Stamp, apply};
+    use proptest::prelude::*;
+
+    fn keys() -> VaultKeys {
+        VaultKeys::derive(&RecoveryKey::from_bytes([7; 32]))
+    }
+
+    fn arbitrary_op() -> impl Strategy<Value = Operation> {
+        let chat = prop::sample::select(vec!["a", "b"]);
+        let message = prop::sample::select(vec!["m1", "m2", "m3", "m4"]);
+        (0u64..20, 0u32..3, 1u8..4, chat, message, 0u8..12).prop_map(
+            |(wall, counter, device, chat, message, kind)| {
+                let change = match kind {
+                    0 => Change::DeleteChat {
+                        chat_id: chat.into(),
+                    },
+                    1 | 2 => Change::DeleteMessage {
+                        chat_id: chat.into(),
+                        message_id: message.into(),
+                    },
+                    3 => Change::UpsertChat(Chat {
+                        chat_id: chat.into(),
+                        title: format!("t{wall}"),
+                        members: vec![],
+                        payload: vec![wall as u8],
+                    }),
+                    _ => Change::UpsertMessage(Message {
+                        chat_id: chat.into(),
+                        message_id: message.into(),
+                        text: format!("{wall}/{counter}/{device}"),
+                        sent_at_ms: i64::from(counter) * 7 - (wall as i64),
+                        payload: wall.to_be_bytes().to_vec(),
+                        ..Message::default()
+                    }),
+                };
+                Operation {
+                    stamp: Stamp {
+                        wall_ms: wall,
+                        counter,
+                        device: DeviceId([device; 16]),
+                    },
+                    change,
+                }
+            },
+        )
+    }
+
+    /// What a state answers, for comparison with the in-memory merge.
+    fn observed(local: &LocalState) -> (Vec<Message>, Vec<(String, u64, u64)>) {
+        let summaries = local
+            .chat_summaries()
+            .unwrap()
+            .into_iter()
+            .map(|s| (s.chat.title, s.message_count, s.message_bytes))
+            .collect();
+        (local.messages(None).unwrap(), summaries)
+    }
+
+    fn expected(memory: &MemoryState) -> (Vec<Message>, Vec<(String, u64, u64)>) {
+        let messages = memory.messages();
+        let summaries = memory
+            .chats()
+            .into_iter()
+            .map(|chat| {
+                let mine: Vec<&Message> = messages
+                    .iter()
+                    .filter(|m| m.chat_id == chat.chat_id)
+                    .collect();
+                let bytes = mine
+                    .iter()
+                    .map(|m| prost::Message::encoded_len(&m.to_proto()) as u64)
+                    .sum();
+                (chat.title, mine.len() as u64, bytes)
+            })
+            .collect();
+        let mut ordered = messages;
+        ordered.sort_by(|a, b| {
+            (&a.chat_id, a.sent_at_ms, &a.message_id).cmp(&(
+                &b.chat_id,
+                b.sent_at_ms,
+                &b.message_id,
+            ))
+        });
+        (ordered, summaries)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Whatever mix of recording (no lookups), applying (merge rules) and reopening, the
+        /// version index and the content cache answer exactly what the in-memory merge does,
+        /// and the state survives a reopen.
+        #[test]
+        fn sqlite_state_matches_the_in_memory_merge(
+            ops in prop::collection::vec(arbitrary_op(), 0..60),
+            cuts in prop::collection::vec((1usize..8, any::<bool>(), any::<bool>()), 1..12),
+        ) {
+            let mut seen = std::collections::HashSet::new();
+            let ops: Vec<Operation> = ops.into_iter().filter(|o| seen.insert(o.stamp)).collect();
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("state.db");
+            let mut local = LocalState::open(&path, &keys()).unwrap();
+            let mut memory = MemoryState::new();
+            let mut rest = &ops[..];
+            for (len, by_record, reopen) in cuts.iter().cycle().take(ops.len() + 1) {
+                if rest.is_empty() {
+                    break;
+                }
+                let (chunk, tail) = rest.split_at((*len).min(rest.len()));
+                rest = tail;
+                for op in chunk {
+                    apply(&mut memory, op).unwrap();
+                }
+                if *by_record {
+                    let rows = [EncodedBatch::from_operations(chunk)];
+                    local.record(chunk, &rows, |_| Ok(())).unwrap();
+                } else {
+                    local.apply(chunk, |_| Ok(())).unwrap();
+                }
+                if *reopen {
+                    drop(local);
+                    local = LocalState::open(&path, &keys()).unwrap();
+                }
+                prop_assert_eq!(observed(&local), expected(&memory));
+            }
+            // Re-applying everything changes nothing.
+            prop_assert_eq!(local.apply(&ops, |_| Ok(())).unwrap().0, 0);
+            prop_assert_eq!(observed(&local), expected(&memory));
+        }
+    }
 
     #[test]
-    fn sqlite_merge_matches_the_in_memory_merge() {
+    fn a_deleted_chat_with_messages_keeps_only_newer_ones() {
         let dir = tempfile::tempdir().unwrap();
-        let mut local = LocalState::open(&dir.path().join("state.db")).unwrap();
+        let mut local = LocalState::open(&dir.path().join("state.db"), &keys()).unwrap();
         let device = DeviceId([3; 16]);
-        let stamp = |wall_ms| Stamp {
-            wall_ms,
-            counter: 0,
-            device,
+        let op = |wall_ms, change| Operation {
+            stamp: Stamp {
+                wall_ms,
+                counter: 0,
+                device,
+            },
+            change,
         };
-        let msg = |id: &str, text: &str| {
+        let message = |id: &str| {
             Change::UpsertMessage(Message {
                 chat_id: "c".into(),
                 message_id: id.into(),
-                text: text.into(),
-                sent_at_ms: 5,
+                text: id.into(),
                 ..Message::default()
             })
         };
-        let ops: Vec<Operation> = vec![
-            (1, msg("a", "one")),
-            (
-                2,
-                Change::UpsertChat(Chat {
-                    chat_id: "c".into(),
-                    title: "T".into(),
-                    members: vec!["x".into()],
-                    payload: vec![0, 1, 255],
-                }),
-            ),
-            (3, msg("b", "two")),
-            (
-                4,
-                Change::DeleteMessage {
-                    chat_id: "c".into(),
-                    message_id: "a".into(),
-                },
-            ),
-            (5, msg("b", "two edited")),
-            (
-                6,
+        let ops = [
+            op(1, message("old")),
+            op(2, message("older-edited")),
+            op(
+                5,
                 Change::DeleteChat {
-                    chat_id: "gone".into(),
+                    chat_id: "c".into(),
                 },
             ),
-            (7, msg("c", "three")),
-        ]
-        .into_iter()
-        .map(|(wall, change)| Operation {
-            stamp: stamp(wall),
-            change,
-        })
-        .collect();
-        local.transaction(|tx| apply_operations(tx, &ops)).unwrap();
-        let mut memory = MemoryState::new();
-        for op in &ops {
-            apply(&mut memory, op).unwrap();
-        }
-        assert_eq!(local.messages(None).unwrap(), memory.messages());
-        let summaries = local.chat_summaries().unwrap();
-        assert_eq!(summaries.len(), 1);
-        assert_eq!(summaries[0].chat.title, "T");
-        assert_eq!(summaries[0].message_count, 2);
-        // Re-applying changes nothing.
+            op(9, message("new")),
+        ];
+        local.apply(&ops, |_| Ok(())).unwrap();
+        // An old operation arriving after the deletion stays deleted.
         assert_eq!(
-            local.transaction(|tx| apply_operations(tx, &ops)).unwrap(),
+            local
+                .apply(&[op(3, message("late"))], |_| Ok(()))
+                .unwrap()
+                .0,
             0
         );
+        let ids: Vec<String> = local
+            .messages(Some("c"))
+            .unwrap()
+            .into_iter()
+            .map(|m| m.message_id)
+            .collect();
+        assert_eq!(ids, ["new"]);
+        assert_eq!(local.chat_summaries().unwrap()[0].message_count, 1);
+    }
+
+    #[test]
+    fn without_the_cache_counts_still_work_and_content_questions_say_not_cached() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut local = LocalState::open(&dir.path().join("state.db"), &keys()).unwrap();
+        local.set_cache_setting(CacheSetting::Off).unwrap();
+        let ops: Vec<Operation> = (0..100u64)
+            .map(|i| Operation {
+                stamp: Stamp {
+                    wall_ms: i + 1,
+                    counter: 0,
+                    device: DeviceId([1; 16]),
+                },
+                change: Change::UpsertMessage(Message {
+                    chat_id: "c".into(),
+                    message_id: format!("m{i}"),
+                    text: "hello".into(),
+                    ..Message::default()
+                }),
+            })
+            .collect();
+        local
+            .record(&ops, &[EncodedBatch::from_operations(&ops)], |_| Ok(()))
+            .unwrap();
+        assert_eq!(local.cache_bytes().unwrap(), 0);
+        assert_eq!(local.chat_summaries().unwrap()[0].message_count, 100);
+        assert!(matches!(
+            local.messages(Some("c")),
+            Err(Error::NotCached { chat_id }) if chat_id == "c"
+        ));
+        assert!(!local.cache_is_complete().unwrap());
+        // Turned on again, what was recorded meanwhile is known not to be there.
+        local
+            .set_cache_setting(CacheSetting::On { max_bytes: None })
+            .unwrap();
+        assert!(matches!(
+            local.messages(Some("c")),
+            Err(Error::NotCached { .. })
+        ));
     }
 }

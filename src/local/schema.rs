@@ -15,13 +15,18 @@ use rusqlite::{Connection, Transaction};
 
 use crate::error::Result;
 use crate::format::proto;
-use crate::sync::Operation;
 use crate::sync::batch::EncodedBatch;
+use crate::sync::{Change, Message, Operation, Stamp};
 
+use super::cache::{self, CacheKey};
+use super::versions::{DeviceNumbers, RunCache, Version, VersionWriter, message_key};
 use super::{corrupt, db_error};
 
 /// The schema version this library writes.
-pub const CURRENT_VERSION: u32 = 2;
+pub const CURRENT_VERSION: u32 = 3;
+
+/// Messages per flush when migration 3 converts the messages table.
+const MIGRATED_CHUNK: usize = 10_000;
 
 /// Operations per outbox row when migration 2 converts the old one-row-per-operation outbox.
 const MIGRATED_BATCH: usize = 1000;
@@ -82,8 +87,82 @@ fn to_v2(tx: &Transaction<'_>) -> Result<()> {
     tx.execute_batch("DROP TABLE outbox;").map_err(db_error)
 }
 
+/// Version 2 -> 3: the messages table (content and two indexes, a row per message) becomes the
+/// version index (32 bytes per message, in per-chat runs) and the sealed content cache.
+fn to_v3(tx: &Transaction<'_>, key: &CacheKey) -> Result<()> {
+    tx.execute_batch(
+        "CREATE TABLE device_numbers (number INTEGER PRIMARY KEY, device BLOB NOT NULL UNIQUE);
+         CREATE TABLE version_runs (
+             id INTEGER PRIMARY KEY, chat_id TEXT NOT NULL, entries INTEGER NOT NULL,
+             body BLOB NOT NULL);
+         CREATE INDEX version_runs_by_chat ON version_runs (chat_id, id);
+         CREATE TABLE cache_blobs (
+             id INTEGER PRIMARY KEY, chat_id TEXT NOT NULL, operations INTEGER NOT NULL,
+             body BLOB NOT NULL);
+         CREATE INDEX cache_blobs_by_chat ON cache_blobs (chat_id, id);
+         CREATE TABLE cache_evicted (chat_id TEXT PRIMARY KEY);
+         CREATE TABLE cache_pinned (chat_id TEXT PRIMARY KEY);",
+    )
+    .map_err(db_error)?;
+    let mut devices = DeviceNumbers::load(tx)?;
+    let runs = RunCache::default();
+    let mut statement = tx
+        .prepare("SELECT chat_id, message_id, stamp, message FROM messages ORDER BY chat_id")
+        .map_err(db_error)?;
+    let mut rows = statement.query([]).map_err(db_error)?;
+    let mut writer = VersionWriter::new(&mut devices, &runs);
+    let mut batch = EncodedBatch::new();
+    let mut pending = 0;
+    while let Some(row) = rows.next().map_err(db_error)? {
+        let chat_id: String = row.get(0).map_err(db_error)?;
+        let message_id: String = row.get(1).map_err(db_error)?;
+        let stamp: Vec<u8> = row.get(2).map_err(db_error)?;
+        let body: Option<Vec<u8>> = row.get(3).map_err(db_error)?;
+        let stamp = Stamp::from_sortable_bytes(&stamp).ok_or_else(|| corrupt("stamp"))?;
+        let (change, version) = match body {
+            Some(bytes) => {
+                let message = Message::from_proto(
+                    proto::Message::decode(&bytes[..]).map_err(|_| corrupt("message"))?,
+                )
+                .map_err(|_| corrupt("message"))?;
+                let version = Version {
+                    stamp,
+                    live: true,
+                    size: bytes.len() as u32,
+                };
+                (Change::UpsertMessage(message), version)
+            }
+            None => (
+                Change::DeleteMessage {
+                    chat_id: chat_id.clone(),
+                    message_id: message_id.clone(),
+                },
+                Version {
+                    stamp,
+                    live: false,
+                    size: 0,
+                },
+            ),
+        };
+        writer.put(&chat_id, message_key(&message_id), version);
+        batch.push(&Operation { stamp, change });
+        pending += 1;
+        if pending == MIGRATED_CHUNK {
+            writer.flush(tx)?;
+            cache::append(tx, key, &std::mem::take(&mut batch))?;
+            writer = VersionWriter::new(&mut devices, &runs);
+            pending = 0;
+        }
+    }
+    writer.flush(tx)?;
+    cache::append(tx, key, &batch)?;
+    drop(rows);
+    drop(statement);
+    tx.execute_batch("DROP TABLE messages;").map_err(db_error)
+}
+
 /// Brings the database at `connection` to [`CURRENT_VERSION`].
-pub(super) fn migrate(connection: &mut Connection) -> Result<()> {
+pub(super) fn migrate(connection: &mut Connection, key: &CacheKey) -> Result<()> {
     let version: u32 = connection
         .query_row("PRAGMA user_version", [], |row| row.get(0))
         .map_err(db_error)?;
@@ -105,6 +184,7 @@ pub(super) fn migrate(connection: &mut Connection) -> Result<()> {
         match next {
             1 => tx.execute_batch(SCHEMA_V1).map_err(db_error)?,
             2 => to_v2(&tx)?,
+            3 => to_v3(&tx, key)?,
             _ => unreachable_version(next)?,
         }
         tx.pragma_update(None, "user_version", next)

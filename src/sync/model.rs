@@ -88,6 +88,15 @@ impl Change {
         }
     }
 
+    /// The message this change belongs to (`None` for chat-level changes).
+    pub fn message_id(&self) -> Option<&str> {
+        match self {
+            Change::UpsertMessage(message) => Some(&message.message_id),
+            Change::DeleteMessage { message_id, .. } => Some(message_id),
+            Change::UpsertChat(_) | Change::DeleteChat { .. } => None,
+        }
+    }
+
     /// Checks sizes and required fields.
     pub fn validate(&self) -> Result<()> {
         let id = |what: &str, value: &str| {

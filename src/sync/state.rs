@@ -44,8 +44,8 @@ pub trait StateStore {
     fn chat(&self, chat_id: &str) -> Result<Option<ChatRecord>>;
     /// Replaces the chat's record.
     fn put_chat(&mut self, chat_id: &str, record: ChatRecord) -> Result<()>;
-    /// The message's record.
-    fn message(&self, chat_id: &str, message_id: &str) -> Result<Option<MessageRecord>>;
+    /// The stamp of the message's winning operation, if any.
+    fn message_stamp(&mut self, chat_id: &str, message_id: &str) -> Result<Option<Stamp>>;
     /// Replaces the message's record.
     fn put_message(&mut self, chat_id: &str, message_id: &str, record: MessageRecord)
     -> Result<()>;
@@ -97,8 +97,8 @@ pub fn apply(state: &mut impl StateStore, operation: &Operation) -> Result<Appli
                 return Ok(Applied::Unchanged);
             }
             if state
-                .message(chat_id, message_id)?
-                .is_some_and(|existing| existing.stamp >= stamp)
+                .message_stamp(chat_id, message_id)?
+                .is_some_and(|existing| existing >= stamp)
             {
                 return Ok(Applied::Unchanged);
             }
@@ -168,11 +168,11 @@ impl StateStore for MemoryState {
         Ok(())
     }
 
-    fn message(&self, chat_id: &str, message_id: &str) -> Result<Option<MessageRecord>> {
+    fn message_stamp(&mut self, chat_id: &str, message_id: &str) -> Result<Option<Stamp>> {
         Ok(self
             .messages
             .get(&(chat_id.to_owned(), message_id.to_owned()))
-            .cloned())
+            .map(|record| record.stamp))
     }
 
     fn put_message(

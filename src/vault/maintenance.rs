@@ -88,7 +88,9 @@ impl Vault {
     /// bucket with its expected size (one LIST; the content itself is authenticated when it is
     /// downloaded). Returns the number of contents checked.
     pub(super) async fn check_attachments_present(&self) -> Result<u64> {
-        let referenced = lock(&self.local)?.referenced_attachments()?;
+        let Some(referenced) = self.referenced_attachments()? else {
+            return Ok(0);
+        };
         if referenced.is_empty() {
             return Ok(0);
         }
@@ -124,6 +126,18 @@ impl Vault {
             }
         }
         Ok(referenced.len() as u64)
+    }
+
+    /// Attachments live messages reference, or `None` when the content cache does not hold every
+    /// chat (so which attachments are referenced is not known here).
+    fn referenced_attachments(
+        &self,
+    ) -> Result<Option<BTreeMap<crate::attachment::ContentId, Attachment>>> {
+        match lock(&self.local)?.referenced_attachments() {
+            Ok(referenced) => Ok(Some(referenced)),
+            Err(Error::NotCached { .. }) => Ok(None),
+            Err(other) => Err(other),
+        }
     }
 
     /// Writes a checkpoint of the merged state (after a full sync), so new devices and
@@ -224,7 +238,10 @@ impl Vault {
     /// Deletes unreferenced attachment chunks older than `grace_ms` (the caller holds the sync
     /// lock and has just synced).
     pub(super) async fn collect_attachment_garbage(&self, grace_ms: u64) -> Result<u64> {
-        let referenced = lock(&self.local)?.referenced_attachments()?;
+        // Without every chat's content nothing can be shown unreferenced: delete nothing.
+        let Some(referenced) = self.referenced_attachments()? else {
+            return Ok(0);
+        };
         let root = self.attachments_prefix();
         let listed = self.store.list(&root).await?;
         let cutoff = now_ms().saturating_sub(grace_ms);

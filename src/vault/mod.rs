@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::format::{ObjectKind, decode_body, proto};
 use crate::history::{HistoryCursor, HistoryPage};
 use crate::keys::{ChatKey, RecoveryKey, VaultKeys};
-use crate::local::{self, ChatSummary, LocalState, PendingSegment};
+use crate::local::{self, CacheSetting, ChatSummary, LocalState, PendingSegment};
 use crate::sealing::{self, ObjectContext};
 use crate::store::{ObjectInfo, ObjectStore};
 use crate::sync::batch::EncodedBatch;
@@ -221,7 +221,7 @@ impl Vault {
         std::fs::create_dir_all(state_dir).map_err(|e| {
             Error::LocalState(format!("cannot create {}: {e}", state_dir.display()))
         })?;
-        let local = LocalState::open(&state_dir.join(STATE_FILE))?;
+        let local = LocalState::open(&state_dir.join(STATE_FILE), &keys)?;
         match local.meta(META_VAULT_ID)? {
             Some(id) if id.as_slice() != keys.vault_id().as_bytes() => {
                 return Err(Error::invalid_input(
@@ -405,17 +405,24 @@ impl Vault {
         } else {
             Some(seal_chat_keys(&self.keys, &new_keys)?)
         };
-        local.transaction(|tx| {
-            local::apply_operations(tx, &operations)?;
-            // Each operation is encoded once here; pushing copies these bytes into segments.
-            let mut row = EncodedBatch::new();
-            for operation in &operations {
-                row.push(operation);
-                if row.encoded_len() >= local::OUTBOX_ROW_TARGET {
-                    local::insert_outbox_row(tx, &std::mem::take(&mut row))?;
-                }
+        // Each operation is encoded once here; pushing copies these bytes into segments, and
+        // the content cache seals them as they are.
+        let mut rows = vec![EncodedBatch::new()];
+        for operation in &operations {
+            if rows
+                .last()
+                .is_some_and(|row| row.encoded_len() >= local::OUTBOX_ROW_TARGET)
+            {
+                rows.push(EncodedBatch::new());
             }
-            local::insert_outbox_row(tx, &row)?;
+            if let Some(row) = rows.last_mut() {
+                row.push(operation);
+            }
+        }
+        local.record(&operations, &rows, |tx| {
+            for row in &rows {
+                local::insert_outbox_row(tx, row)?;
+            }
             if let Some(last) = new_clock.last() {
                 local::set_meta(tx, META_CLOCK, &last.to_sortable_bytes())?;
             }
@@ -454,11 +461,14 @@ impl Vault {
         let mut report = SyncReport::default();
         self.push(progress, &mut report, cancel).await?;
         let uncovered = self.pull(progress, listener, &mut report, cancel).await?;
+        // A checkpoint is written from the content cache: a device whose cache does not hold
+        // every chat leaves checkpoints to devices that do.
         if checkpoint_due(
             uncovered.segments,
             uncovered.bytes,
             uncovered.checkpoint_bytes,
-        ) {
+        ) && lock(&self.local)?.cache_is_complete()?
+        {
             let written = self.write_checkpoint().await?;
             report.objects_up += written.objects;
             report.bytes_up += written.bytes;
@@ -604,6 +614,31 @@ impl Vault {
     ) -> Result<HistoryPage> {
         check_page_limit(limit)?;
         lock(&self.local)?.history_page(chat_id, before, limit)
+    }
+
+    /// How the content cache is set (on and unbounded unless the app changed it).
+    pub fn content_cache(&self) -> Result<CacheSetting> {
+        lock(&self.local)?.cache_setting()
+    }
+
+    /// Sets the content cache: the app's database is the source of truth, and chatvault keeps
+    /// message content only to answer [`messages`](Self::messages),
+    /// [`history_page`](Self::history_page) and exports, and to write checkpoints. Off, it keeps
+    /// none (the version index, 32 bytes per message, keeps the merge correct); bounded, it
+    /// evicts whole chats, least recently written first. Queries about content it does not hold
+    /// fail with [`Error::NotCached`]; nothing evicted leaves the vault.
+    pub fn set_content_cache(&self, setting: CacheSetting) -> Result<()> {
+        lock(&self.local)?.set_cache_setting(setting)
+    }
+
+    /// Keeps a chat in the content cache whatever its bound (or lets it go again).
+    pub fn pin_chat(&self, chat_id: &str, pinned: bool) -> Result<()> {
+        lock(&self.local)?.pin_chat(chat_id, pinned)
+    }
+
+    /// Bytes of (sealed, compressed) message content the cache holds.
+    pub fn content_cache_bytes(&self) -> Result<u64> {
+        lock(&self.local)?.cache_bytes()
     }
 
     /// Operations recorded here and not yet uploaded.

@@ -193,19 +193,16 @@ impl Vault {
                     Error::invalid_input(format!("change listener failed: {why}"))
                 })?;
             }
-            applied_total +=
-                lock(&self.local)?.transaction(|tx| local::apply_operations(tx, &operations))?;
+            applied_total += lock(&self.local)?.apply(&operations, |_| Ok(()))?.0;
             Ok(())
         })
         .await?;
         report.operations_applied += applied_total;
-        let applied = lock(&self.local)?.transaction(|tx| {
-            let applied = local::apply_operations(tx, &tombstones)?;
+        let (applied, ()) = lock(&self.local)?.apply(&tombstones, |tx| {
             for head in &index.covered {
                 local::advance_head(tx, head)?;
             }
-            local::set_meta(tx, META_CHAT_KEYS, &sealed_keys)?;
-            Ok(applied)
+            local::set_meta(tx, META_CHAT_KEYS, &sealed_keys)
         })?;
         report.operations_applied += applied;
         *lock(&self.chat_keys)? = chat_keys;
@@ -429,8 +426,7 @@ impl Vault {
         for operation in &operations {
             new_clock.observe(operation.stamp, now);
         }
-        let applied = lock(&self.local)?.transaction(|tx| {
-            let applied = local::apply_operations(tx, &operations)?;
+        let (applied, ()) = lock(&self.local)?.apply(&operations, |tx| {
             local::commit_head(tx, &segment.head, size)?;
             local::note_device(
                 tx,
@@ -444,7 +440,7 @@ impl Vault {
             if let Some(sealed) = &sealed_keys {
                 local::set_meta(tx, META_CHAT_KEYS, sealed)?;
             }
-            Ok(applied)
+            Ok(())
         })?;
         *clock = new_clock;
         if sealed_keys.is_some() {
