@@ -4,8 +4,8 @@
 //!
 //! ```text
 //! bench_vs_restic backup    --corpus F.jsonl --store DIR --state DIR --key-file K
-//!                           [--batch 1000] [--messages LIMIT]
-//! bench_vs_restic restore   --store DIR --state NEW_DIR --key-file K
+//!                           [--batch 1000] [--messages LIMIT] [--cache off|on]
+//! bench_vs_restic restore   --store DIR --state NEW_DIR --key-file K [--cache off|on]
 //! bench_vs_restic amortized --corpus F.jsonl --store DIR --state DIR --key-file K
 //!                           [--base 200000] [--syncs 200] [--per-sync 10]
 //! ```
@@ -13,7 +13,8 @@
 //! - `backup` streams the corpus (chatvault JSON Lines, as written by
 //!   `scripts/bench_vs_restic.py corpus`) line by line, records it in batches of 1,000 changes into
 //!   a vault on a directory store, then syncs once. JSON parsing is timed apart from `record`.
-//!   `--batch` changes the batch size and `--messages` stops early (for experiments).
+//!   `--batch` changes the batch size and `--messages` stops early (for experiments). `--cache`
+//!   sets the content cache (default off: the app's database is the source of truth).
 //! - `restore` opens a second device with an empty state directory and syncs, counting the
 //!   operations delivered to a [`ChangeListener`].
 //! - `amortized` backs up the first `--base` messages of the corpus (a store of its own), then runs
@@ -32,6 +33,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use chatvault::keys::RecoveryKey;
+use chatvault::local::CacheSetting;
 use chatvault::store::{DirectoryStore, ObjectStore};
 use chatvault::sync::{Change, Chat, Message, Operation};
 use chatvault::vault::{ChangeListener, DeviceInfo, Vault};
@@ -95,13 +97,22 @@ fn info(name: &str) -> DeviceInfo {
     }
 }
 
-async fn open(args: &Args, device: &str) -> Result<Vault> {
+/// Opens the device's vault with the content cache as `--cache` says (`off`: the app's database
+/// is the source of truth and chatvault keeps only sync metadata; `on`: chatvault also keeps the
+/// sealed content, as the CLI does), `default` if not given.
+async fn open(args: &Args, device: &str, default: &str) -> Result<Vault> {
     let store: Arc<dyn ObjectStore> = Arc::new(DirectoryStore::new(args.path("store")?));
     let key_file = args.path("key-file")?;
     let text =
         std::fs::read_to_string(&key_file).map_err(|e| format!("{}: {e}", key_file.display()))?;
     let key = RecoveryKey::parse(&text)?;
-    Ok(Vault::open(store, &args.path("state")?, info(device), &key).await?)
+    let vault = Vault::open(store, &args.path("state")?, info(device), &key).await?;
+    match args.options.get("cache").map_or(default, String::as_str) {
+        "off" => vault.set_content_cache(CacheSetting::Off)?,
+        "on" => vault.set_content_cache(CacheSetting::On { max_bytes: None })?,
+        other => return Err(format!("--cache {other}: on or off").into()),
+    }
+    Ok(vault)
 }
 
 fn text(value: &Value, field: &str, number: usize) -> Result<String> {
@@ -207,6 +218,19 @@ fn record_corpus(vault: &Vault, corpus: &Path, limit: u64, batch_size: usize) ->
     Ok(recorded)
 }
 
+/// Bytes of the files in a directory (the local state).
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok()?.metadata().ok())
+                .filter(|m| m.is_file())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
 fn peak_rss_kib() -> Option<u64> {
     std::fs::read_to_string("/proc/self/status")
         .ok()?
@@ -217,7 +241,7 @@ fn peak_rss_kib() -> Option<u64> {
 
 async fn backup(args: &Args) -> Result<Value> {
     let started = Instant::now();
-    let vault = open(args, "bench phone").await?;
+    let vault = open(args, "bench phone", "off").await?;
     let open_s = started.elapsed().as_secs_f64();
     let batch_size = args.number("batch", BATCH)?.max(1) as usize;
     let limit = args.number("messages", u64::MAX)?;
@@ -235,6 +259,8 @@ async fn backup(args: &Args) -> Result<Value> {
         .collect();
     Ok(json!({
         "mode": "backup",
+        "cache": format!("{:?}", vault.content_cache()?),
+        "state_bytes": dir_bytes(&args.path("state")?),
         "batch": batch_size,
         "messages": recorded.messages,
         "chats": recorded.chats.len(),
@@ -274,7 +300,7 @@ impl ChangeListener for Counter {
 
 async fn restore(args: &Args) -> Result<Value> {
     let started = Instant::now();
-    let vault = open(args, "bench tablet").await?;
+    let vault = open(args, "bench tablet", "off").await?;
     let open_s = started.elapsed().as_secs_f64();
     let counter = Counter::default();
     let started = Instant::now();
@@ -283,6 +309,8 @@ async fn restore(args: &Args) -> Result<Value> {
     let chats = vault.chats()?;
     Ok(json!({
         "mode": "restore",
+        "cache": format!("{:?}", vault.content_cache()?),
+        "state_bytes": dir_bytes(&args.path("state")?),
         "open_s": open_s,
         "sync_s": sync_s,
         "objects_down": report.objects_down,
@@ -301,7 +329,8 @@ async fn amortized(args: &Args) -> Result<Value> {
     let base = args.number("base", 200_000)?;
     let syncs = args.number("syncs", 200)?;
     let per_sync = args.number("per-sync", 10)?;
-    let vault = open(args, "bench amortized").await?;
+    // Checkpoints are written from the content cache: this device keeps it.
+    let vault = open(args, "bench amortized", "on").await?;
     let started = Instant::now();
     let recorded = record_corpus(&vault, &args.path("corpus")?, base, BATCH as usize)?;
     let first = vault.sync(None, None).await?;

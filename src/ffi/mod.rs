@@ -854,6 +854,30 @@ impl Vault {
             .await?)
     }
 
+    /// Sets the content cache. Your database is the source of truth: with `enabled` false
+    /// chatvault keeps no message content (only sync metadata, about 32 bytes per message), and
+    /// `messages`, `historyPage` and `attachments` throw `NotCached` (page from the bucket with
+    /// `fetchHistory`). Enabled, it keeps sealed content up to `maxBytes` (null: no bound),
+    /// evicting whole chats, least recently written first, never a pinned one.
+    pub fn set_content_cache(&self, enabled: bool, max_bytes: Option<u64>) -> FfiResult<()> {
+        let setting = if enabled {
+            crate::local::CacheSetting::On { max_bytes }
+        } else {
+            crate::local::CacheSetting::Off
+        };
+        Ok(self.0.set_content_cache(setting)?)
+    }
+
+    /// Keeps a chat in the content cache whatever its bound (`pinned` false lets it go again).
+    pub fn pin_chat(&self, chat_id: String, pinned: bool) -> FfiResult<()> {
+        Ok(self.0.pin_chat(&chat_id, pinned)?)
+    }
+
+    /// Bytes of sealed message content the cache holds on this device.
+    pub fn content_cache_bytes(&self) -> FfiResult<u64> {
+        Ok(self.0.content_cache_bytes()?)
+    }
+
     /// Objects and bytes in the bucket.
     pub async fn usage(&self) -> FfiResult<UsageStats> {
         let usage = self.0.usage().await?;

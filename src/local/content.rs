@@ -197,6 +197,7 @@ impl LocalState {
     /// again keeps chats it did not hold marked as not cached; lowering the bound evicts at once.
     pub fn set_cache_setting(&mut self, setting: CacheSetting) -> Result<()> {
         let before = self.cache_setting()?;
+        let known_chats = self.all_chat_ids()?;
         self.transaction(|tx| {
             match setting {
                 CacheSetting::Off => {
@@ -207,6 +208,9 @@ impl LocalState {
                 CacheSetting::On { max_bytes } => {
                     if before == CacheSetting::Off {
                         // What was recorded while the cache was off is not in it.
+                        for chat_id in &known_chats {
+                            cache::mark_evicted(tx, chat_id)?;
+                        }
                         tx.execute(
                             "INSERT OR IGNORE INTO cache_evicted (chat_id)
                              SELECT chat_id FROM chats UNION SELECT chat_id FROM version_runs",
@@ -260,6 +264,7 @@ impl LocalState {
             connection,
             devices,
             runs,
+            journal,
             ..
         } = self;
         let result = (|| {
@@ -267,7 +272,7 @@ impl LocalState {
             let (changed, update, also_result) = {
                 let mut merge = Merge {
                     tx: &tx,
-                    versions: VersionWriter::new(devices, runs),
+                    versions: VersionWriter::new(devices, runs, journal),
                     cached: (setting != CacheSetting::Off).then(EncodedBatch::new),
                     deleted_chats: BTreeSet::new(),
                 };
@@ -309,6 +314,7 @@ impl LocalState {
             connection,
             devices,
             runs,
+            journal,
             ..
         } = self;
         let result = (|| {
@@ -316,7 +322,7 @@ impl LocalState {
             let (update, also_result) = {
                 let mut merge = Merge {
                     tx: &tx,
-                    versions: VersionWriter::new(devices, runs),
+                    versions: VersionWriter::new(devices, runs, journal),
                     cached: None,
                     deleted_chats: BTreeSet::new(),
                 };
@@ -356,12 +362,13 @@ impl LocalState {
     fn finish<C, T>(&mut self, result: Result<(C, versions::CacheUpdate, T)>) -> Result<(C, T)> {
         match result {
             Ok((changed, update, value)) => {
-                update.apply(&mut self.runs);
+                update.apply(&mut self.runs, &mut self.journal);
                 Ok((changed, value))
             }
             Err(error) => {
                 self.runs.clear();
                 self.devices = DeviceNumbers::load(&self.connection)?;
+                self.journal = versions::Journal::load(&self.connection, &self.devices)?;
                 Err(error)
             }
         }
@@ -369,7 +376,13 @@ impl LocalState {
 
     fn chat_versions(&self, chat_id: &str) -> Result<HashMap<MessageKey, Version>> {
         let deleted = read_chat(&self.connection, chat_id)?.and_then(|c| c.deleted);
-        versions::chat_versions(&self.connection, &self.devices, chat_id, deleted)
+        versions::chat_versions(
+            &self.connection,
+            &self.devices,
+            chat_id,
+            deleted,
+            Some(&self.journal),
+        )
     }
 
     /// Fails with [`Error::NotCached`] unless the cache holds all of `chat_id` ("" = every chat).
@@ -429,12 +442,16 @@ impl LocalState {
     pub fn all_chat_ids(&self) -> Result<Vec<String>> {
         let mut statement = self
             .connection
-            .prepare("SELECT chat_id FROM chats UNION SELECT chat_id FROM version_runs ORDER BY 1")
+            .prepare("SELECT chat_id FROM chats UNION SELECT chat_id FROM version_runs")
             .map_err(db_error)?;
         let rows = statement
             .query_map([], |row| row.get::<_, String>(0))
             .map_err(db_error)?;
-        rows.map(|r| r.map_err(db_error)).collect()
+        let mut ids = rows
+            .map(|r| r.map_err(db_error))
+            .collect::<Result<BTreeSet<String>>>()?;
+        ids.extend(versions::journal_chats(&self.journal).map(str::to_owned));
+        Ok(ids.into_iter().collect())
     }
 
     /// Visible chats (with metadata or at least one live message) with counts, by chat id.
@@ -443,8 +460,13 @@ impl LocalState {
         let mut out = Vec::new();
         for chat_id in self.all_chat_ids()? {
             let record = read_chat(&self.connection, &chat_id)?.unwrap_or_default();
-            let versions =
-                versions::chat_versions(&self.connection, &self.devices, &chat_id, record.deleted)?;
+            let versions = versions::chat_versions(
+                &self.connection,
+                &self.devices,
+                &chat_id,
+                record.deleted,
+                Some(&self.journal),
+            )?;
             let live = versions.values().filter(|v| v.live);
             let (count, bytes) = live.fold((0u64, 0u64), |(count, bytes), v| {
                 (count + 1, bytes + u64::from(v.size))
@@ -610,7 +632,7 @@ fn finish_cache(
     let devices = DeviceNumbers::load(tx)?;
     for chat_id in &touched {
         let deleted = read_chat(tx, chat_id)?.and_then(|c| c.deleted);
-        let versions = || versions::chat_versions(tx, &devices, chat_id, deleted);
+        let versions = || versions::chat_versions(tx, &devices, chat_id, deleted, None);
         if deleted_chats.contains(chat_id) && versions()?.is_empty() {
             cache::remove_chat(tx, chat_id)?;
             continue;

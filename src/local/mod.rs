@@ -34,7 +34,7 @@ pub mod versions;
 use cache::CacheKey;
 pub use content::CacheSetting;
 pub use schema::CURRENT_VERSION as SCHEMA_VERSION;
-use versions::{DeviceNumbers, RunCache};
+use versions::{DeviceNumbers, Journal, RunCache};
 
 /// Outbox rows are closed at about this much encoded operations (1 MiB), so a segment (up to
 /// 4 MiB of operations per push step) is made of whole rows.
@@ -68,6 +68,7 @@ pub struct LocalState {
     cache_key: CacheKey,
     devices: DeviceNumbers,
     runs: RunCache,
+    journal: Journal,
 }
 
 impl core::fmt::Debug for LocalState {
@@ -115,11 +116,13 @@ impl LocalState {
         };
         schema::migrate(&mut connection, &cache_key)?;
         let devices = DeviceNumbers::load(&connection)?;
+        let journal = Journal::load(&connection, &devices)?;
         Ok(LocalState {
             connection,
             cache_key,
             devices,
             runs: RunCache::default(),
+            journal,
         })
     }
 

@@ -19,7 +19,7 @@ use crate::sync::batch::EncodedBatch;
 use crate::sync::{Change, Message, Operation, Stamp};
 
 use super::cache::{self, CacheKey};
-use super::versions::{DeviceNumbers, RunCache, Version, VersionWriter, message_key};
+use super::versions::{DeviceNumbers, Journal, RunCache, Version, VersionWriter, message_key};
 use super::{corrupt, db_error};
 
 /// The schema version this library writes.
@@ -96,6 +96,7 @@ fn to_v3(tx: &Transaction<'_>, key: &CacheKey) -> Result<()> {
              id INTEGER PRIMARY KEY, chat_id TEXT NOT NULL, entries INTEGER NOT NULL,
              body BLOB NOT NULL);
          CREATE INDEX version_runs_by_chat ON version_runs (chat_id, id);
+         CREATE TABLE version_journal (id INTEGER PRIMARY KEY, body BLOB NOT NULL);
          CREATE TABLE cache_blobs (
              id INTEGER PRIMARY KEY, chat_id TEXT NOT NULL, operations INTEGER NOT NULL,
              body BLOB NOT NULL);
@@ -106,11 +107,13 @@ fn to_v3(tx: &Transaction<'_>, key: &CacheKey) -> Result<()> {
     .map_err(db_error)?;
     let mut devices = DeviceNumbers::load(tx)?;
     let runs = RunCache::default();
+    // Each chunk compacts what it wrote (see below), so the journal stays empty.
+    let journal = Journal::default();
     let mut statement = tx
         .prepare("SELECT chat_id, message_id, stamp, message FROM messages ORDER BY chat_id")
         .map_err(db_error)?;
     let mut rows = statement.query([]).map_err(db_error)?;
-    let mut writer = VersionWriter::new(&mut devices, &runs);
+    let mut writer = VersionWriter::new(&mut devices, &runs, &journal);
     let mut batch = EncodedBatch::new();
     let mut pending = 0;
     while let Some(row) = rows.next().map_err(db_error)? {
@@ -148,13 +151,13 @@ fn to_v3(tx: &Transaction<'_>, key: &CacheKey) -> Result<()> {
         batch.push(&Operation { stamp, change });
         pending += 1;
         if pending == MIGRATED_CHUNK {
-            writer.flush(tx)?;
+            writer.compact(tx)?;
             cache::append(tx, key, &std::mem::take(&mut batch))?;
-            writer = VersionWriter::new(&mut devices, &runs);
+            writer = VersionWriter::new(&mut devices, &runs, &journal);
             pending = 0;
         }
     }
-    writer.flush(tx)?;
+    writer.compact(tx)?;
     cache::append(tx, key, &batch)?;
     drop(rows);
     drop(statement);

@@ -3,11 +3,14 @@
 //! message and no content: this is what the merge needs to stay correct (last writer wins,
 //! tombstones), whether or not the content cache keeps the message itself.
 //!
-//! Log-structured, per chat. A transaction that records or applies operations appends one
-//! sorted run per chat it touched (one blob row, not one row per message: a row per message
-//! cost 6-90 us in SQLite's B-trees, a run costs a sort and one insert). When a chat's newest
-//! run holds at least half as many entries as the one before it, the two are merged
-//! (size-tiered), so a chat keeps O(log n) runs and each entry is rewritten O(log n) times.
+//! Log-structured. A transaction that records or applies operations appends one journal row
+//! holding its entries for every chat it touched (one blob insert, not one row per message: a
+//! row per message cost 6-90 us in SQLite's B-trees, and a row per chat still cost ~40 us per
+//! chat when a batch spreads over hundreds of chats). The journal is also kept in memory. Once
+//! it holds [`JOURNAL_MAX_ENTRIES`] entries (or a chat is deleted) it is compacted into sorted
+//! runs per chat: when a chat's newest run holds at least half as many entries as the one
+//! before it, the two are merged (size-tiered), so a chat keeps O(log n) runs and each entry is
+//! rewritten O(log n) times.
 //!
 //! A lookup takes the greatest stamp any run holds for the message. The answer does not depend
 //! on the order the runs were written, which is what lets `record` append without reading
@@ -37,6 +40,11 @@ pub const ENTRY_LEN: usize = 32;
 /// Decoded runs kept in memory across transactions, at most this many bytes (64 MiB): a pull
 /// applying a long history to one chat block by block looks up against memory, not the disk.
 const RUN_CACHE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Journal entries (in all chats) above which a transaction compacts the journal into runs:
+/// 65,536 entries, 2 MiB on disk, a few MiB in memory. (8 in unit tests, so that their short
+/// histories go through compaction and merges again and again.)
+pub const JOURNAL_MAX_ENTRIES: usize = if cfg!(test) { 8 } else { 65_536 };
 
 /// A message's key in the index.
 pub type MessageKey = [u8; 12];
@@ -121,7 +129,8 @@ impl DeviceNumbers {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Run {
     id: i64,
-    body: Vec<u8>,
+    /// Shared: a transaction's working list of runs clones the list, never the entries.
+    body: Arc<[u8]>,
 }
 
 impl Run {
@@ -229,7 +238,7 @@ fn load_runs(connection: &Connection, chat_id: &str) -> Result<Vec<Run>> {
         .query_map([chat_id], |row| {
             Ok(Run {
                 id: row.get(0)?,
-                body: row.get(1)?,
+                body: row.get::<_, Vec<u8>>(1)?.into(),
             })
         })
         .map_err(db_error)?;
@@ -246,6 +255,7 @@ fn load_runs(connection: &Connection, chat_id: &str) -> Result<Vec<Run>> {
 pub(crate) struct VersionWriter<'a> {
     devices: &'a mut DeviceNumbers,
     cache: &'a RunCache,
+    journal: &'a Journal,
     /// Runs of chats looked up in this transaction, not in `cache`.
     loaded: HashMap<String, Arc<Vec<Run>>>,
     /// New entries by chat: the greatest stamp per message.
@@ -254,23 +264,125 @@ pub(crate) struct VersionWriter<'a> {
     dropped: HashMap<String, Stamp>,
 }
 
-/// What a committed transaction changes in the run cache.
+/// Entries written since the last compaction, by chat (the greatest stamp per message): the
+/// journal rows' content, kept in memory so lookups and counts need no read.
 #[derive(Debug, Default)]
-pub(crate) struct CacheUpdate(Vec<(String, Arc<Vec<Run>>)>);
+pub(crate) struct Journal {
+    chats: HashMap<String, HashMap<MessageKey, Version>>,
+    entries: usize,
+}
+
+impl Journal {
+    /// Reads every journal row.
+    pub(crate) fn load(connection: &Connection, devices: &DeviceNumbers) -> Result<Journal> {
+        let mut journal = Journal::default();
+        for_each_journal_chat(connection, |chat_id, entries| {
+            for index in 0..entries.len() / ENTRY_LEN {
+                let (key, version) = decode_entry(
+                    &entries[index * ENTRY_LEN..(index + 1) * ENTRY_LEN],
+                    devices,
+                )?;
+                journal.add(chat_id, key, version);
+            }
+            Ok(())
+        })?;
+        Ok(journal)
+    }
+
+    fn add(&mut self, chat_id: &str, key: MessageKey, version: Version) {
+        if !self.chats.contains_key(chat_id) {
+            self.chats.insert(chat_id.to_owned(), HashMap::new());
+        }
+        let Some(chat) = self.chats.get_mut(chat_id) else {
+            return;
+        };
+        match chat.get(&key) {
+            Some(existing) if existing.stamp >= version.stamp => {}
+            Some(_) => {
+                chat.insert(key, version);
+            }
+            None => {
+                chat.insert(key, version);
+                self.entries += 1;
+            }
+        }
+    }
+
+    fn get(&self, chat_id: &str, key: &MessageKey) -> Option<Version> {
+        self.chats.get(chat_id)?.get(key).copied()
+    }
+}
+
+/// Hands each chat section of every journal row to `each` (chat id, concatenated entries).
+fn for_each_journal_chat(
+    connection: &Connection,
+    mut each: impl FnMut(&str, &[u8]) -> Result<()>,
+) -> Result<()> {
+    let mut statement = connection
+        .prepare_cached("SELECT body FROM version_journal ORDER BY id")
+        .map_err(db_error)?;
+    let mut rows = statement.query([]).map_err(db_error)?;
+    while let Some(row) = rows.next().map_err(db_error)? {
+        let mut body = row
+            .get_ref(0)
+            .map_err(db_error)?
+            .as_blob()
+            .map_err(|_| corrupt("version journal"))?;
+        while !body.is_empty() {
+            let chat_len = prost::encoding::decode_varint(&mut body)
+                .map_err(|_| corrupt("version journal"))? as usize;
+            let chat_id = body
+                .get(..chat_len)
+                .and_then(|b| std::str::from_utf8(b).ok())
+                .ok_or_else(|| corrupt("version journal"))?;
+            body = &body[chat_len..];
+            let count = prost::encoding::decode_varint(&mut body)
+                .map_err(|_| corrupt("version journal"))? as usize;
+            let len = count
+                .checked_mul(ENTRY_LEN)
+                .filter(|len| *len <= body.len())
+                .ok_or_else(|| corrupt("version journal"))?;
+            each(chat_id, &body[..len])?;
+            body = &body[len..];
+        }
+    }
+    Ok(())
+}
+
+/// What a committed transaction changes in the in-memory copies (run cache and journal).
+#[derive(Debug, Default)]
+pub(crate) struct CacheUpdate {
+    runs: Vec<(String, Arc<Vec<Run>>)>,
+    /// Entries added to the journal; `None` when it was compacted (and is now empty).
+    journal: Option<Vec<(String, MessageKey, Version)>>,
+}
 
 impl CacheUpdate {
-    pub(crate) fn apply(self, cache: &mut RunCache) {
-        for (chat_id, runs) in self.0 {
+    pub(crate) fn apply(self, cache: &mut RunCache, journal: &mut Journal) {
+        for (chat_id, runs) in self.runs {
             cache.put(&chat_id, runs);
+        }
+        match self.journal {
+            Some(added) => {
+                for (chat_id, key, version) in added {
+                    journal.add(&chat_id, key, version);
+                }
+            }
+            None => *journal = Journal::default(),
         }
     }
 }
 
 impl<'a> VersionWriter<'a> {
-    pub(crate) fn new(devices: &'a mut DeviceNumbers, cache: &'a RunCache) -> Self {
+    pub(crate) fn new(
+        devices: &'a mut DeviceNumbers,
+        cache: &'a RunCache,
+        journal: &'a Journal,
+    ) -> Self {
         VersionWriter {
             devices,
             cache,
+            journal,
             loaded: HashMap::new(),
             pending: HashMap::new(),
             dropped: HashMap::new(),
@@ -298,6 +410,11 @@ impl<'a> VersionWriter<'a> {
         key: &MessageKey,
     ) -> Result<Option<Version>> {
         let mut best = self.pending.get(chat_id).and_then(|p| p.get(key)).copied();
+        if let Some(version) = self.journal.get(chat_id, key)
+            && best.is_none_or(|b| version.stamp > b.stamp)
+        {
+            best = Some(version);
+        }
         let runs = self.runs(connection, chat_id)?;
         for run in runs.iter() {
             if let Some(entry) = run.find(key) {
@@ -313,7 +430,12 @@ impl<'a> VersionWriter<'a> {
 
     /// Adds a version (it wins only if its stamp is the greatest for that message).
     pub(crate) fn put(&mut self, chat_id: &str, key: MessageKey, version: Version) {
-        let pending = self.pending.entry(chat_id.to_owned()).or_default();
+        if !self.pending.contains_key(chat_id) {
+            self.pending.insert(chat_id.to_owned(), HashMap::new());
+        }
+        let Some(pending) = self.pending.get_mut(chat_id) else {
+            return;
+        };
         match pending.get(&key) {
             Some(existing) if existing.stamp >= version.stamp => {}
             _ => {
@@ -331,15 +453,78 @@ impl<'a> VersionWriter<'a> {
         *entry = (*entry).max(stamp);
     }
 
-    /// Writes this transaction's entries as runs (merging where due) inside `connection`'s open
-    /// transaction. Returns what the run cache must learn once it commits.
+    /// Writes this transaction's entries inside `connection`'s open transaction: one journal
+    /// row, or, once the journal is full or a chat was deleted, the whole journal compacted
+    /// into runs. Returns what the in-memory copies must learn once it commits.
     pub(crate) fn flush(mut self, connection: &Connection) -> Result<CacheUpdate> {
-        let mut update = CacheUpdate::default();
-        let mut chats: Vec<String> = self.pending.keys().cloned().collect();
-        chats.extend(self.dropped.keys().cloned());
-        chats.sort();
-        chats.dedup();
-        for chat_id in chats {
+        let pending_entries: usize = self.pending.values().map(HashMap::len).sum();
+        if self.dropped.is_empty() && self.journal.entries + pending_entries < JOURNAL_MAX_ENTRIES {
+            let mut added = Vec::with_capacity(pending_entries);
+            let mut row = Vec::with_capacity(pending_entries * ENTRY_LEN + 64);
+            let mut chats: Vec<(String, HashMap<MessageKey, Version>)> =
+                std::mem::take(&mut self.pending).into_iter().collect();
+            chats.sort_by(|a, b| a.0.cmp(&b.0));
+            for (chat_id, entries) in chats {
+                if entries.is_empty() {
+                    continue;
+                }
+                prost::encoding::encode_varint(chat_id.len() as u64, &mut row);
+                row.extend_from_slice(chat_id.as_bytes());
+                prost::encoding::encode_varint(entries.len() as u64, &mut row);
+                for (key, version) in entries {
+                    let device = self.devices.number(connection, version.stamp.device)?;
+                    encode_entry(&mut row, &key, &version, device);
+                    added.push((chat_id.clone(), key, version));
+                }
+            }
+            if !row.is_empty() {
+                connection
+                    .prepare_cached("INSERT INTO version_journal (body) VALUES (?1)")
+                    .map_err(db_error)?
+                    .execute([&row])
+                    .map_err(db_error)?;
+            }
+            return Ok(CacheUpdate {
+                runs: Vec::new(),
+                journal: Some(added),
+            });
+        }
+        self.compact(connection)
+    }
+
+    /// Moves the journal and this transaction's entries into per-chat runs.
+    pub(crate) fn compact(mut self, connection: &Connection) -> Result<CacheUpdate> {
+        let mut by_chat: HashMap<String, HashMap<MessageKey, Version>> = HashMap::new();
+        for (chat_id, entries) in &self.journal.chats {
+            let dropped = self.dropped.get(chat_id).copied();
+            let chat = by_chat.entry(chat_id.clone()).or_default();
+            for (key, version) in entries {
+                if dropped.is_none_or(|d| version.stamp > d) {
+                    chat.insert(*key, *version);
+                }
+            }
+        }
+        for (chat_id, entries) in std::mem::take(&mut self.pending) {
+            let chat = by_chat.entry(chat_id).or_default();
+            for (key, version) in entries {
+                match chat.get(&key) {
+                    Some(existing) if existing.stamp >= version.stamp => {}
+                    _ => {
+                        chat.insert(key, version);
+                    }
+                }
+            }
+        }
+        for chat_id in self.dropped.keys() {
+            by_chat.entry(chat_id.clone()).or_default();
+        }
+        let mut chats: Vec<(String, HashMap<MessageKey, Version>)> = by_chat.into_iter().collect();
+        chats.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut update = CacheUpdate {
+            runs: Vec::new(),
+            journal: None,
+        };
+        for (chat_id, entries) in chats {
             let mut runs: Vec<Run> = self.runs(connection, &chat_id)?.as_ref().clone();
             if let Some(stamp) = self.dropped.get(&chat_id).copied() {
                 // A chat deletion rewrites the chat's index once, without what it removed.
@@ -350,10 +535,8 @@ impl<'a> VersionWriter<'a> {
                     runs.push(insert_run(connection, &chat_id, merged)?);
                 }
             }
-            if let Some(pending) = self.pending.remove(&chat_id)
-                && !pending.is_empty()
-            {
-                let mut entries: Vec<(MessageKey, Version)> = pending.into_iter().collect();
+            if !entries.is_empty() {
+                let mut entries: Vec<(MessageKey, Version)> = entries.into_iter().collect();
                 entries.sort_unstable_by_key(|entry| entry.0);
                 let mut body = Vec::with_capacity(entries.len() * ENTRY_LEN);
                 for (key, version) in &entries {
@@ -366,12 +549,20 @@ impl<'a> VersionWriter<'a> {
             while runs.len() >= 2 && runs[runs.len() - 1].len() * 2 >= runs[runs.len() - 2].len() {
                 let newer = runs.pop().ok_or_else(|| corrupt("runs"))?;
                 let older = runs.pop().ok_or_else(|| corrupt("runs"))?;
-                let merged = merge_runs(std::slice::from_ref(&older), Some(&newer), None, self.devices)?;
+                let merged = merge_runs(
+                    std::slice::from_ref(&older),
+                    Some(&newer),
+                    None,
+                    self.devices,
+                )?;
                 delete_runs(connection, &[older, newer])?;
                 runs.push(insert_run(connection, &chat_id, merged)?);
             }
-            update.0.push((chat_id, Arc::new(runs)));
+            update.runs.push((chat_id, Arc::new(runs)));
         }
+        connection
+            .execute("DELETE FROM version_journal", [])
+            .map_err(db_error)?;
         Ok(update)
     }
 }
@@ -380,11 +571,11 @@ fn insert_run(connection: &Connection, chat_id: &str, body: Vec<u8>) -> Result<R
     connection
         .prepare_cached("INSERT INTO version_runs (chat_id, entries, body) VALUES (?1, ?2, ?3)")
         .map_err(db_error)?
-        .execute(params![chat_id, (body.len() / ENTRY_LEN) as i64, body])
+        .execute(params![chat_id, (body.len() / ENTRY_LEN) as i64, &body])
         .map_err(db_error)?;
     Ok(Run {
         id: connection.last_insert_rowid(),
-        body,
+        body: body.into(),
     })
 }
 
@@ -444,29 +635,59 @@ fn merge_runs(
     Ok(out)
 }
 
-/// Every winning version of one chat (after `deleted`, the chat's deletion stamp), by key.
+/// Every winning version of one chat (after `deleted`, the chat's deletion stamp), by key. The
+/// journal is read from `journal`, or from the database inside a transaction that wrote to it
+/// (`None`).
 pub(crate) fn chat_versions(
     connection: &Connection,
     devices: &DeviceNumbers,
     chat_id: &str,
     deleted: Option<Stamp>,
+    journal: Option<&Journal>,
 ) -> Result<HashMap<MessageKey, Version>> {
     let mut out: HashMap<MessageKey, Version> = HashMap::new();
+    let mut add = |key: MessageKey, version: Version| {
+        if deleted.is_some_and(|d| version.stamp <= d) {
+            return;
+        }
+        match out.get(&key) {
+            Some(existing) if existing.stamp >= version.stamp => {}
+            _ => {
+                out.insert(key, version);
+            }
+        }
+    };
     for run in load_runs(connection, chat_id)? {
         for index in 0..run.len() {
             let (key, version) = decode_entry(run.entry(index), devices)?;
-            if deleted.is_some_and(|d| version.stamp <= d) {
-                continue;
-            }
-            match out.get(&key) {
-                Some(existing) if existing.stamp >= version.stamp => {}
-                _ => {
-                    out.insert(key, version);
-                }
-            }
+            add(key, version);
         }
     }
+    match journal {
+        Some(journal) => {
+            for (key, version) in journal.chats.get(chat_id).into_iter().flatten() {
+                add(*key, *version);
+            }
+        }
+        None => for_each_journal_chat(connection, |chat, entries| {
+            if chat == chat_id {
+                for index in 0..entries.len() / ENTRY_LEN {
+                    let (key, version) = decode_entry(
+                        &entries[index * ENTRY_LEN..(index + 1) * ENTRY_LEN],
+                        devices,
+                    )?;
+                    add(key, version);
+                }
+            }
+            Ok(())
+        })?,
+    }
     Ok(out)
+}
+
+/// Chats with journal entries (committed), for listing chats.
+pub(crate) fn journal_chats(journal: &Journal) -> impl Iterator<Item = &str> {
+    journal.chats.keys().map(String::as_str)
 }
 
 /// Bytes and entries the index holds (for size reports and tests).

@@ -34,6 +34,9 @@ pub struct ChatFragment {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EncodedBatch {
     chats: BTreeMap<String, ChatFragment>,
+    /// Sum of the fragments' byte lengths (kept, not recomputed: `record` asks after each
+    /// operation).
+    len: usize,
 }
 
 impl EncodedBatch {
@@ -54,18 +57,25 @@ impl EncodedBatch {
     /// Encodes one operation onto its chat's fragment.
     pub fn push(&mut self, operation: &Operation) {
         let encoded = operation.to_proto();
-        let fragment = self
-            .chats
-            .entry(operation.change.chat_id().to_owned())
-            .or_default();
+        let chat_id = operation.change.chat_id();
+        if !self.chats.contains_key(chat_id) {
+            self.chats
+                .insert(chat_id.to_owned(), ChatFragment::default());
+        }
+        let Some(fragment) = self.chats.get_mut(chat_id) else {
+            return;
+        };
+        let before = fragment.bytes.len();
         fragment.bytes.push(OPERATIONS_TAG);
         encode_varint(encoded.encoded_len() as u64, &mut fragment.bytes);
         encoded.encode_raw(&mut fragment.bytes);
         fragment.count += 1;
+        self.len += fragment.bytes.len() - before;
     }
 
     /// Appends another batch (recorded after this one).
     pub fn append(&mut self, other: EncodedBatch) {
+        self.len += other.len;
         for (chat_id, fragment) in other.chats {
             let mine = self.chats.entry(chat_id).or_default();
             mine.count += fragment.count;
@@ -80,7 +90,7 @@ impl EncodedBatch {
 
     /// Bytes of encoded operations held.
     pub fn encoded_len(&self) -> usize {
-        self.chats.values().map(|f| f.bytes.len()).sum()
+        self.len
     }
 
     /// True when no operation is held.
@@ -127,6 +137,7 @@ impl EncodedBatch {
             let bytes = take(&mut row)?;
             let chat_id = std::str::from_utf8(chat_id).ok()?.to_owned();
             batch.append(EncodedBatch {
+                len: bytes.len(),
                 chats: BTreeMap::from([(
                     chat_id,
                     ChatFragment {
