@@ -13,8 +13,6 @@
 //! them evicted: a query on an evicted chat fails with [`Error::NotCached`] instead of answering
 //! with part of its history. Nothing evicted leaves the vault.
 
-use std::collections::HashMap;
-
 use prost::Message as _;
 use rusqlite::{Connection, OptionalExtension, params};
 use sha2::{Digest, Sha256};
@@ -26,7 +24,7 @@ use crate::sealing::{self, ObjectContext};
 use crate::sync::Operation;
 use crate::sync::batch::EncodedBatch;
 
-use super::versions::{MessageKey, Version, message_key};
+use super::versions::{KeyMap, Version, message_key};
 use super::{corrupt, db_error};
 
 /// Blobs below this size (64 KiB) are small: once a chat has [`REPACK_SMALL_BLOBS`] of them in
@@ -124,7 +122,7 @@ pub(crate) fn chat_operations(
     connection: &Connection,
     key: &CacheKey,
     chat_id: &str,
-    versions: &HashMap<MessageKey, Version>,
+    versions: &KeyMap<Version>,
 ) -> Result<Vec<Operation>> {
     if is_evicted(connection, chat_id)? {
         return Err(Error::NotCached {
@@ -137,7 +135,7 @@ pub(crate) fn chat_operations(
     let rows = statement
         .query_map([chat_id], |row| row.get::<_, Vec<u8>>(0))
         .map_err(db_error)?;
-    let mut winners: HashMap<MessageKey, Operation> = HashMap::new();
+    let mut winners: KeyMap<Operation> = KeyMap::default();
     for row in rows {
         for operation in open(key, chat_id, &row.map_err(db_error)?)? {
             let Some(message_id) = operation.change.message_id() else {
@@ -161,7 +159,7 @@ pub(crate) fn repack_if_due(
     connection: &Connection,
     key: &CacheKey,
     chat_id: &str,
-    versions: impl FnOnce() -> Result<HashMap<MessageKey, Version>>,
+    versions: impl FnOnce() -> Result<KeyMap<Version>>,
 ) -> Result<()> {
     let small: Vec<i64> = {
         let mut statement = connection

@@ -2,7 +2,7 @@
 //! index of every message, and the optional content cache; the merge rules applied to them; and
 //! the questions the vault answers from them.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 use prost::Message as _;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
@@ -16,7 +16,7 @@ use crate::sync::{
 };
 
 use super::cache::{self, CacheKey};
-use super::versions::{self, DeviceNumbers, MessageKey, Version, VersionWriter, message_key};
+use super::versions::{self, DeviceNumbers, KeyMap, Version, VersionWriter, message_key};
 use super::{ChatSummary, LocalState, corrupt, db_error};
 
 /// Meta key holding "off" while the content cache is disabled.
@@ -374,7 +374,7 @@ impl LocalState {
         }
     }
 
-    fn chat_versions(&self, chat_id: &str) -> Result<HashMap<MessageKey, Version>> {
+    fn chat_versions(&self, chat_id: &str) -> Result<KeyMap<Version>> {
         let deleted = read_chat(&self.connection, chat_id)?.and_then(|c| c.deleted);
         versions::chat_versions(
             &self.connection,

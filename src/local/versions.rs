@@ -49,6 +49,28 @@ pub const JOURNAL_MAX_ENTRIES: usize = if cfg!(test) { 8 } else { 65_536 };
 /// A message's key in the index.
 pub type MessageKey = [u8; 12];
 
+/// Hashes a [`MessageKey`] by its first eight bytes: they are already uniformly random (a
+/// SHA-256 prefix), so SipHash's work buys nothing here.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct MessageKeyHasher(u64);
+
+impl std::hash::Hasher for MessageKeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = self.0.rotate_left(5) ^ u64::from_le_bytes(word);
+        }
+    }
+}
+
+/// A map keyed by message key.
+pub(crate) type KeyMap<V> = HashMap<MessageKey, V, std::hash::BuildHasherDefault<MessageKeyHasher>>;
+
 /// The key of a message id.
 pub fn message_key(message_id: &str) -> MessageKey {
     let digest = Sha256::digest(message_id.as_bytes());
@@ -259,7 +281,7 @@ pub(crate) struct VersionWriter<'a> {
     /// Runs of chats looked up in this transaction, not in `cache`.
     loaded: HashMap<String, Arc<Vec<Run>>>,
     /// New entries by chat: the greatest stamp per message.
-    pending: HashMap<String, HashMap<MessageKey, Version>>,
+    pending: HashMap<String, KeyMap<Version>>,
     /// Chats deleted in this transaction: (chat, stamp) to drop entries at or before.
     dropped: HashMap<String, Stamp>,
 }
@@ -268,7 +290,7 @@ pub(crate) struct VersionWriter<'a> {
 /// journal rows' content, kept in memory so lookups and counts need no read.
 #[derive(Debug, Default)]
 pub(crate) struct Journal {
-    chats: HashMap<String, HashMap<MessageKey, Version>>,
+    chats: HashMap<String, KeyMap<Version>>,
     entries: usize,
 }
 
@@ -291,7 +313,7 @@ impl Journal {
 
     fn add(&mut self, chat_id: &str, key: MessageKey, version: Version) {
         if !self.chats.contains_key(chat_id) {
-            self.chats.insert(chat_id.to_owned(), HashMap::new());
+            self.chats.insert(chat_id.to_owned(), KeyMap::default());
         }
         let Some(chat) = self.chats.get_mut(chat_id) else {
             return;
@@ -354,7 +376,7 @@ fn for_each_journal_chat(
 pub(crate) struct CacheUpdate {
     runs: Vec<(String, Arc<Vec<Run>>)>,
     /// Entries added to the journal; `None` when it was compacted (and is now empty).
-    journal: Option<Vec<(String, MessageKey, Version)>>,
+    journal: Option<Vec<(String, KeyMap<Version>)>>,
 }
 
 impl CacheUpdate {
@@ -364,8 +386,10 @@ impl CacheUpdate {
         }
         match self.journal {
             Some(added) => {
-                for (chat_id, key, version) in added {
-                    journal.add(&chat_id, key, version);
+                for (chat_id, entries) in added {
+                    for (key, version) in entries {
+                        journal.add(&chat_id, key, version);
+                    }
                 }
             }
             None => *journal = Journal::default(),
@@ -431,7 +455,7 @@ impl<'a> VersionWriter<'a> {
     /// Adds a version (it wins only if its stamp is the greatest for that message).
     pub(crate) fn put(&mut self, chat_id: &str, key: MessageKey, version: Version) {
         if !self.pending.contains_key(chat_id) {
-            self.pending.insert(chat_id.to_owned(), HashMap::new());
+            self.pending.insert(chat_id.to_owned(), KeyMap::default());
         }
         let Some(pending) = self.pending.get_mut(chat_id) else {
             return;
@@ -457,14 +481,13 @@ impl<'a> VersionWriter<'a> {
     /// row, or, once the journal is full or a chat was deleted, the whole journal compacted
     /// into runs. Returns what the in-memory copies must learn once it commits.
     pub(crate) fn flush(mut self, connection: &Connection) -> Result<CacheUpdate> {
-        let pending_entries: usize = self.pending.values().map(HashMap::len).sum();
+        let pending_entries: usize = self.pending.values().map(KeyMap::len).sum();
         if self.dropped.is_empty() && self.journal.entries + pending_entries < JOURNAL_MAX_ENTRIES {
-            let mut added = Vec::with_capacity(pending_entries);
             let mut row = Vec::with_capacity(pending_entries * ENTRY_LEN + 64);
-            let mut chats: Vec<(String, HashMap<MessageKey, Version>)> =
+            let mut chats: Vec<(String, KeyMap<Version>)> =
                 std::mem::take(&mut self.pending).into_iter().collect();
             chats.sort_by(|a, b| a.0.cmp(&b.0));
-            for (chat_id, entries) in chats {
+            for (chat_id, entries) in &chats {
                 if entries.is_empty() {
                     continue;
                 }
@@ -473,8 +496,7 @@ impl<'a> VersionWriter<'a> {
                 prost::encoding::encode_varint(entries.len() as u64, &mut row);
                 for (key, version) in entries {
                     let device = self.devices.number(connection, version.stamp.device)?;
-                    encode_entry(&mut row, &key, &version, device);
-                    added.push((chat_id.clone(), key, version));
+                    encode_entry(&mut row, key, version, device);
                 }
             }
             if !row.is_empty() {
@@ -486,7 +508,7 @@ impl<'a> VersionWriter<'a> {
             }
             return Ok(CacheUpdate {
                 runs: Vec::new(),
-                journal: Some(added),
+                journal: Some(chats),
             });
         }
         self.compact(connection)
@@ -494,7 +516,7 @@ impl<'a> VersionWriter<'a> {
 
     /// Moves the journal and this transaction's entries into per-chat runs.
     pub(crate) fn compact(mut self, connection: &Connection) -> Result<CacheUpdate> {
-        let mut by_chat: HashMap<String, HashMap<MessageKey, Version>> = HashMap::new();
+        let mut by_chat: HashMap<String, KeyMap<Version>> = HashMap::new();
         for (chat_id, entries) in &self.journal.chats {
             let dropped = self.dropped.get(chat_id).copied();
             let chat = by_chat.entry(chat_id.clone()).or_default();
@@ -518,7 +540,7 @@ impl<'a> VersionWriter<'a> {
         for chat_id in self.dropped.keys() {
             by_chat.entry(chat_id.clone()).or_default();
         }
-        let mut chats: Vec<(String, HashMap<MessageKey, Version>)> = by_chat.into_iter().collect();
+        let mut chats: Vec<(String, KeyMap<Version>)> = by_chat.into_iter().collect();
         chats.sort_by(|a, b| a.0.cmp(&b.0));
         let mut update = CacheUpdate {
             runs: Vec::new(),
@@ -644,8 +666,8 @@ pub(crate) fn chat_versions(
     chat_id: &str,
     deleted: Option<Stamp>,
     journal: Option<&Journal>,
-) -> Result<HashMap<MessageKey, Version>> {
-    let mut out: HashMap<MessageKey, Version> = HashMap::new();
+) -> Result<KeyMap<Version>> {
+    let mut out: KeyMap<Version> = KeyMap::default();
     let mut add = |key: MessageKey, version: Version| {
         if deleted.is_some_and(|d| version.stamp <= d) {
             return;

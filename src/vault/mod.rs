@@ -382,7 +382,6 @@ impl Vault {
         let mut chat_keys = lock(&self.chat_keys)?;
         let mut local = lock(&self.local)?;
         let mut new_clock = *clock;
-        let mut new_keys = chat_keys.clone();
         let mut created: Vec<KeyId> = Vec::new();
         let now = now_ms();
         let operations: Vec<Operation> = changes
@@ -392,18 +391,25 @@ impl Vault {
                 change,
             })
             .collect();
+        // The key set is copied only when a chat needs its first key (rare after the first
+        // batches), not on every record.
+        let mut new_keys: Option<ChatKeys> = None;
         for operation in &operations {
             let chat_id = operation.change.chat_id();
-            if new_keys.writing_key(chat_id).is_none() {
+            let known = new_keys.as_ref().unwrap_or(&chat_keys);
+            if known.writing_key(chat_id).is_none() {
                 let key_id = crate::random::array::<16>()?;
-                new_keys.insert(key_id, chat_id, ChatKey::generate()?)?;
+                new_keys.get_or_insert_with(|| chat_keys.clone()).insert(
+                    key_id,
+                    chat_id,
+                    ChatKey::generate()?,
+                )?;
                 created.push(key_id);
             }
         }
-        let sealed_keys = if created.is_empty() {
-            None
-        } else {
-            Some(seal_chat_keys(&self.keys, &new_keys)?)
+        let sealed_keys = match &new_keys {
+            Some(keys) => Some(seal_chat_keys(&self.keys, keys)?),
+            None => None,
         };
         // Each operation is encoded once here; pushing copies these bytes into segments, and
         // the content cache seals them as they are.
@@ -435,7 +441,9 @@ impl Vault {
             Ok(())
         })?;
         *clock = new_clock;
-        *chat_keys = new_keys;
+        if let Some(keys) = new_keys {
+            *chat_keys = keys;
+        }
         Ok(())
     }
 
