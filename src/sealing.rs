@@ -60,7 +60,6 @@ pub struct ObjectContext<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Compression {
     Auto,
-    #[cfg(test)]
     Never,
 }
 
@@ -99,6 +98,17 @@ pub(crate) fn seal(key: &Key32, context: &ObjectContext<'_>, plaintext: &[u8]) -
     seal_with_nonce(key, context, plaintext, &nonce, Compression::Auto)
 }
 
+/// Seals `plaintext` with a fresh random nonce and without compression (local data sealed on the
+/// hot path of `record`, where zstd would cost more than the bytes it saves).
+pub(crate) fn seal_uncompressed(
+    key: &Key32,
+    context: &ObjectContext<'_>,
+    plaintext: &[u8],
+) -> Result<Vec<u8>> {
+    let nonce = crate::random::array::<NONCE_LEN>()?;
+    seal_with_nonce(key, context, plaintext, &nonce, Compression::Never)
+}
+
 /// Seals with a given nonce. Only [`seal`] and the test-vector generator call this: a nonce must
 /// never be reused under one key.
 pub(crate) fn seal_with_nonce(
@@ -122,7 +132,6 @@ pub(crate) fn seal_with_nonce(
             .ok()
             .filter(|c| c.len() < plaintext.len())
             .map(Zeroizing::new),
-        #[cfg(test)]
         Compression::Never => None,
     };
     let (method, stored): (u8, &[u8]) = match &compressed {

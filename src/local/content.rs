@@ -300,8 +300,9 @@ impl LocalState {
     }
 
     /// Records this device's own operations (freshly stamped, so no lookup is needed: the index
-    /// keeps the greatest stamp whatever the order) with their encoded rows, and runs `also` in
-    /// the same transaction. Chat-level changes go through the merge rules.
+    /// keeps the greatest stamp whatever the order) with their encoded rows, which go to the
+    /// outbox (sealed) and, cache on, to the content cache; and runs `also` in the same
+    /// transaction. Chat-level changes go through the merge rules.
     pub fn record<T>(
         &mut self,
         operations: &[Operation],
@@ -348,6 +349,9 @@ impl LocalState {
                     ..
                 } = merge;
                 let update = writer.flush(&tx)?;
+                for row in encoded {
+                    super::insert_outbox_row(&tx, &key, row)?;
+                }
                 finish_cache(&tx, &key, setting, encoded, &deleted_chats)?;
                 (update, also(&tx)?)
             };

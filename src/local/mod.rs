@@ -193,7 +193,7 @@ impl LocalState {
         while let Some(row) = rows.next().map_err(db_error)? {
             let id: i64 = row.get(0).map_err(db_error)?;
             let body: Vec<u8> = row.get(1).map_err(db_error)?;
-            let batch = EncodedBatch::from_row(&body).ok_or_else(|| corrupt("outbox"))?;
+            let batch = open_outbox_row(&self.cache_key, &body)?;
             match &mut merged {
                 Some((_, taken)) if taken.encoded_len() + batch.encoded_len() > max_bytes => break,
                 Some((last, taken)) => {
@@ -405,16 +405,40 @@ pub(crate) fn set_meta(connection: &Connection, key: &str, value: &[u8]) -> Resu
         .map_err(db_error)
 }
 
-/// Appends a recorded batch to the outbox.
-pub(crate) fn insert_outbox_row(tx: &Transaction<'_>, batch: &EncodedBatch) -> Result<()> {
+/// The name outbox rows are sealed under (local only).
+const OUTBOX_NAME: &str = "local/outbox";
+
+/// Appends a recorded batch to the outbox, sealed under the keyring key (uncompressed: the push
+/// compresses segments), so operations waiting for a sync are not in the file in plaintext.
+pub(crate) fn insert_outbox_row(
+    tx: &Transaction<'_>,
+    key: &CacheKey,
+    batch: &EncodedBatch,
+) -> Result<()> {
     if batch.is_empty() {
         return Ok(());
     }
+    let context = crate::sealing::ObjectContext {
+        vault_id: &key.vault_id,
+        kind: crate::format::ObjectKind::KeySet,
+        name: OUTBOX_NAME,
+    };
+    let sealed = crate::sealing::seal_uncompressed(&key.key, &context, &batch.to_row())?;
     tx.prepare_cached("INSERT INTO outbox_batches (operations, body) VALUES (?1, ?2)")
         .map_err(db_error)?
-        .execute(params![batch.operation_count() as i64, batch.to_row()])
+        .execute(params![batch.operation_count() as i64, sealed])
         .map(|_| ())
         .map_err(db_error)
+}
+
+fn open_outbox_row(key: &CacheKey, sealed: &[u8]) -> Result<EncodedBatch> {
+    let context = crate::sealing::ObjectContext {
+        vault_id: &key.vault_id,
+        kind: crate::format::ObjectKind::KeySet,
+        name: OUTBOX_NAME,
+    };
+    let row = crate::sealing::open(&key.key, &context, sealed).map_err(|_| corrupt("outbox"))?;
+    EncodedBatch::from_row(&row).ok_or_else(|| corrupt("outbox"))
 }
 
 /// Moves outbox rows up to `last_outbox_id` into a pending segment.

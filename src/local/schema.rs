@@ -81,8 +81,13 @@ fn to_v2(tx: &Transaction<'_>) -> Result<()> {
             rows.push(EncodedBatch::from_operations(&batch));
         }
     }
+    // Version 2 kept rows in plaintext; version 3 seals them.
     for batch in &rows {
-        super::insert_outbox_row(tx, batch)?;
+        tx.execute(
+            "INSERT INTO outbox_batches (operations, body) VALUES (?1, ?2)",
+            rusqlite::params![batch.operation_count() as i64, batch.to_row()],
+        )
+        .map_err(db_error)?;
     }
     tx.execute_batch("DROP TABLE outbox;").map_err(db_error)
 }
@@ -161,7 +166,24 @@ fn to_v3(tx: &Transaction<'_>, key: &CacheKey) -> Result<()> {
     cache::append(tx, key, &batch)?;
     drop(rows);
     drop(statement);
-    tx.execute_batch("DROP TABLE messages;").map_err(db_error)
+    tx.execute_batch("DROP TABLE messages;").map_err(db_error)?;
+    // Outbox rows waiting for a sync are sealed from version 3 on.
+    let plain: Vec<(i64, Vec<u8>)> = {
+        let mut statement = tx
+            .prepare("SELECT id, body FROM outbox_batches ORDER BY id")
+            .map_err(db_error)?;
+        let rows = statement
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+            .map_err(db_error)?;
+        rows.map(|r| r.map_err(db_error)).collect::<Result<_>>()?
+    };
+    for (id, body) in plain {
+        let batch = EncodedBatch::from_row(&body).ok_or_else(|| corrupt("outbox"))?;
+        tx.execute("DELETE FROM outbox_batches WHERE id = ?1", [id])
+            .map_err(db_error)?;
+        super::insert_outbox_row(tx, key, &batch)?;
+    }
+    Ok(())
 }
 
 /// Brings the database at `connection` to [`CURRENT_VERSION`].

@@ -330,6 +330,31 @@ impl Journal {
         }
     }
 
+    /// Adds a chat's entries (one lookup of the chat, not one per entry; a chat new to the
+    /// journal takes the map as it is).
+    fn add_chat(&mut self, chat_id: String, entries: KeyMap<Version>) {
+        match self.chats.get_mut(&chat_id) {
+            None => {
+                self.entries += entries.len();
+                self.chats.insert(chat_id, entries);
+            }
+            Some(chat) => {
+                for (key, version) in entries {
+                    match chat.get(&key) {
+                        Some(existing) if existing.stamp >= version.stamp => {}
+                        Some(_) => {
+                            chat.insert(key, version);
+                        }
+                        None => {
+                            chat.insert(key, version);
+                            self.entries += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     fn get(&self, chat_id: &str, key: &MessageKey) -> Option<Version> {
         self.chats.get(chat_id)?.get(key).copied()
     }
@@ -387,9 +412,7 @@ impl CacheUpdate {
         match self.journal {
             Some(added) => {
                 for (chat_id, entries) in added {
-                    for (key, version) in entries {
-                        journal.add(&chat_id, key, version);
-                    }
+                    journal.add_chat(chat_id, entries);
                 }
             }
             None => *journal = Journal::default(),

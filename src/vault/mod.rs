@@ -426,9 +426,6 @@ impl Vault {
             }
         }
         local.record(&operations, &rows, |tx| {
-            for row in &rows {
-                local::insert_outbox_row(tx, row)?;
-            }
             if let Some(last) = new_clock.last() {
                 local::set_meta(tx, META_CLOCK, &last.to_sortable_bytes())?;
             }
