@@ -268,6 +268,9 @@ impl ObjectStore for Flaky {
     async fn delete(&self, key: &str) -> StoreResult<()> {
         self.inner.delete(key).await
     }
+    fn requests_sent(&self) -> u64 {
+        self.inner.requests_sent()
+    }
 }
 
 #[tokio::test]

@@ -71,4 +71,7 @@ impl ObjectStore for Counting {
     async fn delete(&self, key: &str) -> StoreResult<()> {
         self.inner.delete(key).await
     }
+    fn requests_sent(&self) -> u64 {
+        self.inner.requests_sent()
+    }
 }
