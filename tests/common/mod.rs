@@ -75,3 +75,29 @@ impl ObjectStore for Counting {
         self.inner.requests_sent()
     }
 }
+
+/// Fails unless neither the rendered message nor the Debug form of `error` carries a
+/// credential of `config` or a presigned URL's signing parameters.
+pub fn assert_no_secrets(error: &(impl std::fmt::Display + std::fmt::Debug), config: &S3Config) {
+    for shown in [error.to_string(), format!("{error:?}")] {
+        let lower = shown.to_ascii_lowercase();
+        for parameter in [
+            "x-amz-signature",
+            "x-amz-credential",
+            "x-amz-security-token",
+        ] {
+            assert!(!lower.contains(parameter), "{parameter} in {shown}");
+        }
+        let mut secrets = vec![
+            config.access_key_id.as_str(),
+            config.secret_access_key.as_str(),
+        ];
+        secrets.extend(config.session_token.as_deref());
+        for secret in secrets {
+            assert!(
+                secret.is_empty() || !shown.contains(secret),
+                "a credential in {shown}"
+            );
+        }
+    }
+}

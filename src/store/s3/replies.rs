@@ -65,20 +65,23 @@ pub(super) fn describe(error: reqwest::Error) -> String {
     text
 }
 
-/// The rustls error behind a failed request, if TLS failed. (An `io::Error` wrapping it does not
-/// list it among its sources: `io::Error::source` skips the wrapped error itself.)
+/// The rustls error behind a failed request, if TLS failed. (reqwest wraps it in nested
+/// `io::Error`s, and `io::Error::source` skips the error it wraps: unwrap them by hand.)
 fn tls_failure(error: &reqwest::Error) -> Option<&rustls::Error> {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(cause) = source {
-        if let Some(tls) = cause.downcast_ref::<rustls::Error>() {
-            return Some(tls);
-        }
-        if let Some(tls) = cause
-            .downcast_ref::<std::io::Error>()
-            .and_then(std::io::Error::get_ref)
-            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        {
-            return Some(tls);
+        let mut wrapped = cause;
+        loop {
+            if let Some(tls) = wrapped.downcast_ref::<rustls::Error>() {
+                return Some(tls);
+            }
+            match wrapped
+                .downcast_ref::<std::io::Error>()
+                .and_then(std::io::Error::get_ref)
+            {
+                Some(inner) => wrapped = inner,
+                None => break,
+            }
         }
         source = cause.source();
     }
