@@ -51,10 +51,16 @@ fn main() {
         .any(|a| a == "--ignored" || a == "--include-ignored");
     if !asked {
         println!(
-            "test {NAME} ... ignored, needs the S3 test servers (scripts/s3-servers.sh) and --include-ignored"
+            "test {NAME} ... ignored, S3: needs scripts/s3-servers.sh, run with --include-ignored"
+        );
+        assert!(
+            std::env::var("CHATVAULT_REQUIRE_S3").as_deref() != Ok("1"),
+            "CHATVAULT_REQUIRE_S3=1 but the S3 tests are ignored: run cargo test -- --include-ignored"
         );
         return;
     }
+    // Fails here, before anything else, without the servers.
+    common::s3_server("GARAGE");
     let material = tempfile::tempdir().unwrap();
     make_certificates(material.path());
     let status = std::process::Command::new(std::env::current_exe().unwrap())
