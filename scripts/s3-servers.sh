@@ -9,7 +9,8 @@
 #   scripts/s3-servers.sh stop DIR     stop them
 #
 # DIR/env exports CHATVAULT_TEST_{GARAGE,MOTO}_{URL,ACCESS_KEY,SECRET_KEY,PID}; the URLs are
-# s3:// store URLs (see StoreConfig::parse). Then: `source DIR/env; CHATVAULT_REQUIRE_S3=1 cargo test`.
+# s3:// store URLs (see StoreConfig::parse). Then: `source DIR/env; cargo test -- --include-ignored`
+# (the S3 tests are #[ignore]d otherwise; CHATVAULT_REQUIRE_S3=1 fails a run that leaves them out).
 #
 # Caches live in ${XDG_CACHE_HOME:-~/.cache}/chatvault: garage-<version>/bin/garage and
 # moto-venv-<version>/. moto comes from the system python3 if it already has exactly the pinned

@@ -295,6 +295,7 @@ fn killed_uploads_and_downloads_resume_on_a_directory_store() {
 }
 
 #[test]
+#[ignore = "S3: needs scripts/s3-servers.sh, run with --include-ignored"]
 fn killed_uploads_and_downloads_resume_on_garage() {
     let Some(config) = common::s3_server("GARAGE") else {
         return;

@@ -3,6 +3,8 @@
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{ObjectInfo, ObjectStore, StoreError, StoreResult};
 
@@ -15,6 +17,8 @@ const STALE_TEMP_AGE: std::time::Duration = std::time::Duration::from_secs(3600)
 #[derive(Debug, Clone)]
 pub struct DirectoryStore {
     root: PathBuf,
+    /// Operations run, shared by clones (see [`ObjectStore::requests_sent`]).
+    operations: Arc<AtomicU64>,
 }
 
 fn io_error(error: std::io::Error) -> StoreError {
@@ -24,7 +28,10 @@ fn io_error(error: std::io::Error) -> StoreError {
 impl DirectoryStore {
     /// A store rooted at `root` (created on the first write).
     pub fn new(root: PathBuf) -> Self {
-        DirectoryStore { root }
+        DirectoryStore {
+            root,
+            operations: Arc::new(AtomicU64::new(0)),
+        }
     }
 
     /// The path of `key`, refusing keys that could escape the root (see
@@ -42,9 +49,12 @@ impl DirectoryStore {
         Ok(self.root.join(key))
     }
 
+    /// Runs one operation's file work off the async threads, and counts it.
     async fn blocking<T: Send + 'static>(
+        &self,
         work: impl FnOnce() -> StoreResult<T> + Send + 'static,
     ) -> StoreResult<T> {
+        self.operations.fetch_add(1, Ordering::Relaxed);
         tokio::task::spawn_blocking(work)
             .await
             .map_err(|e| StoreError::Io(format!("I/O task failed: {e}")))?
@@ -195,23 +205,23 @@ fn walk(root: &Path, dir: &Path, prefix: &str, out: &mut Vec<ObjectInfo>) -> Sto
 impl ObjectStore for DirectoryStore {
     async fn put(&self, key: &str, body: Vec<u8>) -> StoreResult<()> {
         let path = self.path_of(key)?;
-        Self::blocking(move || write_atomically(&path, &body)).await
+        self.blocking(move || write_atomically(&path, &body)).await
     }
 
     async fn get(&self, key: &str) -> StoreResult<Option<Vec<u8>>> {
         let path = self.path_of(key)?;
-        Self::blocking(move || read(&path, None)).await
+        self.blocking(move || read(&path, None)).await
     }
 
     async fn get_range(&self, key: &str, range: Range<u64>) -> StoreResult<Option<Vec<u8>>> {
         let path = self.path_of(key)?;
-        Self::blocking(move || read(&path, Some(range))).await
+        self.blocking(move || read(&path, Some(range))).await
     }
 
     async fn list(&self, prefix: &str) -> StoreResult<Vec<ObjectInfo>> {
         let root = self.root.clone();
         let prefix = prefix.to_owned();
-        Self::blocking(move || {
+        self.blocking(move || {
             let mut out = Vec::new();
             walk(&root, &root, &prefix, &mut out)?;
             out.sort_by(|a, b| a.key.cmp(&b.key));
@@ -222,11 +232,15 @@ impl ObjectStore for DirectoryStore {
 
     async fn delete(&self, key: &str) -> StoreResult<()> {
         let path = self.path_of(key)?;
-        Self::blocking(move || match std::fs::remove_file(&path) {
+        self.blocking(move || match std::fs::remove_file(&path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_error(e)),
             _ => Ok(()),
         })
         .await
+    }
+
+    fn requests_sent(&self) -> u64 {
+        self.operations.load(Ordering::Relaxed)
     }
 }
 

@@ -36,6 +36,7 @@ pub use url::{StoreConfig, open_store, parse_s3_url};
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// One object as listed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +65,11 @@ pub enum StoreError {
     /// A local I/O error (directory store).
     #[error("store I/O error: {0}")]
     Io(String),
+    /// The server's TLS certificate was refused (issued by an authority the platform does not
+    /// trust, for another host name, expired, ...). Retrying cannot help: the endpoint, the
+    /// device's trust store or the server's certificate must change.
+    #[error("store's TLS certificate refused: {0}")]
+    UntrustedServer(String),
     /// Anything else the store answered that this client cannot act on.
     #[error("store error: {0}")]
     Other(String),
@@ -92,6 +98,12 @@ pub trait ObjectStore: Send + Sync {
     async fn list(&self, prefix: &str) -> StoreResult<Vec<ObjectInfo>>;
     /// Deletes an object; deleting a missing object is not an error.
     async fn delete(&self, key: &str) -> StoreResult<()>;
+    /// How many requests this store has sent since it was created (clones that share a
+    /// connection pool share the count): for the S3 store every HTTP request handed to the
+    /// network, retries, every page of a listing and every part of a multipart upload included;
+    /// for stores without a network (directory, memory), one per operation that passed key
+    /// validation. A caller measures an operation by the difference before and after it.
+    fn requests_sent(&self) -> u64;
 }
 
 /// An in-memory store (tests and examples).
@@ -99,6 +111,8 @@ pub trait ObjectStore: Send + Sync {
 pub struct MemoryStore {
     /// Body and time of writing, per key.
     objects: Mutex<BTreeMap<String, (Vec<u8>, u64)>>,
+    /// Operations served (see [`ObjectStore::requests_sent`]).
+    operations: AtomicU64,
 }
 
 impl MemoryStore {
@@ -109,6 +123,8 @@ impl MemoryStore {
 
     #[allow(clippy::type_complexity)]
     fn lock(&self) -> StoreResult<std::sync::MutexGuard<'_, BTreeMap<String, (Vec<u8>, u64)>>> {
+        // Every operation takes the lock exactly once, after validating its key.
+        self.operations.fetch_add(1, Ordering::Relaxed);
         self.objects
             .lock()
             .map_err(|_| StoreError::Other("memory store poisoned".into()))
@@ -155,5 +171,9 @@ impl ObjectStore for MemoryStore {
         validate_key(key)?;
         self.lock()?.remove(key);
         Ok(())
+    }
+
+    fn requests_sent(&self) -> u64 {
+        self.operations.load(Ordering::Relaxed)
     }
 }

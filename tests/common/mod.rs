@@ -16,16 +16,18 @@ pub fn run_id() -> String {
 }
 
 /// The configuration of test server `name` ("GARAGE" or "MOTO") under a fresh prefix, from the
-/// variables `scripts/s3-servers.sh` writes. `None` (and a SKIPPED line) when they are not set,
-/// unless `CHATVAULT_REQUIRE_S3=1`, which makes their absence a failure.
+/// variables `scripts/s3-servers.sh` writes.
+///
+/// The tests that call this are `#[ignore]`d with a reason naming the servers, so a plain
+/// `cargo test` without them lists each as ignored and counts them in its summary, instead of
+/// passing tests that checked nothing. Asked for (`-- --include-ignored` or `--ignored`), they
+/// need the servers: their absence is a failure, never a silent pass.
 pub fn s3_server(name: &str) -> Option<S3Config> {
     let Ok(url) = std::env::var(format!("CHATVAULT_TEST_{name}_URL")) else {
-        assert!(
-            std::env::var("CHATVAULT_REQUIRE_S3").as_deref() != Ok("1"),
-            "CHATVAULT_TEST_{name}_URL is not set but CHATVAULT_REQUIRE_S3=1: start the servers with scripts/s3-servers.sh"
+        panic!(
+            "CHATVAULT_TEST_{name}_URL is not set: start the servers with scripts/s3-servers.sh \
+             start DIR and source DIR/env (or leave out --include-ignored to skip the S3 tests)"
         );
-        eprintln!("SKIPPED: {name} tests (CHATVAULT_TEST_{name}_URL not set)");
-        return None;
     };
     let mut config = parse_s3_url(&url).expect("valid test server URL");
     config.prefix = format!("{}/{}", config.prefix, run_id());
@@ -70,5 +72,46 @@ impl ObjectStore for Counting {
     }
     async fn delete(&self, key: &str) -> StoreResult<()> {
         self.inner.delete(key).await
+    }
+    fn requests_sent(&self) -> u64 {
+        self.inner.requests_sent()
+    }
+}
+
+/// Fails unless neither the rendered message nor the Debug form of `error` carries a
+/// credential of `config` or a presigned URL's signing parameters.
+pub fn assert_no_secrets(error: &(impl std::fmt::Display + std::fmt::Debug), config: &S3Config) {
+    for shown in [error.to_string(), format!("{error:?}")] {
+        let lower = shown.to_ascii_lowercase();
+        for parameter in [
+            "x-amz-signature",
+            "x-amz-credential",
+            "x-amz-security-token",
+        ] {
+            assert!(!lower.contains(parameter), "{parameter} in {shown}");
+        }
+        let mut secrets = vec![
+            config.access_key_id.as_str(),
+            config.secret_access_key.as_str(),
+        ];
+        secrets.extend(config.session_token.as_deref());
+        for secret in secrets {
+            assert!(
+                secret.is_empty() || !shown.contains(secret),
+                "a credential in {shown}"
+            );
+        }
+    }
+}
+
+/// `CHATVAULT_REQUIRE_S3=1` (CI) promises that the S3 tests ran: it fails a run that leaves them
+/// out (they are `#[ignore]`d unless `--include-ignored` or `--ignored` is passed).
+#[test]
+fn required_s3_tests_are_not_left_out() {
+    if std::env::var("CHATVAULT_REQUIRE_S3").as_deref() == Ok("1") {
+        assert!(
+            std::env::args().any(|a| a == "--include-ignored" || a == "--ignored"),
+            "CHATVAULT_REQUIRE_S3=1 but the S3 tests are ignored: run cargo test -- --include-ignored"
+        );
     }
 }
