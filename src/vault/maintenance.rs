@@ -15,7 +15,7 @@ impl Vault {
     /// of known checkpoints.
     pub async fn verify(&self) -> Result<VerifyReport> {
         let mut scratch = SyncReport::default();
-        let listed = self.list_vault(&mut scratch).await?;
+        let listed = self.list_vault().await?;
         let names = segment_names(&listed);
         let mut checkpoint = self.newest_checkpoint(&listed, &mut scratch).await?;
         let base = coverage(checkpoint.as_ref().map(|c| c.covered.as_slice()));
@@ -230,7 +230,7 @@ impl Vault {
         let never = CancelToken::new();
         self.push(None, &mut scratch, &never).await?;
         self.pull(None, None, &mut scratch, &never).await?;
-        let (log, _) = self.collect_log_garbage(grace_ms).await?;
+        let log = self.collect_log_garbage(grace_ms).await?;
         let attachments = self.collect_attachment_garbage(grace_ms).await?;
         Ok(log + attachments)
     }
@@ -277,10 +277,10 @@ impl Vault {
     }
 
     /// The segment, checkpoint and pack part of [`collect_garbage`](Self::collect_garbage).
-    /// Returns the objects deleted and the requests made.
-    pub(super) async fn collect_log_garbage(&self, grace_ms: u64) -> Result<(u64, u64)> {
+    /// Returns the objects deleted.
+    pub(super) async fn collect_log_garbage(&self, grace_ms: u64) -> Result<u64> {
         let mut scratch = SyncReport::default();
-        let listed = self.list_vault(&mut scratch).await?;
+        let listed = self.list_vault().await?;
         let Some(NewestCheckpoint {
             name: newest,
             covered,
@@ -288,14 +288,14 @@ impl Vault {
             ..
         }) = self.newest_checkpoint(&listed, &mut scratch).await?
         else {
-            return Ok((0, scratch.requests));
+            return Ok(0);
         };
         if now_ms() < created_at_ms.saturating_add(grace_ms) {
-            return Ok((0, scratch.requests));
+            return Ok(0);
         }
         let base = coverage(Some(&covered));
         let Some(newest_id) = parse_checkpoint_name(&newest) else {
-            return Ok((0, scratch.requests));
+            return Ok(0);
         };
         // Packs are written before their index, so packs without a listed index may belong to a
         // checkpoint another device is writing right now: only packs of a listed, superseded
@@ -332,7 +332,7 @@ impl Vault {
                 deleted += 1;
             }
         }
-        Ok((deleted, scratch.requests + deleted))
+        Ok(deleted)
     }
 }
 

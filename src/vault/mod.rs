@@ -125,7 +125,8 @@ pub struct SyncReport {
     pub objects_down: u64,
     /// Bytes downloaded.
     pub bytes_down: u64,
-    /// Requests sent to the store (LIST, GET, PUT).
+    /// HTTP requests the store sent (every LIST page, GET, PUT, DELETE and retry; for local
+    /// stores, one per operation).
     pub requests: u64,
     /// Local operations uploaded.
     pub operations_sent: u64,
@@ -463,6 +464,10 @@ impl Vault {
         cancel: &CancelToken,
     ) -> Result<SyncReport> {
         let _guard = self.sync_lock.lock().await;
+        // Requests are what the store sent over the wire (every LIST page, retry and multipart
+        // part), not what this code asked for. Anything else using the same store meanwhile (an
+        // attachment transfer) counts too.
+        let requests_before = self.store.requests_sent();
         let mut report = SyncReport::default();
         self.push(progress, &mut report, cancel).await?;
         let uncovered = self.pull(progress, listener, &mut report, cancel).await?;
@@ -477,7 +482,6 @@ impl Vault {
             let written = self.write_checkpoint().await?;
             report.objects_up += written.objects;
             report.bytes_up += written.bytes;
-            report.requests += written.objects;
         } else if let Some(created_at_ms) = uncovered.garbage_since_ms {
             // What the newest checkpoint replaced goes once it is old enough: no app has to
             // remember to call collect_garbage for the bucket to stop growing.
@@ -485,9 +489,8 @@ impl Vault {
                 .auto_gc_grace_ms
                 .load(std::sync::atomic::Ordering::Relaxed);
             if now_ms() >= created_at_ms.saturating_add(grace) {
-                let (deleted, requests) = self.collect_log_garbage(grace).await?;
+                let deleted = self.collect_log_garbage(grace).await?;
                 report.objects_deleted += deleted;
-                report.requests += requests;
             }
         }
         if report.operations_sent > 0 || report.segments_applied > 0 {
@@ -495,6 +498,7 @@ impl Vault {
             // there are enough of them they go back to the file system.
             lock(&self.local)?.compact()?;
         }
+        report.requests = self.store.requests_sent().saturating_sub(requests_before);
         Ok(report)
     }
 
@@ -506,7 +510,6 @@ impl Vault {
                 pending.object,
             )
             .await?;
-        report.requests += 1;
         report.objects_up += 1;
         report.bytes_up += size;
         let head = Head {

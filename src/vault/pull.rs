@@ -9,10 +9,9 @@ use super::*;
 
 impl Vault {
     /// One LIST of the whole vault prefix, keys made relative to it.
-    pub(super) async fn list_vault(&self, report: &mut SyncReport) -> Result<Vec<ObjectInfo>> {
+    pub(super) async fn list_vault(&self) -> Result<Vec<ObjectInfo>> {
         let prefix = self.prefix();
         let listed = self.store.list(&prefix).await?;
-        report.requests += 1;
         Ok(listed
             .into_iter()
             .map(|info| ObjectInfo {
@@ -92,7 +91,6 @@ impl Vault {
                     name: name.to_owned(),
                 })
             })?;
-        report.requests += 1;
         report.objects_down += 1;
         report.bytes_down += object.len() as u64;
         Ok(object)
@@ -215,7 +213,6 @@ impl Vault {
         report: &mut SyncReport,
     ) -> Result<(OpenedSegment, u64)> {
         let (segment, size) = self.fetch_segment(fetch).await?;
-        report.requests += 1;
         report.objects_down += 1;
         report.bytes_down += size;
         Ok((segment, size))
@@ -249,7 +246,7 @@ impl Vault {
         if let Some(progress) = progress {
             progress.on_progress(SyncPhase::List, 0, 1);
         }
-        let listed = self.list_vault(report).await?;
+        let listed = self.list_vault().await?;
         let names = segment_names(&listed);
         let mut checkpoint = self.newest_checkpoint(&listed, report).await?;
         let base = coverage(checkpoint.as_ref().map(|c| c.covered.as_slice()));
@@ -352,7 +349,6 @@ impl Vault {
                 return Err(Error::Cancelled);
             }
             let (segment, size) = arrived?;
-            report.requests += 1;
             report.objects_down += 1;
             report.bytes_down += size;
             let device = segment.head.device;

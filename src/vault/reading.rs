@@ -82,7 +82,7 @@ impl Vault {
     /// any) and every segment written after the checkpoint: everything but its blocks.
     async fn start_reading(&self, chat_id: &str) -> Result<ChatReading> {
         let mut scratch = SyncReport::default();
-        let listed = self.list_vault(&mut scratch).await?;
+        let listed = self.list_vault().await?;
         let names = segment_names(&listed);
         let checkpoint = self.newest_checkpoint(&listed, &mut scratch).await?;
         let base = coverage(checkpoint.as_ref().map(|c| c.covered.as_slice()));
