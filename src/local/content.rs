@@ -51,14 +51,27 @@ struct Merge<'t, 'c> {
     cached: Option<EncodedBatch>,
     /// Chats a deletion touched: their cache is dropped if nothing of them is left.
     deleted_chats: BTreeSet<String>,
+    /// Chat records read or written in this transaction.
+    chats: std::cell::RefCell<std::collections::HashMap<String, Option<ChatRecord>>>,
 }
 
 impl StateStore for Merge<'_, '_> {
     fn chat(&self, chat_id: &str) -> Result<Option<ChatRecord>> {
-        read_chat(self.tx, chat_id)
+        // Every operation asks for its chat: answer repeated questions from memory.
+        if let Some(record) = self.chats.borrow().get(chat_id) {
+            return Ok(record.clone());
+        }
+        let record = read_chat(self.tx, chat_id)?;
+        self.chats
+            .borrow_mut()
+            .insert(chat_id.to_owned(), record.clone());
+        Ok(record)
     }
 
     fn put_chat(&mut self, chat_id: &str, record: ChatRecord) -> Result<()> {
+        self.chats
+            .borrow_mut()
+            .insert(chat_id.to_owned(), Some(record.clone()));
         let (meta_stamp, chat) = match &record.meta {
             Some((stamp, chat)) => (
                 Some(stamp.to_sortable_bytes().to_vec()),
@@ -275,6 +288,7 @@ impl LocalState {
                     versions: VersionWriter::new(devices, runs, journal),
                     cached: (setting != CacheSetting::Off).then(EncodedBatch::new),
                     deleted_chats: BTreeSet::new(),
+                    chats: Default::default(),
                 };
                 let mut changed = 0;
                 for operation in operations {
@@ -326,6 +340,7 @@ impl LocalState {
                     versions: VersionWriter::new(devices, runs, journal),
                     cached: None,
                     deleted_chats: BTreeSet::new(),
+                    chats: Default::default(),
                 };
                 for operation in operations {
                     match &operation.change {
