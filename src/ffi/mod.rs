@@ -608,9 +608,10 @@ impl core::fmt::Debug for S3Credentials {
     }
 }
 
-/// An open vault on this device. Every async method's body runs inside
-/// [`settle::settled`], so that no runtime thread is still inside a foreign continuation callback
-/// once the foreign side has a result (see `settle.rs`: the Python exit abort).
+/// An open vault on this device.
+// Every async method's body runs inside `settle::settled`, so that no runtime thread is still
+// inside a foreign continuation callback once the foreign side has a result (settle.rs: the
+// Python exit abort).
 #[derive(uniffi::Object)]
 pub struct Vault(vault::Vault);
 
