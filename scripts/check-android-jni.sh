@@ -158,8 +158,10 @@ javac -cp "$work/classes:$kotlin/lib/kotlin-stdlib.jar" -d "$work/classes" \
   "$work/java/org/chatvault/Probe.java" "$work/java/org/chatvault/JniHarness.java"
 java -Xcheck:jni -Djava.library.path="$root/target/android-jni-check/debug" \
   -cp "$work/classes:$kotlin/lib/kotlin-stdlib.jar" org.chatvault.JniHarness 2>&1 | tee "$work/harness.log"
-# -Xcheck:jni reports misuse as warnings without failing the run.
-if grep -q -i "warning: JNI\|FATAL ERROR in native method" "$work/harness.log"; then
+# -Xcheck:jni reports misuse without failing the run. HotSpot prints "WARNING in native method:
+# ..." (for example "JNI call made with exception pending"), "FATAL ERROR in native method: ..."
+# and "WARNING: JNI local refs: ..."; any of them fails the check.
+if grep -q -i -E "warning in native method|fatal error in native method|warning: jni" "$work/harness.log"; then
   echo "the JVM's JNI checker complained (above)" >&2
   exit 1
 fi

@@ -140,7 +140,9 @@ start() {
   stop "$dir"  # idempotent: a second start replaces the first
   rm -rf "$dir/garage" "$dir/env"
   mkdir -p "$dir/garage/meta" "$dir/garage/data"
-  local access_key="GK$(hex 12)" secret_key; secret_key=$(hex 32)
+  local access_key secret_key
+  access_key="GK$(hex 12)"
+  secret_key=$(hex 32)
   start_garage "$dir" "$access_key" "$secret_key" || { stop "$dir"; die "Garage did not start"; }
   start_moto "$dir" "$(moto_python)" || { stop "$dir"; die "moto did not start"; }
   # moto checks no signature: create its bucket with a plain PUT (200, or 409 if it exists).

@@ -12,6 +12,27 @@ cargo fmt --all -- --check
 step "cargo clippy (all targets, all features, warnings are errors)"
 cargo clippy --all-targets --all-features -- -D warnings
 
+step "clippy for aarch64-linux-android (src/ffi/android.rs; checked, not linked: no NDK here)"
+# The target's standard library comes from rustup; the C parts of dependencies (ring, SQLite,
+# zstd) only need to compile, which Debian's aarch64 cross gcc does. Both installed once.
+if ! rustup target list --installed | grep -qx aarch64-linux-android; then
+  rustup target add aarch64-linux-android
+fi
+if ! command -v aarch64-linux-gnu-gcc >/dev/null; then
+  apt-get update -qq >/dev/null && apt-get install -y -qq gcc-aarch64-linux-gnu >/dev/null
+fi
+CC_aarch64_linux_android=aarch64-linux-gnu-gcc AR_aarch64_linux_android=aarch64-linux-gnu-ar \
+  cargo clippy --quiet --lib --target aarch64-linux-android --features ffi -- -D warnings
+
+step "shellcheck (every script)"
+if ! command -v shellcheck >/dev/null; then
+  apt-get update -qq >/dev/null && apt-get install -y -qq shellcheck >/dev/null
+fi
+shellcheck scripts/*.sh .ci/run
+
+step "every test the README and docs cite exists"
+bash scripts/check-doc-citations.sh
+
 step "cargo doc (broken links and missing docs are errors)"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features --quiet
 

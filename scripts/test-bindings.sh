@@ -59,6 +59,22 @@ cp "$library" "$out/python/"
 python_bin=$(bash scripts/python-env.sh | tail -n 1)
 CHATVAULT_PY_DIR="$out/python" "$python_bin" bindings/python/test_chatvault.py
 
+echo "--- Python: a program using the binding exits cleanly, 100 runs out of 100"
+# It aborted at interpreter exit now and then (SIGABRT, "FATAL: exception not rethrown"); see
+# bindings/python/exit_cleanly.py and src/ffi/settle.rs. Each run must exit 0 with nothing on
+# stderr.
+for run in $(seq 1 100); do
+  status=0
+  CHATVAULT_PY_DIR="$out/python" "$python_bin" bindings/python/exit_cleanly.py \
+    > "$out/exit.out" 2> "$out/exit.err" || status=$?
+  if [ "$status" -ne 0 ] || [ -s "$out/exit.err" ]; then
+    cat "$out/exit.out" "$out/exit.err" >&2
+    echo "run $run of the exit program ended with status $status (output above)" >&2
+    exit 1
+  fi
+done
+echo "100 clean exits ($(cat "$out/exit.out"))"
+
 echo "--- Kotlin (JVM)"
 kotlin="$CACHE/kotlin-$KOTLIN_VERSION/package"
 if [ ! -x "$kotlin/bin/kotlinc-jvm" ]; then

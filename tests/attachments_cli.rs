@@ -75,41 +75,95 @@ impl Env {
         (String::from_utf8_lossy(&output.stdout).into_owned(), events)
     }
 
-    /// Runs a command with `--progress` and SIGKILLs it once a progress event reports at least
-    /// `fraction` of the file done; returns the bytes the last event before the kill reported.
+    /// Runs a command with its transfer pause point at `fraction` of the file
+    /// (`CHATVAULT_TEST_PAUSE_AFTER_BYTES`: the child stops after a completed chunk, with nothing
+    /// in flight, and waits), SIGKILLs it once it says it paused, and returns the bytes of the
+    /// file done at that point. The child cannot finish first: it waits until killed.
     fn run_and_kill(&self, device: &str, args: &[&str], fraction: f64) -> u64 {
+        let total = u64::try_from(FILE_MIB << 20).unwrap();
+        let pause_at = (fraction * total as f64) as u64;
         let mut child = self
             .command(device, args)
+            .env("CHATVAULT_TEST_PAUSE_AFTER_BYTES", pause_at.to_string())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
         let stderr = child.stderr.take().unwrap();
         let mut done_at_kill = None;
+        let mut seen = Vec::new();
         for line in BufReader::new(stderr).lines() {
             let line = line.unwrap();
-            let Ok(event) = serde_json::from_str::<Value>(&line) else {
-                continue;
-            };
-            if event["event"] == "progress" {
-                let done = event["done"].as_u64().unwrap();
-                let total = event["total"].as_u64().unwrap();
-                if done as f64 >= fraction * total as f64 {
-                    child.kill().unwrap();
-                    done_at_kill = Some(done);
-                    break;
-                }
+            if let Ok(event) = serde_json::from_str::<Value>(&line)
+                && event["event"] == "pausing"
+            {
+                done_at_kill = event["done"].as_u64();
             }
+            if line == "paused" {
+                child.kill().unwrap();
+                break;
+            }
+            seen.push(line);
         }
         let status = child.wait().unwrap();
         use std::os::unix::process::ExitStatusExt;
         assert_eq!(
             status.signal(),
             Some(9),
-            "the process was killed, not finished"
+            "the process was to wait at its pause point until killed: {seen:?}"
         );
-        done_at_kill.expect("progress was reported before the kill")
+        let done = done_at_kill.expect("the pause point reported the bytes done");
+        assert!(done >= pause_at, "paused at {done}, before {pause_at}");
+        done
     }
+
+    /// Bytes the store has received for this vault, measured at the store: every file under a
+    /// directory store's root (temporary files of an interrupted write included), or the
+    /// objects Garage lists (`chatvault stats`, which sums the server's listing).
+    fn bytes_at_store(&self) -> u64 {
+        match self.store.strip_prefix("file://") {
+            Some(root) => bytes_under(Path::new(root)),
+            None => {
+                let (stdout, _) = self.run("phone", &["stats", "--json"]);
+                let stats: Value = serde_json::from_str(stdout.trim()).unwrap();
+                stats["bytes"].as_u64().unwrap()
+            }
+        }
+    }
+}
+
+/// Every file under a directory store's root with its inode: a rewritten object gets a new one
+/// (objects are written to a temporary file and renamed), which sizes alone would not show.
+fn files_under(path: &Path, out: &mut std::collections::BTreeMap<PathBuf, u64>) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return;
+    };
+    for entry in entries {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_dir() {
+            files_under(&entry.path(), out);
+        } else {
+            out.insert(entry.path(), entry.metadata().unwrap().ino());
+        }
+    }
+}
+
+fn bytes_under(path: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return 0;
+    };
+    entries
+        .map(|entry| {
+            let entry = entry.unwrap();
+            let kind = entry.file_type().unwrap();
+            if kind.is_dir() {
+                bytes_under(&entry.path())
+            } else {
+                entry.metadata().unwrap().len()
+            }
+        })
+        .sum()
 }
 
 fn summary(events: &[Value]) -> &Value {
@@ -183,32 +237,61 @@ fn kill_and_resume(env: &Env) {
         chunk_kib.as_str(),
     ];
 
-    // Upload: kill at 40%, then resume.
+    // Upload: kill at 40%, then resume. What the runs send is measured at the store, from a
+    // vault that exists already (`init`), so that only attachment chunks arrive meanwhile.
     let count = stream::chunk_count(size, chunk);
     let object_len = |i: u64| stream::chunk_object_len(size, chunk, i);
+    env.run("phone", &["init"]);
+    let at_start = env.bytes_at_store();
     let done_at_kill = env.run_and_kill("phone", &import, 0.4);
     assert!(done_at_kill < size, "killed before the end");
+    let sent_before = env.bytes_at_store() - at_start;
+    let mut files_before = std::collections::BTreeMap::new();
+    if let Some(root) = env.store.strip_prefix("file://") {
+        files_under(Path::new(root), &mut files_before);
+    }
     let (_, events) = env.run("phone", &import);
+    let sent_after = env.bytes_at_store() - at_start - sent_before;
+    if let Some(root) = env.store.strip_prefix("file://") {
+        let mut files_after = std::collections::BTreeMap::new();
+        files_under(Path::new(root), &mut files_after);
+        for (path, inode) in &files_before {
+            assert_eq!(
+                files_after.get(path),
+                Some(inode),
+                "{} was written again by the resumed upload",
+                path.display()
+            );
+        }
+    }
     let resumed = summary(&events);
     let skipped = resumed["chunks_skipped"].as_u64().unwrap();
-    let sent_after = resumed["bytes_transferred"].as_u64().unwrap();
-    assert!(
-        skipped >= done_at_kill / u64::from(chunk),
-        "every chunk reported done before the kill is kept: {skipped} chunks"
+    assert_eq!(
+        skipped,
+        done_at_kill / u64::from(chunk),
+        "every chunk done before the kill is kept, and only those"
     );
     assert!(skipped < count, "the kill left chunks to send");
+    assert_eq!(
+        sent_before,
+        (0..skipped).map(object_len).sum::<u64>(),
+        "the killed run stored exactly the chunks it reported done"
+    );
     let expected_after: u64 = (skipped..count).map(object_len).sum();
     assert_eq!(
         sent_after, expected_after,
         "the resumed upload sends only missing chunks"
     );
-    // Before the kill at most `skipped` whole chunks and the one in flight went out.
-    let sent_before_at_most: u64 = (0..=skipped).map(object_len).sum();
-    let total_sent = sent_before_at_most + sent_after;
+    assert_eq!(
+        resumed["bytes_transferred"].as_u64().unwrap(),
+        sent_after,
+        "the CLI's report agrees with the store"
+    );
+    let total_sent = sent_before + sent_after;
     let stored = stream::stored_len(size, chunk);
-    assert!(
-        total_sent <= stored + object_len(0),
-        "{total_sent} bytes sent for a {size}-byte file ({stored} stored)"
+    assert_eq!(
+        total_sent, stored,
+        "{total_sent} bytes reached the store for a {size}-byte file ({stored} stored)"
     );
     let upload_peak = resumed["peak_rss_kib"].as_u64().expect("VmHWM on Linux");
     env.run("phone", &["sync"]);
@@ -226,14 +309,15 @@ fn kill_and_resume(env: &Env) {
         "--progress",
     ];
     let done_at_kill = env.run_and_kill("laptop", &restore, 0.4);
-    assert!(done_at_kill < size);
+    assert!(done_at_kill < size, "killed before the end");
     let (stdout, events) = env.run("laptop", &restore);
     let resumed = summary(&events);
     let kept = resumed["chunks_skipped"].as_u64().unwrap();
     let fetched_after = resumed["bytes_transferred"].as_u64().unwrap();
-    assert!(
-        kept >= done_at_kill / u64::from(chunk),
-        "{kept} chunks kept"
+    assert_eq!(
+        kept,
+        done_at_kill / u64::from(chunk),
+        "every chunk on disk before the kill is kept"
     );
     let content_chunks = size.div_ceil(u64::from(chunk));
     let expected_after: u64 = (kept..content_chunks).map(object_len).sum();
@@ -266,8 +350,8 @@ fn kill_and_resume(env: &Env) {
         assert!(peak < 64 * 1024, "peak RSS {peak} KiB");
     }
     eprintln!(
-        "kill/resume with {FILE_MIB} MiB in {CHUNK_KIB} KiB chunks: upload sent at most {total_sent} \
-         bytes in all ({stored} stored); download fetched {fetched_after} bytes after the kill; \
+        "kill/resume with {FILE_MIB} MiB in {CHUNK_KIB} KiB chunks: the two upload runs \
+         sent {total_sent} bytes in all, measured at the store ({sent_before} before the kill); download fetched {fetched_after} bytes after the kill; \
          peak RSS upload {upload_peak} KiB, download {download_peak} KiB"
     );
 

@@ -439,5 +439,77 @@ class Attachments(WithDirectoryStore):
             run(tablet.download_attachment(bad, out + "3", None, None))
 
 
+class CancellationPassphraseGarbageAndUsage(WithDirectoryStore):
+    """syncCancellable with a cancelled handle, the passphrase envelope, collectGarbage and usage,
+    each checked by what it returns and by its typed errors' cases and fields."""
+
+    def open(self, name, key):
+        return run(cv.Vault.open(self.store, os.path.join(self.dir, name), name, "python", key))
+
+    def test_a_cancelled_sync_sends_nothing_and_a_later_sync_completes(self):
+        key = cv.RecoveryKey.generate()
+        phone = self.open("phone", key)
+        run(phone.sync(None, None))
+        before = run(phone.usage())
+        phone.record([message("c", str(i), "x", i) for i in range(5)])
+        handle = cv.CancelHandle()
+        handle.cancel()
+        with self.assertRaises(cv.ChatVaultError.Cancelled):
+            run(phone.sync_cancellable(None, None, handle))
+        self.assertEqual(run(phone.usage()), before, "the cancelled sync uploaded something")
+        report = run(phone.sync_cancellable(None, None, cv.CancelHandle()))
+        self.assertEqual((report.operations_sent, report.objects_up), (5, 1))
+        tablet = self.open("tablet", key)
+        run(tablet.sync(None, None))
+        self.assertEqual([m.message_id for m in tablet.messages("c")], [str(i) for i in range(5)])
+
+    def test_passphrase_envelope_seals_opens_and_refuses(self):
+        key = cv.RecoveryKey.generate()
+        envelope = cv.seal_passphrase_envelope(key, "correct horse battery staple", 12)
+        opened = cv.open_passphrase_envelope(envelope, key.vault_id(), "correct horse battery staple")
+        self.assertEqual(opened.to_bytes(), key.to_bytes())
+        with self.assertRaises(cv.ChatVaultError.WrongPassphrase):
+            cv.open_passphrase_envelope(envelope, key.vault_id(), "correct horse battery stapler")
+        # The envelope is bound to its vault: another vault id does not open it either.
+        with self.assertRaises(cv.ChatVaultError.WrongPassphrase):
+            cv.open_passphrase_envelope(envelope, cv.RecoveryKey.generate().vault_id(),
+                                        "correct horse battery staple")
+        with self.assertRaises(cv.ChatVaultError.WeakPassphrase) as raised:
+            cv.seal_passphrase_envelope(key, "too short", 12)
+        self.assertEqual(raised.exception.detail, "9 characters, at least 12 needed")
+        with self.assertRaises(cv.ChatVaultError.InvalidInput) as raised:
+            cv.open_passphrase_envelope(envelope, "not hex", "correct horse battery staple")
+        self.assertEqual(raised.exception.detail, "a vault id is 32 hex characters")
+
+    def test_usage_counts_uploads_and_garbage_collection_deletes_unreferenced_content(self):
+        key = cv.RecoveryKey.generate()
+        phone = self.open("phone", key)
+        phone.record([message("c", "1", "x", 1)])
+        run(phone.sync(None, None))
+        start = run(phone.usage())
+        self.assertGreaterEqual(start.objects, 1)
+        path = os.path.join(self.dir, "draft.bin")
+        with open(path, "wb") as f:
+            f.write(os.urandom(300_000))
+        # Uploaded but never referenced by a message: garbage once older than the grace period.
+        upload = run(phone.attach_file(path, "draft.bin", "application/octet-stream", None, None))
+        self.assertEqual(upload.report.chunks_transferred, 1)
+        after_upload = run(phone.usage())
+        self.assertEqual(after_upload.objects, start.objects + upload.report.chunks_transferred)
+        self.assertEqual(after_upload.bytes, start.bytes + upload.report.bytes_transferred)
+        self.assertEqual(run(phone.collect_garbage(24)), 0, "content younger than the grace period went")
+        self.assertEqual(run(phone.usage()), after_upload)
+        deleted = run(phone.collect_garbage(0))
+        self.assertGreaterEqual(deleted, upload.report.chunks_transferred)
+        after_gc = run(phone.usage())
+        self.assertEqual(after_gc.objects, after_upload.objects - deleted)
+        self.assertLessEqual(after_gc.bytes, after_upload.bytes - upload.report.bytes_transferred)
+        with self.assertRaises(cv.ChatVaultError.Integrity) as raised:
+            run(phone.download_attachment(upload.attachment, os.path.join(self.dir, "gone"), None, None))
+        self.assertIn("missing", raised.exception.detail)
+        # What live messages hold is still all there.
+        self.assertEqual(run(phone.verify()).operations, 1)
+
+
 if __name__ == "__main__":
     unittest.main()

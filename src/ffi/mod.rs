@@ -18,6 +18,7 @@ use crate::vault;
 
 #[cfg(target_os = "android")]
 mod android;
+mod settle;
 
 uniffi::setup_scaffolding!("chatvault");
 
@@ -613,6 +614,9 @@ impl core::fmt::Debug for S3Credentials {
 }
 
 /// An open vault on this device.
+// Every async method's body runs inside `settle::settled`, so that no runtime thread is still
+// inside a foreign continuation callback once the foreign side has a result (settle.rs: the
+// Python exit abort).
 #[derive(uniffi::Object)]
 pub struct Vault(vault::Vault);
 
@@ -628,8 +632,11 @@ impl Vault {
         platform: String,
         key: Arc<RecoveryKey>,
     ) -> FfiResult<Arc<Self>> {
-        let store = crate::store::open_store(&store_url)?;
-        Self::open_store(store, state_dir, device_name, platform, key).await
+        settle::settled(async {
+            let store = crate::store::open_store(&store_url)?;
+            Self::open_store(store, state_dir, device_name, platform, key).await
+        })
+        .await
     }
 
     /// [`open`](Self::open) with explicit S3 credentials (ignored for other stores).
@@ -642,14 +649,17 @@ impl Vault {
         platform: String,
         key: Arc<RecoveryKey>,
     ) -> FfiResult<Arc<Self>> {
-        let store = crate::store::StoreConfig::parse(&store_url)?
-            .with_credentials(
-                &credentials.access_key_id,
-                &credentials.secret_access_key,
-                credentials.session_token.as_deref(),
-            )
-            .open()?;
-        Self::open_store(store, state_dir, device_name, platform, key).await
+        settle::settled(async {
+            let store = crate::store::StoreConfig::parse(&store_url)?
+                .with_credentials(
+                    &credentials.access_key_id,
+                    &credentials.secret_access_key,
+                    credentials.session_token.as_deref(),
+                )
+                .open()?;
+            Self::open_store(store, state_dir, device_name, platform, key).await
+        })
+        .await
     }
 
     /// The vault id (hex).
@@ -673,6 +683,7 @@ impl Vault {
         progress: Option<Arc<dyn SyncProgressListener>>,
         listener: Option<Arc<dyn ChangeListener>>,
     ) -> FfiResult<SyncReport> {
+        // Settled inside sync_cancellable.
         self.sync_cancellable(progress, listener, CancelHandle::new())
             .await
     }
@@ -684,27 +695,30 @@ impl Vault {
         listener: Option<Arc<dyn ChangeListener>>,
         cancel: Arc<CancelHandle>,
     ) -> FfiResult<SyncReport> {
-        let progress = progress.map(ProgressBridge);
-        let listener = listener.map(ChangeBridge);
-        let report = self
-            .0
-            .sync_cancellable(
-                progress.as_ref().map(|p| p as &dyn vault::SyncProgress),
-                listener.as_ref().map(|l| l as &dyn vault::ChangeListener),
-                &cancel.0,
-            )
-            .await?;
-        Ok(SyncReport {
-            objects_up: report.objects_up,
-            bytes_up: report.bytes_up,
-            objects_down: report.objects_down,
-            bytes_down: report.bytes_down,
-            requests: report.requests,
-            operations_sent: report.operations_sent,
-            operations_applied: report.operations_applied,
-            segments_applied: report.segments_applied,
-            objects_deleted: report.objects_deleted,
+        settle::settled(async {
+            let progress = progress.map(ProgressBridge);
+            let listener = listener.map(ChangeBridge);
+            let report = self
+                .0
+                .sync_cancellable(
+                    progress.as_ref().map(|p| p as &dyn vault::SyncProgress),
+                    listener.as_ref().map(|l| l as &dyn vault::ChangeListener),
+                    &cancel.0,
+                )
+                .await?;
+            Ok(SyncReport {
+                objects_up: report.objects_up,
+                bytes_up: report.bytes_up,
+                objects_down: report.objects_down,
+                bytes_down: report.bytes_down,
+                requests: report.requests,
+                operations_sent: report.operations_sent,
+                operations_applied: report.operations_applied,
+                segments_applied: report.segments_applied,
+                objects_deleted: report.objects_deleted,
+            })
         })
+        .await
     }
 
     /// Visible chats with counts.
@@ -757,23 +771,29 @@ impl Vault {
         before: Option<HistoryCursor>,
         limit: u32,
     ) -> FfiResult<HistoryPage> {
-        let before = before.map(cursor_from);
-        Ok(page_to(
-            self.0
-                .fetch_history(&chat_id, before.as_ref(), limit)
-                .await?,
-        ))
+        settle::settled(async {
+            let before = before.map(cursor_from);
+            Ok(page_to(
+                self.0
+                    .fetch_history(&chat_id, before.as_ref(), limit)
+                    .await?,
+            ))
+        })
+        .await
     }
 
     /// One chat read straight from the bucket (no local state change).
     pub async fn fetch_chat(&self, chat_id: String) -> FfiResult<Vec<Message>> {
-        Ok(self
-            .0
-            .fetch_chat(&chat_id)
-            .await?
-            .into_iter()
-            .map(message_to)
-            .collect())
+        settle::settled(async {
+            Ok(self
+                .0
+                .fetch_chat(&chat_id)
+                .await?
+                .into_iter()
+                .map(message_to)
+                .collect())
+        })
+        .await
     }
 
     /// Uploads the file at `path` as an attachment and returns the reference to put in a
@@ -788,24 +808,27 @@ impl Vault {
         progress: Option<Arc<dyn TransferProgressListener>>,
         cancel: Option<Arc<CancelHandle>>,
     ) -> FfiResult<AttachmentUpload> {
-        let progress = progress.map(TransferBridge);
-        let cancel = cancel.map(|c| c.0.clone()).unwrap_or_default();
-        let (attachment, report) = self
-            .0
-            .attach_file(
-                &PathBuf::from(path),
-                &name,
-                &mime,
-                progress
-                    .as_ref()
-                    .map(|p| p as &dyn crate::attachment::TransferListener),
-                &cancel,
-            )
-            .await?;
-        Ok(AttachmentUpload {
-            attachment: attachment_to(attachment),
-            report: transfer_report_to(report),
+        settle::settled(async {
+            let progress = progress.map(TransferBridge);
+            let cancel = cancel.map(|c| c.0.clone()).unwrap_or_default();
+            let (attachment, report) = self
+                .0
+                .attach_file(
+                    &PathBuf::from(path),
+                    &name,
+                    &mime,
+                    progress
+                        .as_ref()
+                        .map(|p| p as &dyn crate::attachment::TransferListener),
+                    &cancel,
+                )
+                .await?;
+            Ok(AttachmentUpload {
+                attachment: attachment_to(attachment),
+                report: transfer_report_to(report),
+            })
         })
+        .await
     }
 
     /// Downloads an attachment to `dest_path`, verifying it; resumes an interrupted download to
@@ -817,21 +840,24 @@ impl Vault {
         progress: Option<Arc<dyn TransferProgressListener>>,
         cancel: Option<Arc<CancelHandle>>,
     ) -> FfiResult<TransferReport> {
-        let attachment = attachment_from(attachment)?;
-        let progress = progress.map(TransferBridge);
-        let cancel = cancel.map(|c| c.0.clone()).unwrap_or_default();
-        let report = self
-            .0
-            .download_attachment(
-                &attachment,
-                &PathBuf::from(dest_path),
-                progress
-                    .as_ref()
-                    .map(|p| p as &dyn crate::attachment::TransferListener),
-                &cancel,
-            )
-            .await?;
-        Ok(transfer_report_to(report))
+        settle::settled(async {
+            let attachment = attachment_from(attachment)?;
+            let progress = progress.map(TransferBridge);
+            let cancel = cancel.map(|c| c.0.clone()).unwrap_or_default();
+            let report = self
+                .0
+                .download_attachment(
+                    &attachment,
+                    &PathBuf::from(dest_path),
+                    progress
+                        .as_ref()
+                        .map(|p| p as &dyn crate::attachment::TransferListener),
+                    &cancel,
+                )
+                .await?;
+            Ok(transfer_report_to(report))
+        })
+        .await
     }
 
     /// Every attachment live messages reference, once per content (for "download all").
@@ -848,10 +874,13 @@ impl Vault {
     /// and attachment content no live message references, when older than `grace_hours`.
     /// Returns the number of objects deleted.
     pub async fn collect_garbage(&self, grace_hours: u32) -> FfiResult<u64> {
-        Ok(self
-            .0
-            .collect_garbage(u64::from(grace_hours) * 3_600_000)
-            .await?)
+        settle::settled(async {
+            Ok(self
+                .0
+                .collect_garbage(u64::from(grace_hours) * 3_600_000)
+                .await?)
+        })
+        .await
     }
 
     /// Sets the content cache. Your database is the source of truth: with `enabled` false
@@ -880,23 +909,29 @@ impl Vault {
 
     /// Objects and bytes in the bucket.
     pub async fn usage(&self) -> FfiResult<UsageStats> {
-        let usage = self.0.usage().await?;
-        Ok(UsageStats {
-            objects: usage.objects,
-            bytes: usage.bytes,
+        settle::settled(async {
+            let usage = self.0.usage().await?;
+            Ok(UsageStats {
+                objects: usage.objects,
+                bytes: usage.bytes,
+            })
         })
+        .await
     }
 
     /// Fetches and authenticates everything.
     pub async fn verify(&self) -> FfiResult<VerifyReport> {
-        let report = self.0.verify().await?;
-        Ok(VerifyReport {
-            checkpoints: report.checkpoints,
-            segments: report.segments,
-            devices: report.devices,
-            operations: report.operations,
-            attachments: report.attachments,
+        settle::settled(async {
+            let report = self.0.verify().await?;
+            Ok(VerifyReport {
+                checkpoints: report.checkpoints,
+                segments: report.segments,
+                devices: report.devices,
+                operations: report.operations,
+                attachments: report.attachments,
+            })
         })
+        .await
     }
 }
 

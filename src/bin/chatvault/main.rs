@@ -541,7 +541,9 @@ pub(crate) fn open_store(url: &str) -> CliResult<Arc<dyn ObjectStore>> {
 
 /// A pause point for the kill tests: with `VARIABLE=n` set, the command prints `paused` on
 /// stderr once it has finished its n-th unit (import batch, or pulled segment) and waits there
-/// to be killed, so a test kills it at a known point instead of racing it.
+/// to be killed, so a test kills it at a known point instead of racing it. With
+/// `CHATVAULT_TEST_PAUSE_AFTER_BYTES=n`, an attachment upload or download pauses the first time
+/// its progress reaches n bytes of the file: after a completed chunk, with nothing in flight.
 struct TestPause {
     at: u64,
 }
@@ -554,10 +556,14 @@ fn test_pause(variable: &str) -> Option<TestPause> {
 impl TestPause {
     fn reached(&self, done: u64) {
         if done == self.at {
-            eprintln!("paused");
-            loop {
-                std::thread::sleep(std::time::Duration::from_secs(3600));
-            }
+            Self::wait_to_be_killed();
+        }
+    }
+
+    fn wait_to_be_killed() -> ! {
+        eprintln!("paused");
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
         }
     }
 }
@@ -571,10 +577,12 @@ impl chatvault::vault::SyncProgress for TestPause {
 }
 
 /// Prints `{"event":"progress",...}` lines on stderr when asked to, at most one per percent.
+/// Also the transfers' test pause point (`CHATVAULT_TEST_PAUSE_AFTER_BYTES`, see [`TestPause`]).
 struct ProgressPrinter {
     enabled: bool,
     file: String,
     last_percent: std::sync::atomic::AtomicU64,
+    pause: Option<TestPause>,
 }
 
 impl ProgressPrinter {
@@ -583,26 +591,37 @@ impl ProgressPrinter {
             enabled,
             file: file.display().to_string(),
             last_percent: std::sync::atomic::AtomicU64::new(u64::MAX),
+            pause: test_pause("CHATVAULT_TEST_PAUSE_AFTER_BYTES"),
         }
     }
 
     fn as_listener(&self) -> Option<&dyn TransferListener> {
-        self.enabled.then_some(self as &dyn TransferListener)
+        (self.enabled || self.pause.is_some()).then_some(self as &dyn TransferListener)
     }
 }
 
 impl TransferListener for ProgressPrinter {
     fn on_progress(&self, done: u64, total: u64) {
         let percent = (done.saturating_mul(100)).checked_div(total).unwrap_or(100);
-        if self
-            .last_percent
-            .swap(percent, std::sync::atomic::Ordering::Relaxed)
-            != percent
+        if self.enabled
+            && self
+                .last_percent
+                .swap(percent, std::sync::atomic::Ordering::Relaxed)
+                != percent
         {
             eprintln!(
                 "{}",
                 serde_json::json!({"event": "progress", "file": self.file, "done": done, "total": total})
             );
+        }
+        if let Some(pause) = &self.pause
+            && done >= pause.at
+        {
+            eprintln!(
+                "{}",
+                serde_json::json!({"event": "pausing", "file": self.file, "done": done, "total": total})
+            );
+            TestPause::wait_to_be_killed();
         }
     }
 }
