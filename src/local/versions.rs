@@ -60,12 +60,15 @@ impl std::hash::Hasher for MessageKeyHasher {
     }
 
     fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.0 = self.0.rotate_left(5) ^ u64::from_le_bytes(word);
-        }
+        // A message key arrives as its 12 bytes (after a length prefix, which changes nothing
+        // here): its first eight decide.
+        let mut word = [0u8; 8];
+        let take = bytes.len().min(8);
+        word[..take].copy_from_slice(&bytes[..take]);
+        self.0 ^= u64::from_le_bytes(word);
     }
+
+    fn write_usize(&mut self, _length_prefix: usize) {}
 }
 
 /// A map keyed by message key.
