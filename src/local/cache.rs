@@ -30,8 +30,8 @@ use super::{corrupt, db_error};
 /// Blobs below this size (64 KiB) are small: once a chat has [`REPACK_SMALL_BLOBS`] of them in
 /// a row, they are repacked into one.
 const SMALL_BLOB: usize = 64 * 1024;
-/// See [`SMALL_BLOB`].
-const REPACK_SMALL_BLOBS: usize = 16;
+/// See [`SMALL_BLOB`]. (3 in unit tests, so that short histories are repacked again and again.)
+const REPACK_SMALL_BLOBS: usize = if cfg!(test) { 3 } else { 16 };
 
 /// Where the cache seals with: the keyring key and the vault id.
 #[derive(Clone)]

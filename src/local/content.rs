@@ -304,7 +304,8 @@ impl LocalState {
                 } = merge;
                 let update = writer.flush(&tx)?;
                 let cached: Vec<EncodedBatch> = cached.into_iter().collect();
-                finish_cache(&tx, &key, setting, &cached, &deleted_chats)?;
+                let view = update.journal_view(journal);
+                finish_cache(&tx, &key, setting, &cached, &deleted_chats, devices, view)?;
                 (changed, update, also(&tx)?)
             };
             tx.commit().map_err(db_error)?;
@@ -367,7 +368,8 @@ impl LocalState {
                 for row in encoded {
                     super::insert_outbox_row(&tx, &key, row)?;
                 }
-                finish_cache(&tx, &key, setting, encoded, &deleted_chats)?;
+                let view = update.journal_view(journal);
+                finish_cache(&tx, &key, setting, encoded, &deleted_chats, devices, view)?;
                 (update, also(&tx)?)
             };
             tx.commit().map_err(db_error)?;
@@ -400,7 +402,7 @@ impl LocalState {
             &self.devices,
             chat_id,
             deleted,
-            Some(&self.journal),
+            versions::JournalView::committed(&self.journal),
         )
     }
 
@@ -484,7 +486,7 @@ impl LocalState {
                 &self.devices,
                 &chat_id,
                 record.deleted,
-                Some(&self.journal),
+                versions::JournalView::committed(&self.journal),
             )?;
             let live = versions.values().filter(|v| v.live);
             let (count, bytes) = live.fold((0u64, 0u64), |(count, bytes), v| {
@@ -639,6 +641,8 @@ fn finish_cache(
     setting: CacheSetting,
     appended: &[EncodedBatch],
     deleted_chats: &BTreeSet<String>,
+    devices: &DeviceNumbers,
+    journal: versions::JournalView<'_>,
 ) -> Result<()> {
     let CacheSetting::On { max_bytes } = setting else {
         return Ok(());
@@ -648,10 +652,9 @@ fn finish_cache(
         touched.extend(batch.chats().map(|(chat_id, _)| chat_id.to_owned()));
         cache::append(tx, key, batch)?;
     }
-    let devices = DeviceNumbers::load(tx)?;
     for chat_id in &touched {
         let deleted = read_chat(tx, chat_id)?.and_then(|c| c.deleted);
-        let versions = || versions::chat_versions(tx, &devices, chat_id, deleted, None);
+        let versions = || versions::chat_versions(tx, devices, chat_id, deleted, journal);
         if deleted_chats.contains(chat_id) && versions()?.is_empty() {
             cache::remove_chat(tx, chat_id)?;
             continue;

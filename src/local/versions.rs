@@ -683,15 +683,59 @@ fn merge_runs(
     Ok(out)
 }
 
-/// Every winning version of one chat (after `deleted`, the chat's deletion stamp), by key. The
-/// journal is read from `journal`, or from the database inside a transaction that wrote to it
-/// (`None`).
+/// The journal as a transaction sees it before its update reaches memory: the committed
+/// journal plus what the transaction added, or nothing when it compacted the journal (then the
+/// runs in the database hold everything).
+#[derive(Clone, Copy)]
+pub(crate) struct JournalView<'a> {
+    committed: Option<&'a Journal>,
+    added: &'a [(String, KeyMap<Version>)],
+}
+
+impl<'a> JournalView<'a> {
+    /// The committed journal alone (outside a transaction).
+    pub(crate) fn committed(journal: &'a Journal) -> Self {
+        JournalView {
+            committed: Some(journal),
+            added: &[],
+        }
+    }
+
+    fn chat(&self, chat_id: &str) -> impl Iterator<Item = (&'a MessageKey, &'a Version)> {
+        let committed = self.committed.and_then(|j| j.chats.get(chat_id));
+        let added = self
+            .added
+            .iter()
+            .filter(move |(chat, _)| chat == chat_id)
+            .flat_map(|(_, entries)| entries.iter());
+        committed.into_iter().flatten().chain(added)
+    }
+}
+
+impl CacheUpdate {
+    /// The journal as the transaction that produced this update sees it.
+    pub(crate) fn journal_view<'a>(&'a self, committed: &'a Journal) -> JournalView<'a> {
+        match &self.journal {
+            Some(added) => JournalView {
+                committed: Some(committed),
+                added,
+            },
+            None => JournalView {
+                committed: None,
+                added: &[],
+            },
+        }
+    }
+}
+
+/// Every winning version of one chat (after `deleted`, the chat's deletion stamp), by key: its
+/// runs in the database and its entries in `journal`.
 pub(crate) fn chat_versions(
     connection: &Connection,
     devices: &DeviceNumbers,
     chat_id: &str,
     deleted: Option<Stamp>,
-    journal: Option<&Journal>,
+    journal: JournalView<'_>,
 ) -> Result<KeyMap<Version>> {
     let mut out: KeyMap<Version> = KeyMap::default();
     let mut add = |key: MessageKey, version: Version| {
@@ -711,24 +755,8 @@ pub(crate) fn chat_versions(
             add(key, version);
         }
     }
-    match journal {
-        Some(journal) => {
-            for (key, version) in journal.chats.get(chat_id).into_iter().flatten() {
-                add(*key, *version);
-            }
-        }
-        None => for_each_journal_chat(connection, |chat, entries| {
-            if chat == chat_id {
-                for index in 0..entries.len() / ENTRY_LEN {
-                    let (key, version) = decode_entry(
-                        &entries[index * ENTRY_LEN..(index + 1) * ENTRY_LEN],
-                        devices,
-                    )?;
-                    add(key, version);
-                }
-            }
-            Ok(())
-        })?,
+    for (key, version) in journal.chat(chat_id) {
+        add(*key, *version);
     }
     Ok(out)
 }
