@@ -92,6 +92,38 @@ fn associated_data(context: &ObjectContext<'_>, header: &[u8; HEADER_LEN]) -> Re
     Ok(aad)
 }
 
+thread_local! {
+    /// zstd contexts this thread reuses: creating one per object (allocating and building its
+    /// tables) cost more than compressing a small object, and the content cache seals many small
+    /// ones. The output does not depend on the context's history.
+    static COMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// zstd at [`ZSTD_LEVEL`] with this thread's context (`None` if zstd fails).
+fn compress(plaintext: &[u8]) -> Option<Vec<u8>> {
+    COMPRESSOR.with(|cell| {
+        let mut slot = cell.try_borrow_mut().ok()?;
+        if slot.is_none() {
+            *slot = zstd::bulk::Compressor::new(ZSTD_LEVEL).ok();
+        }
+        slot.as_mut()?.compress(plaintext).ok()
+    })
+}
+
+/// Decompresses at most `capacity` bytes with this thread's context (`None` if it fails).
+fn decompress(stored: &[u8], capacity: usize) -> Option<Vec<u8>> {
+    DECOMPRESSOR.with(|cell| {
+        let mut slot = cell.try_borrow_mut().ok()?;
+        if slot.is_none() {
+            *slot = zstd::bulk::Decompressor::new().ok();
+        }
+        slot.as_mut()?.decompress(stored, capacity).ok()
+    })
+}
+
 /// Seals `plaintext` with a fresh random nonce.
 pub(crate) fn seal(key: &Key32, context: &ObjectContext<'_>, plaintext: &[u8]) -> Result<Vec<u8>> {
     let nonce = crate::random::array::<NONCE_LEN>()?;
@@ -128,8 +160,7 @@ pub(crate) fn seal_with_nonce(
     let aad = associated_data(context, &header)?;
 
     let compressed = match compression {
-        Compression::Auto => zstd::bulk::compress(plaintext, ZSTD_LEVEL)
-            .ok()
+        Compression::Auto => compress(plaintext)
             .filter(|c| c.len() < plaintext.len())
             .map(Zeroizing::new),
         Compression::Never => None,
@@ -238,8 +269,8 @@ pub(crate) fn open(
         COMPRESSION_NONE if plain_len == stored_len => Ok(Zeroizing::new(stored.to_vec())),
         COMPRESSION_NONE => Err(malformed("uncompressed body with a different plain length")),
         COMPRESSION_ZSTD => {
-            let body = zstd::bulk::decompress(stored, plain_len)
-                .map_err(|_| malformed("zstd body does not decompress"))?;
+            let body = decompress(stored, plain_len)
+                .ok_or_else(|| malformed("zstd body does not decompress"))?;
             if body.len() != plain_len {
                 return Err(malformed("decompressed length differs from the frame"));
             }

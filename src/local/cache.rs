@@ -7,7 +7,9 @@
 //! recovery key) and bound to the chat: a copied state directory reveals no message without the
 //! recovery key. A blob may hold operations that later lost (an edit, a deletion): readers keep
 //! only the operations the version index names as winners, so the cache can never contradict
-//! the merge, and small blobs are repacked into larger ones with only those operations.
+//! the merge. Blobs are repacked by levels (16 of one level at a chat's end become one of the
+//! next), so each operation is rewritten O(log n) times; from level 2 on a repack keeps only
+//! winning operations.
 //!
 //! Eviction drops whole chats, least recently written first and never a pinned one, and marks
 //! them evicted: a query on an evicted chat fails with [`Error::NotCached`] instead of answering
@@ -27,11 +29,14 @@ use crate::sync::batch::EncodedBatch;
 use super::versions::{KeyMap, Version, message_key};
 use super::{corrupt, db_error};
 
-/// Blobs below this size (64 KiB) are small: once a chat has [`REPACK_SMALL_BLOBS`] of them in
-/// a row, they are repacked into one.
-const SMALL_BLOB: usize = 64 * 1024;
-/// See [`SMALL_BLOB`]. (3 in unit tests, so that short histories are repacked again and again.)
-const REPACK_SMALL_BLOBS: usize = if cfg!(test) { 3 } else { 16 };
+/// Blobs of one level a chat may have in a row before they are repacked into one blob of the
+/// next level: a recording is a level-0 blob, and each operation is rewritten once per level
+/// (O(log n) times), never once per later recording. (3 in unit tests, so that short histories
+/// are repacked again and again.)
+const REPACK_FAN_IN: usize = if cfg!(test) { 3 } else { 16 };
+/// From this level on a repack keeps only winning operations (edits and deletions leave
+/// superseded content behind); below it, blobs are concatenated without a lookup.
+const FILTER_LEVEL: i64 = 2;
 
 /// Where the cache seals with: the keyring key and the vault id.
 #[derive(Clone)]
@@ -62,14 +67,8 @@ fn seal(key: &CacheKey, chat_id: &str, body: &[u8]) -> Result<Vec<u8>> {
 }
 
 fn open(key: &CacheKey, chat_id: &str, sealed: &[u8]) -> Result<Vec<Operation>> {
-    let name = blob_name(chat_id);
-    let context = ObjectContext {
-        vault_id: &key.vault_id,
-        kind: ObjectKind::KeySet,
-        name: &name,
-    };
     // A blob that does not open is damage to a cache, which is rebuilt, never trusted.
-    let body = sealing::open(&key.key, &context, sealed).map_err(|_| corrupt("content cache"))?;
+    let body = open_body(key, chat_id, sealed)?;
     let decoded = proto::ChatOperations::decode(&body[..]).map_err(|_| corrupt("content cache"))?;
     if decoded.chat_id != chat_id {
         return Err(corrupt("content cache"));
@@ -84,16 +83,51 @@ fn open(key: &CacheKey, chat_id: &str, sealed: &[u8]) -> Result<Vec<Operation>> 
 /// Appends one blob per chat of `batch` (operations that changed the state).
 pub(crate) fn append(connection: &Connection, key: &CacheKey, batch: &EncodedBatch) -> Result<()> {
     for (chat_id, fragment) in batch.chats() {
-        let sealed = seal(key, chat_id, &EncodedBatch::chat_body(chat_id, fragment))?;
-        connection
-            .prepare_cached(
-                "INSERT INTO cache_blobs (chat_id, operations, body) VALUES (?1, ?2, ?3)",
-            )
-            .map_err(db_error)?
-            .execute(params![chat_id, fragment.count as i64, sealed])
-            .map_err(db_error)?;
+        let body = EncodedBatch::chat_body(chat_id, fragment);
+        insert_blob(connection, key, chat_id, 0, fragment.count, &body)?;
     }
     Ok(())
+}
+
+fn insert_blob(
+    connection: &Connection,
+    key: &CacheKey,
+    chat_id: &str,
+    level: i64,
+    operations: u64,
+    body: &[u8],
+) -> Result<()> {
+    let sealed = seal(key, chat_id, body)?;
+    connection
+        .prepare_cached(
+            "INSERT INTO cache_blobs (chat_id, level, operations, body) VALUES (?1, ?2, ?3, ?4)",
+        )
+        .map_err(db_error)?
+        .execute(params![chat_id, level, operations as i64, sealed])
+        .map(|_| ())
+        .map_err(db_error)
+}
+
+/// The operations of a `ChatOperations` body of `chat_id`: the bytes after its chat id field
+/// (each operation is field 2, so such tails concatenate into a valid body).
+fn operations_of<'b>(body: &'b [u8], chat_id: &str) -> Result<&'b [u8]> {
+    let mut rest = body
+        .strip_prefix(&[(1 << 3) | 2])
+        .ok_or_else(|| corrupt("content cache"))?;
+    let len = prost::encoding::decode_varint(&mut rest).map_err(|_| corrupt("content cache"))?;
+    rest.strip_prefix(chat_id.as_bytes())
+        .filter(|_| len == chat_id.len() as u64)
+        .ok_or_else(|| corrupt("content cache"))
+}
+
+fn open_body(key: &CacheKey, chat_id: &str, sealed: &[u8]) -> Result<zeroize::Zeroizing<Vec<u8>>> {
+    let name = blob_name(chat_id);
+    let context = ObjectContext {
+        vault_id: &key.vault_id,
+        kind: ObjectKind::KeySet,
+        name: &name,
+    };
+    sealing::open(&key.key, &context, sealed).map_err(|_| corrupt("content cache"))
 }
 
 /// Whether the cache holds all of this chat's content.
@@ -153,61 +187,89 @@ pub(crate) fn chat_operations(
     Ok(winners.into_values().collect())
 }
 
-/// Repacks a chat's trailing small blobs into one holding only winning operations, once there
-/// are [`REPACK_SMALL_BLOBS`] of them.
+/// Repacks a chat's newest blobs while [`REPACK_FAN_IN`] of one level follow each other at its
+/// end: they become one blob of the next level. From [`FILTER_LEVEL`] on, only operations that
+/// `versions` names as winners are kept.
 pub(crate) fn repack_if_due(
     connection: &Connection,
     key: &CacheKey,
     chat_id: &str,
-    versions: impl FnOnce() -> Result<KeyMap<Version>>,
+    versions: impl Fn() -> Result<KeyMap<Version>>,
 ) -> Result<()> {
-    let small: Vec<i64> = {
-        let mut statement = connection
-            .prepare_cached(
-                "SELECT id, length(body) FROM cache_blobs WHERE chat_id = ?1 ORDER BY id DESC",
-            )
-            .map_err(db_error)?;
-        let rows = statement
-            .query_map([chat_id], |row| {
-                Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?))
-            })
-            .map_err(db_error)?;
-        let mut small = Vec::new();
-        for row in rows {
-            let (id, length) = row.map_err(db_error)?;
-            if length as usize >= SMALL_BLOB {
-                break;
+    loop {
+        // The chat's trailing blobs of the newest blob's level.
+        let trailing: Vec<(i64, i64)> = {
+            let mut statement = connection
+                .prepare_cached(
+                    "SELECT id, level FROM cache_blobs WHERE chat_id = ?1 ORDER BY id DESC",
+                )
+                .map_err(db_error)?;
+            let rows = statement
+                .query_map([chat_id], |row| {
+                    Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?))
+                })
+                .map_err(db_error)?;
+            let mut trailing: Vec<(i64, i64)> = Vec::new();
+            for row in rows {
+                let (id, level) = row.map_err(db_error)?;
+                if trailing.first().is_some_and(|(_, first)| *first != level) {
+                    break;
+                }
+                trailing.push((id, level));
             }
-            small.push(id);
+            trailing
+        };
+        if trailing.len() < REPACK_FAN_IN {
+            return Ok(());
         }
-        small
-    };
-    if small.len() < REPACK_SMALL_BLOBS {
-        return Ok(());
-    }
-    let versions = versions()?;
-    let mut batch = EncodedBatch::new();
-    let mut select = connection
-        .prepare_cached("SELECT body FROM cache_blobs WHERE id = ?1")
-        .map_err(db_error)?;
-    let mut delete = connection
-        .prepare_cached("DELETE FROM cache_blobs WHERE id = ?1")
-        .map_err(db_error)?;
-    for id in small.iter().rev() {
-        let body: Vec<u8> = select.query_row([id], |row| row.get(0)).map_err(db_error)?;
-        for operation in open(key, chat_id, &body)? {
-            let winning = operation.change.message_id().is_some_and(|m| {
-                versions
-                    .get(&message_key(m))
-                    .is_some_and(|v| v.stamp == operation.stamp)
-            });
-            if winning {
-                batch.push(&operation);
+        let level = trailing[0].1;
+        let winners = if level + 1 >= FILTER_LEVEL {
+            Some(versions()?)
+        } else {
+            None
+        };
+        let mut body = EncodedBatch::chat_body(chat_id, &Default::default());
+        let mut count = 0u64;
+        {
+            let mut select = connection
+                .prepare_cached("SELECT operations, body FROM cache_blobs WHERE id = ?1")
+                .map_err(db_error)?;
+            let mut delete = connection
+                .prepare_cached("DELETE FROM cache_blobs WHERE id = ?1")
+                .map_err(db_error)?;
+            for (id, _) in trailing.iter().rev() {
+                let (operations, sealed): (i64, Vec<u8>) = select
+                    .query_row([id], |row| Ok((row.get(0)?, row.get(1)?)))
+                    .map_err(db_error)?;
+                match &winners {
+                    None => {
+                        let opened = open_body(key, chat_id, &sealed)?;
+                        body.extend_from_slice(operations_of(&opened, chat_id)?);
+                        count += operations as u64;
+                    }
+                    Some(versions) => {
+                        let mut kept = EncodedBatch::new();
+                        for operation in open(key, chat_id, &sealed)? {
+                            let winning = operation.change.message_id().is_some_and(|m| {
+                                versions
+                                    .get(&message_key(m))
+                                    .is_some_and(|v| v.stamp == operation.stamp)
+                            });
+                            if winning {
+                                kept.push(&operation);
+                            }
+                        }
+                        for (_, fragment) in kept.chats() {
+                            body.extend_from_slice(&fragment.bytes);
+                            count += fragment.count;
+                        }
+                    }
+                }
+                delete.execute([id]).map_err(db_error)?;
             }
         }
-        delete.execute([id]).map_err(db_error)?;
+        insert_blob(connection, key, chat_id, level + 1, count, &body)?;
     }
-    append(connection, key, &batch)
 }
 
 /// Drops a chat's content (a chat deletion made all of it lose, or eviction).

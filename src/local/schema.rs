@@ -103,8 +103,8 @@ fn to_v3(tx: &Transaction<'_>, key: &CacheKey) -> Result<()> {
          CREATE INDEX version_runs_by_chat ON version_runs (chat_id, id);
          CREATE TABLE version_journal (id INTEGER PRIMARY KEY, body BLOB NOT NULL);
          CREATE TABLE cache_blobs (
-             id INTEGER PRIMARY KEY, chat_id TEXT NOT NULL, operations INTEGER NOT NULL,
-             body BLOB NOT NULL);
+             id INTEGER PRIMARY KEY, chat_id TEXT NOT NULL, level INTEGER NOT NULL,
+             operations INTEGER NOT NULL, body BLOB NOT NULL);
          CREATE INDEX cache_blobs_by_chat ON cache_blobs (chat_id, id);
          CREATE TABLE cache_evicted (chat_id TEXT PRIMARY KEY);
          CREATE TABLE cache_pinned (chat_id TEXT PRIMARY KEY);",
