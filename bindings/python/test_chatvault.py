@@ -133,6 +133,31 @@ class Sync(WithDirectoryStore):
         self.assertEqual(run(tablet.fetch_chat("family")), phone.messages("family"))
         self.assertGreaterEqual(run(tablet.verify()).segments, 1)
 
+    def test_without_the_content_cache_the_app_database_is_the_source_of_truth(self):
+        key = cv.RecoveryKey.generate()
+        phone = self.open("phone", key)
+        phone.record([message("c%d" % (i % 2), "m%d" % i, "hello %d" % i, i) for i in range(10)])
+        run(phone.sync(None, None))
+        tablet = self.open("tablet", key)
+        tablet.set_content_cache(False, None)
+        app = Listener(True)
+        run(tablet.sync(None, app))
+        self.assertEqual(sorted(app.seen), sorted("m%d" % i for i in range(10)))
+        self.assertEqual(tablet.content_cache_bytes(), 0)
+        self.assertEqual([(s.chat.chat_id, s.message_count) for s in tablet.chats()],
+                         [("c0", 5), ("c1", 5)])
+        with self.assertRaises(cv.ChatVaultError.NotCached) as raised:
+            tablet.messages("c0")
+        self.assertEqual(raised.exception.chat_id, "c0")
+        page = run(tablet.fetch_history("c0", None, 100))
+        self.assertEqual(page.messages, phone.messages("c0"))
+        # A bounded cache on the phone: the pinned chat stays, the other is evicted whole.
+        phone.pin_chat("c1", True)
+        phone.set_content_cache(True, 1)
+        self.assertEqual(len(phone.messages("c1")), 5)
+        with self.assertRaises(cv.ChatVaultError.NotCached):
+            phone.messages("c0")
+
     def test_errors_cross_the_boundary_typed(self):
         key = cv.RecoveryKey.generate()
         phone = self.open("phone", key)
