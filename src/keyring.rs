@@ -273,7 +273,9 @@ mod tests {
         for chat in ["before", "gone", "after"] {
             ring.add_chat(chat).unwrap();
             let name = format!("p/{chat}");
-            let object = ring.seal_chat_data(&k, chat, &name, chat.as_bytes()).unwrap();
+            let object = ring
+                .seal_chat_data(&k, chat, &name, chat.as_bytes())
+                .unwrap();
             data.push((chat, name, object));
         }
         let kept_keys: Vec<[u8; 32]> = ["before", "after"]

@@ -512,7 +512,12 @@ mod tests {
     fn every_parameter_is_authenticated_apart_from_the_key_it_stretches() {
         let (key, vault_id, env) = envelope("correct horse battery staple");
         let genuine = PassphraseEnvelope::decode(&env).unwrap();
-        let kek = stretch("correct horse battery staple", &genuine.salt, genuine.params).unwrap();
+        let kek = stretch(
+            "correct horse battery staple",
+            &genuine.salt,
+            genuine.params,
+        )
+        .unwrap();
         // The control: this key opens the genuine envelope.
         assert_eq!(
             PassphraseEnvelope::unwrap_with(&genuine, &kek, &vault_id).unwrap(),
