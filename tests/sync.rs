@@ -422,6 +422,53 @@ async fn a_segment_that_landed_before_a_crash_is_reuploaded_byte_for_byte() {
     assert_eq!(snapshot(&fresh), snapshot(&b));
 }
 
+/// A pack shorter than the ranges its index gives its blocks: the block lies outside the object
+/// stored under the pack's name. A device restoring from the checkpoint and `verify` both refuse
+/// it as misplaced content, naming the pack.
+#[tokio::test]
+async fn a_pack_cut_short_of_its_blocks_is_misplaced() {
+    let memory = Arc::new(MemoryStore::new());
+    let store: Arc<dyn ObjectStore> = memory.clone();
+    let key = RecoveryKey::generate().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let a = device(store.clone(), &key, &dir, "a").await;
+    a.record(vec![message("c", "1", "x", 1), message("c", "2", "y", 2)])
+        .unwrap();
+    a.sync(None, None).await.unwrap();
+    a.checkpoint().await.unwrap();
+    // Without the segments the checkpoint covers, a new device must read the pack.
+    a.collect_garbage(0).await.unwrap();
+    let packs: Vec<String> = memory
+        .list("")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| o.key)
+        .filter(|k| k.contains("/packs/"))
+        .collect();
+    assert_eq!(packs.len(), 1, "{packs:?}");
+    let full_name = &packs[0];
+    let (vault_prefix, pack_name) = full_name.split_once('/').unwrap();
+    assert_eq!(vault_prefix, a.vault_id());
+    let pack = memory.get(full_name).await.unwrap().unwrap();
+    // Shorter than any sealed block (57 bytes at least), so the first block's range ends past it.
+    memory.put(full_name, pack[..8].to_vec()).await.unwrap();
+
+    let is_this_pack = |error: &Error| matches!(error, Error::Integrity(IntegrityProblem::Misplaced { name }) if name == pack_name);
+    let fresh = device(store.clone(), &key, &dir, "fresh").await;
+    let restore = fresh.sync(None, None).await.unwrap_err();
+    assert!(is_this_pack(&restore), "{restore:?}");
+    assert!(fresh.messages(None).unwrap().is_empty());
+    let verify = a.verify().await.unwrap_err();
+    assert!(is_this_pack(&verify), "{verify:?}");
+
+    // The whole pack back: both succeed, so the cut was what they refused.
+    memory.put(full_name, pack).await.unwrap();
+    fresh.sync(None, None).await.unwrap();
+    assert_eq!(snapshot(&fresh), snapshot(&a));
+    a.verify().await.unwrap();
+}
+
 async fn two_segment_vault() -> (
     Arc<MemoryStore>,
     RecoveryKey,

@@ -512,6 +512,35 @@ mod tests {
         ));
     }
 
+    /// The AAD binds the name the writer sealed under; the body's own device and seq must name
+    /// the same place. A holder of the log key who seals segment 2's body under the name of
+    /// segment 3, or under another device's name, gets past the tag but not past this check.
+    #[test]
+    fn a_segment_whose_body_names_another_place_is_misplaced() {
+        let (name, object, _) = sealed(2, Some([0; 32]));
+        let keys = keys();
+        let opened = ObjectContext {
+            vault_id: keys.vault_id(),
+            kind: ObjectKind::Segment,
+            name: &name,
+        };
+        let body = sealing::open(&keys.log().0, &opened, &object).unwrap();
+        for elsewhere in [segment_name(DEV, 3), segment_name(DeviceId([0xd2; 16]), 2)] {
+            let there = ObjectContext {
+                vault_id: keys.vault_id(),
+                kind: ObjectKind::Segment,
+                name: &elsewhere,
+            };
+            let resealed = sealing::seal(&keys.log().0, &there, &body).unwrap();
+            let error = open_segment(&keys, &elsewhere, &resealed).unwrap_err();
+            assert!(
+                matches!(&error, Error::Integrity(IntegrityProblem::Misplaced { name })
+                    if *name == elsewhere),
+                "{error:?}"
+            );
+        }
+    }
+
     #[test]
     fn blocks_need_their_keys() {
         let (name, object, _) = sealed(1, None);
