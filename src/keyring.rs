@@ -269,14 +269,40 @@ mod tests {
     fn removed_chats_cannot_be_opened_from_the_new_keyring() {
         let k = keys(1);
         let mut ring = Keyring::new();
-        ring.add_chat("gone").unwrap();
-        let data = ring.seal_chat_data(&k, "gone", "p", b"secret").unwrap();
-        assert!(ring.remove_chat("gone"));
-        assert!(!ring.remove_chat("gone"));
+        let mut data = Vec::new();
+        for chat in ["before", "gone", "after"] {
+            ring.add_chat(chat).unwrap();
+            let name = format!("p/{chat}");
+            let object = ring
+                .seal_chat_data(&k, chat, &name, chat.as_bytes())
+                .unwrap();
+            data.push((chat, name, object));
+        }
+        let kept_keys: Vec<[u8; 32]> = ["before", "after"]
+            .iter()
+            .map(|chat| *ring.chat_key(chat).unwrap().0.bytes())
+            .collect();
+        assert!(ring.remove_chat("gone"), "the chat had a key");
+        assert!(!ring.remove_chat("gone"), "and now has none");
         let object = ring.seal(&k, "keyring/2").unwrap();
         let reopened = Keyring::open(&k, "keyring/2", &object).unwrap();
+        // The removed chat is gone; its neighbours on either side keep their keys and data.
+        assert_eq!(reopened.chat_ids().collect::<Vec<_>>(), ["after", "before"]);
         assert!(reopened.chat_key("gone").is_none());
-        assert!(reopened.open_chat_data(&k, "gone", "p", &data).is_err());
+        for (chat, kept) in ["before", "after"].iter().zip(&kept_keys) {
+            assert_eq!(reopened.chat_key(chat).unwrap().0.bytes(), kept);
+        }
+        for (chat, name, object) in &data {
+            let opened = reopened.open_chat_data(&k, chat, name, object);
+            if *chat == "gone" {
+                assert!(
+                    matches!(&opened, Err(Error::InvalidInput(why)) if why.contains("no key")),
+                    "{opened:?}"
+                );
+            } else {
+                assert_eq!(&opened.unwrap()[..], chat.as_bytes());
+            }
+        }
     }
 
     #[test]

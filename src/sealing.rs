@@ -124,6 +124,12 @@ fn decompress(stored: &[u8], capacity: usize) -> Option<Vec<u8>> {
     })
 }
 
+/// A fresh random nonce, for the sealers that take their nonces from a source (so that the
+/// test-vector generator can give fixed ones).
+pub(crate) fn random_nonce() -> Result<[u8; NONCE_LEN]> {
+    crate::random::array::<NONCE_LEN>()
+}
+
 /// Seals `plaintext` with a fresh random nonce.
 pub(crate) fn seal(key: &Key32, context: &ObjectContext<'_>, plaintext: &[u8]) -> Result<Vec<u8>> {
     let nonce = crate::random::array::<NONCE_LEN>()?;

@@ -319,7 +319,350 @@ fn vector_files() -> Vec<(&'static str, Value)> {
         ("recovery_key.json", recovery_key_vectors()),
         ("sealed_objects.json", sealed_object_vectors()),
         ("attachments.json", attachment_vectors()),
+        ("sync_objects.json", sync_object_vectors()),
     ]
+}
+
+/// JSON of one operation as its protobuf fields (bytes in hex), for checkers that decode the
+/// bodies themselves.
+fn operation_json(operation: &crate::sync::Operation) -> Value {
+    use crate::sync::Change;
+    let stamp = &operation.stamp;
+    let mut v = serde_json::Map::new();
+    v.insert(
+        "stamp".into(),
+        json!({"wall_ms": stamp.wall_ms, "counter": stamp.counter, "device_id": hex(&stamp.device.0)}),
+    );
+    let (field, body) = match &operation.change {
+        Change::UpsertChat(chat) => (
+            "upsert_chat",
+            json!({"chat_id": chat.chat_id, "title": chat.title, "members": chat.members, "payload": hex(&chat.payload)}),
+        ),
+        Change::UpsertMessage(m) => {
+            let mut message = json!({"chat_id": m.chat_id, "message_id": m.message_id, "sender": m.sender, "sent_at_ms": m.sent_at_ms, "text": m.text, "kind": m.kind, "payload": hex(&m.payload)});
+            if let Some(reply_to) = &m.reply_to {
+                message["reply_to"] = json!(reply_to);
+            }
+            ("upsert_message", message)
+        }
+        Change::DeleteMessage {
+            chat_id,
+            message_id,
+        } => (
+            "delete_message",
+            json!({"chat_id": chat_id, "message_id": message_id}),
+        ),
+        Change::DeleteChat { chat_id } => ("delete_chat", json!(chat_id)),
+    };
+    v.insert(field.into(), body);
+    Value::Object(v)
+}
+
+fn head_json(head: &crate::sync::segment::Head) -> Value {
+    json!({"device_id": hex(&head.device.0), "seq": head.seq, "hash": hex(&head.hash)})
+}
+
+/// Fixed nonces for the sync objects: pattern(seed), pattern(seed + 1), ... in the order the
+/// sealer asks for them; `used` records them.
+struct FixedNonces {
+    next_seed: u8,
+    used: Vec<[u8; 24]>,
+}
+
+impl FixedNonces {
+    fn new(first_seed: u8) -> Self {
+        Self {
+            next_seed: first_seed,
+            used: Vec::new(),
+        }
+    }
+
+    fn next(&mut self) -> crate::Result<[u8; 24]> {
+        let nonce = pattern(self.next_seed);
+        self.next_seed += 1;
+        self.used.push(nonce);
+        Ok(nonce)
+    }
+}
+
+/// A segment (kind 4) with two chat blocks, and a checkpoint (kind 6) with one pack of two
+/// blocks (one unranged: metadata and a deletion; one ranged: messages), both sealed with the
+/// writers' own code (`seal_segment_with`, `seal_checkpoint_with`) and fixed nonces, so the
+/// vectors follow any change to how these objects are built once regenerated.
+fn sync_object_vectors() -> Value {
+    use crate::sync::checkpoint::{ChatContent, CheckpointInput, seal_checkpoint_with};
+    use crate::sync::segment::{ChatKeys, Head, NewSegment, seal_segment_with};
+    use crate::sync::{Change, Chat, DeviceId, Message, Operation, Stamp};
+    use prost::Message as _;
+    use sha2::{Digest, Sha256};
+
+    let recovery_key = recovery_keys()[3].clone();
+    let keys = VaultKeys::derive(&recovery_key);
+    let vault = keys.vault_id();
+    let writer = DeviceId(pattern(50));
+    let other = DeviceId(pattern(51));
+    let chat_key_list: [(&str, [u8; 16], [u8; 32]); 2] = [
+        ("family", pattern(60), pattern(61)),
+        ("work 🚀", pattern(62), pattern(63)),
+    ];
+    let mut chat_keys = ChatKeys::new();
+    for (chat_id, key_id, key) in &chat_key_list {
+        chat_keys
+            .insert(*key_id, chat_id, ChatKey::from_bytes(*key))
+            .unwrap();
+    }
+    let chat_keys_json: Vec<Value> = chat_key_list
+        .iter()
+        .map(|(chat_id, key_id, key)| json!({"chat_id": chat_id, "key_id": hex(key_id), "key": hex(key)}))
+        .collect();
+    let stamp = |device: DeviceId, i: u32| Stamp {
+        wall_ms: 1_700_000_000_000 + u64::from(i) * 1000,
+        counter: i,
+        device,
+    };
+    let message = |chat: &str, id: &str, at: i64, reply_to: Option<&str>, kind: &str| {
+        Change::UpsertMessage(Message {
+            chat_id: chat.into(),
+            message_id: id.into(),
+            sender: "alice".into(),
+            sent_at_ms: at,
+            text: format!("{id} says \"hi\" 🎉"),
+            reply_to: reply_to.map(str::to_owned),
+            attachments: Vec::new(),
+            kind: kind.into(),
+            payload: if kind == "reaction" {
+                vec![0x08, 0x01]
+            } else {
+                Vec::new()
+            },
+        })
+    };
+    let family_chat = Change::UpsertChat(Chat {
+        chat_id: "family".into(),
+        title: "Family 👪".into(),
+        members: vec!["alice".into(), "bob".into()],
+        payload: vec![0, 1, 2, 255],
+    });
+    let changes = vec![
+        family_chat.clone(),
+        message("family", "m1", 1_700_000_001_000, None, "text"),
+        message("work 🚀", "w1", 1_700_000_002_000, None, ""),
+        message("family", "m2", 1_700_000_003_000, Some("m1"), "reaction"),
+        Change::DeleteMessage {
+            chat_id: "family".into(),
+            message_id: "m0".into(),
+        },
+    ];
+    let operations: Vec<Operation> = changes
+        .into_iter()
+        .enumerate()
+        .map(|(i, change)| Operation {
+            stamp: stamp(writer, i as u32 + 1),
+            change,
+        })
+        .collect();
+
+    // The segment: seq 2 of `writer`, having seen segment 7 of `other`, granting the family key.
+    let batch = crate::sync::batch::EncodedBatch::from_operations(&operations);
+    let seen = [Head {
+        device: other,
+        seq: 7,
+        hash: pattern(53),
+    }];
+    let prev_hash: [u8; 32] = pattern(52);
+    let mut nonces = FixedNonces::new(70);
+    let (segment_name, segment_object, segment_hash) = seal_segment_with(
+        &keys,
+        &chat_keys,
+        &NewSegment {
+            device: writer,
+            seq: 2,
+            prev_hash: Some(prev_hash),
+            seen: &seen,
+            grants: &[chat_key_list[0].1],
+            operations: &batch,
+            device_name: "Alice's phone",
+            platform: "ios",
+        },
+        &mut || nonces.next(),
+    )
+    .unwrap();
+    assert_eq!(
+        <[u8; 32]>::from(Sha256::digest(&segment_object)),
+        segment_hash
+    );
+    let open_under = |key: &Key32, kind: ObjectKind, name: &str, object: &[u8]| {
+        let context = ObjectContext {
+            vault_id: vault,
+            kind,
+            name,
+        };
+        sealing::open(key, &context, object).unwrap().to_vec()
+    };
+    let segment_body = open_under(
+        &keys.log().0,
+        ObjectKind::Segment,
+        &segment_name,
+        &segment_object,
+    );
+    let key_of = |chat: &str| {
+        let (_, key_id, key) = chat_key_list.iter().find(|(c, _, _)| *c == chat).unwrap();
+        (*key_id, *key)
+    };
+    let grant_json = |chat: &str| {
+        let (key_id, key) = key_of(chat);
+        json!({"chat_id": chat, "key_id": hex(&key_id), "key": hex(&key)})
+    };
+    let segment_blocks: Vec<Value> = batch
+        .chats()
+        .enumerate()
+        .map(|(i, (chat_id, fragment))| {
+            let ops: Vec<Value> = operations
+                .iter()
+                .filter(|op| op.change.chat_id() == chat_id)
+                .map(operation_json)
+                .collect();
+            json!({
+                "name": crate::sync::segment::block_name(&segment_name, i),
+                "chat_id": chat_id,
+                "key_id": hex(&key_of(chat_id).0),
+                "nonce": hex(&nonces.used[i]),
+                "body": hex(&crate::sync::batch::EncodedBatch::chat_body(chat_id, fragment)),
+                "operations": ops,
+            })
+        })
+        .collect();
+    assert_eq!(nonces.used.len(), segment_blocks.len() + 1);
+    let segment = json!({
+        "description": "segment 2 of a device that saw segment 7 of another, granting one chat key, with blocks for two chats (the second chat's key granted earlier)",
+        "name": segment_name,
+        "nonce": hex(nonces.used.last().unwrap()),
+        "body": hex(&segment_body),
+        "object": hex(&segment_object),
+        "hash": hex(&segment_hash),
+        "fields": {
+            "device_id": hex(&writer.0),
+            "seq": 2,
+            "prev_hash": hex(&prev_hash),
+            "seen": seen.iter().map(head_json).collect::<Vec<_>>(),
+            "keys": [grant_json("family")],
+            "device_name": "Alice's phone",
+            "platform": "ios",
+        },
+        "blocks": segment_blocks,
+    });
+
+    // The checkpoint: seq 1 of `other`, covering both devices, holding the family chat (its
+    // winning operations from the segment) and one deleted chat.
+    let covered = [
+        Head {
+            device: writer,
+            seq: 2,
+            hash: segment_hash,
+        },
+        seen[0],
+    ];
+    let deleted_chats = [("old chat".to_owned(), stamp(other, 9))];
+    let family: Vec<Operation> = operations
+        .iter()
+        .filter(|op| op.change.chat_id() == "family")
+        .cloned()
+        .collect();
+    let mut nonces = FixedNonces::new(90);
+    let sealed = seal_checkpoint_with(
+        &keys,
+        &CheckpointInput {
+            device: other,
+            seq: 1,
+            covered: &covered,
+            chat_keys: &chat_keys,
+            deleted_chats: &deleted_chats,
+            created_at_ms: 1_700_000_100_000,
+        },
+        [Ok(ChatContent {
+            chat_id: "family".into(),
+            operations: family.clone(),
+        })],
+        &mut || nonces.next(),
+    )
+    .unwrap();
+    let index_body = open_under(
+        &keys.log().0,
+        ObjectKind::CheckpointIndex,
+        &sealed.index_name,
+        &sealed.index,
+    );
+    let index = proto::CheckpointIndex::decode(&index_body[..]).unwrap();
+    // Blocks in the writer's order: metadata and deletions unranged, then messages by position.
+    let (mut ranged, unranged): (Vec<&Operation>, Vec<&Operation>) = family
+        .iter()
+        .partition(|op| matches!(op.change, Change::UpsertMessage(_)));
+    ranged.sort_by_key(|op| match &op.change {
+        Change::UpsertMessage(m) => (m.sent_at_ms, m.message_id.clone()),
+        _ => (0, String::new()),
+    });
+    let expected_blocks = [unranged, ranged];
+    assert_eq!(index.chats.len(), expected_blocks.len());
+    assert_eq!(sealed.packs.len(), 1);
+    let position = |p: &Option<proto::HistoryPosition>| {
+        p.as_ref()
+            .map(|p| json!({"sent_at_ms": p.sent_at_ms, "message_id": p.message_id}))
+    };
+    let checkpoint_blocks: Vec<Value> = index
+        .chats
+        .iter()
+        .zip(&expected_blocks)
+        .enumerate()
+        .map(|(i, (entry, ops))| {
+            let pack = &sealed.packs[entry.pack as usize].1;
+            let bytes = &pack[entry.offset as usize..(entry.offset + entry.length) as usize];
+            let name = crate::sync::checkpoint::block_name(&sealed.index_name, i);
+            let (_, key) = key_of(&entry.chat_id);
+            json!({
+                "name": name,
+                "chat_id": entry.chat_id,
+                "key_id": hex(&entry.key_id),
+                "nonce": hex(&nonces.used[i]),
+                "body": hex(&open_under(&Key32::new(key), ObjectKind::ChatData, &name, bytes)),
+                "operations": ops.iter().map(|op| operation_json(op)).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    assert_eq!(nonces.used.len(), checkpoint_blocks.len() + 1);
+    let checkpoint = json!({
+        "description": "checkpoint 1 of the other device: one pack with two blocks of the family chat (metadata and a deletion without a range, then two messages with their range) and one deleted chat",
+        "name": sealed.index_name,
+        "nonce": hex(nonces.used.last().unwrap()),
+        "body": hex(&index_body),
+        "object": hex(&sealed.index),
+        "fields": {
+            "device_id": hex(&other.0),
+            "seq": 1,
+            "covered": covered.iter().map(head_json).collect::<Vec<_>>(),
+            "keys": [grant_json("family")],
+            "packs": index.packs.iter().map(|p| json!({"name": p.name, "size": p.size})).collect::<Vec<_>>(),
+            "chats": index.chats.iter().map(|c| {
+                let mut v = json!({"chat_id": c.chat_id, "key_id": hex(&c.key_id), "pack": c.pack, "offset": c.offset, "length": c.length});
+                if let Some(first) = position(&c.first) { v["first"] = first; }
+                if let Some(last) = position(&c.last) { v["last"] = last; }
+                v
+            }).collect::<Vec<_>>(),
+            "deleted_chats": deleted_chats.iter().map(|(chat_id, s)| json!({"chat_id": chat_id, "stamp": {"wall_ms": s.wall_ms, "counter": s.counter, "device_id": hex(&s.device.0)}})).collect::<Vec<_>>(),
+            "created_at_ms": 1_700_000_100_000u64,
+        },
+        "packs": sealed.packs.iter().map(|(name, bytes)| json!({"name": name, "object": hex(bytes)})).collect::<Vec<_>>(),
+        "blocks": checkpoint_blocks,
+    });
+    json!({
+        "description": "sync objects (section 9): a segment (kind 4) and a checkpoint index (kind 6) with its pack, sealed with fixed nonces pattern(70), pattern(71), ... and pattern(90), ... in the order the writer seals (chat blocks, then the outer object); chat blocks are kind 2 under their chat key, named <object name>#<block>; `fields` and `operations` give the decoded protobuf fields (bytes in hex; an absent field reads as its protobuf default)",
+        "recovery_key": hex(&recovery_key.to_bytes()[..]),
+        "recovery_key_text": recovery_key.to_text().as_str(),
+        "vault_id": vault.to_hex(),
+        "log_key": hex(keys.log().0.bytes()),
+        "chat_keys": chat_keys_json,
+        "segment": segment,
+        "checkpoint": checkpoint,
+    })
 }
 
 /// Attachment content as STREAM chunk objects: content ids, file keys, every chunk object, and

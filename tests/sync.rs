@@ -304,6 +304,171 @@ async fn an_interrupted_push_resumes_after_restart_without_duplicates() {
     b.verify().await.unwrap();
 }
 
+/// A store in which a segment PUT lands and then reports failure (once, while `lose_reply` is
+/// set), like a connection that drops after the server stored the object and before its answer
+/// arrived. Every PUT body is recorded, so a test can compare what each name received.
+struct LandsThenFails {
+    inner: MemoryStore,
+    lose_reply: Mutex<bool>,
+    puts: Mutex<Vec<(String, Vec<u8>)>>,
+}
+
+#[async_trait]
+impl ObjectStore for LandsThenFails {
+    async fn put(&self, key: &str, body: Vec<u8>) -> StoreResult<()> {
+        self.puts
+            .lock()
+            .unwrap()
+            .push((key.to_owned(), body.clone()));
+        self.inner.put(key, body).await?;
+        if key.contains("/segments/") && std::mem::take(&mut *self.lose_reply.lock().unwrap()) {
+            return Err(StoreError::Unavailable(
+                "stored, then the reply was lost".into(),
+            ));
+        }
+        Ok(())
+    }
+    async fn get(&self, key: &str) -> StoreResult<Option<Vec<u8>>> {
+        self.inner.get(key).await
+    }
+    async fn get_range(
+        &self,
+        key: &str,
+        range: std::ops::Range<u64>,
+    ) -> StoreResult<Option<Vec<u8>>> {
+        self.inner.get_range(key, range).await
+    }
+    async fn list(&self, prefix: &str) -> StoreResult<Vec<ObjectInfo>> {
+        self.inner.list(prefix).await
+    }
+    async fn delete(&self, key: &str) -> StoreResult<()> {
+        self.inner.delete(key).await
+    }
+    fn requests_sent(&self) -> u64 {
+        self.inner.requests_sent()
+    }
+}
+
+/// The dangerous interruption: the segment is in the bucket, but the writer dies before it
+/// records that. Another device may already have applied it. After the restart the writer must
+/// upload the very same bytes again (not a new sealing of the same operations, which would give
+/// one sequence number two different objects and break the hash chain of whoever saw the
+/// first), and every other device applies each operation once.
+#[tokio::test]
+async fn a_segment_that_landed_before_a_crash_is_reuploaded_byte_for_byte() {
+    let store = Arc::new(LandsThenFails {
+        inner: MemoryStore::new(),
+        lose_reply: Mutex::new(true),
+        puts: Mutex::new(Vec::new()),
+    });
+    let shared: Arc<dyn ObjectStore> = store.clone();
+    let key = RecoveryKey::generate().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let b = device(shared.clone(), &key, &dir, "b").await;
+    let delivered = Recorder(Mutex::new(vec![]), false);
+    {
+        let a = device(shared.clone(), &key, &dir, "a").await;
+        a.record(vec![message("c", "1", "x", 1)]).unwrap();
+        let error = a.sync(None, None).await.unwrap_err();
+        assert!(
+            matches!(error, Error::Store(ref e) if e.is_retryable()),
+            "{error}"
+        );
+    } // the app is killed before it learns the upload landed
+    let segment_puts = || -> Vec<(String, Vec<u8>)> {
+        store
+            .puts
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(name, _)| name.contains("/segments/"))
+            .cloned()
+            .collect()
+    };
+    let first = segment_puts();
+    assert_eq!(first.len(), 1, "one segment PUT, which landed");
+    // Another device applies the landed segment before the writer comes back.
+    b.sync(None, Some(&delivered)).await.unwrap();
+    assert_eq!(*delivered.0.lock().unwrap(), ["1"]);
+
+    let a = device(shared.clone(), &key, &dir, "a").await;
+    a.record(vec![message("c", "2", "y", 2)]).unwrap();
+    let report = a.sync(None, None).await.unwrap();
+    assert_eq!(
+        report.objects_up, 2,
+        "the pending segment again, then the new one"
+    );
+
+    let puts = segment_puts();
+    assert_eq!(puts.len(), 3);
+    let (name, bytes) = &first[0];
+    assert_eq!(
+        &puts[1].0, name,
+        "the pending segment goes first, under its name"
+    );
+    assert!(
+        puts[1].1 == *bytes,
+        "sequence number {name} received two different objects"
+    );
+    assert_ne!(&puts[2].0, name);
+    assert!(store.inner.get(name).await.unwrap().unwrap() == *bytes);
+
+    b.sync(None, Some(&delivered)).await.unwrap();
+    assert_eq!(*delivered.0.lock().unwrap(), ["1", "2"], "each change once");
+    assert_eq!(b.messages(None).unwrap().len(), 2);
+    b.verify().await.unwrap();
+    let fresh = device(shared, &key, &dir, "fresh").await;
+    fresh.sync(None, None).await.unwrap();
+    assert_eq!(snapshot(&fresh), snapshot(&b));
+}
+
+/// A pack shorter than the ranges its index gives its blocks: the block lies outside the object
+/// stored under the pack's name. A device restoring from the checkpoint and `verify` both refuse
+/// it as misplaced content, naming the pack.
+#[tokio::test]
+async fn a_pack_cut_short_of_its_blocks_is_misplaced() {
+    let memory = Arc::new(MemoryStore::new());
+    let store: Arc<dyn ObjectStore> = memory.clone();
+    let key = RecoveryKey::generate().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let a = device(store.clone(), &key, &dir, "a").await;
+    a.record(vec![message("c", "1", "x", 1), message("c", "2", "y", 2)])
+        .unwrap();
+    a.sync(None, None).await.unwrap();
+    a.checkpoint().await.unwrap();
+    // Without the segments the checkpoint covers, a new device must read the pack.
+    a.collect_garbage(0).await.unwrap();
+    let packs: Vec<String> = memory
+        .list("")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| o.key)
+        .filter(|k| k.contains("/packs/"))
+        .collect();
+    assert_eq!(packs.len(), 1, "{packs:?}");
+    let full_name = &packs[0];
+    let (vault_prefix, pack_name) = full_name.split_once('/').unwrap();
+    assert_eq!(vault_prefix, a.vault_id());
+    let pack = memory.get(full_name).await.unwrap().unwrap();
+    // Shorter than any sealed block (57 bytes at least), so the first block's range ends past it.
+    memory.put(full_name, pack[..8].to_vec()).await.unwrap();
+
+    let is_this_pack = |error: &Error| matches!(error, Error::Integrity(IntegrityProblem::Misplaced { name }) if name == pack_name);
+    let fresh = device(store.clone(), &key, &dir, "fresh").await;
+    let restore = fresh.sync(None, None).await.unwrap_err();
+    assert!(is_this_pack(&restore), "{restore:?}");
+    assert!(fresh.messages(None).unwrap().is_empty());
+    let verify = a.verify().await.unwrap_err();
+    assert!(is_this_pack(&verify), "{verify:?}");
+
+    // The whole pack back: both succeed, so the cut was what they refused.
+    memory.put(full_name, pack).await.unwrap();
+    fresh.sync(None, None).await.unwrap();
+    assert_eq!(snapshot(&fresh), snapshot(&a));
+    a.verify().await.unwrap();
+}
+
 async fn two_segment_vault() -> (
     Arc<MemoryStore>,
     RecoveryKey,

@@ -233,3 +233,131 @@ async fn attachment_chunks_download_through_the_public_api() {
         "{error:?}"
     );
 }
+
+/// The segment vector opens with the public reader: its name, hash, chain and claims are the
+/// ones the vector lists, and it is refused under its successor's name.
+#[test]
+fn the_segment_vector_opens_through_the_public_api() {
+    use chatvault::sync::segment::open_segment;
+    let v = load("sync_objects.json");
+    let keys =
+        VaultKeys::derive(&RecoveryKey::parse(v["recovery_key_text"].as_str().unwrap()).unwrap());
+    let segment = &v["segment"];
+    let fields = &segment["fields"];
+    let name = segment["name"].as_str().unwrap();
+    let object = bytes(&segment["object"]);
+    let opened = open_segment(&keys, name, &object).unwrap();
+    assert_eq!(opened.head.device.0.to_vec(), bytes(&fields["device_id"]));
+    assert_eq!(opened.head.seq, fields["seq"].as_u64().unwrap());
+    assert_eq!(opened.head.hash.to_vec(), bytes(&segment["hash"]));
+    assert_eq!(
+        opened.prev_hash.unwrap().to_vec(),
+        bytes(&fields["prev_hash"])
+    );
+    let seen: Vec<(Vec<u8>, u64, Vec<u8>)> = opened
+        .seen
+        .iter()
+        .map(|h| (h.device.0.to_vec(), h.seq, h.hash.to_vec()))
+        .collect();
+    let listed: Vec<(Vec<u8>, u64, Vec<u8>)> = fields["seen"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                bytes(&h["device_id"]),
+                h["seq"].as_u64().unwrap(),
+                bytes(&h["hash"]),
+            )
+        })
+        .collect();
+    assert_eq!(seen, listed);
+    let grants: Vec<(Vec<u8>, &str)> = opened
+        .grants
+        .iter()
+        .map(|(id, chat, _)| (id.to_vec(), chat.as_str()))
+        .collect();
+    let granted: Vec<(Vec<u8>, &str)> = fields["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| (bytes(&g["key_id"]), g["chat_id"].as_str().unwrap()))
+        .collect();
+    assert_eq!(grants, granted);
+    let block_keys: Vec<Vec<u8>> = opened.blocks.iter().map(|(id, _)| id.to_vec()).collect();
+    let listed_keys: Vec<Vec<u8>> = segment["blocks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| bytes(&b["key_id"]))
+        .collect();
+    assert_eq!(block_keys, listed_keys);
+    assert_eq!(opened.device_name, fields["device_name"].as_str().unwrap());
+    assert_eq!(opened.platform, fields["platform"].as_str().unwrap());
+    let successor = name.replace("0000000000000002", "0000000000000003");
+    assert!(open_segment(&keys, &successor, &object).is_err());
+}
+
+/// The checkpoint vector, laid out in a bucket as a writer leaves it after garbage collection
+/// (the index and its pack, no segments), restores a new device: the family chat with the
+/// messages the vector's blocks hold.
+#[tokio::test]
+async fn the_checkpoint_vector_restores_a_new_device() {
+    use chatvault::store::{MemoryStore, ObjectStore};
+    use chatvault::vault::{DeviceInfo, Vault};
+    use std::sync::Arc;
+    let v = load("sync_objects.json");
+    let key = RecoveryKey::parse(v["recovery_key_text"].as_str().unwrap()).unwrap();
+    let vault_id = v["vault_id"].as_str().unwrap();
+    let checkpoint = &v["checkpoint"];
+    let store = Arc::new(MemoryStore::new());
+    store
+        .put(
+            &format!("{vault_id}/{}", checkpoint["name"].as_str().unwrap()),
+            bytes(&checkpoint["object"]),
+        )
+        .await
+        .unwrap();
+    for pack in checkpoint["packs"].as_array().unwrap() {
+        store
+            .put(
+                &format!("{vault_id}/{}", pack["name"].as_str().unwrap()),
+                bytes(&pack["object"]),
+            )
+            .await
+            .unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let info = DeviceInfo {
+        name: "new".into(),
+        platform: "test".into(),
+    };
+    let fresh = Vault::open(store.clone(), dir.path(), info, &key)
+        .await
+        .unwrap();
+    fresh.sync(None, None).await.unwrap();
+    let chats = fresh.chats().unwrap();
+    assert_eq!(chats.len(), 1);
+    assert_eq!(chats[0].chat.title, "Family 👪");
+    let restored: Vec<(String, String, Option<String>)> = fresh
+        .messages(None)
+        .unwrap()
+        .into_iter()
+        .map(|m| (m.message_id, m.text, m.reply_to))
+        .collect();
+    let mut expected = Vec::new();
+    for block in checkpoint["blocks"].as_array().unwrap() {
+        for operation in block["operations"].as_array().unwrap() {
+            if let Some(m) = operation.get("upsert_message") {
+                expected.push((
+                    m["message_id"].as_str().unwrap().to_owned(),
+                    m["text"].as_str().unwrap().to_owned(),
+                    m.get("reply_to").map(|r| r.as_str().unwrap().to_owned()),
+                ));
+            }
+        }
+    }
+    assert_eq!(expected.len(), 2);
+    assert_eq!(restored, expected);
+    assert_eq!(fresh.verify().await.unwrap().checkpoints, 1);
+}

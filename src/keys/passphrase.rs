@@ -291,20 +291,31 @@ impl PassphraseEnvelope {
     /// Fails with [`Error::WrongPassphrase`] when the passphrase (or the envelope) is wrong, and
     /// with [`Error::Decode`] when the envelope is not a well-formed envelope at all.
     pub fn open(envelope: &[u8], vault_id: &VaultId, passphrase: &str) -> Result<RecoveryKey> {
+        let decoded = Self::decode(envelope)?;
+        let kek = stretch(passphrase, &decoded.salt, decoded.params)?;
+        Self::unwrap_with(&decoded, &kek, vault_id)
+    }
+
+    /// The second half of [`open`](Self::open), apart so that a test can unwrap with a key
+    /// stretched from other parameters than the envelope declares.
+    fn unwrap_with(
+        decoded: &DecodedEnvelope,
+        kek: &[u8; 32],
+        vault_id: &VaultId,
+    ) -> Result<RecoveryKey> {
         let DecodedEnvelope {
             params,
             salt,
             nonce,
             ciphertext,
-        } = Self::decode(envelope)?;
-        let kek = stretch(passphrase, &salt, params)?;
-        let aad = associated_data(vault_id, params, &salt);
+        } = decoded;
+        let aad = associated_data(vault_id, *params, salt);
         let plaintext = Zeroizing::new(
-            XChaCha20Poly1305::new((&*kek).into())
+            XChaCha20Poly1305::new(kek.into())
                 .decrypt(
-                    &XNonce::from(nonce),
+                    &XNonce::from(*nonce),
                     Payload {
-                        msg: &ciphertext,
+                        msg: ciphertext,
                         aad: &aad,
                     },
                 )
@@ -483,11 +494,53 @@ mod tests {
                 })
             ));
         }
-        // Lowering the cost is caught by authentication (the parameters are in the AAD).
+        // Changing the cost within bounds fails to open (here Argon2 alone would already
+        // yield another key; the test below isolates the AAD).
         let cheaper = reencode(&env, |b| b.kdf.as_mut().unwrap().iterations = 2);
         assert!(matches!(
             PassphraseEnvelope::open(&cheaper, &vault_id, pass),
             Err(Error::WrongPassphrase)
         ));
+    }
+
+    /// Every parameter is an Argon2 input, so a tampered envelope opened normally fails
+    /// whether or not the parameters are authenticated: the key comes out different. To see
+    /// the AAD at work, each tampered envelope is unwrapped with the key stretched from the
+    /// genuine parameters, as if the KDF ignored the tampered field (or an attacker had found
+    /// a way to make it). Only the parameters bound into the AAD can then refuse it.
+    #[test]
+    fn every_parameter_is_authenticated_apart_from_the_key_it_stretches() {
+        let (key, vault_id, env) = envelope("correct horse battery staple");
+        let genuine = PassphraseEnvelope::decode(&env).unwrap();
+        let kek = stretch(
+            "correct horse battery staple",
+            &genuine.salt,
+            genuine.params,
+        )
+        .unwrap();
+        // The control: this key opens the genuine envelope.
+        assert_eq!(
+            PassphraseEnvelope::unwrap_with(&genuine, &kek, &vault_id).unwrap(),
+            key
+        );
+        type Edit = Box<dyn FnOnce(&mut proto::Argon2idParams)>;
+        let edits: Vec<(&str, Edit)> = vec![
+            ("memory", Box::new(|k| k.memory_kib += 1024)),
+            ("iterations", Box::new(|k| k.iterations += 1)),
+            ("parallelism", Box::new(|k| k.parallelism += 1)),
+            ("salt", Box::new(|k| k.salt[0] ^= 1)),
+            ("salt length", Box::new(|k| k.salt.push(0))),
+        ];
+        for (field, edit) in edits {
+            let tampered = reencode(&env, |b| edit(b.kdf.as_mut().unwrap()));
+            let decoded = PassphraseEnvelope::decode(&tampered).unwrap();
+            assert!(
+                matches!(
+                    PassphraseEnvelope::unwrap_with(&decoded, &kek, &vault_id),
+                    Err(Error::WrongPassphrase)
+                ),
+                "a tampered {field} was accepted"
+            );
+        }
     }
 }

@@ -17,7 +17,7 @@ use prost::Message as _;
 use crate::error::{DecodeProblem, Error, IntegrityProblem, Result};
 use crate::format::{ObjectKind, decode_body, proto};
 use crate::keys::{ChatKey, VaultKeys};
-use crate::sealing::{self, ObjectContext, padded_len};
+use crate::sealing::{self, Compression, ObjectContext, padded_len};
 
 use super::clock::{DeviceId, Stamp};
 use super::history::{HistoryCursor, position_of};
@@ -161,7 +161,8 @@ pub struct CheckpointIndex {
     pub created_at_ms: u64,
 }
 
-fn block_name(index_name: &str, block: usize) -> String {
+/// The AAD name of chat block `block` of a checkpoint (FORMAT.md section 9.5).
+pub(crate) fn block_name(index_name: &str, block: usize) -> String {
     format!("{index_name}#{block}")
 }
 
@@ -180,6 +181,18 @@ pub fn seal_checkpoint(
     keys: &VaultKeys,
     input: &CheckpointInput<'_>,
     chats: impl IntoIterator<Item = Result<ChatContent>>,
+) -> Result<SealedCheckpoint> {
+    seal_checkpoint_with(keys, input, chats, &mut sealing::random_nonce)
+}
+
+/// [`seal_checkpoint`] with nonces from `nonce` (one per chat block in order, then the index):
+/// only `seal_checkpoint` and the test-vector generator call it, and a nonce must never be
+/// reused under one key.
+pub(crate) fn seal_checkpoint_with(
+    keys: &VaultKeys,
+    input: &CheckpointInput<'_>,
+    chats: impl IntoIterator<Item = Result<ChatContent>>,
+    nonce: &mut dyn FnMut() -> Result<[u8; sealing::NONCE_LEN]>,
 ) -> Result<SealedCheckpoint> {
     let index_name = checkpoint_name(input.device, input.seq);
     let pack_base = pack_prefix(input.device, input.seq);
@@ -227,7 +240,13 @@ pub fn seal_checkpoint(
                     kind: ObjectKind::ChatData,
                     name: &name,
                 };
-                let block = sealing::seal(&key.0, &context, &body)?;
+                let block = sealing::seal_with_nonce(
+                    &key.0,
+                    &context,
+                    &body,
+                    &nonce()?,
+                    Compression::Auto,
+                )?;
                 if !current.is_empty() && current.len() + block.len() > PACK_TARGET {
                     close(&mut packs, &mut current);
                 }
@@ -300,7 +319,8 @@ pub fn seal_checkpoint(
         kind: ObjectKind::CheckpointIndex,
         name: &index_name,
     };
-    let index = sealing::seal(&keys.log().0, &context, &body)?;
+    let index =
+        sealing::seal_with_nonce(&keys.log().0, &context, &body, &nonce()?, Compression::Auto)?;
     Ok(SealedCheckpoint {
         index_name,
         index,

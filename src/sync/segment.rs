@@ -22,7 +22,7 @@ use sha2::{Digest, Sha256};
 use crate::error::{DecodeProblem, Error, IntegrityProblem, Result};
 use crate::format::{ObjectKind, decode_body, proto};
 use crate::keys::{ChatKey, VaultKeys};
-use crate::sealing::{self, ObjectContext};
+use crate::sealing::{self, Compression, ObjectContext};
 
 use super::batch::EncodedBatch;
 use super::clock::DeviceId;
@@ -171,7 +171,8 @@ pub struct NewSegment<'a> {
     pub platform: &'a str,
 }
 
-fn block_name(segment: &str, index: usize) -> String {
+/// The AAD name of chat block `index` of a segment (FORMAT.md section 9.2).
+pub(crate) fn block_name(segment: &str, index: usize) -> String {
     format!("{segment}#{index}")
 }
 
@@ -180,6 +181,18 @@ pub fn seal_segment(
     keys: &VaultKeys,
     chat_keys: &ChatKeys,
     segment: &NewSegment<'_>,
+) -> Result<(String, Vec<u8>, SegmentHash)> {
+    seal_segment_with(keys, chat_keys, segment, &mut sealing::random_nonce)
+}
+
+/// [`seal_segment`] with nonces from `nonce` (one per chat block in order, then the outer
+/// object): only `seal_segment` and the test-vector generator call it, and a nonce must never
+/// be reused under one key.
+pub(crate) fn seal_segment_with(
+    keys: &VaultKeys,
+    chat_keys: &ChatKeys,
+    segment: &NewSegment<'_>,
+    nonce: &mut dyn FnMut() -> Result<[u8; sealing::NONCE_LEN]>,
 ) -> Result<(String, Vec<u8>, SegmentHash)> {
     let name = segment_name(segment.device, segment.seq);
     let mut blocks = Vec::new();
@@ -196,7 +209,13 @@ pub fn seal_segment(
         };
         blocks.push(proto::SealedChatBlock {
             key_id: key_id.to_vec(),
-            sealed: sealing::seal(&key.0, &context, &body)?,
+            sealed: sealing::seal_with_nonce(
+                &key.0,
+                &context,
+                &body,
+                &nonce()?,
+                Compression::Auto,
+            )?,
         });
     }
     let grants = segment
@@ -239,7 +258,8 @@ pub fn seal_segment(
         kind: ObjectKind::Segment,
         name: &name,
     };
-    let object = sealing::seal(&keys.log().0, &context, &body)?;
+    let object =
+        sealing::seal_with_nonce(&keys.log().0, &context, &body, &nonce()?, Compression::Auto)?;
     let hash = Sha256::digest(&object).into();
     Ok((name, object, hash))
 }
@@ -510,6 +530,35 @@ mod tests {
             open_segment(&keys(), "segments/garbage", &object),
             Err(Error::Integrity(IntegrityProblem::Misplaced { .. }))
         ));
+    }
+
+    /// The AAD binds the name the writer sealed under; the body's own device and seq must name
+    /// the same place. A holder of the log key who seals segment 2's body under the name of
+    /// segment 3, or under another device's name, gets past the tag but not past this check.
+    #[test]
+    fn a_segment_whose_body_names_another_place_is_misplaced() {
+        let (name, object, _) = sealed(2, Some([0; 32]));
+        let keys = keys();
+        let opened = ObjectContext {
+            vault_id: keys.vault_id(),
+            kind: ObjectKind::Segment,
+            name: &name,
+        };
+        let body = sealing::open(&keys.log().0, &opened, &object).unwrap();
+        for elsewhere in [segment_name(DEV, 3), segment_name(DeviceId([0xd2; 16]), 2)] {
+            let there = ObjectContext {
+                vault_id: keys.vault_id(),
+                kind: ObjectKind::Segment,
+                name: &elsewhere,
+            };
+            let resealed = sealing::seal(&keys.log().0, &there, &body).unwrap();
+            let error = open_segment(&keys, &elsewhere, &resealed).unwrap_err();
+            assert!(
+                matches!(&error, Error::Integrity(IntegrityProblem::Misplaced { name })
+                    if *name == elsewhere),
+                "{error:?}"
+            );
+        }
     }
 
     #[test]

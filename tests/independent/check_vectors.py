@@ -1108,10 +1108,196 @@ def check_attachments(c):
                                              "mime": case["mime"]}, repr(ref))
 
 
+# ---------------------------------------------------------------------------------------------
+# Section 9: segments (kind 4) and checkpoints (kind 6) with their packs
+# ---------------------------------------------------------------------------------------------
+
+KIND_SEGMENT, KIND_CHECKPOINT_INDEX = 4, 6
+STAMP = {1: ("wall_ms", "uint64", False), 2: ("counter", "uint32", False),
+         3: ("device_id", "bytes", False)}
+MESSAGE_REF = {1: ("chat_id", "string", False), 2: ("message_id", "string", False)}
+OPERATION = {1: ("stamp", STAMP, False), 2: ("upsert_chat", CHAT, False),
+             3: ("upsert_message", MESSAGE, False), 4: ("delete_message", MESSAGE_REF, False),
+             5: ("delete_chat", "string", False)}
+CHAT_OPERATIONS = {1: ("chat_id", "string", False), 2: ("operations", OPERATION, True)}
+CHAT_CHECKPOINT = CHAT_OPERATIONS  # same fields: chat_id = 1, operations = 2
+CHAT_KEY_GRANT = {1: ("chat_id", "string", False), 2: ("key_id", "bytes", False),
+                  3: ("key", "bytes", False)}
+DEVICE_HEAD = {1: ("device_id", "bytes", False), 2: ("seq", "uint64", False),
+               3: ("hash", "bytes", False)}
+SEALED_CHAT_BLOCK = {1: ("key_id", "bytes", False), 2: ("sealed", "bytes", False)}
+SEGMENT = {1: ("device_id", "bytes", False), 2: ("seq", "uint64", False),
+           3: ("prev_hash", "bytes", False), 4: ("seen", DEVICE_HEAD, True),
+           5: ("keys", CHAT_KEY_GRANT, True), 6: ("chats", SEALED_CHAT_BLOCK, True),
+           7: ("device_name", "string", False), 8: ("platform", "string", False)}
+PACK_REF = {1: ("name", "string", False), 2: ("size", "uint64", False)}
+HISTORY_POSITION = {1: ("sent_at_ms", "uint64", False), 2: ("message_id", "string", False)}
+PACKED_CHAT = {1: ("chat_id", "string", False), 2: ("key_id", "bytes", False),
+               3: ("pack", "uint32", False), 4: ("offset", "uint64", False),
+               5: ("length", "uint64", False), 6: ("first", HISTORY_POSITION, False),
+               7: ("last", HISTORY_POSITION, False)}
+CHAT_TOMBSTONE = {1: ("chat_id", "string", False), 2: ("stamp", STAMP, False)}
+CHECKPOINT_INDEX = {1: ("device_id", "bytes", False), 2: ("seq", "uint64", False),
+                    3: ("covered", DEVICE_HEAD, True), 4: ("keys", CHAT_KEY_GRANT, True),
+                    5: ("packs", PACK_REF, True), 6: ("chats", PACKED_CHAT, True),
+                    7: ("deleted_chats", CHAT_TOMBSTONE, True), 8: ("created_at_ms", "uint64", False)}
+
+
+def without_defaults(value):
+    """A decoded message (or a vector's field list) as JSON-comparable data: bytes in hex, and
+    fields at their protobuf default (0, empty, absent) left out, so both sides compare alike."""
+    if isinstance(value, (bytes, bytearray)):
+        value = bytes(value).hex()
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            v = without_defaults(v)
+            if v not in (None, "", 0, [], {}):
+                out[k] = v
+        return out
+    if isinstance(value, list):
+        return [without_defaults(v) for v in value]
+    return value
+
+
+def fields_match(what, decoded, expected):
+    got, want = without_defaults(decoded), without_defaults(expected)
+    return got == want, "%s: decoded %r, vector %r" % (what, got, want)
+
+
+def check_chat_blocks(c, tag, object_name, blocks, sealed_of, vid, keys_by_id, device_id):
+    """Each chat block: a kind-2 object under its chat key named <object name>#<i>, whose body
+    is protobuf ChatOperations (segments) / ChatCheckpoint (checkpoints) of that chat."""
+    for i, b in enumerate(blocks):
+        btag = "%s block %d" % (tag, i)
+        sealed = sealed_of(i)
+        # The name is computed here from section 9, not taken from the vector.
+        block_name = "%s#%d" % (object_name, i)
+        c.check(btag + ": name is <object name>#%d" % i, b["name"] == block_name, b["name"])
+        key_id = h(b["key_id"])
+        chat, key = keys_by_id[key_id]
+        c.check(btag + ": key belongs to the block's chat", chat == b["chat_id"])
+        body = h(b["body"])
+        c.run(btag + ": opens to its body", lambda: open_sealed(sealed, key, KIND_CHAT_DATA, vid,
+                                                                  block_name) == body)
+        c.rejects(btag + ": under another block's name", lambda: open_sealed(
+            sealed, key, KIND_CHAT_DATA, vid, "%s#%d" % (object_name, i + 1)), "tag")
+        c.run(btag + ": re-seal with its nonce reproduces it",
+              lambda: seal(key, h(b["nonce"]), KIND_CHAT_DATA, vid, block_name, body) == sealed)
+        decoded = pb_message(body, CHAT_OPERATIONS)
+        c.check(btag + ": chat id", decoded["chat_id"] == b["chat_id"])
+        c.run(btag + ": operations", lambda: fields_match("operations", decoded["operations"],
+                                                          b["operations"]))
+        for op in decoded["operations"]:
+            body_of = [k for k in ("upsert_chat", "upsert_message", "delete_message")
+                       if op[k] is not None] + (["delete_chat"] if op["delete_chat"] else [])
+            c.check(btag + ": one body per operation", len(body_of) == 1, repr(body_of))
+            target = op[body_of[0]] if body_of and body_of[0] != "delete_chat" else None
+            chat_of = target["chat_id"] if target else op["delete_chat"]
+            c.check(btag + ": operation of the block's chat", chat_of == b["chat_id"])
+            if device_id is not None:
+                c.check(btag + ": stamped by the segment's device",
+                        op["stamp"]["device_id"] == device_id)
+        c.check(btag + ": body is canonical protobuf",
+                pb_encode(decoded, CHAT_OPERATIONS) == body)
+
+
+def check_sync_objects(c):
+    v = load("sync_objects.json")
+    rk = h(v["recovery_key"])
+    vid = vault_id(rk)
+    log_key = derive(rk, "log")
+    c.check("sync: vault id and log key derive from the recovery key",
+            vid.hex() == v["vault_id"] and log_key.hex() == v["log_key"])
+    keys_by_id = {h(k["key_id"]): (k["chat_id"], h(k["key"])) for k in v["chat_keys"]}
+
+    # Segment.
+    s = v["segment"]
+    tag = "segment"
+    obj, body, name = h(s["object"]), h(s["body"]), s["name"]
+    f = s["fields"]
+    c.check(tag + ": name is segments/<device hex>/<seq 016x>",
+            name == "segments/%s/%016x" % (f["device_id"], f["seq"]), name)
+    c.check(tag + ": header", obj[:8] == MAGIC + bytes([1, 1, KIND_SEGMENT, 0]))
+    c.run(tag + ": opens under the log key to its body",
+          lambda: open_sealed(obj, log_key, KIND_SEGMENT, vid, name) == body)
+    c.rejects(tag + ": under the next sequence number", lambda: open_sealed(
+        obj, log_key, KIND_SEGMENT, vid, "segments/%s/%016x" % (f["device_id"], f["seq"] + 1)), "tag")
+    c.rejects(tag + ": as a checkpoint index",
+              lambda: open_sealed(obj, log_key, KIND_CHECKPOINT_INDEX, vid, name), "kind")
+    c.run(tag + ": re-seal with its nonce reproduces it",
+          lambda: seal(log_key, h(s["nonce"]), KIND_SEGMENT, vid, name, body) == obj)
+    c.check(tag + ": hash = SHA-256 of the whole object", hashlib.sha256(obj).hexdigest() == s["hash"])
+    seg = pb_message(body, SEGMENT)
+    c.run(tag + ": fields", lambda: fields_match(
+        "segment", {k: seg[k] for k in seg if k != "chats"}, f))
+    c.check(tag + ": prev_hash is 32 bytes for seq > 1", f["seq"] > 1 and len(seg["prev_hash"]) == 32)
+    c.check(tag + ": one sealed block per chat", len(seg["chats"]) == len(s["blocks"]))
+    c.check(tag + ": block key ids", [b["key_id"] for b in seg["chats"]]
+            == [h(b["key_id"]) for b in s["blocks"]])
+    c.check(tag + ": body is canonical protobuf", pb_encode(seg, SEGMENT) == body)
+    check_chat_blocks(c, tag, name, s["blocks"], lambda i: seg["chats"][i]["sealed"], vid, keys_by_id,
+                      seg["device_id"])
+
+    # Checkpoint index and its pack.
+    k = v["checkpoint"]
+    tag = "checkpoint"
+    obj, body, name = h(k["object"]), h(k["body"]), k["name"]
+    f = k["fields"]
+    c.check(tag + ": name is checkpoints/<device hex>/<seq 016x>",
+            name == "checkpoints/%s/%016x" % (f["device_id"], f["seq"]), name)
+    c.check(tag + ": header", obj[:8] == MAGIC + bytes([1, 1, KIND_CHECKPOINT_INDEX, 0]))
+    c.run(tag + ": opens under the log key to its body",
+          lambda: open_sealed(obj, log_key, KIND_CHECKPOINT_INDEX, vid, name) == body)
+    c.rejects(tag + ": as a segment",
+              lambda: open_sealed(obj, log_key, KIND_SEGMENT, vid, name), "kind")
+    c.run(tag + ": re-seal with its nonce reproduces it",
+          lambda: seal(log_key, h(k["nonce"]), KIND_CHECKPOINT_INDEX, vid, name, body) == obj)
+    index = pb_message(body, CHECKPOINT_INDEX)
+    c.run(tag + ": fields", lambda: fields_match("checkpoint", index, f))
+    c.check(tag + ": body is canonical protobuf", pb_encode(index, CHECKPOINT_INDEX) == body)
+    c.check(tag + ": keys only of chats with blocks",
+            {g["chat_id"] for g in index["keys"]} == {e["chat_id"] for e in index["chats"]})
+    prefix = "packs/%s/%016x/" % (f["device_id"], f["seq"])
+    packs = [h(p["object"]) for p in k["packs"]]
+    for n, (ref, p) in enumerate(zip(index["packs"], k["packs"])):
+        ptag = "%s pack %d" % (tag, n)
+        c.check(ptag + ": named <prefix><n as 4 digits>", ref["name"] == p["name"] == prefix + "%04d" % n)
+        c.check(ptag + ": size as listed", ref["size"] == len(packs[n]))
+        used = [e for e in index["chats"] if e["pack"] == n]
+        end = 0
+        for e in used:
+            c.check(ptag + ": blocks follow each other", e["offset"] == end)
+            end = e["offset"] + e["length"]
+        c.check(ptag + ": length = padded(blocks)", len(packs[n]) == padme(end))
+        c.check(ptag + ": zero bytes after the blocks", not any(packs[n][end:]))
+    c.check(tag + ": one entry per block", len(index["chats"]) == len(k["blocks"]))
+
+    def block_bytes(i):
+        e = index["chats"][i]
+        return packs[e["pack"]][e["offset"]:e["offset"] + e["length"]]
+    check_chat_blocks(c, tag, name, k["blocks"], block_bytes, vid, keys_by_id, None)
+    for i, (e, b) in enumerate(zip(index["chats"], k["blocks"])):
+        btag = "%s block %d" % (tag, i)
+        c.check(btag + ": index entry names the block's chat and key",
+                e["chat_id"] == b["chat_id"] and e["key_id"] == h(b["key_id"]))
+        ops = pb_message(h(b["body"]), CHAT_CHECKPOINT)["operations"]
+        if e["first"] is None:
+            c.check(btag + ": without a range", e["last"] is None)
+            continue
+        positions = [(op["upsert_message"]["sent_at_ms"], op["upsert_message"]["message_id"])
+                     if op["upsert_message"] else None for op in ops]
+        c.check(btag + ": a ranged block holds only messages, in history order",
+                None not in positions and positions == sorted(positions), repr(positions))
+        c.check(btag + ": first and last name its first and last message",
+                (e["first"]["sent_at_ms"], e["first"]["message_id"]) == positions[0]
+                and (e["last"]["sent_at_ms"], e["last"]["message_id"]) == positions[-1])
+
+
 def main():
     c = Checker()
     for fn in (check_hkdf, check_aead, check_recovery_key, check_padme, check_sealed,
-               crafted_frame_checks, check_attachments):
+               crafted_frame_checks, check_attachments, check_sync_objects):
         try:
             fn(c)
         except Exception as e:  # noqa: BLE001
