@@ -134,8 +134,7 @@ async fn a_device_without_the_cache_merges_counts_and_defers_content_to_the_buck
         "counts from the version index match counts from content"
     );
 
-    // An older remote edit arriving later loses on the tablet too: the phone's clock is behind
-    // the tablet's edit, so replaying the phone's original upsert of m0 changes nothing.
+    // A sync with nothing new applies nothing and leaves the counts as they were.
     let before = tablet.chats().unwrap();
     let report = tablet.sync(None, None).await.unwrap();
     assert_eq!(report.operations_applied, 0);

@@ -653,8 +653,11 @@ fn finish_cache(
         cache::append(tx, key, batch)?;
     }
     for chat_id in &touched {
-        let deleted = read_chat(tx, chat_id)?.and_then(|c| c.deleted);
-        let versions = || versions::chat_versions(tx, devices, chat_id, deleted, journal);
+        // Read only when a deletion check or a repack needs them (rare), not per chat per record.
+        let versions = || {
+            let deleted = read_chat(tx, chat_id)?.and_then(|c| c.deleted);
+            versions::chat_versions(tx, devices, chat_id, deleted, journal)
+        };
         if deleted_chats.contains(chat_id) && versions()?.is_empty() {
             cache::remove_chat(tx, chat_id)?;
             continue;
