@@ -390,7 +390,7 @@ impl FixedNonces {
 /// writers' own code (`seal_segment_with`, `seal_checkpoint_with`) and fixed nonces, so the
 /// vectors follow any change to how these objects are built once regenerated.
 fn sync_object_vectors() -> Value {
-    use crate::sync::checkpoint::{ChatContent, CheckpointInput, seal_checkpoint_with};
+    use crate::sync::next_checkpoint::{ChatContent, CheckpointInput, seal_checkpoint_with};
     use crate::sync::segment::{ChatKeys, Head, NewSegment, seal_segment_with};
     use crate::sync::{Change, Chat, DeviceId, Message, Operation, Stamp};
     use prost::Message as _;
@@ -616,7 +616,8 @@ fn sync_object_vectors() -> Value {
         .map(|(i, (entry, ops))| {
             let pack = &sealed.packs[entry.pack as usize].1;
             let bytes = &pack[entry.offset as usize..(entry.offset + entry.length) as usize];
-            let name = crate::sync::checkpoint::block_name(&sealed.index_name, i);
+            let block_id: [u8; 16] = entry.block_id.as_slice().try_into().unwrap();
+            let name = crate::sync::checkpoint::block_name(&block_id);
             let (_, key) = key_of(&entry.chat_id);
             json!({
                 "name": name,
@@ -642,7 +643,7 @@ fn sync_object_vectors() -> Value {
             "keys": [grant_json("family")],
             "packs": index.packs.iter().map(|p| json!({"name": p.name, "size": p.size})).collect::<Vec<_>>(),
             "chats": index.chats.iter().map(|c| {
-                let mut v = json!({"chat_id": c.chat_id, "key_id": hex(&c.key_id), "pack": c.pack, "offset": c.offset, "length": c.length});
+                let mut v = json!({"chat_id": c.chat_id, "key_id": hex(&c.key_id), "pack": c.pack, "offset": c.offset, "length": c.length, "block_id": hex(&c.block_id)});
                 if let Some(first) = position(&c.first) { v["first"] = first; }
                 if let Some(last) = position(&c.last) { v["last"] = last; }
                 v
@@ -654,7 +655,7 @@ fn sync_object_vectors() -> Value {
         "blocks": checkpoint_blocks,
     });
     json!({
-        "description": "sync objects (section 9): a segment (kind 4) and a checkpoint index (kind 6) with its pack, sealed with fixed nonces pattern(70), pattern(71), ... and pattern(90), ... in the order the writer seals (chat blocks, then the outer object); chat blocks are kind 2 under their chat key, named <object name>#<block>; `fields` and `operations` give the decoded protobuf fields (bytes in hex; an absent field reads as its protobuf default)",
+        "description": "sync objects (section 9): a segment (kind 4) and a checkpoint index (kind 6) with its pack, sealed with fixed nonces pattern(70), pattern(71), ... and pattern(90), ... in the order the writer seals (chat blocks, then the outer object); segment chat blocks are kind 2 under their chat key, named <segment name>#<block>; checkpoint chat blocks are kind 2 under their chat key, named blocks/<block id hex>, the block id being the first 16 bytes of the block's nonce; `fields` and `operations` give the decoded protobuf fields (bytes in hex; an absent field reads as its protobuf default)",
         "recovery_key": hex(&recovery_key.to_bytes()[..]),
         "recovery_key_text": recovery_key.to_text().as_str(),
         "vault_id": vault.to_hex(),

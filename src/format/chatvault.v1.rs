@@ -253,7 +253,8 @@ pub struct PackRef {
     #[prost(uint64, tag = "2")]
     pub size: u64,
 }
-/// Where one sealed chat block lies: bytes [offset, offset + length) of pack `pack`.
+/// Where one sealed chat block lies: bytes [offset, offset + length) of pack `pack` (a pack of
+/// this checkpoint or of an earlier one).
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct PackedChat {
     #[prost(string, tag = "1")]
@@ -273,6 +274,11 @@ pub struct PackedChat {
     pub first: ::core::option::Option<HistoryPosition>,
     #[prost(message, optional, tag = "7")]
     pub last: ::core::option::Option<HistoryPosition>,
+    /// 16 random bytes the writer chose when it sealed the block; the block's AAD name is
+    /// "blocks/<hex>". The name does not depend on where the block lies, so a later checkpoint
+    /// can reference the block in this pack, or copy its bytes into a new pack, without opening it.
+    #[prost(bytes = "vec", tag = "8")]
+    pub block_id: ::prost::alloc::vec::Vec<u8>,
 }
 /// A message's place in its chat's history.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

@@ -4,20 +4,19 @@
 //! ```text
 //! index = checkpoints/<device hex>/<seq 016x>      sealed (kind 6, log key) CheckpointIndex
 //! pack  = packs/<device hex>/<seq 016x>/<n 4 digits>  sealed chat blocks back to back, zero-padded
-//! block i = sealed (kind 2, a key of the chat, AAD name = "<index name>#<i>") ChatCheckpoint
+//! block = sealed (kind 2, a key of the chat, AAD name = "blocks/<block id hex>") ChatCheckpoint
 //! ```
 //!
 //! The index lists the segments it covers (one head per device), every key of every live chat,
-//! the packs, where each chat block lies, and the deleted chats' tombstones. Keys of deleted chats
-//! are left out: once the segments and older checkpoints that held them are collected, those
-//! chats are shredded.
-
-use prost::Message as _;
+//! the packs its blocks lie in (its own, and earlier checkpoints' whose blocks it kept), where each
+//! chat block lies, and the deleted chats' tombstones. Keys of deleted chats are left out: once
+//! the segments and older checkpoints that held them are collected, those chats are shredded.
+//! Writing one is [`next_checkpoint`](super::next_checkpoint)'s job.
 
 use crate::error::{DecodeProblem, Error, IntegrityProblem, Result};
 use crate::format::{ObjectKind, decode_body, proto};
 use crate::keys::{ChatKey, VaultKeys};
-use crate::sealing::{self, Compression, ObjectContext, padded_len};
+use crate::sealing::{self, ObjectContext};
 
 use super::clock::{DeviceId, Stamp};
 use super::history::{HistoryCursor, position_of};
@@ -28,12 +27,6 @@ use super::segment::{ChatKeys, Head, KeyId, parse_device_and_seq};
 pub const CHECKPOINTS_PREFIX: &str = "checkpoints/";
 /// Where packs live inside the vault prefix.
 pub const PACKS_PREFIX: &str = "packs/";
-/// Chat blocks are filled up to about this much encoded plaintext (64 KiB): a page of history
-/// reads one or two blocks, and a chat spans as many as it needs.
-const BLOCK_TARGET: usize = 64 * 1024;
-/// Packs are closed once they hold this many bytes (8 MiB).
-const PACK_TARGET: usize = 8 * 1024 * 1024;
-
 /// Fewest segments outside the newest checkpoint before a sync writes a new checkpoint.
 pub const AUTO_CHECKPOINT_SEGMENTS: u64 = 64;
 /// Segments a vault without any checkpoint collects before a sync writes its first one.
@@ -83,43 +76,6 @@ pub fn pack_prefix(device: DeviceId, seq: u64) -> String {
     format!("{PACKS_PREFIX}{}/{seq:016x}/", device.to_hex())
 }
 
-/// One live chat's content: the winning operation for its metadata and for each message.
-#[derive(Debug, Clone)]
-pub struct ChatContent {
-    /// The chat.
-    pub chat_id: String,
-    /// Its operations.
-    pub operations: Vec<Operation>,
-}
-
-/// What goes into a checkpoint.
-#[derive(Debug)]
-pub struct CheckpointInput<'a> {
-    /// The writing device and its checkpoint sequence number.
-    pub device: DeviceId,
-    /// 1, 2, ... per device.
-    pub seq: u64,
-    /// The newest applied segment of every device: the state below covers exactly these.
-    pub covered: &'a [Head],
-    /// Every known chat key (keys of chats not in `chats` are left out).
-    pub chat_keys: &'a ChatKeys,
-    /// Deleted chats: (chat id, stamp of the newest delete).
-    pub deleted_chats: &'a [(String, Stamp)],
-    /// Writer's clock, for garbage collection grace periods.
-    pub created_at_ms: u64,
-}
-
-/// A sealed checkpoint, ready to upload (packs first, index last).
-#[derive(Debug)]
-pub struct SealedCheckpoint {
-    /// The index's name.
-    pub index_name: String,
-    /// The index's bytes.
-    pub index: Vec<u8>,
-    /// (name, bytes) of each pack.
-    pub packs: Vec<(String, Vec<u8>)>,
-}
-
 /// Where one chat block lies.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PackedChat {
@@ -136,6 +92,9 @@ pub struct PackedChat {
     /// For a block of messages: the history positions of its first and last message. `None`
     /// for a block a reader of the chat always needs (metadata, deletions, or an older writer).
     pub range: Option<(HistoryCursor, HistoryCursor)>,
+    /// The id its writer chose; the block is sealed under the name [`block_name`] of it, so it
+    /// can stay where it lies, or move, from one checkpoint to the next.
+    pub block_id: [u8; 16],
 }
 
 /// An opened checkpoint index.
@@ -161,190 +120,19 @@ pub struct CheckpointIndex {
     pub created_at_ms: u64,
 }
 
-/// The AAD name of chat block `block` of a checkpoint (FORMAT.md section 9.5).
-pub(crate) fn block_name(index_name: &str, block: usize) -> String {
-    format!("{index_name}#{block}")
+/// The AAD name of the chat block with id `block_id` (FORMAT.md section 9.5).
+pub(crate) fn block_name(block_id: &[u8; 16]) -> String {
+    format!("blocks/{}", crate::hex::encode(block_id))
 }
 
-fn head_to_proto(head: &Head) -> proto::DeviceHead {
-    proto::DeviceHead {
-        device_id: head.device.0.to_vec(),
-        seq: head.seq,
-        hash: head.hash.to_vec(),
+/// Parses a pack name into its checkpoint's (device, seq) and its number.
+pub fn parse_pack_name(name: &str) -> Option<(DeviceId, u64, u32)> {
+    let (checkpoint, number) = name.strip_prefix(PACKS_PREFIX)?.rsplit_once('/')?;
+    let (device, seq) = parse_device_and_seq(checkpoint)?;
+    if number.len() != 4 || !number.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
     }
-}
-
-/// Seals a checkpoint: chat blocks into packs, then the index. `chats` yields each chat's content
-/// in turn (so only one chat's operations are in memory at a time); chats without operations
-/// are skipped.
-pub fn seal_checkpoint(
-    keys: &VaultKeys,
-    input: &CheckpointInput<'_>,
-    chats: impl IntoIterator<Item = Result<ChatContent>>,
-) -> Result<SealedCheckpoint> {
-    seal_checkpoint_with(keys, input, chats, &mut sealing::random_nonce)
-}
-
-/// [`seal_checkpoint`] with nonces from `nonce` (one per chat block in order, then the index):
-/// only `seal_checkpoint` and the test-vector generator call it, and a nonce must never be
-/// reused under one key.
-pub(crate) fn seal_checkpoint_with(
-    keys: &VaultKeys,
-    input: &CheckpointInput<'_>,
-    chats: impl IntoIterator<Item = Result<ChatContent>>,
-    nonce: &mut dyn FnMut() -> Result<[u8; sealing::NONCE_LEN]>,
-) -> Result<SealedCheckpoint> {
-    let index_name = checkpoint_name(input.device, input.seq);
-    let pack_base = pack_prefix(input.device, input.seq);
-    let mut packs: Vec<(String, Vec<u8>)> = Vec::new();
-    let mut current: Vec<u8> = Vec::new();
-    let mut entries = Vec::new();
-    let mut grants = Vec::new();
-    let close = |packs: &mut Vec<(String, Vec<u8>)>, current: &mut Vec<u8>| {
-        let mut pack = std::mem::take(current);
-        pack.resize(padded_len(pack.len() as u64) as usize, 0);
-        packs.push((format!("{pack_base}{:04}", packs.len()), pack));
-    };
-    for chat in chats {
-        let chat = chat?;
-        if chat.operations.is_empty() {
-            continue;
-        }
-        let (key_id, key) = input
-            .chat_keys
-            .writing_key(&chat.chat_id)
-            .ok_or_else(|| Error::invalid_input(format!("no key for chat {:?}", chat.chat_id)))?;
-        for (id, chat_id, _) in input.chat_keys.entries() {
-            if chat_id == chat.chat_id {
-                grants.push(*id);
-            }
-        }
-        // The chat's metadata and deletions first (every read of the chat needs them), then its
-        // messages in history order, in blocks of about BLOCK_TARGET encoded bytes, each with the
-        // positions of its first and last message so a page of history reads only its blocks.
-        let (mut messages, head): (Vec<&Operation>, Vec<&Operation>) = chat
-            .operations
-            .iter()
-            .partition(|op| position_of(op).is_some());
-        messages.sort_by(|a, b| position_of(a).cmp(&position_of(b)));
-        for (group, ranged) in [(head, false), (messages, true)] {
-            for block_ops in split_blocks(&group) {
-                let body = proto::ChatCheckpoint {
-                    chat_id: chat.chat_id.clone(),
-                    operations: block_ops.iter().map(|op| op.to_proto()).collect(),
-                }
-                .encode_to_vec();
-                let name = block_name(&index_name, entries.len());
-                let context = ObjectContext {
-                    vault_id: keys.vault_id(),
-                    kind: ObjectKind::ChatData,
-                    name: &name,
-                };
-                let block = sealing::seal_with_nonce(
-                    &key.0,
-                    &context,
-                    &body,
-                    &nonce()?,
-                    Compression::Auto,
-                )?;
-                if !current.is_empty() && current.len() + block.len() > PACK_TARGET {
-                    close(&mut packs, &mut current);
-                }
-                let place = |op: Option<&&Operation>| {
-                    op.and_then(|op| position_of(op)).filter(|_| ranged).map(
-                        |(sent_at_ms, message_id)| proto::HistoryPosition {
-                            sent_at_ms,
-                            message_id: message_id.to_owned(),
-                        },
-                    )
-                };
-                entries.push(proto::PackedChat {
-                    chat_id: chat.chat_id.clone(),
-                    key_id: key_id.to_vec(),
-                    pack: packs.len() as u32,
-                    offset: current.len() as u64,
-                    length: block.len() as u64,
-                    first: place(block_ops.first()),
-                    last: place(block_ops.last()),
-                });
-                current.extend_from_slice(&block);
-            }
-        }
-    }
-    if !current.is_empty() {
-        close(&mut packs, &mut current);
-    }
-    grants.sort_unstable();
-    grants.dedup();
-    let body =
-        zeroize::Zeroizing::new(
-            proto::CheckpointIndex {
-                device_id: input.device.0.to_vec(),
-                seq: input.seq,
-                covered: input.covered.iter().map(head_to_proto).collect(),
-                keys: grants
-                    .iter()
-                    .filter_map(|id| {
-                        input.chat_keys.entries().find(|(k, _, _)| *k == id).map(
-                            |(k, chat, key)| proto::ChatKeyGrant {
-                                chat_id: chat.to_owned(),
-                                key_id: k.to_vec(),
-                                key: key.0.bytes().to_vec(),
-                            },
-                        )
-                    })
-                    .collect(),
-                packs: packs
-                    .iter()
-                    .map(|(name, bytes)| proto::PackRef {
-                        name: name.clone(),
-                        size: bytes.len() as u64,
-                    })
-                    .collect(),
-                chats: entries,
-                deleted_chats: input
-                    .deleted_chats
-                    .iter()
-                    .map(|(chat_id, stamp)| proto::ChatTombstone {
-                        chat_id: chat_id.clone(),
-                        stamp: Some(stamp.to_proto()),
-                    })
-                    .collect(),
-                created_at_ms: input.created_at_ms,
-            }
-            .encode_to_vec(),
-        );
-    let context = ObjectContext {
-        vault_id: keys.vault_id(),
-        kind: ObjectKind::CheckpointIndex,
-        name: &index_name,
-    };
-    let index =
-        sealing::seal_with_nonce(&keys.log().0, &context, &body, &nonce()?, Compression::Auto)?;
-    Ok(SealedCheckpoint {
-        index_name,
-        index,
-        packs,
-    })
-}
-
-/// Cuts operations into runs of about [`BLOCK_TARGET`] encoded bytes (at least one each).
-fn split_blocks<'a>(operations: &'a [&'a Operation]) -> Vec<&'a [&'a Operation]> {
-    let mut blocks = Vec::new();
-    let mut start = 0;
-    let mut size = 0;
-    for (index, operation) in operations.iter().enumerate() {
-        if index > start && size >= BLOCK_TARGET {
-            blocks.push(&operations[start..index]);
-            start = index;
-            size = 0;
-        }
-        size += operation.to_proto().encoded_len();
-    }
-    if start < operations.len() {
-        blocks.push(&operations[start..]);
-    }
-    blocks
+    Some((device, seq, number.parse().ok()?))
 }
 
 /// Opens and checks a checkpoint index stored under `name`.
@@ -410,9 +198,8 @@ pub fn open_checkpoint_index(
         .iter()
         .map(|p| (p.name.clone(), p.size))
         .collect();
-    let prefix = pack_prefix(device, seq);
-    if packs.iter().any(|(n, _)| !n.starts_with(&prefix)) {
-        return Err(malformed("pack outside the checkpoint"));
+    if packs.iter().any(|(n, _)| parse_pack_name(n).is_none()) {
+        return Err(malformed("not a pack name"));
     }
     let chats = index
         .chats
@@ -441,6 +228,7 @@ pub fn open_checkpoint_index(
                 offset: c.offset,
                 length: c.length,
                 range,
+                block_id: id16(&c.block_id, "block id")?,
             })
         })
         .collect::<Result<Vec<_>>>()?;
@@ -497,7 +285,7 @@ pub fn open_block(
                 seq: index.seq,
             })
         })?;
-    let name = block_name(&index.name, block);
+    let name = block_name(&entry.block_id);
     let context = ObjectContext {
         vault_id: keys.vault_id(),
         kind: ObjectKind::ChatData,
@@ -536,95 +324,6 @@ pub fn open_block(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys::RecoveryKey;
-    use crate::sync::{Change, Message, Stamp};
-
-    /// A checkpoint of one chat with 3,000 messages recorded newest first, opened again.
-    fn long_chat_checkpoint() -> (VaultKeys, ChatKeys, CheckpointIndex, Vec<Vec<u8>>) {
-        let keys = VaultKeys::derive(&RecoveryKey::from_bytes([7; 32]));
-        let mut chat_keys = ChatKeys::new();
-        chat_keys
-            .insert([1; 16], "c", ChatKey::from_bytes([2; 32]))
-            .unwrap();
-        let device = DeviceId([3; 16]);
-        let operations = (0..3000u64)
-            .rev()
-            .map(|i| Operation {
-                stamp: Stamp {
-                    wall_ms: 10_000 - i,
-                    counter: 0,
-                    device,
-                },
-                change: Change::UpsertMessage(Message {
-                    chat_id: "c".into(),
-                    message_id: format!("m{i:04}"),
-                    sent_at_ms: (i / 2) as i64,
-                    text: "some words that fill the blocks ".repeat(2),
-                    ..Message::default()
-                }),
-            })
-            .collect();
-        let sealed = seal_checkpoint(
-            &keys,
-            &CheckpointInput {
-                device,
-                seq: 1,
-                covered: &[],
-                chat_keys: &chat_keys,
-                deleted_chats: &[],
-                created_at_ms: 0,
-            },
-            [Ok(ChatContent {
-                chat_id: "c".into(),
-                operations,
-            })],
-        )
-        .unwrap();
-        let index = open_checkpoint_index(&keys, &sealed.index_name, &sealed.index).unwrap();
-        let packs = sealed.packs.into_iter().map(|(_, bytes)| bytes).collect();
-        (keys, chat_keys, index, packs)
-    }
-
-    fn block_bytes<'a>(index: &CheckpointIndex, packs: &'a [Vec<u8>], block: usize) -> &'a [u8] {
-        let entry = &index.chats[block];
-        &packs[entry.pack][entry.offset as usize..(entry.offset + entry.length) as usize]
-    }
-
-    #[test]
-    fn message_blocks_follow_history_order_and_hold_only_their_range() {
-        let (keys, chat_keys, index, packs) = long_chat_checkpoint();
-        assert!(index.chats.len() >= 3, "{} blocks", index.chats.len());
-        let mut previous_last: Option<HistoryCursor> = None;
-        for block in 0..index.chats.len() {
-            let (first, last) = index.chats[block].range.clone().unwrap();
-            assert!(previous_last.as_ref().is_none_or(|p| *p < first));
-            let operations = open_block(
-                &keys,
-                &chat_keys,
-                &index,
-                block,
-                block_bytes(&index, &packs, block),
-            )
-            .unwrap();
-            let positions: Vec<_> = operations.iter().filter_map(position_of).collect();
-            assert!(positions.windows(2).all(|w| w[0] < w[1]));
-            previous_last = Some(last);
-        }
-        // An index whose range leaves out some of its block's messages is refused.
-        let mut lying = index;
-        let (first, last) = lying.chats[1].range.clone().unwrap();
-        lying.chats[1].range = Some((
-            HistoryCursor {
-                sent_at_ms: first.sent_at_ms + 1,
-                ..first
-            },
-            last,
-        ));
-        assert!(matches!(
-            open_block(&keys, &chat_keys, &lying, 1, block_bytes(&lying, &packs, 1)),
-            Err(Error::Decode { .. })
-        ));
-    }
 
     #[test]
     fn checkpoints_wait_for_a_quarter_of_the_last_one_in_new_segments() {

@@ -9,6 +9,7 @@ pub mod checkpoint;
 pub mod clock;
 pub mod history;
 pub mod model;
+pub mod next_checkpoint;
 pub mod plan;
 pub mod segment;
 pub mod state;

@@ -149,6 +149,35 @@ impl MemoryState {
             .collect()
     }
 
+    /// The winning operations of every chat, by chat id: its metadata and, per message, the
+    /// upsert or the delete (tombstone) that won. Applying them to an empty state, with each
+    /// chat's `DeleteChat` stamp, gives this state back: they are what a checkpoint stores.
+    pub fn winners(self) -> BTreeMap<String, Vec<Operation>> {
+        let mut winners: BTreeMap<String, Vec<Operation>> = BTreeMap::new();
+        for (chat_id, record) in self.chats {
+            if let Some((stamp, chat)) = record.meta {
+                winners.entry(chat_id).or_default().push(Operation {
+                    stamp,
+                    change: Change::UpsertChat(chat),
+                });
+            }
+        }
+        for ((chat_id, message_id), record) in self.messages {
+            let change = match record.message {
+                Some(message) => Change::UpsertMessage(message),
+                None => Change::DeleteMessage {
+                    chat_id: chat_id.clone(),
+                    message_id,
+                },
+            };
+            winners.entry(chat_id).or_default().push(Operation {
+                stamp: record.stamp,
+                change,
+            });
+        }
+        winners
+    }
+
     /// Live messages, by (chat id, message id).
     pub fn messages(&self) -> Vec<Message> {
         self.messages

@@ -140,80 +140,6 @@ impl Vault {
         }
     }
 
-    /// Writes a checkpoint of the merged state (after a full sync), so new devices and
-    /// single-chat restores read a few packs instead of every segment. Returns its figures.
-    pub async fn checkpoint(&self) -> Result<CheckpointReport> {
-        let _guard = self.sync_lock.lock().await;
-        let mut sync = SyncReport::default();
-        let never = CancelToken::new();
-        self.push(None, &mut sync, &never).await?;
-        self.pull(None, None, &mut sync, &never).await?;
-        self.write_checkpoint().await
-    }
-
-    /// Seals and uploads a checkpoint of the local state (the caller holds the sync lock and has
-    /// just synced).
-    pub(super) async fn write_checkpoint(&self) -> Result<CheckpointReport> {
-        let sealed = {
-            let local = lock(&self.local)?;
-            let covered: Vec<Head> = local.heads()?.into_values().collect();
-            if covered.is_empty() {
-                return Ok(CheckpointReport::default());
-            }
-            let deleted = local.deleted_chats()?;
-            let seq = local
-                .meta(META_CHECKPOINT_SEQ)?
-                .and_then(|b| b.try_into().ok().map(u64::from_be_bytes))
-                .unwrap_or(0)
-                + 1;
-            let chat_keys = lock(&self.chat_keys)?;
-            let chats = local.all_chat_ids()?.into_iter().map(|chat_id| {
-                let (operations, _) = local.chat_operations(&chat_id)?;
-                Ok(ChatContent {
-                    chat_id,
-                    operations,
-                })
-            });
-            seal_checkpoint(
-                &self.keys,
-                &CheckpointInput {
-                    device: self.device,
-                    seq,
-                    covered: &covered,
-                    chat_keys: &chat_keys,
-                    deleted_chats: &deleted,
-                    created_at_ms: now_ms(),
-                },
-                chats,
-            )
-            .map(|sealed| (sealed, seq, covered))?
-        };
-        let (sealed, seq, covered) = sealed;
-        let mut report = CheckpointReport {
-            name: sealed.index_name.clone(),
-            objects: 1 + sealed.packs.len() as u64,
-            bytes: sealed.index.len() as u64,
-        };
-        // Packs first, the index last: an index is never listed before its packs exist.
-        for (name, bytes) in sealed.packs {
-            report.bytes += bytes.len() as u64;
-            self.store
-                .put(&format!("{}{name}", self.prefix()), bytes)
-                .await?;
-        }
-        self.store
-            .put(
-                &format!("{}{}", self.prefix(), sealed.index_name),
-                sealed.index,
-            )
-            .await?;
-        lock(&self.local)?.transaction(|tx| {
-            local::note_checkpoint(tx, &report.name, &covered, now_ms())?;
-            local::set_meta(tx, META_CHECKPOINT_SEQ, &seq.to_be_bytes())
-        })?;
-        Ok(report)
-    }
-
     /// Deletes what the newest checkpoint made redundant, once it is older than `grace_ms`:
     /// the segments it covers and older checkpoints with their packs. Without locks: a device
     /// still reading those objects has had `grace_ms` to finish, and a device that falls behind
@@ -281,18 +207,22 @@ impl Vault {
     pub(super) async fn collect_log_garbage(&self, grace_ms: u64) -> Result<u64> {
         let mut scratch = SyncReport::default();
         let listed = self.list_vault().await?;
-        let Some(NewestCheckpoint {
-            name: newest,
-            covered,
-            created_at_ms,
-            ..
-        }) = self.newest_checkpoint(&listed, &mut scratch).await?
-        else {
+        let Some(mut checkpoint) = self.newest_checkpoint(&listed, &mut scratch).await? else {
             return Ok(0);
         };
-        if now_ms() < created_at_ms.saturating_add(grace_ms) {
+        if now_ms() < checkpoint.created_at_ms.saturating_add(grace_ms) {
             return Ok(0);
         }
+        // Checkpoints keep unchanged chats' blocks where they lie: every pack the newest index
+        // references stays, whichever checkpoint wrote it.
+        let index = self.take_index(&mut checkpoint, &mut scratch).await?;
+        let referenced: std::collections::BTreeSet<&str> =
+            index.packs.iter().map(|(name, _)| name.as_str()).collect();
+        let NewestCheckpoint {
+            name: newest,
+            covered,
+            ..
+        } = checkpoint;
         let base = coverage(Some(&covered));
         let Some(newest_id) = parse_checkpoint_name(&newest) else {
             return Ok(0);
@@ -305,16 +235,12 @@ impl Vault {
             .filter_map(|o| parse_checkpoint_name(&o.key))
             .collect();
         let pack_is_redundant = |key: &str| {
-            let Some(rest) = key.strip_prefix(PACKS_PREFIX) else {
+            let Some((device, seq, _)) = parse_pack_name(key) else {
                 return false;
             };
-            let Some((device_and_seq, _)) = rest.rsplit_once('/') else {
-                return false;
-            };
-            let Some((device, seq)) = parse_device_and_seq(device_and_seq) else {
-                return false;
-            };
-            (device, seq) != newest_id && indexes.iter().any(|(d, s)| *d == device && *s >= seq)
+            !referenced.contains(key)
+                && (device, seq) != newest_id
+                && indexes.iter().any(|(d, s)| *d == device && *s >= seq)
         };
         let mut deleted = 0;
         for object in &listed {

@@ -20,18 +20,17 @@ use crate::sealing::{self, ObjectContext};
 use crate::store::{ObjectInfo, ObjectStore};
 use crate::sync::batch::EncodedBatch;
 use crate::sync::checkpoint::{
-    CHECKPOINTS_PREFIX, ChatContent, CheckpointIndex, CheckpointInput, PACKS_PREFIX,
-    checkpoint_due, open_block, open_checkpoint_index, pack_prefix, parse_checkpoint_name,
-    seal_checkpoint,
+    CHECKPOINTS_PREFIX, CheckpointIndex, checkpoint_due, open_block, open_checkpoint_index,
+    parse_checkpoint_name, parse_pack_name,
 };
 use crate::sync::plan::{Fetch, check_chain, check_seen, plan_pull};
 use crate::sync::segment::{
     ChatKeys, Head, KeyId, MAX_SEGMENT_BODY, NewSegment, OpenedSegment, SEGMENTS_PREFIX,
-    open_blocks, open_segment, parse_device_and_seq, parse_segment_name, seal_segment,
-    segment_name,
+    open_blocks, open_segment, parse_segment_name, seal_segment, segment_name,
 };
 use crate::sync::{Change, Clock, DeviceId, Message, Operation, Stamp, clock::now_ms};
 
+mod checkpointing;
 mod maintenance;
 mod pull;
 mod reading;
@@ -471,14 +470,13 @@ impl Vault {
         let mut report = SyncReport::default();
         self.push(progress, &mut report, cancel).await?;
         let uncovered = self.pull(progress, listener, &mut report, cancel).await?;
-        // A checkpoint is written from the content cache: a device whose cache does not hold
-        // every chat leaves checkpoints to devices that do.
+        // A checkpoint is written from the bucket (the newest checkpoint and the segments after
+        // it), so any device writes one when it is due, with or without the content cache.
         if checkpoint_due(
             uncovered.segments,
             uncovered.bytes,
             uncovered.checkpoint_bytes,
-        ) && lock(&self.local)?.cache_is_complete()?
-        {
+        ) {
             let written = self.write_checkpoint().await?;
             report.objects_up += written.objects;
             report.bytes_up += written.bytes;

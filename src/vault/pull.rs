@@ -253,17 +253,16 @@ impl Vault {
         let mut heads = lock(&self.local)?.heads()?;
         let size_of: BTreeMap<&str, u64> =
             listed.iter().map(|i| (i.key.as_str(), i.size)).collect();
-        let checkpoint_bytes: Option<u64> = checkpoint
-            .as_ref()
-            .and_then(|c| parse_checkpoint_name(&c.name).map(|id| (id, &c.name)))
-            .map(|((device, seq), name)| {
-                let packs = pack_prefix(device, seq);
-                listed
-                    .iter()
-                    .filter(|i| i.key == *name || i.key.starts_with(&packs))
-                    .map(|i| i.size)
-                    .sum()
-            });
+        // The newest checkpoint's bytes: its index and the packs it references, which may be
+        // earlier checkpoints' too. Without fetching the index, every listed pack counts (packs
+        // nothing references any more are soon collected).
+        let checkpoint_bytes: Option<u64> = checkpoint.as_ref().map(|c| {
+            listed
+                .iter()
+                .filter(|i| i.key == c.name || parse_pack_name(&i.key).is_some())
+                .map(|i| i.size)
+                .sum()
+        });
         // Start from the checkpoint when segments this device still needs were collected, or
         // when the checkpoint is smaller than the segments it replaces (a new device).
         if let Some(checkpoint) = &mut checkpoint {

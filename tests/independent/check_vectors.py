@@ -1135,7 +1135,7 @@ HISTORY_POSITION = {1: ("sent_at_ms", "uint64", False), 2: ("message_id", "strin
 PACKED_CHAT = {1: ("chat_id", "string", False), 2: ("key_id", "bytes", False),
                3: ("pack", "uint32", False), 4: ("offset", "uint64", False),
                5: ("length", "uint64", False), 6: ("first", HISTORY_POSITION, False),
-               7: ("last", HISTORY_POSITION, False)}
+               7: ("last", HISTORY_POSITION, False), 8: ("block_id", "bytes", False)}
 CHAT_TOMBSTONE = {1: ("chat_id", "string", False), 2: ("stamp", STAMP, False)}
 CHECKPOINT_INDEX = {1: ("device_id", "bytes", False), 2: ("seq", "uint64", False),
                     3: ("covered", DEVICE_HEAD, True), 4: ("keys", CHAT_KEY_GRANT, True),
@@ -1165,15 +1165,15 @@ def fields_match(what, decoded, expected):
     return got == want, "%s: decoded %r, vector %r" % (what, got, want)
 
 
-def check_chat_blocks(c, tag, object_name, blocks, sealed_of, vid, keys_by_id, device_id):
-    """Each chat block: a kind-2 object under its chat key named <object name>#<i>, whose body
-    is protobuf ChatOperations (segments) / ChatCheckpoint (checkpoints) of that chat."""
+def check_chat_blocks(c, tag, name_of, blocks, sealed_of, vid, keys_by_id, device_id):
+    """Each chat block: a kind-2 object under its chat key named name_of(i) (section 9), whose
+    body is protobuf ChatOperations (segments) / ChatCheckpoint (checkpoints) of that chat."""
     for i, b in enumerate(blocks):
         btag = "%s block %d" % (tag, i)
         sealed = sealed_of(i)
         # The name is computed here from section 9, not taken from the vector.
-        block_name = "%s#%d" % (object_name, i)
-        c.check(btag + ": name is <object name>#%d" % i, b["name"] == block_name, b["name"])
+        block_name = name_of(i)
+        c.check(btag + ": name per section 9", b["name"] == block_name, b["name"])
         key_id = h(b["key_id"])
         chat, key = keys_by_id[key_id]
         c.check(btag + ": key belongs to the block's chat", chat == b["chat_id"])
@@ -1181,7 +1181,7 @@ def check_chat_blocks(c, tag, object_name, blocks, sealed_of, vid, keys_by_id, d
         c.run(btag + ": opens to its body", lambda: open_sealed(sealed, key, KIND_CHAT_DATA, vid,
                                                                   block_name) == body)
         c.rejects(btag + ": under another block's name", lambda: open_sealed(
-            sealed, key, KIND_CHAT_DATA, vid, "%s#%d" % (object_name, i + 1)), "tag")
+            sealed, key, KIND_CHAT_DATA, vid, block_name + "0"), "tag")
         c.run(btag + ": re-seal with its nonce reproduces it",
               lambda: seal(key, h(b["nonce"]), KIND_CHAT_DATA, vid, block_name, body) == sealed)
         decoded = pb_message(body, CHAT_OPERATIONS)
@@ -1236,7 +1236,7 @@ def check_sync_objects(c):
     c.check(tag + ": block key ids", [b["key_id"] for b in seg["chats"]]
             == [h(b["key_id"]) for b in s["blocks"]])
     c.check(tag + ": body is canonical protobuf", pb_encode(seg, SEGMENT) == body)
-    check_chat_blocks(c, tag, name, s["blocks"], lambda i: seg["chats"][i]["sealed"], vid, keys_by_id,
+    check_chat_blocks(c, tag, lambda i: "%s#%d" % (name, i), s["blocks"], lambda i: seg["chats"][i]["sealed"], vid, keys_by_id,
                       seg["device_id"])
 
     # Checkpoint index and its pack.
@@ -1276,7 +1276,13 @@ def check_sync_objects(c):
     def block_bytes(i):
         e = index["chats"][i]
         return packs[e["pack"]][e["offset"]:e["offset"] + e["length"]]
-    check_chat_blocks(c, tag, name, k["blocks"], block_bytes, vid, keys_by_id, None)
+    # A checkpoint block is named by the id its index entry gives it, so later checkpoints can
+    # keep it where it lies or copy it unopened; chatvault takes the id from the block's nonce.
+    for i, (e, b) in enumerate(zip(index["chats"], k["blocks"])):
+        c.check("%s block %d: 16-byte block id, the first 16 bytes of its nonce" % (tag, i),
+                len(e["block_id"]) == 16 and e["block_id"] == h(b["nonce"])[:16])
+    check_chat_blocks(c, tag, lambda i: "blocks/" + index["chats"][i]["block_id"].hex(),
+                      k["blocks"], block_bytes, vid, keys_by_id, None)
     for i, (e, b) in enumerate(zip(index["chats"], k["blocks"])):
         btag = "%s block %d" % (tag, i)
         c.check(btag + ": index entry names the block's chat and key",

@@ -1,0 +1,240 @@
+//! Writing checkpoints from the bucket: the newest checkpoint plus the segments after it, so a
+//! device needs no local copy of the vault's content to write one (see `sync::next_checkpoint`).
+
+use std::collections::BTreeMap;
+
+use crate::error::{Error, Result};
+use crate::sync::next_checkpoint::{CheckpointInput, NextCheckpoint};
+
+use super::*;
+
+/// Operations (by approximate size in memory) one checkpoint takes in: more uncovered segments
+/// than this are covered by successive checkpoints in one call, so memory stays bounded
+/// whatever the vault's size.
+const ROUND_BYTES: u64 = 32 * 1024 * 1024;
+
+/// One round's outcome.
+struct Round {
+    report: CheckpointReport,
+    /// The index written, the base of the next round.
+    index: Option<CheckpointIndex>,
+    /// Whether uncovered segments remain.
+    more: bool,
+}
+
+impl Vault {
+    /// Writes a checkpoint of the merged state (after a full sync), so new devices and
+    /// single-chat restores read a few packs instead of every segment. Returns its figures.
+    pub async fn checkpoint(&self) -> Result<CheckpointReport> {
+        let _guard = self.sync_lock.lock().await;
+        let mut sync = SyncReport::default();
+        let never = CancelToken::new();
+        self.push(None, &mut sync, &never).await?;
+        self.pull(None, None, &mut sync, &never).await?;
+        self.write_checkpoint().await
+    }
+
+    /// Writes checkpoints until every listed segment is covered: each from the one before (the
+    /// newest in the bucket, first) and at most [`ROUND_BYTES`] of the segments after it. The
+    /// caller holds the sync lock. The report sums every round and names the last index.
+    pub(super) async fn write_checkpoint(&self) -> Result<CheckpointReport> {
+        let mut scratch = SyncReport::default();
+        let listed = self.list_vault().await?;
+        let names = segment_names(&listed);
+        let mut base = match self.newest_checkpoint(&listed, &mut scratch).await? {
+            Some(mut newest) => Some(self.take_index(&mut newest, &mut scratch).await?),
+            None => None,
+        };
+        let mut total = CheckpointReport::default();
+        loop {
+            let round = self.checkpoint_round(&names, base.as_ref()).await?;
+            total.objects += round.report.objects;
+            total.bytes += round.report.bytes;
+            if !round.report.name.is_empty() {
+                total.name = round.report.name;
+            }
+            if !round.more {
+                return Ok(total);
+            }
+            base = round.index;
+        }
+    }
+
+    /// One checkpoint: `base` plus the next segments after it, up to [`ROUND_BYTES`].
+    async fn checkpoint_round(
+        &self,
+        names: &[String],
+        base: Option<&CheckpointIndex>,
+    ) -> Result<Round> {
+        let mut scratch = SyncReport::default();
+        let mut chat_keys = lock(&self.chat_keys)?.clone();
+        let mut covered: BTreeMap<DeviceId, Head> = BTreeMap::new();
+        if let Some(index) = base {
+            for (key_id, chat_id, key) in &index.grants {
+                chat_keys.insert(*key_id, chat_id, key.clone())?;
+            }
+            covered = index.covered.iter().map(|h| (h.device, *h)).collect();
+        }
+        let fetches = plan_pull(
+            names,
+            &covered,
+            &coverage(base.map(|b| b.covered.as_slice())),
+        )?;
+        let mut next = NextCheckpoint::new(base);
+        let mut taken = 0u64;
+        let mut fetched = 0usize;
+        for fetch in &fetches {
+            if taken >= ROUND_BYTES {
+                break;
+            }
+            let (segment, _) = self.fetch(fetch, &mut scratch).await?;
+            check_chain(covered.get(&fetch.device), &segment)?;
+            for (key_id, chat_id, key) in &segment.grants {
+                chat_keys.insert(*key_id, chat_id, key.clone())?;
+            }
+            for operation in open_blocks(&self.keys, &chat_keys, &segment)? {
+                taken += approximate_size(&operation);
+                next.add(operation);
+            }
+            covered.insert(fetch.device, segment.head);
+            fetched += 1;
+        }
+        if fetched == 0 {
+            return Ok(Round {
+                report: CheckpointReport::default(),
+                index: None,
+                more: false,
+            });
+        }
+        if let Some(index) = base {
+            let reads = next.blocks_to_read();
+            for (block, bytes) in self.fetch_blocks(index, &reads).await? {
+                let operations = open_block(&self.keys, &chat_keys, index, block, &bytes)?;
+                next.add_read(block, operations);
+            }
+            let copies = next.blocks_to_copy();
+            for (block, bytes) in self.fetch_blocks(index, &copies).await? {
+                next.add_copy(block, bytes);
+            }
+        }
+        let seq = lock(&self.local)?
+            .meta(META_CHECKPOINT_SEQ)?
+            .and_then(|b| b.try_into().ok().map(u64::from_be_bytes))
+            .unwrap_or(0)
+            + 1;
+        let covered: Vec<Head> = covered.into_values().collect();
+        let sealed = next.seal(
+            &self.keys,
+            &CheckpointInput {
+                device: self.device,
+                seq,
+                covered: &covered,
+                chat_keys: &chat_keys,
+                deleted_chats: &[],
+                created_at_ms: now_ms(),
+            },
+        )?;
+        let index = open_checkpoint_index(&self.keys, &sealed.index_name, &sealed.index)?;
+        let mut report = CheckpointReport {
+            name: sealed.index_name.clone(),
+            objects: 1 + sealed.packs.len() as u64,
+            bytes: sealed.index.len() as u64,
+        };
+        // Packs first, the index last: an index is never listed before its packs exist.
+        for (name, bytes) in sealed.packs {
+            report.bytes += bytes.len() as u64;
+            self.store
+                .put(&format!("{}{name}", self.prefix()), bytes)
+                .await?;
+        }
+        self.store
+            .put(
+                &format!("{}{}", self.prefix(), sealed.index_name),
+                sealed.index,
+            )
+            .await?;
+        lock(&self.local)?.transaction(|tx| {
+            local::note_checkpoint(tx, &report.name, &covered, index.created_at_ms)?;
+            local::set_meta(tx, META_CHECKPOINT_SEQ, &seq.to_be_bytes())
+        })?;
+        Ok(Round {
+            report,
+            index: Some(index),
+            more: fetched < fetches.len(),
+        })
+    }
+
+    /// The bytes of `blocks` of `index`: one ranged GET per pack, spanning the blocks it holds.
+    async fn fetch_blocks(
+        &self,
+        index: &CheckpointIndex,
+        blocks: &[usize],
+    ) -> Result<Vec<(usize, Vec<u8>)>> {
+        let mut by_pack: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+        for block in blocks {
+            let entry = index.chats.get(*block).ok_or_else(|| {
+                Error::invalid_input(format!("no block {block} in the checkpoint"))
+            })?;
+            by_pack.entry(entry.pack).or_default().push(*block);
+        }
+        let mut fetched = Vec::with_capacity(blocks.len());
+        for (pack, blocks) in by_pack {
+            let (pack_name, _) = &index.packs[pack];
+            let start = blocks
+                .iter()
+                .map(|b| index.chats[*b].offset)
+                .min()
+                .unwrap_or(0);
+            let end = blocks
+                .iter()
+                .map(|b| index.chats[*b].offset + index.chats[*b].length)
+                .max()
+                .unwrap_or(0);
+            let misplaced = || {
+                Error::Integrity(crate::IntegrityProblem::Misplaced {
+                    name: pack_name.clone(),
+                })
+            };
+            let span = self
+                .store
+                .get_range(&format!("{}{pack_name}", self.prefix()), start..end)
+                .await?
+                .ok_or_else(|| {
+                    Error::Integrity(crate::IntegrityProblem::MissingObject {
+                        name: pack_name.clone(),
+                    })
+                })?;
+            for block in blocks {
+                let entry = &index.chats[block];
+                let from = (entry.offset - start) as usize;
+                let bytes = span
+                    .get(from..from + entry.length as usize)
+                    .ok_or_else(misplaced)?;
+                fetched.push((block, bytes.to_vec()));
+            }
+        }
+        Ok(fetched)
+    }
+}
+
+/// About how many bytes an operation takes in memory.
+fn approximate_size(operation: &Operation) -> u64 {
+    let content = match &operation.change {
+        Change::UpsertChat(chat) => {
+            chat.title.len()
+                + chat.payload.len()
+                + chat.members.iter().map(String::len).sum::<usize>()
+        }
+        Change::UpsertMessage(message) => {
+            message.text.len()
+                + message.payload.len()
+                + message.kind.len()
+                + message.sender.len()
+                + message.message_id.len()
+                + message.attachments.len() * 256
+        }
+        Change::DeleteMessage { message_id, .. } => message_id.len(),
+        Change::DeleteChat { .. } => 0,
+    };
+    (content + operation.change.chat_id().len() + 160) as u64
+}
