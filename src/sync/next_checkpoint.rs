@@ -141,6 +141,9 @@ pub struct NextCheckpoint<'a> {
     changes: BTreeMap<String, ChatChanges>,
     read: BTreeMap<usize, Vec<Operation>>,
     copied: BTreeMap<usize, Vec<u8>>,
+    /// [`BLOCK_TARGET`] and [`SMALL_PACK`], smaller in tests.
+    block_target: usize,
+    small_pack: u64,
 }
 
 impl<'a> NextCheckpoint<'a> {
@@ -151,7 +154,17 @@ impl<'a> NextCheckpoint<'a> {
             changes: BTreeMap::new(),
             read: BTreeMap::new(),
             copied: BTreeMap::new(),
+            block_target: BLOCK_TARGET,
+            small_pack: SMALL_PACK,
         }
+    }
+
+    /// Tiny blocks and no small-pack copying, so tests exercise many blocks with few messages.
+    #[cfg(test)]
+    fn with_sizes(mut self, block_target: usize, small_pack: u64) -> Self {
+        self.block_target = block_target;
+        self.small_pack = small_pack;
+        self
     }
 
     /// Adds an operation of a segment the base does not cover (segments in any order).
@@ -168,9 +181,14 @@ impl<'a> NextCheckpoint<'a> {
         chat.operations.push(operation);
     }
 
-    /// Blocks of the base to fetch, open and hand to [`add_read`](Self::add_read).
+    /// Blocks of the base to fetch, open and hand to [`add_read`](Self::add_read): those to
+    /// rewrite, and the unranged blocks of every chat with new messages (they hold its message
+    /// tombstones, which a late-arriving older upsert must lose to).
     pub fn blocks_to_read(&self) -> Vec<usize> {
-        self.blocks_of_fate(Fate::Read)
+        let (fates, consulted) = self.fates();
+        let mut blocks: BTreeSet<usize> = consulted;
+        blocks.extend((0..fates.len()).filter(|b| fates[*b] == Fate::Read));
+        blocks.into_iter().collect()
     }
 
     /// Blocks of the base to fetch and hand unopened to [`add_copy`](Self::add_copy).
@@ -190,6 +208,7 @@ impl<'a> NextCheckpoint<'a> {
 
     fn blocks_of_fate(&self, fate: Fate) -> Vec<usize> {
         self.fates()
+            .0
             .iter()
             .enumerate()
             .filter(|(_, f)| **f == fate)
@@ -197,10 +216,12 @@ impl<'a> NextCheckpoint<'a> {
             .collect()
     }
 
-    /// The fate of every block of the base, in index order.
-    fn fates(&self) -> Vec<Fate> {
+    /// The fate of every block of the base, in index order, and the blocks that are read
+    /// without being rewritten.
+    fn fates(&self) -> (Vec<Fate>, BTreeSet<usize>) {
+        let mut consulted = BTreeSet::new();
         let Some(base) = self.base else {
-            return Vec::new();
+            return (Vec::new(), consulted);
         };
         let mut fates = vec![Fate::Keep; base.chats.len()];
         for (chat_id, blocks) in blocks_by_chat(base) {
@@ -214,6 +235,8 @@ impl<'a> NextCheckpoint<'a> {
             }
             if changes.head {
                 head.iter().for_each(|b| fates[*b] = Fate::Read);
+            } else {
+                consulted.extend(head.iter().copied());
             }
             for operation in &changes.operations {
                 if let Some(block) = place(base, &ranged, operation) {
@@ -231,12 +254,12 @@ impl<'a> NextCheckpoint<'a> {
         for (block, entry) in base.chats.iter().enumerate() {
             let size = base.packs[entry.pack].1;
             if fates[block] == Fate::Keep
-                && (live[entry.pack].saturating_mul(2) < size || size < SMALL_PACK)
+                && (live[entry.pack].saturating_mul(2) < size || size < self.small_pack)
             {
                 fates[block] = Fate::Copy;
             }
         }
-        fates
+        (fates, consulted)
     }
 
     /// Seals the checkpoint: new blocks into new packs, then the index.
@@ -251,7 +274,7 @@ impl<'a> NextCheckpoint<'a> {
         input: &CheckpointInput<'_>,
         nonce: &mut dyn FnMut() -> Result<[u8; sealing::NONCE_LEN]>,
     ) -> Result<SealedCheckpoint> {
-        let fates = self.fates();
+        let (fates, _) = self.fates();
         let index_name = checkpoint_name(input.device, input.seq);
         let mut writer = PackWriter {
             keys,
@@ -262,6 +285,7 @@ impl<'a> NextCheckpoint<'a> {
             refs: Vec::new(),
             slots: BTreeMap::new(),
             entries: Vec::new(),
+            block_target: self.block_target,
             kept: 0,
             copied: 0,
             written: 0,
@@ -327,6 +351,11 @@ impl<'a> NextCheckpoint<'a> {
                 Some(base) => split_ranged(base, &blocks),
                 None => (Vec::new(), Vec::new()),
             };
+            // Unranged blocks only consulted stay as they are, and hold every unranged winner
+            // (new metadata or deletions would have had them rewritten).
+            if head.iter().any(|b| fates[*b] != Fate::Read) {
+                unranged.clear();
+            }
             // Each message goes to the block its position falls into; a message of a block
             // kept as it is (only an older writer's unranged block can bring one) goes with the
             // chat's unranged operations, which every reader reads.
@@ -505,6 +534,7 @@ struct PackWriter<'k, 'n> {
     /// Slot in `refs` of each pack name.
     slots: BTreeMap<String, usize>,
     entries: Vec<proto::PackedChat>,
+    block_target: usize,
     kept: u64,
     copied: u64,
     written: u64,
@@ -569,7 +599,7 @@ impl PackWriter<'_, '_> {
     }
 
     /// Seals `operations` (sorted into history order when `ranged`) as new blocks of the chat,
-    /// cut at about [`BLOCK_TARGET`] bytes; nothing for no operations.
+    /// cut at about `block_target` bytes; nothing for no operations.
     fn write(
         &mut self,
         chat_keys: &ChatKeys,
@@ -592,7 +622,7 @@ impl PackWriter<'_, '_> {
             .ok_or_else(|| Error::invalid_input(format!("no key for chat {chat_id:?}")))?;
         let key = key.clone();
         let encoded: Vec<proto::Operation> = operations.iter().map(Operation::to_proto).collect();
-        for range in split_blocks(&encoded) {
+        for range in split_blocks(&encoded, self.block_target) {
             let block_ops = &operations[range.clone()];
             let body = proto::ChatCheckpoint {
                 chat_id: chat_id.to_owned(),
@@ -672,13 +702,13 @@ fn position_to_proto(cursor: &HistoryCursor) -> proto::HistoryPosition {
     }
 }
 
-/// Cuts encoded operations into runs of about [`BLOCK_TARGET`] bytes (at least one each).
-fn split_blocks(operations: &[proto::Operation]) -> Vec<std::ops::Range<usize>> {
+/// Cuts encoded operations into runs of about `target` bytes (at least one each).
+fn split_blocks(operations: &[proto::Operation], target: usize) -> Vec<std::ops::Range<usize>> {
     let mut blocks = Vec::new();
     let mut start = 0;
     let mut size = 0;
     for (index, operation) in operations.iter().enumerate() {
-        if index > start && size >= BLOCK_TARGET {
+        if index > start && size >= target {
             blocks.push(start..index);
             start = index;
             size = 0;
@@ -697,7 +727,7 @@ mod tests {
     use crate::keys::ChatKey;
     use crate::keys::RecoveryKey;
     use crate::sync::checkpoint::{open_block, open_checkpoint_index};
-    use crate::sync::{Change, Message, Stamp};
+    use crate::sync::{Change, Message, Stamp, StateStore};
 
     /// A checkpoint of one chat with 3,000 messages recorded newest first, opened again.
     fn long_chat_checkpoint() -> (VaultKeys, ChatKeys, CheckpointIndex, Vec<Vec<u8>>) {
@@ -784,5 +814,254 @@ mod tests {
             open_block(&keys, &chat_keys, &lying, 1, block_bytes(&lying, &packs, 1)),
             Err(Error::Decode { .. })
         ));
+    }
+
+    /// A bucket of packs, and the chain of checkpoints written into it one round at a time.
+    struct Chain {
+        keys: VaultKeys,
+        chat_keys: ChatKeys,
+        packs: BTreeMap<String, Vec<u8>>,
+        index: Option<CheckpointIndex>,
+        seq: u64,
+    }
+
+    impl Chain {
+        fn new() -> Self {
+            let mut chat_keys = ChatKeys::new();
+            for (n, chat) in ["a", "b", "c"].iter().enumerate() {
+                chat_keys
+                    .insert(
+                        [n as u8 + 1; 16],
+                        chat,
+                        ChatKey::from_bytes([n as u8 + 9; 32]),
+                    )
+                    .unwrap();
+            }
+            Chain {
+                keys: VaultKeys::derive(&RecoveryKey::from_bytes([7; 32])),
+                chat_keys,
+                packs: BTreeMap::new(),
+                index: None,
+                seq: 0,
+            }
+        }
+
+        fn block(&self, index: &CheckpointIndex, block: usize) -> Vec<u8> {
+            let entry = &index.chats[block];
+            let pack = &self.packs[&index.packs[entry.pack].0];
+            pack[entry.offset as usize..(entry.offset + entry.length) as usize].to_vec()
+        }
+
+        fn open(&self, index: &CheckpointIndex, block: usize) -> Vec<Operation> {
+            open_block(
+                &self.keys,
+                &self.chat_keys,
+                index,
+                block,
+                &self.block(index, block),
+            )
+            .unwrap()
+        }
+
+        /// Writes the next checkpoint with `operations` and returns what it did.
+        fn round(&mut self, operations: &[Operation], small_pack: u64) -> (u64, u64, u64, usize) {
+            let base = self.index.take();
+            let mut next = NextCheckpoint::new(base.as_ref()).with_sizes(200, small_pack);
+            for operation in operations {
+                next.add(operation.clone());
+            }
+            let reads = next.blocks_to_read();
+            if let Some(base) = &base {
+                for block in &reads {
+                    next.add_read(*block, self.open(base, *block));
+                }
+                for block in next.blocks_to_copy() {
+                    next.add_copy(block, self.block(base, block));
+                }
+            }
+            self.seq += 1;
+            let sealed = next
+                .seal(
+                    &self.keys,
+                    &CheckpointInput {
+                        device: DeviceId([3; 16]),
+                        seq: self.seq,
+                        covered: &[],
+                        chat_keys: &self.chat_keys,
+                        deleted_chats: &[],
+                        created_at_ms: 0,
+                    },
+                )
+                .unwrap();
+            let index =
+                open_checkpoint_index(&self.keys, &sealed.index_name, &sealed.index).unwrap();
+            self.packs.extend(sealed.packs);
+            self.index = Some(index);
+            (
+                sealed.blocks_kept,
+                sealed.blocks_copied,
+                sealed.blocks_written,
+                reads.len(),
+            )
+        }
+
+        /// The state a reader of the newest checkpoint gets, and every operation it stores.
+        fn read_back(&self) -> (MemoryState, Vec<Operation>) {
+            let index = self.index.as_ref().unwrap();
+            let mut state = MemoryState::new();
+            let mut stored = Vec::new();
+            for (chat, stamp) in &index.deleted_chats {
+                let tombstone = delete_chat(chat, *stamp);
+                apply(&mut state, &tombstone).unwrap();
+            }
+            for block in 0..index.chats.len() {
+                for operation in self.open(index, block) {
+                    apply(&mut state, &operation).unwrap();
+                    stored.push(operation);
+                }
+            }
+            (state, stored)
+        }
+    }
+
+    fn operation(seed: (u8, u8, u8, u8, u16, u16), counter: u32) -> Operation {
+        let (chat, what, message, at, wall, length) = seed;
+        let chat_id = ["a", "b", "c"][chat as usize % 3].to_owned();
+        let message_id = format!("m{}", message % 12);
+        let change = match what % 10 {
+            0 => Change::DeleteMessage {
+                chat_id,
+                message_id,
+            },
+            1 if wall % 7 == 0 => Change::DeleteChat { chat_id },
+            2 => Change::UpsertChat(crate::sync::Chat {
+                chat_id,
+                title: format!("t{wall}"),
+                ..crate::sync::Chat::default()
+            }),
+            _ => Change::UpsertMessage(Message {
+                chat_id,
+                message_id,
+                // Few distinct times: edits move messages, and many share a millisecond.
+                sent_at_ms: i64::from(at % 6),
+                text: "x".repeat(length as usize % 90),
+                ..Message::default()
+            }),
+        };
+        Operation {
+            stamp: Stamp {
+                wall_ms: u64::from(wall % 500),
+                counter,
+                device: DeviceId([1; 16]),
+            },
+            change,
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(200))]
+
+        /// However operations are cut into rounds, a chain of checkpoints each built from the
+        /// one before holds exactly the merged state; no stored operation is one the merge has
+        /// superseded by a deletion (deleted content leaves the newest checkpoint); and each
+        /// chat's ranged blocks follow history order without overlapping.
+        #[test]
+        fn a_chain_of_checkpoints_holds_the_merge_of_everything(
+            seeds in proptest::collection::vec(proptest::prelude::any::<(u8, u8, u8, u8, u16, u16)>(), 1..120),
+            cuts in proptest::collection::vec(0usize..120, 0..6),
+            small_pack in proptest::prop_oneof![proptest::strategy::Just(0u64), proptest::strategy::Just(1u64 << 20)],
+        ) {
+            let operations: Vec<Operation> = seeds
+                .into_iter()
+                .enumerate()
+                .map(|(i, seed)| operation(seed, i as u32))
+                .collect();
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % operations.len()).collect();
+            cuts.push(0);
+            cuts.push(operations.len());
+            cuts.sort_unstable();
+            cuts.dedup();
+            let mut chain = Chain::new();
+            for round in cuts.windows(2) {
+                chain.round(&operations[round[0]..round[1]], small_pack);
+            }
+            let mut expected = MemoryState::new();
+            for operation in &operations {
+                apply(&mut expected, operation).unwrap();
+            }
+            let (state, stored) = chain.read_back();
+            proptest::prop_assert_eq!(state.messages(), expected.messages());
+            proptest::prop_assert_eq!(state.chats(), expected.chats());
+            // Nothing a deletion removed is still stored: no operation older than its message's
+            // winning tombstone, or at or before its chat's deletion.
+            let tombstones: BTreeMap<(String, String), Stamp> = expected
+                .clone()
+                .winners()
+                .into_values()
+                .flatten()
+                .filter_map(|op| match op.change {
+                    Change::DeleteMessage { chat_id, message_id } => Some(((chat_id, message_id), op.stamp)),
+                    _ => None,
+                })
+                .collect();
+            for op in &stored {
+                let chat_deleted = expected.chat(op.change.chat_id()).unwrap().and_then(|c| c.deleted);
+                proptest::prop_assert!(chat_deleted.is_none_or(|d| op.stamp > d), "{op:?} outlived its chat");
+                if let Some(message_id) = op.change.message_id() {
+                    let key = (op.change.chat_id().to_owned(), message_id.to_owned());
+                    proptest::prop_assert!(
+                        tombstones.get(&key).is_none_or(|t| *t <= op.stamp),
+                        "{op:?} outlived a deletion"
+                    );
+                }
+            }
+            let index = chain.index.as_ref().unwrap();
+            for chat in ["a", "b", "c"] {
+                let ranges: Vec<_> = index.chats.iter().filter(|e| e.chat_id == chat).filter_map(|e| e.range.clone()).collect();
+                for pair in ranges.windows(2) {
+                    proptest::prop_assert!(pair[0].1 < pair[1].0, "{ranges:?}");
+                }
+            }
+        }
+    }
+
+    /// New messages at the end of a few chats rewrite those chats' newest blocks and nothing
+    /// else: every other block stays where it lies, unread.
+    #[test]
+    fn new_messages_rewrite_only_the_newest_block_of_their_chats() {
+        let mut chain = Chain::new();
+        let message = |chat: &str, i: u32| Operation {
+            stamp: Stamp {
+                wall_ms: u64::from(i),
+                counter: 0,
+                device: DeviceId([1; 16]),
+            },
+            change: Change::UpsertMessage(Message {
+                chat_id: chat.into(),
+                message_id: format!("m{i:05}"),
+                sent_at_ms: i64::from(i),
+                text: "words ".repeat(10),
+                ..Message::default()
+            }),
+        };
+        let history: Vec<Operation> = (0..600)
+            .flat_map(|i| ["a", "b", "c"].map(|chat| message(chat, i)))
+            .collect();
+        let (_, _, first_written, _) = chain.round(&history, 0);
+        assert!(first_written > 100, "{first_written} blocks");
+        let news: Vec<Operation> = (600..603).map(|i| message("b", i)).collect();
+        let (kept, copied, written, read) = chain.round(&news, 0);
+        assert_eq!(read, 1, "only chat b's newest block is read");
+        assert!(written <= 2, "{written} blocks written");
+        assert_eq!(copied, 0);
+        assert_eq!(kept, first_written - 1);
+        // An edit of an old message rewrites the one block that holds it.
+        let mut edit = message("a", 7);
+        edit.stamp.wall_ms = 10_000;
+        let (kept, _, written, read) = chain.round(&[edit], 0);
+        assert_eq!((read, written), (1, 1));
+        assert!(kept > 100);
+        let (state, _) = chain.read_back();
+        assert_eq!(state.messages().len(), 1803);
     }
 }
