@@ -146,7 +146,10 @@ async fn incremental_checkpoints(store: Arc<dyn ObjectStore>) {
         "third {third:?} vs first {first:?}"
     );
 
-    eprintln!("checkpoint bytes: first {} second {} third {}", first.bytes, second.bytes, third.bytes);
+    eprintln!(
+        "checkpoint bytes: first {} second {} third {}",
+        first.bytes, second.bytes, third.bytes
+    );
     // A device that followed along and a new one restoring from the newest checkpoint agree.
     reader.sync(None, None).await.unwrap();
     let fresh = device(store.clone(), &key, &dir, "fresh").await;

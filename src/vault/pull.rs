@@ -117,8 +117,9 @@ impl Vault {
         }
     }
 
-    /// Fetches every pack of a checkpoint in turn and hands each chat block's operations to
-    /// `each` (one block, at most about 4 MiB of operations, in memory at a time).
+    /// Fetches every pack of a checkpoint, [`PACK_PREFETCH`] GETs in flight, and hands each chat
+    /// block's operations to `each` in index order of packs (one block, at most about 4 MiB of
+    /// operations, opened at a time; at most `PACK_PREFETCH + 1` packs of about 8 MiB held).
     pub(super) async fn for_each_pack(
         &self,
         index: &CheckpointIndex,
@@ -126,8 +127,20 @@ impl Vault {
         report: &mut SyncReport,
         mut each: impl FnMut(Vec<Operation>) -> Result<()>,
     ) -> Result<()> {
-        for (pack_number, (pack_name, _)) in index.packs.iter().enumerate() {
-            let pack = self.get_listed(pack_name, report).await?;
+        let names: Vec<String> = index.packs.iter().map(|(name, _)| name.clone()).collect();
+        let mut arriving = futures_util::stream::iter(names)
+            .map(|pack_name| async move {
+                let mut counted = SyncReport::default();
+                let pack = self.get_listed(&pack_name, &mut counted).await;
+                (pack, counted)
+            })
+            .buffered(PACK_PREFETCH);
+        let mut pack_number = 0;
+        while let Some((pack, counted)) = arriving.next().await {
+            let pack = pack?;
+            report.objects_down += counted.objects_down;
+            report.bytes_down += counted.bytes_down;
+            let pack_name = &index.packs[pack_number].0;
             for (block, entry) in index.chats.iter().enumerate() {
                 if entry.pack == pack_number {
                     let bytes = pack
@@ -140,6 +153,7 @@ impl Vault {
                     each(open_block(&self.keys, chat_keys, index, block, bytes)?)?;
                 }
             }
+            pack_number += 1;
         }
         Ok(())
     }
@@ -456,6 +470,9 @@ impl Vault {
 
 /// GETs a pull keeps in flight.
 pub(super) const PULL_PREFETCH: usize = 4;
+
+/// Pack GETs a restore from a checkpoint keeps in flight (packs are about 8 MiB).
+pub(super) const PACK_PREFETCH: usize = 3;
 
 /// What a pull carries from one applied segment to the next.
 pub(super) struct Pulled {
