@@ -563,3 +563,66 @@ fn restore_downloads_what_it_can_and_reports_a_tampered_attachment() {
     assert!(restored[1]["attachments"][0]["path"].is_null());
     assert_eq!(restored[1]["attachments"][0]["content_id"], bad_id);
 }
+
+/// A long import pushes what it recorded every `--sync-every` lines, so the outbox never holds
+/// the whole history; what is left goes with the next sync, and a restore gets every line.
+#[test]
+fn a_long_import_uploads_as_it_goes() {
+    let env = env();
+    let input = env.root.join("in.jsonl");
+    let lines: String = (0..55)
+        .map(|i| {
+            format!(
+                "{{\"type\":\"message\",\"chat_id\":\"c{}\",\"message_id\":\"m{i}\",\"sender\":\"a\",\"sent_at_ms\":{i},\"text\":\"t{i}\"}}\n",
+                i % 3
+            )
+        })
+        .collect();
+    write(&input, &lines);
+    ok(run(&env, "phone", &["init"]));
+    let said = ok(run(
+        &env,
+        "phone",
+        &[
+            "import",
+            input.to_str().unwrap(),
+            "--batch",
+            "10",
+            "--sync-every",
+            "20",
+        ],
+    ));
+    assert!(said.contains("recorded 55 operations"), "{said}");
+    assert!(said.contains("40 uploaded during the import"), "{said}");
+    let segments = |env: &Env| {
+        walk(&env.root.join("bucket"))
+            .iter()
+            .filter(|p| p.to_string_lossy().contains("/segments/"))
+            .count()
+    };
+    assert_eq!(segments(&env), 2);
+    let report = ok(run(&env, "phone", &["sync", "--json"]));
+    let report: serde_json::Value = serde_json::from_str(report.trim()).unwrap();
+    assert_eq!(report["operations_sent"], 15);
+    let out = env.root.join("out.jsonl");
+    ok(run(
+        &env,
+        "tablet",
+        &["restore", "--out", out.to_str().unwrap()],
+    ));
+    let restored = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(restored.matches("\"type\":\"message\"").count(), 55);
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            found.extend(walk(&path));
+        } else {
+            found.push(path);
+        }
+    }
+    found
+}

@@ -62,6 +62,10 @@ enum Command {
         /// keep the write-ahead log smaller.
         #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
         batch: u32,
+        /// Sync (push what was recorded) after every this many lines, so a long history never
+        /// waits in the local outbox whole; 0 records everything and leaves it to `sync`.
+        #[arg(long, default_value_t = 100_000)]
+        sync_every: u64,
     },
     /// Push local changes and pull other devices' changes.
     Sync {
@@ -167,6 +171,7 @@ async fn run(cli: Cli) -> CliResult {
             chunk_kib,
             progress,
             batch: batch_size,
+            sync_every,
         } => {
             let batch_size = *batch_size as usize;
             let open_input = || {
@@ -198,6 +203,7 @@ async fn run(cli: Cli) -> CliResult {
             let mut totals = TransferReport::default();
             let mut batch = Vec::with_capacity(batch_size);
             let mut count = 0;
+            let mut synced = 0;
             let import_pause = test_pause("CHATVAULT_TEST_PAUSE_AFTER_BATCH");
             for line in jsonl::parse_lines(open_input()?) {
                 // Checked by the first pass; an error now means the file changed meanwhile.
@@ -249,14 +255,27 @@ async fn run(cli: Cli) -> CliResult {
                     if let Some(pause) = &import_pause {
                         pause.reached((count / batch_size) as u64);
                     }
+                    // The outbox (and the local file with it) stays bounded: what was recorded
+                    // goes up in segments, and its rows' pages are reused.
+                    if *sync_every > 0 && (count - synced) as u64 >= *sync_every {
+                        vault.sync(None, None).await?;
+                        synced = count;
+                    }
                 }
             }
             count += batch.len();
             vault.record(batch)?;
             print_transfer_summary(*progress, &totals);
+            let waiting = if synced == 0 {
+                "run `chatvault sync` to upload them".to_owned()
+            } else {
+                format!(
+                    "{synced} uploaded during the import; run `chatvault sync` to upload the rest"
+                )
+            };
             println!(
                 "recorded {count} operations ({} attachment chunks uploaded, {} already stored); \
-                 run `chatvault sync` to upload them",
+                 {waiting}",
                 totals.chunks_transferred, totals.chunks_skipped
             );
             Ok(())
