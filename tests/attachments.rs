@@ -16,6 +16,15 @@ use chatvault::sync::{Change, Message};
 use chatvault::vault::{CancelToken, DeviceInfo, Vault};
 use chatvault::{DecodeProblem, Error, IntegrityProblem};
 
+/// A device that keeps the content cache (a new device starts without it): these tests ask it
+/// about content.
+fn cached(vault: Vault) -> Vault {
+    vault
+        .set_content_cache(chatvault::local::CacheSetting::On { max_bytes: None })
+        .unwrap();
+    vault
+}
+
 const CHUNK: u32 = 64 * 1024;
 
 fn info(name: &str) -> DeviceInfo {
@@ -39,9 +48,11 @@ fn content(len: usize, seed: u64) -> Vec<u8> {
 }
 
 async fn vault(store: Arc<dyn ObjectStore>, dir: &Path, name: &str, key: &RecoveryKey) -> Vault {
-    let vault = Vault::open(store, &dir.join(name), info(name), key)
-        .await
-        .unwrap();
+    let vault = cached(
+        Vault::open(store, &dir.join(name), info(name), key)
+            .await
+            .unwrap(),
+    );
     vault.set_attachment_chunk_size(CHUNK).unwrap();
     vault
 }

@@ -13,6 +13,15 @@ use chatvault::sync::checkpoint::open_checkpoint_index;
 use chatvault::sync::{Change, Message};
 use chatvault::vault::{DeviceInfo, Vault};
 
+/// A device that keeps the content cache (a new device starts without it): these tests ask it
+/// about content.
+fn cached(vault: Vault) -> Vault {
+    vault
+        .set_content_cache(chatvault::local::CacheSetting::On { max_bytes: None })
+        .unwrap();
+    vault
+}
+
 mod common;
 
 async fn device(
@@ -25,9 +34,11 @@ async fn device(
         name: name.into(),
         platform: "test".into(),
     };
-    Vault::open(store, &dir.path().join(name), info, key)
-        .await
-        .unwrap()
+    cached(
+        Vault::open(store, &dir.path().join(name), info, key)
+            .await
+            .unwrap(),
+    )
 }
 
 /// `count` messages of `chat` from position `from`, each with 200 bytes of text.

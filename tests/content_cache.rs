@@ -5,6 +5,15 @@
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 
+/// A device that keeps the content cache (a new device starts without it): these tests ask it
+/// about content.
+fn cached(vault: Vault) -> Vault {
+    vault
+        .set_content_cache(chatvault::local::CacheSetting::On { max_bytes: None })
+        .unwrap();
+    vault
+}
+
 use chatvault::Error;
 use chatvault::history::HistoryCursor;
 use chatvault::keys::RecoveryKey;
@@ -63,17 +72,21 @@ async fn a_device_without_the_cache_merges_counts_and_defers_content_to_the_buck
     let key = RecoveryKey::generate().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn ObjectStore> = Arc::new(DirectoryStore::new(dir.path().join("bucket")));
-    let phone = Vault::open(
-        store.clone(),
-        &dir.path().join("phone"),
-        info("phone"),
-        &key,
-    )
-    .await
-    .unwrap();
-    let tablet = Vault::open(store, &dir.path().join("tablet"), info("tablet"), &key)
+    let phone = cached(
+        Vault::open(
+            store.clone(),
+            &dir.path().join("phone"),
+            info("phone"),
+            &key,
+        )
         .await
-        .unwrap();
+        .unwrap(),
+    );
+    let tablet = cached(
+        Vault::open(store, &dir.path().join("tablet"), info("tablet"), &key)
+            .await
+            .unwrap(),
+    );
     tablet.set_content_cache(CacheSetting::Off).unwrap();
     assert_eq!(tablet.content_cache().unwrap(), CacheSetting::Off);
 
@@ -146,9 +159,11 @@ async fn a_bounded_cache_evicts_whole_chats_keeps_pinned_ones_and_loses_nothing(
     let key = RecoveryKey::generate().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn ObjectStore> = Arc::new(DirectoryStore::new(dir.path().join("bucket")));
-    let phone = Vault::open(store, &dir.path().join("phone"), info("phone"), &key)
-        .await
-        .unwrap();
+    let phone = cached(
+        Vault::open(store, &dir.path().join("phone"), info("phone"), &key)
+            .await
+            .unwrap(),
+    );
     phone.pin_chat("pinned", true).unwrap();
     // Distinct texts, so the sealed (compressed) content cannot shrink to nothing.
     let text = |chat: &str, i: usize| format!("{chat} message {i} {}", "x".repeat(i % 97));
@@ -209,9 +224,11 @@ async fn a_copied_state_directory_reveals_no_message_text() {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn ObjectStore> = Arc::new(DirectoryStore::new(dir.path().join("bucket")));
     let state = dir.path().join("phone");
-    let phone = Vault::open(store, &state, info("phone"), &key)
-        .await
-        .unwrap();
+    let phone = cached(
+        Vault::open(store, &state, info("phone"), &key)
+            .await
+            .unwrap(),
+    );
     let secret = "the launch code is 0000-swordfish";
     phone.record(vec![message("c", "m", secret, 1)]).unwrap();
     assert_eq!(phone.messages(Some("c")).unwrap()[0].text, secret);
@@ -223,4 +240,44 @@ async fn a_copied_state_directory_reveals_no_message_text() {
             "plaintext in the state directory"
         );
     }
+}
+
+/// A new device keeps no content unless the app asks; a state directory created before that
+/// default (the first layout's fixture, which never stored a setting) keeps its cache.
+#[tokio::test]
+async fn a_new_device_starts_without_the_cache_and_an_old_state_keeps_its_own() {
+    let key = RecoveryKey::generate().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ObjectStore> = Arc::new(DirectoryStore::new(dir.path().join("bucket")));
+    let phone = Vault::open(store, &dir.path().join("phone"), info("phone"), &key)
+        .await
+        .unwrap();
+    assert_eq!(phone.content_cache().unwrap(), CacheSetting::Off);
+    phone
+        .record(vec![message("c", "m1", "not kept here", 1)])
+        .unwrap();
+    assert_eq!(phone.chats().unwrap()[0].message_count, 1);
+    assert!(matches!(
+        phone.messages(Some("c")),
+        Err(Error::NotCached { .. })
+    ));
+    drop(phone);
+
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/state-v0");
+    let old = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(fixture.join("state")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), old.path().join(entry.file_name())).unwrap();
+    }
+    let text = std::fs::read_to_string(fixture.join("key.txt")).unwrap();
+    let old_key = RecoveryKey::parse(text.trim()).unwrap();
+    let bucket: Arc<dyn ObjectStore> = Arc::new(DirectoryStore::new(fixture.join("bucket")));
+    let vault = Vault::open(bucket, old.path(), info("old"), &old_key)
+        .await
+        .unwrap();
+    assert_eq!(
+        vault.content_cache().unwrap(),
+        CacheSetting::On { max_bytes: None }
+    );
+    assert!(!vault.messages(None).unwrap().is_empty());
 }

@@ -9,6 +9,15 @@ use chatvault::store::{MemoryStore, ObjectStore};
 use chatvault::sync::{Change, Message};
 use chatvault::vault::{DeviceInfo, Vault};
 
+/// A device that keeps the content cache (a new device starts without it): these tests ask it
+/// about content.
+fn cached(vault: Vault) -> Vault {
+    vault
+        .set_content_cache(chatvault::local::CacheSetting::On { max_bytes: None })
+        .unwrap();
+    vault
+}
+
 mod common;
 
 fn info(name: &str) -> DeviceInfo {
@@ -45,9 +54,11 @@ async fn pages_hold_every_message_once_across_a_shared_millisecond() {
     let key = RecoveryKey::generate().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn ObjectStore> = Arc::new(MemoryStore::new());
-    let phone = Vault::open(store.clone(), &dir.path().join("phone"), info("p"), &key)
-        .await
-        .unwrap();
+    let phone = cached(
+        Vault::open(store.clone(), &dir.path().join("phone"), info("p"), &key)
+            .await
+            .unwrap(),
+    );
     // Seven messages per millisecond, ids whose byte order differs from their insertion order.
     let ids = ["b", "a", "é", "Z", "🎉", "aa", "0"];
     let mut changes = Vec::new();
@@ -70,9 +81,11 @@ async fn pages_hold_every_message_once_across_a_shared_millisecond() {
     let expected = phone.messages(Some("c")).unwrap();
     assert_eq!(expected.len(), 41);
 
-    let fresh = Vault::open(store, &dir.path().join("fresh"), info("f"), &key)
-        .await
-        .unwrap();
+    let fresh = cached(
+        Vault::open(store, &dir.path().join("fresh"), info("f"), &key)
+            .await
+            .unwrap(),
+    );
     for limit in [1, 3, 7, 8, 40, 41, 1000] {
         let local = page_through(limit, |cursor| {
             let page = phone.history_page("c", cursor.as_ref(), limit).unwrap();
@@ -122,9 +135,11 @@ async fn a_page_from_the_bucket_reads_only_the_blocks_it_needs() {
     let store: Arc<dyn ObjectStore> = counting.clone();
     let key = RecoveryKey::generate().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let phone = Vault::open(store.clone(), &dir.path().join("phone"), info("p"), &key)
-        .await
-        .unwrap();
+    let phone = cached(
+        Vault::open(store.clone(), &dir.path().join("phone"), info("p"), &key)
+            .await
+            .unwrap(),
+    );
     // About 600 KB of one chat: several 64 KiB checkpoint blocks; three per millisecond.
     let changes: Vec<Change> = (0..3000)
         .map(|i| {
@@ -161,9 +176,11 @@ async fn a_page_from_the_bucket_reads_only_the_blocks_it_needs() {
     phone.sync(None, None).await.unwrap();
     let expected = phone.messages(Some("long")).unwrap();
 
-    let fresh = Vault::open(store, &dir.path().join("fresh"), info("f"), &key)
-        .await
-        .unwrap();
+    let fresh = cached(
+        Vault::open(store, &dir.path().join("fresh"), info("f"), &key)
+            .await
+            .unwrap(),
+    );
     *counting.pack_range_gets.lock().unwrap() = 0;
     fresh.fetch_chat("long").await.unwrap();
     let blocks = *counting.pack_range_gets.lock().unwrap();

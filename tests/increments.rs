@@ -10,6 +10,15 @@ use chatvault::vault::{DeviceInfo, Vault};
 
 const CHATS: u64 = 200;
 
+/// A device that keeps the content cache (a new device starts without it): these tests ask it
+/// about content.
+fn cached(vault: Vault) -> Vault {
+    vault
+        .set_content_cache(chatvault::local::CacheSetting::On { max_bytes: None })
+        .unwrap();
+    vault
+}
+
 /// A message of 5-24 words from a vocabulary of about 2,000, so text compresses like real
 /// chat text (about 2:1), not like repeated words.
 fn message(index: u64) -> Change {
@@ -69,7 +78,7 @@ async fn small_syncs_upload_their_segments_and_checkpoints_only_in_proportion() 
         name: "phone".into(),
         platform: "test".into(),
     };
-    let phone = Vault::open(store, dir.path(), info, &key).await.unwrap();
+    let phone = cached(Vault::open(store, dir.path(), info, &key).await.unwrap());
     let mut next = 0;
     for _ in 0..40 {
         phone
@@ -125,9 +134,11 @@ async fn what_a_checkpoint_replaced_goes_without_anyone_calling_gc() {
         name: name.into(),
         platform: "test".into(),
     };
-    let phone = Vault::open(store.clone(), &dir.path().join("p"), info("p"), &key)
-        .await
-        .unwrap();
+    let phone = cached(
+        Vault::open(store.clone(), &dir.path().join("p"), info("p"), &key)
+            .await
+            .unwrap(),
+    );
     for i in 0..3 {
         phone.record(vec![message(i)]).unwrap();
         phone.sync(None, None).await.unwrap();
@@ -152,9 +163,11 @@ async fn what_a_checkpoint_replaced_goes_without_anyone_calling_gc() {
     assert_eq!(segments().await, 0);
     assert_eq!(phone.sync(None, None).await.unwrap().objects_deleted, 0);
     // A new device restores everything from the checkpoint.
-    let fresh = Vault::open(store, &dir.path().join("f"), info("f"), &key)
-        .await
-        .unwrap();
+    let fresh = cached(
+        Vault::open(store, &dir.path().join("f"), info("f"), &key)
+            .await
+            .unwrap(),
+    );
     fresh.sync(None, None).await.unwrap();
     assert_eq!(fresh.messages(None).unwrap(), phone.messages(None).unwrap());
     assert_eq!(fresh.messages(None).unwrap().len(), 3);

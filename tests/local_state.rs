@@ -11,6 +11,15 @@ use chatvault::store::{MemoryStore, ObjectStore};
 use chatvault::sync::{Change, Message};
 use chatvault::vault::{DeviceInfo, Vault};
 
+/// A device that keeps the content cache (a new device starts without it): these tests ask it
+/// about content.
+fn cached(vault: Vault) -> Vault {
+    vault
+        .set_content_cache(chatvault::local::CacheSetting::On { max_bytes: None })
+        .unwrap();
+    vault
+}
+
 const STATE_FILE: &str = "chatvault.sqlite";
 
 fn info() -> DeviceInfo {
@@ -32,11 +41,11 @@ async fn a_new_state_is_at_the_current_version_and_a_newer_one_is_refused() {
     let key = RecoveryKey::generate().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn ObjectStore> = Arc::new(MemoryStore::new());
-    drop(
+    drop(cached(
         Vault::open(store.clone(), dir.path(), info(), &key)
             .await
             .unwrap(),
-    );
+    ));
     let file = dir.path().join(STATE_FILE);
     assert_eq!(pragma(&file, "user_version"), i64::from(SCHEMA_VERSION));
     assert_eq!(pragma(&file, "auto_vacuum"), 2, "incremental");
@@ -56,7 +65,7 @@ async fn a_sync_leaves_no_free_pages_and_no_write_ahead_log() {
     let key = RecoveryKey::generate().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn ObjectStore> = Arc::new(MemoryStore::new());
-    let vault = Vault::open(store, dir.path(), info(), &key).await.unwrap();
+    let vault = cached(Vault::open(store, dir.path(), info(), &key).await.unwrap());
     for batch in 0..20 {
         vault
             .record(
@@ -93,7 +102,7 @@ async fn a_small_sync_does_not_pay_for_a_compaction() {
     let key = RecoveryKey::generate().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn ObjectStore> = Arc::new(MemoryStore::new());
-    let vault = Vault::open(store, dir.path(), info(), &key).await.unwrap();
+    let vault = cached(Vault::open(store, dir.path(), info(), &key).await.unwrap());
     vault
         .record(vec![Change::UpsertMessage(Message {
             chat_id: "c".into(),

@@ -10,6 +10,15 @@ use chatvault::sync::model::{MAX_KIND_LEN, MAX_PAYLOAD_LEN};
 use chatvault::sync::{Change, Chat, Message};
 use chatvault::vault::{DeviceInfo, Vault};
 
+/// A device that keeps the content cache (a new device starts without it): these tests ask it
+/// about content.
+fn cached(vault: Vault) -> Vault {
+    vault
+        .set_content_cache(chatvault::local::CacheSetting::On { max_bytes: None })
+        .unwrap();
+    vault
+}
+
 mod common;
 
 fn info(name: &str) -> DeviceInfo {
@@ -60,23 +69,27 @@ fn app_history() -> Vec<Change> {
 async fn kinds_and_payloads_round_trip(store: Arc<dyn ObjectStore>) {
     let key = RecoveryKey::generate().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let phone = Vault::open(
-        store.clone(),
-        &dir.path().join("phone"),
-        info("phone"),
-        &key,
-    )
-    .await
-    .unwrap();
+    let phone = cached(
+        Vault::open(
+            store.clone(),
+            &dir.path().join("phone"),
+            info("phone"),
+            &key,
+        )
+        .await
+        .unwrap(),
+    );
     phone.record(app_history()).unwrap();
     phone.sync(None, None).await.unwrap();
     let recorded = phone.messages(Some("c")).unwrap();
     assert_eq!(recorded.len(), 3);
 
     // Through a segment.
-    let tablet = Vault::open(store.clone(), &dir.path().join("tablet"), info("t"), &key)
-        .await
-        .unwrap();
+    let tablet = cached(
+        Vault::open(store.clone(), &dir.path().join("tablet"), info("t"), &key)
+            .await
+            .unwrap(),
+    );
     tablet.sync(None, None).await.unwrap();
     assert_eq!(tablet.messages(Some("c")).unwrap(), recorded);
     assert_eq!(tablet.chats().unwrap()[0].chat.payload, every_byte());
@@ -84,9 +97,11 @@ async fn kinds_and_payloads_round_trip(store: Arc<dyn ObjectStore>) {
     // Through a checkpoint, and a single-chat fetch from the bucket.
     tablet.checkpoint().await.unwrap();
     tablet.collect_garbage(0).await.unwrap();
-    let laptop = Vault::open(store, &dir.path().join("laptop"), info("laptop"), &key)
-        .await
-        .unwrap();
+    let laptop = cached(
+        Vault::open(store, &dir.path().join("laptop"), info("laptop"), &key)
+            .await
+            .unwrap(),
+    );
     laptop.sync(None, None).await.unwrap();
     assert_eq!(laptop.messages(Some("c")).unwrap(), recorded);
     assert_eq!(laptop.chats().unwrap()[0].chat.payload, every_byte());
@@ -125,9 +140,11 @@ async fn a_field_over_its_limit_records_nothing_of_the_batch() {
     let key = RecoveryKey::generate().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn ObjectStore> = Arc::new(MemoryStore::new());
-    let vault = Vault::open(store, dir.path(), info("phone"), &key)
-        .await
-        .unwrap();
+    let vault = cached(
+        Vault::open(store, dir.path(), info("phone"), &key)
+            .await
+            .unwrap(),
+    );
     let fine = Change::UpsertMessage(Message {
         chat_id: "c".into(),
         message_id: "fine".into(),

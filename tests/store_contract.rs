@@ -21,6 +21,15 @@ mod common;
 
 use common::run_id;
 
+/// A device that keeps the content cache (a new device starts without it): these tests ask it
+/// about content.
+fn cached(vault: Vault) -> Vault {
+    vault
+        .set_content_cache(chatvault::local::CacheSetting::On { max_bytes: None })
+        .unwrap();
+    vault
+}
+
 /// The contract every backend meets. Keys are under a fresh prefix so reruns never collide.
 async fn contract(store: &dyn ObjectStore) {
     let p = format!("contract-{}/", run_id());
@@ -193,12 +202,16 @@ async fn vault_round_trip(store: Arc<dyn ObjectStore>) {
         name: n.into(),
         platform: "test".into(),
     };
-    let a = Vault::open(store.clone(), &dir.path().join("a"), info("a"), &key)
-        .await
-        .unwrap();
-    let b = Vault::open(store.clone(), &dir.path().join("b"), info("b"), &key)
-        .await
-        .unwrap();
+    let a = cached(
+        Vault::open(store.clone(), &dir.path().join("a"), info("a"), &key)
+            .await
+            .unwrap(),
+    );
+    let b = cached(
+        Vault::open(store.clone(), &dir.path().join("b"), info("b"), &key)
+            .await
+            .unwrap(),
+    );
     for (vault, who) in [(&a, "a"), (&b, "b")] {
         vault
             .record(
@@ -224,9 +237,11 @@ async fn vault_round_trip(store: Arc<dyn ObjectStore>) {
     a.sync(None, None).await.unwrap();
     b.sync(None, None).await.unwrap();
     assert_eq!(a.messages(None).unwrap(), b.messages(None).unwrap());
-    let c = Vault::open(store, &dir.path().join("c"), info("c"), &key)
-        .await
-        .unwrap();
+    let c = cached(
+        Vault::open(store, &dir.path().join("c"), info("c"), &key)
+            .await
+            .unwrap(),
+    );
     c.sync(None, None).await.unwrap();
     assert_eq!(c.messages(None).unwrap().len(), 100);
     assert_eq!(c.messages(None).unwrap(), a.messages(None).unwrap());

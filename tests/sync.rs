@@ -12,6 +12,15 @@ use chatvault::sync::{Change, Chat, Message, Operation};
 use chatvault::vault::{ChangeListener, DeviceInfo, Vault};
 use chatvault::{Error, IntegrityProblem};
 
+/// A device that keeps the content cache (a new device starts without it): these tests ask it
+/// about content.
+fn cached(vault: Vault) -> Vault {
+    vault
+        .set_content_cache(chatvault::local::CacheSetting::On { max_bytes: None })
+        .unwrap();
+    vault
+}
+
 mod common;
 
 fn info(name: &str) -> DeviceInfo {
@@ -42,9 +51,11 @@ async fn device(
     dir: &tempfile::TempDir,
     name: &str,
 ) -> Vault {
-    Vault::open(store, &dir.path().join(name), info(name), key)
-        .await
-        .unwrap()
+    cached(
+        Vault::open(store, &dir.path().join(name), info(name), key)
+            .await
+            .unwrap(),
+    )
 }
 
 fn snapshot(vault: &Vault) -> (Vec<(String, String, u64)>, Vec<Message>) {
@@ -501,9 +512,11 @@ async fn two_segment_vault() -> (
 async fn fresh_sync_error(memory: Arc<MemoryStore>, key: &RecoveryKey, intact: usize) -> Error {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn ObjectStore> = memory;
-    let fresh = Vault::open(store, dir.path(), info("fresh"), key)
-        .await
-        .unwrap();
+    let fresh = cached(
+        Vault::open(store, dir.path(), info("fresh"), key)
+            .await
+            .unwrap(),
+    );
     let verify = fresh.verify().await.unwrap_err();
     let sync = fresh.sync(None, None).await.unwrap_err();
     assert_eq!(verify.to_string(), sync.to_string());

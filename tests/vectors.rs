@@ -6,6 +6,15 @@ use chatvault::keys::{DERIVATION_LABELS, HKDF_SALT, PassphraseEnvelope, Recovery
 use chatvault::{Error, RecoveryKeyError};
 use serde_json::Value;
 
+/// A device that keeps the content cache (a new device starts without it): these tests ask it
+/// about content.
+fn cached(vault: chatvault::vault::Vault) -> chatvault::vault::Vault {
+    vault
+        .set_content_cache(chatvault::local::CacheSetting::On { max_bytes: None })
+        .unwrap();
+    vault
+}
+
 fn load(name: &str) -> Value {
     let path = format!("{}/tests/vectors/{name}", env!("CARGO_MANIFEST_DIR"));
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
@@ -160,14 +169,16 @@ async fn attachment_chunks_download_through_the_public_api() {
         name: "vectors".into(),
         platform: "test".into(),
     };
-    let vault = Vault::open(
-        store.clone(),
-        &dir.path().join("state"),
-        info,
-        &key_of(&v["recovery_key"]),
-    )
-    .await
-    .unwrap();
+    let vault = cached(
+        Vault::open(
+            store.clone(),
+            &dir.path().join("state"),
+            info,
+            &key_of(&v["recovery_key"]),
+        )
+        .await
+        .unwrap(),
+    );
     assert_eq!(vault.vault_id(), v["vault_id"].as_str().unwrap());
     for case in v["cases"].as_array().unwrap() {
         for chunk in case["chunks"].as_array().unwrap() {
@@ -332,9 +343,11 @@ async fn the_checkpoint_vector_restores_a_new_device() {
         name: "new".into(),
         platform: "test".into(),
     };
-    let fresh = Vault::open(store.clone(), dir.path(), info, &key)
-        .await
-        .unwrap();
+    let fresh = cached(
+        Vault::open(store.clone(), dir.path(), info, &key)
+            .await
+            .unwrap(),
+    );
     fresh.sync(None, None).await.unwrap();
     let chats = fresh.chats().unwrap();
     assert_eq!(chats.len(), 1);

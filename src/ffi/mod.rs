@@ -883,7 +883,8 @@ impl Vault {
         .await
     }
 
-    /// Sets the content cache. Your database is the source of truth: with `enabled` false
+    /// Sets the content cache (off on a new device; call this before recording or syncing to
+    /// keep content from the start). Your database is the source of truth: with `enabled` false
     /// chatvault keeps no message content (only sync metadata, about 32 bytes per message), and
     /// `messages`, `historyPage` and `attachments` throw `NotCached` (page from the bucket with
     /// `fetchHistory`). Enabled, it keeps sealed content up to `maxBytes` (null: no bound),

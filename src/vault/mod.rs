@@ -221,7 +221,7 @@ impl Vault {
         std::fs::create_dir_all(state_dir).map_err(|e| {
             Error::LocalState(format!("cannot create {}: {e}", state_dir.display()))
         })?;
-        let local = LocalState::open(&state_dir.join(STATE_FILE), &keys)?;
+        let mut local = LocalState::open(&state_dir.join(STATE_FILE), &keys)?;
         match local.meta(META_VAULT_ID)? {
             Some(id) if id.as_slice() != keys.vault_id().as_bytes() => {
                 return Err(Error::invalid_input(
@@ -229,7 +229,13 @@ impl Vault {
                 ));
             }
             Some(_) => {}
-            None => local.set_meta(META_VAULT_ID, keys.vault_id().as_bytes())?,
+            None => {
+                // A new device keeps no message content: the app's database is the source of
+                // truth (`set_content_cache` turns the cache on). State directories created
+                // before this default keep the cache they had.
+                local.set_cache_setting(CacheSetting::Off)?;
+                local.set_meta(META_VAULT_ID, keys.vault_id().as_bytes())?;
+            }
         }
         let device = match local.meta(META_DEVICE_ID)? {
             Some(bytes) => DeviceId(
@@ -622,14 +628,15 @@ impl Vault {
         lock(&self.local)?.history_page(chat_id, before, limit)
     }
 
-    /// How the content cache is set (on and unbounded unless the app changed it).
+    /// How the content cache is set (off on a new device unless the app turned it on; on for
+    /// state directories created before that default).
     pub fn content_cache(&self) -> Result<CacheSetting> {
         lock(&self.local)?.cache_setting()
     }
 
     /// Sets the content cache: the app's database is the source of truth, and chatvault keeps
     /// message content only to answer [`messages`](Self::messages),
-    /// [`history_page`](Self::history_page) and exports, and to write checkpoints. Off, it keeps
+    /// [`history_page`](Self::history_page) and exports. Off (a new device's default), it keeps
     /// none (the version index, 32 bytes per message, keeps the merge correct); bounded, it
     /// evicts whole chats, least recently written first. Queries about content it does not hold
     /// fail with [`Error::NotCached`]; nothing evicted leaves the vault.

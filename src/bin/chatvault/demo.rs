@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use chatvault::keys::{Argon2Params, PassphraseEnvelope, PassphrasePolicy, RecoveryKey};
+use chatvault::local::CacheSetting;
 use chatvault::store::{DirectoryStore, ObjectStore};
 use chatvault::sync::{Change, Chat, Message};
 use chatvault::vault::{CancelToken, DeviceInfo, Vault};
@@ -93,6 +94,9 @@ pub async fn run(dir: Option<PathBuf>) -> CliResult {
         &recovery_key,
     )
     .await?;
+    // These devices let chatvault answer questions about content (a new device keeps none:
+    // an app's own database is normally the source of truth).
+    iphone.set_content_cache(CacheSetting::On { max_bytes: None })?;
     println!("Anna's iPhone creates a vault in {}", bucket.display());
     println!("  recovery key (she writes it down): {}", key_text.as_str());
     let changes = history();
@@ -166,6 +170,7 @@ pub async fn run(dir: Option<PathBuf>) -> CliResult {
         &RecoveryKey::parse(&typed)?,
     )
     .await?;
+    android.set_content_cache(CacheSetting::On { max_bytes: None })?;
     let report = android.sync(None, None).await?;
     println!(
         "  downloaded {} object(s), {} bytes; applied {} operations",

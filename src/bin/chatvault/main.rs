@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 
 use chatvault::attachment::{Attachment, ContentId, TransferListener, TransferReport};
 use chatvault::keys::RecoveryKey;
+use chatvault::local::CacheSetting;
 use chatvault::store::ObjectStore;
 use chatvault::vault::{CancelToken, DeviceInfo, SyncReport, Vault};
 use clap::{Parser, Subcommand};
@@ -537,7 +538,13 @@ async fn open_vault(cli: &Cli) -> CliResult<Vault> {
     let state = required(&cli.state, "--state (or CHATVAULT_STATE)")?;
     let key_file = required(&cli.key_file, "--key-file (or CHATVAULT_KEY_FILE)")?;
     let key = read_key(key_file)?;
-    Ok(Vault::open(store, state, cli_device(), &key).await?)
+    let vault = Vault::open(store, state, cli_device(), &key).await?;
+    // The CLI answers content questions itself (`restore`), so its devices keep the content
+    // cache that a new library device starts without. It never turns the cache off.
+    if vault.content_cache()? == CacheSetting::Off {
+        vault.set_content_cache(CacheSetting::On { max_bytes: None })?;
+    }
+    Ok(vault)
 }
 
 fn read_key(path: &Path) -> CliResult<RecoveryKey> {
