@@ -161,6 +161,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let started = Instant::now();
     let tablet = Vault::open(store.clone(), &dir.join("tablet"), info("tablet"), &key).await?;
+    // This device answers content questions below from its own state.
+    tablet.set_content_cache(chatvault::local::CacheSetting::On { max_bytes: None })?;
     let restore = tablet.sync(None, None).await?;
     let restored: u64 = tablet.chats()?.iter().map(|c| c.message_count).sum();
     println!(
