@@ -23,7 +23,8 @@ pub(super) fn parse_timestamp_ms(text: &str) -> Option<u64> {
     }
     let (year, month, day) = (number(0..4)?, number(5..7)?, number(8..10)?);
     let (hour, minute, second) = (number(11..13)?, number(14..16)?, number(17..19)?);
-    if !(1..=12).contains(&month)
+    if year < 1970
+        || !(1..=12).contains(&month)
         || !(1..=31).contains(&day)
         || hour > 23
         || minute > 59
@@ -44,7 +45,7 @@ pub(super) fn parse_timestamp_ms(text: &str) -> Option<u64> {
     }
     // Days from the civil date (Howard Hinnant's algorithm), for years from 1970.
     let (y, m) = if month <= 2 {
-        (year - 1, month + 9)
+        (year.checked_sub(1)?, month + 9)
     } else {
         (year, month - 3)
     };
@@ -74,5 +75,24 @@ mod tests {
         assert_eq!(parse_timestamp_ms("2026-13-01T00:00:00Z"), None);
         assert_eq!(parse_timestamp_ms("yesterday"), None);
         assert_eq!(parse_timestamp_ms("2026-11-23T17:47:40+02:00"), None);
+        // A hostile server's dates before the epoch (year 0 used to underflow) are refused.
+        assert_eq!(parse_timestamp_ms("0000-01-01T00:00:00Z"), None);
+        assert_eq!(parse_timestamp_ms("1969-12-31T23:59:59Z"), None);
+        assert_eq!(
+            parse_timestamp_ms("9999-12-31T23:59:59.999Z").map(|ms| ms > 0),
+            Some(true)
+        );
+    }
+
+    proptest::proptest! {
+        /// Whatever a server sends as LastModified, parsing returns, never panics.
+        #[test]
+        fn any_text_parses_or_is_refused_without_panicking(
+            text in "[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]{0,9})?(Z|\\+00:00|.{0,3})",
+            junk in proptest::prelude::any::<String>(),
+        ) {
+            let _ = parse_timestamp_ms(&text);
+            let _ = parse_timestamp_ms(&junk);
+        }
     }
 }
