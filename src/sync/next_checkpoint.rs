@@ -326,13 +326,10 @@ impl<'a> NextCheckpoint<'a> {
                 }
                 continue;
             };
-            // The chat's new state where it changed: its base tombstone, the blocks read, and
-            // the new operations, merged under the usual rules.
+            // The chat's new state where it changed: its newest deletion, the blocks read, and
+            // the new operations, merged under the usual rules (in any order).
             let mut state = MemoryState::new();
-            let tombstone = self
-                .base
-                .and_then(|b| b.deleted_chats.iter().find(|(c, _)| c == chat_id));
-            if let Some((_, stamp)) = tombstone {
+            if let Some(stamp) = deleted.get(chat_id) {
                 apply(&mut state, &delete_chat(chat_id, *stamp))?;
             }
             for block in &blocks {
