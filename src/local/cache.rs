@@ -51,19 +51,33 @@ impl core::fmt::Debug for CacheKey {
     }
 }
 
+impl CacheKey {
+    /// The sealing context of a local object (the content cache's blobs, the outbox's rows):
+    /// kind 5 (as the keyring's objects), this vault, and the object's local name.
+    pub(crate) fn context<'a>(&'a self, name: &'a str) -> ObjectContext<'a> {
+        ObjectContext {
+            vault_id: &self.vault_id,
+            kind: ObjectKind::KeySet,
+            name,
+        }
+    }
+}
+
 fn blob_name(chat_id: &str) -> String {
     let digest = Sha256::digest(chat_id.as_bytes());
     format!("local/cache/{}", crate::hex::encode(&digest[..16]))
 }
 
-fn seal(key: &CacheKey, chat_id: &str, body: &[u8]) -> Result<Vec<u8>> {
+/// Seals a blob: compressed from level 1 on; a level-0 blob (one transaction's operations of
+/// one chat, sealed on the hot path of `record` and repacked soon) is sealed without zstd,
+/// which cost more than sealing and storing it did.
+fn seal(key: &CacheKey, chat_id: &str, level: i64, body: &[u8]) -> Result<Vec<u8>> {
     let name = blob_name(chat_id);
-    let context = ObjectContext {
-        vault_id: &key.vault_id,
-        kind: ObjectKind::KeySet,
-        name: &name,
-    };
-    sealing::seal(&key.key, &context, body)
+    if level == 0 {
+        sealing::seal_uncompressed(&key.key, &key.context(&name), body)
+    } else {
+        sealing::seal(&key.key, &key.context(&name), body)
+    }
 }
 
 fn open(key: &CacheKey, chat_id: &str, sealed: &[u8]) -> Result<Vec<Operation>> {
@@ -97,7 +111,7 @@ fn insert_blob(
     operations: u64,
     body: &[u8],
 ) -> Result<()> {
-    let sealed = seal(key, chat_id, body)?;
+    let sealed = seal(key, chat_id, level, body)?;
     connection
         .prepare_cached(
             "INSERT INTO cache_blobs (chat_id, level, operations, body) VALUES (?1, ?2, ?3, ?4)",
@@ -122,12 +136,7 @@ fn operations_of<'b>(body: &'b [u8], chat_id: &str) -> Result<&'b [u8]> {
 
 fn open_body(key: &CacheKey, chat_id: &str, sealed: &[u8]) -> Result<zeroize::Zeroizing<Vec<u8>>> {
     let name = blob_name(chat_id);
-    let context = ObjectContext {
-        vault_id: &key.vault_id,
-        kind: ObjectKind::KeySet,
-        name: &name,
-    };
-    sealing::open(&key.key, &context, sealed).map_err(|_| corrupt("content cache"))
+    sealing::open(&key.key, &key.context(&name), sealed).map_err(|_| corrupt("content cache"))
 }
 
 /// Whether the cache holds all of this chat's content.

@@ -139,7 +139,7 @@ fn version_of(operation: &Operation) -> Version {
         Change::UpsertMessage(message) => Version {
             stamp: operation.stamp,
             live: true,
-            size: message.to_proto().encoded_len() as u32,
+            size: message.encoded_len() as u32,
         },
         _ => Version {
             stamp: operation.stamp,
@@ -179,7 +179,10 @@ fn read_chat(connection: &Connection, chat_id: &str) -> Result<Option<ChatRecord
 }
 
 impl LocalState {
-    fn cache_setting_in(connection: &Connection) -> Result<CacheSetting> {
+    /// Reads the content cache's setting from the meta table (when the state is opened; after
+    /// that it is kept in memory, next to the journal, and changed only by
+    /// [`set_cache_setting`](Self::set_cache_setting)).
+    pub(super) fn cache_setting_in(connection: &Connection) -> Result<CacheSetting> {
         let get = |key: &str| {
             connection
                 .query_row("SELECT value FROM meta WHERE key = ?1", [key], |row| {
@@ -203,7 +206,7 @@ impl LocalState {
 
     /// How the content cache is set.
     pub fn cache_setting(&self) -> Result<CacheSetting> {
-        Self::cache_setting_in(&self.connection)
+        Ok(self.cache_setting)
     }
 
     /// Changes the content cache's setting. Turning it off drops all content; turning it on
@@ -246,7 +249,9 @@ impl LocalState {
                 }
             }
             Ok(())
-        })
+        })?;
+        self.cache_setting = setting;
+        Ok(())
     }
 
     /// Pins a chat in the content cache (never evicted) or unpins it.
@@ -271,47 +276,23 @@ impl LocalState {
         operations: &[Operation],
         also: impl FnOnce(&Transaction<'_>) -> Result<T>,
     ) -> Result<(u64, T)> {
-        let setting = self.cache_setting()?;
-        let key = self.cache_key.clone();
-        let LocalState {
-            connection,
-            devices,
-            runs,
-            journal,
-            ..
-        } = self;
-        let result = (|| {
-            let tx = connection.transaction().map_err(db_error)?;
-            let (changed, update, also_result) = {
-                let mut merge = Merge {
-                    tx: &tx,
-                    versions: VersionWriter::new(devices, runs, journal),
-                    cached: (setting != CacheSetting::Off).then(EncodedBatch::new),
-                    deleted_chats: BTreeSet::new(),
-                    chats: Default::default(),
-                };
+        let cache_on = self.cache_setting != CacheSetting::Off;
+        self.content_transaction(
+            |merge| {
+                if cache_on {
+                    merge.cached = Some(EncodedBatch::new());
+                }
                 let mut changed = 0;
                 for operation in operations {
-                    if apply(&mut merge, operation)? == Applied::Changed {
+                    if apply(merge, operation)? == Applied::Changed {
                         changed += 1;
                     }
                 }
-                let Merge {
-                    versions: writer,
-                    cached,
-                    deleted_chats,
-                    ..
-                } = merge;
-                let update = writer.flush(&tx)?;
-                let cached: Vec<EncodedBatch> = cached.into_iter().collect();
-                let view = update.journal_view(journal);
-                finish_cache(&tx, &key, setting, &cached, &deleted_chats, devices, view)?;
-                (changed, update, also(&tx)?)
-            };
-            tx.commit().map_err(db_error)?;
-            Ok((changed, update, also_result))
-        })();
-        self.finish(result)
+                Ok(changed)
+            },
+            &[],
+            also,
+        )
     }
 
     /// Records this device's own operations (freshly stamped, so no lookup is needed: the index
@@ -324,25 +305,8 @@ impl LocalState {
         encoded: &[EncodedBatch],
         also: impl FnOnce(&Transaction<'_>) -> Result<T>,
     ) -> Result<T> {
-        let setting = self.cache_setting()?;
-        let key = self.cache_key.clone();
-        let LocalState {
-            connection,
-            devices,
-            runs,
-            journal,
-            ..
-        } = self;
-        let result = (|| {
-            let tx = connection.transaction().map_err(db_error)?;
-            let (update, also_result) = {
-                let mut merge = Merge {
-                    tx: &tx,
-                    versions: VersionWriter::new(devices, runs, journal),
-                    cached: None,
-                    deleted_chats: BTreeSet::new(),
-                    chats: Default::default(),
-                };
+        self.content_transaction(
+            |merge| {
                 for operation in operations {
                     match &operation.change {
                         Change::UpsertMessage(_) | Change::DeleteMessage { .. } => {
@@ -355,27 +319,69 @@ impl LocalState {
                             );
                         }
                         Change::UpsertChat(_) | Change::DeleteChat { .. } => {
-                            apply(&mut merge, operation)?;
+                            apply(merge, operation)?;
                         }
                     }
                 }
+                Ok(())
+            },
+            encoded,
+            also,
+        )
+        .map(|((), value)| value)
+    }
+
+    /// One transaction of [`apply`](Self::apply) or [`record`](Self::record): `step` runs the
+    /// operations through a [`Merge`] (and may give it a batch to collect, for the cache), the
+    /// version entries are flushed, the `recorded` rows go to the outbox, what changed goes to
+    /// the content cache (the collected batch and the recorded rows), `also` runs, and all of it
+    /// commits at once. The in-memory copies (run cache, journal) learn the result only once it
+    /// committed.
+    fn content_transaction<C, T>(
+        &mut self,
+        step: impl FnOnce(&mut Merge<'_, '_>) -> Result<C>,
+        recorded: &[EncodedBatch],
+        also: impl FnOnce(&Transaction<'_>) -> Result<T>,
+    ) -> Result<(C, T)> {
+        let setting = self.cache_setting;
+        let LocalState {
+            connection,
+            cache_key: key,
+            devices,
+            runs,
+            journal,
+            ..
+        } = self;
+        let result = (|| {
+            let tx = connection.transaction().map_err(db_error)?;
+            let (stepped, update, also_result) = {
+                let mut merge = Merge {
+                    tx: &tx,
+                    versions: VersionWriter::new(devices, runs, journal),
+                    cached: None,
+                    deleted_chats: BTreeSet::new(),
+                    chats: Default::default(),
+                };
+                let stepped = step(&mut merge)?;
                 let Merge {
                     versions: writer,
+                    cached,
                     deleted_chats,
                     ..
                 } = merge;
                 let update = writer.flush(&tx)?;
-                for row in encoded {
-                    super::insert_outbox_row(&tx, &key, row)?;
+                for row in recorded {
+                    super::insert_outbox_row(&tx, key, row)?;
                 }
                 let view = update.journal_view(journal);
-                finish_cache(&tx, &key, setting, encoded, &deleted_chats, devices, view)?;
-                (update, also(&tx)?)
+                let appended = cached.iter().chain(recorded);
+                finish_cache(&tx, key, setting, appended, &deleted_chats, devices, view)?;
+                (stepped, update, also(&tx)?)
             };
             tx.commit().map_err(db_error)?;
-            Ok(((), update, also_result))
+            Ok((stepped, update, also_result))
         })();
-        self.finish(result).map(|(_, value)| value)
+        self.finish(result)
     }
 
     /// After a content transaction: on success the run cache learns the committed runs; on
@@ -635,11 +641,11 @@ impl LocalState {
 
 /// Appends what changed to the cache, drops the content of chats a deletion emptied, repacks
 /// small blobs and keeps the cache within its bound.
-fn finish_cache(
+fn finish_cache<'a>(
     tx: &Transaction<'_>,
     key: &CacheKey,
     setting: CacheSetting,
-    appended: &[EncodedBatch],
+    appended: impl IntoIterator<Item = &'a EncodedBatch>,
     deleted_chats: &BTreeSet<String>,
     devices: &DeviceNumbers,
     journal: versions::JournalView<'_>,

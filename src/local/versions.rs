@@ -74,6 +74,23 @@ impl std::hash::Hasher for MessageKeyHasher {
 /// A map keyed by message key.
 pub(crate) type KeyMap<V> = HashMap<MessageKey, V, std::hash::BuildHasherDefault<MessageKeyHasher>>;
 
+/// Keeps `version` for `key` in `map` unless the map already holds an equal or greater stamp
+/// for it (the index's one rule: the greatest stamp wins). Returns whether the key was new.
+fn keep_greatest(map: &mut KeyMap<Version>, key: MessageKey, version: Version) -> bool {
+    match map.entry(key) {
+        std::collections::hash_map::Entry::Occupied(mut held) => {
+            if held.get().stamp < version.stamp {
+                held.insert(version);
+            }
+            false
+        }
+        std::collections::hash_map::Entry::Vacant(slot) => {
+            slot.insert(version);
+            true
+        }
+    }
+}
+
 /// The key of a message id.
 pub fn message_key(message_id: &str) -> MessageKey {
     let digest = Sha256::digest(message_id.as_bytes());
@@ -315,21 +332,12 @@ impl Journal {
     }
 
     fn add(&mut self, chat_id: &str, key: MessageKey, version: Version) {
-        if !self.chats.contains_key(chat_id) {
-            self.chats.insert(chat_id.to_owned(), KeyMap::default());
-        }
-        let Some(chat) = self.chats.get_mut(chat_id) else {
-            return;
+        let chat = match self.chats.get_mut(chat_id) {
+            Some(chat) => chat,
+            None => self.chats.entry(chat_id.to_owned()).or_default(),
         };
-        match chat.get(&key) {
-            Some(existing) if existing.stamp >= version.stamp => {}
-            Some(_) => {
-                chat.insert(key, version);
-            }
-            None => {
-                chat.insert(key, version);
-                self.entries += 1;
-            }
+        if keep_greatest(chat, key, version) {
+            self.entries += 1;
         }
     }
 
@@ -342,16 +350,10 @@ impl Journal {
                 self.chats.insert(chat_id, entries);
             }
             Some(chat) => {
+                chat.reserve(entries.len());
                 for (key, version) in entries {
-                    match chat.get(&key) {
-                        Some(existing) if existing.stamp >= version.stamp => {}
-                        Some(_) => {
-                            chat.insert(key, version);
-                        }
-                        None => {
-                            chat.insert(key, version);
-                            self.entries += 1;
-                        }
+                    if keep_greatest(chat, key, version) {
+                        self.entries += 1;
                     }
                 }
             }
@@ -480,18 +482,11 @@ impl<'a> VersionWriter<'a> {
 
     /// Adds a version (it wins only if its stamp is the greatest for that message).
     pub(crate) fn put(&mut self, chat_id: &str, key: MessageKey, version: Version) {
-        if !self.pending.contains_key(chat_id) {
-            self.pending.insert(chat_id.to_owned(), KeyMap::default());
-        }
-        let Some(pending) = self.pending.get_mut(chat_id) else {
-            return;
+        let pending = match self.pending.get_mut(chat_id) {
+            Some(pending) => pending,
+            None => self.pending.entry(chat_id.to_owned()).or_default(),
         };
-        match pending.get(&key) {
-            Some(existing) if existing.stamp >= version.stamp => {}
-            _ => {
-                pending.insert(key, version);
-            }
-        }
+        keep_greatest(pending, key, version);
     }
 
     /// Drops every version of the chat stamped at or before `stamp` (a chat deletion).
@@ -555,12 +550,7 @@ impl<'a> VersionWriter<'a> {
         for (chat_id, entries) in std::mem::take(&mut self.pending) {
             let chat = by_chat.entry(chat_id).or_default();
             for (key, version) in entries {
-                match chat.get(&key) {
-                    Some(existing) if existing.stamp >= version.stamp => {}
-                    _ => {
-                        chat.insert(key, version);
-                    }
-                }
+                keep_greatest(chat, key, version);
             }
         }
         for chat_id in self.dropped.keys() {
@@ -739,14 +729,8 @@ pub(crate) fn chat_versions(
 ) -> Result<KeyMap<Version>> {
     let mut out: KeyMap<Version> = KeyMap::default();
     let mut add = |key: MessageKey, version: Version| {
-        if deleted.is_some_and(|d| version.stamp <= d) {
-            return;
-        }
-        match out.get(&key) {
-            Some(existing) if existing.stamp >= version.stamp => {}
-            _ => {
-                out.insert(key, version);
-            }
+        if deleted.is_none_or(|d| version.stamp > d) {
+            keep_greatest(&mut out, key, version);
         }
     };
     for run in load_runs(connection, chat_id)? {
