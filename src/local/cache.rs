@@ -68,16 +68,10 @@ fn blob_name(chat_id: &str) -> String {
     format!("local/cache/{}", crate::hex::encode(&digest[..16]))
 }
 
-/// Seals a blob: compressed from level 1 on; a level-0 blob (one transaction's operations of
-/// one chat, sealed on the hot path of `record` and repacked soon) is sealed without zstd,
-/// which cost more than sealing and storing it did.
-fn seal(key: &CacheKey, chat_id: &str, level: i64, body: &[u8]) -> Result<Vec<u8>> {
+/// Seals a blob (compressed: the cache's bound counts stored bytes).
+fn seal(key: &CacheKey, chat_id: &str, body: &[u8]) -> Result<Vec<u8>> {
     let name = blob_name(chat_id);
-    if level == 0 {
-        sealing::seal_uncompressed(&key.key, &key.context(&name), body)
-    } else {
-        sealing::seal(&key.key, &key.context(&name), body)
-    }
+    sealing::seal(&key.key, &key.context(&name), body)
 }
 
 fn open(key: &CacheKey, chat_id: &str, sealed: &[u8]) -> Result<Vec<Operation>> {
@@ -111,7 +105,7 @@ fn insert_blob(
     operations: u64,
     body: &[u8],
 ) -> Result<()> {
-    let sealed = seal(key, chat_id, level, body)?;
+    let sealed = seal(key, chat_id, body)?;
     connection
         .prepare_cached(
             "INSERT INTO cache_blobs (chat_id, level, operations, body) VALUES (?1, ?2, ?3, ?4)",
@@ -196,15 +190,26 @@ pub(crate) fn chat_operations(
     Ok(winners.into_values().collect())
 }
 
+/// The blobs that end a chat: the level of its newest blob and how many blobs of that level
+/// follow each other at its end ((0, 0) for a chat without blobs).
+pub(crate) type Trailing = (i64, usize);
+
 /// Repacks a chat's newest blobs while [`REPACK_FAN_IN`] of one level follow each other at its
 /// end: they become one blob of the next level. From [`FILTER_LEVEL`] on, only operations that
-/// `versions` names as winners are kept.
+/// `versions` names as winners are kept. `known` is the chat's trailing blobs if the caller
+/// knows them (then a chat short of a repack costs no query); returns them after any repack.
 pub(crate) fn repack_if_due(
     connection: &Connection,
     key: &CacheKey,
     chat_id: &str,
+    known: Option<Trailing>,
     versions: impl Fn() -> Result<KeyMap<Version>>,
-) -> Result<()> {
+) -> Result<Trailing> {
+    if let Some(trailing) = known
+        && trailing.1 < REPACK_FAN_IN
+    {
+        return Ok(trailing);
+    }
     loop {
         // The chat's trailing blobs of the newest blob's level.
         let trailing: Vec<(i64, i64)> = {
@@ -229,7 +234,10 @@ pub(crate) fn repack_if_due(
             trailing
         };
         if trailing.len() < REPACK_FAN_IN {
-            return Ok(());
+            return Ok((
+                trailing.first().map_or(0, |(_, level)| *level),
+                trailing.len(),
+            ));
         }
         let level = trailing[0].1;
         let winners = if level + 1 >= FILTER_LEVEL {

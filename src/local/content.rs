@@ -2,7 +2,7 @@
 //! index of every message, and the optional content cache; the merge rules applied to them; and
 //! the questions the vault answers from them.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use prost::Message as _;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
@@ -212,6 +212,8 @@ impl LocalState {
     /// Changes the content cache's setting. Turning it off drops all content; turning it on
     /// again keeps chats it did not hold marked as not cached; lowering the bound evicts at once.
     pub fn set_cache_setting(&mut self, setting: CacheSetting) -> Result<()> {
+        // Blobs are dropped or evicted here: what is known of their ends is asked again.
+        self.trailing.clear();
         let before = self.cache_setting()?;
         let known_chats = self.all_chat_ids()?;
         self.transaction(|tx| {
@@ -350,6 +352,7 @@ impl LocalState {
             devices,
             runs,
             journal,
+            trailing,
             ..
         } = self;
         let result = (|| {
@@ -375,13 +378,29 @@ impl LocalState {
                 }
                 let view = update.journal_view(journal);
                 let appended = cached.iter().chain(recorded);
-                finish_cache(&tx, key, setting, appended, &deleted_chats, devices, view)?;
-                (stepped, update, also(&tx)?)
+                let trailing_updates = finish_cache(
+                    &tx,
+                    key,
+                    setting,
+                    appended,
+                    &deleted_chats,
+                    devices,
+                    view,
+                    trailing,
+                )?;
+                ((stepped, trailing_updates), update, also(&tx)?)
             };
             tx.commit().map_err(db_error)?;
             Ok((stepped, update, also_result))
         })();
-        self.finish(result)
+        let ((stepped, trailing_updates), value) = self.finish(result)?;
+        for (chat_id, known) in trailing_updates {
+            match known {
+                Some(known) => self.trailing.insert(chat_id, known),
+                None => self.trailing.remove(&chat_id),
+            };
+        }
+        Ok((stepped, value))
     }
 
     /// After a content transaction: on success the run cache learns the committed runs; on
@@ -394,6 +413,7 @@ impl LocalState {
             }
             Err(error) => {
                 self.runs.clear();
+                self.trailing.clear();
                 self.devices = DeviceNumbers::load(&self.connection)?;
                 self.journal = versions::Journal::load(&self.connection, &self.devices)?;
                 Err(error)
@@ -639,8 +659,15 @@ impl LocalState {
     }
 }
 
+/// What a content transaction learned about chats' trailing cache blobs: known again
+/// (`Some`), or to be asked of the database next time (`None`).
+type TrailingUpdates = Vec<(String, Option<cache::Trailing>)>;
+
 /// Appends what changed to the cache, drops the content of chats a deletion emptied, repacks
-/// small blobs and keeps the cache within its bound.
+/// small blobs and keeps the cache within its bound. `trailing` is what is known of the chats'
+/// trailing blobs as committed: a chat whose newest blobs are short of a repack then costs no
+/// query. Returns what the transaction changed of it.
+#[allow(clippy::too_many_arguments)]
 fn finish_cache<'a>(
     tx: &Transaction<'_>,
     key: &CacheKey,
@@ -649,29 +676,44 @@ fn finish_cache<'a>(
     deleted_chats: &BTreeSet<String>,
     devices: &DeviceNumbers,
     journal: versions::JournalView<'_>,
-) -> Result<()> {
+    trailing: &HashMap<String, cache::Trailing>,
+) -> Result<TrailingUpdates> {
     let CacheSetting::On { max_bytes } = setting else {
-        return Ok(());
+        return Ok(Vec::new());
     };
-    let mut touched: BTreeSet<String> = deleted_chats.clone();
+    // Chats touched, with the number of level-0 blobs this transaction appended to each.
+    let mut touched: BTreeMap<String, usize> =
+        deleted_chats.iter().map(|c| (c.clone(), 0)).collect();
     for batch in appended {
-        touched.extend(batch.chats().map(|(chat_id, _)| chat_id.to_owned()));
+        for (chat_id, _) in batch.chats() {
+            *touched.entry(chat_id.to_owned()).or_default() += 1;
+        }
         cache::append(tx, key, batch)?;
     }
-    for chat_id in &touched {
+    let mut updates = Vec::with_capacity(touched.len());
+    for (chat_id, added) in touched {
         // Read only when a deletion check or a repack needs them (rare), not per chat per record.
         let versions = || {
-            let deleted = read_chat(tx, chat_id)?.and_then(|c| c.deleted);
-            versions::chat_versions(tx, devices, chat_id, deleted, journal)
+            let deleted = read_chat(tx, &chat_id)?.and_then(|c| c.deleted);
+            versions::chat_versions(tx, devices, &chat_id, deleted, journal)
         };
-        if deleted_chats.contains(chat_id) && versions()?.is_empty() {
-            cache::remove_chat(tx, chat_id)?;
+        if deleted_chats.contains(&chat_id) && versions()?.is_empty() {
+            cache::remove_chat(tx, &chat_id)?;
+            updates.push((chat_id, Some((0, 0))));
             continue;
         }
-        cache::repack_if_due(tx, key, chat_id, versions)?;
+        let known = trailing.get(&chat_id).map(|&(level, count)| match added {
+            0 => (level, count),
+            _ if level == 0 => (0, count + added),
+            _ => (0, added),
+        });
+        let now = cache::repack_if_due(tx, key, &chat_id, known, versions)?;
+        updates.push((chat_id, Some(now)));
     }
     if let Some(limit) = max_bytes {
-        cache::evict_to(tx, limit)?;
+        for chat_id in cache::evict_to(tx, limit)? {
+            updates.push((chat_id, None));
+        }
     }
-    Ok(())
+    Ok(updates)
 }

@@ -72,6 +72,9 @@ pub struct LocalState {
     /// The content cache's setting (read once at open: `record` and `apply` need it in every
     /// transaction).
     cache_setting: CacheSetting,
+    /// Chats' trailing content-cache blobs as committed, where known (see
+    /// [`cache::repack_if_due`]); forgotten when a transaction fails.
+    trailing: std::collections::HashMap<String, cache::Trailing>,
 }
 
 impl core::fmt::Debug for LocalState {
@@ -128,6 +131,7 @@ impl LocalState {
             runs: RunCache::default(),
             journal,
             cache_setting,
+            trailing: Default::default(),
         })
     }
 
