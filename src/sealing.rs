@@ -136,8 +136,8 @@ pub(crate) fn seal(key: &Key32, context: &ObjectContext<'_>, plaintext: &[u8]) -
     seal_with_nonce(key, context, plaintext, &nonce, Compression::Auto)
 }
 
-/// Seals `plaintext` with a fresh random nonce and without compression (local data sealed on the
-/// hot path of `record`, where zstd would cost more than the bytes it saves).
+/// Seals `plaintext` with a fresh random nonce and without compression (small local blobs sealed
+/// on the hot path of `record`, where zstd would cost more than the bytes it saves).
 pub(crate) fn seal_uncompressed(
     key: &Key32,
     context: &ObjectContext<'_>,

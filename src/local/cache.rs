@@ -68,10 +68,20 @@ fn blob_name(chat_id: &str) -> String {
     format!("local/cache/{}", crate::hex::encode(&digest[..16]))
 }
 
-/// Seals a blob (compressed: the cache's bound counts stored bytes).
-fn seal(key: &CacheKey, chat_id: &str, body: &[u8]) -> Result<Vec<u8>> {
+/// Level-0 blobs smaller than this (4 KiB) are sealed without zstd.
+const SMALL_BLOB: usize = 4096;
+
+/// Seals a blob, compressed (the cache's bound counts stored bytes) unless it is a small
+/// level-0 blob: a record spread over many chats appends a few hundred bytes to each, where
+/// zstd's fixed cost per call was most of the cache's cost of `record`, and such blobs are
+/// repacked (and compressed) 16 at a time anyway.
+fn seal(key: &CacheKey, chat_id: &str, level: i64, body: &[u8]) -> Result<Vec<u8>> {
     let name = blob_name(chat_id);
-    sealing::seal(&key.key, &key.context(&name), body)
+    if level == 0 && body.len() < SMALL_BLOB {
+        sealing::seal_uncompressed(&key.key, &key.context(&name), body)
+    } else {
+        sealing::seal(&key.key, &key.context(&name), body)
+    }
 }
 
 fn open(key: &CacheKey, chat_id: &str, sealed: &[u8]) -> Result<Vec<Operation>> {
@@ -105,7 +115,7 @@ fn insert_blob(
     operations: u64,
     body: &[u8],
 ) -> Result<()> {
-    let sealed = seal(key, chat_id, body)?;
+    let sealed = seal(key, chat_id, level, body)?;
     connection
         .prepare_cached(
             "INSERT INTO cache_blobs (chat_id, level, operations, body) VALUES (?1, ?2, ?3, ?4)",
