@@ -64,7 +64,7 @@ fn history(messages: u64) -> Vec<Change> {
         changes.push(Change::UpsertMessage(Message {
             chat_id: format!("chat-{chat:04}"),
             message_id: format!("m{m:08}"),
-            sender: if rng.next() % 2 == 0 {
+            sender: if rng.next().is_multiple_of(2) {
                 "me".into()
             } else {
                 format!("contact{chat:03}")

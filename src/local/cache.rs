@@ -75,18 +75,18 @@ const SMALL_BLOB: usize = 4096;
 /// level-0 blob: a record spread over many chats appends a few hundred bytes to each, where
 /// zstd's fixed cost per call was most of the cache's cost of `record`, and such blobs are
 /// repacked (and compressed) 16 at a time anyway.
-fn seal(key: &CacheKey, chat_id: &str, level: i64, body: &[u8]) -> Result<Vec<u8>> {
-    let name = blob_name(chat_id);
+fn seal(key: &CacheKey, name: &str, level: i64, body: &[u8]) -> Result<Vec<u8>> {
     if level == 0 && body.len() < SMALL_BLOB {
-        sealing::seal_uncompressed(&key.key, &key.context(&name), body)
+        sealing::seal_uncompressed(&key.key, &key.context(name), body)
     } else {
-        sealing::seal(&key.key, &key.context(&name), body)
+        sealing::seal(&key.key, &key.context(name), body)
     }
 }
 
-fn open(key: &CacheKey, chat_id: &str, sealed: &[u8]) -> Result<Vec<Operation>> {
+/// Opens a blob of `chat_id` (whose [`blob_name`] is `name`) into its operations.
+fn open(key: &CacheKey, chat_id: &str, name: &str, sealed: &[u8]) -> Result<Vec<Operation>> {
     // A blob that does not open is damage to a cache, which is rebuilt, never trusted.
-    let body = open_body(key, chat_id, sealed)?;
+    let body = open_body(key, name, sealed)?;
     let decoded = proto::ChatOperations::decode(&body[..]).map_err(|_| corrupt("content cache"))?;
     if decoded.chat_id != chat_id {
         return Err(corrupt("content cache"));
@@ -102,7 +102,15 @@ fn open(key: &CacheKey, chat_id: &str, sealed: &[u8]) -> Result<Vec<Operation>> 
 pub(crate) fn append(connection: &Connection, key: &CacheKey, batch: &EncodedBatch) -> Result<()> {
     for (chat_id, fragment) in batch.chats() {
         let body = EncodedBatch::chat_body(chat_id, fragment);
-        insert_blob(connection, key, chat_id, 0, fragment.count, &body)?;
+        insert_blob(
+            connection,
+            key,
+            chat_id,
+            &blob_name(chat_id),
+            0,
+            fragment.count,
+            &body,
+        )?;
     }
     Ok(())
 }
@@ -111,11 +119,12 @@ fn insert_blob(
     connection: &Connection,
     key: &CacheKey,
     chat_id: &str,
+    name: &str,
     level: i64,
     operations: u64,
     body: &[u8],
 ) -> Result<()> {
-    let sealed = seal(key, chat_id, level, body)?;
+    let sealed = seal(key, name, level, body)?;
     connection
         .prepare_cached(
             "INSERT INTO cache_blobs (chat_id, level, operations, body) VALUES (?1, ?2, ?3, ?4)",
@@ -138,9 +147,8 @@ fn operations_of<'b>(body: &'b [u8], chat_id: &str) -> Result<&'b [u8]> {
         .ok_or_else(|| corrupt("content cache"))
 }
 
-fn open_body(key: &CacheKey, chat_id: &str, sealed: &[u8]) -> Result<zeroize::Zeroizing<Vec<u8>>> {
-    let name = blob_name(chat_id);
-    sealing::open(&key.key, &key.context(&name), sealed).map_err(|_| corrupt("content cache"))
+fn open_body(key: &CacheKey, name: &str, sealed: &[u8]) -> Result<zeroize::Zeroizing<Vec<u8>>> {
+    sealing::open(&key.key, &key.context(name), sealed).map_err(|_| corrupt("content cache"))
 }
 
 /// Whether the cache holds all of this chat's content.
@@ -183,8 +191,9 @@ pub(crate) fn chat_operations(
         .query_map([chat_id], |row| row.get::<_, Vec<u8>>(0))
         .map_err(db_error)?;
     let mut winners: KeyMap<Operation> = KeyMap::default();
+    let name = blob_name(chat_id);
     for row in rows {
-        for operation in open(key, chat_id, &row.map_err(db_error)?)? {
+        for operation in open(key, chat_id, &name, &row.map_err(db_error)?)? {
             let Some(message_id) = operation.change.message_id() else {
                 continue;
             };
@@ -220,6 +229,7 @@ pub(crate) fn repack_if_due(
     {
         return Ok(trailing);
     }
+    let name = blob_name(chat_id);
     loop {
         // The chat's trailing blobs of the newest blob's level.
         let trailing: Vec<(i64, i64)> = {
@@ -257,26 +267,33 @@ pub(crate) fn repack_if_due(
         };
         let mut body = EncodedBatch::chat_body(chat_id, &Default::default());
         let mut count = 0u64;
+        // The trailing blobs are every blob of the chat from the oldest of them on: one read
+        // and one delete of that range.
+        let first_id = trailing.last().map_or(0, |(id, _)| *id);
         {
             let mut select = connection
-                .prepare_cached("SELECT operations, body FROM cache_blobs WHERE id = ?1")
+                .prepare_cached(
+                    "SELECT operations, body FROM cache_blobs WHERE chat_id = ?1 AND id >= ?2
+                     ORDER BY id",
+                )
                 .map_err(db_error)?;
-            let mut delete = connection
-                .prepare_cached("DELETE FROM cache_blobs WHERE id = ?1")
-                .map_err(db_error)?;
-            for (id, _) in trailing.iter().rev() {
-                let (operations, sealed): (i64, Vec<u8>) = select
-                    .query_row([id], |row| Ok((row.get(0)?, row.get(1)?)))
-                    .map_err(db_error)?;
+            let mut rows = select.query(params![chat_id, first_id]).map_err(db_error)?;
+            while let Some(row) = rows.next().map_err(db_error)? {
+                let operations: i64 = row.get(0).map_err(db_error)?;
+                let sealed = row
+                    .get_ref(1)
+                    .map_err(db_error)?
+                    .as_blob()
+                    .map_err(|_| corrupt("content cache"))?;
                 match &winners {
                     None => {
-                        let opened = open_body(key, chat_id, &sealed)?;
+                        let opened = open_body(key, &name, sealed)?;
                         body.extend_from_slice(operations_of(&opened, chat_id)?);
                         count += operations as u64;
                     }
                     Some(versions) => {
                         let mut kept = EncodedBatch::new();
-                        for operation in open(key, chat_id, &sealed)? {
+                        for operation in open(key, chat_id, &name, sealed)? {
                             let winning = operation.change.message_id().is_some_and(|m| {
                                 versions
                                     .get(&message_key(m))
@@ -292,10 +309,14 @@ pub(crate) fn repack_if_due(
                         }
                     }
                 }
-                delete.execute([id]).map_err(db_error)?;
             }
         }
-        insert_blob(connection, key, chat_id, level + 1, count, &body)?;
+        connection
+            .prepare_cached("DELETE FROM cache_blobs WHERE chat_id = ?1 AND id >= ?2")
+            .map_err(db_error)?
+            .execute(params![chat_id, first_id])
+            .map_err(db_error)?;
+        insert_blob(connection, key, chat_id, &name, level + 1, count, &body)?;
     }
 }
 

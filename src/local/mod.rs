@@ -404,12 +404,14 @@ pub struct PendingSegment {
 }
 
 pub(crate) fn set_meta(connection: &Connection, key: &str, value: &[u8]) -> Result<()> {
+    // Cached: every record sets the clock.
     connection
-        .execute(
+        .prepare_cached(
             "INSERT INTO meta (key, value) VALUES (?1, ?2)
              ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            params![key, value],
         )
+        .map_err(db_error)?
+        .execute(params![key, value])
         .map(|_| ())
         .map_err(db_error)
 }

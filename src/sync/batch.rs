@@ -59,14 +59,15 @@ impl EncodedBatch {
         let chat_id = operation.change.chat_id();
         let fragment = match self.chats.get_mut(chat_id) {
             Some(fragment) => fragment,
-            None => self
-                .chats
-                .entry(chat_id.to_owned())
-                .or_insert_with(ChatFragment::default),
+            None => self.chats.entry(chat_id.to_owned()).or_default(),
         };
         let before = fragment.bytes.len();
+        let len = operation.encoded_len();
+        fragment
+            .bytes
+            .reserve(1 + encoded_len_varint(len as u64) + len);
         fragment.bytes.push(OPERATIONS_TAG);
-        encode_varint(operation.encoded_len() as u64, &mut fragment.bytes);
+        encode_varint(len as u64, &mut fragment.bytes);
         operation.encode_raw(&mut fragment.bytes);
         fragment.count += 1;
         self.len += fragment.bytes.len() - before;
