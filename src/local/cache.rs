@@ -63,9 +63,19 @@ impl CacheKey {
     }
 }
 
+/// The local name a chat's blobs are sealed under: `local/cache/` and the first 16 bytes of
+/// SHA-256(chat id) in lower-case hex (written directly: formatting each byte cost more than
+/// the hash, once per chat per record).
 fn blob_name(chat_id: &str) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let digest = Sha256::digest(chat_id.as_bytes());
-    format!("local/cache/{}", crate::hex::encode(&digest[..16]))
+    let mut name = String::with_capacity(12 + 32);
+    name.push_str("local/cache/");
+    for byte in &digest[..16] {
+        name.push(char::from(HEX[usize::from(byte >> 4)]));
+        name.push(char::from(HEX[usize::from(byte & 15)]));
+    }
+    name
 }
 
 /// Level-0 blobs smaller than this (4 KiB) are sealed without zstd.
@@ -403,4 +413,22 @@ pub(crate) fn size(connection: &Connection) -> Result<u64> {
         )
         .map(|n| n as u64)
         .map_err(db_error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The name blobs are sealed under is what earlier versions used (a blob sealed then
+    /// still opens).
+    #[test]
+    fn blob_names_are_unchanged() {
+        for chat_id in ["", "chat-0001", "é🙂", &"x".repeat(300)] {
+            let digest = Sha256::digest(chat_id.as_bytes());
+            assert_eq!(
+                blob_name(chat_id),
+                format!("local/cache/{}", crate::hex::encode(&digest[..16]))
+            );
+        }
+    }
 }

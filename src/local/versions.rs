@@ -515,8 +515,17 @@ impl<'a> VersionWriter<'a> {
                 prost::encoding::encode_varint(chat_id.len() as u64, &mut row);
                 row.extend_from_slice(chat_id.as_bytes());
                 prost::encoding::encode_varint(entries.len() as u64, &mut row);
+                // Entries of one record all carry this device's id: look its number up once.
+                let mut last: Option<(DeviceId, u16)> = None;
                 for (key, version) in entries {
-                    let device = self.devices.number(connection, version.stamp.device)?;
+                    let device = match last {
+                        Some((id, number)) if id == version.stamp.device => number,
+                        _ => {
+                            let number = self.devices.number(connection, version.stamp.device)?;
+                            last = Some((version.stamp.device, number));
+                            number
+                        }
+                    };
                     encode_entry(&mut row, key, version, device);
                 }
             }
@@ -577,8 +586,16 @@ impl<'a> VersionWriter<'a> {
                 let mut entries: Vec<(MessageKey, Version)> = entries.into_iter().collect();
                 entries.sort_unstable_by_key(|entry| entry.0);
                 let mut body = Vec::with_capacity(entries.len() * ENTRY_LEN);
+                let mut last: Option<(DeviceId, u16)> = None;
                 for (key, version) in &entries {
-                    let device = self.devices.number(connection, version.stamp.device)?;
+                    let device = match last {
+                        Some((id, number)) if id == version.stamp.device => number,
+                        _ => {
+                            let number = self.devices.number(connection, version.stamp.device)?;
+                            last = Some((version.stamp.device, number));
+                            number
+                        }
+                    };
                     encode_entry(&mut body, key, version, device);
                 }
                 runs.push(insert_run(connection, &chat_id, body)?);
@@ -640,34 +657,58 @@ fn merge_runs(
     let total: usize = all.iter().map(|r| r.len()).sum();
     let mut out = Vec::with_capacity(total * ENTRY_LEN);
     loop {
-        // The smallest key among the runs' heads (few runs: a linear scan is fine).
-        let mut smallest: Option<&[u8]> = None;
+        // The smallest key among the runs' heads (few runs: a linear scan is fine), copied (12
+        // bytes, no allocation).
+        let mut smallest: Option<MessageKey> = None;
         for (run, &position) in all.iter().zip(&positions) {
-            if position < run.len() {
-                let key = &run.entry(position)[..12];
-                if smallest.is_none_or(|s| key < s) {
-                    smallest = Some(key);
-                }
+            if position < run.len()
+                && let Ok(key) = MessageKey::try_from(&run.entry(position)[..12])
+                && smallest.is_none_or(|s| key < s)
+            {
+                smallest = Some(key);
             }
         }
-        let Some(smallest) = smallest.map(<[u8]>::to_vec) else {
+        let Some(smallest) = smallest else {
             break;
         };
-        let mut best: Option<(&[u8], Stamp)> = None;
+        // The entry with the greatest stamp among the runs holding that key. Entries are
+        // decoded only to compare stamps (a key in two runs) or to drop by stamp.
+        let mut best: Option<(&[u8], Option<Stamp>)> = None;
         for (run, position) in all.iter().zip(positions.iter_mut()) {
             if *position < run.len() && run.entry(*position)[..12] == smallest[..] {
                 let entry = run.entry(*position);
-                let (_, version) = decode_entry(entry, devices)?;
-                if best.is_none_or(|(_, stamp)| version.stamp > stamp) {
-                    best = Some((entry, version.stamp));
-                }
                 *position += 1;
+                best = match best {
+                    None => Some((entry, None)),
+                    Some((held, held_stamp)) => {
+                        let held_stamp = match held_stamp {
+                            Some(stamp) => stamp,
+                            None => decode_entry(held, devices)?.1.stamp,
+                        };
+                        let stamp = decode_entry(entry, devices)?.1.stamp;
+                        if stamp > held_stamp {
+                            Some((entry, Some(stamp)))
+                        } else {
+                            Some((held, Some(held_stamp)))
+                        }
+                    }
+                };
             }
         }
-        if let Some((entry, stamp)) = best
-            && drop_up_to.is_none_or(|d| stamp > d)
-        {
-            out.extend_from_slice(entry);
+        if let Some((entry, stamp)) = best {
+            let keep = match drop_up_to {
+                None => true,
+                Some(d) => {
+                    let stamp = match stamp {
+                        Some(stamp) => stamp,
+                        None => decode_entry(entry, devices)?.1.stamp,
+                    };
+                    stamp > d
+                }
+            };
+            if keep {
+                out.extend_from_slice(entry);
+            }
         }
     }
     Ok(out)
