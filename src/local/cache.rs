@@ -9,7 +9,10 @@
 //! only the operations the version index names as winners, so the cache can never contradict
 //! the merge. Blobs are repacked by levels (16 of one level at a chat's end become one of the
 //! next), so each operation is rewritten O(log n) times; from level 2 on a repack keeps only
-//! winning operations.
+//! winning operations. Blobs are compressed (zstd) except level-0 blobs under 4 KiB, which wait
+//! for their repack uncompressed (zstd's fixed cost per call was most of what the cache added to
+//! a record spread over many chats). `LocalState` remembers each chat's trailing blobs, so a
+//! chat short of a repack costs `record` one insert and no query.
 //!
 //! Eviction drops whole chats, least recently written first and never a pinned one, and marks
 //! them evicted: a query on an evicted chat fails with [`Error::NotCached`] instead of answering

@@ -549,7 +549,9 @@ impl<'a> VersionWriter<'a> {
         let mut by_chat: HashMap<String, KeyMap<Version>> = HashMap::new();
         for (chat_id, entries) in &self.journal.chats {
             let dropped = self.dropped.get(chat_id).copied();
-            let chat = by_chat.entry(chat_id.clone()).or_default();
+            let chat = by_chat.entry(chat_id.clone()).or_insert_with(|| {
+                KeyMap::with_capacity_and_hasher(entries.len(), Default::default())
+            });
             for (key, version) in entries {
                 if dropped.is_none_or(|d| version.stamp > d) {
                     chat.insert(*key, *version);

@@ -293,11 +293,13 @@ mod encoding {
     const LEN: u8 = 2;
 
     /// Bytes of a length-delimited field holding `len` bytes (tags here are all below 16).
+    #[inline]
     fn delimited_len(len: usize) -> usize {
         1 + encoded_len_varint(len as u64) + len
     }
 
     /// A proto3 string or bytes field: absent when empty.
+    #[inline]
     fn bytes_len(value: &[u8]) -> usize {
         if value.is_empty() {
             0
@@ -307,6 +309,7 @@ mod encoding {
     }
 
     /// A proto3 integer field: absent when zero.
+    #[inline]
     fn uint_len(value: u64) -> usize {
         if value == 0 {
             0
@@ -315,18 +318,21 @@ mod encoding {
         }
     }
 
+    #[inline]
     fn put_delimited(out: &mut Vec<u8>, tag: u8, value: &[u8]) {
         out.push((tag << 3) | LEN);
         encode_varint(value.len() as u64, out);
         out.extend_from_slice(value);
     }
 
+    #[inline]
     fn put_bytes(out: &mut Vec<u8>, tag: u8, value: &[u8]) {
         if !value.is_empty() {
             put_delimited(out, tag, value);
         }
     }
 
+    #[inline]
     fn put_uint(out: &mut Vec<u8>, tag: u8, value: u64) {
         if value != 0 {
             out.push((tag << 3) | VARINT);
@@ -334,6 +340,7 @@ mod encoding {
         }
     }
 
+    #[inline]
     fn put_header(out: &mut Vec<u8>, tag: u8, len: usize) {
         out.push((tag << 3) | LEN);
         encode_varint(len as u64, out);
