@@ -11,7 +11,7 @@
 //! next), so each operation is rewritten O(log n) times; from level 2 on a repack keeps only
 //! winning operations. Blobs are compressed (zstd) except level-0 blobs under 4 KiB, which wait
 //! for their repack uncompressed (zstd's fixed cost per call was most of what the cache added to
-//! a record spread over many chats). `LocalState` remembers each chat's trailing blobs, so a
+//! a record spread over many chats). `LocalState` remembers the levels of each chat's blobs, so a
 //! chat short of a repack costs `record` one insert and no query.
 //!
 //! Eviction drops whole chats, least recently written first and never a pinned one, and marks
@@ -222,57 +222,64 @@ pub(crate) fn chat_operations(
     Ok(winners.into_values().collect())
 }
 
-/// The blobs that end a chat: the level of its newest blob and how many blobs of that level
-/// follow each other at its end ((0, 0) for a chat without blobs).
-pub(crate) type Trailing = (i64, usize);
+/// The levels of a chat's blobs, oldest first, as runs of one level: (level, how many).
+pub(crate) type Levels = Vec<(i64, usize)>;
+
+/// Reads the levels of a chat's blobs (once per chat and session: `LocalState` keeps them).
+pub(crate) fn load_levels(connection: &Connection, chat_id: &str) -> Result<Levels> {
+    let mut statement = connection
+        .prepare_cached("SELECT level FROM cache_blobs WHERE chat_id = ?1 ORDER BY id")
+        .map_err(db_error)?;
+    let rows = statement
+        .query_map([chat_id], |row| row.get::<_, i64>(0))
+        .map_err(db_error)?;
+    let mut levels = Levels::new();
+    for row in rows {
+        push_level(&mut levels, row.map_err(db_error)?, 1);
+    }
+    Ok(levels)
+}
+
+/// Notes `count` blobs of `level` appended at a chat's end.
+pub(crate) fn push_level(levels: &mut Levels, level: i64, count: usize) {
+    if count == 0 {
+        return;
+    }
+    match levels.last_mut() {
+        Some((last, blobs)) if *last == level => *blobs += count,
+        _ => levels.push((level, count)),
+    }
+}
 
 /// Repacks a chat's newest blobs while [`REPACK_FAN_IN`] of one level follow each other at its
 /// end: they become one blob of the next level. From [`FILTER_LEVEL`] on, only operations that
-/// `versions` names as winners are kept. `known` is the chat's trailing blobs if the caller
-/// knows them (then a chat short of a repack costs no query); returns them after any repack.
+/// `versions` names as winners are kept. `levels` are the chat's blob levels (kept up to date
+/// here): a chat short of a repack costs no query, and a repack reads and deletes exactly its
+/// blobs.
 pub(crate) fn repack_if_due(
     connection: &Connection,
     key: &CacheKey,
     chat_id: &str,
-    known: Option<Trailing>,
+    levels: &mut Levels,
     versions: impl Fn() -> Result<KeyMap<Version>>,
-) -> Result<Trailing> {
-    if let Some(trailing) = known
-        && trailing.1 < REPACK_FAN_IN
-    {
-        return Ok(trailing);
-    }
-    let name = blob_name(chat_id);
+) -> Result<()> {
+    let mut name: Option<String> = None;
     loop {
-        // The chat's trailing blobs of the newest blob's level.
-        let trailing: Vec<(i64, i64)> = {
-            let mut statement = connection
-                .prepare_cached(
-                    "SELECT id, level FROM cache_blobs WHERE chat_id = ?1 ORDER BY id DESC",
-                )
-                .map_err(db_error)?;
-            let rows = statement
-                .query_map([chat_id], |row| {
-                    Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?))
-                })
-                .map_err(db_error)?;
-            let mut trailing: Vec<(i64, i64)> = Vec::new();
-            for row in rows {
-                let (id, level) = row.map_err(db_error)?;
-                if trailing.first().is_some_and(|(_, first)| *first != level) {
-                    break;
-                }
-                trailing.push((id, level));
-            }
-            trailing
+        let Some(&(level, blobs)) = levels.last() else {
+            return Ok(());
         };
-        if trailing.len() < REPACK_FAN_IN {
-            return Ok((
-                trailing.first().map_or(0, |(_, level)| *level),
-                trailing.len(),
-            ));
+        if blobs < REPACK_FAN_IN {
+            return Ok(());
         }
-        let level = trailing[0].1;
+        let name = name.get_or_insert_with(|| blob_name(chat_id)).as_str();
+        // The oldest of the chat's newest `blobs` blobs (the index on (chat_id, id) answers it).
+        let first_id: i64 = connection
+            .prepare_cached(
+                "SELECT id FROM cache_blobs WHERE chat_id = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2",
+            )
+            .map_err(db_error)?
+            .query_row(params![chat_id, (blobs - 1) as i64], |row| row.get(0))
+            .map_err(db_error)?;
         let winners = if level + 1 >= FILTER_LEVEL {
             Some(versions()?)
         } else {
@@ -280,33 +287,39 @@ pub(crate) fn repack_if_due(
         };
         let mut body = EncodedBatch::chat_body(chat_id, &Default::default());
         let mut count = 0u64;
-        // The trailing blobs are every blob of the chat from the oldest of them on: one read
-        // and one delete of that range.
-        let first_id = trailing.last().map_or(0, |(id, _)| *id);
+        // Those blobs are every blob of the chat from the oldest of them on: one read and one
+        // delete of that range.
+        let mut read = 0usize;
         {
             let mut select = connection
                 .prepare_cached(
-                    "SELECT operations, body FROM cache_blobs WHERE chat_id = ?1 AND id >= ?2
+                    "SELECT level, operations, body FROM cache_blobs WHERE chat_id = ?1 AND id >= ?2
                      ORDER BY id",
                 )
                 .map_err(db_error)?;
             let mut rows = select.query(params![chat_id, first_id]).map_err(db_error)?;
             while let Some(row) = rows.next().map_err(db_error)? {
-                let operations: i64 = row.get(0).map_err(db_error)?;
+                read += 1;
+                if row.get::<_, i64>(0).map_err(db_error)? != level {
+                    // The levels known in memory disagree with the file: the transaction fails
+                    // (and the levels are read again next time).
+                    return Err(corrupt("content cache levels"));
+                }
+                let operations: i64 = row.get(1).map_err(db_error)?;
                 let sealed = row
-                    .get_ref(1)
+                    .get_ref(2)
                     .map_err(db_error)?
                     .as_blob()
                     .map_err(|_| corrupt("content cache"))?;
                 match &winners {
                     None => {
-                        let opened = open_body(key, &name, sealed)?;
+                        let opened = open_body(key, name, sealed)?;
                         body.extend_from_slice(operations_of(&opened, chat_id)?);
                         count += operations as u64;
                     }
                     Some(versions) => {
                         let mut kept = EncodedBatch::new();
-                        for operation in open(key, chat_id, &name, sealed)? {
+                        for operation in open(key, chat_id, name, sealed)? {
                             let winning = operation.change.message_id().is_some_and(|m| {
                                 versions
                                     .get(&message_key(m))
@@ -324,12 +337,17 @@ pub(crate) fn repack_if_due(
                 }
             }
         }
+        if read != blobs {
+            return Err(corrupt("content cache levels"));
+        }
         connection
             .prepare_cached("DELETE FROM cache_blobs WHERE chat_id = ?1 AND id >= ?2")
             .map_err(db_error)?
             .execute(params![chat_id, first_id])
             .map_err(db_error)?;
-        insert_blob(connection, key, chat_id, &name, level + 1, count, &body)?;
+        insert_blob(connection, key, chat_id, name, level + 1, count, &body)?;
+        levels.pop();
+        push_level(levels, level + 1, 1);
     }
 }
 

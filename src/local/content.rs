@@ -659,13 +659,13 @@ impl LocalState {
     }
 }
 
-/// What a content transaction learned about chats' trailing cache blobs: known again
-/// (`Some`), or to be asked of the database next time (`None`).
-type TrailingUpdates = Vec<(String, Option<cache::Trailing>)>;
+/// What a content transaction learned about chats' cache blob levels: known again (`Some`), or
+/// to be read from the database next time (`None`).
+type TrailingUpdates = Vec<(String, Option<cache::Levels>)>;
 
 /// Appends what changed to the cache, drops the content of chats a deletion emptied, repacks
 /// small blobs and keeps the cache within its bound. `trailing` is what is known of the chats'
-/// trailing blobs as committed: a chat whose newest blobs are short of a repack then costs no
+/// blob levels as committed: a chat whose newest blobs are short of a repack then costs no
 /// query. Returns what the transaction changed of it.
 #[allow(clippy::too_many_arguments)]
 fn finish_cache<'a>(
@@ -676,7 +676,7 @@ fn finish_cache<'a>(
     deleted_chats: &BTreeSet<String>,
     devices: &DeviceNumbers,
     journal: versions::JournalView<'_>,
-    trailing: &HashMap<String, cache::Trailing>,
+    trailing: &HashMap<String, cache::Levels>,
 ) -> Result<TrailingUpdates> {
     let CacheSetting::On { max_bytes } = setting else {
         return Ok(Vec::new());
@@ -699,16 +699,20 @@ fn finish_cache<'a>(
         };
         if deleted_chats.contains(&chat_id) && versions()?.is_empty() {
             cache::remove_chat(tx, &chat_id)?;
-            updates.push((chat_id, Some((0, 0))));
+            updates.push((chat_id, Some(Vec::new())));
             continue;
         }
-        let known = trailing.get(&chat_id).map(|&(level, count)| match added {
-            0 => (level, count),
-            _ if level == 0 => (0, count + added),
-            _ => (0, added),
-        });
-        let now = cache::repack_if_due(tx, key, &chat_id, known, versions)?;
-        updates.push((chat_id, Some(now)));
+        let mut levels = match trailing.get(&chat_id) {
+            Some(known) => {
+                let mut levels = known.clone();
+                cache::push_level(&mut levels, 0, added);
+                levels
+            }
+            // Read after this transaction's appends: they are in it.
+            None => cache::load_levels(tx, &chat_id)?,
+        };
+        cache::repack_if_due(tx, key, &chat_id, &mut levels, versions)?;
+        updates.push((chat_id, Some(levels)));
     }
     if let Some(limit) = max_bytes {
         for chat_id in cache::evict_to(tx, limit)? {

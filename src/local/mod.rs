@@ -72,9 +72,9 @@ pub struct LocalState {
     /// The content cache's setting (read once at open: `record` and `apply` need it in every
     /// transaction).
     cache_setting: CacheSetting,
-    /// Chats' trailing content-cache blobs as committed, where known (see
+    /// Chats' content-cache blob levels as committed, where known (see
     /// [`cache::repack_if_due`]); forgotten when a transaction fails.
-    trailing: std::collections::HashMap<String, cache::Trailing>,
+    trailing: std::collections::HashMap<String, cache::Levels>,
 }
 
 impl core::fmt::Debug for LocalState {
