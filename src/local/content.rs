@@ -213,7 +213,7 @@ impl LocalState {
     /// again keeps chats it did not hold marked as not cached; lowering the bound evicts at once.
     pub fn set_cache_setting(&mut self, setting: CacheSetting) -> Result<()> {
         // Blobs are dropped or evicted here: what is known of their ends is asked again.
-        self.trailing.clear();
+        self.cache_levels.clear();
         let before = self.cache_setting()?;
         let known_chats = self.all_chat_ids()?;
         self.transaction(|tx| {
@@ -352,7 +352,7 @@ impl LocalState {
             devices,
             runs,
             journal,
-            trailing,
+            cache_levels,
             ..
         } = self;
         let result = (|| {
@@ -378,7 +378,7 @@ impl LocalState {
                 }
                 let view = update.journal_view(journal);
                 let appended = cached.iter().chain(recorded);
-                let trailing_updates = finish_cache(
+                let level_updates = finish_cache(
                     &tx,
                     key,
                     setting,
@@ -386,18 +386,18 @@ impl LocalState {
                     &deleted_chats,
                     devices,
                     view,
-                    trailing,
+                    cache_levels,
                 )?;
-                ((stepped, trailing_updates), update, also(&tx)?)
+                ((stepped, level_updates), update, also(&tx)?)
             };
             tx.commit().map_err(db_error)?;
             Ok((stepped, update, also_result))
         })();
-        let ((stepped, trailing_updates), value) = self.finish(result)?;
-        for (chat_id, known) in trailing_updates {
+        let ((stepped, level_updates), value) = self.finish(result)?;
+        for (chat_id, known) in level_updates {
             match known {
-                Some(known) => self.trailing.insert(chat_id, known),
-                None => self.trailing.remove(&chat_id),
+                Some(known) => self.cache_levels.insert(chat_id, known),
+                None => self.cache_levels.remove(&chat_id),
             };
         }
         Ok((stepped, value))
@@ -413,7 +413,7 @@ impl LocalState {
             }
             Err(error) => {
                 self.runs.clear();
-                self.trailing.clear();
+                self.cache_levels.clear();
                 self.devices = DeviceNumbers::load(&self.connection)?;
                 self.journal = versions::Journal::load(&self.connection, &self.devices)?;
                 Err(error)
@@ -661,10 +661,10 @@ impl LocalState {
 
 /// What a content transaction learned about chats' cache blob levels: known again (`Some`), or
 /// to be read from the database next time (`None`).
-type TrailingUpdates = Vec<(String, Option<cache::Levels>)>;
+type LevelUpdates = Vec<(String, Option<cache::Levels>)>;
 
 /// Appends what changed to the cache, drops the content of chats a deletion emptied, repacks
-/// small blobs and keeps the cache within its bound. `trailing` is what is known of the chats'
+/// small blobs and keeps the cache within its bound. `cache_levels` is what is known of the chats'
 /// blob levels as committed: a chat whose newest blobs are short of a repack then costs no
 /// query. Returns what the transaction changed of it.
 #[allow(clippy::too_many_arguments)]
@@ -676,8 +676,8 @@ fn finish_cache<'a>(
     deleted_chats: &BTreeSet<String>,
     devices: &DeviceNumbers,
     journal: versions::JournalView<'_>,
-    trailing: &HashMap<String, cache::Levels>,
-) -> Result<TrailingUpdates> {
+    cache_levels: &HashMap<String, cache::Levels>,
+) -> Result<LevelUpdates> {
     let CacheSetting::On { max_bytes } = setting else {
         return Ok(Vec::new());
     };
@@ -702,7 +702,7 @@ fn finish_cache<'a>(
             updates.push((chat_id, Some(Vec::new())));
             continue;
         }
-        let mut levels = match trailing.get(&chat_id) {
+        let mut levels = match cache_levels.get(&chat_id) {
             Some(known) => {
                 let mut levels = known.clone();
                 cache::push_level(&mut levels, 0, added);

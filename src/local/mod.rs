@@ -74,7 +74,7 @@ pub struct LocalState {
     cache_setting: CacheSetting,
     /// Chats' content-cache blob levels as committed, where known (see
     /// [`cache::repack_if_due`]); forgotten when a transaction fails.
-    trailing: std::collections::HashMap<String, cache::Levels>,
+    cache_levels: std::collections::HashMap<String, cache::Levels>,
 }
 
 impl core::fmt::Debug for LocalState {
@@ -131,7 +131,7 @@ impl LocalState {
             runs: RunCache::default(),
             journal,
             cache_setting,
-            trailing: Default::default(),
+            cache_levels: Default::default(),
         })
     }
 
