@@ -136,8 +136,8 @@ pub(crate) fn seal(key: &Key32, context: &ObjectContext<'_>, plaintext: &[u8]) -
     seal_with_nonce(key, context, plaintext, &nonce, Compression::Auto)
 }
 
-/// Seals `plaintext` with a fresh random nonce and without compression (local data sealed on the
-/// hot path of `record`, where zstd would cost more than the bytes it saves).
+/// Seals `plaintext` with a fresh random nonce and without compression (small local blobs sealed
+/// on the hot path of `record`, where zstd would cost more than the bytes it saves).
 pub(crate) fn seal_uncompressed(
     key: &Key32,
     context: &ObjectContext<'_>,
@@ -145,6 +145,69 @@ pub(crate) fn seal_uncompressed(
 ) -> Result<Vec<u8>> {
     let nonce = crate::random::array::<NONCE_LEN>()?;
     seal_with_nonce(key, context, plaintext, &nonce, Compression::Never)
+}
+
+/// Seals, with a fresh random nonce and without compression, the plaintext `write` appends to
+/// the buffer it is handed (about `len_hint` bytes): the object [`seal_uncompressed`] makes of
+/// those bytes, built in one buffer and encrypted in place, so the plaintext is never copied
+/// (and no plaintext copy is left to zeroize: the buffer holds ciphertext when this returns).
+pub(crate) fn seal_uncompressed_with(
+    key: &Key32,
+    context: &ObjectContext<'_>,
+    len_hint: usize,
+    write: impl FnOnce(&mut Vec<u8>),
+) -> Result<Vec<u8>> {
+    let nonce = crate::random::array::<NONCE_LEN>()?;
+    seal_in_place(key, context, &nonce, len_hint, write)
+}
+
+fn seal_in_place(
+    key: &Key32,
+    context: &ObjectContext<'_>,
+    nonce: &[u8; NONCE_LEN],
+    len_hint: usize,
+    write: impl FnOnce(&mut Vec<u8>),
+) -> Result<Vec<u8>> {
+    use chacha20poly1305::AeadInOut;
+    use zeroize::Zeroize;
+
+    let header = Header::new(context.kind).to_bytes();
+    let aad = associated_data(context, &header)?;
+    let capacity = padded_len((MIN_SEALED_LEN + len_hint.min(MAX_PLAINTEXT_LEN)) as u64) as usize;
+    let mut object = Vec::with_capacity(capacity);
+    object.extend_from_slice(&header);
+    object.extend_from_slice(nonce);
+    let frame_start = object.len();
+    object.push(COMPRESSION_NONE);
+    object.extend_from_slice(&[0; 8]);
+    write(&mut object);
+    let plain_len = object.len() - frame_start - FRAME_HEADER_LEN;
+    if plain_len > MAX_PLAINTEXT_LEN {
+        object.zeroize();
+        return Err(Error::invalid_input(format!(
+            "plaintext of {plain_len} bytes exceeds the {MAX_PLAINTEXT_LEN}-byte object limit"
+        )));
+    }
+    let lengths = (plain_len as u32).to_be_bytes();
+    object[frame_start + 1..frame_start + 5].copy_from_slice(&lengths);
+    object[frame_start + 5..frame_start + 9].copy_from_slice(&lengths);
+    let total = padded_len((MIN_SEALED_LEN + plain_len) as u64) as usize;
+    object.resize(total - TAG_LEN, 0);
+    let cipher = XChaCha20Poly1305::new(key.bytes().into());
+    let tag = match cipher.encrypt_inout_detached(
+        &XNonce::from(*nonce),
+        &aad,
+        (&mut object[frame_start..]).into(),
+    ) {
+        Ok(tag) => tag,
+        Err(_) => {
+            object.zeroize();
+            return Err(Error::invalid_input("AEAD refused the input length"));
+        }
+    };
+    object.extend_from_slice(&tag);
+    debug_assert_eq!(object.len(), total);
+    Ok(object)
 }
 
 /// Seals with a given nonce. Only [`seal`] and the test-vector generator call this: a nonce must
@@ -292,6 +355,32 @@ const _: () = assert!(MIN_SEALED_LEN + MAX_PLAINTEXT_LEN + MAX_PLAINTEXT_LEN / 8
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Sealing in place gives the very bytes the copying sealer gives (same nonce).
+    #[test]
+    fn sealing_in_place_is_the_uncompressed_seal() {
+        let vault_id = crate::keys::VaultId::from_bytes([7; 16]);
+        let context = ObjectContext {
+            vault_id: &vault_id,
+            kind: ObjectKind::KeySet,
+            name: "local/outbox",
+        };
+        for len in [0usize, 1, 100, 129, 4096, 70_000] {
+            let plaintext: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
+            let nonce = [9; NONCE_LEN];
+            let copied =
+                seal_with_nonce(&key(3), &context, &plaintext, &nonce, Compression::Never).unwrap();
+            let in_place = seal_in_place(&key(3), &context, &nonce, len / 2, |out| {
+                out.extend_from_slice(&plaintext)
+            })
+            .unwrap();
+            assert_eq!(in_place, copied, "{len} bytes");
+            assert_eq!(
+                &open(&key(3), &context, &in_place).unwrap()[..],
+                &plaintext[..]
+            );
+        }
+    }
 
     fn key(byte: u8) -> Key32 {
         Key32::new([byte; 32])

@@ -9,7 +9,10 @@
 //! only the operations the version index names as winners, so the cache can never contradict
 //! the merge. Blobs are repacked by levels (16 of one level at a chat's end become one of the
 //! next), so each operation is rewritten O(log n) times; from level 2 on a repack keeps only
-//! winning operations.
+//! winning operations. Blobs are compressed (zstd) except level-0 blobs under 4 KiB, which wait
+//! for their repack uncompressed (zstd's fixed cost per call was most of what the cache added to
+//! a record spread over many chats). `LocalState` remembers the levels of each chat's blobs, so a
+//! chat short of a repack costs `record` one insert and no query.
 //!
 //! Eviction drops whole chats, least recently written first and never a pinned one, and marks
 //! them evicted: a query on an evicted chat fails with [`Error::NotCached`] instead of answering
@@ -51,24 +54,52 @@ impl core::fmt::Debug for CacheKey {
     }
 }
 
+impl CacheKey {
+    /// The sealing context of a local object (the content cache's blobs, the outbox's rows):
+    /// kind 5 (as the keyring's objects), this vault, and the object's local name.
+    pub(crate) fn context<'a>(&'a self, name: &'a str) -> ObjectContext<'a> {
+        ObjectContext {
+            vault_id: &self.vault_id,
+            kind: ObjectKind::KeySet,
+            name,
+        }
+    }
+}
+
+/// The local name a chat's blobs are sealed under: `local/cache/` and the first 16 bytes of
+/// SHA-256(chat id) in lower-case hex (written directly: formatting each byte cost more than
+/// the hash, once per chat per record).
 fn blob_name(chat_id: &str) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let digest = Sha256::digest(chat_id.as_bytes());
-    format!("local/cache/{}", crate::hex::encode(&digest[..16]))
+    let mut name = String::with_capacity(12 + 32);
+    name.push_str("local/cache/");
+    for byte in &digest[..16] {
+        name.push(char::from(HEX[usize::from(byte >> 4)]));
+        name.push(char::from(HEX[usize::from(byte & 15)]));
+    }
+    name
 }
 
-fn seal(key: &CacheKey, chat_id: &str, body: &[u8]) -> Result<Vec<u8>> {
-    let name = blob_name(chat_id);
-    let context = ObjectContext {
-        vault_id: &key.vault_id,
-        kind: ObjectKind::KeySet,
-        name: &name,
-    };
-    sealing::seal(&key.key, &context, body)
+/// Level-0 blobs smaller than this (4 KiB) are sealed without zstd.
+const SMALL_BLOB: usize = 4096;
+
+/// Seals a blob, compressed (the cache's bound counts stored bytes) unless it is a small
+/// level-0 blob: a record spread over many chats appends a few hundred bytes to each, where
+/// zstd's fixed cost per call was most of the cache's cost of `record`, and such blobs are
+/// repacked (and compressed) 16 at a time anyway.
+fn seal(key: &CacheKey, name: &str, level: i64, body: &[u8]) -> Result<Vec<u8>> {
+    if level == 0 && body.len() < SMALL_BLOB {
+        sealing::seal_uncompressed(&key.key, &key.context(name), body)
+    } else {
+        sealing::seal(&key.key, &key.context(name), body)
+    }
 }
 
-fn open(key: &CacheKey, chat_id: &str, sealed: &[u8]) -> Result<Vec<Operation>> {
+/// Opens a blob of `chat_id` (whose [`blob_name`] is `name`) into its operations.
+fn open(key: &CacheKey, chat_id: &str, name: &str, sealed: &[u8]) -> Result<Vec<Operation>> {
     // A blob that does not open is damage to a cache, which is rebuilt, never trusted.
-    let body = open_body(key, chat_id, sealed)?;
+    let body = open_body(key, name, sealed)?;
     let decoded = proto::ChatOperations::decode(&body[..]).map_err(|_| corrupt("content cache"))?;
     if decoded.chat_id != chat_id {
         return Err(corrupt("content cache"));
@@ -84,7 +115,15 @@ fn open(key: &CacheKey, chat_id: &str, sealed: &[u8]) -> Result<Vec<Operation>> 
 pub(crate) fn append(connection: &Connection, key: &CacheKey, batch: &EncodedBatch) -> Result<()> {
     for (chat_id, fragment) in batch.chats() {
         let body = EncodedBatch::chat_body(chat_id, fragment);
-        insert_blob(connection, key, chat_id, 0, fragment.count, &body)?;
+        insert_blob(
+            connection,
+            key,
+            chat_id,
+            &blob_name(chat_id),
+            0,
+            fragment.count,
+            &body,
+        )?;
     }
     Ok(())
 }
@@ -93,11 +132,12 @@ fn insert_blob(
     connection: &Connection,
     key: &CacheKey,
     chat_id: &str,
+    name: &str,
     level: i64,
     operations: u64,
     body: &[u8],
 ) -> Result<()> {
-    let sealed = seal(key, chat_id, body)?;
+    let sealed = seal(key, name, level, body)?;
     connection
         .prepare_cached(
             "INSERT INTO cache_blobs (chat_id, level, operations, body) VALUES (?1, ?2, ?3, ?4)",
@@ -120,14 +160,8 @@ fn operations_of<'b>(body: &'b [u8], chat_id: &str) -> Result<&'b [u8]> {
         .ok_or_else(|| corrupt("content cache"))
 }
 
-fn open_body(key: &CacheKey, chat_id: &str, sealed: &[u8]) -> Result<zeroize::Zeroizing<Vec<u8>>> {
-    let name = blob_name(chat_id);
-    let context = ObjectContext {
-        vault_id: &key.vault_id,
-        kind: ObjectKind::KeySet,
-        name: &name,
-    };
-    sealing::open(&key.key, &context, sealed).map_err(|_| corrupt("content cache"))
+fn open_body(key: &CacheKey, name: &str, sealed: &[u8]) -> Result<zeroize::Zeroizing<Vec<u8>>> {
+    sealing::open(&key.key, &key.context(name), sealed).map_err(|_| corrupt("content cache"))
 }
 
 /// Whether the cache holds all of this chat's content.
@@ -170,8 +204,9 @@ pub(crate) fn chat_operations(
         .query_map([chat_id], |row| row.get::<_, Vec<u8>>(0))
         .map_err(db_error)?;
     let mut winners: KeyMap<Operation> = KeyMap::default();
+    let name = blob_name(chat_id);
     for row in rows {
-        for operation in open(key, chat_id, &row.map_err(db_error)?)? {
+        for operation in open(key, chat_id, &name, &row.map_err(db_error)?)? {
             let Some(message_id) = operation.change.message_id() else {
                 continue;
             };
@@ -187,42 +222,64 @@ pub(crate) fn chat_operations(
     Ok(winners.into_values().collect())
 }
 
+/// The levels of a chat's blobs, oldest first, as runs of one level: (level, how many).
+pub(crate) type Levels = Vec<(i64, usize)>;
+
+/// Reads the levels of a chat's blobs (once per chat and session: `LocalState` keeps them).
+pub(crate) fn load_levels(connection: &Connection, chat_id: &str) -> Result<Levels> {
+    let mut statement = connection
+        .prepare_cached("SELECT level FROM cache_blobs WHERE chat_id = ?1 ORDER BY id")
+        .map_err(db_error)?;
+    let rows = statement
+        .query_map([chat_id], |row| row.get::<_, i64>(0))
+        .map_err(db_error)?;
+    let mut levels = Levels::new();
+    for row in rows {
+        push_level(&mut levels, row.map_err(db_error)?, 1);
+    }
+    Ok(levels)
+}
+
+/// Notes `count` blobs of `level` appended at a chat's end.
+pub(crate) fn push_level(levels: &mut Levels, level: i64, count: usize) {
+    if count == 0 {
+        return;
+    }
+    match levels.last_mut() {
+        Some((last, blobs)) if *last == level => *blobs += count,
+        _ => levels.push((level, count)),
+    }
+}
+
 /// Repacks a chat's newest blobs while [`REPACK_FAN_IN`] of one level follow each other at its
 /// end: they become one blob of the next level. From [`FILTER_LEVEL`] on, only operations that
-/// `versions` names as winners are kept.
+/// `versions` names as winners are kept. `levels` are the chat's blob levels (kept up to date
+/// here): a chat short of a repack costs no query, and a repack reads and deletes exactly its
+/// blobs.
 pub(crate) fn repack_if_due(
     connection: &Connection,
     key: &CacheKey,
     chat_id: &str,
+    levels: &mut Levels,
     versions: impl Fn() -> Result<KeyMap<Version>>,
 ) -> Result<()> {
+    let mut name: Option<String> = None;
     loop {
-        // The chat's trailing blobs of the newest blob's level.
-        let trailing: Vec<(i64, i64)> = {
-            let mut statement = connection
-                .prepare_cached(
-                    "SELECT id, level FROM cache_blobs WHERE chat_id = ?1 ORDER BY id DESC",
-                )
-                .map_err(db_error)?;
-            let rows = statement
-                .query_map([chat_id], |row| {
-                    Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?))
-                })
-                .map_err(db_error)?;
-            let mut trailing: Vec<(i64, i64)> = Vec::new();
-            for row in rows {
-                let (id, level) = row.map_err(db_error)?;
-                if trailing.first().is_some_and(|(_, first)| *first != level) {
-                    break;
-                }
-                trailing.push((id, level));
-            }
-            trailing
+        let Some(&(level, blobs)) = levels.last() else {
+            return Ok(());
         };
-        if trailing.len() < REPACK_FAN_IN {
+        if blobs < REPACK_FAN_IN {
             return Ok(());
         }
-        let level = trailing[0].1;
+        let name = name.get_or_insert_with(|| blob_name(chat_id)).as_str();
+        // The oldest of the chat's newest `blobs` blobs (the index on (chat_id, id) answers it).
+        let first_id: i64 = connection
+            .prepare_cached(
+                "SELECT id FROM cache_blobs WHERE chat_id = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2",
+            )
+            .map_err(db_error)?
+            .query_row(params![chat_id, (blobs - 1) as i64], |row| row.get(0))
+            .map_err(db_error)?;
         let winners = if level + 1 >= FILTER_LEVEL {
             Some(versions()?)
         } else {
@@ -230,26 +287,39 @@ pub(crate) fn repack_if_due(
         };
         let mut body = EncodedBatch::chat_body(chat_id, &Default::default());
         let mut count = 0u64;
+        // Those blobs are every blob of the chat from the oldest of them on: one read and one
+        // delete of that range.
+        let mut read = 0usize;
         {
             let mut select = connection
-                .prepare_cached("SELECT operations, body FROM cache_blobs WHERE id = ?1")
+                .prepare_cached(
+                    "SELECT level, operations, body FROM cache_blobs WHERE chat_id = ?1 AND id >= ?2
+                     ORDER BY id",
+                )
                 .map_err(db_error)?;
-            let mut delete = connection
-                .prepare_cached("DELETE FROM cache_blobs WHERE id = ?1")
-                .map_err(db_error)?;
-            for (id, _) in trailing.iter().rev() {
-                let (operations, sealed): (i64, Vec<u8>) = select
-                    .query_row([id], |row| Ok((row.get(0)?, row.get(1)?)))
-                    .map_err(db_error)?;
+            let mut rows = select.query(params![chat_id, first_id]).map_err(db_error)?;
+            while let Some(row) = rows.next().map_err(db_error)? {
+                read += 1;
+                if row.get::<_, i64>(0).map_err(db_error)? != level {
+                    // The levels known in memory disagree with the file: the transaction fails
+                    // (and the levels are read again next time).
+                    return Err(corrupt("content cache levels"));
+                }
+                let operations: i64 = row.get(1).map_err(db_error)?;
+                let sealed = row
+                    .get_ref(2)
+                    .map_err(db_error)?
+                    .as_blob()
+                    .map_err(|_| corrupt("content cache"))?;
                 match &winners {
                     None => {
-                        let opened = open_body(key, chat_id, &sealed)?;
+                        let opened = open_body(key, name, sealed)?;
                         body.extend_from_slice(operations_of(&opened, chat_id)?);
                         count += operations as u64;
                     }
                     Some(versions) => {
                         let mut kept = EncodedBatch::new();
-                        for operation in open(key, chat_id, &sealed)? {
+                        for operation in open(key, chat_id, name, sealed)? {
                             let winning = operation.change.message_id().is_some_and(|m| {
                                 versions
                                     .get(&message_key(m))
@@ -265,10 +335,19 @@ pub(crate) fn repack_if_due(
                         }
                     }
                 }
-                delete.execute([id]).map_err(db_error)?;
             }
         }
-        insert_blob(connection, key, chat_id, level + 1, count, &body)?;
+        if read != blobs {
+            return Err(corrupt("content cache levels"));
+        }
+        connection
+            .prepare_cached("DELETE FROM cache_blobs WHERE chat_id = ?1 AND id >= ?2")
+            .map_err(db_error)?
+            .execute(params![chat_id, first_id])
+            .map_err(db_error)?;
+        insert_blob(connection, key, chat_id, name, level + 1, count, &body)?;
+        levels.pop();
+        push_level(levels, level + 1, 1);
     }
 }
 
@@ -355,4 +434,22 @@ pub(crate) fn size(connection: &Connection) -> Result<u64> {
         )
         .map(|n| n as u64)
         .map_err(db_error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The name blobs are sealed under is what earlier versions used (a blob sealed then
+    /// still opens).
+    #[test]
+    fn blob_names_are_unchanged() {
+        for chat_id in ["", "chat-0001", "é🙂", &"x".repeat(300)] {
+            let digest = Sha256::digest(chat_id.as_bytes());
+            assert_eq!(
+                blob_name(chat_id),
+                format!("local/cache/{}", crate::hex::encode(&digest[..16]))
+            );
+        }
+    }
 }

@@ -2,7 +2,7 @@
 //! index of every message, and the optional content cache; the merge rules applied to them; and
 //! the questions the vault answers from them.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use prost::Message as _;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
@@ -139,7 +139,7 @@ fn version_of(operation: &Operation) -> Version {
         Change::UpsertMessage(message) => Version {
             stamp: operation.stamp,
             live: true,
-            size: message.to_proto().encoded_len() as u32,
+            size: message.encoded_len() as u32,
         },
         _ => Version {
             stamp: operation.stamp,
@@ -179,7 +179,10 @@ fn read_chat(connection: &Connection, chat_id: &str) -> Result<Option<ChatRecord
 }
 
 impl LocalState {
-    fn cache_setting_in(connection: &Connection) -> Result<CacheSetting> {
+    /// Reads the content cache's setting from the meta table (when the state is opened; after
+    /// that it is kept in memory, next to the journal, and changed only by
+    /// [`set_cache_setting`](Self::set_cache_setting)).
+    pub(super) fn cache_setting_in(connection: &Connection) -> Result<CacheSetting> {
         let get = |key: &str| {
             connection
                 .query_row("SELECT value FROM meta WHERE key = ?1", [key], |row| {
@@ -203,12 +206,14 @@ impl LocalState {
 
     /// How the content cache is set.
     pub fn cache_setting(&self) -> Result<CacheSetting> {
-        Self::cache_setting_in(&self.connection)
+        Ok(self.cache_setting)
     }
 
     /// Changes the content cache's setting. Turning it off drops all content; turning it on
     /// again keeps chats it did not hold marked as not cached; lowering the bound evicts at once.
     pub fn set_cache_setting(&mut self, setting: CacheSetting) -> Result<()> {
+        // Blobs are dropped or evicted here: what is known of their ends is asked again.
+        self.cache_levels.clear();
         let before = self.cache_setting()?;
         let known_chats = self.all_chat_ids()?;
         self.transaction(|tx| {
@@ -246,7 +251,9 @@ impl LocalState {
                 }
             }
             Ok(())
-        })
+        })?;
+        self.cache_setting = setting;
+        Ok(())
     }
 
     /// Pins a chat in the content cache (never evicted) or unpins it.
@@ -271,47 +278,23 @@ impl LocalState {
         operations: &[Operation],
         also: impl FnOnce(&Transaction<'_>) -> Result<T>,
     ) -> Result<(u64, T)> {
-        let setting = self.cache_setting()?;
-        let key = self.cache_key.clone();
-        let LocalState {
-            connection,
-            devices,
-            runs,
-            journal,
-            ..
-        } = self;
-        let result = (|| {
-            let tx = connection.transaction().map_err(db_error)?;
-            let (changed, update, also_result) = {
-                let mut merge = Merge {
-                    tx: &tx,
-                    versions: VersionWriter::new(devices, runs, journal),
-                    cached: (setting != CacheSetting::Off).then(EncodedBatch::new),
-                    deleted_chats: BTreeSet::new(),
-                    chats: Default::default(),
-                };
+        let cache_on = self.cache_setting != CacheSetting::Off;
+        self.content_transaction(
+            |merge| {
+                if cache_on {
+                    merge.cached = Some(EncodedBatch::new());
+                }
                 let mut changed = 0;
                 for operation in operations {
-                    if apply(&mut merge, operation)? == Applied::Changed {
+                    if apply(merge, operation)? == Applied::Changed {
                         changed += 1;
                     }
                 }
-                let Merge {
-                    versions: writer,
-                    cached,
-                    deleted_chats,
-                    ..
-                } = merge;
-                let update = writer.flush(&tx)?;
-                let cached: Vec<EncodedBatch> = cached.into_iter().collect();
-                let view = update.journal_view(journal);
-                finish_cache(&tx, &key, setting, &cached, &deleted_chats, devices, view)?;
-                (changed, update, also(&tx)?)
-            };
-            tx.commit().map_err(db_error)?;
-            Ok((changed, update, also_result))
-        })();
-        self.finish(result)
+                Ok(changed)
+            },
+            &[],
+            also,
+        )
     }
 
     /// Records this device's own operations (freshly stamped, so no lookup is needed: the index
@@ -324,25 +307,8 @@ impl LocalState {
         encoded: &[EncodedBatch],
         also: impl FnOnce(&Transaction<'_>) -> Result<T>,
     ) -> Result<T> {
-        let setting = self.cache_setting()?;
-        let key = self.cache_key.clone();
-        let LocalState {
-            connection,
-            devices,
-            runs,
-            journal,
-            ..
-        } = self;
-        let result = (|| {
-            let tx = connection.transaction().map_err(db_error)?;
-            let (update, also_result) = {
-                let mut merge = Merge {
-                    tx: &tx,
-                    versions: VersionWriter::new(devices, runs, journal),
-                    cached: None,
-                    deleted_chats: BTreeSet::new(),
-                    chats: Default::default(),
-                };
+        self.content_transaction(
+            |merge| {
                 for operation in operations {
                     match &operation.change {
                         Change::UpsertMessage(_) | Change::DeleteMessage { .. } => {
@@ -355,27 +321,86 @@ impl LocalState {
                             );
                         }
                         Change::UpsertChat(_) | Change::DeleteChat { .. } => {
-                            apply(&mut merge, operation)?;
+                            apply(merge, operation)?;
                         }
                     }
                 }
+                Ok(())
+            },
+            encoded,
+            also,
+        )
+        .map(|((), value)| value)
+    }
+
+    /// One transaction of [`apply`](Self::apply) or [`record`](Self::record): `step` runs the
+    /// operations through a [`Merge`] (and may give it a batch to collect, for the cache), the
+    /// version entries are flushed, the `recorded` rows go to the outbox, what changed goes to
+    /// the content cache (the collected batch and the recorded rows), `also` runs, and all of it
+    /// commits at once. The in-memory copies (run cache, journal) learn the result only once it
+    /// committed.
+    fn content_transaction<C, T>(
+        &mut self,
+        step: impl FnOnce(&mut Merge<'_, '_>) -> Result<C>,
+        recorded: &[EncodedBatch],
+        also: impl FnOnce(&Transaction<'_>) -> Result<T>,
+    ) -> Result<(C, T)> {
+        let setting = self.cache_setting;
+        let LocalState {
+            connection,
+            cache_key: key,
+            devices,
+            runs,
+            journal,
+            cache_levels,
+            ..
+        } = self;
+        let result = (|| {
+            let tx = connection.transaction().map_err(db_error)?;
+            let (stepped, update, also_result) = {
+                let mut merge = Merge {
+                    tx: &tx,
+                    versions: VersionWriter::new(devices, runs, journal),
+                    cached: None,
+                    deleted_chats: BTreeSet::new(),
+                    chats: Default::default(),
+                };
+                let stepped = step(&mut merge)?;
                 let Merge {
                     versions: writer,
+                    cached,
                     deleted_chats,
                     ..
                 } = merge;
                 let update = writer.flush(&tx)?;
-                for row in encoded {
-                    super::insert_outbox_row(&tx, &key, row)?;
+                for row in recorded {
+                    super::insert_outbox_row(&tx, key, row)?;
                 }
                 let view = update.journal_view(journal);
-                finish_cache(&tx, &key, setting, encoded, &deleted_chats, devices, view)?;
-                (update, also(&tx)?)
+                let appended = cached.iter().chain(recorded);
+                let level_updates = finish_cache(
+                    &tx,
+                    key,
+                    setting,
+                    appended,
+                    &deleted_chats,
+                    devices,
+                    view,
+                    cache_levels,
+                )?;
+                ((stepped, level_updates), update, also(&tx)?)
             };
             tx.commit().map_err(db_error)?;
-            Ok(((), update, also_result))
+            Ok((stepped, update, also_result))
         })();
-        self.finish(result).map(|(_, value)| value)
+        let ((stepped, level_updates), value) = self.finish(result)?;
+        for (chat_id, known) in level_updates {
+            match known {
+                Some(known) => self.cache_levels.insert(chat_id, known),
+                None => self.cache_levels.remove(&chat_id),
+            };
+        }
+        Ok((stepped, value))
     }
 
     /// After a content transaction: on success the run cache learns the committed runs; on
@@ -388,6 +413,7 @@ impl LocalState {
             }
             Err(error) => {
                 self.runs.clear();
+                self.cache_levels.clear();
                 self.devices = DeviceNumbers::load(&self.connection)?;
                 self.journal = versions::Journal::load(&self.connection, &self.devices)?;
                 Err(error)
@@ -633,39 +659,65 @@ impl LocalState {
     }
 }
 
+/// What a content transaction learned about chats' cache blob levels: known again (`Some`), or
+/// to be read from the database next time (`None`).
+type LevelUpdates = Vec<(String, Option<cache::Levels>)>;
+
 /// Appends what changed to the cache, drops the content of chats a deletion emptied, repacks
-/// small blobs and keeps the cache within its bound.
-fn finish_cache(
+/// small blobs and keeps the cache within its bound. `cache_levels` is what is known of the chats'
+/// blob levels as committed: a chat whose newest blobs are short of a repack then costs no
+/// query. Returns what the transaction changed of it.
+#[allow(clippy::too_many_arguments)]
+fn finish_cache<'a>(
     tx: &Transaction<'_>,
     key: &CacheKey,
     setting: CacheSetting,
-    appended: &[EncodedBatch],
+    appended: impl IntoIterator<Item = &'a EncodedBatch>,
     deleted_chats: &BTreeSet<String>,
     devices: &DeviceNumbers,
     journal: versions::JournalView<'_>,
-) -> Result<()> {
+    cache_levels: &HashMap<String, cache::Levels>,
+) -> Result<LevelUpdates> {
     let CacheSetting::On { max_bytes } = setting else {
-        return Ok(());
+        return Ok(Vec::new());
     };
-    let mut touched: BTreeSet<String> = deleted_chats.clone();
+    // Chats touched, with the number of level-0 blobs this transaction appended to each.
+    let mut touched: BTreeMap<String, usize> =
+        deleted_chats.iter().map(|c| (c.clone(), 0)).collect();
     for batch in appended {
-        touched.extend(batch.chats().map(|(chat_id, _)| chat_id.to_owned()));
+        for (chat_id, _) in batch.chats() {
+            *touched.entry(chat_id.to_owned()).or_default() += 1;
+        }
         cache::append(tx, key, batch)?;
     }
-    for chat_id in &touched {
+    let mut updates = Vec::with_capacity(touched.len());
+    for (chat_id, added) in touched {
         // Read only when a deletion check or a repack needs them (rare), not per chat per record.
         let versions = || {
-            let deleted = read_chat(tx, chat_id)?.and_then(|c| c.deleted);
-            versions::chat_versions(tx, devices, chat_id, deleted, journal)
+            let deleted = read_chat(tx, &chat_id)?.and_then(|c| c.deleted);
+            versions::chat_versions(tx, devices, &chat_id, deleted, journal)
         };
-        if deleted_chats.contains(chat_id) && versions()?.is_empty() {
-            cache::remove_chat(tx, chat_id)?;
+        if deleted_chats.contains(&chat_id) && versions()?.is_empty() {
+            cache::remove_chat(tx, &chat_id)?;
+            updates.push((chat_id, Some(Vec::new())));
             continue;
         }
-        cache::repack_if_due(tx, key, chat_id, versions)?;
+        let mut levels = match cache_levels.get(&chat_id) {
+            Some(known) => {
+                let mut levels = known.clone();
+                cache::push_level(&mut levels, 0, added);
+                levels
+            }
+            // Read after this transaction's appends: they are in it.
+            None => cache::load_levels(tx, &chat_id)?,
+        };
+        cache::repack_if_due(tx, key, &chat_id, &mut levels, versions)?;
+        updates.push((chat_id, Some(levels)));
     }
     if let Some(limit) = max_bytes {
-        cache::evict_to(tx, limit)?;
+        for chat_id in cache::evict_to(tx, limit)? {
+            updates.push((chat_id, None));
+        }
     }
-    Ok(())
+    Ok(updates)
 }

@@ -69,6 +69,12 @@ pub struct LocalState {
     devices: DeviceNumbers,
     runs: RunCache,
     journal: Journal,
+    /// The content cache's setting (read once at open: `record` and `apply` need it in every
+    /// transaction).
+    cache_setting: CacheSetting,
+    /// Chats' content-cache blob levels as committed, where known (see
+    /// [`cache::repack_if_due`]); forgotten when a transaction fails.
+    cache_levels: std::collections::HashMap<String, cache::Levels>,
 }
 
 impl core::fmt::Debug for LocalState {
@@ -117,12 +123,15 @@ impl LocalState {
         schema::migrate(&mut connection, &cache_key)?;
         let devices = DeviceNumbers::load(&connection)?;
         let journal = Journal::load(&connection, &devices)?;
+        let cache_setting = LocalState::cache_setting_in(&connection)?;
         Ok(LocalState {
             connection,
             cache_key,
             devices,
             runs: RunCache::default(),
             journal,
+            cache_setting,
+            cache_levels: Default::default(),
         })
     }
 
@@ -395,12 +404,14 @@ pub struct PendingSegment {
 }
 
 pub(crate) fn set_meta(connection: &Connection, key: &str, value: &[u8]) -> Result<()> {
+    // Cached: every record sets the clock.
     connection
-        .execute(
+        .prepare_cached(
             "INSERT INTO meta (key, value) VALUES (?1, ?2)
              ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            params![key, value],
         )
+        .map_err(db_error)?
+        .execute(params![key, value])
         .map(|_| ())
         .map_err(db_error)
 }
@@ -418,12 +429,13 @@ pub(crate) fn insert_outbox_row(
     if batch.is_empty() {
         return Ok(());
     }
-    let context = crate::sealing::ObjectContext {
-        vault_id: &key.vault_id,
-        kind: crate::format::ObjectKind::KeySet,
-        name: OUTBOX_NAME,
-    };
-    let sealed = crate::sealing::seal_uncompressed(&key.key, &context, &batch.to_row())?;
+    // The row is written straight into the object's buffer and encrypted there.
+    let sealed = crate::sealing::seal_uncompressed_with(
+        &key.key,
+        &key.context(OUTBOX_NAME),
+        batch.row_len(),
+        |out| batch.write_row(out),
+    )?;
     tx.prepare_cached("INSERT INTO outbox_batches (operations, body) VALUES (?1, ?2)")
         .map_err(db_error)?
         .execute(params![batch.operation_count() as i64, sealed])
@@ -432,12 +444,8 @@ pub(crate) fn insert_outbox_row(
 }
 
 fn open_outbox_row(key: &CacheKey, sealed: &[u8]) -> Result<EncodedBatch> {
-    let context = crate::sealing::ObjectContext {
-        vault_id: &key.vault_id,
-        kind: crate::format::ObjectKind::KeySet,
-        name: OUTBOX_NAME,
-    };
-    let row = crate::sealing::open(&key.key, &context, sealed).map_err(|_| corrupt("outbox"))?;
+    let row = crate::sealing::open(&key.key, &key.context(OUTBOX_NAME), sealed)
+        .map_err(|_| corrupt("outbox"))?;
     EncodedBatch::from_row(&row).ok_or_else(|| corrupt("outbox"))
 }
 

@@ -74,6 +74,23 @@ impl std::hash::Hasher for MessageKeyHasher {
 /// A map keyed by message key.
 pub(crate) type KeyMap<V> = HashMap<MessageKey, V, std::hash::BuildHasherDefault<MessageKeyHasher>>;
 
+/// Keeps `version` for `key` in `map` unless the map already holds an equal or greater stamp
+/// for it (the index's one rule: the greatest stamp wins). Returns whether the key was new.
+fn keep_greatest(map: &mut KeyMap<Version>, key: MessageKey, version: Version) -> bool {
+    match map.entry(key) {
+        std::collections::hash_map::Entry::Occupied(mut held) => {
+            if held.get().stamp < version.stamp {
+                held.insert(version);
+            }
+            false
+        }
+        std::collections::hash_map::Entry::Vacant(slot) => {
+            slot.insert(version);
+            true
+        }
+    }
+}
+
 /// The key of a message id.
 pub fn message_key(message_id: &str) -> MessageKey {
     let digest = Sha256::digest(message_id.as_bytes());
@@ -315,21 +332,12 @@ impl Journal {
     }
 
     fn add(&mut self, chat_id: &str, key: MessageKey, version: Version) {
-        if !self.chats.contains_key(chat_id) {
-            self.chats.insert(chat_id.to_owned(), KeyMap::default());
-        }
-        let Some(chat) = self.chats.get_mut(chat_id) else {
-            return;
+        let chat = match self.chats.get_mut(chat_id) {
+            Some(chat) => chat,
+            None => self.chats.entry(chat_id.to_owned()).or_default(),
         };
-        match chat.get(&key) {
-            Some(existing) if existing.stamp >= version.stamp => {}
-            Some(_) => {
-                chat.insert(key, version);
-            }
-            None => {
-                chat.insert(key, version);
-                self.entries += 1;
-            }
+        if keep_greatest(chat, key, version) {
+            self.entries += 1;
         }
     }
 
@@ -342,16 +350,10 @@ impl Journal {
                 self.chats.insert(chat_id, entries);
             }
             Some(chat) => {
+                chat.reserve(entries.len());
                 for (key, version) in entries {
-                    match chat.get(&key) {
-                        Some(existing) if existing.stamp >= version.stamp => {}
-                        Some(_) => {
-                            chat.insert(key, version);
-                        }
-                        None => {
-                            chat.insert(key, version);
-                            self.entries += 1;
-                        }
+                    if keep_greatest(chat, key, version) {
+                        self.entries += 1;
                     }
                 }
             }
@@ -480,18 +482,11 @@ impl<'a> VersionWriter<'a> {
 
     /// Adds a version (it wins only if its stamp is the greatest for that message).
     pub(crate) fn put(&mut self, chat_id: &str, key: MessageKey, version: Version) {
-        if !self.pending.contains_key(chat_id) {
-            self.pending.insert(chat_id.to_owned(), KeyMap::default());
-        }
-        let Some(pending) = self.pending.get_mut(chat_id) else {
-            return;
+        let pending = match self.pending.get_mut(chat_id) {
+            Some(pending) => pending,
+            None => self.pending.entry(chat_id.to_owned()).or_default(),
         };
-        match pending.get(&key) {
-            Some(existing) if existing.stamp >= version.stamp => {}
-            _ => {
-                pending.insert(key, version);
-            }
-        }
+        keep_greatest(pending, key, version);
     }
 
     /// Drops every version of the chat stamped at or before `stamp` (a chat deletion).
@@ -520,8 +515,17 @@ impl<'a> VersionWriter<'a> {
                 prost::encoding::encode_varint(chat_id.len() as u64, &mut row);
                 row.extend_from_slice(chat_id.as_bytes());
                 prost::encoding::encode_varint(entries.len() as u64, &mut row);
+                // Entries of one record all carry this device's id: look its number up once.
+                let mut last: Option<(DeviceId, u16)> = None;
                 for (key, version) in entries {
-                    let device = self.devices.number(connection, version.stamp.device)?;
+                    let device = match last {
+                        Some((id, number)) if id == version.stamp.device => number,
+                        _ => {
+                            let number = self.devices.number(connection, version.stamp.device)?;
+                            last = Some((version.stamp.device, number));
+                            number
+                        }
+                    };
                     encode_entry(&mut row, key, version, device);
                 }
             }
@@ -545,7 +549,9 @@ impl<'a> VersionWriter<'a> {
         let mut by_chat: HashMap<String, KeyMap<Version>> = HashMap::new();
         for (chat_id, entries) in &self.journal.chats {
             let dropped = self.dropped.get(chat_id).copied();
-            let chat = by_chat.entry(chat_id.clone()).or_default();
+            let chat = by_chat.entry(chat_id.clone()).or_insert_with(|| {
+                KeyMap::with_capacity_and_hasher(entries.len(), Default::default())
+            });
             for (key, version) in entries {
                 if dropped.is_none_or(|d| version.stamp > d) {
                     chat.insert(*key, *version);
@@ -555,12 +561,7 @@ impl<'a> VersionWriter<'a> {
         for (chat_id, entries) in std::mem::take(&mut self.pending) {
             let chat = by_chat.entry(chat_id).or_default();
             for (key, version) in entries {
-                match chat.get(&key) {
-                    Some(existing) if existing.stamp >= version.stamp => {}
-                    _ => {
-                        chat.insert(key, version);
-                    }
-                }
+                keep_greatest(chat, key, version);
             }
         }
         for chat_id in self.dropped.keys() {
@@ -587,8 +588,16 @@ impl<'a> VersionWriter<'a> {
                 let mut entries: Vec<(MessageKey, Version)> = entries.into_iter().collect();
                 entries.sort_unstable_by_key(|entry| entry.0);
                 let mut body = Vec::with_capacity(entries.len() * ENTRY_LEN);
+                let mut last: Option<(DeviceId, u16)> = None;
                 for (key, version) in &entries {
-                    let device = self.devices.number(connection, version.stamp.device)?;
+                    let device = match last {
+                        Some((id, number)) if id == version.stamp.device => number,
+                        _ => {
+                            let number = self.devices.number(connection, version.stamp.device)?;
+                            last = Some((version.stamp.device, number));
+                            number
+                        }
+                    };
                     encode_entry(&mut body, key, version, device);
                 }
                 runs.push(insert_run(connection, &chat_id, body)?);
@@ -650,34 +659,58 @@ fn merge_runs(
     let total: usize = all.iter().map(|r| r.len()).sum();
     let mut out = Vec::with_capacity(total * ENTRY_LEN);
     loop {
-        // The smallest key among the runs' heads (few runs: a linear scan is fine).
-        let mut smallest: Option<&[u8]> = None;
+        // The smallest key among the runs' heads (few runs: a linear scan is fine), copied (12
+        // bytes, no allocation).
+        let mut smallest: Option<MessageKey> = None;
         for (run, &position) in all.iter().zip(&positions) {
-            if position < run.len() {
-                let key = &run.entry(position)[..12];
-                if smallest.is_none_or(|s| key < s) {
-                    smallest = Some(key);
-                }
+            if position < run.len()
+                && let Ok(key) = MessageKey::try_from(&run.entry(position)[..12])
+                && smallest.is_none_or(|s| key < s)
+            {
+                smallest = Some(key);
             }
         }
-        let Some(smallest) = smallest.map(<[u8]>::to_vec) else {
+        let Some(smallest) = smallest else {
             break;
         };
-        let mut best: Option<(&[u8], Stamp)> = None;
+        // The entry with the greatest stamp among the runs holding that key. Entries are
+        // decoded only to compare stamps (a key in two runs) or to drop by stamp.
+        let mut best: Option<(&[u8], Option<Stamp>)> = None;
         for (run, position) in all.iter().zip(positions.iter_mut()) {
             if *position < run.len() && run.entry(*position)[..12] == smallest[..] {
                 let entry = run.entry(*position);
-                let (_, version) = decode_entry(entry, devices)?;
-                if best.is_none_or(|(_, stamp)| version.stamp > stamp) {
-                    best = Some((entry, version.stamp));
-                }
                 *position += 1;
+                best = match best {
+                    None => Some((entry, None)),
+                    Some((held, held_stamp)) => {
+                        let held_stamp = match held_stamp {
+                            Some(stamp) => stamp,
+                            None => decode_entry(held, devices)?.1.stamp,
+                        };
+                        let stamp = decode_entry(entry, devices)?.1.stamp;
+                        if stamp > held_stamp {
+                            Some((entry, Some(stamp)))
+                        } else {
+                            Some((held, Some(held_stamp)))
+                        }
+                    }
+                };
             }
         }
-        if let Some((entry, stamp)) = best
-            && drop_up_to.is_none_or(|d| stamp > d)
-        {
-            out.extend_from_slice(entry);
+        if let Some((entry, stamp)) = best {
+            let keep = match drop_up_to {
+                None => true,
+                Some(d) => {
+                    let stamp = match stamp {
+                        Some(stamp) => stamp,
+                        None => decode_entry(entry, devices)?.1.stamp,
+                    };
+                    stamp > d
+                }
+            };
+            if keep {
+                out.extend_from_slice(entry);
+            }
         }
     }
     Ok(out)
@@ -739,14 +772,8 @@ pub(crate) fn chat_versions(
 ) -> Result<KeyMap<Version>> {
     let mut out: KeyMap<Version> = KeyMap::default();
     let mut add = |key: MessageKey, version: Version| {
-        if deleted.is_some_and(|d| version.stamp <= d) {
-            return;
-        }
-        match out.get(&key) {
-            Some(existing) if existing.stamp >= version.stamp => {}
-            _ => {
-                out.insert(key, version);
-            }
+        if deleted.is_none_or(|d| version.stamp > d) {
+            keep_greatest(&mut out, key, version);
         }
     };
     for run in load_runs(connection, chat_id)? {

@@ -11,7 +11,6 @@
 
 use std::collections::BTreeMap;
 
-use prost::Message as _;
 use prost::encoding::{decode_varint, encode_varint, encoded_len_varint};
 
 use super::model::Operation;
@@ -54,21 +53,22 @@ impl EncodedBatch {
         batch
     }
 
-    /// Encodes one operation onto its chat's fragment.
+    /// Encodes one operation onto its chat's fragment (straight from the model: no `proto`
+    /// copy of its strings is built).
     pub fn push(&mut self, operation: &Operation) {
-        let encoded = operation.to_proto();
         let chat_id = operation.change.chat_id();
-        if !self.chats.contains_key(chat_id) {
-            self.chats
-                .insert(chat_id.to_owned(), ChatFragment::default());
-        }
-        let Some(fragment) = self.chats.get_mut(chat_id) else {
-            return;
+        let fragment = match self.chats.get_mut(chat_id) {
+            Some(fragment) => fragment,
+            None => self.chats.entry(chat_id.to_owned()).or_default(),
         };
         let before = fragment.bytes.len();
+        let len = operation.encoded_len();
+        fragment
+            .bytes
+            .reserve(1 + encoded_len_varint(len as u64) + len);
         fragment.bytes.push(OPERATIONS_TAG);
-        encode_varint(encoded.encoded_len() as u64, &mut fragment.bytes);
-        encoded.encode_raw(&mut fragment.bytes);
+        encode_varint(len as u64, &mut fragment.bytes);
+        operation.encode_raw(&mut fragment.bytes);
         fragment.count += 1;
         self.len += fragment.bytes.len() - before;
     }
@@ -115,17 +115,36 @@ impl EncodedBatch {
         body
     }
 
+    /// Bytes of this batch's outbox row.
+    pub fn row_len(&self) -> usize {
+        self.chats
+            .iter()
+            .map(|(chat_id, fragment)| {
+                encoded_len_varint(chat_id.len() as u64)
+                    + chat_id.len()
+                    + encoded_len_varint(fragment.count)
+                    + encoded_len_varint(fragment.bytes.len() as u64)
+                    + fragment.bytes.len()
+            })
+            .sum()
+    }
+
     /// The outbox row of this batch.
     pub fn to_row(&self) -> Vec<u8> {
-        let mut row = Vec::with_capacity(self.encoded_len() + 32 * self.chats.len());
+        let mut row = Vec::with_capacity(self.row_len());
+        self.write_row(&mut row);
+        row
+    }
+
+    /// Appends the outbox row of this batch to `row`.
+    pub fn write_row(&self, row: &mut Vec<u8>) {
         for (chat_id, fragment) in &self.chats {
-            encode_varint(chat_id.len() as u64, &mut row);
+            encode_varint(chat_id.len() as u64, row);
             row.extend_from_slice(chat_id.as_bytes());
-            encode_varint(fragment.count, &mut row);
-            encode_varint(fragment.bytes.len() as u64, &mut row);
+            encode_varint(fragment.count, row);
+            encode_varint(fragment.bytes.len() as u64, row);
             row.extend_from_slice(&fragment.bytes);
         }
-        row
     }
 
     /// Parses an outbox row; `None` if it is damaged.
@@ -167,6 +186,7 @@ mod tests {
     use super::*;
     use crate::format::proto;
     use crate::sync::{Change, DeviceId, Message, Stamp};
+    use prost::Message as _;
 
     fn op(wall_ms: u64, chat: &str, id: &str) -> Operation {
         Operation {
