@@ -594,6 +594,11 @@ async fn garbage_collection_follows_references(store: Arc<dyn ObjectStore>) {
         }])
         .unwrap();
     tablet.sync(None, None).await.unwrap();
+    // The phone has not applied that deletion: it deletes no attachment content yet (it does
+    // not pull: pulled changes belong to the app's listener, which only sync has).
+    phone.collect_garbage(0).await.unwrap();
+    assert_eq!(count().await, 2 * per);
+    phone.sync(None, None).await.unwrap();
     phone.collect_garbage(0).await.unwrap();
     assert_eq!(count().await, per);
     let out = dir.path().join("single");

@@ -872,7 +872,8 @@ impl Vault {
 
     /// Deletes what is no longer needed: segments and checkpoints a newer checkpoint replaced,
     /// and attachment content no live message references, when older than `grace_hours`.
-    /// Returns the number of objects deleted.
+    /// Attachment content goes only on a device whose content cache holds every chat and that
+    /// has synced everything (call `sync` first). Returns the number of objects deleted.
     pub async fn collect_garbage(&self, grace_hours: u32) -> FfiResult<u64> {
         settle::settled(async {
             Ok(self
@@ -901,6 +902,14 @@ impl Vault {
     /// Keeps a chat in the content cache whatever its bound (`pinned` false lets it go again).
     pub fn pin_chat(&self, chat_id: String, pinned: bool) -> FfiResult<()> {
         Ok(self.0.pin_chat(&chat_id, pinned)?)
+    }
+
+    /// Rebuilds the content cache of one chat from the bucket (after pushing this device's
+    /// changes): for a chat that questions answer with `NotCached` because the cache evicted it,
+    /// was turned on after it, or found its content damaged or stale. Sync first. Does nothing
+    /// with the cache off.
+    pub async fn refill_cache(&self, chat_id: String) -> FfiResult<()> {
+        settle::settled(async { Ok(self.0.refill_cache(&chat_id).await?) }).await
     }
 
     /// Bytes of sealed message content the cache holds on this device.

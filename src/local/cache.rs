@@ -185,13 +185,16 @@ pub(crate) fn any_evicted(connection: &Connection) -> Result<bool> {
 }
 
 /// A chat's winning operations (message upserts and tombstones, not its metadata), given the
-/// chat's versions; fails with [`Error::NotCached`] if the chat was evicted.
+/// chat's versions; fails with [`Error::NotCached`] if the chat was evicted. `None` when the
+/// cache cannot answer for the chat: a blob does not open (damage), or a winner the version
+/// index names is missing (a stale cache, such as a state directory restored from an older
+/// copy). The caller drops such a chat's content; it is never trusted.
 pub(crate) fn chat_operations(
     connection: &Connection,
     key: &CacheKey,
     chat_id: &str,
     versions: &KeyMap<Version>,
-) -> Result<Vec<Operation>> {
+) -> Result<Option<Vec<Operation>>> {
     if is_evicted(connection, chat_id)? {
         return Err(Error::NotCached {
             chat_id: chat_id.to_owned(),
@@ -206,7 +209,10 @@ pub(crate) fn chat_operations(
     let mut winners: KeyMap<Operation> = KeyMap::default();
     let name = blob_name(chat_id);
     for row in rows {
-        for operation in open(key, chat_id, &name, &row.map_err(db_error)?)? {
+        let Ok(operations) = open(key, chat_id, &name, &row.map_err(db_error)?) else {
+            return Ok(None);
+        };
+        for operation in operations {
             let Some(message_id) = operation.change.message_id() else {
                 continue;
             };
@@ -219,7 +225,18 @@ pub(crate) fn chat_operations(
             }
         }
     }
-    Ok(winners.into_values().collect())
+    if winners.len() < versions.len() {
+        return Ok(None);
+    }
+    Ok(Some(winners.into_values().collect()))
+}
+
+/// Drops a chat's content and marks it not cached, in one transaction.
+pub(crate) fn discard_chat(connection: &Connection, chat_id: &str) -> Result<()> {
+    let tx = connection.unchecked_transaction().map_err(db_error)?;
+    remove_chat(&tx, chat_id)?;
+    mark_evicted(&tx, chat_id)?;
+    tx.commit().map_err(db_error)
 }
 
 /// The levels of a chat's blobs, oldest first, as runs of one level: (level, how many).

@@ -213,7 +213,7 @@ impl LocalState {
     /// again keeps chats it did not hold marked as not cached; lowering the bound evicts at once.
     pub fn set_cache_setting(&mut self, setting: CacheSetting) -> Result<()> {
         // Blobs are dropped or evicted here: what is known of their ends is asked again.
-        self.cache_levels.clear();
+        self.cache_levels.get_mut().clear();
         let before = self.cache_setting()?;
         let known_chats = self.all_chat_ids()?;
         self.transaction(|tx| {
@@ -386,7 +386,7 @@ impl LocalState {
                     &deleted_chats,
                     devices,
                     view,
-                    cache_levels,
+                    cache_levels.get_mut(),
                 )?;
                 ((stepped, level_updates), update, also(&tx)?)
             };
@@ -396,8 +396,8 @@ impl LocalState {
         let ((stepped, level_updates), value) = self.finish(result)?;
         for (chat_id, known) in level_updates {
             match known {
-                Some(known) => self.cache_levels.insert(chat_id, known),
-                None => self.cache_levels.remove(&chat_id),
+                Some(known) => self.cache_levels.get_mut().insert(chat_id, known),
+                None => self.cache_levels.get_mut().remove(&chat_id),
             };
         }
         Ok((stepped, value))
@@ -413,7 +413,7 @@ impl LocalState {
             }
             Err(error) => {
                 self.runs.clear();
-                self.cache_levels.clear();
+                self.cache_levels.get_mut().clear();
                 self.devices = DeviceNumbers::load(&self.connection)?;
                 self.journal = versions::Journal::load(&self.connection, &self.devices)?;
                 Err(error)
@@ -459,14 +459,55 @@ impl LocalState {
         }
     }
 
-    /// A chat's winning message operations (upserts and tombstones) from the cache.
+    /// A chat's winning message operations (upserts and tombstones) from the cache. A chat whose
+    /// cached content is damaged or stale loses it here and is reported as not cached
+    /// ([`refill_chat_cache`](Self::refill_chat_cache) rebuilds it from the bucket).
     fn cached_operations(&self, chat_id: &str) -> Result<Vec<Operation>> {
         self.require_cached(chat_id)?;
         let versions = self.chat_versions(chat_id)?;
         if versions.is_empty() {
             return Ok(Vec::new());
         }
-        cache::chat_operations(&self.connection, &self.cache_key, chat_id, &versions)
+        match cache::chat_operations(&self.connection, &self.cache_key, chat_id, &versions)? {
+            Some(operations) => Ok(operations),
+            None => {
+                cache::discard_chat(&self.connection, chat_id)?;
+                self.cache_levels.borrow_mut().remove(chat_id);
+                Err(Error::NotCached {
+                    chat_id: chat_id.to_owned(),
+                })
+            }
+        }
+    }
+
+    /// Replaces a chat's cached content with `operations` (its winning operations, read from
+    /// the bucket) and counts it as cached again. Does nothing with the cache off. Operations the
+    /// version index does not name as winners are kept but never answered with; if a winner is
+    /// missing (this device knows newer changes than the bucket showed), the next question
+    /// about the chat finds it stale and reports it not cached again.
+    pub fn refill_chat_cache(&mut self, chat_id: &str, operations: &[Operation]) -> Result<()> {
+        let CacheSetting::On { max_bytes } = self.cache_setting else {
+            return Ok(());
+        };
+        let key = &self.cache_key;
+        let messages: Vec<Operation> = operations
+            .iter()
+            .filter(|op| op.change.chat_id() == chat_id && op.change.message_id().is_some())
+            .cloned()
+            .collect();
+        let tx = self.connection.unchecked_transaction().map_err(db_error)?;
+        cache::remove_chat(&tx, chat_id)?;
+        tx.execute("DELETE FROM cache_evicted WHERE chat_id = ?1", [chat_id])
+            .map_err(db_error)?;
+        if !messages.is_empty() {
+            cache::append(&tx, key, &EncodedBatch::from_operations(&messages))?;
+        }
+        if let Some(limit) = max_bytes {
+            cache::evict_to(&tx, limit)?;
+        }
+        tx.commit().map_err(db_error)?;
+        self.cache_levels.get_mut().clear();
+        Ok(())
     }
 
     /// A chat's live messages in history order (send time, then message id).

@@ -74,7 +74,7 @@ pub struct LocalState {
     cache_setting: CacheSetting,
     /// Chats' content-cache blob levels as committed, where known (see
     /// [`cache::repack_if_due`]); forgotten when a transaction fails.
-    cache_levels: std::collections::HashMap<String, cache::Levels>,
+    cache_levels: std::cell::RefCell<std::collections::HashMap<String, cache::Levels>>,
 }
 
 impl core::fmt::Debug for LocalState {

@@ -23,14 +23,15 @@ struct Round {
 }
 
 impl Vault {
-    /// Writes a checkpoint of the merged state (after a full sync), so new devices and
-    /// single-chat restores read a few packs instead of every segment. Returns its figures.
+    /// Writes a checkpoint of everything in the bucket (after pushing what this device
+    /// recorded), so new devices and single-chat restores read a few packs instead of every
+    /// segment. It does not pull (pulled changes go to the app's listener, which only `sync`
+    /// has): the checkpoint is built from the bucket. Returns its figures.
     pub async fn checkpoint(&self) -> Result<CheckpointReport> {
         let _guard = self.sync_lock.lock().await;
         let mut sync = SyncReport::default();
         let never = CancelToken::new();
         self.push(None, &mut sync, &never).await?;
-        self.pull(None, None, &mut sync, &never).await?;
         self.write_checkpoint().await
     }
 

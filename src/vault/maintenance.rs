@@ -145,20 +145,38 @@ impl Vault {
     /// still reading those objects has had `grace_ms` to finish, and a device that falls behind
     /// starts again from the checkpoint. Returns the number of objects deleted.
     ///
-    /// It also deletes attachment content that no live message references any more (after a
-    /// full sync, so every device's references are known) and whose chunks are all older than
-    /// `grace_ms`: content of deleted messages and chats, and chunks of uploads abandoned half
-    /// way. The grace period protects an upload in progress on another device, whose message is
-    /// not synced yet.
+    /// It also deletes attachment content that no live message references any more and whose
+    /// chunks are all older than `grace_ms`: content of deleted messages and chats, and chunks
+    /// of uploads abandoned half way. The grace period protects an upload in progress on another
+    /// device, whose message is not synced yet. That needs every device's references: only a
+    /// device whose content cache holds every chat, and that has applied every segment in the
+    /// bucket (call [`sync`](Self::sync) first), deletes attachment content; otherwise none is.
+    ///
+    /// It pushes what this device recorded first, but does not pull: pulled changes go to the
+    /// app's listener, which only `sync` has.
     pub async fn collect_garbage(&self, grace_ms: u64) -> Result<u64> {
         let _guard = self.sync_lock.lock().await;
         let mut scratch = SyncReport::default();
         let never = CancelToken::new();
         self.push(None, &mut scratch, &never).await?;
-        self.pull(None, None, &mut scratch, &never).await?;
         let log = self.collect_log_garbage(grace_ms).await?;
-        let attachments = self.collect_attachment_garbage(grace_ms).await?;
+        let attachments = if self.has_applied_everything().await? {
+            self.collect_attachment_garbage(grace_ms).await?
+        } else {
+            0
+        };
         Ok(log + attachments)
+    }
+
+    /// Whether this device has applied every segment the bucket lists.
+    async fn has_applied_everything(&self) -> Result<bool> {
+        let mut scratch = SyncReport::default();
+        let listed = self.list_vault().await?;
+        let names = segment_names(&listed);
+        let checkpoint = self.newest_checkpoint(&listed, &mut scratch).await?;
+        let base = coverage(checkpoint.as_ref().map(|c| c.covered.as_slice()));
+        let applied = lock(&self.local)?.heads()?;
+        Ok(plan_pull(&names, &applied, &base)?.is_empty())
     }
 
     /// Deletes unreferenced attachment chunks older than `grace_ms` (the caller holds the sync

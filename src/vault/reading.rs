@@ -36,6 +36,30 @@ impl Vault {
         Ok(messages)
     }
 
+    /// Rebuilds this device's content cache of one chat from the bucket: after pushing what
+    /// this device recorded, reads the chat as [`fetch_chat`](Self::fetch_chat) does and makes
+    /// it the chat's cached content. For a chat the cache evicted, turned on late for, or found
+    /// damaged or stale (questions about such a chat fail with [`Error::NotCached`]). Sync first:
+    /// a chat with changes this device has not pulled yet stays not cached. Does nothing with
+    /// the cache off.
+    pub async fn refill_cache(&self, chat_id: &str) -> Result<()> {
+        if lock(&self.local)?.cache_setting()? == crate::local::CacheSetting::Off {
+            return Ok(());
+        }
+        {
+            let _guard = self.sync_lock.lock().await;
+            let mut report = SyncReport::default();
+            self.push(None, &mut report, &super::CancelToken::new())
+                .await?;
+        }
+        let mut reading = self.start_reading(chat_id).await?;
+        for block in reading.blocks() {
+            self.read_block(&mut reading, block).await?;
+        }
+        let operations = reading.state.winners().remove(chat_id).unwrap_or_default();
+        lock(&self.local)?.refill_chat_cache(chat_id, &operations)
+    }
+
     /// One page of a chat's history read from the bucket, with the same cursors as
     /// [`history_page`](Self::history_page): the chat's metadata and deletions, the segments
     /// written after the newest checkpoint, and only as many of the checkpoint's message blocks,

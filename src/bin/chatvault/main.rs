@@ -488,6 +488,8 @@ async fn run(cli: Cli) -> CliResult {
         }
         Command::Gc { grace_hours } => {
             let vault = open_vault(&cli).await?;
+            // Attachment content is collected only by a device that has applied everything.
+            vault.sync(None, None).await?;
             let deleted = vault
                 .collect_garbage(grace_hours.saturating_mul(3_600_000))
                 .await?;
