@@ -86,6 +86,28 @@ class Listener(cv.ChangeListener):
         return self.accept
 
 
+class AppDatabase(cv.ChangeListener):
+    """The app's own message store, the source of truth: applies what other devices changed."""
+
+    def __init__(self):
+        self.messages = {}
+
+    def on_changes(self, device, changes):
+        for c in changes:
+            if c.is_UPSERT_MESSAGE():
+                self.messages[(c.message.chat_id, c.message.message_id)] = c.message
+            elif c.is_DELETE_MESSAGE():
+                self.messages.pop((c.chat_id, c.message_id), None)
+            elif c.is_DELETE_CHAT():
+                self.messages = {k: m for k, m in self.messages.items() if k[0] != c.chat_id}
+        return True
+
+    def chat(self, chat_id):
+        """A chat's messages in history order (send time, then id bytes)."""
+        return sorted((m for (c, _), m in self.messages.items() if c == chat_id),
+                      key=lambda m: (m.sent_at_ms, m.message_id.encode("utf-8")))
+
+
 def message(chat, message_id, text, at, **extra):
     return cv.Change.UPSERT_MESSAGE(cv.Message(chat_id=chat, message_id=message_id, sender="me",
                                                sent_at_ms=at, text=text, reply_to=None, **extra))
@@ -101,15 +123,21 @@ class WithDirectoryStore(unittest.TestCase):
     def tearDown(self):
         shutil.rmtree(self.dir)
 
+    def open(self, name, key, cache=False):
+        """Opens device `name`. A new device keeps no message content (the app's database is the
+        source of truth); with `cache`, it turns the content cache on right after opening, before
+        recording or syncing, as an app that asks chatvault about content must."""
+        vault = run(cv.Vault.open(self.store, os.path.join(self.dir, name), name, "python", key))
+        if cache:
+            vault.set_content_cache(True, None)
+        return vault
+
 
 class Sync(WithDirectoryStore):
 
-    def open(self, name, key):
-        return run(cv.Vault.open(self.store, os.path.join(self.dir, name), name, "python", key))
-
     def test_two_devices_sync_with_progress_and_listener(self):
         key = cv.RecoveryKey.generate()
-        phone = self.open("phone", key)
+        phone = self.open("phone", key, cache=True)
         phone.record([
             cv.Change.UPSERT_CHAT(cv.Chat(chat_id="family", title="Family 👪", members=["a", "b"])),
             message("family", "m1", "Dinner at 7? 🍝\n\"ok\"", 1),
@@ -120,7 +148,7 @@ class Sync(WithDirectoryStore):
         self.assertEqual(report.objects_up, 1)
         self.assertIn((cv.SyncPhase.PUSH, 3, 3), progress.events)
 
-        tablet = self.open("tablet", cv.RecoveryKey.parse(key.to_text().lower()))
+        tablet = self.open("tablet", cv.RecoveryKey.parse(key.to_text().lower()), cache=True)
         declining = Listener(False)
         with self.assertRaises(cv.ChatVaultError.InvalidInput):
             run(tablet.sync(None, declining))
@@ -135,7 +163,7 @@ class Sync(WithDirectoryStore):
 
     def test_without_the_content_cache_the_app_database_is_the_source_of_truth(self):
         key = cv.RecoveryKey.generate()
-        phone = self.open("phone", key)
+        phone = self.open("phone", key, cache=True)
         phone.record([message("c%d" % (i % 2), "m%d" % i, "hello %d" % i, i) for i in range(10)])
         run(phone.sync(None, None))
         tablet = self.open("tablet", key)
@@ -157,6 +185,39 @@ class Sync(WithDirectoryStore):
         self.assertEqual(len(phone.messages("c1")), 5)
         with self.assertRaises(cv.ChatVaultError.NotCached):
             phone.messages("c0")
+
+    def test_a_new_device_keeps_no_content_and_still_counts(self):
+        key = cv.RecoveryKey.generate()
+        phone = self.open("phone", key)  # no set_content_cache: a new device's default, off
+        phone.record([cv.Change.UPSERT_CHAT(cv.Chat(chat_id="c0", title="Zero", members=["a"]))]
+                     + [message("c%d" % (i % 2), "m%d" % i, "hello %d" % i, i) for i in range(6)])
+        self.assertEqual(phone.content_cache_bytes(), 0)
+        for chat_id in ("c0", None):
+            with self.assertRaises(cv.ChatVaultError.NotCached) as raised:
+                phone.messages(chat_id)
+            self.assertEqual(raised.exception.chat_id, chat_id or "")
+        with self.assertRaises(cv.ChatVaultError.NotCached):
+            phone.history_page("c0", None, 10)
+        with self.assertRaises(cv.ChatVaultError.NotCached):
+            phone.attachments()
+        self.assertEqual([(s.chat.chat_id, s.message_count) for s in phone.chats()], [("c0", 3), ("c1", 3)])
+        self.assertEqual(phone.chats()[0].chat.title, "Zero")
+        self.assertEqual(run(phone.sync(None, None)).operations_sent, 7)
+        self.assertEqual(phone.content_cache_bytes(), 0)
+
+        # Another new device restores into the app's database through its listener; chatvault
+        # keeps only counts, and pages content from the bucket on demand.
+        tablet = self.open("tablet", key)
+        app = AppDatabase()
+        run(tablet.sync(None, app))
+        self.assertEqual(sorted(app.messages), sorted(("c%d" % (i % 2), "m%d" % i) for i in range(6)))
+        self.assertEqual([(s.chat.chat_id, s.message_count) for s in tablet.chats()], [("c0", 3), ("c1", 3)])
+        with self.assertRaises(cv.ChatVaultError.NotCached):
+            tablet.messages("c1")
+        page = run(tablet.fetch_history("c1", None, 10))
+        self.assertEqual(page.messages, app.chat("c1"))
+        self.assertEqual([m.text for m in page.messages], ["hello 1", "hello 3", "hello 5"])
+        self.assertEqual(tablet.content_cache_bytes(), 0)
 
     def test_errors_cross_the_boundary_typed(self):
         key = cv.RecoveryKey.generate()
@@ -234,12 +295,9 @@ class OpenMessageModel(WithDirectoryStore):
     """Message.kind / Message.payload / Chat.payload cross the FFI, the bucket and a second device
     unchanged; oversized fields fail with TooLarge and record nothing."""
 
-    def open(self, name, key):
-        return run(cv.Vault.open(self.store, os.path.join(self.dir, name), name, "python", key))
-
     def test_kinds_and_payloads_round_trip_byte_for_byte(self):
         key = cv.RecoveryKey.generate()
-        phone = self.open("phone", key)
+        phone = self.open("phone", key, cache=True)
         chat = cv.Chat(chat_id="open", title="Open model", members=["a", "b"], payload=EVERY_BYTE)
         recorded = [
             cv.Message(chat_id="open", message_id="sticker", sender="a", sent_at_ms=1, text="",
@@ -258,7 +316,7 @@ class OpenMessageModel(WithDirectoryStore):
         self.assertEqual(phone.messages("open"), recorded)
         run(phone.sync(None, None))
 
-        tablet = self.open("tablet", cv.RecoveryKey.parse(key.to_text()))
+        tablet = self.open("tablet", cv.RecoveryKey.parse(key.to_text()), cache=True)
         recorder = Recorder()
         run(tablet.sync(None, recorder))
         [summary] = tablet.chats()
@@ -280,7 +338,7 @@ class OpenMessageModel(WithDirectoryStore):
         self.assertEqual(upserted_chat.payload, EVERY_BYTE)
 
     def test_too_large_fields_refuse_the_whole_batch(self):
-        vault = self.open("phone", cv.RecoveryKey.generate())
+        vault = self.open("phone", cv.RecoveryKey.generate(), cache=True)
         valid = message("c", "ok", "fine", 1, kind="text", payload=b"\x00\xff")
         cases = [
             ("payload", 65537, 65536, message("c", "big", "x", 2, payload=bytes(65537))),
@@ -347,7 +405,7 @@ class Paging(WithDirectoryStore):
 
     def test_history_pages_locally_and_from_the_bucket(self):
         key = cv.RecoveryKey.generate()
-        phone = run(cv.Vault.open(self.store, os.path.join(self.dir, "phone"), "phone", "python", key))
+        phone = self.open("phone", key, cache=True)
         changes = [message("other", "x", "another chat", 1003)]
         for t in range(1000, 1006):
             changes += [message("paged", "%s-%d" % (i, t), "at %d" % t, t, payload=bytes([t % 256]))
@@ -365,7 +423,8 @@ class Paging(WithDirectoryStore):
         self.assertEqual([m.message_id for m in expected[:7]],
                          ["0-1000", "B-1000", "Z-1000", "a-1000", "m-1000", "～-1000", "😀-1000"])
 
-        tablet = run(cv.Vault.open(self.store, os.path.join(self.dir, "tablet"), "tablet", "python", key))
+        # The tablet keeps no content (a new device's default): it pages from the bucket.
+        tablet = self.open("tablet", key)
         for limit in (3, 7, 1, 41, 100):
             local = page_through(lambda before, n: phone.history_page("paged", before, n), limit)
             self.check_pages(local, limit, expected)
@@ -378,7 +437,7 @@ class Paging(WithDirectoryStore):
         second = phone.history_page("paged", first.next, 3)
         self.assertEqual([m.message_id for m in second.messages], ["B-1005", "Z-1005", "a-1005"])
         # fetch_history reads the bucket without changing the second device's state.
-        self.assertEqual(tablet.messages(None), [])
+        self.assertEqual(tablet.chats(), [])
         empty = phone.history_page("no such chat", None, 3)
         self.assertEqual((empty.messages, empty.next), ([], None))
 
@@ -439,7 +498,7 @@ class Attachments(WithDirectoryStore):
             chat_id="c", message_id="1", sender="me", sent_at_ms=1, text="look",
             reply_to=None, attachments=[upload.attachment]))])
         run(phone.sync(None, None))
-        tablet = run(cv.Vault.open(self.store, os.path.join(self.dir, "tablet"), "tablet", "python", key))
+        tablet = self.open("tablet", key, cache=True)
         run(tablet.sync(None, None))
         [received] = tablet.messages(None)
         self.assertEqual(received.attachments, [upload.attachment])
@@ -468,9 +527,6 @@ class CancellationPassphraseGarbageAndUsage(WithDirectoryStore):
     """syncCancellable with a cancelled handle, the passphrase envelope, collectGarbage and usage,
     each checked by what it returns and by its typed errors' cases and fields."""
 
-    def open(self, name, key):
-        return run(cv.Vault.open(self.store, os.path.join(self.dir, name), name, "python", key))
-
     def test_a_cancelled_sync_sends_nothing_and_a_later_sync_completes(self):
         key = cv.RecoveryKey.generate()
         phone = self.open("phone", key)
@@ -484,7 +540,7 @@ class CancellationPassphraseGarbageAndUsage(WithDirectoryStore):
         self.assertEqual(run(phone.usage()), before, "the cancelled sync uploaded something")
         report = run(phone.sync_cancellable(None, None, cv.CancelHandle()))
         self.assertEqual((report.operations_sent, report.objects_up), (5, 1))
-        tablet = self.open("tablet", key)
+        tablet = self.open("tablet", key, cache=True)
         run(tablet.sync(None, None))
         self.assertEqual([m.message_id for m in tablet.messages("c")], [str(i) for i in range(5)])
 
@@ -508,7 +564,9 @@ class CancellationPassphraseGarbageAndUsage(WithDirectoryStore):
 
     def test_usage_counts_uploads_and_garbage_collection_deletes_unreferenced_content(self):
         key = cv.RecoveryKey.generate()
-        phone = self.open("phone", key)
+        # Deleting attachment content needs a device whose cache holds every chat (only it can
+        # prove content unreferenced).
+        phone = self.open("phone", key, cache=True)
         phone.record([message("c", "1", "x", 1)])
         run(phone.sync(None, None))
         start = run(phone.usage())

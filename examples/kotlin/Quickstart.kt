@@ -61,6 +61,8 @@ fun main(args: Array<String>) = runBlocking {
     // matter; a typo fails with ChatVaultException.MistypedKey).
     val tablet = Vault.open(store, File(work, "tablet").path, "Anna's tablet", "ios",
         RecoveryKey.parse(typed.lowercase().replace("-", " ")))
+    // A new device keeps no message content by default; this example reads it back from chatvault.
+    tablet.setContentCache(true, null)
     val restore = tablet.sync(null, null)
     println("restored ${restore.operationsApplied} changes from ${restore.objectsDown} object(s)")
 

@@ -64,6 +64,46 @@ final class TransferProgress: TransferProgressListener, @unchecked Sendable {
     }
 }
 
+extension Vault {
+    /// Turns the content cache on. A new device keeps no message content (the app's database is
+    /// the source of truth); a test that asks chatvault about content calls this right after
+    /// opening, before recording or syncing, as such an app must.
+    func withContentCache() throws -> Vault {
+        try setContentCache(enabled: true, maxBytes: nil)
+        return self
+    }
+}
+
+/// The app's own message store, the source of truth: applies what other devices changed.
+final class AppDatabase: ChangeListener, @unchecked Sendable {
+    private let lock = NSLock()
+    private var stored: [String: [String: Message]] = [:] // chat id -> message id -> message
+    func onChanges(device: String, changes: [Change]) -> Bool {
+        lock.lock(); defer { lock.unlock() }
+        for change in changes {
+            switch change {
+            case let .upsertMessage(message): stored[message.chatId, default: [:]][message.messageId] = message
+            case let .deleteMessage(chatId, messageId): stored[chatId]?[messageId] = nil
+            case let .deleteChat(chatId): stored[chatId] = nil
+            case .upsertChat: break
+            }
+        }
+        return true
+    }
+    /// "chat/message" for every message, sorted.
+    var keys: [String] {
+        lock.lock(); defer { lock.unlock() }
+        return stored.flatMap { chat, messages in messages.keys.map { "\(chat)/\($0)" } }.sorted()
+    }
+    /// A chat's messages in history order (send time, then the id's UTF-8 bytes).
+    func chat(_ chatId: String) -> [Message] {
+        lock.lock(); defer { lock.unlock() }
+        return (stored[chatId] ?? [:]).values.sorted {
+            $0.sentAtMs != $1.sentAtMs ? $0.sentAtMs < $1.sentAtMs : $0.messageId.utf8.lexicographicallyPrecedes($1.messageId.utf8)
+        }
+    }
+}
+
 final class ChatVaultTests: XCTestCase {
     func testRecoveryKeyVectors() throws {
         let v = try vectors("recovery_key.json") as! [String: [[String: String]]]
@@ -133,7 +173,7 @@ final class ChatVaultTests: XCTestCase {
         let store = "file://" + dir.appendingPathComponent("bucket").path
         let key = try RecoveryKey.generate()
         let phone = try await Vault.open(storeUrl: store, stateDir: dir.appendingPathComponent("phone").path,
-                                         deviceName: "iPhone", platform: "ios", key: key)
+                                         deviceName: "iPhone", platform: "ios", key: key).withContentCache()
         try phone.record(changes: [
             .upsertChat(chat: Chat(chatId: "family", title: "Family 👪", members: ["a", "b"])),
             message("family", "m1", "Dinner at 7? 🍝\n\"ok\"", 1),
@@ -147,6 +187,7 @@ final class ChatVaultTests: XCTestCase {
         let tablet = try await Vault.open(storeUrl: store, stateDir: dir.appendingPathComponent("tablet").path,
                                           deviceName: "Galaxy", platform: "android",
                                           key: try RecoveryKey.parse(text: key.toText().lowercased()))
+            .withContentCache()
         let collector = Collector()
         _ = try await tablet.sync(progress: nil, listener: collector)
         XCTAssertEqual(collector.seen, ["m1", "m2"])
@@ -171,6 +212,54 @@ final class ChatVaultTests: XCTestCase {
             _ = try await fresh.verify()
             XCTFail("tampered bucket verified")
         } catch ChatVaultError.Tampered {}
+    }
+
+    func testANewDeviceKeepsNoContentAndStillCounts() async throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent(UUID().uuidString)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let store = "file://" + dir.appendingPathComponent("bucket").path
+        let key = try RecoveryKey.generate()
+        // No setContentCache: a new device's default, off.
+        let phone = try await Vault.open(storeUrl: store, stateDir: dir.appendingPathComponent("phone").path,
+                                         deviceName: "iPhone", platform: "ios", key: key)
+        try phone.record(changes: [.upsertChat(chat: Chat(chatId: "c0", title: "Zero", members: ["a"]))]
+            + (0..<6).map { message("c\($0 % 2)", "m\($0)", "hello \($0)", Int64($0)) })
+        XCTAssertEqual(try phone.contentCacheBytes(), 0)
+        for chatId in ["c0", nil] as [String?] {
+            do {
+                _ = try phone.messages(chatId: chatId)
+                XCTFail("messages(\(chatId ?? "nil")) answered without the cache")
+            } catch let ChatVaultError.NotCached(notCached) {
+                XCTAssertEqual(notCached, chatId ?? "")
+            }
+        }
+        XCTAssertThrowsError(try phone.historyPage(chatId: "c0", before: nil, limit: 10)) { error in
+            guard case ChatVaultError.NotCached = error else { return XCTFail("not NotCached: \(error)") }
+        }
+        XCTAssertThrowsError(try phone.attachments()) { error in
+            guard case ChatVaultError.NotCached = error else { return XCTFail("not NotCached: \(error)") }
+        }
+        XCTAssertEqual(try phone.chats().map { "\($0.chat.chatId)=\($0.messageCount)" }, ["c0=3", "c1=3"])
+        XCTAssertEqual(try phone.chats().first?.chat.title, "Zero")
+        let sent = try await phone.sync(progress: nil, listener: nil)
+        XCTAssertEqual(sent.operationsSent, 7)
+        XCTAssertEqual(try phone.contentCacheBytes(), 0)
+
+        // Another new device restores into the app's database through its listener; chatvault
+        // keeps only counts, and pages content from the bucket on demand.
+        let tablet = try await Vault.open(storeUrl: store, stateDir: dir.appendingPathComponent("tablet").path,
+                                          deviceName: "Pixel", platform: "android", key: key)
+        let app = AppDatabase()
+        _ = try await tablet.sync(progress: nil, listener: app)
+        XCTAssertEqual(app.keys, (0..<6).map { "c\($0 % 2)/m\($0)" }.sorted())
+        XCTAssertEqual(try tablet.chats().map { "\($0.chat.chatId)=\($0.messageCount)" }, ["c0=3", "c1=3"])
+        XCTAssertThrowsError(try tablet.messages(chatId: "c1")) { error in
+            guard case ChatVaultError.NotCached = error else { return XCTFail("not NotCached: \(error)") }
+        }
+        let page = try await tablet.fetchHistory(chatId: "c1", before: nil, limit: 10)
+        XCTAssertEqual(page.messages, app.chat("c1"))
+        XCTAssertEqual(page.messages.map(\.text), ["hello 1", "hello 3", "hello 5"])
+        XCTAssertEqual(try tablet.contentCacheBytes(), 0)
     }
 
     func testAttachmentVectorsAndFilesRoundTrip() async throws {
@@ -228,7 +317,7 @@ final class ChatVaultTests: XCTestCase {
             attachments: [upload.attachment]))])
         _ = try await vault.sync(progress: nil, listener: nil)
         let other = try await Vault.open(storeUrl: store, stateDir: dir.appendingPathComponent("other").path,
-                                         deviceName: "Pixel", platform: "android", key: key)
+                                         deviceName: "Pixel", platform: "android", key: key).withContentCache()
         _ = try await other.sync(progress: nil, listener: nil)
         let received = try other.messages(chatId: nil).first!.attachments
         XCTAssertEqual(received, [upload.attachment])
@@ -265,7 +354,7 @@ final class ChatVaultTests: XCTestCase {
         XCTAssertEqual(report.operationsSent, 5)
         XCTAssertEqual(report.objectsUp, 1)
         let tablet = try await Vault.open(storeUrl: store, stateDir: dir.appendingPathComponent("tablet").path,
-                                          deviceName: "Pixel", platform: "android", key: key)
+                                          deviceName: "Pixel", platform: "android", key: key).withContentCache()
         _ = try await tablet.sync(progress: nil, listener: nil)
         XCTAssertEqual(try tablet.messages(chatId: "c").map { $0.messageId }, (0..<5).map { "\($0)" })
     }
@@ -297,9 +386,11 @@ final class ChatVaultTests: XCTestCase {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent(UUID().uuidString)
         defer { try? FileManager.default.removeItem(at: dir) }
         let key = try RecoveryKey.generate()
+        // Deleting attachment content needs a device whose cache holds every chat (only it can
+        // prove content unreferenced).
         let phone = try await Vault.open(storeUrl: "file://" + dir.appendingPathComponent("bucket").path,
                                          stateDir: dir.appendingPathComponent("phone").path,
-                                         deviceName: "iPhone", platform: "ios", key: key)
+                                         deviceName: "iPhone", platform: "ios", key: key).withContentCache()
         try phone.record(changes: [message("c", "1", "x", 1)])
         _ = try await phone.sync(progress: nil, listener: nil)
         let start = try await phone.usage()

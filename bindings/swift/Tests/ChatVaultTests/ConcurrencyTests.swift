@@ -20,12 +20,15 @@ private func required(_ name: String) throws -> String {
     return value
 }
 
+/// The dump reads messages from chatvault, so the device keeps the content cache from the start
+/// (a new device's default is off; turning it on again on the second open changes nothing).
 private func openDevice() async throws -> Vault {
     let text = try String(contentsOfFile: try required("CHATVAULT_CONC_KEY_FILE"), encoding: .utf8)
     return try await Vault.open(storeUrl: try required("CHATVAULT_CONC_STORE"),
                                 stateDir: try required("CHATVAULT_CONC_STATE"),
                                 deviceName: "concurrent \(me)", platform: "ios",
                                 key: try RecoveryKey.parse(text: text.trimmingCharacters(in: .whitespacesAndNewlines)))
+        .withContentCache()
 }
 
 private func msg(_ chat: String, _ id: String, _ at: Int64, _ text: String, replyTo: String? = nil) -> Change {

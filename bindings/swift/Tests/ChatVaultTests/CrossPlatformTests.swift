@@ -44,9 +44,10 @@ final class CrossPlatformTests: XCTestCase {
     /// Step 3: a new iPhone restores with only the key: everything, including Android's additions.
     func testStep3SwiftRestoreAll() async throws {
         let text = try String(contentsOfFile: env["CHATVAULT_CROSS_KEY_FILE"]!, encoding: .utf8)
+        // It reads the restored messages from chatvault: the cache on before the first sync.
         let phone = try await Vault.open(storeUrl: env["CHATVAULT_CROSS_STORE"]!, stateDir: freshState(),
                                          deviceName: "Anna's new iPhone", platform: "ios",
-                                         key: try RecoveryKey.parse(text: text))
+                                         key: try RecoveryKey.parse(text: text)).withContentCache()
         _ = try await phone.sync(progress: nil, listener: nil)
         let chats = try phone.chats().map { $0.chat.chatId }
         XCTAssertEqual(chats, ["climbing", "family"])

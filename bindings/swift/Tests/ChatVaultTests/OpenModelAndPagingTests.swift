@@ -85,6 +85,7 @@ final class OpenModelAndPagingTests: XCTestCase {
         try? FileManager.default.removeItem(at: dir)
     }
 
+    /// Opens device `name`; a new device keeps no message content until `withContentCache()`.
     private func open(_ name: String, _ key: RecoveryKey) async throws -> Vault {
         try await Vault.open(storeUrl: store, stateDir: dir.appendingPathComponent(name).path,
                              deviceName: name, platform: "ios", key: key)
@@ -93,7 +94,7 @@ final class OpenModelAndPagingTests: XCTestCase {
     func testKindsAndPayloadsRoundTripByteForByte() async throws {
         XCTAssertEqual(kind64Bytes.utf8.count, 64)
         let key = try RecoveryKey.generate()
-        let phone = try await open("phone", key)
+        let phone = try await open("phone", key).withContentCache()
         let chat = Chat(chatId: "open", title: "Open model", members: ["a", "b"], payload: everyByte)
         let recorded = [
             Message(chatId: "open", messageId: "sticker", sender: "a", sentAtMs: 1, text: "", replyTo: nil,
@@ -111,7 +112,7 @@ final class OpenModelAndPagingTests: XCTestCase {
         XCTAssertEqual(try phone.messages(chatId: "open"), recorded)
         _ = try await phone.sync(progress: nil, listener: nil)
 
-        let tablet = try await open("tablet", try RecoveryKey.parse(text: key.toText()))
+        let tablet = try await open("tablet", try RecoveryKey.parse(text: key.toText())).withContentCache()
         let recorder = ChangeRecorder()
         _ = try await tablet.sync(progress: nil, listener: recorder)
         let chats = try tablet.chats()
@@ -141,7 +142,7 @@ final class OpenModelAndPagingTests: XCTestCase {
     }
 
     func testTooLargeFieldsRefuseTheWholeBatch() async throws {
-        let vault = try await open("phone", try RecoveryKey.generate())
+        let vault = try await open("phone", try RecoveryKey.generate()).withContentCache()
         let valid = upsert("c", "ok", 1, "fine", kind: "text", payload: Data([0, 255]))
         let cases: [(ChatVaultError, Change)] = [
             (.TooLarge(field: "payload", size: 65537, limit: 65536),
@@ -172,7 +173,7 @@ final class OpenModelAndPagingTests: XCTestCase {
 
     func testHistoryPagesLocallyAndFromTheBucket() async throws {
         let key = try RecoveryKey.generate()
-        let phone = try await open("phone", key)
+        let phone = try await open("phone", key).withContentCache()
         var changes = [upsert("other", "x", 1003, "another chat")]
         for t in Int64(1000)...1005 {
             changes += pagingIds.map { upsert("paged", "\($0)-\(t)", t, "at \(t)", payload: Data([UInt8(t % 256)])) }
@@ -190,6 +191,7 @@ final class OpenModelAndPagingTests: XCTestCase {
         XCTAssertEqual(expected.prefix(7).map(\.messageId),
                        ["0-1000", "B-1000", "Z-1000", "a-1000", "m-1000", "～-1000", "😀-1000"])
 
+        // The tablet keeps no content (a new device's default): it pages from the bucket.
         let tablet = try await open("tablet", key)
         for limit: UInt32 in [3, 7, 1, 41, 100] {
             let local = try await pageThrough(limit) { try phone.historyPage(chatId: "paged", before: $0, limit: $1) }
@@ -206,7 +208,7 @@ final class OpenModelAndPagingTests: XCTestCase {
         let second = try phone.historyPage(chatId: "paged", before: first.next, limit: 3)
         XCTAssertEqual(second.messages.map(\.messageId), ["B-1005", "Z-1005", "a-1005"])
         // fetchHistory reads the bucket without changing the second device's state.
-        XCTAssertEqual(try tablet.messages(chatId: nil), [])
+        XCTAssertEqual(try tablet.chats(), [])
         let empty = try phone.historyPage(chatId: "no such chat", before: nil, limit: 3)
         XCTAssertEqual(empty, HistoryPage(messages: [], next: nil))
     }

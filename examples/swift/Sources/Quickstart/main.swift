@@ -55,6 +55,8 @@ print("backed up: \(backup.operationsSent) changes in \(backup.objectsUp) object
 let tablet = try await Vault.open(storeUrl: store, stateDir: work.appendingPathComponent("tablet").path,
                                   deviceName: "Anna's tablet", platform: "android",
                                   key: try RecoveryKey.parse(text: typed.lowercased().replacingOccurrences(of: "-", with: " ")))
+// A new device keeps no message content by default; this example reads it back from chatvault.
+try tablet.setContentCache(enabled: true, maxBytes: nil)
 let restore = try await tablet.sync(progress: nil, listener: nil)
 print("restored \(restore.operationsApplied) changes from \(restore.objectsDown) object(s)")
 

@@ -107,6 +107,38 @@ private fun checkPages(pages: List<HistoryPage>, limit: UInt, expected: List<Mes
     }
 }
 
+/**
+ * Turns the content cache on. A new device keeps no message content (the app's database is the
+ * source of truth); a test that asks chatvault about content calls this right after opening,
+ * before recording or syncing, as such an app must.
+ */
+internal fun Vault.withContentCache(): Vault = apply { setContentCache(true, null) }
+
+/** The app's own message store, the source of truth: applies what other devices changed. */
+private class AppDatabase : ChangeListener {
+    private val messages = LinkedHashMap<Pair<String, String>, Message>()
+
+    @Synchronized
+    override fun onChanges(device: String, changes: List<Change>): Boolean {
+        for (change in changes) {
+            when (change) {
+                is Change.UpsertMessage -> messages[change.message.chatId to change.message.messageId] = change.message
+                is Change.DeleteMessage -> messages.remove(change.chatId to change.messageId)
+                is Change.DeleteChat -> messages.keys.removeAll { it.first == change.chatId }
+                else -> {}
+            }
+        }
+        return true
+    }
+
+    @Synchronized
+    fun keys(): List<Pair<String, String>> = messages.keys.sortedWith(compareBy({ it.first }, { it.second }))
+
+    /** A chat's messages in history order. */
+    @Synchronized
+    fun chat(chatId: String): List<Message> = messages.values.filter { it.chatId == chatId }.sortedWith(byPosition)
+}
+
 class ChatVaultTest {
     @Test
     @Suppress("UNCHECKED_CAST")
@@ -219,7 +251,7 @@ class ChatVaultTest {
             vault.record(listOf(Change.UpsertMessage(
                 Message("c", "1", "me", 1, "listen", null, listOf(upload.attachment)))))
             vault.sync(null, null)
-            val other = Vault.open(store, File(dir, "other").path, "iPhone", "ios", key)
+            val other = Vault.open(store, File(dir, "other").path, "iPhone", "ios", key).withContentCache()
             other.sync(null, null)
             val received = other.messages(null).single().attachments.single()
             assertEquals(upload.attachment, received)
@@ -257,7 +289,7 @@ class ChatVaultTest {
             assertEquals("the cancelled sync uploaded something", before, phone.usage())
             val report = phone.syncCancellable(null, null, CancelHandle())
             assertEquals(5UL to 1UL, report.operationsSent to report.objectsUp)
-            val tablet = Vault.open(store, File(dir, "tablet").path, "iPad", "ios", key)
+            val tablet = Vault.open(store, File(dir, "tablet").path, "iPad", "ios", key).withContentCache()
             tablet.sync(null, null)
             assertEquals((0 until 5).map { "$it" }, tablet.messages("c").map { it.messageId })
             listOf(phone, tablet).forEach { it.close() }
@@ -299,8 +331,10 @@ class ChatVaultTest {
         val dir = Files.createTempDirectory("chatvault-kotlin-gc").toFile()
         try {
             val key = RecoveryKey.generate()
+            // Deleting attachment content needs a device whose cache holds every chat (only it can
+            // prove content unreferenced).
             val phone = Vault.open("file://" + File(dir, "bucket").absolutePath, File(dir, "phone").path,
-                "Pixel", "android", key)
+                "Pixel", "android", key).withContentCache()
             phone.record(listOf(message("c", "1", "x", 1)))
             phone.sync(null, null)
             val start = phone.usage()
@@ -334,12 +368,65 @@ class ChatVaultTest {
     }
 
     @Test
+    fun aNewDeviceKeepsNoContentAndStillCounts() = runBlocking {
+        val dir = Files.createTempDirectory("chatvault-kotlin-no-cache").toFile()
+        try {
+            val store = "file://" + File(dir, "bucket").absolutePath
+            val key = RecoveryKey.generate()
+            // No setContentCache: a new device's default, off.
+            val phone = Vault.open(store, File(dir, "phone").path, "Pixel", "android", key)
+            phone.record(listOf<Change>(Change.UpsertChat(Chat("c0", "Zero", listOf("a")))) +
+                (0 until 6).map { message("c${it % 2}", "m$it", "hello $it", it.toLong()) })
+            assertEquals(0UL, phone.contentCacheBytes())
+            for (chatId in listOf("c0", null)) {
+                try {
+                    phone.messages(chatId)
+                    fail("messages($chatId) answered without the cache")
+                } catch (e: ChatVaultException.NotCached) {
+                    assertEquals(chatId ?: "", e.chatId)
+                }
+            }
+            try {
+                phone.historyPage("c0", null, 10u)
+                fail("historyPage answered without the cache")
+            } catch (e: ChatVaultException.NotCached) {}
+            try {
+                phone.attachments()
+                fail("attachments answered without the cache")
+            } catch (e: ChatVaultException.NotCached) {}
+            assertEquals(listOf("c0" to 3UL, "c1" to 3UL), phone.chats().map { it.chat.chatId to it.messageCount })
+            assertEquals("Zero", phone.chats()[0].chat.title)
+            assertEquals(7UL, phone.sync(null, null).operationsSent)
+            assertEquals(0UL, phone.contentCacheBytes())
+
+            // Another new device restores into the app's database through its listener; chatvault
+            // keeps only counts, and pages content from the bucket on demand.
+            val tablet = Vault.open(store, File(dir, "tablet").path, "iPad", "ios", key)
+            val app = AppDatabase()
+            tablet.sync(null, app)
+            assertEquals((0 until 6).map { "c${it % 2}" to "m$it" }.sortedWith(compareBy({ it.first }, { it.second })), app.keys())
+            assertEquals(listOf("c0" to 3UL, "c1" to 3UL), tablet.chats().map { it.chat.chatId to it.messageCount })
+            try {
+                tablet.messages("c1")
+                fail("messages answered without the cache")
+            } catch (e: ChatVaultException.NotCached) {}
+            val page = tablet.fetchHistory("c1", null, 10u)
+            assertEquals(app.chat("c1").values(), page.messages.values())
+            assertEquals(listOf("hello 1", "hello 3", "hello 5"), page.messages.map { it.text })
+            assertEquals(0UL, tablet.contentCacheBytes())
+            listOf(phone, tablet).forEach { it.close() }
+        } finally {
+            dir.deleteRecursively()
+        }
+    }
+
+    @Test
     fun twoDevicesSyncWithListenersAndTypedErrors() = runBlocking {
         val dir = Files.createTempDirectory("chatvault-kotlin").toFile()
         try {
             val store = "file://" + File(dir, "bucket").absolutePath
             val key = RecoveryKey.generate()
-            val phone = Vault.open(store, File(dir, "phone").path, "Pixel", "android", key)
+            val phone = Vault.open(store, File(dir, "phone").path, "Pixel", "android", key).withContentCache()
             phone.record(listOf(
                 Change.UpsertChat(Chat("family", "Family 👪", listOf("a", "b"))),
                 message("family", "m1", "Dinner at 7? 🍝\n\"ok\"", 1),
@@ -353,6 +440,7 @@ class ChatVaultTest {
             assertTrue(phases.contains(SyncPhase.PUSH))
 
             val tablet = Vault.open(store, File(dir, "tablet").path, "iPad", "ios", RecoveryKey.parse(key.toText().lowercase()))
+                .withContentCache()
             val seen = mutableListOf<String>()
             val listener = object : ChangeListener {
                 override fun onChanges(device: String, changes: List<Change>): Boolean {
@@ -393,7 +481,7 @@ class ChatVaultTest {
         try {
             val store = "file://" + File(dir, "bucket").absolutePath
             val key = RecoveryKey.generate()
-            val phone = Vault.open(store, File(dir, "phone").path, "Pixel", "android", key)
+            val phone = Vault.open(store, File(dir, "phone").path, "Pixel", "android", key).withContentCache()
             val chat = Chat("open", "Open model", listOf("a", "b"), payload = EVERY_BYTE)
             val recorded = listOf(
                 Message("open", "sticker", "a", 1, "", null, kind = "sticker", payload = EVERY_BYTE),
@@ -408,6 +496,7 @@ class ChatVaultTest {
             phone.sync(null, null)
 
             val tablet = Vault.open(store, File(dir, "tablet").path, "iPad", "ios", RecoveryKey.parse(key.toText()))
+                .withContentCache()
             val delivered = Collections.synchronizedList(mutableListOf<Change>())
             tablet.sync(null, object : ChangeListener {
                 override fun onChanges(device: String, changes: List<Change>): Boolean {
@@ -442,7 +531,7 @@ class ChatVaultTest {
         val dir = Files.createTempDirectory("chatvault-kotlin-limits").toFile()
         try {
             val vault = Vault.open("file://" + File(dir, "bucket").absolutePath, File(dir, "phone").path,
-                "Pixel", "android", RecoveryKey.generate())
+                "Pixel", "android", RecoveryKey.generate()).withContentCache()
             val valid = Change.UpsertMessage(Message("c", "ok", "me", 1, "fine", null, kind = "text", payload = byteArrayOf(0, -1)))
             val cases = listOf(
                 Triple("payload", 65537UL, 65536UL) to Change.UpsertMessage(Message("c", "big", "me", 2, "x", null, payload = ByteArray(65537))),
@@ -477,7 +566,7 @@ class ChatVaultTest {
         try {
             val store = "file://" + File(dir, "bucket").absolutePath
             val key = RecoveryKey.generate()
-            val phone = Vault.open(store, File(dir, "phone").path, "Pixel", "android", key)
+            val phone = Vault.open(store, File(dir, "phone").path, "Pixel", "android", key).withContentCache()
             val changes = mutableListOf<Change>(message("other", "x", "another chat", 1003))
             for (t in 1000L..1005L) {
                 PAGING_IDS.forEach { id ->
@@ -497,6 +586,7 @@ class ChatVaultTest {
             assertEquals(listOf("0-1000", "B-1000", "Z-1000", "a-1000", "m-1000", "～-1000", "😀-1000"),
                 expected.take(7).map { it.messageId })
 
+            // The tablet keeps no content (a new device's default): it pages from the bucket.
             val tablet = Vault.open(store, File(dir, "tablet").path, "iPad", "ios", key)
             for (limit in listOf(3u, 7u, 1u, 41u, 100u)) {
                 val local = pageThrough(limit) { before, n -> phone.historyPage("paged", before, n) }
@@ -511,7 +601,7 @@ class ChatVaultTest {
             val second = phone.historyPage("paged", first.next, 3u)
             assertEquals(listOf("B-1005", "Z-1005", "a-1005"), second.messages.map { it.messageId })
             // fetchHistory reads the bucket without changing the second device's state.
-            assertEquals(0, tablet.messages(null).size)
+            assertEquals(0, tablet.chats().size)
             val empty = phone.historyPage("no such chat", null, 3u)
             assertEquals(0, empty.messages.size)
             assertNull(empty.next)

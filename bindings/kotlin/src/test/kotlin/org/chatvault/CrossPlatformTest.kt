@@ -15,7 +15,9 @@ class CrossPlatformTest {
         val key = RecoveryKey.parse(File(System.getenv("CHATVAULT_CROSS_KEY_FILE")).readText())
         val state = Files.createTempDirectory("chatvault-android").toFile()
         try {
+            // It reads the restored messages from chatvault: the cache on before the first sync.
             val android = Vault.open(System.getenv("CHATVAULT_CROSS_STORE"), state.path, "Anna's Pixel", "android", key)
+                .withContentCache()
             android.sync(null, null)
             assertEquals(listOf("climbing", "family"), android.chats().map { it.chat.chatId })
             assertEquals("Family 👪", android.chats()[1].chat.title)
