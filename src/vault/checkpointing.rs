@@ -84,16 +84,30 @@ impl Vault {
         let mut next = NextCheckpoint::new(base);
         let mut taken = 0u64;
         let mut fetched = 0usize;
+        // A device whose segment uses a chat key no segment taken so far grants (another
+        // device's later segment does) is covered only up to the segment before; a later
+        // checkpoint, built on this one, takes the rest.
+        let mut held_back = std::collections::BTreeSet::new();
         for fetch in &fetches {
             if taken >= ROUND_BYTES {
                 break;
+            }
+            if held_back.contains(&fetch.device) {
+                continue;
             }
             let (segment, _) = self.fetch(fetch, &mut scratch).await?;
             check_chain(covered.get(&fetch.device), &segment)?;
             for (key_id, chat_id, key) in &segment.grants {
                 chat_keys.insert(*key_id, chat_id, key.clone())?;
             }
-            for operation in open_blocks(&self.keys, &chat_keys, &segment)? {
+            let operations = match open_blocks(&self.keys, &chat_keys, &segment) {
+                Err(Error::Integrity(crate::IntegrityProblem::UnknownKey { .. })) => {
+                    held_back.insert(fetch.device);
+                    continue;
+                }
+                other => other?,
+            };
+            for operation in operations {
                 taken += approximate_size(&operation);
                 next.add(operation);
             }
@@ -161,7 +175,7 @@ impl Vault {
         Ok(Round {
             report,
             index: Some(index),
-            more: fetched < fetches.len(),
+            more: fetched + skipped(&fetches, &held_back) < fetches.len(),
         })
     }
 
@@ -216,6 +230,14 @@ impl Vault {
         }
         Ok(fetched)
     }
+}
+
+/// How many of `fetches` belong to devices held back this round.
+fn skipped(fetches: &[Fetch], held_back: &std::collections::BTreeSet<DeviceId>) -> usize {
+    fetches
+        .iter()
+        .filter(|f| held_back.contains(&f.device))
+        .count()
 }
 
 /// About how many bytes an operation takes in memory.
