@@ -352,16 +352,44 @@ impl Vault {
         };
         let mut waiting: Vec<(OpenedSegment, u64)> = Vec::new();
         let mut waiting_devices = std::collections::BTreeSet::new();
+        // Each arrived segment's blocks are opened (decrypted, decompressed, decoded) on a
+        // blocking thread while the previous one is applied: the keys it may use are those
+        // every earlier segment granted, gathered in plan order. If that fails (a key a later
+        // segment grants), it is opened again, with the error reported, when it is applied.
+        let mut known_keys = pulled.chat_keys.clone();
         let mut arriving = futures_util::stream::iter(fetches.iter().cloned())
             .map(|fetch| async move { self.fetch_segment(&fetch).await })
-            .buffered(PULL_PREFETCH);
+            .buffered(PULL_PREFETCH)
+            .map(move |arrived| {
+                let opening = arrived.map(|(segment, size)| {
+                    for (key_id, chat_id, key) in &segment.grants {
+                        // A clash is reported when the segment is applied.
+                        let _ = known_keys.insert(*key_id, chat_id, key.clone());
+                    }
+                    let keys = self.keys.clone();
+                    let chat_keys = known_keys.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let operations = open_blocks(&keys, &chat_keys, &segment).ok();
+                        (segment, size, operations)
+                    })
+                });
+                async move {
+                    match opening {
+                        Ok(task) => task
+                            .await
+                            .map_err(|e| Error::invalid_input(format!("opening a segment: {e}"))),
+                        Err(error) => Err(error),
+                    }
+                }
+            })
+            .buffered(2);
         while let Some(arrived) = arriving.next().await {
             if cancel.is_cancelled() {
                 // Keys learned so far are already persisted with the segments applied.
                 *lock(&self.chat_keys)? = pulled.chat_keys;
                 return Err(Error::Cancelled);
             }
-            let (segment, size) = arrived?;
+            let (segment, size, opened) = arrived?;
             report.objects_down += 1;
             report.bytes_down += size;
             let device = segment.head.device;
@@ -382,30 +410,36 @@ impl Vault {
                 waiting.push((segment, size));
                 continue;
             }
-            self.apply_pulled(segment, size, &mut pulled, progress, listener, report)?;
+            self.apply_pulled(segment, size, opened, &mut pulled, progress, listener, report)?;
         }
         drop(arriving);
         for (segment, size) in waiting {
             cancel.check()?;
-            self.apply_pulled(segment, size, &mut pulled, progress, listener, report)?;
+            self.apply_pulled(segment, size, None, &mut pulled, progress, listener, report)?;
         }
         *lock(&self.chat_keys)? = pulled.chat_keys;
         Ok(uncovered)
     }
 
-    /// Applies one pulled segment: opens its blocks, checks its claims about other devices,
+    /// Applies one pulled segment: opens its blocks (unless `opened` holds them, opened with keys
+    /// this pull already knew), checks its claims about other devices,
     /// hands its operations to the listener, then applies them and advances its device's head
     /// (with the chat keys learned so far) in one transaction.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn apply_pulled(
         &self,
         segment: OpenedSegment,
         size: u64,
+        opened: Option<Vec<Operation>>,
         pulled: &mut Pulled,
         progress: Option<&dyn SyncProgress>,
         listener: Option<&dyn ChangeListener>,
         report: &mut SyncReport,
     ) -> Result<()> {
-        let operations = open_blocks(&self.keys, &pulled.chat_keys, &segment)?;
+        let operations = match opened {
+            Some(operations) => operations,
+            None => open_blocks(&self.keys, &pulled.chat_keys, &segment)?,
+        };
         {
             let local = lock(&self.local)?;
             check_seen(&segment, &pulled.available, |device, seq| {
@@ -468,8 +502,11 @@ impl Vault {
     }
 }
 
-/// GETs a pull keeps in flight.
-pub(super) const PULL_PREFETCH: usize = 4;
+/// Segment GETs a pull keeps in flight; two more segments are opened on blocking threads while
+/// one is applied. Measured on a 1M-message restore (directory store, 2 cores): 4 GETs without
+/// that overlap 6.0-6.3 s and 86-91 MiB peak; with it, 4 GETs 4.4-5.6 s and 131-145 MiB, 2 GETs
+/// 5.0-5.3 s and 105 MiB.
+pub(super) const PULL_PREFETCH: usize = 2;
 
 /// Pack GETs a restore from a checkpoint keeps in flight (packs are about 8 MiB).
 pub(super) const PACK_PREFETCH: usize = 3;
