@@ -410,7 +410,15 @@ impl Vault {
                 waiting.push((segment, size));
                 continue;
             }
-            self.apply_pulled(segment, size, opened, &mut pulled, progress, listener, report)?;
+            self.apply_pulled(
+                segment,
+                size,
+                opened,
+                &mut pulled,
+                progress,
+                listener,
+                report,
+            )?;
         }
         drop(arriving);
         for (segment, size) in waiting {
