@@ -275,7 +275,7 @@ pub struct PackedChat {
     #[prost(message, optional, tag = "7")]
     pub last: ::core::option::Option<HistoryPosition>,
     /// 16 random bytes the writer chose when it sealed the block; the block's AAD name is
-    /// "blocks/<hex>". The name does not depend on where the block lies, so a later checkpoint
+    /// `blocks/<hex>`. The name does not depend on where the block lies, so a later checkpoint
     /// can reference the block in this pack, or copy its bytes into a new pack, without opening it.
     #[prost(bytes = "vec", tag = "8")]
     pub block_id: ::prost::alloc::vec::Vec<u8>,

@@ -92,7 +92,7 @@ pub struct PackedChat {
     /// For a block of messages: the history positions of its first and last message. `None`
     /// for a block a reader of the chat always needs (metadata, deletions, or an older writer).
     pub range: Option<(HistoryCursor, HistoryCursor)>,
-    /// The id its writer chose; the block is sealed under the name [`block_name`] of it, so it
+    /// The id its writer chose; the block is sealed under the name `blocks/<id hex>`, so it
     /// can stay where it lies, or move, from one checkpoint to the next.
     pub block_id: [u8; 16],
 }
