@@ -191,3 +191,48 @@ async fn incremental_checkpoints(store: Arc<dyn ObjectStore>) {
         assert_eq!(page, local);
     }
 }
+
+/// A segment whose chat key only a later segment in the checkpoint writer's order grants (here:
+/// B writes in a chat A created, and B's segments come first) is held back, not an error: the
+/// checkpoint covers up to it, and the next one, built on it, takes the rest.
+#[tokio::test]
+async fn a_segment_needing_a_later_grant_is_left_for_the_next_checkpoint() {
+    let store: Arc<dyn ObjectStore> = Arc::new(chatvault::store::MemoryStore::new());
+    let key = RecoveryKey::generate().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let a = device(store.clone(), &key, &dir, "a").await;
+    a.record(messages("shared", 0, 3)).unwrap();
+    a.sync(None, None).await.unwrap();
+    // Devices are taken in id order: find a B that sorts before A.
+    let mut attempt = 0;
+    let b = loop {
+        let b = device(store.clone(), &key, &dir, &format!("b{attempt}")).await;
+        if b.device_id() < a.device_id() {
+            break b;
+        }
+        attempt += 1;
+    };
+    b.sync(None, None).await.unwrap();
+    b.record(messages("shared", 3, 2)).unwrap();
+    b.sync(None, None).await.unwrap();
+
+    // The writer is a new device that knows no chat key yet (checkpoints come from the bucket).
+    let writer = device(store.clone(), &key, &dir, "writer").await;
+    let first = writer.checkpoint().await.unwrap();
+    assert!(!first.name.is_empty(), "{first:?}");
+    let second = writer.checkpoint().await.unwrap();
+    assert!(
+        !second.name.is_empty() && second.name != first.name,
+        "{second:?}"
+    );
+    // Nothing is left uncovered: a third call has nothing to do.
+    assert!(writer.checkpoint().await.unwrap().name.is_empty());
+
+    let fresh = device(store.clone(), &key, &dir, "fresh").await;
+    fresh
+        .set_content_cache(CacheSetting::On { max_bytes: None })
+        .unwrap();
+    fresh.sync(None, None).await.unwrap();
+    assert_eq!(fresh.messages(Some("shared")).unwrap().len(), 5);
+    fresh.verify().await.unwrap();
+}
