@@ -298,6 +298,9 @@ async fn store_and_vault_work_over_https(material: &Path, garage: &S3Config, ups
     )
     .await
     .unwrap();
+    // Both devices answer content questions below (a new device keeps none by default).
+    let cache = chatvault::local::CacheSetting::On { max_bytes: None };
+    phone.set_content_cache(cache).unwrap();
     let changes = (0..20)
         .map(|i| {
             Change::UpsertMessage(Message {
@@ -320,6 +323,7 @@ async fn store_and_vault_work_over_https(material: &Path, garage: &S3Config, ups
     )
     .await
     .unwrap();
+    tablet.set_content_cache(cache).unwrap();
     tablet.sync(None, None).await.unwrap();
     assert_eq!(tablet.messages(None).unwrap().len(), 20);
     assert_eq!(

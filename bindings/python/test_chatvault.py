@@ -182,13 +182,19 @@ class Sync(WithDirectoryStore):
         # A bounded cache on the phone: the pinned chat stays, the other is evicted whole.
         phone.pin_chat("c1", True)
         phone.set_content_cache(True, 1)
+        self.assertEqual(phone.content_cache(), cv.ContentCache(enabled=True, max_bytes=1))
         self.assertEqual(len(phone.messages("c1")), 5)
         with self.assertRaises(cv.ChatVaultError.NotCached):
             phone.messages("c0")
+        # An evicted chat comes back from the bucket (pinned, so the bound keeps it).
+        phone.pin_chat("c0", True)
+        run(phone.refill_cache("c0"))
+        self.assertEqual(phone.messages("c0"), page.messages)
 
     def test_a_new_device_keeps_no_content_and_still_counts(self):
         key = cv.RecoveryKey.generate()
         phone = self.open("phone", key)  # no set_content_cache: a new device's default, off
+        self.assertEqual(phone.content_cache(), cv.ContentCache(enabled=False, max_bytes=None))
         phone.record([cv.Change.UPSERT_CHAT(cv.Chat(chat_id="c0", title="Zero", members=["a"]))]
                      + [message("c%d" % (i % 2), "m%d" % i, "hello %d" % i, i) for i in range(6)])
         self.assertEqual(phone.content_cache_bytes(), 0)

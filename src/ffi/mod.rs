@@ -232,6 +232,13 @@ pub struct MessageLimits {
     pub max_text_bytes: u32,
 }
 
+/// How a device's content cache is set.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct ContentCache {
+    pub enabled: bool,
+    pub max_bytes: Option<u64>,
+}
+
 /// The limits `record` enforces.
 #[uniffi::export]
 pub fn message_limits() -> MessageLimits {
@@ -897,6 +904,21 @@ impl Vault {
             crate::local::CacheSetting::Off
         };
         Ok(self.0.set_content_cache(setting)?)
+    }
+
+    /// How the content cache is set (off on a new device; on, unbounded, for state directories
+    /// created before that default).
+    pub fn content_cache(&self) -> FfiResult<ContentCache> {
+        Ok(match self.0.content_cache()? {
+            crate::local::CacheSetting::Off => ContentCache {
+                enabled: false,
+                max_bytes: None,
+            },
+            crate::local::CacheSetting::On { max_bytes } => ContentCache {
+                enabled: true,
+                max_bytes,
+            },
+        })
     }
 
     /// Keeps a chat in the content cache whatever its bound (`pinned` false lets it go again).
