@@ -4,6 +4,7 @@
 //! and on the real S3 servers (Garage, moto) when the test command has started them.
 
 mod common;
+use common::cached;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -15,15 +16,6 @@ use chatvault::store::{DirectoryStore, ObjectStore, S3Store};
 use chatvault::sync::{Change, Message};
 use chatvault::vault::{CancelToken, DeviceInfo, Vault};
 use chatvault::{DecodeProblem, Error, IntegrityProblem};
-
-/// A device that keeps the content cache (a new device starts without it): these tests ask it
-/// about content.
-fn cached(vault: Vault) -> Vault {
-    vault
-        .set_content_cache(chatvault::local::CacheSetting::On { max_bytes: None })
-        .unwrap();
-    vault
-}
 
 const CHUNK: u32 = 64 * 1024;
 

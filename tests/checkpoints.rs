@@ -13,16 +13,8 @@ use chatvault::sync::checkpoint::open_checkpoint_index;
 use chatvault::sync::{Change, Message};
 use chatvault::vault::{DeviceInfo, Vault};
 
-/// A device that keeps the content cache (a new device starts without it): these tests ask it
-/// about content.
-fn cached(vault: Vault) -> Vault {
-    vault
-        .set_content_cache(chatvault::local::CacheSetting::On { max_bytes: None })
-        .unwrap();
-    vault
-}
-
 mod common;
+use common::cached;
 
 async fn device(
     store: Arc<dyn ObjectStore>,

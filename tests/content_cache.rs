@@ -5,15 +5,6 @@
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 
-/// A device that keeps the content cache (a new device starts without it): these tests ask it
-/// about content.
-fn cached(vault: Vault) -> Vault {
-    vault
-        .set_content_cache(chatvault::local::CacheSetting::On { max_bytes: None })
-        .unwrap();
-    vault
-}
-
 use chatvault::Error;
 use chatvault::history::HistoryCursor;
 use chatvault::keys::RecoveryKey;
@@ -21,6 +12,9 @@ use chatvault::local::CacheSetting;
 use chatvault::store::{DirectoryStore, ObjectStore};
 use chatvault::sync::{Change, Message, Operation};
 use chatvault::vault::{ChangeListener, DeviceInfo, Vault};
+
+mod common;
+use common::cached;
 
 fn info(name: &str) -> DeviceInfo {
     DeviceInfo {

@@ -9,16 +9,8 @@ use chatvault::store::{MemoryStore, ObjectStore};
 use chatvault::sync::{Change, Message};
 use chatvault::vault::{DeviceInfo, Vault};
 
-/// A device that keeps the content cache (a new device starts without it): these tests ask it
-/// about content.
-fn cached(vault: Vault) -> Vault {
-    vault
-        .set_content_cache(chatvault::local::CacheSetting::On { max_bytes: None })
-        .unwrap();
-    vault
-}
-
 mod common;
+use common::cached;
 
 fn info(name: &str) -> DeviceInfo {
     DeviceInfo {

@@ -8,16 +8,10 @@ use chatvault::store::{MemoryStore, ObjectStore};
 use chatvault::sync::{Change, Message};
 use chatvault::vault::{DeviceInfo, Vault};
 
-const CHATS: u64 = 200;
+mod common;
+use common::cached;
 
-/// A device that keeps the content cache (a new device starts without it): these tests ask it
-/// about content.
-fn cached(vault: Vault) -> Vault {
-    vault
-        .set_content_cache(chatvault::local::CacheSetting::On { max_bytes: None })
-        .unwrap();
-    vault
-}
+const CHATS: u64 = 200;
 
 /// A message of 5-24 words from a vocabulary of about 2,000, so text compresses like real
 /// chat text (about 2:1), not like repeated words.

@@ -18,17 +18,9 @@ use chatvault::sync::{Change, Message};
 use chatvault::vault::{DeviceInfo, Vault};
 
 mod common;
+use common::cached;
 
 use common::run_id;
-
-/// A device that keeps the content cache (a new device starts without it): these tests ask it
-/// about content.
-fn cached(vault: Vault) -> Vault {
-    vault
-        .set_content_cache(chatvault::local::CacheSetting::On { max_bytes: None })
-        .unwrap();
-    vault
-}
 
 /// The contract every backend meets. Keys are under a fresh prefix so reruns never collide.
 async fn contract(store: &dyn ObjectStore) {

@@ -6,14 +6,8 @@ use chatvault::keys::{DERIVATION_LABELS, HKDF_SALT, PassphraseEnvelope, Recovery
 use chatvault::{Error, RecoveryKeyError};
 use serde_json::Value;
 
-/// A device that keeps the content cache (a new device starts without it): these tests ask it
-/// about content.
-fn cached(vault: chatvault::vault::Vault) -> chatvault::vault::Vault {
-    vault
-        .set_content_cache(chatvault::local::CacheSetting::On { max_bytes: None })
-        .unwrap();
-    vault
-}
+mod common;
+use common::cached;
 
 fn load(name: &str) -> Value {
     let path = format!("{}/tests/vectors/{name}", env!("CARGO_MANIFEST_DIR"));

@@ -115,6 +115,8 @@ pub struct Version {
 pub(crate) struct DeviceNumbers {
     devices: Vec<DeviceId>,
     numbers: HashMap<DeviceId, u16>,
+    /// The last device looked up: a run of entries (one record) usually shares one device.
+    last: Option<(DeviceId, u16)>,
 }
 
 impl DeviceNumbers {
@@ -142,8 +144,14 @@ impl DeviceNumbers {
 
     /// The number of `device`, assigning (and persisting, inside `tx`) the next one if new.
     fn number(&mut self, connection: &Connection, device: DeviceId) -> Result<u16> {
-        if let Some(number) = self.numbers.get(&device) {
-            return Ok(*number);
+        if let Some((last, number)) = self.last
+            && last == device
+        {
+            return Ok(number);
+        }
+        if let Some(number) = self.numbers.get(&device).copied() {
+            self.last = Some((device, number));
+            return Ok(number);
         }
         let number = u16::try_from(self.devices.len()).map_err(|_| {
             crate::Error::LocalState("more than 65,536 devices wrote to this vault".into())
@@ -515,17 +523,8 @@ impl<'a> VersionWriter<'a> {
                 prost::encoding::encode_varint(chat_id.len() as u64, &mut row);
                 row.extend_from_slice(chat_id.as_bytes());
                 prost::encoding::encode_varint(entries.len() as u64, &mut row);
-                // Entries of one record all carry this device's id: look its number up once.
-                let mut last: Option<(DeviceId, u16)> = None;
                 for (key, version) in entries {
-                    let device = match last {
-                        Some((id, number)) if id == version.stamp.device => number,
-                        _ => {
-                            let number = self.devices.number(connection, version.stamp.device)?;
-                            last = Some((version.stamp.device, number));
-                            number
-                        }
-                    };
+                    let device = self.devices.number(connection, version.stamp.device)?;
                     encode_entry(&mut row, key, version, device);
                 }
             }
@@ -588,16 +587,8 @@ impl<'a> VersionWriter<'a> {
                 let mut entries: Vec<(MessageKey, Version)> = entries.into_iter().collect();
                 entries.sort_unstable_by_key(|entry| entry.0);
                 let mut body = Vec::with_capacity(entries.len() * ENTRY_LEN);
-                let mut last: Option<(DeviceId, u16)> = None;
                 for (key, version) in &entries {
-                    let device = match last {
-                        Some((id, number)) if id == version.stamp.device => number,
-                        _ => {
-                            let number = self.devices.number(connection, version.stamp.device)?;
-                            last = Some((version.stamp.device, number));
-                            number
-                        }
-                    };
+                    let device = self.devices.number(connection, version.stamp.device)?;
                     encode_entry(&mut body, key, version, device);
                 }
                 runs.push(insert_run(connection, &chat_id, body)?);

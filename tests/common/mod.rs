@@ -115,3 +115,12 @@ fn required_s3_tests_are_not_left_out() {
         );
     }
 }
+
+/// A device that keeps the content cache (a new device starts without it), for tests that ask
+/// it about content.
+pub fn cached(vault: chatvault::vault::Vault) -> chatvault::vault::Vault {
+    vault
+        .set_content_cache(chatvault::local::CacheSetting::On { max_bytes: None })
+        .unwrap();
+    vault
+}
