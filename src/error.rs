@@ -87,6 +87,12 @@ pub enum Error {
     /// The operating system's random number generator failed.
     #[error("the operating system's random number generator failed")]
     Random,
+
+    /// Another process (or another `Vault` in this one) holds this device's state directory:
+    /// one writer per state directory, so that two never seal the same sequence number. An app
+    /// and its share extension take turns; try again when the other is done.
+    #[error("the state directory is in use by another process")]
+    Busy,
 }
 
 impl Error {
@@ -171,6 +177,17 @@ pub enum IntegrityProblem {
     Misplaced {
         /// The object's name.
         name: String,
+    },
+    /// An object's size is not the size the listing or the checkpoint index promises (bytes
+    /// appended or cut off by the store).
+    #[error("object {name} has {found} bytes where {expected} were promised")]
+    WrongSize {
+        /// The object's name.
+        name: String,
+        /// The size promised.
+        expected: u64,
+        /// The size found.
+        found: u64,
     },
     /// A segment's operations are sealed under a chat key no segment granted.
     #[error("segment {seq} of device {device} uses an unknown chat key")]

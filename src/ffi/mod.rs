@@ -69,6 +69,10 @@ pub enum ChatVaultError {
     /// read it from the app's database or page it from the bucket with `fetchHistory`.
     #[error("chat {chat_id:?} is not in the content cache")]
     NotCached { chat_id: String },
+    /// Another process holds this device's state directory (an app and its extension take
+    /// turns): try again when it is done.
+    #[error("state directory busy")]
+    Busy,
     /// Anything else (for example the OS random generator failing).
     #[error("internal error: {detail}")]
     Internal { detail: String },
@@ -101,6 +105,7 @@ impl From<Error> for ChatVaultError {
             },
             Error::Cancelled => ChatVaultError::Cancelled,
             Error::NotCached { chat_id } => ChatVaultError::NotCached { chat_id },
+            Error::Busy => ChatVaultError::Busy,
             _ => ChatVaultError::Internal { detail: message },
         }
     }

@@ -70,6 +70,15 @@ pub enum StoreError {
     /// device's trust store or the server's certificate must change.
     #[error("store's TLS certificate refused: {0}")]
     UntrustedServer(String),
+    /// The object is larger than the reader allows (by its Content-Length, its file size or the
+    /// bytes that kept arriving): a hostile or broken store. Reading stopped at the bound.
+    #[error("object {key} is larger than the {limit} bytes allowed")]
+    TooLarge {
+        /// The object's key.
+        key: String,
+        /// The most the reader accepted.
+        limit: u64,
+    },
     /// Anything else the store answered that this client cannot act on.
     #[error("store error: {0}")]
     Other(String),

@@ -199,6 +199,10 @@ impl Redactor {
             StoreError::Io(text) => StoreError::Io(self.text(&text)),
             StoreError::UntrustedServer(text) => StoreError::UntrustedServer(self.text(&text)),
             StoreError::Other(text) => StoreError::Other(self.text(&text)),
+            StoreError::TooLarge { key, limit } => StoreError::TooLarge {
+                key: self.text(&key),
+                limit,
+            },
         }
     }
 
