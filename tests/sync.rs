@@ -425,11 +425,10 @@ async fn a_segment_that_landed_before_a_crash_is_reuploaded_byte_for_byte() {
     assert_eq!(snapshot(&fresh), snapshot(&b));
 }
 
-/// A pack shorter than the ranges its index gives its blocks: the block lies outside the object
-/// stored under the pack's name. A device restoring from the checkpoint and `verify` both refuse
-/// it as misplaced content, naming the pack.
+/// A pack shorter than the size its index records (the store cut it): a device restoring from
+/// the checkpoint and `verify` both refuse it before reading it, naming the pack and both sizes.
 #[tokio::test]
-async fn a_pack_cut_short_of_its_blocks_is_misplaced() {
+async fn a_pack_cut_short_is_refused_by_the_size_its_index_records() {
     let memory = Arc::new(MemoryStore::new());
     let store: Arc<dyn ObjectStore> = memory.clone();
     let key = RecoveryKey::generate().unwrap();
@@ -457,7 +456,11 @@ async fn a_pack_cut_short_of_its_blocks_is_misplaced() {
     // Shorter than any sealed block (57 bytes at least), so the first block's range ends past it.
     memory.put(full_name, pack[..8].to_vec()).await.unwrap();
 
-    let is_this_pack = |error: &Error| matches!(error, Error::Integrity(IntegrityProblem::Misplaced { name }) if name == pack_name);
+    let whole = pack.len() as u64;
+    let is_this_pack = |error: &Error| {
+        matches!(error, Error::Integrity(IntegrityProblem::WrongSize { name, expected, found: 8 })
+            if name == pack_name && *expected == whole)
+    };
     let fresh = device(store.clone(), &key, &dir, "fresh").await;
     let restore = fresh.sync(None, None).await.unwrap_err();
     assert!(is_this_pack(&restore), "{restore:?}");

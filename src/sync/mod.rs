@@ -7,7 +7,9 @@
 pub mod batch;
 pub mod checkpoint;
 pub mod clock;
+pub mod engine;
 pub mod history;
+pub mod listing;
 pub mod model;
 pub mod next_checkpoint;
 pub mod plan;

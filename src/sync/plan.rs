@@ -4,43 +4,127 @@
 use std::collections::BTreeMap;
 
 use crate::error::{Error, IntegrityProblem, Result};
+use crate::keys::VaultKeys;
+use crate::store::StoreError;
 
 use super::clock::DeviceId;
-use super::segment::{Head, OpenedSegment, SegmentHash, parse_segment_name};
+use super::listing::{Listed, Listing};
+use super::segment::{Head, OpenedSegment, SegmentHash, open_segment};
 
-/// A segment to fetch.
+/// The largest segment object: the body bound plus its sealing and framing overhead.
+pub const MAX_SEGMENT_OBJECT: u64 = super::segment::MAX_SEGMENT_BODY as u64 + 64 * 1024;
+/// The largest checkpoint index or pack object.
+pub const MAX_CHECKPOINT_OBJECT: u64 = crate::format::MAX_OBJECT_LEN as u64;
+
+/// An object to GET whole; it must have exactly `size` bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Fetch {
-    /// Its device.
-    pub device: DeviceId,
-    /// Its sequence number.
-    pub seq: u64,
-    /// Its name inside the vault prefix.
+pub struct Get {
+    /// Name inside the vault prefix.
     pub name: String,
+    /// The size the listing (or an index) promises.
+    pub size: u64,
+    /// For a segment: its device and sequence number.
+    pub segment: Option<(DeviceId, u64)>,
 }
 
-/// Plans a pull from the segment names listed in the bucket (relative to the vault prefix), the
-/// newest segment applied per device, and the segments covered by the newest checkpoint (`base`:
-/// those may have been garbage-collected).
+impl Get {
+    /// A whole-object GET of a listed object, refused before any byte is read when the listing
+    /// already promises more than an object of its kind may hold (`max`).
+    pub fn listed(listed: &Listed, max: u64, segment: Option<(DeviceId, u64)>) -> Result<Get> {
+        if listed.size > max {
+            return Err(Error::Store(StoreError::TooLarge {
+                key: listed.name.clone(),
+                limit: max,
+            }));
+        }
+        Ok(Get {
+            name: listed.name.clone(),
+            size: listed.size,
+            segment,
+        })
+    }
+
+    /// The error for an object that is not there although the listing or an index says so.
+    pub fn missing(&self) -> Error {
+        Error::Integrity(match self.segment {
+            Some((device, seq)) => IntegrityProblem::MissingSegment {
+                device: device.to_hex(),
+                seq,
+            },
+            None => IntegrityProblem::MissingObject {
+                name: self.name.clone(),
+            },
+        })
+    }
+
+    /// Refuses bytes whose length is not the promised size: the store appended or cut bytes
+    /// after the listing, or the listing lied.
+    pub fn check_len(&self, bytes: &[u8]) -> Result<()> {
+        let found = bytes.len() as u64;
+        if found == self.size {
+            Ok(())
+        } else {
+            Err(Error::Integrity(IntegrityProblem::WrongSize {
+                name: self.name.clone(),
+                expected: self.size,
+                found,
+            }))
+        }
+    }
+
+    /// Checks the length, then opens the segment's outer layer.
+    pub fn open_segment(&self, keys: &VaultKeys, bytes: &[u8]) -> Result<OpenedSegment> {
+        self.check_len(bytes)?;
+        open_segment(keys, &self.name, bytes)
+    }
+}
+
+/// Plans the segment GETs after where each device's chain stands (`chains`), given the segments
+/// the starting checkpoint covers (`base`: those may have been garbage-collected).
 ///
-/// Fails if a device's segments from `min(applied, base) + 1` to its newest are not all present
-/// (one was deleted or withheld), or if the bucket shows fewer segments of a device than were
-/// already applied (a rollback). Returns the segments not yet applied, per device in order.
-pub fn plan_pull(
-    listed: &[String],
+/// Every segment of a device from `min(chain, base) + 1` to its newest listed must be present
+/// (one missing was deleted or withheld). Returns the segments past each chain, per device in
+/// order.
+pub fn plan_segments(
+    listing: &Listing,
+    chains: &BTreeMap<DeviceId, Head>,
+    base: &BTreeMap<DeviceId, u64>,
+) -> Result<Vec<Get>> {
+    let mut gets = Vec::new();
+    for (device, segments) in &listing.segments {
+        let done = chains.get(device).map_or(0, |head| head.seq);
+        let lower = done.min(base.get(device).copied().unwrap_or(0)) + 1;
+        for (expected, (seq, listed)) in (lower..).zip(segments.range(lower..)) {
+            if *seq != expected {
+                return Err(Error::Integrity(IntegrityProblem::MissingSegment {
+                    device: device.to_hex(),
+                    seq: expected,
+                }));
+            }
+            if *seq > done {
+                gets.push(Get::listed(
+                    listed,
+                    MAX_SEGMENT_OBJECT,
+                    Some((*device, *seq)),
+                )?);
+            }
+        }
+    }
+    Ok(gets)
+}
+
+/// Refuses a listing that shows fewer segments of a device than were applied (`applied`), the
+/// segments `base` covers counting as present (a rollback).
+pub fn check_rollback(
+    listing: &Listing,
     applied: &BTreeMap<DeviceId, Head>,
     base: &BTreeMap<DeviceId, u64>,
-) -> Result<Vec<Fetch>> {
-    let mut by_device: BTreeMap<DeviceId, Vec<(u64, &str)>> = BTreeMap::new();
-    for name in listed {
-        let (device, seq) = parse_segment_name(name)
-            .ok_or_else(|| Error::Integrity(IntegrityProblem::Misplaced { name: name.clone() }))?;
-        by_device.entry(device).or_default().push((seq, name));
-    }
+) -> Result<()> {
+    let newest = listing.newest_segments();
     for (device, head) in applied {
-        let found = by_device
+        let found = newest
             .get(device)
-            .and_then(|segments| segments.iter().map(|(seq, _)| *seq).max())
+            .copied()
             .unwrap_or(0)
             .max(base.get(device).copied().unwrap_or(0));
         if found < head.seq {
@@ -51,32 +135,7 @@ pub fn plan_pull(
             }));
         }
     }
-    let mut fetches = Vec::new();
-    for (device, mut segments) in by_device {
-        segments.sort_unstable();
-        let done = applied.get(&device).map_or(0, |head| head.seq);
-        let lower = done.min(base.get(&device).copied().unwrap_or(0)) + 1;
-        let required = segments.iter().skip_while(|(seq, _)| *seq < lower);
-        for (expected, (seq, _)) in (lower..).zip(required) {
-            if *seq != expected {
-                return Err(Error::Integrity(IntegrityProblem::MissingSegment {
-                    device: device.to_hex(),
-                    seq: expected,
-                }));
-            }
-        }
-        fetches.extend(
-            segments
-                .into_iter()
-                .filter(|(seq, _)| *seq > done)
-                .map(|(seq, name)| Fetch {
-                    device,
-                    seq,
-                    name: name.to_owned(),
-                }),
-        );
-    }
-    Ok(fetches)
+    Ok(())
 }
 
 /// Checks that `segment` directly follows `previous` (the device's last applied segment, or
@@ -131,11 +190,45 @@ mod tests {
     use super::*;
     use crate::sync::segment::segment_name;
 
+    #[test]
+    fn objects_larger_than_their_kind_are_refused_before_any_read() {
+        let name = segment_name(A, 1);
+        let listing = Listing::classify([(name.as_str(), MAX_SEGMENT_OBJECT + 1)]);
+        assert!(matches!(
+            plan_segments(&listing, &BTreeMap::new(), &BTreeMap::new()),
+            Err(Error::Store(StoreError::TooLarge { .. }))
+        ));
+        let get = Get::listed(&listing.segments[&A][&1], u64::MAX, Some((A, 1))).unwrap();
+        assert!(matches!(
+            get.check_len(&[0; 3]),
+            Err(Error::Integrity(IntegrityProblem::WrongSize {
+                expected,
+                found: 3,
+                ..
+            })) if expected == MAX_SEGMENT_OBJECT + 1
+        ));
+    }
+
     const A: DeviceId = DeviceId([0xa; 16]);
     const B: DeviceId = DeviceId([0xb; 16]);
 
-    fn names(list: &[(DeviceId, u64)]) -> Vec<String> {
-        list.iter().map(|(d, s)| segment_name(*d, *s)).collect()
+    fn names(list: &[(DeviceId, u64)]) -> Listing {
+        let names: Vec<String> = list.iter().map(|(d, s)| segment_name(*d, *s)).collect();
+        Listing::classify(names.iter().map(|n| (n.as_str(), 100)))
+    }
+
+    /// Plans and checks rollbacks, as a pull from `applied` does.
+    fn plan_pull(
+        listing: &Listing,
+        applied: &BTreeMap<DeviceId, Head>,
+        base: &BTreeMap<DeviceId, u64>,
+    ) -> Result<Vec<Get>> {
+        check_rollback(listing, applied, base)?;
+        plan_segments(listing, applied, base)
+    }
+
+    fn seqs(plan: &[Get]) -> Vec<(DeviceId, u64)> {
+        plan.iter().filter_map(|get| get.segment).collect()
     }
 
     fn head(device: DeviceId, seq: u64) -> Head {
@@ -151,8 +244,7 @@ mod tests {
         let listed = names(&[(A, 1), (A, 2), (A, 3), (B, 1)]);
         let applied = BTreeMap::from([(A, head(A, 2))]);
         let plan = plan_pull(&listed, &applied, &BTreeMap::new()).unwrap();
-        let got: Vec<(DeviceId, u64)> = plan.iter().map(|f| (f.device, f.seq)).collect();
-        assert_eq!(got, [(A, 3), (B, 1)]);
+        assert_eq!(seqs(&plan), [(A, 3), (B, 1)]);
         let nothing = BTreeMap::from([(A, head(A, 3)), (B, head(B, 1))]);
         assert!(
             plan_pull(&listed, &nothing, &BTreeMap::new())
@@ -197,14 +289,13 @@ mod tests {
                 ..
             }))
         ));
-        assert!(matches!(
-            plan_pull(
-                &["segments/junk".to_owned()],
-                &BTreeMap::new(),
-                &BTreeMap::new()
-            ),
-            Err(Error::Integrity(IntegrityProblem::Misplaced { .. }))
-        ));
+        // A name that is no segment is set aside by the listing, never planned.
+        let junk = Listing::classify([("segments/junk", 1)]);
+        assert!(
+            plan_pull(&junk, &BTreeMap::new(), &BTreeMap::new())
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]
@@ -222,12 +313,16 @@ mod tests {
         ));
         let after_checkpoint = BTreeMap::from([(A, head(A, 3))]);
         let plan = plan_pull(&listed, &after_checkpoint, &base).unwrap();
-        assert_eq!(plan.iter().map(|f| f.seq).collect::<Vec<_>>(), [4, 5]);
+        assert_eq!(seqs(&plan), [(A, 4), (A, 5)]);
         // A device ahead of the checkpoint still needs everything after its head.
         let ahead = BTreeMap::from([(A, head(A, 4))]);
         assert_eq!(plan_pull(&listed, &ahead, &base).unwrap().len(), 1);
         // Everything collected and nothing new: not a rollback.
-        assert!(plan_pull(&[], &after_checkpoint, &base).unwrap().is_empty());
+        assert!(
+            plan_pull(&names(&[]), &after_checkpoint, &base)
+                .unwrap()
+                .is_empty()
+        );
         // A gap above the checkpoint is still a gap.
         assert!(plan_pull(&names(&[(A, 5)]), &after_checkpoint, &base).is_err());
     }

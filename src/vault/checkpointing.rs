@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 
 use crate::error::{Error, Result};
+use crate::sync::listing::Listing;
 use crate::sync::next_checkpoint::{CheckpointInput, NextCheckpoint};
+use crate::sync::plan::{Get, check_chain, plan_segments};
 
 use super::*;
 
@@ -40,15 +42,19 @@ impl Vault {
     /// caller holds the sync lock. The report sums every round and names the last index.
     pub(super) async fn write_checkpoint(&self) -> Result<CheckpointReport> {
         let mut scratch = SyncReport::default();
-        let listed = self.list_vault().await?;
-        let names = segment_names(&listed);
-        let mut base = match self.newest_checkpoint(&listed, &mut scratch).await? {
-            Some(mut newest) => Some(self.take_index(&mut newest, &mut scratch).await?),
-            None => None,
-        };
+        let mut pass = self.start_pass(&mut scratch).await?;
+        let mut base = self.newest_index(&mut pass, &mut scratch).await?;
+        if let Some(index) = &base {
+            // The base's covered heads and packs are checked as a pull checks them.
+            let local = lock(&self.local)?;
+            pass.engine.adopt(index, |device, seq| {
+                local.segment_hash(device, seq).ok().flatten()
+            })?;
+        }
+        let listing = pass.engine.listing();
         let mut total = CheckpointReport::default();
         loop {
-            let round = self.checkpoint_round(&names, base.as_ref()).await?;
+            let round = self.checkpoint_round(listing, base.as_ref()).await?;
             total.objects += round.report.objects;
             total.bytes += round.report.bytes;
             if !round.report.name.is_empty() {
@@ -64,10 +70,9 @@ impl Vault {
     /// One checkpoint: `base` plus the next segments after it, up to [`ROUND_BYTES`].
     async fn checkpoint_round(
         &self,
-        names: &[String],
+        listing: &Listing,
         base: Option<&CheckpointIndex>,
     ) -> Result<Round> {
-        let mut scratch = SyncReport::default();
         let mut chat_keys = lock(&self.chat_keys)?.clone();
         let mut covered: BTreeMap<DeviceId, Head> = BTreeMap::new();
         if let Some(index) = base {
@@ -76,11 +81,10 @@ impl Vault {
             }
             covered = index.covered.iter().map(|h| (h.device, *h)).collect();
         }
-        let fetches = plan_pull(
-            names,
-            &covered,
-            &coverage(base.map(|b| b.covered.as_slice())),
-        )?;
+        let base_coverage: BTreeMap<DeviceId, u64> = base
+            .map(|index| index.covered.iter().map(|h| (h.device, h.seq)).collect())
+            .unwrap_or_default();
+        let fetches = plan_segments(listing, &covered, &base_coverage)?;
         let mut next = NextCheckpoint::new(base);
         let mut taken = 0u64;
         let mut fetched = 0usize;
@@ -92,17 +96,18 @@ impl Vault {
             if taken >= ROUND_BYTES {
                 break;
             }
-            if held_back.contains(&fetch.device) {
+            let device = segment_device(fetch);
+            if held_back.contains(&device) {
                 continue;
             }
-            let (segment, _) = self.fetch(fetch, &mut scratch).await?;
-            check_chain(covered.get(&fetch.device), &segment)?;
+            let (segment, _) = self.fetch_segment(fetch).await?;
+            check_chain(covered.get(&device), &segment)?;
             for (key_id, chat_id, key) in &segment.grants {
                 chat_keys.insert(*key_id, chat_id, key.clone())?;
             }
             let operations = match open_blocks(&self.keys, &chat_keys, &segment) {
                 Err(Error::Integrity(crate::IntegrityProblem::UnknownKey { .. })) => {
-                    held_back.insert(fetch.device);
+                    held_back.insert(device);
                     continue;
                 }
                 other => other?,
@@ -111,7 +116,7 @@ impl Vault {
                 taken += approximate_size(&operation);
                 next.add(operation);
             }
-            covered.insert(fetch.device, segment.head);
+            covered.insert(device, segment.head);
             fetched += 1;
         }
         if fetched == 0 {
@@ -233,11 +238,16 @@ impl Vault {
 }
 
 /// How many of `fetches` belong to devices held back this round.
-fn skipped(fetches: &[Fetch], held_back: &std::collections::BTreeSet<DeviceId>) -> usize {
+fn skipped(fetches: &[Get], held_back: &std::collections::BTreeSet<DeviceId>) -> usize {
     fetches
         .iter()
-        .filter(|f| held_back.contains(&f.device))
+        .filter(|f| held_back.contains(&segment_device(f)))
         .count()
+}
+
+/// The device of a planned segment GET.
+fn segment_device(get: &Get) -> DeviceId {
+    get.segment.map_or(DeviceId([0; 16]), |(device, _)| device)
 }
 
 /// About how many bytes an operation takes in memory.

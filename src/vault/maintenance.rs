@@ -7,78 +7,115 @@ use crate::error::{Error, Result};
 use super::*;
 
 impl Vault {
-    /// Fetches and authenticates everything in the bucket: the newest checkpoint (index, every
-    /// pack and chat block) and every segment after it, checking every device's chain from the
-    /// checkpoint (or from its first segment), every claim segments make about each other, and
-    /// that nothing this device already applied was rolled back; and that every chunk of every
-    /// attachment referenced by this device's messages is present. Changes nothing but the cache
-    /// of known checkpoints.
+    /// Fetches and authenticates everything in the bucket: every checkpoint index listed; the
+    /// newest checkpoint's packs (listed with the sizes its index records) and every block in
+    /// them; the blocks of packs only older checkpoints still reference; the segments the newest
+    /// checkpoint covers that are still listed (authenticated, chained to each other where
+    /// consecutive, the one at a covered head matching the checkpoint's hash); and every segment
+    /// after it, checking every device's chain from the checkpoint (or from its first segment),
+    /// every claim segments make about each other, and that nothing this device already applied
+    /// was rolled back. Every object must have the size the listing promises. It also checks
+    /// that every chunk of every attachment referenced by this device's messages is present.
+    /// Objects under the vault prefix that are no vault object are reported by name, not
+    /// refused. Changes nothing but the cache of known checkpoints.
     pub async fn verify(&self) -> Result<VerifyReport> {
         let mut scratch = SyncReport::default();
-        let listed = self.list_vault().await?;
-        let names = segment_names(&listed);
-        let mut checkpoint = self.newest_checkpoint(&listed, &mut scratch).await?;
-        let base = coverage(checkpoint.as_ref().map(|c| c.covered.as_slice()));
-        let applied = lock(&self.local)?.heads()?;
-        plan_pull(&names, &applied, &base)?;
-
-        let mut report = VerifyReport::default();
-        let mut chat_keys = lock(&self.chat_keys)?.clone();
-        let mut chain: BTreeMap<DeviceId, Head> = BTreeMap::new();
-        if let Some(checkpoint) = checkpoint.as_mut() {
-            let index = self.take_index(checkpoint, &mut scratch).await?;
-            let covered = &checkpoint.covered;
-            for (key_id, chat_id, key) in &index.grants {
-                chat_keys.insert(*key_id, chat_id, key.clone())?;
+        let mut pass = self.start_pass(&mut scratch).await?;
+        pass.engine.check_rollback()?;
+        pass.engine.start_from_scratch();
+        let mut report = VerifyReport {
+            unknown: pass.engine.unknown().to_vec(),
+            ..VerifyReport::default()
+        };
+        // Every listed index authenticates (those this pass has not opened yet are fetched).
+        let mut indexes = std::mem::take(&mut pass.indexes);
+        for get in pass.engine.all_indexes()? {
+            if let std::collections::btree_map::Entry::Vacant(entry) =
+                indexes.entry(get.name.clone())
+            {
+                let bytes = self.read_exact(&get, &mut scratch).await?;
+                entry.insert(pass.engine.index_arrived(&self.keys, &get, &bytes)?);
             }
+        }
+        report.checkpoints = indexes.len() as u64;
+        let newest = pass.engine.newest().map(|(name, _)| name.to_owned());
+        let mut verified_packs = std::collections::BTreeSet::new();
+        if let Some(index) = newest.as_ref().and_then(|name| indexes.get(name)) {
+            let gets = {
+                let local = lock(&self.local)?;
+                pass.engine.adopt(index, |device, seq| {
+                    local.segment_hash(device, seq).ok().flatten()
+                })?
+            };
+            let chat_keys = pass.engine.chat_keys().clone();
             let mut operations = 0;
-            self.for_each_pack(&index, &chat_keys, &mut scratch, |ops| {
+            self.for_each_pack(index, &gets, &chat_keys, &mut scratch, |ops| {
                 operations += ops.len() as u64;
                 Ok(())
             })
             .await?;
             report.operations += operations;
-            report.checkpoints = 1;
-            chain = covered.iter().map(|h| (h.device, *h)).collect();
+            verified_packs.extend(gets.into_iter().map(|get| get.name));
         }
-        let fetches = plan_pull(&names, &chain, &base)?;
-        let mut segments = Vec::new();
-        for fetch in &fetches {
-            let (segment, _) = self.fetch(fetch, &mut scratch).await?;
-            check_chain(chain.get(&fetch.device), &segment)?;
-            chain.insert(fetch.device, segment.head);
-            for (key_id, chat_id, key) in &segment.grants {
+        // Packs that only older checkpoints (not yet collected) reference: their blocks too.
+        for (name, index) in &indexes {
+            if Some(name) == newest.as_ref() {
+                continue;
+            }
+            let listed_packs = index
+                .packs
+                .iter()
+                .any(|(pack, _)| pass.engine.listing().packs.contains_key(pack));
+            let unverified = index
+                .packs
+                .iter()
+                .any(|(pack, _)| !verified_packs.contains(pack));
+            if !listed_packs || !unverified {
+                continue;
+            }
+            let mut chat_keys = pass.engine.chat_keys().clone();
+            for (key_id, chat_id, key) in &index.grants {
                 chat_keys.insert(*key_id, chat_id, key.clone())?;
             }
+            let gets = pass.engine.pack_gets(index)?;
+            self.for_each_pack(index, &gets, &chat_keys, &mut scratch, |_| Ok(()))
+                .await?;
+            verified_packs.extend(gets.into_iter().map(|get| get.name));
+        }
+        report.unreferenced_packs = pass
+            .engine
+            .listing()
+            .packs
+            .keys()
+            .filter(|pack| !verified_packs.contains(*pack))
+            .count() as u64;
+        // Segments the newest checkpoint covers, where still listed.
+        let mut previous: Option<OpenedSegment> = None;
+        for get in pass.engine.covered_segments()? {
+            let (segment, _) = self.fetch_segment(&get).await?;
+            pass.engine.accept_covered(previous.as_ref(), &segment)?;
+            report.segments += 1;
+            previous = Some(segment);
+        }
+        // Segments after it.
+        let mut segments = Vec::new();
+        for get in pass.engine.plan()? {
+            let (segment, _) = self.fetch_segment(&get).await?;
+            pass.engine.accept(&segment)?;
             segments.push(segment);
         }
-        let available: BTreeMap<DeviceId, u64> = chain
-            .iter()
-            .map(|(device, head)| (*device, head.seq))
-            .collect();
-        let mut hashes: BTreeMap<(DeviceId, u64), [u8; 32]> = segments
-            .iter()
-            .map(|s| ((s.head.device, s.head.seq), s.head.hash))
-            .collect();
-        if let Some(NewestCheckpoint { covered, .. }) = &checkpoint {
-            hashes.extend(covered.iter().map(|h| ((h.device, h.seq), h.hash)));
-        }
-        for (device, head) in &applied {
-            let below_checkpoint = base.get(device).is_some_and(|b| head.seq < *b);
-            if !below_checkpoint && hashes.get(&(*device, head.seq)) != Some(&head.hash) {
-                return Err(Error::Integrity(crate::IntegrityProblem::ChainBroken {
-                    device: device.to_hex(),
-                    seq: head.seq,
-                }));
+        pass.engine.check_applied()?;
+        report.devices = pass.engine.devices().len() as u64;
+        {
+            let local = lock(&self.local)?;
+            for segment in &segments {
+                pass.engine.check_claims(segment, |device, seq| {
+                    local.segment_hash(device, seq).ok().flatten()
+                })?;
+                report.operations +=
+                    open_blocks(&self.keys, pass.engine.chat_keys(), segment)?.len() as u64;
+                report.segments += 1;
             }
-        }
-        report.devices = chain.len() as u64;
-        for segment in &segments {
-            check_seen(segment, &available, |device, seq| {
-                hashes.get(&(device, seq)).copied()
-            })?;
-            report.operations += open_blocks(&self.keys, &chat_keys, segment)?.len() as u64;
-            report.segments += 1;
         }
         report.attachments = self.check_attachments_present().await?;
         Ok(report)
@@ -171,12 +208,9 @@ impl Vault {
     /// Whether this device has applied every segment the bucket lists.
     async fn has_applied_everything(&self) -> Result<bool> {
         let mut scratch = SyncReport::default();
-        let listed = self.list_vault().await?;
-        let names = segment_names(&listed);
-        let checkpoint = self.newest_checkpoint(&listed, &mut scratch).await?;
-        let base = coverage(checkpoint.as_ref().map(|c| c.covered.as_slice()));
-        let applied = lock(&self.local)?.heads()?;
-        Ok(plan_pull(&names, &applied, &base)?.is_empty())
+        let mut pass = self.start_pass(&mut scratch).await?;
+        pass.engine.note_base();
+        Ok(pass.engine.plan()?.is_empty())
     }
 
     /// Deletes unreferenced attachment chunks older than `grace_ms` (the caller holds the sync
@@ -224,33 +258,36 @@ impl Vault {
     /// Returns the objects deleted.
     pub(super) async fn collect_log_garbage(&self, grace_ms: u64) -> Result<u64> {
         let mut scratch = SyncReport::default();
-        let listed = self.list_vault().await?;
-        let Some(mut checkpoint) = self.newest_checkpoint(&listed, &mut scratch).await? else {
+        let mut pass = self.start_pass(&mut scratch).await?;
+        let Some((newest, created_at_ms)) = pass
+            .engine
+            .newest()
+            .map(|(name, coverage)| (name.to_owned(), coverage.created_at_ms))
+        else {
             return Ok(0);
         };
-        if now_ms() < checkpoint.created_at_ms.saturating_add(grace_ms) {
+        if now_ms() < created_at_ms.saturating_add(grace_ms) {
             return Ok(0);
         }
         // Checkpoints keep unchanged chats' blocks where they lie: every pack the newest index
         // references stays, whichever checkpoint wrote it.
-        let index = self.take_index(&mut checkpoint, &mut scratch).await?;
+        let Some(index) = self.newest_index(&mut pass, &mut scratch).await? else {
+            return Ok(0);
+        };
         let referenced: std::collections::BTreeSet<&str> =
             index.packs.iter().map(|(name, _)| name.as_str()).collect();
-        let NewestCheckpoint {
-            name: newest,
-            covered,
-            ..
-        } = checkpoint;
-        let base = coverage(Some(&covered));
+        let base = pass.engine.newest_base();
         let Some(newest_id) = parse_checkpoint_name(&newest) else {
             return Ok(0);
         };
+        let listing = pass.engine.listing();
         // Packs are written before their index, so packs without a listed index may belong to a
         // checkpoint another device is writing right now: only packs of a listed, superseded
         // checkpoint, or of an attempt its writer has since replaced, are redundant.
-        let indexes: Vec<(DeviceId, u64)> = listed
-            .iter()
-            .filter_map(|o| parse_checkpoint_name(&o.key))
+        let indexes: Vec<(DeviceId, u64)> = listing
+            .checkpoints
+            .keys()
+            .filter_map(|name| parse_checkpoint_name(name))
             .collect();
         let pack_is_redundant = |key: &str| {
             let Some((device, seq, _)) = parse_pack_name(key) else {
@@ -260,21 +297,30 @@ impl Vault {
                 && (device, seq) != newest_id
                 && indexes.iter().any(|(d, s)| *d == device && *s >= seq)
         };
+        // Names that are no vault object are never touched: they are not ours to delete.
+        let redundant_segments = listing
+            .all_segments()
+            .filter(|(device, seq, _)| base.get(device).is_some_and(|covered| seq <= covered))
+            .map(|(_, _, listed)| listed.name.as_str());
+        let redundant_indexes = listing
+            .checkpoints
+            .keys()
+            .filter(|name| **name != newest)
+            .map(String::as_str);
+        let redundant_packs = listing
+            .packs
+            .keys()
+            .filter(|name| pack_is_redundant(name))
+            .map(String::as_str);
         let mut deleted = 0;
-        for object in &listed {
-            let redundant = if let Some((device, seq)) = parse_segment_name(&object.key) {
-                base.get(&device).is_some_and(|covered| seq <= *covered)
-            } else if object.key.starts_with(CHECKPOINTS_PREFIX) {
-                object.key != newest
-            } else {
-                pack_is_redundant(&object.key)
-            };
-            if redundant {
-                self.store
-                    .delete(&format!("{}{}", self.prefix(), object.key))
-                    .await?;
-                deleted += 1;
-            }
+        for name in redundant_segments
+            .chain(redundant_indexes)
+            .chain(redundant_packs)
+        {
+            self.store
+                .delete(&format!("{}{name}", self.prefix()))
+                .await?;
+            deleted += 1;
         }
         Ok(deleted)
     }

@@ -20,13 +20,11 @@ use crate::sealing::{self, ObjectContext};
 use crate::store::{ObjectInfo, ObjectStore};
 use crate::sync::batch::EncodedBatch;
 use crate::sync::checkpoint::{
-    CHECKPOINTS_PREFIX, CheckpointIndex, checkpoint_due, open_block, open_checkpoint_index,
-    parse_checkpoint_name, parse_pack_name,
+    CheckpointIndex, checkpoint_due, open_block, open_checkpoint_index, parse_checkpoint_name,
+    parse_pack_name,
 };
-use crate::sync::plan::{Fetch, check_chain, check_seen, plan_pull};
 use crate::sync::segment::{
-    ChatKeys, Head, KeyId, MAX_SEGMENT_BODY, NewSegment, OpenedSegment, SEGMENTS_PREFIX,
-    open_blocks, open_segment, parse_segment_name, seal_segment, segment_name,
+    ChatKeys, Head, KeyId, MAX_SEGMENT_BODY, NewSegment, OpenedSegment, open_blocks, seal_segment,
 };
 use crate::sync::{Change, Clock, DeviceId, Message, Operation, Stamp, clock::now_ms};
 
@@ -36,7 +34,6 @@ mod pull;
 mod reading;
 
 use maintenance::AUTO_GC_GRACE_MS;
-use pull::{NewestCheckpoint, coverage, segment_names};
 
 const STATE_FILE: &str = "chatvault.sqlite";
 const META_VAULT_ID: &str = "vault_id";
@@ -136,6 +133,9 @@ pub struct SyncReport {
     /// Redundant objects (segments and checkpoints the newest checkpoint replaced) deleted by
     /// automatic garbage collection.
     pub objects_deleted: u64,
+    /// Objects under the vault prefix that are no vault object: skipped, not refused (`verify`
+    /// names them).
+    pub unknown_objects: u64,
 }
 
 /// Objects and bytes the vault occupies in the bucket.
@@ -171,6 +171,13 @@ pub struct VerifyReport {
     pub operations: u64,
     /// Attachment contents whose chunks were all found with their expected sizes.
     pub attachments: u64,
+    /// Names under the vault prefix that are no vault object (relative to the prefix): not
+    /// refused, never deleted, skipped by every device. Something else wrote them there.
+    pub unknown: Vec<String>,
+    /// Listed packs no listed checkpoint references (left by a checkpoint whose writer was
+    /// interrupted, or being written right now); garbage collection removes them once a later
+    /// checkpoint supersedes their writer's attempt.
+    pub unreferenced_packs: u64,
 }
 
 /// An open vault on one device.

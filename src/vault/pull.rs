@@ -4,6 +4,9 @@
 use std::collections::BTreeMap;
 
 use crate::error::{Error, Result};
+use crate::sync::engine::{Coverage, Engine};
+use crate::sync::listing::Listing;
+use crate::sync::plan::Get;
 
 use super::*;
 
@@ -26,112 +29,105 @@ impl Vault {
             .collect())
     }
 
-    /// The newest checkpoint listed (the one covering the most segments), after learning the
-    /// coverage of any checkpoint this device has not seen (one GET each, once) and forgetting
-    /// those no longer listed.
-    pub(super) async fn newest_checkpoint(
-        &self,
-        listed: &[ObjectInfo],
-        report: &mut SyncReport,
-    ) -> Result<Option<NewestCheckpoint>> {
-        let names: Vec<&str> = listed
-            .iter()
-            .map(|i| i.key.as_str())
-            .filter(|k| k.starts_with(CHECKPOINTS_PREFIX))
+    /// Lists the vault and starts a pass of the sync engine: learns the coverage of every
+    /// checkpoint this device has not seen (one GET each, once; remembered in the local state)
+    /// and forgets those no longer listed.
+    pub(super) async fn start_pass(&self, report: &mut SyncReport) -> Result<Pass> {
+        let listed = self.list_vault().await?;
+        let listing = Listing::classify(listed.iter().map(|i| (i.key.as_str(), i.size)));
+        let (known, applied) = {
+            let local = lock(&self.local)?;
+            (local.known_checkpoints()?, local.heads()?)
+        };
+        let known = known
+            .into_iter()
+            .map(|(name, (covered, created_at_ms))| {
+                (
+                    name,
+                    Coverage {
+                        covered,
+                        created_at_ms,
+                    },
+                )
+            })
             .collect();
-        let mut known = lock(&self.local)?.known_checkpoints()?;
-        let mut fetched = BTreeMap::new();
-        for name in &names {
-            if known.contains_key(*name) {
-                continue;
-            }
-            let index = self.fetch_checkpoint_index(name, report).await?;
+        let chat_keys = lock(&self.chat_keys)?.clone();
+        let mut engine = Engine::new(listing, applied, known, chat_keys);
+        let mut indexes = BTreeMap::new();
+        for get in engine.indexes_to_read()? {
+            let bytes = self.read_exact(&get, report).await?;
+            let index = engine.index_arrived(&self.keys, &get, &bytes)?;
             lock(&self.local)?.transaction(|tx| {
-                local::note_checkpoint(tx, name, &index.covered, index.created_at_ms)
+                local::note_checkpoint(tx, &get.name, &index.covered, index.created_at_ms)
             })?;
-            known.insert(
-                (*name).to_owned(),
-                (index.covered.clone(), index.created_at_ms),
-            );
-            fetched.insert((*name).to_owned(), index);
+            indexes.insert(get.name, index);
         }
-        let gone: Vec<String> = known
-            .keys()
-            .filter(|k| !names.contains(&k.as_str()))
-            .cloned()
-            .collect();
-        if !gone.is_empty() {
+        if !engine.forgotten().is_empty() {
             lock(&self.local)?.transaction(|tx| {
-                gone.iter()
+                engine
+                    .forgotten()
+                    .iter()
                     .try_for_each(|name| local::forget_checkpoint(tx, name))
             })?;
         }
-        Ok(known
-            .into_iter()
-            .filter(|(name, _)| names.contains(&name.as_str()))
-            .max_by_key(|(name, (covered, _))| {
-                (covered.iter().map(|h| h.seq).sum::<u64>(), name.clone())
-            })
-            .map(|(name, (covered, created_at_ms))| NewestCheckpoint {
-                index: fetched.remove(&name),
-                name,
-                covered,
-                created_at_ms,
-            }))
+        Ok(Pass { engine, indexes })
     }
 
-    /// GETs an object the vault's own records say exists; its absence is an integrity problem.
-    pub(super) async fn get_listed(&self, name: &str, report: &mut SyncReport) -> Result<Vec<u8>> {
+    /// GETs an object the listing or an index promises, bounded by its promised size, and
+    /// refuses it if it is missing or of another size.
+    pub(super) async fn read_exact(&self, get: &Get, report: &mut SyncReport) -> Result<Vec<u8>> {
         let object = self
             .store
-            .get(&format!("{}{name}", self.prefix()))
+            .get(&format!("{}{}", self.prefix(), get.name))
             .await?
-            .ok_or_else(|| {
-                Error::Integrity(crate::IntegrityProblem::MissingObject {
-                    name: name.to_owned(),
-                })
-            })?;
+            .ok_or_else(|| get.missing())?;
+        get.check_len(&object)?;
         report.objects_down += 1;
         report.bytes_down += object.len() as u64;
         Ok(object)
     }
 
-    pub(super) async fn fetch_checkpoint_index(
+    /// The newest checkpoint's index: the one this pass already fetched, or a fresh GET.
+    pub(super) async fn newest_index(
         &self,
-        name: &str,
+        pass: &mut Pass,
         report: &mut SyncReport,
-    ) -> Result<CheckpointIndex> {
-        let object = self.get_listed(name, report).await?;
-        open_checkpoint_index(&self.keys, name, &object)
-    }
-
-    /// The checkpoint's index: the one `newest_checkpoint` already fetched, or a fresh GET.
-    pub(super) async fn take_index(
-        &self,
-        checkpoint: &mut NewestCheckpoint,
-        report: &mut SyncReport,
-    ) -> Result<CheckpointIndex> {
-        match checkpoint.index.take() {
-            Some(index) => Ok(index),
-            None => self.fetch_checkpoint_index(&checkpoint.name, report).await,
+    ) -> Result<Option<CheckpointIndex>> {
+        let Some((name, _)) = pass.engine.newest() else {
+            return Ok(None);
+        };
+        let name = name.to_owned();
+        if let Some(index) = pass.indexes.remove(&name) {
+            return Ok(Some(index));
         }
+        let get = pass
+            .engine
+            .all_indexes()?
+            .into_iter()
+            .find(|get| get.name == name)
+            .ok_or(Error::Integrity(crate::IntegrityProblem::MissingObject {
+                name,
+            }))?;
+        let bytes = self.read_exact(&get, report).await?;
+        Ok(Some(pass.engine.index_arrived(&self.keys, &get, &bytes)?))
     }
 
-    /// Fetches every pack of a checkpoint, [`PACK_PREFETCH`] GETs in flight, and hands each chat
-    /// block's operations to `each` in index order of packs (one block, at most about 4 MiB of
-    /// operations, opened at a time; at most `PACK_PREFETCH + 1` packs of about 8 MiB held).
+    /// Fetches the packs `gets` names (those [`Engine::adopt`] returned for `index`),
+    /// [`PACK_PREFETCH`] GETs in flight, and hands each chat block's operations to `each` in
+    /// index order of packs (one block, at most about 4 MiB of operations, opened at a time; at
+    /// most `PACK_PREFETCH + 1` packs of about 8 MiB held).
     pub(super) async fn for_each_pack(
         &self,
         index: &CheckpointIndex,
+        gets: &[Get],
         chat_keys: &ChatKeys,
         report: &mut SyncReport,
         mut each: impl FnMut(Vec<Operation>) -> Result<()>,
     ) -> Result<()> {
-        let names: Vec<String> = index.packs.iter().map(|(name, _)| name.clone()).collect();
-        let mut arriving = futures_util::stream::iter(names)
-            .map(|pack_name| async move {
+        let mut arriving = futures_util::stream::iter(gets.to_vec())
+            .map(|get| async move {
                 let mut counted = SyncReport::default();
-                let pack = self.get_listed(&pack_name, &mut counted).await;
+                let pack = self.read_exact(&get, &mut counted).await;
                 (pack, counted)
             })
             .buffered(PACK_PREFETCH);
@@ -140,14 +136,14 @@ impl Vault {
             let pack = pack?;
             report.objects_down += counted.objects_down;
             report.bytes_down += counted.bytes_down;
-            let pack_name = &index.packs[pack_number].0;
             for (block, entry) in index.chats.iter().enumerate() {
                 if entry.pack == pack_number {
+                    // `adopt` checked that every block lies inside its pack's promised size.
                     let bytes = pack
                         .get(entry.offset as usize..(entry.offset + entry.length) as usize)
                         .ok_or_else(|| {
                             Error::Integrity(crate::IntegrityProblem::Misplaced {
-                                name: pack_name.clone(),
+                                name: gets[pack_number].name.clone(),
                             })
                         })?;
                     each(open_block(&self.keys, chat_keys, index, block, bytes)?)?;
@@ -158,32 +154,23 @@ impl Vault {
         Ok(())
     }
 
-    /// Applies a checkpoint's state: every pack, then the covered heads.
+    /// Applies the newest checkpoint's state: every pack, then the covered heads.
     pub(super) async fn apply_checkpoint(
         &self,
-        checkpoint: &mut NewestCheckpoint,
+        pass: &mut Pass,
         listener: Option<&dyn ChangeListener>,
         report: &mut SyncReport,
     ) -> Result<()> {
-        let index = self.take_index(checkpoint, report).await?;
-        {
+        let Some(index) = self.newest_index(pass, report).await? else {
+            return Ok(());
+        };
+        let gets = {
             let local = lock(&self.local)?;
-            for head in &index.covered {
-                if local
-                    .segment_hash(head.device, head.seq)?
-                    .is_some_and(|hash| hash != head.hash)
-                {
-                    return Err(Error::Integrity(crate::IntegrityProblem::ChainBroken {
-                        device: head.device.to_hex(),
-                        seq: head.seq,
-                    }));
-                }
-            }
-        }
-        let mut chat_keys = lock(&self.chat_keys)?.clone();
-        for (key_id, chat_id, key) in &index.grants {
-            chat_keys.insert(*key_id, chat_id, key.clone())?;
-        }
+            pass.engine.adopt(&index, |device, seq| {
+                local.segment_hash(device, seq).ok().flatten()
+            })?
+        };
+        let chat_keys = pass.engine.chat_keys().clone();
         let sealed_keys = seal_chat_keys(&self.keys, &chat_keys)?;
         let tombstones: Vec<Operation> = index
             .deleted_chats
@@ -197,7 +184,7 @@ impl Vault {
             .collect();
         let writer = index.device.to_hex();
         let mut applied_total = 0;
-        self.for_each_pack(&index, &chat_keys, report, |operations| {
+        self.for_each_pack(&index, &gets, &chat_keys, report, |operations| {
             if let Some(listener) = listener
                 && !operations.is_empty()
             {
@@ -221,33 +208,14 @@ impl Vault {
         Ok(())
     }
 
-    pub(super) async fn fetch(
-        &self,
-        fetch: &Fetch,
-        report: &mut SyncReport,
-    ) -> Result<(OpenedSegment, u64)> {
-        let (segment, size) = self.fetch_segment(fetch).await?;
-        report.objects_down += 1;
-        report.bytes_down += size;
-        Ok((segment, size))
-    }
-
     /// GETs a planned segment and opens its outer layer; the caller counts the request.
-    pub(super) async fn fetch_segment(&self, fetch: &Fetch) -> Result<(OpenedSegment, u64)> {
+    pub(super) async fn fetch_segment(&self, get: &Get) -> Result<(OpenedSegment, u64)> {
         let object = self
             .store
-            .get(&format!("{}{}", self.prefix(), fetch.name))
+            .get(&format!("{}{}", self.prefix(), get.name))
             .await?
-            .ok_or_else(|| {
-                Error::Integrity(crate::IntegrityProblem::MissingSegment {
-                    device: fetch.device.to_hex(),
-                    seq: fetch.seq,
-                })
-            })?;
-        Ok((
-            open_segment(&self.keys, &fetch.name, &object)?,
-            object.len() as u64,
-        ))
+            .ok_or_else(|| get.missing())?;
+        Ok((get.open_segment(&self.keys, &object)?, object.len() as u64))
     }
 
     pub(super) async fn pull(
@@ -260,78 +228,21 @@ impl Vault {
         if let Some(progress) = progress {
             progress.on_progress(SyncPhase::List, 0, 1);
         }
-        let listed = self.list_vault().await?;
-        let names = segment_names(&listed);
-        let mut checkpoint = self.newest_checkpoint(&listed, report).await?;
-        let base = coverage(checkpoint.as_ref().map(|c| c.covered.as_slice()));
-        let mut heads = lock(&self.local)?.heads()?;
-        let size_of: BTreeMap<&str, u64> =
-            listed.iter().map(|i| (i.key.as_str(), i.size)).collect();
-        // The newest checkpoint's bytes: its index and the packs it references, which may be
-        // earlier checkpoints' too. Without fetching the index, every listed pack counts (packs
-        // nothing references any more are soon collected).
-        let checkpoint_bytes: Option<u64> = checkpoint.as_ref().map(|c| {
-            listed
-                .iter()
-                .filter(|i| i.key == c.name || parse_pack_name(&i.key).is_some())
-                .map(|i| i.size)
-                .sum()
-        });
+        let mut pass = self.start_pass(report).await?;
+        report.unknown_objects = pass.engine.unknown().len() as u64;
+        let uncovered = uncovered(&pass.engine);
+        pass.engine.check_rollback()?;
         // Start from the checkpoint when segments this device still needs were collected, or
         // when the checkpoint is smaller than the segments it replaces (a new device).
-        if let Some(checkpoint) = &mut checkpoint {
-            let covered = &checkpoint.covered;
-            let mut missing = false;
-            let mut replaced_bytes = 0u64;
-            for head in covered {
-                let done = heads.get(&head.device).map_or(0, |h| h.seq);
-                for seq in done + 1..=head.seq {
-                    match size_of.get(segment_name(head.device, seq).as_str()) {
-                        Some(size) => replaced_bytes += size,
-                        None => missing = true,
-                    }
-                }
-            }
-            if missing || replaced_bytes > checkpoint_bytes.unwrap_or(u64::MAX) {
-                self.apply_checkpoint(checkpoint, listener, report).await?;
-                heads = lock(&self.local)?.heads()?;
-            }
+        if pass
+            .engine
+            .restore_is_cheaper(uncovered.checkpoint_bytes.unwrap_or(u64::MAX))
+        {
+            self.apply_checkpoint(&mut pass, listener, report).await?;
+        } else {
+            pass.engine.note_base();
         }
-        let fetches = plan_pull(&names, &heads, &base)?;
-        // Segments not covered by the newest checkpoint: they decide when to write a new one.
-        let mut uncovered = Uncovered {
-            checkpoint_bytes,
-            ..Uncovered::default()
-        };
-        let mut redundant = false;
-        for name in &names {
-            if let Some((device, seq)) = parse_segment_name(name) {
-                if base.get(&device).is_none_or(|covered| seq > *covered) {
-                    uncovered.segments += 1;
-                    uncovered.bytes += size_of.get(name.as_str()).copied().unwrap_or(0);
-                } else {
-                    redundant = true;
-                }
-            }
-        }
-        if let Some(newest) = &checkpoint {
-            redundant |= listed
-                .iter()
-                .any(|i| i.key.starts_with(CHECKPOINTS_PREFIX) && i.key != newest.name);
-            if redundant {
-                uncovered.garbage_since_ms = Some(newest.created_at_ms);
-            }
-        }
-        let available: BTreeMap<DeviceId, u64> = fetches
-            .iter()
-            .map(|f| (f.device, f.seq))
-            .chain(heads.values().map(|h| (h.device, h.seq)))
-            .chain(base.iter().map(|(d, s)| (*d, *s)))
-            .fold(BTreeMap::new(), |mut map, (device, seq)| {
-                let entry = map.entry(device).or_insert(0);
-                *entry = (*entry).max(seq);
-                map
-            });
+        let fetches = pass.engine.plan()?;
         if fetches.is_empty() {
             return Ok(uncovered);
         }
@@ -341,12 +252,10 @@ impl Vault {
         // A segment whose blocks use a chat key no segment has granted yet (a device writing
         // with a key another device created) waits, with the rest of its device's segments,
         // until every segment has arrived.
+        let mut known_keys = pass.engine.chat_keys().clone();
         let mut pulled = Pulled {
-            chat_keys: lock(&self.chat_keys)?.clone(),
+            engine: pass.engine,
             keys_dirty: false,
-            chain_heads: heads.clone(),
-            fetched: BTreeMap::new(),
-            available,
             done: 0,
             total: fetches.len() as u64,
         };
@@ -356,7 +265,6 @@ impl Vault {
         // blocking thread while the previous one is applied: the keys it may use are those
         // every earlier segment granted, gathered in plan order. If that fails (a key a later
         // segment grants), it is opened again, with the error reported, when it is applied.
-        let mut known_keys = pulled.chat_keys.clone();
         let mut arriving = futures_util::stream::iter(fetches.iter().cloned())
             .map(|fetch| async move { self.fetch_segment(&fetch).await })
             .buffered(PULL_PREFETCH)
@@ -386,25 +294,17 @@ impl Vault {
         while let Some(arrived) = arriving.next().await {
             if cancel.is_cancelled() {
                 // Keys learned so far are already persisted with the segments applied.
-                *lock(&self.chat_keys)? = pulled.chat_keys;
                 return Err(Error::Cancelled);
             }
             let (segment, size, opened) = arrived?;
             report.objects_down += 1;
             report.bytes_down += size;
             let device = segment.head.device;
-            check_chain(pulled.chain_heads.get(&device), &segment)?;
-            pulled.chain_heads.insert(device, segment.head);
-            pulled
-                .fetched
-                .insert((device, segment.head.seq), segment.head.hash);
-            for (key_id, chat_id, key) in &segment.grants {
-                pulled.keys_dirty |= pulled.chat_keys.insert(*key_id, chat_id, key.clone())?;
-            }
+            pulled.keys_dirty |= pulled.engine.accept(&segment)?;
             let keys_known = segment
                 .blocks
                 .iter()
-                .all(|(key_id, _)| pulled.chat_keys.key(key_id).is_some());
+                .all(|(key_id, _)| pulled.engine.chat_keys().key(key_id).is_some());
             if !keys_known || waiting_devices.contains(&device) {
                 waiting_devices.insert(device);
                 waiting.push((segment, size));
@@ -425,7 +325,6 @@ impl Vault {
             cancel.check()?;
             self.apply_pulled(segment, size, None, &mut pulled, progress, listener, report)?;
         }
-        *lock(&self.chat_keys)? = pulled.chat_keys;
         Ok(uncovered)
     }
 
@@ -446,14 +345,11 @@ impl Vault {
     ) -> Result<()> {
         let operations = match opened {
             Some(operations) => operations,
-            None => open_blocks(&self.keys, &pulled.chat_keys, &segment)?,
+            None => open_blocks(&self.keys, pulled.engine.chat_keys(), &segment)?,
         };
         {
             let local = lock(&self.local)?;
-            check_seen(&segment, &pulled.available, |device, seq| {
-                if let Some(hash) = pulled.fetched.get(&(device, seq)) {
-                    return Some(*hash);
-                }
+            pulled.engine.check_claims(&segment, |device, seq| {
                 local.segment_hash(device, seq).ok().flatten()
             })?;
         }
@@ -467,7 +363,7 @@ impl Vault {
                 .map_err(|why| Error::invalid_input(format!("change listener failed: {why}")))?;
         }
         let sealed_keys = if pulled.keys_dirty {
-            Some(seal_chat_keys(&self.keys, &pulled.chat_keys)?)
+            Some(seal_chat_keys(&self.keys, pulled.engine.chat_keys())?)
         } else {
             None
         };
@@ -497,7 +393,7 @@ impl Vault {
         if sealed_keys.is_some() {
             // What is in memory matches what was just persisted, whatever stops the pull later:
             // a `record` that re-seals the key set must never drop keys applied segments granted.
-            *lock(&self.chat_keys)? = pulled.chat_keys.clone();
+            *lock(&self.chat_keys)? = pulled.engine.chat_keys().clone();
         }
         pulled.keys_dirty = false;
         report.operations_applied += applied;
@@ -521,19 +417,21 @@ pub(super) const PACK_PREFETCH: usize = 3;
 
 /// What a pull carries from one applied segment to the next.
 pub(super) struct Pulled {
-    /// Chat keys known so far (those of applied segments are persisted).
-    pub(super) chat_keys: ChatKeys,
+    /// The engine's pass: chains, hashes and chat keys so far (keys of applied segments are
+    /// persisted).
+    pub(super) engine: Engine,
     /// Keys learned since the last persisted copy.
     pub(super) keys_dirty: bool,
-    /// Newest segment of each device whose chain was checked.
-    pub(super) chain_heads: BTreeMap<DeviceId, Head>,
-    /// Hashes of every segment this pull fetched.
-    pub(super) fetched: BTreeMap<(DeviceId, u64), crate::sync::segment::SegmentHash>,
-    /// Newest segment of each device the listing showed.
-    pub(super) available: BTreeMap<DeviceId, u64>,
     /// Segments applied, of `total`.
     pub(super) done: u64,
     pub(super) total: u64,
+}
+
+/// One pass of the sync engine, with the checkpoint indexes it fetched to learn their coverage
+/// (kept so the newest is not fetched twice).
+pub(super) struct Pass {
+    pub(super) engine: Engine,
+    pub(super) indexes: BTreeMap<String, CheckpointIndex>,
 }
 
 /// What the newest checkpoint leaves uncovered, as a pull saw it.
@@ -550,28 +448,32 @@ pub(super) struct Uncovered {
     pub(super) garbage_since_ms: Option<u64>,
 }
 
-/// The newest checkpoint in the bucket, with its index if this call fetched it.
-pub(super) struct NewestCheckpoint {
-    pub(super) name: String,
-    pub(super) covered: Vec<Head>,
-    pub(super) created_at_ms: u64,
-    pub(super) index: Option<CheckpointIndex>,
-}
-
-/// Segment names among listed vault objects.
-pub(super) fn segment_names(listed: &[ObjectInfo]) -> Vec<String> {
-    listed
-        .iter()
-        .filter(|i| i.key.starts_with(SEGMENTS_PREFIX))
-        .map(|i| i.key.clone())
-        .collect()
-}
-
-/// Covered sequence number per device.
-pub(super) fn coverage(covered: Option<&[Head]>) -> BTreeMap<DeviceId, u64> {
-    covered
-        .unwrap_or_default()
-        .iter()
-        .map(|h| (h.device, h.seq))
-        .collect()
+/// What the newest checkpoint the engine knows leaves uncovered in its listing.
+fn uncovered(engine: &Engine) -> Uncovered {
+    let listing = engine.listing();
+    let base = engine.newest_base();
+    let mut uncovered = Uncovered::default();
+    let mut redundant = false;
+    for (device, seq, listed) in listing.all_segments() {
+        if base.get(&device).is_none_or(|covered| seq > *covered) {
+            uncovered.segments += 1;
+            uncovered.bytes += listed.size;
+        } else {
+            redundant = true;
+        }
+    }
+    if let Some((name, coverage)) = engine.newest() {
+        // The newest checkpoint's bytes: its index and the packs it references, which may be
+        // earlier checkpoints' too. Without fetching the index, every listed pack counts (packs
+        // nothing references any more are soon collected).
+        uncovered.checkpoint_bytes = Some(
+            listing.checkpoints.get(name).map_or(0, |l| l.size)
+                + listing.packs.values().map(|l| l.size).sum::<u64>(),
+        );
+        redundant |= listing.checkpoints.keys().any(|other| other != name);
+        if redundant {
+            uncovered.garbage_since_ms = Some(coverage.created_at_ms);
+        }
+    }
+    uncovered
 }

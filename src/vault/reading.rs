@@ -1,16 +1,13 @@
 //! Reading one chat straight from the bucket, without touching local state: the whole chat, or
 //! one page of its history that reads only the checkpoint blocks the page needs.
 
-use std::collections::BTreeMap;
-
 use crate::error::{Error, Result};
 use crate::history::{HistoryCursor, HistoryPage, sort_by_position};
 use crate::sync::checkpoint::{CheckpointIndex, open_block};
-use crate::sync::plan::{check_chain, plan_pull};
-use crate::sync::segment::{ChatKeys, Head, open_blocks};
-use crate::sync::{Change, DeviceId, MemoryState, Message, Operation, apply};
+use crate::sync::segment::{ChatKeys, open_blocks};
+use crate::sync::{Change, MemoryState, Message, Operation, apply};
 
-use super::{SyncReport, Vault, check_page_limit, coverage, lock, segment_names};
+use super::{SyncReport, Vault, check_page_limit, lock};
 
 /// One chat as far as it was read: the newest checkpoint's index (if any), the keys to open its
 /// blocks, and the merged state of everything read so far.
@@ -103,24 +100,26 @@ impl Vault {
     }
 
     /// Lists the vault, opens the newest checkpoint's index and applies the chat's deletion (if
-    /// any) and every segment written after the checkpoint: everything but its blocks.
+    /// any) and every segment written after the checkpoint: everything but its blocks. The
+    /// engine checks what a pull checks: no rollback of what this device applied, every chain
+    /// from the checkpoint, pack sizes, and every segment's claims about the others.
     async fn start_reading(&self, chat_id: &str) -> Result<ChatReading> {
         let mut scratch = SyncReport::default();
-        let listed = self.list_vault().await?;
-        let names = segment_names(&listed);
-        let checkpoint = self.newest_checkpoint(&listed, &mut scratch).await?;
-        let base = coverage(checkpoint.as_ref().map(|c| c.covered.as_slice()));
+        let mut pass = self.start_pass(&mut scratch).await?;
+        pass.engine.check_rollback()?;
+        pass.engine.start_from_scratch();
         let mut reading = ChatReading {
             chat_id: chat_id.to_owned(),
             index: None,
-            chat_keys: lock(&self.chat_keys)?.clone(),
+            chat_keys: ChatKeys::new(),
             state: MemoryState::new(),
         };
-        let mut start: BTreeMap<DeviceId, Head> = BTreeMap::new();
-        if let Some(mut checkpoint) = checkpoint {
-            let index = self.take_index(&mut checkpoint, &mut scratch).await?;
-            for (key_id, chat, key) in &index.grants {
-                reading.chat_keys.insert(*key_id, chat, key.clone())?;
+        if let Some(index) = self.newest_index(&mut pass, &mut scratch).await? {
+            {
+                let local = lock(&self.local)?;
+                pass.engine.adopt(&index, |device, seq| {
+                    local.segment_hash(device, seq).ok().flatten()
+                })?;
             }
             for (chat, stamp) in &index.deleted_chats {
                 if chat == chat_id {
@@ -135,20 +134,23 @@ impl Vault {
                     )?;
                 }
             }
-            start = checkpoint.covered.iter().map(|h| (h.device, *h)).collect();
             reading.index = Some(index);
         }
-        let mut chain = start.clone();
         let mut opened = Vec::new();
-        for fetch in plan_pull(&names, &start, &base)? {
-            let (segment, _) = self.fetch(&fetch, &mut scratch).await?;
-            check_chain(chain.get(&fetch.device), &segment)?;
-            chain.insert(fetch.device, segment.head);
-            for (key_id, chat, key) in &segment.grants {
-                reading.chat_keys.insert(*key_id, chat, key.clone())?;
-            }
+        for get in pass.engine.plan()? {
+            let (segment, _) = self.fetch_segment(&get).await?;
+            pass.engine.accept(&segment)?;
             opened.push(segment);
         }
+        {
+            let local = lock(&self.local)?;
+            for segment in &opened {
+                pass.engine.check_claims(segment, |device, seq| {
+                    local.segment_hash(device, seq).ok().flatten()
+                })?;
+            }
+        }
+        reading.chat_keys = pass.engine.chat_keys().clone();
         for segment in &opened {
             for operation in open_blocks(&self.keys, &reading.chat_keys, segment)? {
                 if operation.change.chat_id() == chat_id {
@@ -174,10 +176,18 @@ impl Vault {
             )
             .await?
             .ok_or_else(|| {
-                Error::Integrity(crate::IntegrityProblem::Misplaced {
+                Error::Integrity(crate::IntegrityProblem::MissingObject {
                     name: pack_name.clone(),
                 })
             })?;
+        // The engine checked the pack's listed size holds the block: fewer bytes is a cut.
+        if bytes.len() as u64 != entry.length {
+            return Err(Error::Integrity(crate::IntegrityProblem::WrongSize {
+                name: pack_name.clone(),
+                expected: entry.length,
+                found: bytes.len() as u64,
+            }));
+        }
         for operation in open_block(&self.keys, &reading.chat_keys, index, block, &bytes)? {
             apply(&mut reading.state, &operation)?;
         }
