@@ -378,6 +378,8 @@ pub struct SyncReport {
     pub segments_applied: u64,
     /// Redundant objects automatic garbage collection deleted.
     pub objects_deleted: u64,
+    /// Objects under the vault prefix that are no vault object: skipped (verify names them).
+    pub unknown_objects: u64,
 }
 
 /// Space used in the bucket.
@@ -396,6 +398,10 @@ pub struct VerifyReport {
     pub operations: u64,
     /// Attachment contents whose chunks are all present.
     pub attachments: u64,
+    /// Names under the vault prefix that are no vault object: reported, not refused.
+    pub unknown: Vec<String>,
+    /// Listed packs no listed checkpoint references (an interrupted checkpoint's leftovers).
+    pub unreferenced_packs: u64,
 }
 
 impl Vault {
@@ -728,6 +734,7 @@ impl Vault {
                 operations_applied: report.operations_applied,
                 segments_applied: report.segments_applied,
                 objects_deleted: report.objects_deleted,
+                unknown_objects: report.unknown_objects,
             })
         })
         .await
@@ -966,6 +973,8 @@ impl Vault {
                 devices: report.devices,
                 operations: report.operations,
                 attachments: report.attachments,
+                unknown: report.unknown,
+                unreferenced_packs: report.unreferenced_packs,
             })
         })
         .await

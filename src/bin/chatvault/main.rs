@@ -471,6 +471,16 @@ async fn run(cli: Cli) -> CliResult {
                 report.operations,
                 report.attachments
             );
+            // Names that are no vault object: not ours, not fatal, but the person should know.
+            for name in &report.unknown {
+                eprintln!("warning: unknown object in the vault prefix: {name}");
+            }
+            if report.unreferenced_packs > 0 {
+                eprintln!(
+                    "note: {} pack(s) no checkpoint references (an interrupted checkpoint; gc removes them)",
+                    report.unreferenced_packs
+                );
+            }
             Ok(())
         }
         Command::Checkpoint => {
@@ -513,6 +523,7 @@ fn print_report(report: &SyncReport, json: bool) {
                 "operations_applied": report.operations_applied,
                 "segments_applied": report.segments_applied,
                 "objects_deleted": report.objects_deleted,
+                "unknown_objects": report.unknown_objects,
             })
         );
     } else {
@@ -525,6 +536,12 @@ fn print_report(report: &SyncReport, json: bool) {
             report.bytes_down,
             report.operations_applied,
             report.requests
+        );
+    }
+    if report.unknown_objects > 0 {
+        eprintln!(
+            "warning: {} unknown object(s) in the vault prefix, skipped (`verify` names them)",
+            report.unknown_objects
         );
     }
 }
