@@ -409,3 +409,6 @@ fn chain_broken(device: DeviceId, seq: u64) -> Error {
         seq,
     })
 }
+
+#[cfg(test)]
+mod tests;
