@@ -215,6 +215,32 @@ impl LocalState {
         Ok(merged)
     }
 
+    /// Replaces this device's identity in one transaction, for a state directory that turned
+    /// out to be a copy of another device's: `restamped` (the staged segment's and the outbox's
+    /// operations, stamped again by the new device) are applied, the outbox up to
+    /// `last_outbox_id` is replaced by `outbox` (the outbox's share of them), and `also` runs
+    /// (the caller swaps the staged segment and the device id there).
+    pub fn replace_identity(
+        &mut self,
+        restamped: &[crate::sync::Operation],
+        outbox: Option<(i64, &EncodedBatch)>,
+        also: impl FnOnce(&Transaction<'_>) -> Result<()>,
+    ) -> Result<()> {
+        let key = self.cache_key.clone();
+        self.apply(restamped, |tx| {
+            if let Some((last_outbox_id, batch)) = outbox {
+                tx.execute(
+                    "DELETE FROM outbox_batches WHERE id <= ?1",
+                    [last_outbox_id],
+                )
+                .map_err(db_error)?;
+                insert_outbox_row(tx, &key, batch)?;
+            }
+            also(tx)
+        })
+        .map(|_| ())
+    }
+
     /// Number of operations waiting in the outbox.
     pub fn outbox_len(&self) -> Result<u64> {
         self.connection
@@ -468,6 +494,34 @@ pub(crate) fn stage_segment(
     tx.execute("DELETE FROM ungranted_keys", [])
         .map_err(db_error)?;
     Ok(())
+}
+
+/// Replaces the staged segment `old` with `new` (the same operations sealed again under another
+/// device id), keeping the outbox position it stands for.
+pub(crate) fn replace_pending(
+    tx: &Transaction<'_>,
+    old: &PendingSegment,
+    new: &PendingSegment,
+) -> Result<()> {
+    let changed = tx
+        .execute(
+            "UPDATE pending_segment SET seq = ?1, name = ?2, object = ?3, hash = ?4
+             WHERE seq = ?5 AND name = ?6",
+            params![
+                new.seq as i64,
+                new.name,
+                new.object,
+                &new.hash[..],
+                old.seq as i64,
+                old.name
+            ],
+        )
+        .map_err(db_error)?;
+    if changed == 1 {
+        Ok(())
+    } else {
+        Err(corrupt("the staged segment to replace"))
+    }
 }
 
 /// Records that a segment is in the bucket and applied: advances the device's head.

@@ -94,7 +94,10 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
-fn write_atomically(path: &Path, body: &[u8]) -> StoreResult<()> {
+/// Writes `body` to a temporary file and moves it to `path`: replacing what is there, or
+/// (`replace` false) only if nothing is, as one atomic step (a hard link, which fails if the
+/// name exists). Returns whether it wrote.
+fn write_atomically(path: &Path, body: &[u8], replace: bool) -> StoreResult<bool> {
     use std::io::Write;
     let parent = path
         .parent()
@@ -112,9 +115,21 @@ fn write_atomically(path: &Path, body: &[u8]) -> StoreResult<()> {
         file.write_all(body)?;
         file.sync_all()?;
         drop(file);
-        std::fs::rename(&temp, path)?;
-        // Make the rename itself durable.
-        sync_dir(parent)
+        let written = if replace {
+            std::fs::rename(&temp, path)?;
+            true
+        } else {
+            let linked = match std::fs::hard_link(&temp, path) {
+                Ok(()) => true,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
+                Err(e) => return Err(e),
+            };
+            std::fs::remove_file(&temp)?;
+            linked
+        };
+        // Make the rename (or link) itself durable.
+        sync_dir(parent)?;
+        Ok(written)
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&temp);
@@ -205,7 +220,14 @@ fn walk(root: &Path, dir: &Path, prefix: &str, out: &mut Vec<ObjectInfo>) -> Sto
 impl ObjectStore for DirectoryStore {
     async fn put(&self, key: &str, body: Vec<u8>) -> StoreResult<()> {
         let path = self.path_of(key)?;
-        self.blocking(move || write_atomically(&path, &body)).await
+        self.blocking(move || write_atomically(&path, &body, true).map(|_| ()))
+            .await
+    }
+
+    async fn put_if_absent(&self, key: &str, body: Vec<u8>) -> StoreResult<bool> {
+        let path = self.path_of(key)?;
+        self.blocking(move || write_atomically(&path, &body, false))
+            .await
     }
 
     async fn get(&self, key: &str) -> StoreResult<Option<Vec<u8>>> {

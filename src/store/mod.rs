@@ -99,6 +99,13 @@ pub type StoreResult<T> = Result<T, StoreError>;
 pub trait ObjectStore: Send + Sync {
     /// Writes an object (whole, atomically: readers see the old state or the new, never a part).
     async fn put(&self, key: &str, body: Vec<u8>) -> StoreResult<()>;
+    /// Writes an object only if nothing exists under `key`, atomically: `Ok(false)` (nothing
+    /// written) when something does. A store that cannot refuse atomically writes anyway and
+    /// returns `Ok(true)` (Garage ignores `If-None-Match`): callers use the answer as an extra
+    /// guard against two writers sharing a name, never as a lock.
+    async fn put_if_absent(&self, key: &str, body: Vec<u8>) -> StoreResult<bool> {
+        self.put(key, body).await.map(|()| true)
+    }
     /// Reads a whole object; `None` if it does not exist.
     async fn get(&self, key: &str) -> StoreResult<Option<Vec<u8>>>;
     /// Reads `range` of an object (clamped to its end); `None` if it does not exist.
@@ -147,6 +154,16 @@ impl ObjectStore for MemoryStore {
         self.lock()?
             .insert(key.to_owned(), (body, crate::sync::clock::now_ms()));
         Ok(())
+    }
+
+    async fn put_if_absent(&self, key: &str, body: Vec<u8>) -> StoreResult<bool> {
+        validate_key(key)?;
+        let mut objects = self.lock()?;
+        if objects.contains_key(key) {
+            return Ok(false);
+        }
+        objects.insert(key.to_owned(), (body, crate::sync::clock::now_ms()));
+        Ok(true)
     }
 
     async fn get(&self, key: &str) -> StoreResult<Option<Vec<u8>>> {

@@ -103,6 +103,26 @@ impl EncodedBatch {
         self.chats.iter().map(|(id, f)| (id.as_str(), f))
     }
 
+    /// Decodes every operation again, chat by chat (each chat's in recording order). Only for
+    /// the rare case where recorded operations must change (a device that turns out to be a
+    /// copy of another re-stamps what it has not pushed yet).
+    pub fn decode_operations(&self) -> crate::Result<Vec<Operation>> {
+        use crate::format::{ObjectKind, decode_body, proto};
+        let mut operations = Vec::new();
+        for (chat_id, fragment) in self.chats() {
+            let body = Self::chat_body(chat_id, fragment);
+            let decoded: proto::ChatOperations = decode_body(ObjectKind::ChatData, &body)?;
+            for operation in decoded.operations {
+                operations.push(
+                    Operation::from_proto(operation).map_err(|why| {
+                        crate::Error::LocalState(format!("outbox operation: {why}"))
+                    })?,
+                );
+            }
+        }
+        Ok(operations)
+    }
+
     /// The protobuf `ChatOperations` body of one chat's fragment.
     pub fn chat_body(chat_id: &str, fragment: &ChatFragment) -> Vec<u8> {
         let mut body = Vec::with_capacity(

@@ -22,6 +22,9 @@ struct Round {
     index: Option<CheckpointIndex>,
     /// Whether uncovered segments remain.
     more: bool,
+    /// Whether a name was taken by another copy of this state directory: nothing was written
+    /// under this device's id, which has changed; the round must be sealed again.
+    forked: bool,
 }
 
 impl Vault {
@@ -53,8 +56,20 @@ impl Vault {
         }
         let listing = pass.engine.listing();
         let mut total = CheckpointReport::default();
+        let mut forks = 0;
         loop {
             let round = self.checkpoint_round(listing, base.as_ref()).await?;
+            if round.forked {
+                // This state directory was a copy of another device's: it continues under a
+                // new id, and the same round is sealed again under names of that id.
+                forks += 1;
+                if forks > 1 {
+                    return Err(Error::invalid_input(
+                        "checkpoint names taken twice: another writer shares this device's names",
+                    ));
+                }
+                continue;
+            }
             total.objects += round.report.objects;
             total.bytes += round.report.bytes;
             if !round.report.name.is_empty() {
@@ -124,6 +139,7 @@ impl Vault {
                 report: CheckpointReport::default(),
                 index: None,
                 more: false,
+                forked: false,
             });
         }
         if let Some(index) = base {
@@ -137,16 +153,24 @@ impl Vault {
                 next.add_copy(block, bytes);
             }
         }
-        let seq = lock(&self.local)?
-            .meta(META_CHECKPOINT_SEQ)?
-            .and_then(|b| b.try_into().ok().map(u64::from_be_bytes))
-            .unwrap_or(0)
-            + 1;
+        // The sequence number is taken before anything is written, so that an attempt cut short
+        // (packs written, no index) never shares names with the next: a name already taken can
+        // then only be another copy of this state directory's.
+        let seq = {
+            let local = lock(&self.local)?;
+            let seq = local
+                .meta(META_CHECKPOINT_SEQ)?
+                .and_then(|b| b.try_into().ok().map(u64::from_be_bytes))
+                .unwrap_or(0)
+                + 1;
+            local.set_meta(META_CHECKPOINT_SEQ, &seq.to_be_bytes())?;
+            seq
+        };
         let covered: Vec<Head> = covered.into_values().collect();
         let sealed = next.seal(
             &self.keys,
             &CheckpointInput {
-                device: self.device,
+                device: self.device_id(),
                 seq,
                 covered: &covered,
                 chat_keys: &chat_keys,
@@ -158,29 +182,33 @@ impl Vault {
         let mut report = CheckpointReport {
             name: sealed.index_name.clone(),
             objects: 1 + sealed.packs.len() as u64,
-            bytes: sealed.index.len() as u64,
+            bytes: 0,
         };
         // Packs first, the index last: an index is never listed before its packs exist.
-        for (name, bytes) in sealed.packs {
+        let objects = sealed
+            .packs
+            .into_iter()
+            .chain([(sealed.index_name, sealed.index)]);
+        for (name, bytes) in objects {
             report.bytes += bytes.len() as u64;
-            self.store
-                .put(&format!("{}{name}", self.prefix()), bytes)
-                .await?;
+            if !self.put_once(&name, bytes).await? {
+                self.fork_off(None)?;
+                return Ok(Round {
+                    report: CheckpointReport::default(),
+                    index: None,
+                    more: true,
+                    forked: true,
+                });
+            }
         }
-        self.store
-            .put(
-                &format!("{}{}", self.prefix(), sealed.index_name),
-                sealed.index,
-            )
-            .await?;
         lock(&self.local)?.transaction(|tx| {
-            local::note_checkpoint(tx, &report.name, &covered, index.created_at_ms)?;
-            local::set_meta(tx, META_CHECKPOINT_SEQ, &seq.to_be_bytes())
+            local::note_checkpoint(tx, &report.name, &covered, index.created_at_ms)
         })?;
         Ok(Round {
             report,
             index: Some(index),
             more: fetched + skipped(&fetches, &held_back) < fetches.len(),
+            forked: false,
         })
     }
 

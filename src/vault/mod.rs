@@ -24,7 +24,8 @@ use crate::sync::checkpoint::{
     parse_pack_name,
 };
 use crate::sync::segment::{
-    ChatKeys, Head, KeyId, MAX_SEGMENT_BODY, NewSegment, OpenedSegment, open_blocks, seal_segment,
+    ChatKeys, Head, KeyId, MAX_SEGMENT_BODY, NewSegment, OpenedSegment, open_blocks, open_segment,
+    seal_segment,
 };
 use crate::sync::{Change, Clock, DeviceId, Message, Operation, Stamp, clock::now_ms};
 
@@ -184,7 +185,9 @@ pub struct VerifyReport {
 pub struct Vault {
     keys: VaultKeys,
     store: Arc<dyn ObjectStore>,
-    device: DeviceId,
+    /// This device's id: fixed, except when this state directory turns out to be a copy of
+    /// another that writes as the same device (see `fork_off`).
+    device: Mutex<DeviceId>,
     info: DeviceInfo,
     local: Mutex<LocalState>,
     chat_keys: Mutex<ChatKeys>,
@@ -202,7 +205,7 @@ impl core::fmt::Debug for Vault {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Vault")
             .field("vault_id", self.keys.vault_id())
-            .field("device", &self.device)
+            .field("device", &self.device_id())
             .finish_non_exhaustive()
     }
 }
@@ -270,7 +273,7 @@ impl Vault {
         Ok(Vault {
             keys,
             store,
-            device,
+            device: Mutex::new(device),
             info,
             local: Mutex::new(local),
             chat_keys: Mutex::new(chat_keys),
@@ -290,7 +293,11 @@ impl Vault {
 
     /// This device's id.
     pub fn device_id(&self) -> DeviceId {
-        self.device
+        // A poisoned lock still holds a valid id.
+        match self.device.lock() {
+            Ok(device) => *device,
+            Err(poisoned) => *poisoned.into_inner(),
+        }
     }
 
     fn prefix(&self) -> String {
@@ -513,22 +520,141 @@ impl Vault {
         Ok(report)
     }
 
+    /// Uploads a staged segment under a name nothing else may hold, then commits it as this
+    /// device's head.
     async fn upload(&self, pending: PendingSegment, report: &mut SyncReport) -> Result<()> {
-        let size = pending.object.len() as u64;
-        self.store
-            .put(
-                &format!("{}{}", self.prefix(), pending.name),
-                pending.object,
-            )
-            .await?;
-        report.objects_up += 1;
-        report.bytes_up += size;
-        let head = Head {
-            device: self.device,
-            seq: pending.seq,
-            hash: pending.hash,
+        let mut pending = pending;
+        loop {
+            let size = pending.object.len() as u64;
+            // A name already taken with the same bytes is this device's own earlier attempt (a
+            // retry after a lost answer, or after a crash); with other bytes, another copy of
+            // this state directory writing as the same device (a clone).
+            if !self.put_once(&pending.name, pending.object.clone()).await? {
+                pending = self
+                    .fork_off(Some(pending))?
+                    .ok_or_else(|| Error::LocalState("no segment resealed".into()))?;
+                continue;
+            }
+            report.objects_up += 1;
+            report.bytes_up += size;
+            let head = Head {
+                device: self.device_id(),
+                seq: pending.seq,
+                hash: pending.hash,
+            };
+            return lock(&self.local)?.transaction(|tx| local::commit_head(tx, &head, size));
+        }
+    }
+
+    /// Writes `bytes` under `name` (inside the vault prefix) unless something else is there:
+    /// the same bytes (this device's own earlier attempt whose answer was lost) count as
+    /// written; other bytes mean another copy of this state directory took the name (`false`).
+    async fn put_once(&self, name: &str, bytes: Vec<u8>) -> Result<bool> {
+        let key = format!("{}{name}", self.prefix());
+        if self.store.put_if_absent(&key, bytes.clone()).await? {
+            return Ok(true);
+        }
+        Ok(self.store.get(&key).await?.as_deref() == Some(bytes.as_slice()))
+    }
+
+    /// This state directory is a copy of another that still writes as the same device (an OS
+    /// backup restored onto a second phone while the first keeps running, a VM snapshot, a
+    /// copied app folder): the other copy already wrote the sequence number `pending` holds.
+    /// This copy becomes a device of its own: a new random id, its staged operations sealed
+    /// again as that device's first segment. Nothing is lost: the other copy's segments are
+    /// pulled like any other device's, and this copy's operations travel under the new id.
+    /// Returns the segment to upload instead.
+    ///
+    /// Without a staged segment (a checkpoint name found taken), only the outbox is stamped
+    /// again.
+    pub(super) fn fork_off(
+        &self,
+        pending: Option<PendingSegment>,
+    ) -> Result<Option<PendingSegment>> {
+        let chat_keys = lock(&self.chat_keys)?.clone();
+        let segment = match &pending {
+            Some(pending) => Some(open_segment(&self.keys, &pending.name, &pending.object)?),
+            None => None,
         };
-        lock(&self.local)?.transaction(|tx| local::commit_head(tx, &head, size))
+        let staged = match &segment {
+            Some(segment) => open_blocks(&self.keys, &chat_keys, segment)?,
+            None => Vec::new(),
+        };
+        let new_device = DeviceId(crate::random::array()?);
+        let mut local = lock(&self.local)?;
+        let outbox = local.outbox(usize::MAX)?;
+        let waiting = match &outbox {
+            Some((_, batch)) => batch.decode_operations()?,
+            None => Vec::new(),
+        };
+        // Readers accept only operations stamped by a segment's own device, and the other copy
+        // issues the same stamps: everything not pushed yet is stamped again, as new events of
+        // the new device (after everything this copy has seen, so each still wins here).
+        let mut clock = lock(&self.clock)?;
+        let mut new_clock = Clock::new(new_device, clock.last());
+        let now = now_ms();
+        let restamp = |operations: Vec<Operation>, clock: &mut Clock| -> Vec<Operation> {
+            operations
+                .into_iter()
+                .map(|operation| Operation {
+                    stamp: clock.tick(now),
+                    change: operation.change,
+                })
+                .collect()
+        };
+        let staged = restamp(staged, &mut new_clock);
+        let waiting = restamp(waiting, &mut new_clock);
+        // Every head this copy applied stays, its old id's included: from now on that id is
+        // another device whose next segments (the other copy's) this copy pulls.
+        let seen: Vec<Head> = local.heads()?.into_values().collect();
+        let resealed = match &segment {
+            Some(segment) => {
+                let grants: Vec<KeyId> = segment.grants.iter().map(|(id, _, _)| *id).collect();
+                let (name, object, hash) = seal_segment(
+                    &self.keys,
+                    &chat_keys,
+                    &NewSegment {
+                        device: new_device,
+                        seq: 1,
+                        prev_hash: None,
+                        seen: &seen,
+                        grants: &grants,
+                        operations: &EncodedBatch::from_operations(&staged),
+                        device_name: &self.info.name,
+                        platform: &self.info.platform,
+                    },
+                )?;
+                Some(PendingSegment {
+                    seq: 1,
+                    name,
+                    object,
+                    hash,
+                })
+            }
+            None => None,
+        };
+        let waiting_batch = EncodedBatch::from_operations(&waiting);
+        let restamped: Vec<Operation> = staged.into_iter().chain(waiting).collect();
+        local.replace_identity(
+            &restamped,
+            outbox.as_ref().map(|(last, _)| (*last, &waiting_batch)),
+            |tx| {
+                if let (Some(pending), Some(resealed)) = (&pending, &resealed) {
+                    local::replace_pending(tx, pending, resealed)?;
+                }
+                local::set_meta(tx, META_DEVICE_ID, &new_device.0)?;
+                match new_clock.last() {
+                    Some(last) => local::set_meta(tx, META_CLOCK, &last.to_sortable_bytes()),
+                    None => Ok(()),
+                }
+            },
+        )?;
+        *clock = new_clock;
+        match self.device.lock() {
+            Ok(mut device) => *device = new_device,
+            Err(poisoned) => *poisoned.into_inner() = new_device,
+        }
+        Ok(resealed)
     }
 
     async fn push(
@@ -553,10 +679,11 @@ impl Vault {
                     break;
                 };
                 let heads = local.heads()?;
-                let own = heads.get(&self.device).copied();
+                let device = self.device_id();
+                let own = heads.get(&device).copied();
                 let seen: Vec<Head> = heads
                     .values()
-                    .filter(|h| h.device != self.device)
+                    .filter(|h| h.device != device)
                     .copied()
                     .collect();
                 let grants = local.ungranted_keys()?;
@@ -566,7 +693,7 @@ impl Vault {
                     &self.keys,
                     &chat_keys,
                     &NewSegment {
-                        device: self.device,
+                        device,
                         seq,
                         prev_hash: own.map(|h| h.hash),
                         seen: &seen,

@@ -355,7 +355,7 @@ impl Vault {
         }
         let device_hex = segment.head.device.to_hex();
         if let Some(listener) = listener
-            && segment.head.device != self.device
+            && segment.head.device != self.device_id()
             && !operations.is_empty()
         {
             listener
