@@ -99,6 +99,39 @@ async fn contract(store: &dyn ObjectStore) {
         b"pla"
     );
 
+    // Bounded reads: the bound is the most a read accepts. An object one byte longer is refused
+    // with `TooLarge` (never retried: it stays too large), known here from the listing's size,
+    // the file's size or Content-Length before any of it is read; a missing object is `None`
+    // whatever the bound.
+    let bounded = key("bounded");
+    store.put(&bounded, vec![7; 1000]).await.unwrap();
+    assert_eq!(
+        store.get(&bounded, 1000).await.unwrap().unwrap().len(),
+        1000
+    );
+    for (name, limit) in [("bounded", 999), ("bounded", 0), ("big", 1024 * 1024)] {
+        match store.get(&key(name), limit).await {
+            Err(error @ StoreError::TooLarge { .. }) => {
+                assert!(!error.is_retryable());
+                let StoreError::TooLarge {
+                    key: what,
+                    limit: said,
+                } = error
+                else {
+                    unreachable!()
+                };
+                assert!(what.ends_with(&key(name)), "{what}");
+                assert_eq!(said, limit);
+            }
+            other => panic!("{name} read with a bound of {limit}: {other:?}"),
+        }
+    }
+    assert_eq!(store.get(&empty_key, 0).await.unwrap().unwrap(), b"");
+    assert_eq!(store.get(&key("missing"), 0).await.unwrap(), None);
+    // A range never brings more than its length, whatever the object's size.
+    assert_eq!(range(0..1).await.unwrap().unwrap(), &big[..1]);
+    store.delete(&bounded).await.unwrap();
+
     // Unicode and every S3 "safe" punctuation character (plus a few that trip up signers).
     for (i, name) in [
         "unicode/ünïcødé-日本語-✉️",
