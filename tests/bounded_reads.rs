@@ -21,7 +21,8 @@ use std::time::{Duration, Instant};
 
 use chatvault::keys::RecoveryKey;
 use chatvault::store::{DirectoryStore, ObjectStore, S3Config, S3Store, StoreError};
-use chatvault::sync::{Change, Message};
+use chatvault::sync::segment::MAX_SEGMENT_BODY;
+use chatvault::sync::{Change, Chat, Message};
 use chatvault::vault::{DeviceInfo, Vault};
 
 /// Set in a child: the scenario it runs.
@@ -85,6 +86,10 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     (
         "a_512_mib_segment_fails_sync_and_verify_with_flat_memory",
         a_512_mib_segment_fails_sync_and_verify_with_flat_memory,
+    ),
+    (
+        "a_valid_segment_can_outgrow_max_segment_body",
+        a_valid_segment_can_outgrow_max_segment_body,
     ),
 ];
 
@@ -578,4 +583,69 @@ fn a_512_mib_segment_fails_sync_and_verify_with_flat_memory(runtime: &tokio::run
             "{what}: {error:?}"
         );
     }
+}
+
+/// Why a segment's bound is the format's [`MAX_OBJECT_LEN`](chatvault::format::MAX_OBJECT_LEN)
+/// and not [`MAX_SEGMENT_BODY`] plus some overhead: that constant is where the outbox splits
+/// operations, not a cap. One valid chat upsert (10,000 members of 1,000 bytes) recorded after a
+/// message of almost 1 MiB lands in one segment of more than 8 MiB, which another device must be
+/// able to read.
+fn a_valid_segment_can_outgrow_max_segment_body(runtime: &tokio::runtime::Runtime) {
+    // Printable ASCII from a xorshift generator: barely compressible, and valid identifiers.
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut text = |len: usize| -> String {
+        (0..len)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                char::from(b' ' + (state % 95) as u8)
+            })
+            .collect()
+    };
+    let message = Change::UpsertMessage(Message {
+        chat_id: "big".into(),
+        message_id: "m".into(),
+        sender: "a".into(),
+        text: text(1_000_000),
+        ..Message::default()
+    });
+    let chat = Change::UpsertChat(Chat {
+        chat_id: "big".into(),
+        title: text(1_000_000),
+        members: (0..10_000).map(|_| text(1_000)).collect(),
+        payload: Vec::new(),
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ObjectStore> = Arc::new(DirectoryStore::new(dir.path().join("bucket")));
+    let key = RecoveryKey::generate().unwrap();
+    let info = |name: &str| DeviceInfo {
+        name: name.into(),
+        platform: "test".into(),
+    };
+    let largest = runtime.block_on(async {
+        let writer = Vault::open(store.clone(), &dir.path().join("a"), info("a"), &key)
+            .await
+            .unwrap();
+        writer.record(vec![message, chat]).unwrap();
+        writer.sync(None, None).await.unwrap();
+        let reader = Vault::open(store.clone(), &dir.path().join("b"), info("b"), &key)
+            .await
+            .unwrap();
+        let report = reader.sync(None, None).await.unwrap();
+        let largest = store
+            .list("")
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|o| o.key.contains("segments/"))
+            .map(|o| o.size)
+            .max()
+            .unwrap();
+        // The other device read it whole.
+        assert!(report.bytes_down >= largest, "{report:?}");
+        largest
+    });
+    println!("largest segment {:.2} MiB", largest as f64 / MIB);
+    assert!(largest > MAX_SEGMENT_BODY as u64 + 1024 * 1024, "{largest}");
 }

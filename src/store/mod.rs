@@ -25,19 +25,21 @@
 //!     listing or an index promises, or the format's maximum for that kind of object). An object
 //!     known to be longer before its bytes arrive (its file size, its `Content-Length`) fails with
 //!     [`StoreError::TooLarge`] without reading any of it; a body that keeps coming past the bound
-//!     (no `Content-Length`, a file growing under the reader) is read only to `max_len + 1` bytes,
-//!     then fails the same way. `TooLarge` is never retried: the same object stays too large.
+//!     (no `Content-Length`, a file growing under the reader) is read only until it passes the
+//!     bound (the directory store reads `max_len + 1` bytes, the S3 store at most one network
+//!     read more than `max_len`, keeping none of it past `max_len`), then fails the same way.
+//!     `TooLarge` is never retried: the same object stays too large.
 //!   - [`ObjectStore::get_range`] never keeps more than the range's length. A server that sends
 //!     more than asked (a longer `206`) is read only to the range's length; one that ignores
-//!     `Range` and answers `200` with the whole object is read to `range.end` (the bytes before
-//!     `range.start` are skipped, not kept) and no further. Tolerating that `200` keeps minimal
-//!     S3 servers and proxies that strip `Range` working, at the cost of transferring the
-//!     bytes before the range; memory stays at the range's length.
+//!     `Range` and answers `200` with the whole object is read to `range.end`, where reading
+//!     stops (the bytes before `range.start` are skipped, not kept). Tolerating that `200` keeps
+//!     minimal S3 servers and proxies that strip `Range` working, at the cost of transferring
+//!     the bytes before the range; memory stays at the range's length.
 //!   - A body shorter than its own `Content-Length` (a connection cut mid-body) is a transient
 //!     failure: the S3 store retries it like a reset, and reports
 //!     [`StoreError::Unavailable`] after its last attempt. A body that stops arriving for longer
-//!     than [`S3Config::read_idle_timeout`] ends the same way, so a trickle never holds a
-//!     reader for more than the request timeout.
+//!     than [`S3Config::read_idle_timeout`] ends the same way; one that trickles on is ended by
+//!     [`S3Config::request_timeout`].
 //!
 //!   `tests/store_contract.rs` checks this on every store; `tests/bounded_reads.rs` checks that
 //!   memory stays flat against 512 MiB and endless objects.
@@ -122,8 +124,8 @@ pub trait ObjectStore: Send + Sync {
     /// Writes an object (whole, atomically: readers see the old state or the new, never a part).
     async fn put(&self, key: &str, body: Vec<u8>) -> StoreResult<()>;
     /// Reads a whole object of at most `max_len` bytes; `None` if it does not exist. A longer
-    /// object fails with [`StoreError::TooLarge`], having read at most `max_len + 1` bytes of it
-    /// (none when its size is known first).
+    /// object fails with [`StoreError::TooLarge`], having kept at most `max_len` bytes of it
+    /// (and read none when its size is known first).
     async fn get(&self, key: &str, max_len: u64) -> StoreResult<Option<Vec<u8>>>;
     /// Reads `range` of an object (clamped to its end); `None` if it does not exist. Never keeps
     /// more than the range's length, whatever the store sends (see the module documentation).

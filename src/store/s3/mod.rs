@@ -12,14 +12,16 @@
 //!   timeouts and connection errors, with exponential backoff and full jitter (and at least what
 //!   a `Retry-After` header asks, within [`S3Config::max_backoff`]), at most
 //!   [`S3Config::max_attempts`] times. Final failures map to [`StoreError`]: 401/403 →
-//!   `AccessDenied`, 5xx/429 → `Busy`, connection problems and timeouts → `Unavailable`. A
-//!   refused TLS certificate is never retried: it fails at once with `UntrustedServer`.
+//!   `AccessDenied`, 5xx/429 → `Busy`, connection problems, timeouts and bodies cut short →
+//!   `Unavailable`. Never retried, because the same request would fail the same way: other 4xx
+//!   answers, an object past its bound (`TooLarge`), and a refused TLS certificate (which fails
+//!   at once with `UntrustedServer`).
 //! - No error the store returns carries a presigned URL's query (signature, credential, session
 //!   token) or a credential: URLs are left out of transport errors, and every error passes a
 //!   redactor on its way out (`replies.rs`).
 //! - Every body is read as it arrives, within a bound fixed before its first byte (`body.rs`):
-//!   an object GET by the caller's `max_len`, refused by `Content-Length` before reading or
-//!   stopped one byte past the bound (`TooLarge`, never retried); a ranged GET by the range's
+//!   an object GET by the caller's `max_len`, refused by `Content-Length` before reading or as
+//!   soon as the bytes received pass the bound (`TooLarge`); a ranged GET by the range's
 //!   length; a listing page or upload answer by 16 MiB; an error document cut at 64 KiB. A body
 //!   shorter than its `Content-Length`, or silent for [`S3Config::read_idle_timeout`], fails the
 //!   attempt as `Unavailable` and is retried like a reset.
