@@ -52,7 +52,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await?;
     let raw_put = start.elapsed().as_secs_f64();
     let start = Instant::now();
-    let back = store.get(&format!("{run}/raw-single")).await?;
+    let back = store.get(&format!("{run}/raw-single"), size as u64).await?;
     let raw_get = start.elapsed().as_secs_f64();
     assert_eq!(back.as_deref().map(<[u8]>::len), Some(size));
     drop(back);
@@ -67,7 +67,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let raw_chunks_put = start.elapsed().as_secs_f64();
     let start = Instant::now();
     for i in 0..size.div_ceil(chunk) {
-        store.get(&format!("{run}/raw-chunks/{i:08x}")).await?;
+        store
+            .get(&format!("{run}/raw-chunks/{i:08x}"), chunk as u64)
+            .await?;
     }
     let raw_chunks_get = start.elapsed().as_secs_f64();
     // Raw GETs written to a file and flushed to disk: what any download to a file must do.
@@ -76,7 +78,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         use std::io::Write;
         let mut file = std::fs::File::create(temp.path().join("raw.bin"))?;
         for i in 0..size.div_ceil(chunk) {
-            if let Some(piece) = store.get(&format!("{run}/raw-chunks/{i:08x}")).await? {
+            if let Some(piece) = store
+                .get(&format!("{run}/raw-chunks/{i:08x}"), chunk as u64)
+                .await?
+            {
                 file.write_all(&piece)?;
             }
         }

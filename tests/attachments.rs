@@ -18,6 +18,8 @@ use chatvault::vault::{CancelToken, DeviceInfo, Vault};
 use chatvault::{DecodeProblem, Error, IntegrityProblem};
 
 const CHUNK: u32 = 64 * 1024;
+/// The most a test reads of one object: the format's limit.
+const MAX_OBJECT_LEN: u64 = chatvault::format::MAX_OBJECT_LEN as u64;
 
 fn info(name: &str) -> DeviceInfo {
     DeviceInfo {
@@ -237,7 +239,7 @@ async fn deduplicates_across_chats_and_devices(store: Arc<dyn ObjectStore>) {
     // verify notices a chunk gone or cut short (without downloading the content).
     let root = format!("{}-attachments/", laptop.vault_id());
     let chunk = format!("{root}{}", all[0].chunk_name(2));
-    let original = store.get(&chunk).await.unwrap().unwrap();
+    let original = store.get(&chunk, MAX_OBJECT_LEN).await.unwrap().unwrap();
     store.delete(&chunk).await.unwrap();
     assert!(matches!(
         laptop.verify().await.unwrap_err(),
@@ -298,7 +300,13 @@ async fn tampering_is_detected(store: Arc<dyn ObjectStore>) {
     let original: Vec<Vec<u8>> = {
         let mut chunks = Vec::new();
         for i in 0..attachment.chunk_count() {
-            chunks.push(store.get(&name(&attachment, i)).await.unwrap().unwrap());
+            chunks.push(
+                store
+                    .get(&name(&attachment, i), MAX_OBJECT_LEN)
+                    .await
+                    .unwrap()
+                    .unwrap(),
+            );
         }
         chunks
     };
@@ -348,7 +356,11 @@ async fn tampering_is_detected(store: Arc<dyn ObjectStore>) {
     restore().await;
 
     // Chunk 2 swapped with chunk 2 of another file.
-    let foreign = store.get(&name(&other, 2)).await.unwrap().unwrap();
+    let foreign = store
+        .get(&name(&other, 2), MAX_OBJECT_LEN)
+        .await
+        .unwrap()
+        .unwrap();
     store.put(&name(&attachment, 2), foreign).await.unwrap();
     assert!(is_auth_failure(&download().await.unwrap_err()));
     restore().await;

@@ -75,7 +75,7 @@ async fn packs(store: &dyn ObjectStore, key: &RecoveryKey) -> (BTreeSet<String>,
         .filter(|o| o.key.contains("/checkpoints/"))
         .max_by_key(|o| o.key.clone())
         .unwrap();
-    let bytes = store.get(&newest.key).await.unwrap().unwrap();
+    let bytes = store.get(&newest.key, newest.size).await.unwrap().unwrap();
     let index = open_checkpoint_index(
         &VaultKeys::derive(key),
         &relative(&newest.key).unwrap(),

@@ -263,12 +263,15 @@ async fn store_and_vault_work_over_https(material: &Path, garage: &S3Config, ups
     }
     let big: Vec<u8> = (0..1_300_000u32).map(|i| (i % 251) as u8).collect();
     store.put("big", big.clone()).await.unwrap(); // 3 parts: 5 requests
-    assert_eq!(store.get("big").await.unwrap().unwrap(), big);
+    assert_eq!(
+        store.get("big", big.len() as u64).await.unwrap().unwrap(),
+        big
+    );
     assert_eq!(
         store.get_range("o/3", 1..4).await.unwrap().unwrap(),
         [3, 3, 3]
     );
-    assert_eq!(store.get("o/missing").await.unwrap(), None);
+    assert_eq!(store.get("o/missing", 1024).await.unwrap(), None);
 
     let (proxy_before, store_before) = (proxy.requests(), store.requests_sent());
     let listed = store.list("o/").await.unwrap();
@@ -352,7 +355,7 @@ async fn refused_certificates_fail_at_once(
     let mut config = through(&proxy, garage);
     config.max_attempts = 5;
     let store = S3Store::new(config.clone()).unwrap();
-    let error = store.get("anything").await.unwrap_err();
+    let error = store.get("anything", 1024).await.unwrap_err();
     assert!(
         matches!(error, StoreError::UntrustedServer(_)),
         "{why}: {error:?}"

@@ -28,7 +28,7 @@ async fn contract(store: &dyn ObjectStore) {
     let key = |k: &str| format!("{p}{k}");
 
     // Missing objects.
-    assert_eq!(store.get(&key("missing")).await.unwrap(), None);
+    assert_eq!(store.get(&key("missing"), 0).await.unwrap(), None);
     assert_eq!(store.get_range(&key("missing"), 0..10).await.unwrap(), None);
     store.delete(&key("missing")).await.unwrap();
 
@@ -43,7 +43,11 @@ async fn contract(store: &dyn ObjectStore) {
     ] {
         store.put(&key(name), body.clone()).await.unwrap();
         assert_eq!(
-            store.get(&key(name)).await.unwrap().as_deref(),
+            store
+                .get(&key(name), body.len() as u64)
+                .await
+                .unwrap()
+                .as_deref(),
             Some(&body[..]),
             "{name}"
         );
@@ -55,7 +59,7 @@ async fn contract(store: &dyn ObjectStore) {
         .await
         .unwrap();
     assert_eq!(
-        store.get(&key("small")).await.unwrap().unwrap(),
+        store.get(&key("small"), 8).await.unwrap().unwrap(),
         b"replaced"
     );
 
@@ -95,6 +99,39 @@ async fn contract(store: &dyn ObjectStore) {
         b"pla"
     );
 
+    // Bounded reads: the bound is the most a read accepts. An object one byte longer is refused
+    // with `TooLarge` (never retried: it stays too large), known here from the listing's size,
+    // the file's size or Content-Length before any of it is read; a missing object is `None`
+    // whatever the bound.
+    let bounded = key("bounded");
+    store.put(&bounded, vec![7; 1000]).await.unwrap();
+    assert_eq!(
+        store.get(&bounded, 1000).await.unwrap().unwrap().len(),
+        1000
+    );
+    for (name, limit) in [("bounded", 999), ("bounded", 0), ("big", 1024 * 1024)] {
+        match store.get(&key(name), limit).await {
+            Err(error @ StoreError::TooLarge { .. }) => {
+                assert!(!error.is_retryable());
+                let StoreError::TooLarge {
+                    key: what,
+                    limit: said,
+                } = error
+                else {
+                    unreachable!()
+                };
+                assert!(what.ends_with(&key(name)), "{what}");
+                assert_eq!(said, limit);
+            }
+            other => panic!("{name} read with a bound of {limit}: {other:?}"),
+        }
+    }
+    assert_eq!(store.get(&empty_key, 0).await.unwrap().unwrap(), b"");
+    assert_eq!(store.get(&key("missing"), 0).await.unwrap(), None);
+    // A range never brings more than its length, whatever the object's size.
+    assert_eq!(range(0..1).await.unwrap().unwrap(), &big[..1]);
+    store.delete(&bounded).await.unwrap();
+
     // Unicode and every S3 "safe" punctuation character (plus a few that trip up signers).
     for (i, name) in [
         "unicode/ünïcødé-日本語-✉️",
@@ -106,7 +143,11 @@ async fn contract(store: &dyn ObjectStore) {
     {
         let body = format!("body {i} of {name}").into_bytes();
         store.put(&key(name), body.clone()).await.unwrap();
-        assert_eq!(store.get(&key(name)).await.unwrap(), Some(body), "{name}");
+        assert_eq!(
+            store.get(&key(name), body.len() as u64).await.unwrap(),
+            Some(body),
+            "{name}"
+        );
         let listed = store.list(&key(name)).await.unwrap();
         assert_eq!(
             listed.iter().map(|o| o.key.as_str()).collect::<Vec<_>>(),
@@ -114,7 +155,7 @@ async fn contract(store: &dyn ObjectStore) {
             "{name}"
         );
         store.delete(&key(name)).await.unwrap();
-        assert_eq!(store.get(&key(name)).await.unwrap(), None, "{name}");
+        assert_eq!(store.get(&key(name), 0).await.unwrap(), None, "{name}");
     }
 
     // Invalid keys are refused the same way everywhere, before any I/O.
@@ -130,7 +171,7 @@ async fn contract(store: &dyn ObjectStore) {
             "put {bad:?}"
         );
         assert!(
-            matches!(store.get(bad).await, Err(StoreError::Other(_))),
+            matches!(store.get(bad, 1).await, Err(StoreError::Other(_))),
             "get {bad:?}"
         );
     }
@@ -178,7 +219,7 @@ async fn contract(store: &dyn ObjectStore) {
 
     // Delete.
     store.delete(&key("list/item-3")).await.unwrap();
-    assert_eq!(store.get(&key("list/item-3")).await.unwrap(), None);
+    assert_eq!(store.get(&key("list/item-3"), 3).await.unwrap(), None);
     assert_eq!(store.list(&key("list/")).await.unwrap().len(), 5);
     for object in store.list(&p).await.unwrap() {
         store.delete(&object.key).await.unwrap();
@@ -325,7 +366,7 @@ async fn url_opens(name: &str) {
     let store = config.open().unwrap();
     let key = format!("url-{}/object", common::run_id());
     store.put(&key, b"via a URL".to_vec()).await.unwrap();
-    assert_eq!(store.get(&key).await.unwrap().unwrap(), b"via a URL");
+    assert_eq!(store.get(&key, 9).await.unwrap().unwrap(), b"via a URL");
     store.delete(&key).await.unwrap();
 }
 
@@ -348,7 +389,7 @@ async fn missing_bucket(name: &str) {
     };
     config.bucket = format!("no-such-bucket-{}", common::run_id());
     let store = S3Store::new(config).unwrap();
-    let get = store.get("x").await;
+    let get = store.get("x", 1024).await;
     assert!(matches!(get, Err(StoreError::Other(_))), "{get:?}");
     let range = store.get_range("x", 0..1).await;
     assert!(matches!(range, Err(StoreError::Other(_))), "{range:?}");
@@ -377,7 +418,7 @@ async fn garage_refuses_a_wrong_secret() {
     config.max_attempts = 1;
     let store = S3Store::new(config.clone()).unwrap();
     for result in [
-        store.get("anything").await.map(|_| ()),
+        store.get("anything", 1024).await.map(|_| ()),
         store.get_range("anything", 0..4).await.map(|_| ()),
         store.put("anything", vec![1]).await,
         store.list("").await.map(|_| ()),
@@ -391,7 +432,7 @@ async fn garage_refuses_a_wrong_secret() {
     // An unknown access key too.
     config.access_key_id = "GK000000000000000000000000".into();
     let store = S3Store::new(config).unwrap();
-    let result = store.get("anything").await;
+    let result = store.get("anything", 1024).await;
     assert!(
         matches!(result, Err(StoreError::AccessDenied(_))),
         "{result:?}"
@@ -436,7 +477,7 @@ async fn moto_failed_multipart_uploads_are_aborted() {
         panic!("moto accepted 1 MiB parts: {result:?}");
     };
     assert!(detail.contains("EntityTooSmall"), "{detail}");
-    assert_eq!(store.get("too-small-parts").await.unwrap(), None);
+    assert_eq!(store.get("too-small-parts", 1024).await.unwrap(), None);
     // moto does not check signatures: list the bucket's pending uploads with a plain request.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let listing = reqwest::get(format!(
@@ -469,7 +510,7 @@ async fn an_unreachable_endpoint_is_unavailable_after_retries() {
     config.max_attempts = 3;
     config.connect_timeout = Duration::from_millis(500);
     let store = S3Store::new(config.clone()).unwrap();
-    let error = store.get("x").await.unwrap_err();
+    let error = store.get("x", 1024).await.unwrap_err();
     assert!(matches!(error, StoreError::Unavailable(_)), "{error}");
     assert!(error.is_retryable());
     assert!(error.to_string().contains("after 3 attempts"), "{error}");
@@ -623,13 +664,13 @@ async fn server_errors_and_throttling_are_retried_with_backoff() {
         .await;
         let mut config = fake_config(port);
         let store = S3Store::new(config.clone()).unwrap();
-        assert_eq!(store.get("x").await.unwrap().unwrap(), b"hello");
+        assert_eq!(store.get("x", 1024).await.unwrap().unwrap(), b"hello");
         assert_eq!(seen.lock().unwrap().len(), 3);
         // Retries are requests too.
         assert_eq!(store.requests_sent(), 3);
         config.max_attempts = 2;
         let store = S3Store::new(config).unwrap();
-        let error = store.get("x").await.unwrap_err();
+        let error = store.get("x", 1024).await.unwrap_err();
         assert!(matches!(error, StoreError::Busy(_)), "{failing}: {error}");
         assert!(error.is_retryable());
     }
@@ -648,7 +689,7 @@ async fn forbidden_is_access_denied_without_retries() {
     )
     .await;
     let store = S3Store::new(fake_config(port)).unwrap();
-    let error = store.get("x").await.unwrap_err();
+    let error = store.get("x", 1024).await.unwrap_err();
     assert!(matches!(error, StoreError::AccessDenied(_)), "{error}");
     assert!(error.to_string().contains("SignatureDoesNotMatch"));
     assert_eq!(seen.lock().unwrap().len(), 1);
@@ -767,7 +808,7 @@ async fn requests_in_flight_are_bounded() {
     let mut gets: futures_util::stream::FuturesUnordered<_> = (0..8)
         .map(|i| {
             let store = &store;
-            async move { store.get(&format!("k{i}")).await }
+            async move { store.get(&format!("k{i}"), 1024).await }
         })
         .collect();
     // Every GET is polled at once (a FuturesUnordered polls what it holds); wait, while driving
@@ -807,7 +848,7 @@ async fn stores_without_a_network_count_one_request_per_operation() {
     for store in stores {
         assert_eq!(store.requests_sent(), 0);
         store.put("a/b", vec![1, 2, 3]).await.unwrap();
-        store.get("a/b").await.unwrap();
+        store.get("a/b", 1024).await.unwrap();
         store.get_range("a/b", 0..2).await.unwrap();
         assert_eq!(store.list("a/").await.unwrap().len(), 1);
         store.delete("a/b").await.unwrap();
@@ -839,7 +880,7 @@ async fn every_operation_fails(config: &S3Config) -> Vec<(String, StoreError)> {
         Err(error) => errors.push((what.to_owned(), error)),
         Ok(()) => panic!("{what} succeeded"),
     };
-    record("get", store.get("k").await.map(|_| ()));
+    record("get", store.get("k", 1024).await.map(|_| ()));
     record("get_range", store.get_range("k", 1..5).await.map(|_| ()));
     record("put", store.put("k", vec![1, 2]).await);
     record("multipart put", store.put("k", vec![7; 12]).await);

@@ -15,6 +15,9 @@ use chatvault::{Error, IntegrityProblem};
 mod common;
 use common::cached;
 
+/// The most a test reads of one object: the format's limit.
+const MAX_OBJECT_LEN: u64 = chatvault::format::MAX_OBJECT_LEN as u64;
+
 fn info(name: &str) -> DeviceInfo {
     DeviceInfo {
         name: name.into(),
@@ -257,8 +260,8 @@ impl ObjectStore for Flaky {
         }
         self.inner.put(key, body).await
     }
-    async fn get(&self, key: &str) -> StoreResult<Option<Vec<u8>>> {
-        self.inner.get(key).await
+    async fn get(&self, key: &str, max_len: u64) -> StoreResult<Option<Vec<u8>>> {
+        self.inner.get(key, max_len).await
     }
     async fn get_range(
         &self,
@@ -331,8 +334,8 @@ impl ObjectStore for LandsThenFails {
         }
         Ok(())
     }
-    async fn get(&self, key: &str) -> StoreResult<Option<Vec<u8>>> {
-        self.inner.get(key).await
+    async fn get(&self, key: &str, max_len: u64) -> StoreResult<Option<Vec<u8>>> {
+        self.inner.get(key, max_len).await
     }
     async fn get_range(
         &self,
@@ -414,7 +417,15 @@ async fn a_segment_that_landed_before_a_crash_is_reuploaded_byte_for_byte() {
         "sequence number {name} received two different objects"
     );
     assert_ne!(&puts[2].0, name);
-    assert!(store.inner.get(name).await.unwrap().unwrap() == *bytes);
+    assert!(
+        store
+            .inner
+            .get(name, MAX_OBJECT_LEN)
+            .await
+            .unwrap()
+            .unwrap()
+            == *bytes
+    );
 
     b.sync(None, Some(&delivered)).await.unwrap();
     assert_eq!(*delivered.0.lock().unwrap(), ["1", "2"], "each change once");
@@ -452,7 +463,11 @@ async fn a_pack_cut_short_is_refused_by_the_size_its_index_records() {
     let full_name = &packs[0];
     let (vault_prefix, pack_name) = full_name.split_once('/').unwrap();
     assert_eq!(vault_prefix, a.vault_id());
-    let pack = memory.get(full_name).await.unwrap().unwrap();
+    let pack = memory
+        .get(full_name, MAX_OBJECT_LEN)
+        .await
+        .unwrap()
+        .unwrap();
     // Shorter than any sealed block (57 bytes at least), so the first block's range ends past it.
     memory.put(full_name, pack[..8].to_vec()).await.unwrap();
 
@@ -535,7 +550,11 @@ async fn fresh_sync_error(memory: Arc<MemoryStore>, key: &RecoveryKey, intact: u
 async fn tampering_is_detected_by_sync_and_verify() {
     // A flipped byte.
     let (memory, key, _dir, names) = two_segment_vault().await;
-    let mut bytes = memory.get(&names[1]).await.unwrap().unwrap();
+    let mut bytes = memory
+        .get(&names[1], MAX_OBJECT_LEN)
+        .await
+        .unwrap()
+        .unwrap();
     bytes[60] ^= 1;
     memory.put(&names[1], bytes).await.unwrap();
     assert!(matches!(
@@ -553,7 +572,11 @@ async fn tampering_is_detected_by_sync_and_verify() {
 
     // An old segment replayed under the next name, and two swapped segments.
     let (memory, key, _dir, names) = two_segment_vault().await;
-    let first = memory.get(&names[0]).await.unwrap().unwrap();
+    let first = memory
+        .get(&names[0], MAX_OBJECT_LEN)
+        .await
+        .unwrap()
+        .unwrap();
     memory.put(&names[2], first).await.unwrap();
     assert!(matches!(
         fresh_sync_error(memory, &key, 2).await,
@@ -561,8 +584,16 @@ async fn tampering_is_detected_by_sync_and_verify() {
     ));
     let (memory, key, _dir, names) = two_segment_vault().await;
     let (x, y) = (
-        memory.get(&names[0]).await.unwrap().unwrap(),
-        memory.get(&names[1]).await.unwrap().unwrap(),
+        memory
+            .get(&names[0], MAX_OBJECT_LEN)
+            .await
+            .unwrap()
+            .unwrap(),
+        memory
+            .get(&names[1], MAX_OBJECT_LEN)
+            .await
+            .unwrap()
+            .unwrap(),
     );
     memory.put(&names[0], y).await.unwrap();
     memory.put(&names[1], x).await.unwrap();
@@ -574,7 +605,11 @@ async fn tampering_is_detected_by_sync_and_verify() {
     // An object copied in from another vault's prefix.
     let (memory, key, _dir, names) = two_segment_vault().await;
     let (other, _other_key, _other_dir, other_names) = two_segment_vault().await;
-    let foreign = other.get(&other_names[0]).await.unwrap().unwrap();
+    let foreign = other
+        .get(&other_names[0], MAX_OBJECT_LEN)
+        .await
+        .unwrap()
+        .unwrap();
     let vault_prefix = names[0].split('/').next().unwrap();
     let foreign_name = format!(
         "{vault_prefix}/{}",
@@ -721,7 +756,13 @@ async fn checkpoints_restore_new_devices_and_garbage_collection_keeps_everyone_c
     store.put(&in_progress, vec![0; 64]).await.unwrap();
     let before = store.list("").await.unwrap().len();
     let deleted = a.collect_garbage(0).await.unwrap();
-    assert!(store.get(&in_progress).await.unwrap().is_some());
+    assert!(
+        store
+            .get(&in_progress, MAX_OBJECT_LEN)
+            .await
+            .unwrap()
+            .is_some()
+    );
     let checkpoints_left = store
         .list(&format!("{vault_prefix}/checkpoints/"))
         .await
@@ -805,7 +846,11 @@ async fn a_deleted_chat_is_shredded_once_its_segments_are_collected() {
         let mut chats = std::collections::BTreeSet::new();
         for object in memory.list("").await.unwrap() {
             let name = object.key.split_once('/').unwrap().1.to_owned();
-            let bytes = memory.get(&object.key).await.unwrap().unwrap();
+            let bytes = memory
+                .get(&object.key, MAX_OBJECT_LEN)
+                .await
+                .unwrap()
+                .unwrap();
             if name.starts_with("segments/") {
                 for (_, chat, _) in open_segment(&keys, &name, &bytes).unwrap().grants {
                     chats.insert(chat);
@@ -916,7 +961,11 @@ async fn keys_learned_before_a_failed_pull_survive_a_later_record_and_a_restart(
     let (memory, key, _dir, names) = two_segment_vault().await;
     // The second segment is damaged: a new device applies the first (learning the chat's key
     // from its grant) and stops with an error.
-    let original = memory.get(&names[1]).await.unwrap().unwrap();
+    let original = memory
+        .get(&names[1], MAX_OBJECT_LEN)
+        .await
+        .unwrap()
+        .unwrap();
     let mut damaged = original.clone();
     damaged[60] ^= 1;
     memory.put(&names[1], damaged).await.unwrap();

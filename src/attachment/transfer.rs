@@ -350,9 +350,15 @@ pub async fn download(
         cancel.check()?;
         let name = attachment.chunk_name(index);
         report.requests += 1;
-        let object = store.get(&format!("{root}{name}")).await?.ok_or_else(|| {
-            Error::Integrity(IntegrityProblem::MissingObject { name: name.clone() })
-        })?;
+        // The reference (authenticated inside its message) fixes each chunk object's exact
+        // length: a longer body is refused before it fills memory; a shorter one fails to open.
+        let object_len = stream::chunk_object_len(total, attachment.chunk_size, index);
+        let object = store
+            .get(&format!("{root}{name}"), object_len)
+            .await?
+            .ok_or_else(|| {
+                Error::Integrity(IntegrityProblem::MissingObject { name: name.clone() })
+            })?;
         report.bytes_transferred += object.len() as u64;
         let plain_len = stream::chunk_plain_len(total, attachment.chunk_size, index) as usize;
         let plain = stream::open_chunk(

@@ -137,17 +137,47 @@ fn write_atomically(path: &Path, body: &[u8], replace: bool) -> StoreResult<bool
     result.map_err(io_error)
 }
 
-fn read(path: &Path, range: Option<Range<u64>>) -> StoreResult<Option<Vec<u8>>> {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut file = match std::fs::File::open(path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io_error(e)),
+/// Opens `path` for reading; `None` if it does not exist.
+fn open(path: &Path) -> StoreResult<Option<std::fs::File>> {
+    match std::fs::File::open(path) {
+        Ok(file) => Ok(Some(file)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_error(e)),
+    }
+}
+
+/// Reads the whole file at `path` (object `key`), refusing it when it holds more than `max_len`
+/// bytes: by the opened file's size before reading anything, and by reading at most
+/// `max_len + 1` bytes, so a file that grows under the reader (or a special file without a size,
+/// such as a link to `/dev/zero`) cannot take more memory.
+fn read_whole(path: &Path, key: &str, max_len: u64) -> StoreResult<Option<Vec<u8>>> {
+    use std::io::Read;
+    let Some(file) = open(path)? else {
+        return Ok(None);
     };
-    let Some(range) = range else {
-        let mut body = Vec::new();
-        file.read_to_end(&mut body).map_err(io_error)?;
-        return Ok(Some(body));
+    let too_large = || StoreError::TooLarge {
+        key: key.to_owned(),
+        limit: max_len,
+    };
+    let len = file.metadata().map_err(io_error)?.len();
+    if len > max_len {
+        return Err(too_large());
+    }
+    let mut body = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+    file.take(max_len.saturating_add(1))
+        .read_to_end(&mut body)
+        .map_err(io_error)?;
+    if body.len() as u64 > max_len {
+        return Err(too_large());
+    }
+    Ok(Some(body))
+}
+
+/// Reads `range` of the file at `path`, clamped to its end; never more than the range's length.
+fn read_range(path: &Path, range: Range<u64>) -> StoreResult<Option<Vec<u8>>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let Some(mut file) = open(path)? else {
+        return Ok(None);
     };
     let len = file.metadata().map_err(io_error)?.len();
     let end = range.end.min(len);
@@ -230,14 +260,16 @@ impl ObjectStore for DirectoryStore {
             .await
     }
 
-    async fn get(&self, key: &str) -> StoreResult<Option<Vec<u8>>> {
+    async fn get(&self, key: &str, max_len: u64) -> StoreResult<Option<Vec<u8>>> {
         let path = self.path_of(key)?;
-        self.blocking(move || read(&path, None)).await
+        let key = key.to_owned();
+        self.blocking(move || read_whole(&path, &key, max_len))
+            .await
     }
 
     async fn get_range(&self, key: &str, range: Range<u64>) -> StoreResult<Option<Vec<u8>>> {
         let path = self.path_of(key)?;
-        self.blocking(move || read(&path, Some(range))).await
+        self.blocking(move || read_range(&path, range)).await
     }
 
     async fn list(&self, prefix: &str) -> StoreResult<Vec<ObjectInfo>> {

@@ -19,6 +19,30 @@
 //!   returns keys in byte order;
 //! - [`ObjectStore::get_range`] clamps to the object: a range past the end, or an empty range,
 //!   reads as empty bytes (`Some`), a missing object as `None`.
+//! - No read is unbounded, whatever the store sends (a hostile bucket, a broken proxy, a file
+//!   replaced under the directory store):
+//!   - [`ObjectStore::get`] takes the most bytes the caller accepts (`max_len`: the size a
+//!     listing or an index promises, or the format's maximum for that kind of object). An object
+//!     known to be longer before its bytes arrive (its file size, its `Content-Length`) fails with
+//!     [`StoreError::TooLarge`] without reading any of it; a body that keeps coming past the bound
+//!     (no `Content-Length`, a file growing under the reader) is read only until it passes the
+//!     bound (the directory store reads `max_len + 1` bytes, the S3 store at most one network
+//!     read more than `max_len`, keeping none of it past `max_len`), then fails the same way.
+//!     `TooLarge` is never retried: the same object stays too large.
+//!   - [`ObjectStore::get_range`] never keeps more than the range's length. A server that sends
+//!     more than asked (a longer `206`) is read only to the range's length; one that ignores
+//!     `Range` and answers `200` with the whole object is read to `range.end`, where reading
+//!     stops (the bytes before `range.start` are skipped, not kept). Tolerating that `200` keeps
+//!     minimal S3 servers and proxies that strip `Range` working, at the cost of transferring
+//!     the bytes before the range; memory stays at the range's length.
+//!   - A body shorter than its own `Content-Length` (a connection cut mid-body) is a transient
+//!     failure: the S3 store retries it like a reset, and reports
+//!     [`StoreError::Unavailable`] after its last attempt. A body that stops arriving for longer
+//!     than [`S3Config::read_idle_timeout`] ends the same way; one that trickles on is ended by
+//!     [`S3Config::request_timeout`].
+//!
+//!   `tests/store_contract.rs` checks this on every store; `tests/bounded_reads.rs` checks that
+//!   memory stays flat against 512 MiB and endless objects.
 //!
 //! Stores are opened from URLs (`file://`, `s3://`, `mem://`) with [`open_store`] or
 //! [`StoreConfig::parse`].
@@ -106,9 +130,12 @@ pub trait ObjectStore: Send + Sync {
     async fn put_if_absent(&self, key: &str, body: Vec<u8>) -> StoreResult<bool> {
         self.put(key, body).await.map(|()| true)
     }
-    /// Reads a whole object; `None` if it does not exist.
-    async fn get(&self, key: &str) -> StoreResult<Option<Vec<u8>>>;
-    /// Reads `range` of an object (clamped to its end); `None` if it does not exist.
+    /// Reads a whole object of at most `max_len` bytes; `None` if it does not exist. A longer
+    /// object fails with [`StoreError::TooLarge`], having kept at most `max_len` bytes of it
+    /// (and read none when its size is known first).
+    async fn get(&self, key: &str, max_len: u64) -> StoreResult<Option<Vec<u8>>>;
+    /// Reads `range` of an object (clamped to its end); `None` if it does not exist. Never keeps
+    /// more than the range's length, whatever the store sends (see the module documentation).
     async fn get_range(&self, key: &str, range: Range<u64>) -> StoreResult<Option<Vec<u8>>>;
     /// Lists every object whose key starts with `prefix`, in key order, following all pages.
     async fn list(&self, prefix: &str) -> StoreResult<Vec<ObjectInfo>>;
@@ -166,9 +193,15 @@ impl ObjectStore for MemoryStore {
         Ok(true)
     }
 
-    async fn get(&self, key: &str) -> StoreResult<Option<Vec<u8>>> {
+    async fn get(&self, key: &str, max_len: u64) -> StoreResult<Option<Vec<u8>>> {
         validate_key(key)?;
-        Ok(self.lock()?.get(key).map(|(body, _)| body.clone()))
+        match self.lock()?.get(key) {
+            Some((body, _)) if body.len() as u64 > max_len => Err(StoreError::TooLarge {
+                key: key.to_owned(),
+                limit: max_len,
+            }),
+            found => Ok(found.map(|(body, _)| body.clone())),
+        }
     }
 
     async fn get_range(&self, key: &str, range: Range<u64>) -> StoreResult<Option<Vec<u8>>> {

@@ -110,6 +110,7 @@ impl StoreConfig {
     /// | `part_size` | multipart part size in bytes (S3 wants at least 5 MiB) | `8388608` (8 MiB) |
     /// | `connect_timeout` | seconds to establish a connection | `10` |
     /// | `request_timeout` | seconds for one attempt of one request, body included | `120` |
+    /// | `read_idle_timeout` | seconds a response body may stall before the attempt fails | `30` |
     ///
     /// Unknown parameters are errors, so a typo never silently falls back to a default.
     ///
@@ -275,7 +276,8 @@ fn parse_s3(url: &str, parsed: &url::Url) -> Result<S3Config, StoreError> {
             | "multipart_threshold"
             | "part_size"
             | "connect_timeout"
-            | "request_timeout" => {
+            | "request_timeout"
+            | "read_idle_timeout" => {
                 let number: u64 = value
                     .parse()
                     .map_err(|_| bad(url, format!("{name}={value} is not a whole number")))?;
@@ -318,6 +320,7 @@ fn parse_s3(url: &str, parsed: &url::Url) -> Result<S3Config, StoreError> {
             "multipart_threshold" => config.multipart_threshold = size,
             "part_size" => config.part_size = size,
             "connect_timeout" => config.connect_timeout = Duration::from_secs(number),
+            "read_idle_timeout" => config.read_idle_timeout = Duration::from_secs(number),
             _ => config.request_timeout = Duration::from_secs(number),
         }
     }
@@ -383,6 +386,11 @@ impl core::fmt::Display for S3Config {
                 Some(self.request_timeout.as_secs()),
                 Some(defaults.request_timeout.as_secs()),
             ),
+            (
+                "read_idle_timeout",
+                Some(self.read_idle_timeout.as_secs()),
+                Some(defaults.read_idle_timeout.as_secs()),
+            ),
         ];
         for (name, value, default) in numbers {
             if let Some(value) = value
@@ -444,7 +452,7 @@ mod tests {
     #[test]
     fn s3_urls_parse_with_defaults_and_parameters() {
         let config = parse_s3_url(
-            "s3://chats/anna/phone?endpoint=http://127.0.0.1:3900&region=garage&path_style=true&page_size=2&part_size=5242880&connect_timeout=3",
+            "s3://chats/anna/phone?endpoint=http://127.0.0.1:3900&region=garage&path_style=true&page_size=2&part_size=5242880&connect_timeout=3&read_idle_timeout=7",
         )
         .unwrap();
         assert_eq!(config.bucket, "chats");
@@ -455,6 +463,7 @@ mod tests {
         assert_eq!(config.list_page_size, Some(2));
         assert_eq!(config.part_size, 5 * 1024 * 1024);
         assert_eq!(config.connect_timeout, Duration::from_secs(3));
+        assert_eq!(config.read_idle_timeout, Duration::from_secs(7));
         let plain = parse_s3_url("s3://b").unwrap();
         assert_eq!(plain.endpoint, "https://s3.us-east-1.amazonaws.com");
         assert_eq!(plain.prefix, "");

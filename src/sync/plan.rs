@@ -11,8 +11,11 @@ use super::clock::DeviceId;
 use super::listing::{Listed, Listing};
 use super::segment::{Head, OpenedSegment, SegmentHash, open_segment};
 
-/// The largest segment object: the body bound plus its sealing and framing overhead.
-pub const MAX_SEGMENT_OBJECT: u64 = super::segment::MAX_SEGMENT_BODY as u64 + 64 * 1024;
+/// The largest segment object: the format's object limit. `MAX_SEGMENT_BODY` is where the outbox
+/// splits operations, not a cap: one valid operation (a chat of 10,000 members of 1 KiB ids) is
+/// larger, and a writer seals it whole (test
+/// `tests/bounded_reads.rs::a_valid_segment_can_outgrow_max_segment_body`: a 10 MiB segment).
+pub const MAX_SEGMENT_OBJECT: u64 = crate::format::MAX_OBJECT_LEN as u64;
 /// The largest checkpoint index or pack object.
 pub const MAX_CHECKPOINT_OBJECT: u64 = crate::format::MAX_OBJECT_LEN as u64;
 

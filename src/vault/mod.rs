@@ -554,7 +554,12 @@ impl Vault {
         if self.store.put_if_absent(&key, bytes.clone()).await? {
             return Ok(true);
         }
-        Ok(self.store.get(&key).await?.as_deref() == Some(bytes.as_slice()))
+        match self.store.get(&key, bytes.len() as u64).await {
+            Ok(existing) => Ok(existing.as_deref() == Some(bytes.as_slice())),
+            // Longer than ours: not ours.
+            Err(crate::store::StoreError::TooLarge { .. }) => Ok(false),
+            Err(other) => Err(other.into()),
+        }
     }
 
     /// This state directory is a copy of another that still writes as the same device (an OS

@@ -78,7 +78,7 @@ impl Vault {
     pub(super) async fn read_exact(&self, get: &Get, report: &mut SyncReport) -> Result<Vec<u8>> {
         let object = self
             .store
-            .get(&format!("{}{}", self.prefix(), get.name))
+            .get(&format!("{}{}", self.prefix(), get.name), get.size)
             .await?
             .ok_or_else(|| get.missing())?;
         get.check_len(&object)?;
@@ -212,7 +212,7 @@ impl Vault {
     pub(super) async fn fetch_segment(&self, get: &Get) -> Result<(OpenedSegment, u64)> {
         let object = self
             .store
-            .get(&format!("{}{}", self.prefix(), get.name))
+            .get(&format!("{}{}", self.prefix(), get.name), get.size)
             .await?
             .ok_or_else(|| get.missing())?;
         Ok((get.open_segment(&self.keys, &object)?, object.len() as u64))

@@ -51,11 +51,11 @@ impl ObjectStore for Counting {
     async fn put(&self, key: &str, body: Vec<u8>) -> StoreResult<()> {
         self.inner.put(key, body).await
     }
-    async fn get(&self, key: &str) -> StoreResult<Option<Vec<u8>>> {
+    async fn get(&self, key: &str, max_len: u64) -> StoreResult<Option<Vec<u8>>> {
         if key.contains("/packs/") {
             *self.pack_gets.lock().unwrap() += 1;
         }
-        self.inner.get(key).await
+        self.inner.get(key, max_len).await
     }
     async fn get_range(
         &self,

@@ -258,7 +258,10 @@ pub async fn run(dir: Option<PathBuf>) -> CliResult {
         verified.segments, verified.devices
     );
     let envelope = store
-        .get(&format!("{}/passphrase", android.vault_id()))
+        .get(
+            &format!("{}/passphrase", android.vault_id()),
+            chatvault::format::MAX_OBJECT_LEN as u64,
+        )
         .await?
         .ok_or("passphrase envelope missing")?;
     let vault_id = *chatvault::keys::VaultKeys::derive(&recovery_key).vault_id();

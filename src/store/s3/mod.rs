@@ -12,11 +12,19 @@
 //!   timeouts and connection errors, with exponential backoff and full jitter (and at least what
 //!   a `Retry-After` header asks, within [`S3Config::max_backoff`]), at most
 //!   [`S3Config::max_attempts`] times. Final failures map to [`StoreError`]: 401/403 →
-//!   `AccessDenied`, 5xx/429 → `Busy`, connection problems and timeouts → `Unavailable`. A
-//!   refused TLS certificate is never retried: it fails at once with `UntrustedServer`.
+//!   `AccessDenied`, 5xx/429 → `Busy`, connection problems, timeouts and bodies cut short →
+//!   `Unavailable`. Never retried, because the same request would fail the same way: other 4xx
+//!   answers, an object past its bound (`TooLarge`), and a refused TLS certificate (which fails
+//!   at once with `UntrustedServer`).
 //! - No error the store returns carries a presigned URL's query (signature, credential, session
 //!   token) or a credential: URLs are left out of transport errors, and every error passes a
 //!   redactor on its way out (`replies.rs`).
+//! - Every body is read as it arrives, within a bound fixed before its first byte (`body.rs`):
+//!   an object GET by the caller's `max_len`, refused by `Content-Length` before reading or as
+//!   soon as the bytes received pass the bound (`TooLarge`); a ranged GET by the range's
+//!   length; a listing page or upload answer by 16 MiB; an error document cut at 64 KiB. A body
+//!   shorter than its `Content-Length`, or silent for [`S3Config::read_idle_timeout`], fails the
+//!   attempt as `Unavailable` and is retried like a reset.
 //! - Every HTTP request handed to the network is counted ([`ObjectStore::requests_sent`]).
 //! - A semaphore bounds the requests in flight ([`S3Config::max_concurrency`]); a permit is held
 //!   while a response body is read, and released while waiting to retry.
@@ -26,6 +34,8 @@
 //! On Android, `rustls-platform-verifier` must be initialised from the app (its
 //! `android::init_*` functions, plus its AAR on the classpath) before the first HTTPS request.
 
+mod body;
+mod reads;
 mod replies;
 mod timestamp;
 
@@ -41,9 +51,8 @@ use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
 use tokio::sync::Semaphore;
 
 use super::{ObjectInfo, ObjectStore, StoreError, StoreResult, validate_key};
-use replies::{
-    Failure, Redactor, Reply, classify, content_range_start, error_for, is_transient, missing,
-};
+use body::Wanted;
+use replies::{Failure, Redactor, Reply, classify, error_for, is_transient, missing};
 use timestamp::parse_timestamp_ms;
 
 /// How long presigned URLs stay valid (long enough for a slow part upload).
@@ -93,6 +102,11 @@ pub struct S3Config {
     pub connect_timeout: Duration,
     /// Timeout of one attempt of one request, body included (default 120 s).
     pub request_timeout: Duration,
+    /// Longest wait for the next bytes of a response body once it has started (default 30 s):
+    /// a body that stalls this long fails the attempt with a retryable `Unavailable`, long before
+    /// `request_timeout`. It does not cover sending a request or waiting for the answer's
+    /// headers (reqwest's own `read_timeout` would, and would cut slow uploads short).
+    pub read_idle_timeout: Duration,
 }
 
 impl Drop for S3Config {
@@ -161,6 +175,7 @@ impl S3Config {
             list_page_size: None,
             connect_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(120),
+            read_idle_timeout: Duration::from_secs(30),
         }
     }
 
@@ -379,20 +394,33 @@ impl Inner {
         Some(&self.credentials)
     }
 
-    /// Sends one request (built and signed afresh for each attempt by `build`), reading the
-    /// whole reply, with retries on transient failures and on replies `retry_also` accepts.
-    /// Returns the final reply whatever its status, unless it is still transient after the last
-    /// attempt.
+    /// Sends one request (built and signed afresh for each attempt by `build`), reading its
+    /// reply (a successful one within [`body::MAX_REPLY_BODY`]), with retries on transient
+    /// failures and on replies `retry_also` accepts. Returns the final reply whatever its
+    /// status, unless it is still transient after the last attempt.
     async fn execute(
         &self,
         what: &str,
         build: impl Fn() -> reqwest::RequestBuilder,
         retry_also: impl Fn(&Reply) -> bool,
     ) -> StoreResult<Reply> {
+        self.execute_reading(what, build, retry_also, Wanted::Reply)
+            .await
+    }
+
+    /// [`execute`](Self::execute), reading the body of each reply as `wanted` says (see
+    /// `body.rs`): a body past its bound fails at once with `TooLarge`, one cut short is retried.
+    async fn execute_reading(
+        &self,
+        what: &str,
+        build: impl Fn() -> reqwest::RequestBuilder,
+        retry_also: impl Fn(&Reply) -> bool,
+        wanted: Wanted,
+    ) -> StoreResult<Reply> {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            let (error, asked_delay) = match self.attempt(&build).await {
+            let (error, asked_delay) = match self.attempt(what, &build, wanted).await {
                 Ok(reply) if is_transient(&reply) || retry_also(&reply) => {
                     let asked = reply
                         .header("retry-after")
@@ -428,10 +456,12 @@ impl Inner {
         }
     }
 
-    /// One attempt, holding a permit until the body is read.
+    /// One attempt, holding a permit until the body is read (within its bound).
     async fn attempt(
         &self,
+        what: &str,
         build: &impl Fn() -> reqwest::RequestBuilder,
+        wanted: Wanted,
     ) -> Result<Reply, Failure> {
         let _permit = self
             .permits
@@ -443,7 +473,7 @@ impl Inner {
         let response = build().send().await.map_err(classify)?;
         let status = response.status();
         let headers = response.headers().clone();
-        let body = response.bytes().await.map_err(classify)?;
+        let body = body::read(response, wanted, what, self.config.read_idle_timeout).await?;
         Ok(Reply {
             status,
             headers,
@@ -671,85 +701,6 @@ impl Inner {
         }
     }
 
-    async fn get_object(self: &Arc<Self>, key: &str) -> StoreResult<Option<Vec<u8>>> {
-        let inner = self;
-        let key = inner.full_key(key)?;
-        let reply = inner
-            .execute(
-                &key,
-                || {
-                    let url = inner
-                        .bucket
-                        .get_object(inner.creds(), &key)
-                        .sign(SIGNATURE_LIFETIME);
-                    inner.client.get(url)
-                },
-                |_| false,
-            )
-            .await?;
-        match reply.status {
-            StatusCode::OK => Ok(Some(Vec::from(reply.body))),
-            StatusCode::NOT_FOUND => missing(&reply, &key),
-            _ => Err(error_for(&reply, &key)),
-        }
-    }
-
-    async fn get_object_range(
-        self: &Arc<Self>,
-        key: &str,
-        range: Range<u64>,
-    ) -> StoreResult<Option<Vec<u8>>> {
-        let inner = self;
-        let key = inner.full_key(key)?;
-        // An empty range has no HTTP form: ask for one byte, to learn whether the object exists.
-        let empty = range.end <= range.start;
-        let header = if empty {
-            "bytes=0-0".to_owned()
-        } else {
-            format!("bytes={}-{}", range.start, range.end - 1)
-        };
-        let reply = inner
-            .execute(
-                &key,
-                || {
-                    let url = inner
-                        .bucket
-                        .get_object(inner.creds(), &key)
-                        .sign(SIGNATURE_LIFETIME);
-                    inner.client.get(url).header("range", header.as_str())
-                },
-                |_| false,
-            )
-            .await?;
-        let wanted = usize::try_from(range.end - range.start.min(range.end)).unwrap_or(usize::MAX);
-        match reply.status {
-            StatusCode::NOT_FOUND => missing(&reply, &key),
-            // The range starts at or after the end of the object (or the object is empty).
-            StatusCode::RANGE_NOT_SATISFIABLE => Ok(Some(Vec::new())),
-            _ if empty && reply.status.is_success() => Ok(Some(Vec::new())),
-            StatusCode::PARTIAL_CONTENT => {
-                let start = reply.header("content-range").and_then(content_range_start);
-                if start.is_some_and(|start| start != range.start) {
-                    return Err(StoreError::Other(format!(
-                        "{key}: asked for {header}, got {:?}",
-                        reply.header("content-range")
-                    )));
-                }
-                let mut body = Vec::from(reply.body);
-                body.truncate(wanted);
-                Ok(Some(body))
-            }
-            StatusCode::OK => {
-                // A server that ignores Range sends the whole object: cut it here.
-                let len = reply.body.len();
-                let start = usize::try_from(range.start).map_or(len, |s| s.min(len));
-                let end = start.saturating_add(wanted).min(len);
-                Ok(Some(reply.body.slice(start..end).to_vec()))
-            }
-            _ => Err(error_for(&reply, &key)),
-        }
-    }
-
     async fn list_objects(self: &Arc<Self>, prefix: &str) -> StoreResult<Vec<ObjectInfo>> {
         let inner = self;
         let full_prefix = format!("{}{prefix}", inner.prefix);
@@ -845,10 +796,10 @@ impl ObjectStore for S3Store {
             .map_err(|e| inner.redactor.error(e))
     }
 
-    async fn get(&self, key: &str) -> StoreResult<Option<Vec<u8>>> {
+    async fn get(&self, key: &str, max_len: u64) -> StoreResult<Option<Vec<u8>>> {
         let inner = &self.inner;
         inner
-            .get_object(key)
+            .get_object(key, max_len)
             .await
             .map_err(|e| inner.redactor.error(e))
     }
