@@ -496,7 +496,9 @@ impl Inner {
         ceiling.mul_f64(fraction)
     }
 
-    async fn put_single(&self, key: &str, body: Bytes) -> StoreResult<()> {
+    /// One PUT; with `if_absent`, sent with `If-None-Match: *`. Returns whether it wrote:
+    /// `false` only when the service honours the header and refused with 412.
+    async fn put_single(&self, key: &str, body: Bytes, if_absent: bool) -> StoreResult<bool> {
         let reply = self
             .execute(
                 key,
@@ -505,13 +507,22 @@ impl Inner {
                         .bucket
                         .put_object(self.creds(), key)
                         .sign(SIGNATURE_LIFETIME);
-                    self.client.put(url).body(body.clone())
+                    let request = self.client.put(url).body(body.clone());
+                    if if_absent {
+                        request.header("if-none-match", "*")
+                    } else {
+                        request
+                    }
                 },
                 |_| false,
             )
             .await?;
         if reply.status.is_success() {
-            Ok(())
+            Ok(true)
+        } else if if_absent && reply.status == StatusCode::PRECONDITION_FAILED {
+            // Also what a retry of this very PUT gets when its first answer was lost: the
+            // caller compares the object with its bytes.
+            Ok(false)
         } else {
             Err(error_for(&reply, key))
         }
@@ -690,14 +701,22 @@ impl Inner {
 
 /// The store's operations, with every error redacted on its way out.
 impl Inner {
-    async fn put_object(self: &Arc<Self>, key: &str, body: Vec<u8>) -> StoreResult<()> {
+    /// Writes an object, in parts from the multipart threshold on. With `if_absent`, a
+    /// single PUT carries `If-None-Match: *` (multipart uploads go unconditioned: objects
+    /// written once are segments and checkpoint objects, far below the threshold).
+    async fn put_object(
+        self: &Arc<Self>,
+        key: &str,
+        body: Vec<u8>,
+        if_absent: bool,
+    ) -> StoreResult<bool> {
         let inner = self;
         let key = inner.full_key(key)?;
         let body = Bytes::from(body);
         if body.len() >= inner.config.multipart_threshold.max(1) {
-            inner.put_multipart(&key, body).await
+            inner.put_multipart(&key, body).await.map(|()| true)
         } else {
-            inner.put_single(&key, body).await
+            inner.put_single(&key, body, if_absent).await
         }
     }
 
@@ -791,7 +810,16 @@ impl ObjectStore for S3Store {
     async fn put(&self, key: &str, body: Vec<u8>) -> StoreResult<()> {
         let inner = &self.inner;
         inner
-            .put_object(key, body)
+            .put_object(key, body, false)
+            .await
+            .map(|_| ())
+            .map_err(|e| inner.redactor.error(e))
+    }
+
+    async fn put_if_absent(&self, key: &str, body: Vec<u8>) -> StoreResult<bool> {
+        let inner = &self.inner;
+        inner
+            .put_object(key, body, true)
             .await
             .map_err(|e| inner.redactor.error(e))
     }
