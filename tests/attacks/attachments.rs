@@ -13,6 +13,8 @@ fn chunk_attack(verify: Outcome, download: Outcome) -> Expect {
     Expect {
         old_verify: verify.clone(),
         fresh_verify: verify,
+        // A device that never synced knows no message referencing the attachment.
+        unsynced_verify: Outcome::Ok,
         download: Some(download),
         ..Expect::nothing()
     }

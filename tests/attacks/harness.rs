@@ -280,10 +280,12 @@ pub struct Expect {
     pub lagging_sync: Outcome,
     /// `sync` on a new device.
     pub fresh_sync: Outcome,
-    /// `verify` on `b`, then on the new device (and on a device that never synced, which must
-    /// answer the same).
+    /// `verify` on `b`, then on the new device.
     pub old_verify: Outcome,
     pub fresh_verify: Outcome,
+    /// `verify` on a device that never synced: judges the bucket alone, like the new device
+    /// after its sync, except for attachments (it knows no message that references one).
+    pub unsynced_verify: Outcome,
     /// Downloading the template's attachment on `b`, for attacks on attachment chunks.
     pub download: Option<Outcome>,
 }
@@ -296,7 +298,8 @@ impl Expect {
             lagging_sync: outcome.clone(),
             fresh_sync: outcome.clone(),
             old_verify: outcome.clone(),
-            fresh_verify: outcome,
+            fresh_verify: outcome.clone(),
+            unsynced_verify: outcome,
             download: None,
         }
     }
@@ -400,12 +403,10 @@ pub async fn run(attack: Attack, bucket: Bucket, states: &Path) -> Findings {
         e.fresh_verify
             .check("verify on a new device", &fresh_verify),
     );
-    // `verify` on a device that never synced must judge the bucket alone, like the new device
-    // after its sync.
     let unsynced = open_device(store.clone(), &states.join("unsynced"), "unsynced", &t.key).await;
     let unsynced_verify = unsynced.verify().await;
     mismatches.extend(
-        e.fresh_verify
+        e.unsynced_verify
             .check("verify on a device that never synced", &unsynced_verify),
     );
     if let Some(download) = &e.download {

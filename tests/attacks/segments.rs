@@ -158,6 +158,7 @@ pub fn everything_deleted() -> Attack {
         expect: Expect {
             fresh_sync: Outcome::Ok,
             fresh_verify: Outcome::Ok,
+            unsynced_verify: Outcome::Ok,
             ..Expect::everyone(any_rollback)
         },
         ..attack(
