@@ -249,10 +249,10 @@ async fn deduplicates_across_chats_and_devices(store: Arc<dyn ObjectStore>) {
         .put(&chunk, original[..original.len() - 1].to_vec())
         .await
         .unwrap();
-    // A chunk of the wrong size is content that does not belong at its name.
+    // A chunk of another size than its reference fixes.
     let cut_short = laptop.verify().await.unwrap_err();
     assert!(
-        matches!(&cut_short, Error::Integrity(IntegrityProblem::Misplaced { name })
+        matches!(&cut_short, Error::Integrity(IntegrityProblem::WrongSize { name, .. })
             if *name == all[0].chunk_name(2)),
         "{cut_short:?}"
     );

@@ -133,15 +133,16 @@ pub fn parse_segment_name(name: &str) -> Option<(DeviceId, u64)> {
     parse_device_and_seq(name.strip_prefix(SEGMENTS_PREFIX)?)
 }
 
-/// Parses `<device id hex>/<seq as 16 lower-case hex digits>`, the tail of segment and
-/// checkpoint names.
+/// Parses `<device id hex>/<seq as 16 hex digits>`, the tail of segment and checkpoint names,
+/// all lower-case: exactly the form writers produce, so no look-alike name (upper-case hex)
+/// can stand for the same device and sequence number as a real object.
 pub fn parse_device_and_seq(rest: &str) -> Option<(DeviceId, u64)> {
     let (device, seq) = rest.split_once('/')?;
-    if seq.len() != 16
-        || !seq
-            .bytes()
+    let lower_hex = |text: &str| {
+        text.bytes()
             .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-    {
+    };
+    if seq.len() != 16 || !lower_hex(seq) || !lower_hex(device) {
         return None;
     }
     Some((

@@ -149,9 +149,11 @@ impl Vault {
                 );
                 match sizes.get(&name) {
                     Some(&size) if size == expected => {}
-                    Some(_) => {
-                        return Err(Error::Integrity(crate::IntegrityProblem::Misplaced {
+                    Some(&size) => {
+                        return Err(Error::Integrity(crate::IntegrityProblem::WrongSize {
                             name,
+                            expected,
+                            found: size,
                         }));
                     }
                     None => {

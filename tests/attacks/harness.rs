@@ -34,7 +34,7 @@ pub struct Bucket {
 impl Bucket {
     pub async fn get(&self, key: &str) -> Vec<u8> {
         self.store
-            .get(key)
+            .get(key, u64::MAX)
             .await
             .unwrap()
             .unwrap_or_else(|| panic!("{key} is not in the bucket"))
@@ -45,7 +45,10 @@ impl Bucket {
     }
 
     pub async fn delete(&self, key: &str) {
-        assert!(self.store.get(key).await.unwrap().is_some(), "{key} exists");
+        assert!(
+            self.store.get(key, u64::MAX).await.unwrap().is_some(),
+            "{key} exists"
+        );
         self.store.delete(key).await.unwrap();
     }
 
@@ -466,7 +469,7 @@ pub async fn template_on_s3(server: &str) -> Bucket {
     let store: Arc<dyn ObjectStore> = Arc::new(chatvault::store::S3Store::new(config).unwrap());
     let source = DirectoryStore::new(t.bucket.clone());
     for object in source.list("").await.unwrap() {
-        let bytes = source.get(&object.key).await.unwrap().unwrap();
+        let bytes = source.get(&object.key, u64::MAX).await.unwrap().unwrap();
         store.put(&object.key, bytes).await.unwrap();
     }
     Bucket {

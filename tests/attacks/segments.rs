@@ -134,7 +134,7 @@ pub fn whole_bucket_rolled_back() -> Attack {
                     let old = chatvault::store::DirectoryStore::new(b.t.before_last_round.clone());
                     use chatvault::store::ObjectStore;
                     for object in old.list("").await.unwrap() {
-                        let bytes = old.get(&object.key).await.unwrap().unwrap();
+                        let bytes = old.get(&object.key, u64::MAX).await.unwrap().unwrap();
                         b.put(&object.key, bytes).await;
                     }
                 })

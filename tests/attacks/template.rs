@@ -271,7 +271,7 @@ async fn build(filler: usize) -> Option<Template> {
     let mut indexes = Vec::new();
     for object in listed.iter().filter(|o| o.key.contains("/checkpoints/")) {
         let relative = object.key.strip_prefix(&prefix).unwrap();
-        let bytes = store.get(&object.key).await.unwrap().unwrap();
+        let bytes = store.get(&object.key, u64::MAX).await.unwrap().unwrap();
         indexes.push(open_checkpoint_index(&keys, relative, &bytes).unwrap());
     }
     assert_eq!(indexes.len(), 2, "two checkpoints listed");
@@ -366,7 +366,7 @@ async fn build_other_vault(root: &Path) -> (String, Vec<(String, Vec<u8>)>) {
     let vault = x.vault_id();
     let mut objects = Vec::new();
     for object in store.list("").await.unwrap() {
-        let bytes = store.get(&object.key).await.unwrap().unwrap();
+        let bytes = store.get(&object.key, u64::MAX).await.unwrap().unwrap();
         objects.push((object.key, bytes));
     }
     (vault, objects)
