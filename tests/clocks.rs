@@ -160,7 +160,11 @@ async fn clocks_a_year_ahead_and_a_year_behind_lose_no_later_edit_and_converge()
     behind
         .record(vec![
             message("trip", "m3", "also after the deletion"),
-            message("notes", "x", "edited by the device a year behind, after syncing"),
+            message(
+                "notes",
+                "x",
+                "edited by the device a year behind, after syncing",
+            ),
         ])
         .unwrap();
     let listener = Stamps::default();
@@ -193,7 +197,10 @@ async fn clocks_a_year_ahead_and_a_year_behind_lose_no_later_edit_and_converge()
         .as_millis() as u64;
     for id in ["m2", "m3"] {
         let (_, wall_ms) = seen.iter().find(|(m, _)| m == id).unwrap();
-        assert!(*wall_ms > now + (YEAR_MS as u64) * 9 / 10, "{id}: {wall_ms}");
+        assert!(
+            *wall_ms > now + (YEAR_MS as u64) * 9 / 10,
+            "{id}: {wall_ms}"
+        );
     }
 
     // A fourth device, with a correct clock, restores from a checkpoint (the segments it

@@ -68,16 +68,15 @@ impl Env {
         let mut child = command.spawn().unwrap();
         let mut stderr = BufReader::new(child.stderr.take().unwrap());
         let mut line = String::new();
-        loop {
-            line.clear();
-            let read = stderr.read_line(&mut line).unwrap();
-            assert!(read > 0, "import ended before its pause point");
+        while stderr.read_line(&mut line).unwrap() > 0 {
             if line.trim() == "paused" {
                 // Keep draining stderr so the child never blocks on a full pipe.
                 std::thread::spawn(move || for _ in stderr.lines() {});
                 return child;
             }
+            line.clear();
         }
+        panic!("import ended before its pause point: {:?}", child.wait());
     }
 
     fn segments(&self) -> usize {
@@ -202,6 +201,13 @@ async fn a_second_vault_on_the_same_state_directory_in_one_process_is_busy() {
     assert!(matches!(second, Err(Error::Busy)), "{second:?}");
     // The lock file sits in the state directory, beside the database.
     assert!(state.join("chatvault.sqlite.lock").is_file());
+    // A wrong recovery key is still reported as such, busy or not.
+    let other_key = RecoveryKey::generate().unwrap();
+    let wrong = Vault::open(store.clone(), &state, info("other"), &other_key).await;
+    assert!(
+        matches!(&wrong, Err(Error::InvalidInput(why)) if why.contains("belongs to another vault")),
+        "{wrong:?}"
+    );
 
     // The refused open harmed nothing: the first records and syncs as before.
     let message = Message {
@@ -210,9 +216,7 @@ async fn a_second_vault_on_the_same_state_directory_in_one_process_is_busy() {
         text: "hello".into(),
         ..Message::default()
     };
-    first
-        .record(vec![Change::UpsertMessage(message)])
-        .unwrap();
+    first.record(vec![Change::UpsertMessage(message)]).unwrap();
     first.sync(None, None).await.unwrap();
     let device = first.device_id();
     drop(first);

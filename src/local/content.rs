@@ -315,7 +315,7 @@ impl LocalState {
         also: impl FnOnce(&Transaction<'_>) -> Result<T>,
     ) -> Result<T> {
         let raised = greatest::raised(self.greatest, operations);
-        let value = self.content_transaction(
+        let ((), value) = self.content_transaction(
             |merge| {
                 for operation in operations {
                     match &operation.change {
@@ -340,8 +340,7 @@ impl LocalState {
                 greatest::store(tx, raised)?;
                 also(tx)
             },
-        )
-        .map(|((), value)| value)?;
+        )?;
         self.greatest = raised.or(self.greatest);
         Ok(value)
     }

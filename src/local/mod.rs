@@ -97,10 +97,8 @@ impl LocalState {
     ///
     /// Fails at once with [`Error::Busy`] while another `LocalState` (in this process or
     /// another) has the same database open: it holds an exclusive lock on `<path>.lock` for as
-    /// long as it lives.
+    /// long as it lives. A database of another vault is refused as such even then.
     pub fn open(path: &Path, keys: &VaultKeys) -> Result<LocalState> {
-        // Before SQLite opens the file: a second writer must not even run the migrations.
-        let state_lock = lock::StateLock::acquire(path)?;
         let mut connection = Connection::open(path).map_err(db_error)?;
         // The WAL file is cut back to 64 MiB whenever a checkpoint empties it, so one large
         // transaction does not leave a large file behind.
@@ -130,6 +128,10 @@ impl LocalState {
                 ));
             }
         }
+        // Taken after the read-only vault check above (a wrong recovery key says so even while
+        // another process works on the directory) and before anything is written: a second
+        // writer must not even run the migrations.
+        let state_lock = lock::StateLock::acquire(path)?;
         let cache_key = CacheKey {
             key: keys.keyring().0.clone(),
             vault_id: *keys.vault_id(),

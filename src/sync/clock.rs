@@ -271,7 +271,10 @@ mod tests {
 
     #[test]
     fn no_stamp_past_the_bound_is_ever_issued() {
-        assert_eq!(Clock::new(A, None).tick(MAX_WALL_MS + 1), Err(ClockOutOfRange));
+        assert_eq!(
+            Clock::new(A, None).tick(MAX_WALL_MS + 1),
+            Err(ClockOutOfRange)
+        );
         assert_eq!(Clock::new(A, None).tick(u64::MAX), Err(ClockOutOfRange));
         let at_bound = Clock::new(A, None).tick(MAX_WALL_MS).unwrap();
         assert_eq!(at_bound.wall_ms, MAX_WALL_MS);

@@ -145,7 +145,9 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) if matches!(error.downcast_ref(), Some(chatvault::Error::Busy)) => {
             // Its own exit code, so a script can tell "try again later" from a failure.
-            let state = state.map(|s| format!(" {}", s.display())).unwrap_or_default();
+            let state = state
+                .map(|s| format!(" {}", s.display()))
+                .unwrap_or_default();
             eprintln!(
                 "chatvault: the state directory{state} is in use by another process (another \
                  chatvault command, or an app using it); nothing was done, try again when it \
