@@ -93,6 +93,18 @@ pub enum Error {
     /// and its share extension take turns; try again when the other is done.
     #[error("the state directory is in use by another process")]
     Busy,
+
+    /// This device's clock reads past the latest time a stamp may carry (the year 6429, see
+    /// [`MAX_WALL_MS`](crate::sync::clock::MAX_WALL_MS)): nothing was recorded. Set the clock
+    /// right; stamps past the bound would be rejected by every other device.
+    #[error("the device clock reads past the latest time chatvault can stamp (the year 6429)")]
+    ClockOutOfRange,
+}
+
+impl From<crate::sync::clock::ClockOutOfRange> for Error {
+    fn from(_: crate::sync::clock::ClockOutOfRange) -> Self {
+        Error::ClockOutOfRange
+    }
 }
 
 impl Error {

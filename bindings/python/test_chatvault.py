@@ -249,6 +249,19 @@ class Sync(WithDirectoryStore):
         with self.assertRaises(cv.ChatVaultError.Tampered):
             run(fresh.verify())
 
+    def test_a_second_open_of_a_state_directory_is_busy_until_the_first_is_released(self):
+        # One writer per state directory (an app and its extension take turns): the second open
+        # fails at once, and the first goes on unharmed.
+        key = cv.RecoveryKey.generate()
+        phone = self.open("phone", key, cache=True)
+        with self.assertRaises(cv.ChatVaultError.Busy):
+            self.open("phone", key)
+        phone.record([message("c", "1", "x", 1)])
+        self.assertEqual(run(phone.sync(None, None)).objects_up, 1)
+        del phone  # releases the native vault, and with it the lock
+        again = self.open("phone", key)
+        self.assertEqual([m.message_id for m in again.messages("c")], ["1"])
+
     def test_a_cancelled_sync_reports_cancelled(self):
         key = cv.RecoveryKey.generate()
         phone = self.open("phone", key)

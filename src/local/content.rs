@@ -16,6 +16,7 @@ use crate::sync::{
 };
 
 use super::cache::{self, CacheKey};
+use super::greatest;
 use super::versions::{self, DeviceNumbers, KeyMap, Version, VersionWriter, message_key};
 use super::{ChatSummary, LocalState, corrupt, db_error};
 
@@ -279,7 +280,8 @@ impl LocalState {
         also: impl FnOnce(&Transaction<'_>) -> Result<T>,
     ) -> Result<(u64, T)> {
         let cache_on = self.cache_setting != CacheSetting::Off;
-        self.content_transaction(
+        let raised = greatest::raised(self.greatest, operations);
+        let applied = self.content_transaction(
             |merge| {
                 if cache_on {
                     merge.cached = Some(EncodedBatch::new());
@@ -293,8 +295,13 @@ impl LocalState {
                 Ok(changed)
             },
             &[],
-            also,
-        )
+            |tx| {
+                greatest::store(tx, raised)?;
+                also(tx)
+            },
+        )?;
+        self.greatest = raised.or(self.greatest);
+        Ok(applied)
     }
 
     /// Records this device's own operations (freshly stamped, so no lookup is needed: the index
@@ -307,7 +314,8 @@ impl LocalState {
         encoded: &[EncodedBatch],
         also: impl FnOnce(&Transaction<'_>) -> Result<T>,
     ) -> Result<T> {
-        self.content_transaction(
+        let raised = greatest::raised(self.greatest, operations);
+        let ((), value) = self.content_transaction(
             |merge| {
                 for operation in operations {
                     match &operation.change {
@@ -328,9 +336,13 @@ impl LocalState {
                 Ok(())
             },
             encoded,
-            also,
-        )
-        .map(|((), value)| value)
+            |tx| {
+                greatest::store(tx, raised)?;
+                also(tx)
+            },
+        )?;
+        self.greatest = raised.or(self.greatest);
+        Ok(value)
     }
 
     /// One transaction of [`apply`](Self::apply) or [`record`](Self::record): `step` runs the

@@ -28,6 +28,8 @@ use crate::sync::{Chat, DeviceId};
 
 pub mod cache;
 mod content;
+mod greatest;
+pub mod lock;
 mod schema;
 pub mod versions;
 
@@ -75,6 +77,12 @@ pub struct LocalState {
     /// Chats' content-cache blob levels as committed, where known (see
     /// [`cache::repack_if_due`]); forgotten when a transaction fails.
     cache_levels: std::cell::RefCell<std::collections::HashMap<String, cache::Levels>>,
+    /// The greatest stamp of any operation applied or recorded (see [`greatest`]), as committed.
+    greatest: Option<crate::sync::Stamp>,
+    /// Held while this value lives: one writer per state directory (see [`lock`]). Dropped
+    /// after the connection (fields drop in order), so no other process opens the database
+    /// while this one still has it open.
+    _lock: lock::StateLock,
 }
 
 impl core::fmt::Debug for LocalState {
@@ -86,6 +94,10 @@ impl core::fmt::Debug for LocalState {
 impl LocalState {
     /// Opens (creating if needed) the database at `path`, for the vault of `keys`. A database
     /// of another vault is refused before anything in it changes.
+    ///
+    /// Fails at once with [`Error::Busy`] while another `LocalState` (in this process or
+    /// another) has the same database open: it holds an exclusive lock on `<path>.lock` for as
+    /// long as it lives. A database of another vault is refused as such even then.
     pub fn open(path: &Path, keys: &VaultKeys) -> Result<LocalState> {
         let mut connection = Connection::open(path).map_err(db_error)?;
         // The WAL file is cut back to 64 MiB whenever a checkpoint empties it, so one large
@@ -116,6 +128,10 @@ impl LocalState {
                 ));
             }
         }
+        // Taken after the read-only vault check above (a wrong recovery key says so even while
+        // another process works on the directory) and before anything is written: a second
+        // writer must not even run the migrations.
+        let state_lock = lock::StateLock::acquire(path)?;
         let cache_key = CacheKey {
             key: keys.keyring().0.clone(),
             vault_id: *keys.vault_id(),
@@ -124,6 +140,7 @@ impl LocalState {
         let devices = DeviceNumbers::load(&connection)?;
         let journal = Journal::load(&connection, &devices)?;
         let cache_setting = LocalState::cache_setting_in(&connection)?;
+        let greatest = greatest::load(&connection)?;
         Ok(LocalState {
             connection,
             cache_key,
@@ -132,7 +149,16 @@ impl LocalState {
             journal,
             cache_setting,
             cache_levels: Default::default(),
+            greatest,
+            _lock: state_lock,
         })
+    }
+
+    /// The greatest stamp of any operation this state holds (applied from segments or from a
+    /// checkpoint, or recorded here): a new local event must be stamped above it, which
+    /// `Vault::record` ensures by having its clock observe it first.
+    pub fn greatest_stamp(&self) -> Option<crate::sync::Stamp> {
+        self.greatest
     }
 
     /// Returns free pages to the file system and empties the write-ahead log once at least

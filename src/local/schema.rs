@@ -23,7 +23,7 @@ use super::versions::{DeviceNumbers, Journal, RunCache, Version, VersionWriter, 
 use super::{corrupt, db_error};
 
 /// The schema version this library writes.
-pub const CURRENT_VERSION: u32 = 3;
+pub const CURRENT_VERSION: u32 = 4;
 
 /// Messages per flush when migration 3 converts the messages table.
 const MIGRATED_CHUNK: usize = 10_000;
@@ -210,6 +210,7 @@ pub(super) fn migrate(connection: &mut Connection, key: &CacheKey) -> Result<()>
             1 => tx.execute_batch(SCHEMA_V1).map_err(db_error)?,
             2 => to_v2(&tx)?,
             3 => to_v3(&tx, key)?,
+            4 => super::greatest::migrate(&tx)?,
             _ => unreachable_version(next)?,
         }
         tx.pragma_update(None, "user_version", next)

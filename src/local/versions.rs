@@ -217,7 +217,7 @@ fn encode_entry(out: &mut Vec<u8>, key: &MessageKey, version: &Version, device: 
     out.extend_from_slice(&version.size.to_be_bytes());
 }
 
-fn decode_entry(entry: &[u8], devices: &DeviceNumbers) -> Result<(MessageKey, Version)> {
+pub(super) fn decode_entry(entry: &[u8], devices: &DeviceNumbers) -> Result<(MessageKey, Version)> {
     let bytes = |range: std::ops::Range<usize>| entry.get(range).ok_or_else(|| corrupt("entry"));
     let key: MessageKey = bytes(0..12)?.try_into().map_err(|_| corrupt("entry"))?;
     let wall_ms = u64::from_be_bytes(bytes(12..20)?.try_into().map_err(|_| corrupt("entry"))?);
@@ -374,7 +374,7 @@ impl Journal {
 }
 
 /// Hands each chat section of every journal row to `each` (chat id, concatenated entries).
-fn for_each_journal_chat(
+pub(super) fn for_each_journal_chat(
     connection: &Connection,
     mut each: impl FnMut(&str, &[u8]) -> Result<()>,
 ) -> Result<()> {

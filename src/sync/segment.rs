@@ -442,7 +442,7 @@ pub fn open_blocks(
 mod tests {
     use super::*;
     use crate::keys::RecoveryKey;
-    use crate::sync::clock::Stamp;
+    use crate::sync::clock::{MAX_WALL_MS, Stamp};
     use crate::sync::model::{Change, Message};
 
     const DEV: DeviceId = DeviceId([0xd1; 16]);
@@ -497,6 +497,43 @@ mod tests {
             },
         )
         .unwrap()
+    }
+
+    #[test]
+    fn an_operation_stamped_past_the_bound_makes_its_segment_malformed() {
+        // Written by a device that ignored the bound: every reader rejects the segment alike,
+        // whatever its own clock says (docs/SYNC.md, "Clocks").
+        let seal_at = |wall_ms| {
+            let mut op = message("a", "1", 0);
+            op.stamp.wall_ms = wall_ms;
+            let (name, object, _) = seal_segment(
+                &keys(),
+                &chat_keys(),
+                &NewSegment {
+                    device: DEV,
+                    seq: 1,
+                    prev_hash: None,
+                    seen: &[],
+                    grants: &[[1; 16]],
+                    operations: &EncodedBatch::from_operations(&[op]),
+                    device_name: "test",
+                    platform: "linux",
+                },
+            )
+            .unwrap();
+            let opened = open_segment(&keys(), &name, &object).unwrap();
+            open_blocks(&keys(), &chat_keys(), &opened)
+        };
+        assert_eq!(seal_at(MAX_WALL_MS).unwrap()[0].stamp.wall_ms, MAX_WALL_MS);
+        for wall_ms in [MAX_WALL_MS + 1, u64::MAX] {
+            assert!(matches!(
+                seal_at(wall_ms),
+                Err(crate::Error::Decode {
+                    problem: crate::DecodeProblem::Malformed(_),
+                    ..
+                })
+            ));
+        }
     }
 
     #[test]

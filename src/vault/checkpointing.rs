@@ -175,7 +175,7 @@ impl Vault {
                 covered: &covered,
                 chat_keys: &chat_keys,
                 deleted_chats: &[],
-                created_at_ms: now_ms(),
+                created_at_ms: self.now_ms(),
             },
         )?;
         let index = open_checkpoint_index(&self.keys, &sealed.index_name, &sealed.index)?;

@@ -199,6 +199,9 @@ pub struct Vault {
     /// How old the newest checkpoint must be before a sync deletes what it replaced
     /// (`u64::MAX`: never by itself).
     auto_gc_grace_ms: std::sync::atomic::AtomicU64,
+    /// Added to the system clock wherever this vault reads the time (see
+    /// [`set_clock_offset_ms`](Vault::set_clock_offset_ms)).
+    clock_offset_ms: std::sync::atomic::AtomicI64,
 }
 
 impl core::fmt::Debug for Vault {
@@ -283,6 +286,7 @@ impl Vault {
                 crate::attachment::DEFAULT_CHUNK_SIZE,
             ),
             auto_gc_grace_ms: std::sync::atomic::AtomicU64::new(AUTO_GC_GRACE_MS),
+            clock_offset_ms: std::sync::atomic::AtomicI64::new(0),
         })
     }
 
@@ -323,6 +327,25 @@ impl Vault {
             grace_ms.unwrap_or(u64::MAX),
             std::sync::atomic::Ordering::Relaxed,
         );
+    }
+
+    /// Shifts the time this vault reads from the system clock by `offset_ms` (negative: back):
+    /// for tests that give a device a clock a year ahead or behind, and for an app that knows
+    /// its device's clock is wrong (from a trusted time source). Stamps are an order, never a
+    /// displayed time, so no correction is needed for correctness: the clock rule in
+    /// `docs/SYNC.md` keeps devices converging whatever their clocks say. Not persisted.
+    pub fn set_clock_offset_ms(&self, offset_ms: i64) {
+        self.clock_offset_ms
+            .store(offset_ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The time as this vault sees it: the system clock plus
+    /// [`set_clock_offset_ms`](Self::set_clock_offset_ms).
+    pub(crate) fn now_ms(&self) -> u64 {
+        now_ms().saturating_add_signed(
+            self.clock_offset_ms
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
     }
 
     /// Sets the chunk size of attachments uploaded from now on (a power of two from 64 KiB to
@@ -402,15 +425,23 @@ impl Vault {
         let mut chat_keys = lock(&self.chat_keys)?;
         let mut local = lock(&self.local)?;
         let mut new_clock = *clock;
+        // Every local event orders after every stamp already in the local state, including
+        // those applied without passing the clock (a restore from a checkpoint): otherwise
+        // this batch could lose, silently, to a version the index already holds.
+        if let Some(greatest) = local.greatest_stamp() {
+            new_clock.observe(greatest);
+        }
         let mut created: Vec<KeyId> = Vec::new();
-        let now = now_ms();
+        let now = self.now_ms();
         let operations: Vec<Operation> = changes
             .into_iter()
-            .map(|change| Operation {
-                stamp: new_clock.tick(now),
-                change,
+            .map(|change| {
+                Ok(Operation {
+                    stamp: new_clock.tick(now)?,
+                    change,
+                })
             })
-            .collect();
+            .collect::<Result<_>>()?;
         // The key set is copied only when a chat needs its first key (rare after the first
         // batches), not on every record.
         let mut new_keys: Option<ChatKeys> = None;
@@ -506,7 +537,7 @@ impl Vault {
             let grace = self
                 .auto_gc_grace_ms
                 .load(std::sync::atomic::Ordering::Relaxed);
-            if now_ms() >= created_at_ms.saturating_add(grace) {
+            if self.now_ms() >= created_at_ms.saturating_add(grace) {
                 let deleted = self.collect_log_garbage(grace).await?;
                 report.objects_deleted += deleted;
             }

@@ -369,9 +369,8 @@ impl Vault {
         };
         let mut clock = lock(&self.clock)?;
         let mut new_clock = *clock;
-        let now = now_ms();
         for operation in &operations {
-            new_clock.observe(operation.stamp, now);
+            new_clock.observe(operation.stamp);
         }
         let (applied, ()) = lock(&self.local)?.apply(&operations, |tx| {
             local::commit_head(tx, &segment.head, size)?;

@@ -1143,6 +1143,62 @@ CHECKPOINT_INDEX = {1: ("device_id", "bytes", False), 2: ("seq", "uint64", False
                     7: ("deleted_chats", CHAT_TOMBSTONE, True), 8: ("created_at_ms", "uint64", False)}
 
 
+# Section 9.3: a stamp's wall_ms is at most 2^47 (about the year 6429). The bound is a rule of
+# the data, the same for every reader; an object holding a stamp past it is malformed.
+MAX_WALL_MS = 1 << 47
+
+
+def decode_stamp(stamp):
+    """A decoded Stamp checked as section 9.3 requires (returns it)."""
+    if stamp is None:
+        raise FormatError("stamp", "missing")
+    if len(stamp["device_id"]) != 16:
+        raise FormatError("stamp", "device id of %d bytes" % len(stamp["device_id"]))
+    if stamp["wall_ms"] > MAX_WALL_MS:
+        raise FormatError("stamp", "wall_ms %d is past 2^47" % stamp["wall_ms"])
+    return stamp
+
+
+def decode_chat_operations(body):
+    """A chat block's body (ChatOperations / ChatCheckpoint), every stamp checked."""
+    decoded = pb_message(body, CHAT_OPERATIONS)
+    for op in decoded["operations"]:
+        decode_stamp(op["stamp"])
+    return decoded
+
+
+def decode_checkpoint_index(body):
+    """A checkpoint index body, the stamps of its chat deletions checked."""
+    index = pb_message(body, CHECKPOINT_INDEX)
+    for tombstone in index["deleted_chats"]:
+        decode_stamp(tombstone["stamp"])
+    return index
+
+
+def check_stamp_bound(c):
+    """Section 9.3's bound on crafted bodies: 2^47 is accepted, anything past it rejected, in a
+    chat block's operations and in a checkpoint index's chat deletions alike."""
+    def stamp(wall_ms):
+        return {"wall_ms": wall_ms, "counter": 3, "device_id": bytes(range(16))}
+
+    def block(wall_ms):
+        return pb_encode({"chat_id": "c", "operations": [
+            {"stamp": stamp(wall_ms), "delete_chat": "c"}]}, CHAT_OPERATIONS)
+
+    def index(wall_ms):
+        return pb_encode({"device_id": bytes(16), "seq": 1, "deleted_chats": [
+            {"chat_id": "c", "stamp": stamp(wall_ms)}]}, CHECKPOINT_INDEX)
+    c.run("stamp bound: a block stamped at 2^47 decodes", lambda: decode_chat_operations(
+        block(MAX_WALL_MS))["operations"][0]["stamp"]["wall_ms"] == MAX_WALL_MS)
+    for wall_ms in (MAX_WALL_MS + 1, (1 << 64) - 1):
+        c.rejects("stamp bound: a block stamped at %d is malformed" % wall_ms,
+                  lambda: decode_chat_operations(block(wall_ms)), "stamp")
+        c.rejects("stamp bound: an index deleting a chat at %d is malformed" % wall_ms,
+                  lambda: decode_checkpoint_index(index(wall_ms)), "stamp")
+    c.run("stamp bound: an index deleting a chat at 2^47 decodes",
+          lambda: len(decode_checkpoint_index(index(MAX_WALL_MS))["deleted_chats"]) == 1)
+
+
 def without_defaults(value):
     """A decoded message (or a vector's field list) as JSON-comparable data: bytes in hex, and
     fields at their protobuf default (0, empty, absent) left out, so both sides compare alike."""
@@ -1184,7 +1240,7 @@ def check_chat_blocks(c, tag, name_of, blocks, sealed_of, vid, keys_by_id, devic
             sealed, key, KIND_CHAT_DATA, vid, block_name + "0"), "tag")
         c.run(btag + ": re-seal with its nonce reproduces it",
               lambda: seal(key, h(b["nonce"]), KIND_CHAT_DATA, vid, block_name, body) == sealed)
-        decoded = pb_message(body, CHAT_OPERATIONS)
+        decoded = decode_chat_operations(body)
         c.check(btag + ": chat id", decoded["chat_id"] == b["chat_id"])
         c.run(btag + ": operations", lambda: fields_match("operations", decoded["operations"],
                                                           b["operations"]))
@@ -1253,7 +1309,7 @@ def check_sync_objects(c):
               lambda: open_sealed(obj, log_key, KIND_SEGMENT, vid, name), "kind")
     c.run(tag + ": re-seal with its nonce reproduces it",
           lambda: seal(log_key, h(k["nonce"]), KIND_CHECKPOINT_INDEX, vid, name, body) == obj)
-    index = pb_message(body, CHECKPOINT_INDEX)
+    index = decode_checkpoint_index(body)
     c.run(tag + ": fields", lambda: fields_match("checkpoint", index, f))
     c.check(tag + ": body is canonical protobuf", pb_encode(index, CHECKPOINT_INDEX) == body)
     c.check(tag + ": keys only of chats with blocks",
@@ -1303,7 +1359,7 @@ def check_sync_objects(c):
 def main():
     c = Checker()
     for fn in (check_hkdf, check_aead, check_recovery_key, check_padme, check_sealed,
-               crafted_frame_checks, check_attachments, check_sync_objects):
+               crafted_frame_checks, check_attachments, check_sync_objects, check_stamp_bound):
         try:
             fn(c)
         except Exception as e:  # noqa: BLE001

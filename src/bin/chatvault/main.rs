@@ -140,14 +140,31 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let state = cli.state.clone();
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(error) if matches!(error.downcast_ref(), Some(chatvault::Error::Busy)) => {
+            // Its own exit code, so a script can tell "try again later" from a failure.
+            let state = state
+                .map(|s| format!(" {}", s.display()))
+                .unwrap_or_default();
+            eprintln!(
+                "chatvault: the state directory{state} is in use by another process (another \
+                 chatvault command, or an app using it); nothing was done, try again when it \
+                 has finished"
+            );
+            ExitCode::from(EXIT_BUSY)
+        }
         Err(error) => {
             eprintln!("chatvault: {error}");
             ExitCode::FAILURE
         }
     }
 }
+
+/// Exit status when another process holds the state directory: 75, `EX_TEMPFAIL` of
+/// sysexits.h ("try again later"), distinct from 1 for every other failure.
+const EXIT_BUSY: u8 = 75;
 
 async fn run(cli: Cli) -> CliResult {
     match &cli.command {
@@ -589,20 +606,35 @@ pub(crate) fn open_store(url: &str) -> CliResult<Arc<dyn ObjectStore>> {
 /// to be killed, so a test kills it at a known point instead of racing it. With
 /// `CHATVAULT_TEST_PAUSE_AFTER_BYTES=n`, an attachment upload or download pauses the first time
 /// its progress reaches n bytes of the file: after a completed chunk, with nothing in flight.
+/// With `CHATVAULT_TEST_PAUSE_RESUME=stdin` as well, an import or restore pause point waits for
+/// a line on stdin and then carries on (the lock test holds a state directory open this way
+/// while a second process tries it).
 struct TestPause {
     at: u64,
+    resume_on_stdin: bool,
 }
 
 fn test_pause(variable: &str) -> Option<TestPause> {
     let at = std::env::var(variable).ok()?.parse().ok()?;
-    Some(TestPause { at })
+    let resume_on_stdin = std::env::var("CHATVAULT_TEST_PAUSE_RESUME").is_ok_and(|v| v == "stdin");
+    Some(TestPause {
+        at,
+        resume_on_stdin,
+    })
 }
 
 impl TestPause {
     fn reached(&self, done: u64) {
-        if done == self.at {
+        if done != self.at {
+            return;
+        }
+        if !self.resume_on_stdin {
             Self::wait_to_be_killed();
         }
+        eprintln!("paused");
+        let mut line = String::new();
+        // Any line, or the end of stdin, resumes.
+        let _ = std::io::stdin().read_line(&mut line);
     }
 
     fn wait_to_be_killed() -> ! {
