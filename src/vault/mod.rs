@@ -628,18 +628,23 @@ impl Vault {
         // the new device (after everything this copy has seen, so each still wins here).
         let mut clock = lock(&self.clock)?;
         let mut new_clock = Clock::new(new_device, clock.last());
-        let now = now_ms();
-        let restamp = |operations: Vec<Operation>, clock: &mut Clock| -> Vec<Operation> {
+        if let Some(greatest) = local.greatest_stamp() {
+            new_clock.observe(greatest);
+        }
+        let now = self.now_ms();
+        let restamp = |operations: Vec<Operation>, clock: &mut Clock| -> Result<Vec<Operation>> {
             operations
                 .into_iter()
-                .map(|operation| Operation {
-                    stamp: clock.tick(now),
-                    change: operation.change,
+                .map(|operation| {
+                    Ok(Operation {
+                        stamp: clock.tick(now)?,
+                        change: operation.change,
+                    })
                 })
                 .collect()
         };
-        let staged = restamp(staged, &mut new_clock);
-        let waiting = restamp(waiting, &mut new_clock);
+        let staged = restamp(staged, &mut new_clock)?;
+        let waiting = restamp(waiting, &mut new_clock)?;
         // Every head this copy applied stays, its old id's included: from now on that id is
         // another device whose next segments (the other copy's) this copy pulls.
         let seen: Vec<Head> = local.heads()?.into_values().collect();
