@@ -225,3 +225,42 @@ async fn clocks_a_year_ahead_and_a_year_behind_lose_no_later_edit_and_converge()
     assert_converged(&[&fresh, &ahead, &present, &behind]);
     present.verify().await.unwrap();
 }
+
+/// Garbage collection ages objects by the store's clock: a device a year fast neither collects
+/// what a fresh checkpoint replaced nor the chunks of an upload whose message another device
+/// has not synced yet (with the local clock alone, it deleted both at once).
+#[tokio::test]
+async fn a_fast_clock_does_not_collect_what_others_still_need() {
+    let bucket = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ObjectStore> = Arc::new(DirectoryStore::new(bucket.path().to_path_buf()));
+    let dir = tempfile::tempdir().unwrap();
+    let honest = device(&store, dir.path(), "honest", 0).await;
+    let fast = device(&store, dir.path(), "fast", YEAR_MS).await;
+    honest.record(vec![message("c", "1", "one")]).unwrap();
+    honest.sync(None, None).await.unwrap();
+    honest.checkpoint().await.unwrap();
+    // An upload in progress on the honest device: chunks in the bucket, message not recorded.
+    let file = dir.path().join("photo.bin");
+    std::fs::write(&file, vec![7u8; 100_000]).unwrap();
+    let (attachment, _) = honest
+        .attach_file(&file, "photo.bin", "image/jpeg", None, &Default::default())
+        .await
+        .unwrap();
+    fast.sync(None, None).await.unwrap();
+    let week_ms = 7 * 24 * 3_600_000;
+    assert_eq!(fast.collect_garbage(week_ms).await.unwrap(), 0);
+    // The message arrives later and its attachment is whole.
+    let mut with_photo = match message("c", "2", "look") {
+        Change::UpsertMessage(message) => message,
+        _ => unreachable!(),
+    };
+    with_photo.attachments = vec![attachment];
+    honest
+        .record(vec![Change::UpsertMessage(with_photo)])
+        .unwrap();
+    honest.sync(None, None).await.unwrap();
+    fast.sync(None, None).await.unwrap();
+    let report = fast.verify().await.unwrap();
+    assert_eq!(report.attachments, 1);
+    assert_eq!(texts(&fast, "c").len(), 2);
+}

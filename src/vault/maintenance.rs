@@ -224,7 +224,18 @@ impl Vault {
         };
         let root = self.attachments_prefix();
         let listed = self.store.list(&root).await?;
-        let cutoff = now_ms().saturating_sub(grace_ms);
+        // Aged by the store's clock: the newest write it shows (this sync's segment, usually),
+        // never later than this device's clock. A device whose clock runs fast must not delete
+        // the chunks of an upload whose message has not synced yet.
+        let store_now = self
+            .list_vault()
+            .await?
+            .iter()
+            .chain(&listed)
+            .filter_map(|object| object.modified_ms)
+            .max()
+            .map_or(0, |newest| newest.min(self.now_ms()));
+        let cutoff = store_now.saturating_sub(grace_ms);
         // Per content: its chunk names, and whether every one is old enough.
         let mut candidates: BTreeMap<crate::attachment::ContentId, (Vec<String>, bool)> =
             BTreeMap::new();
@@ -261,14 +272,13 @@ impl Vault {
     pub(super) async fn collect_log_garbage(&self, grace_ms: u64) -> Result<u64> {
         let mut scratch = SyncReport::default();
         let mut pass = self.start_pass(&mut scratch).await?;
-        let Some((newest, created_at_ms)) = pass
-            .engine
-            .newest()
-            .map(|(name, coverage)| (name.to_owned(), coverage.created_at_ms))
-        else {
+        let Some(newest) = pass.engine.newest().map(|(name, _)| name.to_owned()) else {
             return Ok(0);
         };
-        if now_ms() < created_at_ms.saturating_add(grace_ms) {
+        // Aged by the store's clock (see `Pass::newest_checkpoint_age_ms`); a store that gives
+        // no times is collected only without grace.
+        let age = pass.newest_checkpoint_age_ms(self.now_ms());
+        if grace_ms > 0 && age.is_none_or(|age| age < grace_ms) {
             return Ok(0);
         }
         // Checkpoints keep unchanged chats' blocks where they lie: every pack the newest index

@@ -531,13 +531,13 @@ impl Vault {
             let written = self.write_checkpoint().await?;
             report.objects_up += written.objects;
             report.bytes_up += written.bytes;
-        } else if let Some(created_at_ms) = uncovered.garbage_since_ms {
+        } else if let Some(age_ms) = uncovered.garbage_age_ms {
             // What the newest checkpoint replaced goes once it is old enough: no app has to
             // remember to call collect_garbage for the bucket to stop growing.
             let grace = self
                 .auto_gc_grace_ms
                 .load(std::sync::atomic::Ordering::Relaxed);
-            if self.now_ms() >= created_at_ms.saturating_add(grace) {
+            if age_ms >= grace {
                 let deleted = self.collect_log_garbage(grace).await?;
                 report.objects_deleted += deleted;
             }

@@ -35,6 +35,12 @@ impl Vault {
     pub(super) async fn start_pass(&self, report: &mut SyncReport) -> Result<Pass> {
         let listed = self.list_vault().await?;
         let listing = Listing::classify(listed.iter().map(|i| (i.key.as_str(), i.size)));
+        let store_now_ms = listed.iter().filter_map(|i| i.modified_ms).max();
+        let written_ms = listed
+            .iter()
+            .filter(|i| listing.checkpoints.contains_key(&i.key))
+            .filter_map(|i| Some((i.key.clone(), i.modified_ms?)))
+            .collect();
         let (known, applied) = {
             let local = lock(&self.local)?;
             (local.known_checkpoints()?, local.heads()?)
@@ -70,7 +76,12 @@ impl Vault {
                     .try_for_each(|name| local::forget_checkpoint(tx, name))
             })?;
         }
-        Ok(Pass { engine, indexes })
+        Ok(Pass {
+            engine,
+            indexes,
+            store_now_ms,
+            written_ms,
+        })
     }
 
     /// GETs an object the listing or an index promises, bounded by its promised size, and
@@ -230,7 +241,10 @@ impl Vault {
         }
         let mut pass = self.start_pass(report).await?;
         report.unknown_objects = pass.engine.unknown().len() as u64;
-        let uncovered = uncovered(&pass.engine);
+        let mut uncovered = uncovered(&pass.engine);
+        if uncovered.garbage {
+            uncovered.garbage_age_ms = pass.newest_checkpoint_age_ms(self.now_ms());
+        }
         pass.engine.check_rollback()?;
         // Start from the checkpoint when segments this device still needs were collected, or
         // when the checkpoint is smaller than the segments it replaces (a new device).
@@ -431,6 +445,24 @@ pub(super) struct Pulled {
 pub(super) struct Pass {
     pub(super) engine: Engine,
     pub(super) indexes: BTreeMap<String, CheckpointIndex>,
+    /// The newest write time the listing shows: the store's clock, as far as it can be read.
+    pub(super) store_now_ms: Option<u64>,
+    /// When the store says each listed checkpoint index was written.
+    pub(super) written_ms: BTreeMap<String, u64>,
+}
+
+impl Pass {
+    /// How long ago the newest checkpoint was written, by the store's clock: its index's write
+    /// time against the newest write the listing shows (never later than this device's `now`).
+    /// Garbage collection waits on this, not on the writer's stamp or this device's clock alone:
+    /// a device whose clock runs a year fast must not collect what others still read. `None`
+    /// when the store gives no times.
+    pub(super) fn newest_checkpoint_age_ms(&self, now_ms: u64) -> Option<u64> {
+        let (name, _) = self.engine.newest()?;
+        let written = *self.written_ms.get(name)?;
+        let store_now = self.store_now_ms?.min(now_ms);
+        Some(store_now.saturating_sub(written))
+    }
 }
 
 /// What the newest checkpoint leaves uncovered, as a pull saw it.
@@ -442,9 +474,11 @@ pub(super) struct Uncovered {
     pub(super) bytes: u64,
     /// The newest checkpoint's bytes (index and packs), if there is one.
     pub(super) checkpoint_bytes: Option<u64>,
-    /// When the listing shows objects the newest checkpoint made redundant (covered segments,
-    /// other checkpoints): that checkpoint's creation time.
-    pub(super) garbage_since_ms: Option<u64>,
+    /// Whether the listing shows objects the newest checkpoint made redundant (covered
+    /// segments, other checkpoints).
+    pub(super) garbage: bool,
+    /// If so, how long ago that checkpoint was written, by the store's clock.
+    pub(super) garbage_age_ms: Option<u64>,
 }
 
 /// What the newest checkpoint the engine knows leaves uncovered in its listing.
@@ -461,7 +495,7 @@ fn uncovered(engine: &Engine) -> Uncovered {
             redundant = true;
         }
     }
-    if let Some((name, coverage)) = engine.newest() {
+    if let Some((name, _)) = engine.newest() {
         // The newest checkpoint's bytes: its index and the packs it references, which may be
         // earlier checkpoints' too. Without fetching the index, every listed pack counts (packs
         // nothing references any more are soon collected).
@@ -470,9 +504,7 @@ fn uncovered(engine: &Engine) -> Uncovered {
                 + listing.packs.values().map(|l| l.size).sum::<u64>(),
         );
         redundant |= listing.checkpoints.keys().any(|other| other != name);
-        if redundant {
-            uncovered.garbage_since_ms = Some(coverage.created_at_ms);
-        }
+        uncovered.garbage = redundant;
     }
     uncovered
 }
