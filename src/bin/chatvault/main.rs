@@ -56,7 +56,9 @@ enum Command {
         /// Chunk size of new attachments, in KiB (a power of two from 64 to 8192).
         #[arg(long, default_value_t = 4096)]
         chunk_kib: u32,
-        /// Print transfer progress and a final transfer summary as JSON lines on stderr.
+        /// Print transfer progress, each batch of lines once it is durably recorded
+        /// (`{"event":"recorded","lines":N}`: the first N lines survive a crash) and each sync
+        /// it ran, and a final transfer summary, as JSON lines on stderr.
         #[arg(long)]
         progress: bool,
         /// Lines recorded per local transaction: larger batches record faster, smaller ones
@@ -73,6 +75,10 @@ enum Command {
         /// Print the report as one JSON line.
         #[arg(long)]
         json: bool,
+        /// Print each unit once it is durable as a JSON line on stderr: operations uploaded
+        /// (`"phase":"push"`) and segments applied (`"phase":"pull"`), with `done` and `total`.
+        #[arg(long)]
+        progress: bool,
     },
     /// Write the current state as JSON Lines: chats, then messages.
     Restore {
@@ -270,6 +276,10 @@ async fn run(cli: Cli) -> CliResult {
                 if batch.len() == batch_size {
                     count += batch.len();
                     vault.record(std::mem::take(&mut batch))?;
+                    print_event(
+                        *progress,
+                        serde_json::json!({"event": "recorded", "lines": count}),
+                    );
                     if let Some(pause) = &import_pause {
                         pause.reached((count / batch_size) as u64);
                     }
@@ -278,11 +288,19 @@ async fn run(cli: Cli) -> CliResult {
                     if *sync_every > 0 && (count - synced) as u64 >= *sync_every {
                         vault.sync(None, None).await?;
                         synced = count;
+                        print_event(
+                            *progress,
+                            serde_json::json!({"event": "synced", "lines": count}),
+                        );
                     }
                 }
             }
             count += batch.len();
             vault.record(batch)?;
+            print_event(
+                *progress,
+                serde_json::json!({"event": "recorded", "lines": count}),
+            );
             print_transfer_summary(*progress, &totals);
             let waiting = if synced == 0 {
                 "run `chatvault sync` to upload them".to_owned()
@@ -298,9 +316,15 @@ async fn run(cli: Cli) -> CliResult {
             );
             Ok(())
         }
-        Command::Sync { json } => {
+        Command::Sync { json, progress } => {
             let vault = open_vault(&cli).await?;
-            let report = vault.sync(None, None).await?;
+            let printer = SyncPrinter;
+            let report = vault
+                .sync(
+                    progress.then_some(&printer as &dyn chatvault::vault::SyncProgress),
+                    None,
+                )
+                .await?;
             print_report(&report, *json);
             Ok(())
         }
@@ -700,6 +724,32 @@ impl TransferListener for ProgressPrinter {
             );
             TestPause::wait_to_be_killed();
         }
+    }
+}
+
+/// One `{"event":...}` line on stderr, when progress was asked for. The kill trials
+/// (`tests/kill.rs`) read these as acknowledgements: what a line reports is durable.
+fn print_event(enabled: bool, event: serde_json::Value) {
+    if enabled {
+        eprintln!("{event}");
+    }
+}
+
+/// `sync --progress`: a line per unit made durable (operations whose segment is uploaded and
+/// recorded as this device's head; segments applied), for the kill trials' acknowledgements.
+struct SyncPrinter;
+
+impl chatvault::vault::SyncProgress for SyncPrinter {
+    fn on_progress(&self, phase: chatvault::vault::SyncPhase, done: u64, total: u64) {
+        let phase = match phase {
+            chatvault::vault::SyncPhase::Push => "push",
+            chatvault::vault::SyncPhase::List => return,
+            chatvault::vault::SyncPhase::Pull => "pull",
+        };
+        print_event(
+            true,
+            serde_json::json!({"event": "sync", "phase": phase, "done": done, "total": total}),
+        );
     }
 }
 
