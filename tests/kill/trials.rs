@@ -45,13 +45,7 @@ fn devices(world: &mut World) -> (&'static str, &'static str, &'static str) {
 /// New lines for `tag`'s chats, written to this trial's file.
 fn new_lines(world: &mut World, tag: &str, low: u64, high: u64) -> (Vec<Line>, String) {
     let count = world.rng.range(low, high) as usize;
-    let lines = generate(
-        &mut world.rng,
-        &world.model,
-        tag,
-        &mut world.next_id,
-        count,
-    );
+    let lines = generate(&mut world.rng, &world.model, tag, &mut world.next_id, count);
     let file = world.file(&format!("trial{}.jsonl", world.trial));
     write_lines(&file, &lines);
     (lines, path_str(&file).to_owned())
@@ -137,7 +131,14 @@ fn import(world: &mut World) {
     }
     world.run_timed(
         device,
-        &["import", &file, "--batch", &batch_arg, "--sync-every", &sync_arg],
+        &[
+            "import",
+            &file,
+            "--batch",
+            &batch_arg,
+            "--sync-every",
+            &sync_arg,
+        ],
         Some("import"),
     );
     for line in &lines {
@@ -238,10 +239,7 @@ fn pull_on_a_new_device(world: &mut World) {
     world.fresh_devices += 1;
     let device = format!("fresh{}", world.fresh_devices);
     let at = if world.rng.percent(30) {
-        KillAt::Pause(
-            "CHATVAULT_TEST_PAUSE_AFTER_SEGMENT",
-            world.rng.range(1, 20),
-        )
+        KillAt::Pause("CHATVAULT_TEST_PAUSE_AFTER_SEGMENT", world.rng.range(1, 20))
     } else {
         world.random_delay("restore")
     };
