@@ -174,8 +174,9 @@ mod world;
 /// acknowledged is durable, run the command again, sync both devices and compare their exports
 /// with the model of everything imported. Across all trials no segment, checkpoint index or pack
 /// name may ever hold two different contents. `CHATVAULT_KILL_TRIALS` (default 100) sets the
-/// number of trials and `CHATVAULT_KILL_SEED` replays a run's data and delays (the instants a
-/// kill lands at still depend on the machine). Run with `--nocapture` for the summary.
+/// number of trials, `CHATVAULT_KILL_SEED` replays a run's data and delays (the instants a
+/// kill lands at still depend on the machine) and `CHATVAULT_KILL_PHASES` (comma-separated)
+/// picks phases. Run with `--nocapture` for the summary.
 #[test]
 fn random_sigkills_of_import_sync_checkpoint_and_gc_lose_nothing_and_reseal_nothing() {
     let trials: usize = std::env::var("CHATVAULT_KILL_TRIALS")
@@ -191,8 +192,17 @@ fn random_sigkills_of_import_sync_checkpoint_and_gc_lose_nothing_and_reseal_noth
                 .unwrap()
                 .as_nanos() as u64
         });
+    // `CHATVAULT_KILL_PHASES=checkpoint,gc` runs only those phases.
+    let phases: Vec<&'static str> = match std::env::var("CHATVAULT_KILL_PHASES") {
+        Ok(list) => trials::PHASES
+            .into_iter()
+            .filter(|p| list.split(',').any(|l| l.trim() == *p))
+            .collect(),
+        Err(_) => trials::PHASES.to_vec(),
+    };
+    assert!(!phases.is_empty(), "CHATVAULT_KILL_PHASES names no phase");
     println!("kill trials: seed {seed} (replay with CHATVAULT_KILL_SEED={seed})");
-    let summary = trials::run(seed, trials);
+    let summary = trials::run(seed, trials, &phases);
     println!("{summary}");
 }
 

@@ -7,16 +7,17 @@ use std::time::Instant;
 use super::model::{Line, difference, generate, write_lines};
 use super::world::{DEVICES, KillAt, Landing, World, path_str};
 
-const PHASES: [&str; 5] = ["import", "push", "pull", "checkpoint", "gc"];
+/// The phases a kill lands in.
+pub const PHASES: [&str; 5] = ["import", "push", "pull", "checkpoint", "gc"];
 
 /// Runs `trials` trials from `seed`, the phases in a shuffled round-robin; returns the summary.
-pub fn run(seed: u64, trials: usize) -> String {
+pub fn run(seed: u64, trials: usize, phases: &[&'static str]) -> String {
     let started = Instant::now();
     let mut world = World::new(seed);
     let mut order = Vec::new();
     while world.trial < trials {
         if order.is_empty() {
-            order = PHASES.to_vec();
+            order = phases.to_vec();
             for i in (1..order.len()).rev() {
                 let j = world.rng.range(0, i as u64 + 1) as usize;
                 order.swap(i, j);

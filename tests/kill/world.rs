@@ -62,6 +62,8 @@ pub struct Tally {
     /// Mid-work kills that came after at least one acknowledged unit.
     pub after_an_ack: u64,
     pub at_pause_point: u64,
+    /// Mid-work kills after the run had changed the bucket (written or deleted an object).
+    pub changed_bucket: u64,
 }
 
 pub struct World {
@@ -176,14 +178,45 @@ impl World {
 
     /// A random instant within a run of `kind`: up to 1.3 times its typical duration, so most
     /// kills land while it works and some after it finished.
+    /// Half the kills are aimed at the second half of a run, where it writes to the bucket
+    /// (startup, opening the state and listing come first).
     pub fn random_delay(&mut self, kind: &'static str) -> KillAt {
-        let typical = self.typical.get(kind).copied().unwrap_or(0.5);
-        let millis = (typical * 1300.0) as u64;
-        KillAt::Delay(Duration::from_millis(self.rng.range(0, millis.max(1))))
+        let typical = self.typical.get(kind).copied().unwrap_or(0.5) * 1000.0;
+        let (low, high) = if self.rng.percent(50) {
+            (0.0, typical * 1.3)
+        } else {
+            (typical * 0.5, typical * 1.2)
+        };
+        KillAt::Delay(Duration::from_millis(
+            self.rng
+                .range(low as u64, (high as u64).max(low as u64 + 1)),
+        ))
+    }
+
+    /// Every object in the bucket with its size (no contents): to see whether a killed run
+    /// had changed the bucket.
+    fn listing(&self) -> BTreeMap<PathBuf, u64> {
+        let mut listing = BTreeMap::new();
+        let mut stack = vec![self.root.join("bucket")];
+        while let Some(dir) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else if let Ok(metadata) = entry.metadata() {
+                    listing.insert(path, metadata.len());
+                }
+            }
+        }
+        listing
     }
 
     /// Starts a command and SIGKILLs it at `at`. A run that fails by itself fails the test.
     pub fn kill(&mut self, device: &str, args: &[&str], at: KillAt) -> Killed {
+        let before = self.listing();
         let mut command = self.command(device, args);
         if let KillAt::Pause(variable, n) = &at {
             command.env(variable, n.to_string());
@@ -242,6 +275,9 @@ impl World {
         }
         if matches!(at, KillAt::Pause(..)) && landing == Landing::MidWork {
             tally.at_pause_point += 1;
+        }
+        if landing == Landing::MidWork && self.listing() != before {
+            self.tally.entry(self.phase).or_default().changed_bucket += 1;
         }
         let events = lines
             .iter()
@@ -386,9 +422,15 @@ impl World {
         );
         for (phase, t) in &self.tally {
             out.push_str(&format!(
-                "  {phase:<10} {:>3} kills: {:>3} mid-work ({:>3} after an acknowledged unit, \
-                 {:>3} at a pause point), {:>3} after the run had finished\n",
-                t.trials, t.mid_work, t.after_an_ack, t.at_pause_point, t.after_exit
+                "  {phase:<10} {:>3} kills: {:>3} mid-work ({:>3} after the run had changed the \
+                 bucket, {:>3} after an acknowledged unit, {:>3} at a pause point), {:>3} after \
+                 the run had finished\n",
+                t.trials,
+                t.mid_work,
+                t.changed_bucket,
+                t.after_an_ack,
+                t.at_pause_point,
+                t.after_exit
             ));
         }
         out
