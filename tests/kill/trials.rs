@@ -72,7 +72,7 @@ fn add_data(world: &mut World, device: &str, tag: &str, low: u64, high: u64, per
 /// transaction). Then the import runs again whole.
 fn import(world: &mut World) {
     let (device, _, tag) = devices(world);
-    let (lines, file) = new_lines(world, tag, 60, 250);
+    let (lines, file) = new_lines(world, tag, 40, 160);
     let batch = *world.rng.pick(&[10u64, 25, 50]);
     let sync_every = batch * world.rng.range(0, 3);
     let (batch_arg, sync_arg) = (batch.to_string(), sync_every.to_string());
@@ -152,12 +152,12 @@ fn import(world: &mut World) {
 /// operations it reported uploaded have left the outbox. Then it runs again.
 fn push(world: &mut World) {
     let (device, _, tag) = devices(world);
-    let (lines, file) = new_lines(world, tag, 30, 200);
+    let (lines, file) = new_lines(world, tag, 20, 120);
     world.run(device, &["import", &file, "--sync-every", "0"]);
     for line in &lines {
         line.apply(&mut world.model);
     }
-    let at = world.random_delay("sync");
+    let at = world.random_delay("push");
     let killed = world.kill(device, &["sync", "--progress"], at);
     world.snapshot("after the kill");
     let acked = killed.acked("sync", Some("push"), "done");
@@ -171,7 +171,7 @@ fn push(world: &mut World) {
             lines.len()
         ));
     }
-    world.run_timed(device, &["sync"], Some("sync"));
+    world.run_timed(device, &["sync"], Some("push"));
     world.converge(device);
 }
 
@@ -182,7 +182,7 @@ fn pull(world: &mut World) {
     let (writer, reader, tag) = devices(world);
     // Small syncs: many segments to pull.
     let per_sync = *world.rng.pick(&[10u64, 20, 40]);
-    add_data(world, writer, tag, 60, 250, per_sync);
+    add_data(world, writer, tag, 40, 160, per_sync);
     if world.rng.percent(25) {
         return pull_on_a_new_device(world);
     }
@@ -207,7 +207,7 @@ fn pull(world: &mut World) {
         };
         (killed, acked)
     } else {
-        let at = world.random_delay("sync");
+        let at = world.random_delay("pull");
         let killed = world.kill(reader, &["sync", "--progress"], at);
         let acked = killed.acked("sync", Some("pull"), "done");
         (killed, acked)
@@ -216,7 +216,7 @@ fn pull(world: &mut World) {
     world.snapshot("after the kill");
     let report: serde_json::Value = serde_json::from_str(
         world
-            .run_timed(reader, &["sync", "--json"], Some("sync"))
+            .run_timed(reader, &["sync", "--json"], Some("pull"))
             .trim(),
     )
     .unwrap();
@@ -257,7 +257,7 @@ fn pull_on_a_new_device(world: &mut World) {
 /// `checkpoint` killed (it pushes, then writes packs and an index), then run again.
 fn checkpoint(world: &mut World) {
     let (device, _, tag) = devices(world);
-    add_data(world, device, tag, 30, 150, 50);
+    add_data(world, device, tag, 20, 100, 50);
     let at = world.random_delay("checkpoint");
     let killed = world.kill(device, &["checkpoint"], at);
     world.note_acked(&killed, 0);
@@ -275,7 +275,7 @@ fn checkpoint(world: &mut World) {
 /// their packs), after a checkpoint; then run again.
 fn gc(world: &mut World) {
     let (device, _, tag) = devices(world);
-    add_data(world, device, tag, 30, 150, 50);
+    add_data(world, device, tag, 20, 100, 50);
     world.run(device, &["checkpoint"]);
     let at = world.random_delay("gc");
     let killed = world.kill(device, &["gc", "--grace-hours", "0"], at);
