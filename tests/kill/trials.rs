@@ -52,15 +52,25 @@ fn new_lines(world: &mut World, tag: &str, low: u64, high: u64) -> (Vec<Line>, S
     (lines, path_str(&file).to_owned())
 }
 
-/// Recorded and synced without interruption: the data the other phases kill around.
-fn add_data(world: &mut World, device: &str, tag: &str, low: u64, high: u64, per_sync: u64) {
-    let (lines, file) = new_lines(world, tag, low, high);
+/// Recorded without interruption (syncing every `per_sync` lines; with `sync`, the rest too):
+/// the data the other phases kill around. `checkpoint` and `gc` push what is left themselves.
+fn add_data(
+    world: &mut World,
+    device: &str,
+    tag: &str,
+    range: (u64, u64),
+    per_sync: u64,
+    sync: bool,
+) {
+    let (lines, file) = new_lines(world, tag, range.0, range.1);
     let every = per_sync.to_string();
     world.run(
         device,
         &["import", &file, "--batch", &every, "--sync-every", &every],
     );
-    world.run(device, &["sync"]);
+    if sync {
+        world.run(device, &["sync"]);
+    }
     for line in &lines {
         line.apply(&mut world.model);
     }
@@ -182,7 +192,7 @@ fn pull(world: &mut World) {
     let (writer, reader, tag) = devices(world);
     // Small syncs: many segments to pull.
     let per_sync = *world.rng.pick(&[10u64, 20, 40]);
-    add_data(world, writer, tag, 40, 160, per_sync);
+    add_data(world, writer, tag, (40, 160), per_sync, true);
     if world.rng.percent(25) {
         return pull_on_a_new_device(world);
     }
@@ -257,7 +267,7 @@ fn pull_on_a_new_device(world: &mut World) {
 /// `checkpoint` killed (it pushes, then writes packs and an index), then run again.
 fn checkpoint(world: &mut World) {
     let (device, _, tag) = devices(world);
-    add_data(world, device, tag, 20, 100, 50);
+    add_data(world, device, tag, (20, 100), 50, false);
     let at = world.random_delay("checkpoint");
     let killed = world.kill(device, &["checkpoint"], at);
     world.note_acked(&killed, 0);
@@ -265,7 +275,7 @@ fn checkpoint(world: &mut World) {
     world.run_timed(device, &["checkpoint"], Some("checkpoint"));
     world.snapshot("after the checkpoint ran again");
     world.converge(device);
-    if world.trial % 3 == 0 {
+    if world.trial.is_multiple_of(3) {
         world.run(device, &["verify"]);
         world.fresh_restore();
     }
@@ -275,7 +285,7 @@ fn checkpoint(world: &mut World) {
 /// their packs), after a checkpoint; then run again.
 fn gc(world: &mut World) {
     let (device, _, tag) = devices(world);
-    add_data(world, device, tag, 20, 100, 50);
+    add_data(world, device, tag, (20, 100), 50, false);
     world.run(device, &["checkpoint"]);
     let at = world.random_delay("gc");
     let killed = world.kill(device, &["gc", "--grace-hours", "0"], at);
@@ -283,7 +293,7 @@ fn gc(world: &mut World) {
     world.snapshot("after the kill");
     world.run_timed(device, &["gc", "--grace-hours", "0"], Some("gc"));
     world.converge(device);
-    if world.trial % 3 == 0 {
+    if world.trial.is_multiple_of(3) {
         world.run(device, &["verify"]);
         world.fresh_restore();
     }
