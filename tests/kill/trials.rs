@@ -187,7 +187,7 @@ fn push(world: &mut World) {
 
 /// A pull killed: by an existing device (`sync --progress`, at a random instant, or `restore`
 /// at a random pause point after n segments), or by a new device restoring. Run again, the
-/// existing device applies exactly the segments the killed run had not: nothing twice.
+/// existing device applies at most the segments the killed run had not: nothing twice.
 fn pull(world: &mut World) {
     let (writer, reader, tag) = devices(world);
     // Small syncs: many segments to pull.
@@ -232,10 +232,11 @@ fn pull(world: &mut World) {
     .unwrap();
     let resumed = report["segments_applied"].as_u64().unwrap();
     if let Some(expected) = expected {
-        // The kill may come after a segment was applied and before it was reported.
-        let low = expected.saturating_sub(acked + 1);
-        let high = expected.saturating_sub(acked);
-        if resumed < low || resumed > high || acked > expected {
+        // The kill may come after a segment was applied and before it was reported, and a
+        // pull that starts from a checkpoint (when the segments it needs weigh more than the
+        // checkpoint) applies fewer segments: only more than `expected` is a double application.
+        // That nothing was skipped, the exports show.
+        if resumed + acked > expected {
             world.fail(&format!(
                 "{reader} had {expected} segments to apply; the killed pull acknowledged \
                  {acked} and the resumed one applied {resumed}"
