@@ -239,8 +239,8 @@ impl chatvault::store::ObjectStore for LandsThenDies {
         }
         Ok(())
     }
-    async fn get(&self, key: &str) -> chatvault::store::StoreResult<Option<Vec<u8>>> {
-        self.inner.get(key).await
+    async fn get(&self, key: &str, max_len: u64) -> chatvault::store::StoreResult<Option<Vec<u8>>> {
+        self.inner.get(key, max_len).await
     }
     async fn get_range(
         &self,
