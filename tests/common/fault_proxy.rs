@@ -470,10 +470,21 @@ fn omit_key(body: &mut Vec<u8>, path: &str) -> bool {
 fn without_key(body: &[u8], path: &str) -> Option<Vec<u8>> {
     let text = core::str::from_utf8(body).ok()?;
     let (_, key) = path.split_once('/')?;
-    let marker = format!("<Key>{key}</Key>");
-    let at = text.find(&marker)?;
-    let start = text[..at].rfind("<Contents>")?;
-    let end = at + text[at..].find("</Contents>")? + "</Contents>".len();
+    // rusty-s3 asks for `encoding-type=url`: listed keys are percent-encoded.
+    let mut from = 0;
+    let (start, end) = loop {
+        let start = from + text[from..].find("<Contents>")?;
+        let end = start + text[start..].find("</Contents>")? + "</Contents>".len();
+        let entry = &text[start..end];
+        let listed = entry
+            .split_once("<Key>")
+            .and_then(|(_, rest)| rest.split_once("</Key>"))
+            .map(|(listed, _)| percent_decode(listed));
+        if listed.as_deref() == Some(key) {
+            break (start, end);
+        }
+        from = end;
+    };
     let mut edited = format!("{}{}", &text[..start], &text[end..]);
     if let Some(open) = edited.find("<KeyCount>") {
         let from = open + "<KeyCount>".len();
