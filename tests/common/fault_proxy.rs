@@ -302,7 +302,8 @@ async fn serve(client: TcpStream, endpoint: usize, shared: &Shared) {
             return;
         };
         if request.method == "PUT" && (200..300).contains(&response.status) {
-            *shared.last_written.lock().unwrap() = Some(request.path.trim_start_matches('/').into());
+            *shared.last_written.lock().unwrap() =
+                Some(request.path.trim_start_matches('/').into());
         }
         if response.closes {
             server = None;
@@ -400,7 +401,9 @@ async fn answer(
                 Fault::ResetMidBody | Fault::ShortBody => {
                     let keep = cut();
                     let _ = client
-                        .write_all(&[head(response, body_len), response.body[..keep].to_vec()].concat())
+                        .write_all(
+                            &[head(response, body_len), response.body[..keep].to_vec()].concat(),
+                        )
                         .await;
                     let _ = client.flush().await;
                     if kind == Fault::ResetMidBody {
@@ -579,7 +582,11 @@ async fn read_response(server: &mut BufReader<TcpStream>, method: &str) -> Optio
         read_chunked(server, &mut body, false).await?;
     } else if let Some(length) = header(&fields, "content-length") {
         let length: u64 = length.parse().ok()?;
-        (&mut *server).take(length).read_to_end(&mut body).await.ok()?;
+        (&mut *server)
+            .take(length)
+            .read_to_end(&mut body)
+            .await
+            .ok()?;
         if body.len() as u64 != length {
             return None;
         }
@@ -638,7 +645,11 @@ async fn read_chunked(
             }
         }
         let mut chunk = Vec::new();
-        (&mut *from).take(size + 2).read_to_end(&mut chunk).await.ok()?;
+        (&mut *from)
+            .take(size + 2)
+            .read_to_end(&mut chunk)
+            .await
+            .ok()?;
         if chunk.len() as u64 != size + 2 {
             return None;
         }

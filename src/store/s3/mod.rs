@@ -42,7 +42,8 @@ use tokio::sync::Semaphore;
 
 use super::{ObjectInfo, ObjectStore, StoreError, StoreResult, validate_key};
 use replies::{
-    Failure, Redactor, Reply, classify, content_range_start, error_for, is_transient, missing,
+    Failure, Redactor, Reply, classify, content_range_start, error_for, is_transient,
+    listing_is_whole, missing, partial_body_is_short,
 };
 use timestamp::parse_timestamp_ms;
 
@@ -718,7 +719,8 @@ impl Inner {
                         .sign(SIGNATURE_LIFETIME);
                     inner.client.get(url).header("range", header.as_str())
                 },
-                |_| false,
+                // A body cut short of its Content-Range with a matching content-length.
+                |reply| reply.status == StatusCode::PARTIAL_CONTENT && partial_body_is_short(reply),
             )
             .await?;
         let wanted = usize::try_from(range.end - range.start.min(range.end)).unwrap_or(usize::MAX);
@@ -775,7 +777,10 @@ impl Inner {
                             .client
                             .request(Method::GET, action.sign(SIGNATURE_LIFETIME))
                     },
-                    |_| false,
+                    // A page cut short (with a content-length that matches the cut, so HTTP
+                    // cannot tell) may still parse, with keys and the continuation token
+                    // missing: ask again rather than take a partial listing for the bucket.
+                    |reply| reply.status.is_success() && !listing_is_whole(reply),
                 )
                 .await?;
             if !reply.status.is_success() {
