@@ -8,8 +8,6 @@
 //! `content-length` of its own, faulted or not. Reading the whole answer first costs memory but
 //! lets a fault cut it anywhere: the objects of a chat vault in a test are small.
 
-#![allow(dead_code)]
-
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -254,7 +252,7 @@ async fn serve(client: TcpStream, endpoint: usize, shared: &Shared) {
             // Answered here; the server never sees the request.
             let (status, reason, extra) = match kind {
                 Fault::Throttled => (429, "Too Many Requests", "Retry-After: 1\r\n"),
-                _ if request.body.len() % 2 == 0 => (500, "Internal Server Error", ""),
+                _ if shared.rng.lock().unwrap().below(2) == 0 => (500, "Internal Server Error", ""),
                 _ => (503, "Service Unavailable", ""),
             };
             let code = if status == 429 {
@@ -305,14 +303,9 @@ async fn serve(client: TcpStream, endpoint: usize, shared: &Shared) {
             *shared.last_written.lock().unwrap() =
                 Some(request.path.trim_start_matches('/').into());
         }
-        if response.closes {
-            server = None;
-        }
-        let outcome = answer(client.get_mut(), shared, endpoint, fault, &mut response).await;
-        if !outcome {
-            return;
-        }
-        if response.closes {
+        // A server that closes after its answer closes the client's connection too.
+        let reusable = answer(client.get_mut(), shared, endpoint, fault, &mut response).await;
+        if !reusable || response.closes {
             return;
         }
     }
