@@ -400,6 +400,12 @@ impl Inner {
                         .and_then(|v| v.parse::<u64>().ok())
                         .map(Duration::from_secs);
                     let error = match error_for(&reply, what) {
+                        // A success retried: its answer was cut short (a listing page).
+                        StoreError::Other(detail)
+                            if reply.status.is_success() && reply.code().is_none() =>
+                        {
+                            StoreError::Busy(format!("{detail}, answer cut short"))
+                        }
                         StoreError::Other(detail) => StoreError::Busy(detail),
                         error => error,
                     };
