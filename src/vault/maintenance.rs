@@ -210,9 +210,8 @@ impl Vault {
     /// Whether this device has applied every segment the bucket lists.
     async fn has_applied_everything(&self) -> Result<bool> {
         let mut scratch = SyncReport::default();
-        let mut pass = self.start_pass(&mut scratch).await?;
-        pass.engine.note_base();
-        Ok(pass.engine.plan()?.is_empty())
+        let pass = self.start_pass(&mut scratch).await?;
+        Ok(pass.engine.applied_everything())
     }
 
     /// Deletes unreferenced attachment chunks older than `grace_ms` (the caller holds the sync

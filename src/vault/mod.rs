@@ -727,8 +727,24 @@ impl Vault {
                     .filter(|h| h.device != device)
                     .copied()
                     .collect();
-                let grants = local.ungranted_keys()?;
                 let chat_keys = lock(&self.chat_keys)?;
+                let mut grants = local.ungranted_keys()?;
+                // A chat deleted and then written to again: checkpoints leave the keys of
+                // deleted chats out, so a device that starts from one written after the
+                // deletion knows no key for it. The segment grants its key again.
+                let deleted: std::collections::BTreeSet<String> = local
+                    .deleted_chats()?
+                    .into_iter()
+                    .map(|(chat_id, _)| chat_id)
+                    .collect();
+                for (chat_id, _) in operations.chats() {
+                    if deleted.contains(chat_id)
+                        && let Some((key_id, _)) = chat_keys.writing_key(chat_id)
+                        && !grants.contains(&key_id)
+                    {
+                        grants.push(key_id);
+                    }
+                }
                 let seq = own.map_or(1, |h| h.seq + 1);
                 let (name, object, hash) = seal_segment(
                     &self.keys,

@@ -87,15 +87,30 @@ impl Vault {
     /// GETs an object the listing or an index promises, bounded by its promised size, and
     /// refuses it if it is missing or of another size.
     pub(super) async fn read_exact(&self, get: &Get, report: &mut SyncReport) -> Result<Vec<u8>> {
-        let object = self
-            .store
-            .get(&format!("{}{}", self.prefix(), get.name), get.size)
-            .await?
-            .ok_or_else(|| get.missing())?;
-        get.check_len(&object)?;
+        let object = self.get_promised(get).await?;
         report.objects_down += 1;
         report.bytes_down += object.len() as u64;
         Ok(object)
+    }
+
+    /// GETs `get` bounded by its promised size; a body shorter than promised is asked for again
+    /// (twice) before it is reported: a connection cut with a matching `Content-Length` is far
+    /// more common than a store that cut the object, and HTTP cannot tell them apart.
+    async fn get_promised(&self, get: &Get) -> Result<Vec<u8>> {
+        let key = format!("{}{}", self.prefix(), get.name);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let object = self
+                .store
+                .get(&key, get.size)
+                .await?
+                .ok_or_else(|| get.missing())?;
+            match get.check_len(&object) {
+                Err(_) if attempt < SHORT_BODY_ATTEMPTS => continue,
+                checked => return checked.map(|()| object),
+            }
+        }
     }
 
     /// The newest checkpoint's index: the one this pass already fetched, or a fresh GET.
@@ -221,11 +236,7 @@ impl Vault {
 
     /// GETs a planned segment and opens its outer layer; the caller counts the request.
     pub(super) async fn fetch_segment(&self, get: &Get) -> Result<(OpenedSegment, u64)> {
-        let object = self
-            .store
-            .get(&format!("{}{}", self.prefix(), get.name), get.size)
-            .await?
-            .ok_or_else(|| get.missing())?;
+        let object = self.get_promised(get).await?;
         Ok((get.open_segment(&self.keys, &object)?, object.len() as u64))
     }
 
@@ -424,6 +435,9 @@ impl Vault {
 /// that overlap 6.0-6.3 s and 86-91 MiB peak; with it, 4 GETs 4.4-5.6 s and 131-145 MiB, 2 GETs
 /// 5.0-5.3 s and 105 MiB.
 pub(super) const PULL_PREFETCH: usize = 2;
+
+/// GETs of an object whose body came back shorter than promised, before that is reported.
+const SHORT_BODY_ATTEMPTS: u32 = 3;
 
 /// Pack GETs a restore from a checkpoint keeps in flight (packs are about 8 MiB).
 pub(super) const PACK_PREFETCH: usize = 3;

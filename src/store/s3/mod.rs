@@ -52,7 +52,9 @@ use tokio::sync::Semaphore;
 
 use super::{ObjectInfo, ObjectStore, StoreError, StoreResult, validate_key};
 use body::Wanted;
-use replies::{Failure, Redactor, Reply, classify, error_for, is_transient, missing};
+use replies::{
+    Failure, Redactor, Reply, classify, error_for, is_transient, listing_is_whole, missing,
+};
 use timestamp::parse_timestamp_ms;
 
 /// How long presigned URLs stay valid (long enough for a slow part upload).
@@ -427,6 +429,12 @@ impl Inner {
                         .and_then(|v| v.parse::<u64>().ok())
                         .map(Duration::from_secs);
                     let error = match error_for(&reply, what) {
+                        // A success retried: its answer was cut short (a listing page).
+                        StoreError::Other(detail)
+                            if reply.status.is_success() && reply.code().is_none() =>
+                        {
+                            StoreError::Busy(format!("{detail}, answer cut short"))
+                        }
                         StoreError::Other(detail) => StoreError::Busy(detail),
                         error => error,
                     };
@@ -745,7 +753,10 @@ impl Inner {
                             .client
                             .request(Method::GET, action.sign(SIGNATURE_LIFETIME))
                     },
-                    |_| false,
+                    // A page cut short (with a content-length that matches the cut, so HTTP
+                    // cannot tell) may still parse, with keys and the continuation token
+                    // missing: ask again rather than take a partial listing for the bucket.
+                    |reply| reply.status.is_success() && !listing_is_whole(reply),
                 )
                 .await?;
             if !reply.status.is_success() {

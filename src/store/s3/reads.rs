@@ -8,7 +8,7 @@ use reqwest::StatusCode;
 use rusty_s3::S3Action;
 
 use super::body::Wanted;
-use super::replies::{content_range_start, error_for, missing};
+use super::replies::{content_range_start, error_for, missing, partial_body_is_short};
 use super::{Inner, SIGNATURE_LIFETIME};
 use crate::store::{StoreError, StoreResult};
 
@@ -68,7 +68,13 @@ impl Inner {
                         .sign(SIGNATURE_LIFETIME);
                     inner.client.get(url).header("range", header.as_str())
                 },
-                |_| false,
+                // A body cut short of its Content-Range with a matching content-length (HTTP
+                // cannot tell): ask again. More than asked was already cut to the range.
+                |reply| {
+                    reply.status == StatusCode::PARTIAL_CONTENT
+                        && partial_body_is_short(reply)
+                        && (reply.body.len() as u64) < wanted
+                },
                 Wanted::Range {
                     start: if empty { 0 } else { range.start },
                     len: wanted,

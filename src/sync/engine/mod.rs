@@ -340,6 +340,17 @@ impl Engine {
         Ok(())
     }
 
+    /// Whether this device has applied every segment the listing shows and everything the
+    /// newest checkpoint covers (no error for a device that is behind: it just is not).
+    pub fn applied_everything(&self) -> bool {
+        let newest = self.listing.newest_segments();
+        let base = self.newest_base();
+        newest
+            .iter()
+            .chain(base.iter())
+            .all(|(device, seq)| self.applied.get(device).is_some_and(|h| h.seq >= *seq))
+    }
+
     /// Listed segments the adopted checkpoint covers (a pull skips them; `verify` does not).
     pub fn covered_segments(&self) -> Result<Vec<Get>> {
         let mut gets = Vec::new();
