@@ -399,11 +399,6 @@ impl Engine {
         &self.chat_keys
     }
 
-    /// Where each device's chain stands.
-    pub fn chains(&self) -> &BTreeMap<DeviceId, Head> {
-        &self.chains
-    }
-
     /// Devices seen: with a chain, or listed.
     pub fn devices(&self) -> BTreeSet<DeviceId> {
         self.chains
