@@ -251,6 +251,15 @@ impl Vault {
             progress.on_progress(SyncPhase::List, 0, 1);
         }
         let mut pass = self.start_pass(report).await?;
+        if let Err(Error::Integrity(crate::IntegrityProblem::RolledBack { .. })) =
+            pass.engine.check_rollback()
+        {
+            // A store whose listing lags (an answer served before a write it acknowledged
+            // became visible) looks exactly like one that rolled a device back: list once more
+            // before saying so.
+            tokio::time::sleep(RELIST_DELAY).await;
+            pass = self.start_pass(report).await?;
+        }
         report.unknown_objects = pass.engine.unknown().len() as u64;
         let mut uncovered = uncovered(&pass.engine);
         if uncovered.garbage {
@@ -435,6 +444,9 @@ impl Vault {
 /// that overlap 6.0-6.3 s and 86-91 MiB peak; with it, 4 GETs 4.4-5.6 s and 131-145 MiB, 2 GETs
 /// 5.0-5.3 s and 105 MiB.
 pub(super) const PULL_PREFETCH: usize = 2;
+
+/// How long a pull waits before listing again when the listing looks rolled back.
+const RELIST_DELAY: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// GETs of an object whose body came back shorter than promised, before that is reported.
 const SHORT_BODY_ATTEMPTS: u32 = 3;
