@@ -66,6 +66,9 @@ pub mod ffi;
 #[doc(hidden)]
 pub use ffi::UniFfiTag;
 pub mod format;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod hex;
 pub use sync::history;
 pub mod keyring;

@@ -225,8 +225,8 @@ pub(crate) fn seal_with_nonce(
             plaintext.len()
         )));
     }
-    let header = Header::new(context.kind).to_bytes();
-    let aad = associated_data(context, &header)?;
+    // A name too long is refused before any compression work.
+    associated_data(context, &Header::new(context.kind).to_bytes())?;
 
     let compressed = match compression {
         Compression::Auto => compress(plaintext)
@@ -248,23 +248,35 @@ pub(crate) fn seal_with_nonce(
     frame.extend_from_slice(&(stored.len() as u32).to_be_bytes());
     frame.extend_from_slice(stored);
     frame.resize(frame_len, 0);
+    let object = encrypt_frame(key, context, &frame, nonce)?;
+    debug_assert_eq!(object.len(), total);
+    Ok(object)
+}
 
+/// Encrypts a built frame into an object (header, nonce, ciphertext and tag). The fuzz targets
+/// (cargo feature `fuzzing`) call it with frames of their own making.
+pub(crate) fn encrypt_frame(
+    key: &Key32,
+    context: &ObjectContext<'_>,
+    frame: &[u8],
+    nonce: &[u8; NONCE_LEN],
+) -> Result<Vec<u8>> {
+    let header = Header::new(context.kind).to_bytes();
+    let aad = associated_data(context, &header)?;
     let cipher = XChaCha20Poly1305::new(key.bytes().into());
     let ciphertext = cipher
         .encrypt(
             &XNonce::from(*nonce),
             Payload {
-                msg: &frame,
+                msg: frame,
                 aad: &aad,
             },
         )
         .map_err(|_| Error::invalid_input("AEAD refused the input length"))?;
-
-    let mut object = Vec::with_capacity(total);
+    let mut object = Vec::with_capacity(HEADER_LEN + NONCE_LEN + ciphertext.len());
     object.extend_from_slice(&header);
     object.extend_from_slice(nonce);
     object.extend_from_slice(&ciphertext);
-    debug_assert_eq!(object.len(), total);
     Ok(object)
 }
 

@@ -173,10 +173,16 @@ pub fn check_chunk_size(chunk_size: u32) -> Result<()> {
 }
 
 /// The content id and index of a chunk object's name (`<hex>/<index>`, relative to the
-/// attachments prefix), if it is one.
+/// attachments prefix), if it is one. Only the lower-case form writers produce parses: a
+/// look-alike (upper-case hex, `+0000001`) is no chunk, so it can neither pass for a chunk an
+/// upload then skips nor be collected as one.
 pub fn parse_chunk_name(name: &str) -> Option<(ContentId, u64)> {
     let (id, index) = name.split_once('/')?;
-    if index.len() != 8 {
+    let lower_hex = |text: &str| {
+        text.bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    };
+    if index.len() != 8 || !lower_hex(index) || !lower_hex(id) {
         return None;
     }
     Some((
@@ -211,6 +217,15 @@ mod tests {
             None
         );
         assert_eq!(parse_chunk_name("segments/x/00000000"), None);
+        // Look-alikes of chunk 10 (found by the `names` fuzz target): the index with a sign or
+        // upper-case digits, the content id in upper case.
+        for look_alike in [
+            format!("{}/+000000a", "ab".repeat(32)),
+            format!("{}/0000000A", "ab".repeat(32)),
+            format!("{}/0000000a", "AB".repeat(32)),
+        ] {
+            assert_eq!(parse_chunk_name(&look_alike), None, "{look_alike}");
+        }
         assert_eq!(ContentId::from_hex(&"é".repeat(32)), None);
     }
 

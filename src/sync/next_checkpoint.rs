@@ -248,7 +248,9 @@ impl<'a> NextCheckpoint<'a> {
         let mut live = vec![0u64; base.packs.len()];
         for (block, entry) in base.chats.iter().enumerate() {
             if fates[block] == Fate::Keep {
-                live[entry.pack] += entry.length;
+                // Saturating: lengths are only bounded by their pack's recorded size, and a base
+                // not checked against a listing may record any.
+                live[entry.pack] = live[entry.pack].saturating_add(entry.length);
             }
         }
         for (block, entry) in base.chats.iter().enumerate() {
@@ -723,7 +725,7 @@ mod tests {
     use super::*;
     use crate::keys::ChatKey;
     use crate::keys::RecoveryKey;
-    use crate::sync::checkpoint::{open_block, open_checkpoint_index};
+    use crate::sync::checkpoint::{PackedChat, open_block, open_checkpoint_index};
     use crate::sync::{Change, Message, Stamp, StateStore};
 
     /// A checkpoint of one chat with 3,000 messages recorded newest first, opened again.
@@ -1060,5 +1062,36 @@ mod tests {
         assert!(kept > 100);
         let (state, _) = chain.read_back();
         assert_eq!(state.messages().len(), 1803);
+    }
+
+    /// Block lengths are bounded only by their pack's recorded size: in a base nobody checked
+    /// against a listing, two blocks of 2^63 bytes in a pack of u64::MAX overflowed the live
+    /// byte count.
+    #[test]
+    fn live_bytes_of_a_pack_saturate() {
+        let block = |block_id| PackedChat {
+            chat_id: "c".into(),
+            key_id: [1; 16],
+            pack: 0,
+            offset: 0,
+            length: 1 << 63,
+            range: None,
+            block_id,
+        };
+        let device = DeviceId([3; 16]);
+        let base = CheckpointIndex {
+            name: checkpoint_name(device, 1),
+            device,
+            seq: 1,
+            covered: Vec::new(),
+            grants: Vec::new(),
+            packs: vec![(format!("{}0000", pack_prefix(device, 1)), u64::MAX)],
+            chats: vec![block([1; 16]), block([2; 16])],
+            deleted_chats: Vec::new(),
+            created_at_ms: 1,
+        };
+        let next = NextCheckpoint::new(Some(&base));
+        assert!(next.blocks_to_copy().is_empty());
+        assert!(next.blocks_to_read().is_empty());
     }
 }

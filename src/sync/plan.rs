@@ -96,7 +96,13 @@ pub fn plan_segments(
     let mut gets = Vec::new();
     for (device, segments) in &listing.segments {
         let done = chains.get(device).map_or(0, |head| head.seq);
-        let lower = done.min(base.get(device).copied().unwrap_or(0)) + 1;
+        // Nothing follows u64::MAX (a key holder's checkpoint may cover that far).
+        let Some(lower) = done
+            .min(base.get(device).copied().unwrap_or(0))
+            .checked_add(1)
+        else {
+            continue;
+        };
         for (expected, (seq, listed)) in (lower..).zip(segments.range(lower..)) {
             if *seq != expected {
                 return Err(Error::Integrity(IntegrityProblem::MissingSegment {
@@ -148,7 +154,7 @@ pub fn check_chain(previous: Option<&Head>, segment: &OpenedSegment) -> Result<(
         None => segment.head.seq == 1 && segment.prev_hash.is_none(),
         Some(head) => {
             head.device == segment.head.device
-                && segment.head.seq == head.seq + 1
+                && head.seq.checked_add(1) == Some(segment.head.seq)
                 && segment.prev_hash == Some(head.hash)
         }
     };
@@ -375,6 +381,24 @@ mod tests {
         assert!(check_seen(&segment, &available, |_, _| Some(claim.hash)).is_ok());
         assert!(matches!(
             check_seen(&segment, &available, |_, _| Some([0xee; 32])),
+            Err(Error::Integrity(IntegrityProblem::ChainBroken { .. }))
+        ));
+    }
+
+    /// Nothing follows u64::MAX: a chain head or checkpoint coverage there plans nothing and
+    /// no segment continues it (the `+ 1`s overflowed).
+    #[test]
+    fn nothing_follows_the_last_sequence_number() {
+        let last = head(A, u64::MAX);
+        let chains = BTreeMap::from([(A, last)]);
+        let base = BTreeMap::from([(A, u64::MAX)]);
+        assert!(
+            plan_segments(&names(&[(A, u64::MAX)]), &chains, &base)
+                .unwrap()
+                .is_empty()
+        );
+        assert!(matches!(
+            check_chain(Some(&last), &opened(A, 1, Some(last.hash), vec![])),
             Err(Error::Integrity(IntegrityProblem::ChainBroken { .. }))
         ));
     }

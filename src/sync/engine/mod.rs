@@ -148,7 +148,10 @@ impl Engine {
         self.coverage
             .iter()
             .max_by_key(|(name, coverage)| {
-                (coverage.covered.iter().map(|h| h.seq).sum::<u64>(), *name)
+                // In u128: a key holder's index may cover sequence numbers near u64::MAX, whose
+                // sum would overflow u64 (and panic in debug builds).
+                let segments: u128 = coverage.covered.iter().map(|h| u128::from(h.seq)).sum();
+                (segments, *name)
             })
             .map(|(name, coverage)| (name.as_str(), coverage))
     }
@@ -380,7 +383,7 @@ impl Engine {
     ) -> Result<()> {
         let head = segment.head;
         let follows_listed = previous
-            .filter(|p| p.head.device == head.device && p.head.seq + 1 == head.seq)
+            .filter(|p| p.head.device == head.device && p.head.seq.checked_add(1) == Some(head.seq))
             .map(|p| p.head);
         if head.seq == 1 || follows_listed.is_some() {
             check_chain(follows_listed.as_ref(), segment)?;

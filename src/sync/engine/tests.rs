@@ -626,3 +626,58 @@ fn a_tampered_covered_segment_fails_verify_but_no_pull_needs_it() {
         IntegrityProblem::ChainBroken { seq: 2, .. }
     ));
 }
+
+/// A key holder's checkpoint may cover sequence numbers up to u64::MAX (found by the `engine`
+/// fuzz target): choosing the newest checkpoint summed them in u64 and planning after the
+/// coverage added one, both overflowing (a panic in debug builds, a wrong plan in release).
+#[test]
+fn coverage_at_the_end_of_u64_neither_overflows_nor_plans_past_it() {
+    let at_max = |device| Head {
+        device,
+        seq: u64::MAX,
+        hash: [3; 32],
+    };
+    let index = crate::sync::checkpoint::checkpoint_name(A, 1);
+    let smaller = crate::sync::checkpoint::checkpoint_name(A, 2);
+    let last = name(A, u64::MAX);
+    let listing = Listing::classify([
+        (index.as_str(), 100),
+        (smaller.as_str(), 100),
+        (last.as_str(), 100),
+    ]);
+    let coverage = |covered| Coverage {
+        covered,
+        created_at_ms: 1,
+    };
+    let known = BTreeMap::from([
+        (index.clone(), coverage(vec![at_max(A), at_max(B)])),
+        (smaller, coverage(vec![at_max(A)])),
+    ]);
+    let mut engine = Engine::new(
+        listing,
+        BTreeMap::from([(A, at_max(A))]),
+        known,
+        ChatKeys::new(),
+    );
+    assert_eq!(engine.newest().map(|(name, _)| name), Some(index.as_str()));
+    engine.note_base();
+    assert_eq!(engine.plan().unwrap(), []);
+    // verify's covered segments, handed out of order: the one at u64::MAX has no successor.
+    let opened = |seq: u64, prev_hash| OpenedSegment {
+        name: name(A, seq),
+        head: Head {
+            device: A,
+            seq,
+            hash: [4; 32],
+        },
+        prev_hash,
+        seen: Vec::new(),
+        grants: Vec::new(),
+        blocks: Vec::new(),
+        device_name: String::new(),
+        platform: String::new(),
+    };
+    engine
+        .accept_covered(Some(&opened(u64::MAX, Some([0; 32]))), &opened(1, None))
+        .unwrap();
+}
