@@ -103,13 +103,18 @@ pub fn plan_segments(
         else {
             continue;
         };
-        for (expected, (seq, listed)) in (lower..).zip(segments.range(lower..)) {
-            if *seq != expected {
+        // Counted by hand: `(lower..)` computes its next value before handing one out, so it
+        // overflows (a panic in debug builds) as soon as it hands out u64::MAX.
+        let mut expected = Some(lower);
+        for (seq, listed) in segments.range(lower..) {
+            if Some(*seq) != expected {
+                let expected = expected.unwrap_or(u64::MAX);
                 return Err(Error::Integrity(IntegrityProblem::MissingSegment {
                     device: device.to_hex(),
                     seq: expected,
                 }));
             }
+            expected = seq.checked_add(1);
             if *seq > done {
                 gets.push(Get::listed(
                     listed,
@@ -400,6 +405,28 @@ mod tests {
         assert!(matches!(
             check_chain(Some(&last), &opened(A, 1, Some(last.hash), vec![])),
             Err(Error::Integrity(IntegrityProblem::ChainBroken { .. }))
+        ));
+    }
+
+    /// A plan that starts at u64::MAX (found by the `engine` fuzz target: a key holder's
+    /// checkpoint covering u64::MAX - 1) fetches the last segment without counting past it.
+    #[test]
+    fn a_plan_may_start_at_the_last_sequence_number() {
+        let chains = BTreeMap::from([(A, head(A, u64::MAX - 1))]);
+        let base = BTreeMap::from([(A, u64::MAX - 1)]);
+        let plan = plan_segments(&names(&[(A, u64::MAX)]), &chains, &base).unwrap();
+        assert_eq!(seqs(&plan), [(A, u64::MAX)]);
+        assert!(
+            plan_segments(&names(&[]), &chains, &base)
+                .unwrap()
+                .is_empty()
+        );
+        assert!(matches!(
+            plan_segments(&names(&[(B, 1), (A, u64::MAX)]), &chains, &BTreeMap::new()),
+            Err(Error::Integrity(IntegrityProblem::MissingSegment {
+                seq: 1,
+                ..
+            }))
         ));
     }
 }
