@@ -198,25 +198,29 @@ impl Vault {
         let mut scratch = SyncReport::default();
         let never = CancelToken::new();
         self.push(None, &mut scratch, &never).await?;
-        let log = self.collect_log_garbage(grace_ms).await?;
-        let attachments = if self.has_applied_everything().await? {
-            self.collect_attachment_garbage(grace_ms).await?
+        // One listing serves the three decisions: what the log holds, whether this device has
+        // applied all of it (only then are attachment references complete), and the store's
+        // clock.
+        let mut pass = self.start_pass(&mut scratch).await?;
+        let applied_everything = pass.engine.applied_everything();
+        let vault_written_ms = pass.store_now_ms;
+        let log = self.collect_log_garbage(&mut pass, grace_ms).await?;
+        let attachments = if applied_everything {
+            self.collect_attachment_garbage(grace_ms, vault_written_ms)
+                .await?
         } else {
             0
         };
         Ok(log + attachments)
     }
 
-    /// Whether this device has applied every segment the bucket lists.
-    async fn has_applied_everything(&self) -> Result<bool> {
-        let mut scratch = SyncReport::default();
-        let pass = self.start_pass(&mut scratch).await?;
-        Ok(pass.engine.applied_everything())
-    }
-
     /// Deletes unreferenced attachment chunks older than `grace_ms` (the caller holds the sync
-    /// lock and has just synced).
-    pub(super) async fn collect_attachment_garbage(&self, grace_ms: u64) -> Result<u64> {
+    /// lock and has just synced; `vault_written_ms` is the newest write its vault listing showed).
+    pub(super) async fn collect_attachment_garbage(
+        &self,
+        grace_ms: u64,
+        vault_written_ms: Option<u64>,
+    ) -> Result<u64> {
         // Without every chat's content nothing can be shown unreferenced: delete nothing.
         let Some(referenced) = self.referenced_attachments()? else {
             return Ok(0);
@@ -226,12 +230,10 @@ impl Vault {
         // Aged by the store's clock: the newest write it shows (this sync's segment, usually),
         // never later than this device's clock. A device whose clock runs fast must not delete
         // the chunks of an upload whose message has not synced yet.
-        let store_now = self
-            .list_vault()
-            .await?
+        let store_now = listed
             .iter()
-            .chain(&listed)
             .filter_map(|object| object.modified_ms)
+            .chain(vault_written_ms)
             .max()
             .map_or(0, |newest| newest.min(self.now_ms()));
         let cutoff = store_now.saturating_sub(grace_ms);
@@ -268,9 +270,12 @@ impl Vault {
 
     /// The segment, checkpoint and pack part of [`collect_garbage`](Self::collect_garbage).
     /// Returns the objects deleted.
-    pub(super) async fn collect_log_garbage(&self, grace_ms: u64) -> Result<u64> {
+    pub(super) async fn collect_log_garbage(
+        &self,
+        pass: &mut super::pull::Pass,
+        grace_ms: u64,
+    ) -> Result<u64> {
         let mut scratch = SyncReport::default();
-        let mut pass = self.start_pass(&mut scratch).await?;
         let Some(newest) = pass.engine.newest().map(|(name, _)| name.to_owned()) else {
             return Ok(0);
         };
@@ -282,7 +287,7 @@ impl Vault {
         }
         // Checkpoints keep unchanged chats' blocks where they lie: every pack the newest index
         // references stays, whichever checkpoint wrote it.
-        let Some(index) = self.newest_index(&mut pass, &mut scratch).await? else {
+        let Some(index) = self.newest_index(pass, &mut scratch).await? else {
             return Ok(0);
         };
         let referenced: std::collections::BTreeSet<&str> =

@@ -538,7 +538,9 @@ impl Vault {
                 .auto_gc_grace_ms
                 .load(std::sync::atomic::Ordering::Relaxed);
             if age_ms >= grace {
-                let deleted = self.collect_log_garbage(grace).await?;
+                let mut scratch = SyncReport::default();
+                let mut pass = self.start_pass(&mut scratch).await?;
+                let deleted = self.collect_log_garbage(&mut pass, grace).await?;
                 report.objects_deleted += deleted;
             }
         }

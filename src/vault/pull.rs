@@ -401,11 +401,8 @@ impl Vault {
         } else {
             None
         };
-        let mut clock = lock(&self.clock)?;
-        let mut new_clock = *clock;
-        for operation in &operations {
-            new_clock.observe(operation.stamp);
-        }
+        // The clock needs nothing from here: the local state keeps the greatest stamp it
+        // holds (applied in this same transaction), and `record` stamps after it.
         let (applied, ()) = lock(&self.local)?.apply(&operations, |tx| {
             local::commit_head(tx, &segment.head, size)?;
             local::note_device(
@@ -414,15 +411,11 @@ impl Vault {
                 &segment.device_name,
                 &segment.platform,
             )?;
-            if let Some(last) = new_clock.last() {
-                local::set_meta(tx, META_CLOCK, &last.to_sortable_bytes())?;
-            }
             if let Some(sealed) = &sealed_keys {
                 local::set_meta(tx, META_CHAT_KEYS, sealed)?;
             }
             Ok(())
         })?;
-        *clock = new_clock;
         if sealed_keys.is_some() {
             // What is in memory matches what was just persisted, whatever stops the pull later:
             // a `record` that re-seals the key set must never drop keys applied segments granted.
