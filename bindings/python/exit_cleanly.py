@@ -9,7 +9,12 @@ callback thread descheduled between signalling the event loop and returning, whi
 machine makes likely; to open it on every run, the continuation callback here, on a thread other
 than the main one, sleeps after signalling, as a descheduled thread would. With the fix, the
 main thread's next poll waits for the callback to return, so the run exits cleanly however long
-it sleeps."""
+it sleeps.
+
+Whether a continuation runs on a runtime thread at all depends on timing: when every file
+operation happens to finish before its first poll, the whole run completes on the main thread.
+So the program only reports how many did; scripts/test-bindings.sh requires that most of its 100
+runs exercised the window."""
 import asyncio
 import os
 import sys
@@ -52,6 +57,5 @@ async def main(directory):
 
 with tempfile.TemporaryDirectory() as scratch:
     asyncio.run(main(scratch))
-# Without a continuation from a runtime thread the run would not exercise the window at all.
-assert off_main, "no continuation callback ran on a runtime thread"
-print(f"done: {len(off_main)} continuation(s) from runtime threads")
+# Read by scripts/test-bindings.sh: a run without such a continuation did not exercise the window.
+print(f"continuations from runtime threads: {len(off_main)}")
