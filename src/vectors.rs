@@ -366,8 +366,11 @@ const SEEN_TAG: u64 = 0x7777_0000_7777_0001;
 const CHECKPOINT_TAG: u64 = 0xc0ff_ee00_0000_0001;
 
 fn head_json(head: &crate::sync::segment::Head) -> Value {
-    json!({"device_id": hex(&head.device.0), "seq": head.seq, "tag": format!("{:016x}", head.tag), "hash": hex(&head.hash)})
+    json!({"device_id": hex(&head.device.0), "seq": head.seq, "hash": hex(&head.hash), "tag": head.tag})
 }
+
+#[path = "vectors_fork.rs"]
+mod fork;
 
 /// Fixed nonces for the sync objects: pattern(seed), pattern(seed + 1), ... in the order the
 /// sealer asks for them; `used` records them.
@@ -676,6 +679,7 @@ fn sync_object_vectors() -> Value {
         "log_key": hex(keys.log().0.bytes()),
         "chat_keys": chat_keys_json,
         "segment": segment,
+        "fork": fork::fork_vectors(&keys, &chat_keys),
         "checkpoint": checkpoint,
     })
 }

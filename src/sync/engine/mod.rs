@@ -10,9 +10,10 @@
 //! 2. [`Engine::newest`]: the checkpoint to start from, if any; [`Engine::restore_is_cheaper`]
 //!    says whether a pull should. [`Engine::adopt`] checks its index against what this device
 //!    knows and the listing (covered heads, pack sizes, block ranges) and returns the pack GETs.
-//! 3. [`Engine::plan`]: the segments to fetch after the start, with gaps and rollbacks refused.
-//! 4. [`Engine::accept`] per arrived segment, in plan order: hash chain, then
-//!    [`Engine::check_claims`] against every device's heads.
+//! 3. [`Engine::plan`]: every listed segment neither applied nor covered, each device's tree in
+//!    sequence order (`super::tree`), with missing parents, deletions and rollbacks refused.
+//! 4. [`Engine::accept`] per arrived segment, in plan order: its parent's hash, then
+//!    [`Engine::check_claims`] against every device's tips.
 //!
 //! `verify` also fetches what a pull may skip: [`Engine::covered_segments`] (segments the
 //! checkpoint covers that are still listed), checked by [`Engine::accept_covered`].
