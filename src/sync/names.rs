@@ -188,3 +188,45 @@ pub(crate) fn heads_from_proto(
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn malformed(why: &str) -> Error {
+        Error::LocalState(why.to_owned())
+    }
+
+    #[test]
+    fn heads_name_a_segment_once_with_a_tag() {
+        let head = Head {
+            device: DeviceId([1; 16]),
+            seq: 2,
+            tag: 9,
+            hash: [3; 32],
+        };
+        let twin = Head { tag: 10, ..head };
+        let encoded: Vec<proto::DeviceHead> = [head, twin].iter().map(head_to_proto).collect();
+        assert_eq!(heads_from_proto(&encoded, malformed).unwrap(), [head, twin]);
+        // The same (device, seq, tag) twice, a zero tag, seq 0: refused.
+        let twice = [
+            head_to_proto(&head),
+            head_to_proto(&Head {
+                hash: [4; 32],
+                ..head
+            }),
+        ];
+        let zero_tag = [head_to_proto(&Head { tag: 0, ..head })];
+        let zero_seq = [head_to_proto(&Head { seq: 0, ..head })];
+        for bad in [&twice[..], &zero_tag, &zero_seq] {
+            assert!(heads_from_proto(bad, malformed).is_err());
+        }
+    }
+
+    #[test]
+    fn random_tags_are_never_zero_and_differ() {
+        let tags: BTreeSet<u64> = (0..64).map(|_| random_tag().unwrap()).collect();
+        assert_eq!(tags.len(), 64);
+        assert!(!tags.contains(&0));
+    }
+}
