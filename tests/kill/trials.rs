@@ -197,7 +197,13 @@ fn pull(world: &mut World) {
         return pull_on_a_new_device(world);
     }
     let writer_id = world.device_ids[writer].clone();
-    let from = world.applied[reader].get(&writer_id).copied().unwrap_or(0);
+    // Nothing applied yet when no trial has converged the reader (a pull as the first trial).
+    let from = world
+        .applied
+        .get(reader)
+        .and_then(|applied| applied.get(&writer_id))
+        .copied()
+        .unwrap_or(0);
     let to = world.newest_seqs().get(&writer_id).copied().unwrap_or(0);
     // Exactly `to - from` segments to apply, unless a checkpoint stands in for collected ones.
     let expected = (from + 1..=to)
