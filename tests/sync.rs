@@ -824,9 +824,6 @@ async fn checkpoints_restore_new_devices_and_garbage_collection_keeps_everyone_c
 
 #[tokio::test]
 async fn a_deleted_chat_is_shredded_once_its_segments_are_collected() {
-    use chatvault::keys::VaultKeys;
-    use chatvault::sync::checkpoint::open_checkpoint_index;
-    use chatvault::sync::segment::open_segment;
     let memory = Arc::new(MemoryStore::new());
     let store: Arc<dyn ObjectStore> = memory.clone();
     let key = RecoveryKey::generate().unwrap();
@@ -841,32 +838,10 @@ async fn a_deleted_chat_is_shredded_once_its_segments_are_collected() {
     .unwrap();
     a.sync(None, None).await.unwrap();
 
-    let keys = VaultKeys::derive(&key);
-    let granted_chats = || async {
-        let mut chats = std::collections::BTreeSet::new();
-        for object in memory.list("").await.unwrap() {
-            let name = object.key.split_once('/').unwrap().1.to_owned();
-            let bytes = memory
-                .get(&object.key, MAX_OBJECT_LEN)
-                .await
-                .unwrap()
-                .unwrap();
-            if name.starts_with("segments/") {
-                for (_, chat, _) in open_segment(&keys, &name, &bytes).unwrap().grants {
-                    chats.insert(chat);
-                }
-            } else if name.starts_with("checkpoints/") {
-                for (_, chat, _) in open_checkpoint_index(&keys, &name, &bytes).unwrap().grants {
-                    chats.insert(chat);
-                }
-            }
-        }
-        chats
-    };
-    assert!(granted_chats().await.contains("secret"));
+    assert!(granted_chats(&memory, &key).await.contains("secret"));
     a.checkpoint().await.unwrap();
     a.collect_garbage(0).await.unwrap();
-    let remaining = granted_chats().await;
+    let remaining = granted_chats(&memory, &key).await;
     assert!(!remaining.contains("secret"), "{remaining:?}");
     assert!(remaining.contains("keep"));
     // A fresh device sees the chat deleted, and older operations cannot resurrect it.
@@ -874,6 +849,81 @@ async fn a_deleted_chat_is_shredded_once_its_segments_are_collected() {
     fresh.sync(None, None).await.unwrap();
     assert!(fresh.messages(Some("secret")).unwrap().is_empty());
     assert_eq!(fresh.messages(Some("keep")).unwrap().len(), 3);
+}
+
+/// Names of the chats whose keys some object in the bucket grants (segments and checkpoint
+/// indexes).
+async fn granted_chats(
+    memory: &MemoryStore,
+    key: &RecoveryKey,
+) -> std::collections::BTreeSet<String> {
+    use chatvault::keys::VaultKeys;
+    use chatvault::sync::checkpoint::open_checkpoint_index;
+    use chatvault::sync::segment::open_segment;
+    let keys = VaultKeys::derive(key);
+    let mut chats = std::collections::BTreeSet::new();
+    for object in memory.list("").await.unwrap() {
+        let name = object.key.split_once('/').unwrap().1.to_owned();
+        let bytes = memory
+            .get(&object.key, MAX_OBJECT_LEN)
+            .await
+            .unwrap()
+            .unwrap();
+        if name.starts_with("segments/") {
+            for (_, chat, _) in open_segment(&keys, &name, &bytes).unwrap().grants {
+                chats.insert(chat);
+            }
+        } else if name.starts_with("checkpoints/") {
+            for (_, chat, _) in open_checkpoint_index(&keys, &name, &bytes).unwrap().grants {
+                chats.insert(chat);
+            }
+        }
+    }
+    chats
+}
+
+/// A deleted chat's keys stay in checkpoints while a device that wrote before the delete has not
+/// written since seeing it (it could still write to the chat with the key it holds), and leave
+/// with the first checkpoint after it has.
+#[tokio::test]
+async fn a_deleted_chats_keys_stay_until_every_writing_device_has_seen_the_delete() {
+    let memory = Arc::new(MemoryStore::new());
+    let store: Arc<dyn ObjectStore> = memory.clone();
+    let key = RecoveryKey::generate().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let a = device(store.clone(), &key, &dir, "a").await;
+    let b = device(store.clone(), &key, &dir, "b").await;
+    a.record(chat_messages("secret", 0, 3)).unwrap();
+    a.sync(None, None).await.unwrap();
+    b.sync(None, None).await.unwrap();
+    b.record(chat_messages("keep", 0, 3)).unwrap();
+    b.sync(None, None).await.unwrap();
+    a.sync(None, None).await.unwrap();
+    a.record(vec![Change::DeleteChat {
+        chat_id: "secret".into(),
+    }])
+    .unwrap();
+    a.sync(None, None).await.unwrap();
+    a.checkpoint().await.unwrap();
+    a.collect_garbage(0).await.unwrap();
+    assert!(
+        granted_chats(&memory, &key).await.contains("secret"),
+        "b has not seen the delete"
+    );
+    // b pulls the delete; its next segment says so.
+    b.sync(None, None).await.unwrap();
+    b.record(chat_messages("keep", 3, 4)).unwrap();
+    b.sync(None, None).await.unwrap();
+    a.sync(None, None).await.unwrap();
+    a.checkpoint().await.unwrap();
+    a.collect_garbage(0).await.unwrap();
+    let remaining = granted_chats(&memory, &key).await;
+    assert!(!remaining.contains("secret"), "{remaining:?}");
+    assert!(remaining.contains("keep"));
+    let fresh = device(store, &key, &dir, "fresh").await;
+    fresh.sync(None, None).await.unwrap();
+    assert!(fresh.messages(Some("secret")).unwrap().is_empty());
+    assert_eq!(fresh.messages(Some("keep")).unwrap().len(), 4);
 }
 
 #[tokio::test]
@@ -987,9 +1037,10 @@ async fn keys_learned_before_a_failed_pull_survive_a_later_record_and_a_restart(
     assert_eq!(b.messages(Some("c")).unwrap().len(), 4);
 }
 
-/// A chat deleted, then written to again after a checkpoint left its key out (checkpoints keep
-/// no key of a deleted chat): the writer grants the key again, so a new device starting from
-/// that checkpoint opens the new messages (it failed with `UnknownKey`, found by the fault run).
+/// A chat deleted, then written to again after a checkpoint by a device that had seen the
+/// delete: the writer grants the key again (a checkpoint leaves it out once every device has
+/// seen the delete), so a new device starting from that checkpoint opens the new messages (it
+/// failed with `UnknownKey`, found by the fault run).
 #[tokio::test]
 async fn a_chat_written_to_after_its_deletion_restores_on_a_new_device() {
     let store: Arc<dyn ObjectStore> = Arc::new(MemoryStore::new());
@@ -1019,6 +1070,54 @@ async fn a_chat_written_to_after_its_deletion_restores_on_a_new_device() {
         .collect();
     assert_eq!(texts, ["after"]);
     fresh.verify().await.unwrap();
+}
+
+/// The same, by a writer that never saw the deletion: its segment was sealed (and staged, its
+/// PUT failed) before the chat was deleted, so it grants nothing, and it lands after a checkpoint
+/// that holds the chat's tombstone. A new device starting from that checkpoint must still open
+/// it: checkpoints keep the keys of deleted chats (it failed with `UnknownKey`). The writer's
+/// clock is an hour ahead, so its message is newer than the deletion and revives the chat.
+#[tokio::test]
+async fn a_chat_written_to_by_a_device_unaware_of_its_deletion_restores_on_a_new_device() {
+    let flaky = Arc::new(Flaky {
+        inner: MemoryStore::new(),
+        fail_puts: Mutex::new(false),
+    });
+    let store: Arc<dyn ObjectStore> = flaky.clone();
+    let key = RecoveryKey::generate().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let a = device(store.clone(), &key, &dir, "a").await;
+    let b = device(store.clone(), &key, &dir, "b").await;
+    let c = device(store.clone(), &key, &dir, "c").await;
+    a.record(vec![message("x", "1", "before", 1)]).unwrap();
+    a.sync(None, None).await.unwrap();
+    b.sync(None, None).await.unwrap();
+    c.sync(None, None).await.unwrap();
+    c.set_clock_offset_ms(3_600_000);
+    c.record(vec![message("x", "2", "late", 2)]).unwrap();
+    *flaky.fail_puts.lock().unwrap() = true;
+    c.sync(None, None).await.unwrap_err();
+    *flaky.fail_puts.lock().unwrap() = false;
+    b.record(vec![Change::DeleteChat {
+        chat_id: "x".into(),
+    }])
+    .unwrap();
+    b.sync(None, None).await.unwrap();
+    a.sync(None, None).await.unwrap();
+    a.checkpoint().await.unwrap();
+    c.sync(None, None).await.unwrap();
+    let fresh = device(store.clone(), &key, &dir, "fresh").await;
+    fresh.sync(None, None).await.unwrap();
+    let texts: Vec<String> = fresh
+        .messages(Some("x"))
+        .unwrap()
+        .into_iter()
+        .map(|m| m.text)
+        .collect();
+    assert_eq!(texts, ["late"]);
+    fresh.verify().await.unwrap();
+    a.sync(None, None).await.unwrap();
+    assert_eq!(snapshot(&a), snapshot(&fresh));
 }
 
 /// Garbage collection on a device that is behind a checkpoint (the segments it has not applied

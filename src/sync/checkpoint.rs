@@ -12,9 +12,13 @@
 //!
 //! The index lists the segments it covers (every tip of every device's segment tree), every key of every live chat,
 //! the packs its blocks lie in (its own, and earlier checkpoints' whose blocks it kept), where each
-//! chat block lies, and the deleted chats' tombstones. Keys of deleted chats are left out: once
-//! the segments and older checkpoints that held them are collected, those chats are shredded.
+//! chat block lies, and the deleted chats' tombstones. Keys of a deleted chat stay only while a
+//! covered device may still write to it unaware of the delete ([`deletions`](super::deletions));
+//! once they are out and the segments and older checkpoints that held them are collected, the
+//! chat is shredded.
 //! Writing one is [`next_checkpoint`](super::next_checkpoint)'s job.
+
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::error::{DecodeProblem, Error, IntegrityProblem, Result};
 use crate::format::{ObjectKind, decode_body, proto};
@@ -123,8 +127,20 @@ pub struct CheckpointIndex {
     pub chats: Vec<PackedChat>,
     /// Deleted chats.
     pub deleted_chats: Vec<(String, Stamp)>,
+    /// Where each deleted chat's newest delete was written and which covered devices may not
+    /// have seen it (only for deletes whose place the writer knew).
+    pub deletions: BTreeMap<String, Deletion>,
     /// Writer's clock at creation.
     pub created_at_ms: u64,
+}
+
+/// Where a chat's newest delete was written and who may not have seen it yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deletion {
+    /// The segment that held the delete: (device, seq).
+    pub deleted_in: (DeviceId, u64),
+    /// Covered devices that have not acknowledged the delete.
+    pub unaware: BTreeSet<DeviceId>,
 }
 
 /// The AAD name of the chat block with id `block_id` (FORMAT.md section 9.5).
@@ -237,6 +253,33 @@ pub fn open_checkpoint_index(
             Ok((t.chat_id.clone(), stamp))
         })
         .collect::<Result<Vec<_>>>()?;
+    let mut deletions = BTreeMap::new();
+    for tombstone in &index.deleted_chats {
+        if tombstone.deleted_by.is_empty() {
+            if !tombstone.unaware.is_empty() || tombstone.deleted_in != 0 {
+                return Err(malformed("tombstone without its place"));
+            }
+            continue;
+        }
+        let unaware = tombstone
+            .unaware
+            .iter()
+            .map(|device| Ok(DeviceId(id16(device, "unaware device")?)))
+            .collect::<Result<BTreeSet<_>>>()?;
+        let deletion = Deletion {
+            deleted_in: (
+                DeviceId(id16(&tombstone.deleted_by, "deleting device")?),
+                tombstone.deleted_in,
+            ),
+            unaware,
+        };
+        if deletions
+            .insert(tombstone.chat_id.clone(), deletion)
+            .is_some()
+        {
+            return Err(malformed("two tombstones of one chat"));
+        }
+    }
     Ok(CheckpointIndex {
         name: name.to_owned(),
         device,
@@ -246,6 +289,7 @@ pub fn open_checkpoint_index(
         packs,
         chats,
         deleted_chats,
+        deletions,
         created_at_ms: index.created_at_ms,
     })
 }
@@ -317,6 +361,103 @@ pub fn open_block(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::keys::RecoveryKey;
+    use crate::sealing::Compression;
+    use prost::Message as _;
+
+    /// Seals an index of one deleted chat per tombstone (`fill` sets each one's place) and opens
+    /// it as a reader would.
+    fn open_with_tombstones(
+        fills: &[&dyn Fn(&mut proto::ChatTombstone)],
+    ) -> Result<CheckpointIndex> {
+        let keys = VaultKeys::derive(&RecoveryKey::from_bytes([5; 32]));
+        let device = DeviceId([1; 16]);
+        let name = checkpoint_name(device, 1, 1);
+        let deleted_chats = fills
+            .iter()
+            .map(|fill| {
+                let mut tombstone = proto::ChatTombstone {
+                    chat_id: "c".into(),
+                    stamp: Some(
+                        Stamp {
+                            wall_ms: 5,
+                            counter: 0,
+                            device,
+                        }
+                        .to_proto(),
+                    ),
+                    ..Default::default()
+                };
+                fill(&mut tombstone);
+                tombstone
+            })
+            .collect();
+        let body = proto::CheckpointIndex {
+            device_id: device.0.to_vec(),
+            seq: 1,
+            deleted_chats,
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let context = ObjectContext {
+            vault_id: keys.vault_id(),
+            kind: ObjectKind::CheckpointIndex,
+            name: &name,
+        };
+        let sealed =
+            sealing::seal_with_nonce(&keys.log().0, &context, &body, &[9; 24], Compression::Auto)
+                .unwrap();
+        open_checkpoint_index(&keys, &name, &sealed)
+    }
+
+    #[test]
+    fn a_tombstone_keeps_its_place_and_who_may_not_have_seen_it() {
+        let index = open_with_tombstones(&[&|t| {
+            t.deleted_by = vec![2; 16];
+            t.deleted_in = 4;
+            t.unaware = vec![vec![3; 16]];
+        }])
+        .unwrap();
+        assert_eq!(
+            index.deletions["c"],
+            Deletion {
+                deleted_in: (DeviceId([2; 16]), 4),
+                unaware: BTreeSet::from([DeviceId([3; 16])]),
+            }
+        );
+        let unplaced = open_with_tombstones(&[&|_| {}]).unwrap();
+        assert_eq!(unplaced.deleted_chats.len(), 1);
+        assert!(unplaced.deletions.is_empty());
+    }
+
+    #[test]
+    fn a_tombstone_with_a_broken_place_is_malformed() {
+        let cases: [&dyn Fn(&mut proto::ChatTombstone); 4] = [
+            &|t| t.unaware = vec![vec![3; 16]],
+            &|t| t.deleted_in = 3,
+            &|t| t.deleted_by = vec![2; 15],
+            &|t| {
+                t.deleted_by = vec![2; 16];
+                t.unaware = vec![vec![3; 17]];
+            },
+        ];
+        for fill in cases {
+            let error = open_with_tombstones(&[fill]).unwrap_err();
+            assert!(
+                matches!(
+                    error,
+                    Error::Decode {
+                        problem: DecodeProblem::Malformed(_),
+                        ..
+                    }
+                ),
+                "{error:?}"
+            );
+        }
+        let placed = |t: &mut proto::ChatTombstone| t.deleted_by = vec![2; 16];
+        let twice = open_with_tombstones(&[&placed, &placed]).unwrap_err();
+        assert!(twice.to_string().contains("two tombstones"), "{twice}");
+    }
 
     #[test]
     fn checkpoints_wait_for_a_quarter_of_the_last_one_in_new_segments() {

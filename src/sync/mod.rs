@@ -7,6 +7,7 @@
 pub mod batch;
 pub mod checkpoint;
 pub mod clock;
+pub mod deletions;
 pub mod engine;
 pub mod history;
 pub mod listing;

@@ -25,6 +25,7 @@ use crate::sealing::{self, Compression, ObjectContext, padded_len};
 
 use super::checkpoint::{CheckpointIndex, block_name, checkpoint_name, pack_prefix};
 use super::clock::{DeviceId, Stamp};
+use super::deletions::DeletionWitnesses;
 use super::history::{HistoryCursor, position_of};
 use super::model::{Change, Operation};
 use super::segment::{ChatKeys, Head, KeyId, head_to_proto};
@@ -144,6 +145,8 @@ pub struct NextCheckpoint<'a> {
     changes: BTreeMap<String, ChatChanges>,
     read: BTreeMap<usize, Vec<Operation>>,
     copied: BTreeMap<usize, Vec<u8>>,
+    /// Where this round's deletes were written and who has seen them.
+    deletions: DeletionWitnesses,
     /// [`BLOCK_TARGET`] and [`SMALL_PACK`], smaller in tests.
     block_target: usize,
     small_pack: u64,
@@ -157,6 +160,7 @@ impl<'a> NextCheckpoint<'a> {
             changes: BTreeMap::new(),
             read: BTreeMap::new(),
             copied: BTreeMap::new(),
+            deletions: DeletionWitnesses::new(base),
             block_target: BLOCK_TARGET,
             small_pack: SMALL_PACK,
         }
@@ -170,7 +174,23 @@ impl<'a> NextCheckpoint<'a> {
         self
     }
 
-    /// Adds an operation of a segment the base does not cover (segments in any order).
+    /// Adds the operations of a segment the base does not cover (segments in any order), with
+    /// its head and the heads its writer had seen (they say who has seen which chat deletes).
+    pub fn add_segment(&mut self, head: &Head, seen: &[Head], operations: Vec<Operation>) {
+        let deletes = operations
+            .iter()
+            .filter_map(|operation| match &operation.change {
+                Change::DeleteChat { chat_id } => Some((chat_id.as_str(), operation.stamp)),
+                _ => None,
+            });
+        self.deletions.note_segment(head, seen, deletes);
+        for operation in operations {
+            self.add(operation);
+        }
+    }
+
+    /// Adds an operation of a segment the base does not cover (segments in any order), without
+    /// its segment: a delete among them keeps no place, so its chat's keys leave at once.
     pub fn add(&mut self, operation: Operation) {
         let chat = self
             .changes
@@ -391,7 +411,12 @@ impl<'a> NextCheckpoint<'a> {
             }
         }
         writer.close();
-        let grants = grants_of(input.chat_keys, &writer.entries)?;
+        let deletions = self.deletions.finish(input.covered, &deleted);
+        let still_written = deletions
+            .iter()
+            .filter(|(_, deletion)| !deletion.unaware.is_empty())
+            .map(|(chat, _)| chat);
+        let grants = grants_of(input.chat_keys, &writer.entries, still_written)?;
         let body = zeroize::Zeroizing::new(
             proto::CheckpointIndex {
                 device_id: input.device.0.to_vec(),
@@ -409,9 +434,19 @@ impl<'a> NextCheckpoint<'a> {
                 chats: std::mem::take(&mut writer.entries),
                 deleted_chats: deleted
                     .into_iter()
-                    .map(|(chat_id, stamp)| proto::ChatTombstone {
-                        chat_id,
-                        stamp: Some(stamp.to_proto()),
+                    .map(|(chat_id, stamp)| {
+                        let place = deletions.get(&chat_id);
+                        proto::ChatTombstone {
+                            stamp: Some(stamp.to_proto()),
+                            deleted_by: place
+                                .map(|d| d.deleted_in.0.0.to_vec())
+                                .unwrap_or_default(),
+                            deleted_in: place.map_or(0, |d| d.deleted_in.1),
+                            unaware: place
+                                .map(|d| d.unaware.iter().map(|device| device.0.to_vec()).collect())
+                                .unwrap_or_default(),
+                            chat_id,
+                        }
                     })
                     .collect(),
                 created_at_ms: input.created_at_ms,
@@ -483,12 +518,19 @@ fn delete_chat(chat_id: &str, stamp: Stamp) -> Operation {
     }
 }
 
-/// Every key of every chat with a block; each block's key must be among them.
-fn grants_of(
+/// Every key of every chat with a block, and of every deleted chat some covered device may still
+/// write to unaware of the delete (`still_written`, see [`deletions`](super::deletions)); each
+/// block's key must be among them.
+fn grants_of<'d>(
     chat_keys: &ChatKeys,
-    entries: &[proto::PackedChat],
+    entries: &'d [proto::PackedChat],
+    still_written: impl Iterator<Item = &'d String>,
 ) -> Result<Vec<proto::ChatKeyGrant>> {
-    let chats: BTreeSet<&str> = entries.iter().map(|e| e.chat_id.as_str()).collect();
+    let chats: BTreeSet<&str> = entries
+        .iter()
+        .map(|e| e.chat_id.as_str())
+        .chain(still_written.map(String::as_str))
+        .collect();
     for entry in entries {
         let known = <KeyId>::try_from(entry.key_id.as_slice())
             .ok()
@@ -1085,6 +1127,7 @@ mod tests {
             packs: vec![(format!("{}0000", pack_prefix(device, 1, 1)), u64::MAX)],
             chats: vec![block([1; 16]), block([2; 16])],
             deleted_chats: Vec::new(),
+            deletions: BTreeMap::new(),
             created_at_ms: 1,
         };
         let next = NextCheckpoint::new(Some(&base));

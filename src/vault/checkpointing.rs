@@ -138,10 +138,8 @@ impl Vault {
                 }
                 other => other?,
             };
-            for operation in operations {
-                taken += approximate_size(&operation);
-                next.add(operation);
-            }
+            taken += operations.iter().map(approximate_size).sum::<u64>();
+            next.add_segment(&segment.head, &segment.seen, operations);
             covered.retain(|head| Some(head.id()) != parent);
             covered.push(segment.head);
             hashes.insert(segment.head.id(), segment.head.hash);

@@ -1145,7 +1145,9 @@ PACKED_CHAT = {1: ("chat_id", "string", False), 2: ("key_id", "bytes", False),
                3: ("pack", "uint32", False), 4: ("offset", "uint64", False),
                5: ("length", "uint64", False), 6: ("first", HISTORY_POSITION, False),
                7: ("last", HISTORY_POSITION, False), 8: ("block_id", "bytes", False)}
-CHAT_TOMBSTONE = {1: ("chat_id", "string", False), 2: ("stamp", STAMP, False)}
+CHAT_TOMBSTONE = {1: ("chat_id", "string", False), 2: ("stamp", STAMP, False),
+                  3: ("deleted_by", "bytes", False), 4: ("deleted_in", "uint64", False),
+                  5: ("unaware", "bytes", True)}
 CHECKPOINT_INDEX = {1: ("device_id", "bytes", False), 2: ("seq", "uint64", False),
                     3: ("covered", DEVICE_HEAD, True), 4: ("keys", CHAT_KEY_GRANT, True),
                     5: ("packs", PACK_REF, True), 6: ("chats", PACKED_CHAT, True),
@@ -1177,11 +1179,51 @@ def decode_chat_operations(body):
 
 
 def decode_checkpoint_index(body):
-    """A checkpoint index body, the stamps of its chat deletions checked."""
+    """A checkpoint index body, its chat deletions checked: stamps (section 9.3) and places
+    (section 9.5: a place is a 16-byte device id and a seq, unaware devices are 16-byte ids and
+    need a place, one placed tombstone per chat)."""
     index = pb_message(body, CHECKPOINT_INDEX)
+    placed = set()
     for tombstone in index["deleted_chats"]:
         decode_stamp(tombstone["stamp"])
+        if not tombstone["deleted_by"]:
+            if tombstone["unaware"] or tombstone["deleted_in"]:
+                raise FormatError("tombstone", "unaware devices or a seq without a place")
+            continue
+        if len(tombstone["deleted_by"]) != 16 or any(len(d) != 16 for d in tombstone["unaware"]):
+            raise FormatError("tombstone", "a device id that is not 16 bytes")
+        if tombstone["chat_id"] in placed:
+            raise FormatError("tombstone", "two placed tombstones of one chat")
+        placed.add(tombstone["chat_id"])
     return index
+
+
+def check_tombstone_places(c):
+    """Section 9.5's rules for where a chat's delete was written and who may not have seen it,
+    on crafted index bodies."""
+    def index(*tombstones):
+        return pb_encode({"device_id": bytes(16), "seq": 1, "deleted_chats": [
+            dict({"chat_id": "c", "stamp": {"wall_ms": 5, "counter": 0,
+                                            "device_id": bytes(range(16))}}, **t)
+            for t in tombstones]}, CHECKPOINT_INDEX)
+    d = bytes(range(16))
+    c.run("tombstone: a placed tombstone with an unaware device decodes",
+          lambda: decode_checkpoint_index(index(
+              {"deleted_by": d, "deleted_in": 4, "unaware": [bytes(16)]}))
+          ["deleted_chats"][0]["unaware"] == [bytes(16)])
+    c.run("tombstone: one without a place decodes",
+          lambda: len(decode_checkpoint_index(index({}))["deleted_chats"]) == 1)
+    for why, t in [("unaware devices without a place", {"unaware": [d]}),
+                   ("a seq without a place", {"deleted_in": 3}),
+                   ("a 15-byte deleting device", {"deleted_by": d[:15], "deleted_in": 1}),
+                   ("a 17-byte unaware device", {"deleted_by": d, "deleted_in": 1,
+                                                 "unaware": [d + b"x"]})]:
+        c.rejects("tombstone: " + why + " is malformed",
+                  lambda t=t: decode_checkpoint_index(index(t)), "tombstone")
+    c.rejects("tombstone: two placed tombstones of one chat are malformed",
+              lambda: decode_checkpoint_index(index({"deleted_by": d, "deleted_in": 1},
+                                                    {"deleted_by": d, "deleted_in": 2})),
+              "tombstone")
 
 
 def check_stamp_bound(c):
@@ -1510,7 +1552,7 @@ def main():
     c = Checker()
     for fn in (check_hkdf, check_aead, check_recovery_key, check_padme, check_sealed,
                crafted_frame_checks, check_attachments, check_sync_objects, check_stamp_bound,
-               check_names, check_fork):
+               check_tombstone_places, check_names, check_fork):
         try:
             fn(c)
         except Exception as e:  # noqa: BLE001

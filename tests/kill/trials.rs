@@ -197,6 +197,7 @@ fn pull(world: &mut World) {
         return pull_on_a_new_device(world);
     }
     let writer_id = world.device_ids[writer].clone();
+    // Nothing applied yet when no trial has converged the reader (a pull as the first trial).
     let from = world
         .applied
         .get(reader)

@@ -13,6 +13,15 @@ use super::{Inner, SIGNATURE_LIFETIME};
 use crate::store::{StoreError, StoreResult};
 
 impl Inner {
+    /// A GET of the object at the full key `key`, signed anew (each attempt of a retry).
+    fn signed_get(&self, key: &str) -> reqwest::RequestBuilder {
+        let url = self
+            .bucket
+            .get_object(self.creds(), key)
+            .sign(SIGNATURE_LIFETIME);
+        self.client.get(url)
+    }
+
     /// A whole object of at most `max_len` bytes.
     pub(super) async fn get_object(
         self: &Arc<Self>,
@@ -24,13 +33,7 @@ impl Inner {
         let reply = inner
             .execute_reading(
                 &key,
-                || {
-                    let url = inner
-                        .bucket
-                        .get_object(inner.creds(), &key)
-                        .sign(SIGNATURE_LIFETIME);
-                    inner.client.get(url)
-                },
+                || inner.signed_get(&key),
                 |_| false,
                 Wanted::Object { max: max_len },
             )
@@ -61,13 +64,7 @@ impl Inner {
         let reply = inner
             .execute_reading(
                 &key,
-                || {
-                    let url = inner
-                        .bucket
-                        .get_object(inner.creds(), &key)
-                        .sign(SIGNATURE_LIFETIME);
-                    inner.client.get(url).header("range", header.as_str())
-                },
+                || inner.signed_get(&key).header("range", header.as_str()),
                 // A body cut short of its Content-Range with a matching content-length (HTTP
                 // cannot tell): ask again. More than asked was already cut to the range.
                 |reply| {
