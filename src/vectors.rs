@@ -358,9 +358,19 @@ fn operation_json(operation: &crate::sync::Operation) -> Value {
     Value::Object(v)
 }
 
+/// The segment vector's tag, its parent's, the seen segment's and the checkpoint's (random in
+/// real objects; fixed here).
+const SEGMENT_TAG: u64 = 0x1f2e_3d4c_5b6a_7988;
+const PARENT_TAG: u64 = 0x0102_0304_0506_0708;
+const SEEN_TAG: u64 = 0x7777_0000_7777_0001;
+const CHECKPOINT_TAG: u64 = 0xc0ff_ee00_0000_0001;
+
 fn head_json(head: &crate::sync::segment::Head) -> Value {
-    json!({"device_id": hex(&head.device.0), "seq": head.seq, "hash": hex(&head.hash)})
+    json!({"device_id": hex(&head.device.0), "seq": head.seq, "hash": hex(&head.hash), "tag": head.tag})
 }
+
+#[path = "vectors_fork.rs"]
+mod fork;
 
 /// Fixed nonces for the sync objects: pattern(seed), pattern(seed + 1), ... in the order the
 /// sealer asks for them; `used` records them.
@@ -467,6 +477,7 @@ fn sync_object_vectors() -> Value {
     let seen = [Head {
         device: other,
         seq: 7,
+        tag: SEEN_TAG,
         hash: pattern(53),
     }];
     let prev_hash: [u8; 32] = pattern(52);
@@ -477,7 +488,8 @@ fn sync_object_vectors() -> Value {
         &NewSegment {
             device: writer,
             seq: 2,
-            prev_hash: Some(prev_hash),
+            tag: SEGMENT_TAG,
+            previous: Some((PARENT_TAG, prev_hash)),
             seen: &seen,
             grants: &[chat_key_list[0].1],
             operations: &batch,
@@ -536,6 +548,8 @@ fn sync_object_vectors() -> Value {
     let segment = json!({
         "description": "segment 2 of a device that saw segment 7 of another, granting one chat key, with blocks for two chats (the second chat's key granted earlier)",
         "name": segment_name,
+        "tag": format!("{SEGMENT_TAG:016x}"),
+        "parent_tag": format!("{PARENT_TAG:016x}"),
         "nonce": hex(nonces.used.last().unwrap()),
         "body": hex(&segment_body),
         "object": hex(&segment_object),
@@ -558,6 +572,7 @@ fn sync_object_vectors() -> Value {
         Head {
             device: writer,
             seq: 2,
+            tag: SEGMENT_TAG,
             hash: segment_hash,
         },
         seen[0],
@@ -574,6 +589,7 @@ fn sync_object_vectors() -> Value {
         &CheckpointInput {
             device: other,
             seq: 1,
+            tag: CHECKPOINT_TAG,
             covered: &covered,
             chat_keys: &chat_keys,
             deleted_chats: &deleted_chats,
@@ -633,6 +649,7 @@ fn sync_object_vectors() -> Value {
     let checkpoint = json!({
         "description": "checkpoint 1 of the other device: one pack with two blocks of the family chat (metadata and a deletion without a range, then two messages with their range) and one deleted chat",
         "name": sealed.index_name,
+        "tag": format!("{CHECKPOINT_TAG:016x}"),
         "nonce": hex(nonces.used.last().unwrap()),
         "body": hex(&index_body),
         "object": hex(&sealed.index),
@@ -662,6 +679,7 @@ fn sync_object_vectors() -> Value {
         "log_key": hex(keys.log().0.bytes()),
         "chat_keys": chat_keys_json,
         "segment": segment,
+        "fork": fork::fork_vectors(&keys, &chat_keys),
         "checkpoint": checkpoint,
     })
 }

@@ -61,10 +61,13 @@ fn a_stray_file_at_the_vault_root() {
 #[test]
 fn a_segment_under_an_upper_case_device_id() {
     let t = template();
+    let parsed = t.parsed(&t.a_uncovered[0]);
     let name = format!(
-        "segments/{}/{:016x}",
+        "segments/{}/{:016x}-{:016x}-{:016x}",
         t.a.to_ascii_uppercase(),
-        t.seq_of(&t.a_uncovered[0])
+        parsed.seq,
+        parsed.tag,
+        parsed.parent
     );
     planted(&name, a_new_segment());
 }
@@ -72,14 +75,17 @@ fn a_segment_under_an_upper_case_device_id() {
 #[test]
 fn a_segment_under_an_upper_case_sequence_number() {
     let t = template();
-    let name = format!("segments/{}/000000000000000A", t.a);
+    let name = format!(
+        "segments/{}/000000000000000A-0000000000000001-0000000000000001",
+        t.a
+    );
     planted(&name, a_new_segment());
 }
 
 #[test]
 fn a_segment_under_a_short_sequence_number() {
     let t = template();
-    let name = format!("segments/{}/{:015x}", t.a, 1);
+    let name = format!("segments/{}/{:015x}-{:016x}-{:016x}", t.a, 2, 1, 1);
     planted(&name, a_new_segment());
 }
 

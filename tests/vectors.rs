@@ -368,3 +368,67 @@ async fn the_checkpoint_vector_restores_a_new_device() {
     assert_eq!(restored, expected);
     assert_eq!(fresh.verify().await.unwrap().checkpoints, 1);
 }
+
+/// The forked-tree vector: a new device applies both branches from the segments alone, and
+/// again from the checkpoint covering both tips once the segments are gone; `verify` passes
+/// on both.
+#[tokio::test]
+async fn the_forked_tree_vector_restores_both_branches() {
+    use chatvault::store::{MemoryStore, ObjectStore};
+    use chatvault::vault::{DeviceInfo, Vault};
+    use std::sync::Arc;
+    let v = load("sync_objects.json");
+    let key = RecoveryKey::parse(v["recovery_key_text"].as_str().unwrap()).unwrap();
+    let vault_id = v["vault_id"].as_str().unwrap();
+    let fork = &v["fork"];
+    let segments = fork["segments"].as_array().unwrap();
+    let checkpoint = &fork["checkpoint"];
+    let expected: Vec<String> = segments
+        .iter()
+        .map(|s| s["fields"]["message_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(expected.len(), 4);
+    let two = segments.iter().filter(|s| s["fields"]["seq"] == 2).count();
+    assert_eq!(two, 2, "two segments 2 of one device");
+    assert_eq!(checkpoint["covered"].as_array().unwrap().len(), 3);
+    for with_segments in [true, false] {
+        let store = Arc::new(MemoryStore::new());
+        let mut objects = vec![(checkpoint["name"].clone(), checkpoint["object"].clone())];
+        for pack in checkpoint["packs"].as_array().unwrap() {
+            objects.push((pack["name"].clone(), pack["object"].clone()));
+        }
+        if with_segments {
+            objects.extend(
+                segments
+                    .iter()
+                    .map(|s| (s["name"].clone(), s["object"].clone())),
+            );
+        }
+        for (name, object) in objects {
+            let name = format!("{vault_id}/{}", name.as_str().unwrap());
+            store.put(&name, bytes(&object)).await.unwrap();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let info = DeviceInfo {
+            name: "new".into(),
+            platform: "test".into(),
+        };
+        let fresh = cached(
+            Vault::open(store.clone(), dir.path(), info, &key)
+                .await
+                .unwrap(),
+        );
+        fresh.sync(None, None).await.unwrap();
+        let mut restored: Vec<String> = fresh
+            .messages(None)
+            .unwrap()
+            .into_iter()
+            .map(|m| m.message_id)
+            .filter(|id| id.starts_with("fork-"))
+            .collect();
+        restored.sort();
+        assert_eq!(restored, expected, "with segments: {with_segments}");
+        let report = fresh.verify().await.unwrap();
+        assert_eq!(report.segments, if with_segments { 4 } else { 0 });
+    }
+}

@@ -7,5 +7,5 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let keys = VaultKeys::derive(&RecoveryKey::from_bytes([7; 32]));
-    let _ = open_checkpoint_index(&keys, &checkpoint_name(DeviceId([1; 16]), 1), data);
+    let _ = open_checkpoint_index(&keys, &checkpoint_name(DeviceId([1; 16]), 1, 1), data);
 });

@@ -27,7 +27,7 @@ use chatvault::sync::checkpoint::{
 use chatvault::sync::engine::Engine;
 use chatvault::sync::listing::Listing;
 use chatvault::sync::next_checkpoint::{CheckpointInput, NextCheckpoint};
-use chatvault::sync::segment::{ChatKeys, Head, segment_name};
+use chatvault::sync::segment::{ChatKeys, Head, SegmentId, segment_name};
 use chatvault::sync::{Change, DeviceId, MemoryState, Message, Operation, Stamp, apply};
 use common::{DEFAULT_DEVICE, Reader, keys};
 use libfuzzer_sys::fuzz_target;
@@ -38,6 +38,8 @@ const CHAT_KEY: [u8; 32] = [6; 32];
 const BLOCK_ID: [u8; 16] = [0xbb; 16];
 /// Packs larger than this are not materialised (the engine refuses those over the object limit).
 const MAX_PACK: u64 = 1 << 20;
+/// The tag of every checkpoint this target seals.
+const TAG: u64 = 0x7a67;
 
 fuzz_target!(|data: &[u8]| {
     let mut reader = Reader::new(data);
@@ -56,7 +58,7 @@ fn index_body(mode: u8, body: &[u8]) {
         .and_then(|i| i.device_id.as_slice().try_into().ok())
         .map_or(DEFAULT_DEVICE, DeviceId);
     let seq = decoded.as_ref().map_or(1, |i| i.seq);
-    let name = checkpoint_name(device, seq);
+    let name = checkpoint_name(device, seq, TAG);
     let object = fuzzing::seal(
         keys(),
         SealingKey::Log,
@@ -136,7 +138,7 @@ fn block_body(mode: u8, reader: &mut Reader<'_>) {
             Some(position((chosen_range.1, chosen_range.2))),
         ),
     };
-    let pack_name = format!("{}0000", pack_prefix(DEFAULT_DEVICE, 1));
+    let pack_name = format!("{}0000", pack_prefix(DEFAULT_DEVICE, 1, TAG));
     let index = proto::CheckpointIndex {
         device_id: DEFAULT_DEVICE.0.to_vec(),
         seq: 1,
@@ -144,6 +146,7 @@ fn block_body(mode: u8, reader: &mut Reader<'_>) {
             device_id: DEFAULT_DEVICE.0.to_vec(),
             seq: 1,
             hash: vec![0; 32],
+            tag: 1,
         }],
         keys: vec![proto::ChatKeyGrant {
             chat_id: chat.clone(),
@@ -168,7 +171,7 @@ fn block_body(mode: u8, reader: &mut Reader<'_>) {
         created_at_ms: 1,
     }
     .encode_to_vec();
-    let name = checkpoint_name(DEFAULT_DEVICE, 1);
+    let name = checkpoint_name(DEFAULT_DEVICE, 1, TAG);
     let object = fuzzing::seal(
         keys(),
         SealingKey::Log,
@@ -218,31 +221,29 @@ fn drive(mode: u8, name: &str, object: &[u8], packs: &BTreeMap<String, Pack>) {
             "{error:?}"
         );
     }
-    // The listing: the index, its packs, and the first few segments of every covered device.
+    // The listing: the index, its packs, and the first few segments of every covered device
+    // (a chain of tags 1, 2, ... whose segment at a covered seq has the covered tag).
     let mut listed: Vec<(String, u64)> = vec![(name.to_owned(), object.len() as u64)];
     listed.extend(packs.iter().map(|(n, p)| (n.clone(), p.size)));
     for head in &covered {
+        let tag = |seq: u64| if seq == head.seq { head.tag } else { seq };
         for seq in 1..=head.seq.min(3).saturating_add(1) {
-            listed.push((segment_name(head.device, seq), 100));
+            let parent = if seq == 1 { 0 } else { tag(seq - 1) };
+            listed.push((segment_name(head.device, seq, tag(seq), parent), 100));
         }
     }
     let listing = Listing::classify(listed.iter().map(|(n, s)| (n.as_str(), *s)));
-    let applied: BTreeMap<DeviceId, Head> = covered
+    let applied: Vec<Head> = covered
         .first()
         .filter(|_| mode & 16 != 0)
         .map(|h| {
             let mut other = *h;
             other.hash[0] ^= 1;
-            (other.device, other)
+            other
         })
         .into_iter()
         .collect();
-    let known = |device: DeviceId, seq: u64| {
-        applied
-            .get(&device)
-            .filter(|h| h.seq == seq)
-            .map(|h| h.hash)
-    };
+    let known = |id: SegmentId| applied.iter().find(|h| h.id() == id).map(|h| h.hash);
     let mut engine = Engine::new(listing, applied.clone(), BTreeMap::new(), ChatKeys::new());
     let Ok(gets) = engine.indexes_to_read() else {
         return;
@@ -256,7 +257,7 @@ fn drive(mode: u8, name: &str, object: &[u8], packs: &BTreeMap<String, Pack>) {
     let Some(index) = index else {
         return;
     };
-    let _ = engine.newest_base();
+    let _ = engine.newest_covered();
     let _ = engine.restore_is_cheaper(object.len() as u64);
     let _ = engine.check_rollback();
     match engine.adopt(&index, known) {
@@ -264,7 +265,8 @@ fn drive(mode: u8, name: &str, object: &[u8], packs: &BTreeMap<String, Pack>) {
             assert_eq!(pack_gets.len(), index.packs.len());
             let operations = read_blocks(&engine, &index, packs);
             let _ = engine.covered_segments();
-            let _ = engine.plan();
+            let _ = engine.plan(|_| false);
+            let _ = engine.tips_after_adopting(&index);
             let _ = engine.check_applied();
             next_checkpoint(&engine, &index, packs, operations);
         }
@@ -359,6 +361,7 @@ fn next_checkpoint(
         &CheckpointInput {
             device: DEFAULT_DEVICE,
             seq: 2,
+            tag: TAG,
             covered: &index.covered,
             chat_keys: engine.chat_keys(),
             deleted_chats: &[],

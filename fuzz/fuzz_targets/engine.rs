@@ -5,6 +5,10 @@
 //! with arbitrary sequence numbers, chains and claims). Then pulls and verifies by a device that
 //! followed along and by a fresh one.
 //!
+//! Honest writes include forks: a copy of a device's state directory writing after one of its
+//! earlier segments (possibly one garbage collection already took), as a VM snapshot restored
+//! later does.
+//!
 //! Nothing may panic; on an honest script (junk names included) every pull and verify must
 //! succeed, and a fresh device must end up with every message written.
 #![no_main]
@@ -22,9 +26,10 @@ use chatvault::sync::listing::Listing;
 use chatvault::sync::next_checkpoint::{ChatContent, CheckpointInput, seal_checkpoint};
 use chatvault::sync::plan::Get;
 use chatvault::sync::segment::{
-    ChatKeys, Head, NewSegment, OpenedSegment, SegmentHash, open_blocks, parse_segment_name,
+    ChatKeys, Head, NewSegment, SegmentHash, SegmentId, open_blocks, parse_segment_name,
     seal_segment,
 };
+use chatvault::sync::tree::walk;
 use chatvault::sync::{Change, DeviceId, Message, Operation, Stamp};
 use chatvault::{Error, Result};
 use common::{Reader, keys};
@@ -44,16 +49,16 @@ fn chat_keys() -> ChatKeys {
     chat_keys
 }
 
-fn operation(device: DeviceId, seq: u64) -> Operation {
+fn operation(id: SegmentId) -> Operation {
     Operation {
         stamp: Stamp {
-            wall_ms: 1000u64.wrapping_add(seq),
+            wall_ms: 1000u64.wrapping_add(id.seq),
             counter: 0,
-            device,
+            device: id.device,
         },
         change: Change::UpsertMessage(Message {
             chat_id: "c".into(),
-            message_id: format!("{}-{seq}", device.to_hex()),
+            message_id: format!("{}-{}-{}", id.device.to_hex(), id.seq, id.tag),
             text: "hi".into(),
             ..Message::default()
         }),
@@ -65,10 +70,17 @@ struct Bucket {
     objects: BTreeMap<String, Vec<u8>>,
     /// Sizes the listing shows instead of the true ones.
     lies: BTreeMap<String, u64>,
+    /// The segment each device wrote last: where its next one follows.
     heads: BTreeMap<DeviceId, Head>,
+    /// Every segment written honestly, by device: where a copy may fork from.
+    history: BTreeMap<DeviceId, Vec<Head>>,
+    /// Every segment name written, honestly or not (collection does not forget them here).
+    written: Vec<String>,
+    /// The last tag handed out.
+    last_tag: u64,
     checkpoints: u64,
     /// Coverage of the newest honest checkpoint.
-    newest: BTreeMap<DeviceId, u64>,
+    newest: Vec<Head>,
     honest: bool,
     /// Messages written honestly.
     messages: usize,
@@ -80,50 +92,94 @@ impl Bucket {
         keys: &VaultKeys,
         device: DeviceId,
         seq: u64,
-        prev: Option<SegmentHash>,
+        tag: u64,
+        previous: Option<(u64, SegmentHash)>,
         seen: &[Head],
     ) -> Option<Head> {
+        let id = SegmentId { device, seq, tag };
         let (name, bytes, hash) = seal_segment(
             keys,
             &chat_keys(),
             &NewSegment {
                 device,
                 seq,
-                prev_hash: prev,
+                tag,
+                previous,
                 seen,
                 grants: &[KEY_ID],
-                operations: &EncodedBatch::from_operations(&[operation(device, seq)]),
+                operations: &EncodedBatch::from_operations(&[operation(id)]),
                 device_name: "d",
                 platform: "fuzz",
             },
         )
         .ok()?;
-        self.objects.insert(name, bytes);
-        Some(Head { device, seq, hash })
+        self.objects.insert(name.clone(), bytes);
+        self.written.push(name);
+        Some(Head {
+            device,
+            seq,
+            tag,
+            hash,
+        })
     }
 
-    fn write(&mut self, keys: &VaultKeys, device: DeviceId, seen: &[Head]) {
-        let previous = self.heads.get(&device).copied();
+    /// An honest segment of `device` after `previous` (its last one, or, for a copy of its
+    /// state directory, an earlier one).
+    fn write_after(
+        &mut self,
+        keys: &VaultKeys,
+        device: DeviceId,
+        previous: Option<Head>,
+        seen: &[Head],
+    ) {
         let seq = previous.map_or(1, |h| h.seq + 1);
-        if let Some(head) = self.segment(keys, device, seq, previous.map(|h| h.hash), seen) {
+        self.last_tag += 1;
+        let tag = self.last_tag;
+        let previous = previous.map(|h| (h.tag, h.hash));
+        if let Some(head) = self.segment(keys, device, seq, tag, previous, seen) {
             self.heads.insert(device, head);
+            self.history.entry(device).or_default().push(head);
             self.messages += 1;
         }
     }
 
+    fn write(&mut self, keys: &VaultKeys, device: DeviceId, seen: &[Head]) {
+        let previous = self.heads.get(&device).copied();
+        self.write_after(keys, device, previous, seen);
+    }
+
+    /// Every honest segment no other honest segment follows.
+    fn tips(&self) -> Vec<Head> {
+        let parents: std::collections::BTreeSet<SegmentId> = self
+            .written
+            .iter()
+            .filter_map(|name| parse_segment_name(name)?.parent_id())
+            .collect();
+        self.history
+            .values()
+            .flatten()
+            .filter(|head| !parents.contains(&head.id()))
+            .copied()
+            .collect()
+    }
+
     /// A checkpoint of `covered` holding the messages of each device's first `cap` segments
     /// (all of them for an honest one).
-    fn checkpoint(&mut self, keys: &VaultKeys, covered: &[Head], cap: u64) {
+    fn checkpoint(&mut self, keys: &VaultKeys, covered: &[Head], cap: usize) {
         self.checkpoints += 1;
-        let operations: Vec<Operation> = covered
-            .iter()
-            .flat_map(|head| (1..=head.seq.min(cap)).map(|seq| operation(head.device, seq)))
+        let everything = Listing::classify(self.written.iter().map(|n| (n.as_str(), 1)));
+        let operations: Vec<Operation> = walk(&everything, covered)
+            .reached
+            .into_iter()
+            .take(cap)
+            .map(operation)
             .collect();
         let Ok(sealed) = seal_checkpoint(
             keys,
             &CheckpointInput {
                 device: DEVICES[0],
                 seq: self.checkpoints,
+                tag: 0xc0,
                 covered,
                 chat_keys: &chat_keys(),
                 deleted_chats: &[],
@@ -166,8 +222,8 @@ impl Bucket {
 
 #[derive(Clone, Default)]
 struct Device {
-    applied: BTreeMap<DeviceId, Head>,
-    hashes: BTreeMap<(DeviceId, u64), SegmentHash>,
+    applied: Vec<Head>,
+    hashes: BTreeMap<SegmentId, SegmentHash>,
     messages: usize,
 }
 
@@ -217,33 +273,37 @@ fn pull(bucket: &Bucket, device: &mut Device) -> Result<()> {
     let (mut engine, mut indexes) = start(bucket, device)?;
     engine.check_rollback()?;
     let hashes = device.hashes.clone();
-    let known = |d: DeviceId, s: u64| hashes.get(&(d, s)).copied();
+    let known = |id: SegmentId| hashes.get(&id).copied();
     let newest = engine.newest().map(|(name, _)| name.to_owned());
     if engine.restore_is_cheaper(u64::MAX)
         && let Some(index) = newest.and_then(|name| indexes.remove(&name))
     {
         let gets = engine.adopt(&index, known)?;
         device.messages += read_packs(bucket, &engine, &index, &gets)?;
+        device.applied = engine.tips_after_adopting(&index);
         for head in &index.covered {
-            device.applied.insert(head.device, *head);
-            device.hashes.insert((head.device, head.seq), head.hash);
+            device.hashes.insert(head.id(), head.hash);
         }
     } else {
         engine.note_base();
     }
     let mut arrived = Vec::new();
-    for get in engine.plan()? {
+    for get in engine.plan(|id| hashes.contains_key(&id))? {
         let segment = get.open_segment(keys, &bucket.get(&get)?)?;
-        engine.accept(&segment)?;
+        engine.accept(&segment, known)?;
         arrived.push(segment);
     }
     for segment in &arrived {
         engine.check_claims(segment, known)?;
         device.messages += open_blocks(keys, engine.chat_keys(), segment)?.len();
-        device.applied.insert(segment.head.device, segment.head);
-        device
-            .hashes
-            .insert((segment.head.device, segment.head.seq), segment.head.hash);
+        let parent = (segment.head.seq > 1).then(|| SegmentId {
+            device: segment.head.device,
+            seq: segment.head.seq - 1,
+            tag: segment.parent_tag,
+        });
+        device.applied.retain(|h| Some(h.id()) != parent);
+        device.applied.push(segment.head);
+        device.hashes.insert(segment.head.id(), segment.head.hash);
     }
     Ok(())
 }
@@ -253,7 +313,7 @@ fn verify(bucket: &Bucket, device: &Device) -> Result<()> {
     let (mut engine, mut indexes) = start(bucket, device)?;
     engine.check_rollback()?;
     engine.start_from_scratch();
-    let known = |d: DeviceId, s: u64| device.hashes.get(&(d, s)).copied();
+    let known = |id: SegmentId| device.hashes.get(&id).copied();
     if let Some(index) = engine
         .newest()
         .map(|(name, _)| name.to_owned())
@@ -262,16 +322,14 @@ fn verify(bucket: &Bucket, device: &Device) -> Result<()> {
         let gets = engine.adopt(&index, known)?;
         read_packs(bucket, &engine, &index, &gets)?;
     }
-    let mut previous: Option<OpenedSegment> = None;
     for get in engine.covered_segments()? {
         let segment = get.open_segment(keys, &bucket.get(&get)?)?;
-        engine.accept_covered(previous.as_ref(), &segment)?;
-        previous = Some(segment);
+        engine.accept_covered(&segment)?;
     }
     let mut arrived = Vec::new();
-    for get in engine.plan()? {
+    for get in engine.plan(|_| false)? {
         let segment = get.open_segment(keys, &bucket.get(&get)?)?;
-        engine.accept(&segment)?;
+        engine.accept(&segment, known)?;
         arrived.push(segment);
     }
     engine.check_applied()?;
@@ -287,12 +345,17 @@ fn verify(bucket: &Bucket, device: &Device) -> Result<()> {
 /// Names that are no vault object: set aside, never an error.
 fn junk(bucket: &Bucket, reader: &mut Reader<'_>) -> String {
     let device = DEVICES[reader.below(3)].to_hex();
-    match reader.below(7) {
+    let one = "0000000000000001";
+    let zero = "0000000000000000";
+    match reader.below(10) {
         0 => "segments/README".to_owned(),
-        1 => format!("segments/{device}/0000000000000000"),
-        2 => format!("segments/{}/0000000000000001", device.to_uppercase()),
-        3 => format!("packs/{device}/0000000000000001/x"),
+        1 => format!("segments/{device}/{zero}-{one}-{zero}"),
+        2 => format!("segments/{}/{one}-{one}-{zero}", device.to_uppercase()),
+        3 => format!("packs/{device}/{one}-{one}/x"),
         4 => format!("checkpoints/{device}/1"),
+        6 => format!("segments/{device}/{one}-{zero}-{zero}"),
+        7 => format!("segments/{device}/{one}-{one}-{one}"),
+        8 => format!("checkpoints/{device}/{one}-{zero}"),
         5 => bucket
             .pick(reader)
             .map_or_else(|| "stray".to_owned(), |n| n.to_uppercase()),
@@ -345,19 +408,31 @@ fuzz_target!(|data: &[u8]| {
                 bucket.write(keys, device, &seen);
             }
             5 => {
-                let covered: Vec<Head> = bucket.heads.values().copied().collect();
+                let covered = bucket.tips();
                 if !covered.is_empty() {
-                    bucket.checkpoint(keys, &covered, u64::MAX);
-                    bucket.newest = covered.iter().map(|h| (h.device, h.seq)).collect();
+                    bucket.checkpoint(keys, &covered, usize::MAX);
+                    bucket.newest = covered;
                 }
             }
             6 => {
-                // Garbage collection of what the newest honest checkpoint covers.
-                let through = bucket.newest.clone();
-                bucket.objects.retain(|name, _| {
-                    parse_segment_name(name)
-                        .is_none_or(|(device, seq)| through.get(&device).is_none_or(|c| seq > *c))
-                });
+                // Garbage collection of what the newest honest checkpoint covers: the walk
+                // from its tips, in ascending order (cut short: a collection interrupted).
+                let reached = walk(&bucket.listing(), &bucket.newest).reached;
+                let mut doomed: Vec<(u64, String)> = bucket
+                    .objects
+                    .keys()
+                    .filter_map(|name| {
+                        let segment = parse_segment_name(name)?;
+                        reached
+                            .contains(&segment.id())
+                            .then(|| (segment.seq, name.clone()))
+                    })
+                    .collect();
+                doomed.sort();
+                let keep = if reader.bool() { 0 } else { reader.below(4) };
+                for (_, name) in doomed.iter().take(doomed.len().saturating_sub(keep)) {
+                    bucket.objects.remove(name);
+                }
             }
             7 => {
                 let result = pull(&bucket, &mut follower);
@@ -411,22 +486,24 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
             13 => {
-                // A key holder's segment: any place, chain and claims.
+                // A key holder's segment: any place, tags, chain and claims.
                 let device = DEVICES[reader.below(3)];
                 let seq = reader.seq();
-                let prev = match reader.below(3) {
+                let tag = u64::from(reader.u8());
+                let previous = match reader.below(3) {
                     0 => None,
-                    1 => bucket.heads.get(&device).map(|h| h.hash),
-                    _ => Some(reader.array()),
+                    1 => bucket.heads.get(&device).map(|h| (h.tag, h.hash)),
+                    _ => Some((u64::from(reader.u8()), reader.array())),
                 };
                 let claims: Vec<Head> = (0..reader.below(3))
                     .map(|_| Head {
                         device: DEVICES[reader.below(3)],
                         seq: reader.seq(),
+                        tag: u64::from(reader.u8()),
                         hash: reader.array(),
                     })
                     .collect();
-                bucket.segment(keys, device, seq, prev, &claims);
+                bucket.segment(keys, device, seq, tag, previous, &claims);
                 bucket.honest = false;
             }
             14 => {
@@ -440,6 +517,7 @@ fuzz_target!(|data: &[u8]| {
                             _ => Head {
                                 device,
                                 seq: reader.seq(),
+                                tag: u64::from(reader.u8()),
                                 hash: reader.array(),
                             },
                         }
@@ -447,6 +525,14 @@ fuzz_target!(|data: &[u8]| {
                     .collect();
                 bucket.checkpoint(keys, &covered, 8);
                 bucket.honest = false;
+            }
+            15 if reader.bool() => {
+                // A copy of a device's state directory writes after one of its earlier
+                // segments (or as if it had written none).
+                let device = DEVICES[reader.below(3)];
+                let history = bucket.history.get(&device).cloned().unwrap_or_default();
+                let at = reader.below(history.len() + 1);
+                bucket.write_after(keys, device, history.get(at).copied(), &[]);
             }
             _ => {
                 if bucket.honest {

@@ -18,12 +18,12 @@ use chatvault::sync::checkpoint::{
     checkpoint_name, pack_prefix, parse_checkpoint_name, parse_pack_name,
 };
 use chatvault::sync::listing::Listing;
-use chatvault::sync::segment::{parse_segment_name, segment_name};
+use chatvault::sync::segment::{SegmentName, parse_segment_name};
 use common::Reader;
 use libfuzzer_sys::fuzz_target;
 
-fn pack_name(device: DeviceId, seq: u64, number: u32) -> String {
-    format!("{}{number:04}", pack_prefix(device, seq))
+fn pack_name(device: DeviceId, seq: u64, tag: u64, number: u32) -> String {
+    format!("{}{number:04}", pack_prefix(device, seq, tag))
 }
 
 fn chunk_name(id: &ContentId, index: u64) -> String {
@@ -32,14 +32,18 @@ fn chunk_name(id: &ContentId, index: u64) -> String {
 
 /// One text through every parser.
 fn text(text: &str) {
-    if let Some((device, seq)) = parse_segment_name(text) {
-        assert_eq!(segment_name(device, seq), text);
+    if let Some(segment) = parse_segment_name(text) {
+        assert_eq!(segment.to_name(), text);
+        assert!(segment.seq > 0 && segment.tag != 0);
+        assert_eq!(segment.seq == 1, segment.parent == 0);
     }
-    if let Some((device, seq)) = parse_checkpoint_name(text) {
-        assert_eq!(checkpoint_name(device, seq), text);
+    if let Some((device, seq, tag)) = parse_checkpoint_name(text) {
+        assert_eq!(checkpoint_name(device, seq, tag), text);
+        assert_ne!(tag, 0);
     }
-    if let Some((device, seq, number)) = parse_pack_name(text) {
-        assert_eq!(pack_name(device, seq, number), text);
+    if let Some((device, seq, tag, number)) = parse_pack_name(text) {
+        assert_eq!(pack_name(device, seq, tag, number), text);
+        assert_ne!(tag, 0);
     }
     if let Some((id, index)) = parse_chunk_name(text) {
         assert_eq!(chunk_name(&id, index), text);
@@ -84,21 +88,31 @@ fn text(text: &str) {
 
 fn values(reader: &mut Reader<'_>) {
     let device = DeviceId(reader.array());
-    let seq = reader.seq();
+    let seq = reader.seq().max(1);
+    // Tags are never zero; a parent tag is zero exactly at seq 1.
+    let tag = u64::from_le_bytes(reader.array()).max(1);
+    let parent = if seq == 1 {
+        0
+    } else {
+        u64::from_le_bytes(reader.array()).max(1)
+    };
     let number = u32::from(u16::from_le_bytes(reader.array())) % 10_000;
     let id = ContentId(reader.array());
     let index = u64::from(u32::from_le_bytes(reader.array()));
+    let segment = SegmentName {
+        device,
+        seq,
+        tag,
+        parent,
+    };
+    assert_eq!(parse_segment_name(&segment.to_name()), Some(segment));
     assert_eq!(
-        parse_segment_name(&segment_name(device, seq)),
-        Some((device, seq))
+        parse_checkpoint_name(&checkpoint_name(device, seq, tag)),
+        Some((device, seq, tag))
     );
     assert_eq!(
-        parse_checkpoint_name(&checkpoint_name(device, seq)),
-        Some((device, seq))
-    );
-    assert_eq!(
-        parse_pack_name(&pack_name(device, seq, number)),
-        Some((device, seq, number))
+        parse_pack_name(&pack_name(device, seq, tag, number)),
+        Some((device, seq, tag, number))
     );
     assert_eq!(parse_chunk_name(&chunk_name(&id, index)), Some((id, index)));
     assert_eq!(DeviceId::from_hex(&device.to_hex()), Some(device));
@@ -113,9 +127,9 @@ fn listing(text: &str) {
         segments + listing.checkpoints.len() + listing.packs.len() + listing.unknown.len(),
         names.len()
     );
-    for (device, seq, listed) in listing.all_segments() {
-        assert!(seq > 0);
-        assert_eq!(parse_segment_name(&listed.name), Some((device, seq)));
+    for (segment, listed) in listing.all_segments() {
+        assert!(segment.seq > 0);
+        assert_eq!(parse_segment_name(&listed.name), Some(segment));
     }
     for name in listing.checkpoints.keys() {
         assert!(parse_checkpoint_name(name).is_some());

@@ -7,7 +7,7 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let keys = VaultKeys::derive(&RecoveryKey::from_bytes([7; 32]));
-    let name = segment_name(DeviceId([1; 16]), 1);
+    let name = segment_name(DeviceId([1; 16]), 1, 1, 0);
     if let Ok(segment) = open_segment(&keys, &name, data) {
         let _ = open_blocks(&keys, &ChatKeys::new(), &segment);
     }

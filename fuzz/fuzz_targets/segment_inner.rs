@@ -30,6 +30,14 @@ use prost::Message as _;
 
 const KEY_ID: [u8; 16] = [0xcc; 16];
 const CHAT_KEY: [u8; 32] = [6; 32];
+/// The tag of every segment this target seals; its parent's is [`parent_tag`].
+const TAG: u64 = 0x7a67;
+
+/// The parent tag a segment at `seq` names: none at seq 1 (seq 0 gets a name no reader
+/// accepts, which must be refused as misplaced).
+fn parent_tag(seq: u64) -> u64 {
+    if seq <= 1 { 0 } else { 0x9a4e }
+}
 
 fuzz_target!(|data: &[u8]| {
     let Some((mode, rest)) = data.split_first() else {
@@ -54,7 +62,7 @@ fn segment_body(body: &[u8]) {
         ),
         Err(_) => (DEFAULT_DEVICE, 1),
     };
-    let name = segment_name(device, seq);
+    let name = segment_name(device, seq, TAG, parent_tag(seq));
     let object = fuzzing::seal(keys(), SealingKey::Log, ObjectKind::Segment, &name, body)
         .expect("any body up to the limit seals");
     if let Some(operations) = drive(&name, &object) {
@@ -77,7 +85,7 @@ fn block_body(body: &[u8]) {
             id.as_slice().try_into().ok().map(DeviceId)
         })
         .unwrap_or(DEFAULT_DEVICE);
-    let name = segment_name(device, 1);
+    let name = segment_name(device, 1, TAG, 0);
     let key = fuzzing::chat_key(CHAT_KEY);
     let block = fuzzing::seal(
         keys(),
@@ -141,25 +149,29 @@ fn drive(name: &str, object: &[u8]) -> Option<Vec<Operation>> {
     let previous = opened.prev_hash.map(|hash| Head {
         device: opened.head.device,
         seq: opened.head.seq - 1,
+        tag: opened.parent_tag,
         hash,
     });
-    let applied: BTreeMap<DeviceId, Head> = previous.iter().map(|h| (h.device, *h)).collect();
+    let applied: Vec<Head> = previous.iter().copied().collect();
     let listing = Listing::classify([(name, object.len() as u64)]);
     let mut engine = Engine::new(listing, applied, BTreeMap::new(), ChatKeys::new());
     if previous.is_none() {
-        let plan = engine.plan().expect("a lone first segment is a valid plan");
+        let plan = engine
+            .plan(|_| false)
+            .expect("a lone first segment is a valid plan");
         assert_eq!(plan.len(), 1);
         let again = plan[0]
             .open_segment(keys, object)
             .expect("it opened before");
         assert_eq!(again.head, opened.head);
     }
-    if let Err(error) = engine.accept(&opened) {
+    let parent_hash = previous.map(|h| h.hash);
+    if let Err(error) = engine.accept(&opened, |_| parent_hash) {
         // The chain holds by construction: only conflicting grants may be refused.
         assert!(matches!(error, Error::Decode { .. }), "{error:?}");
         return None;
     }
-    let _ = engine.check_claims(&opened, |_, _| None);
+    let _ = engine.check_claims(&opened, |_| None);
     let _ = engine.check_applied();
     open_blocks(keys, engine.chat_keys(), &opened).ok()
 }
@@ -202,7 +214,7 @@ fn frame(rest: &[u8]) {
         }
     }
     let keys = keys();
-    let name = segment_name(DEFAULT_DEVICE, 1);
+    let name = segment_name(DEFAULT_DEVICE, 1, TAG, 0);
     let object = fuzzing::seal_frame(keys, SealingKey::Log, ObjectKind::Segment, &name, &frame)
         .expect("any frame encrypts");
     match fuzzing::open(keys, SealingKey::Log, ObjectKind::Segment, &name, &object) {

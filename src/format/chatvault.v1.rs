@@ -183,7 +183,8 @@ pub struct ChatKeyGrant {
     #[prost(bytes = "vec", tag = "3")]
     pub key: ::prost::alloc::vec::Vec<u8>,
 }
-/// The newest segment of a device that the writer had applied when it wrote a segment.
+/// A tip (an applied segment with no applied child) of a device's segment tree that the writer
+/// had applied when it wrote a segment or checkpoint; a device may have several (a fork).
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct DeviceHead {
     #[prost(bytes = "vec", tag = "1")]
@@ -193,6 +194,9 @@ pub struct DeviceHead {
     /// SHA-256 of that segment object's bytes.
     #[prost(bytes = "vec", tag = "3")]
     pub hash: ::prost::alloc::vec::Vec<u8>,
+    /// The segment's random tag, the third part of its name (never zero).
+    #[prost(fixed64, tag = "4")]
+    pub tag: u64,
 }
 /// One chat's sealed operations inside a segment.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

@@ -23,7 +23,9 @@ use crate::error::{Error, Result};
 use crate::format::proto;
 use crate::keys::VaultKeys;
 use crate::sync::batch::EncodedBatch;
-use crate::sync::segment::{Head, KeyId, SegmentHash};
+use crate::sync::segment::{
+    Head, KeyId, SegmentHash, SegmentId, SegmentName, head_to_proto, heads_from_proto,
+};
 use crate::sync::{Chat, DeviceId};
 
 pub mod cache;
@@ -199,6 +201,15 @@ impl LocalState {
             .map_err(db_error)
     }
 
+    /// Refuses to sync a state that synced with a vault of untagged segment names (migration 5
+    /// marked it): no reader accepts that vault any more.
+    pub fn refuse_untagged_vault(&self) -> Result<()> {
+        match self.meta(schema::META_UNTAGGED_VAULT)? {
+            Some(_) => Err(schema::untagged_vault_error()),
+            None => Ok(()),
+        }
+    }
+
     /// Sets a value in the meta table.
     pub fn set_meta(&self, key: &str, value: &[u8]) -> Result<()> {
         set_meta(&self.connection, key, value)
@@ -307,44 +318,45 @@ impl LocalState {
             .transpose()
     }
 
-    /// Newest applied segment per device.
-    pub fn heads(&self) -> Result<BTreeMap<DeviceId, Head>> {
+    /// The tips this device applied: per device, every applied segment with no applied child
+    /// (one, unless the device's tree forked).
+    pub fn heads(&self) -> Result<Vec<Head>> {
         let mut statement = self
             .connection
-            .prepare("SELECT device, seq, hash FROM heads")
+            .prepare("SELECT device, seq, tag, hash FROM heads ORDER BY device, seq, tag")
             .map_err(db_error)?;
         let rows = statement
             .query_map([], |row| {
                 Ok((
                     row.get::<_, Vec<u8>>(0)?,
                     row.get::<_, i64>(1)?,
-                    row.get::<_, Vec<u8>>(2)?,
+                    row.get::<_, i64>(2)?,
+                    row.get::<_, Vec<u8>>(3)?,
                 ))
             })
             .map_err(db_error)?;
-        let mut heads = BTreeMap::new();
+        let mut heads = Vec::new();
         for row in rows {
-            let (device, seq, hash) = row.map_err(db_error)?;
-            let device = DeviceId(device.try_into().map_err(|_| corrupt("head device"))?);
-            let hash: SegmentHash = hash.try_into().map_err(|_| corrupt("head hash"))?;
-            heads.insert(
-                device,
-                Head {
-                    device,
-                    seq: seq as u64,
-                    hash,
-                },
-            );
+            let (device, seq, tag, hash) = row.map_err(db_error)?;
+            heads.push(Head {
+                device: DeviceId(device.try_into().map_err(|_| corrupt("head device"))?),
+                seq: seq as u64,
+                tag: tag as u64,
+                hash: hash.try_into().map_err(|_| corrupt("head hash"))?,
+            });
         }
         Ok(heads)
     }
 
     /// The hash of a segment this device applied or wrote.
-    pub fn segment_hash(&self, device: DeviceId, seq: u64) -> Result<Option<SegmentHash>> {
+    pub fn segment_hash(&self, id: SegmentId) -> Result<Option<SegmentHash>> {
         self.connection
+            .prepare_cached(
+                "SELECT hash FROM segment_hashes WHERE device = ?1 AND seq = ?2 AND tag = ?3",
+            )
+            .map_err(db_error)?
             .query_row(
-                "SELECT hash FROM segment_hashes WHERE device = ?1 AND seq = ?2",
-                params![&device.0[..], seq as i64],
+                params![&id.device.0[..], id.seq as i64, id.tag as i64],
                 |row| row.get::<_, Vec<u8>>(0),
             )
             .optional()
@@ -390,26 +402,7 @@ impl LocalState {
             let (name, covered, created) = row.map_err(db_error)?;
             let decoded =
                 proto::Segment::decode(&covered[..]).map_err(|_| corrupt("checkpoint"))?;
-            let heads = decoded
-                .seen
-                .iter()
-                .map(|h| {
-                    Ok(Head {
-                        device: DeviceId(
-                            h.device_id
-                                .as_slice()
-                                .try_into()
-                                .map_err(|_| corrupt("checkpoint"))?,
-                        ),
-                        seq: h.seq,
-                        hash: h
-                            .hash
-                            .as_slice()
-                            .try_into()
-                            .map_err(|_| corrupt("checkpoint"))?,
-                    })
-                })
-                .collect::<Result<Vec<_>>>()?;
+            let heads = heads_from_proto(&decoded.seen, |_| corrupt("checkpoint"))?;
             out.insert(name, (heads, created as u64));
         }
         Ok(out)
@@ -550,30 +543,43 @@ pub(crate) fn replace_pending(
     }
 }
 
-/// Records that a segment is in the bucket and applied: advances the device's head.
-pub(crate) fn commit_head(tx: &Transaction<'_>, head: &Head, size: u64) -> Result<()> {
+/// Records that a segment (`name`, with `hash` and `size`) is in the bucket and applied: it
+/// becomes a tip of its device in place of the segment it follows, and a staged segment of
+/// that name is done.
+pub(crate) fn commit_head(
+    tx: &Transaction<'_>,
+    name: &SegmentName,
+    hash: &SegmentHash,
+    size: u64,
+) -> Result<()> {
+    let device = &name.device.0[..];
+    if let Some(parent) = name.parent_id() {
+        tx.execute(
+            "DELETE FROM heads WHERE device = ?1 AND seq = ?2 AND tag = ?3",
+            params![device, parent.seq as i64, parent.tag as i64],
+        )
+        .map_err(db_error)?;
+    }
     tx.execute(
-        "INSERT INTO heads (device, seq, hash) VALUES (?1, ?2, ?3)
-         ON CONFLICT (device) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
-        params![&head.device.0[..], head.seq as i64, &head.hash[..]],
+        "INSERT OR REPLACE INTO heads (device, seq, tag, hash) VALUES (?1, ?2, ?3, ?4)",
+        params![device, name.seq as i64, name.tag as i64, &hash[..]],
     )
     .map_err(db_error)?;
     tx.execute(
-        "INSERT OR REPLACE INTO segment_hashes (device, seq, hash, size) VALUES (?1, ?2, ?3, ?4)",
+        "INSERT OR REPLACE INTO segment_hashes (device, seq, tag, hash, size)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
         params![
-            &head.device.0[..],
-            head.seq as i64,
-            &head.hash[..],
+            device,
+            name.seq as i64,
+            name.tag as i64,
+            &hash[..],
             size as i64
         ],
     )
     .map_err(db_error)?;
     tx.execute(
         "DELETE FROM pending_segment WHERE seq = ?1 AND name = ?2",
-        params![
-            head.seq as i64,
-            crate::sync::segment::segment_name(head.device, head.seq)
-        ],
+        params![name.seq as i64, name.to_name()],
     )
     .map_err(db_error)?;
     Ok(())
@@ -588,14 +594,7 @@ pub(crate) fn note_checkpoint(
     created_at_ms: u64,
 ) -> Result<()> {
     let encoded = proto::Segment {
-        seen: covered
-            .iter()
-            .map(|h| proto::DeviceHead {
-                device_id: h.device.0.to_vec(),
-                seq: h.seq,
-                hash: h.hash.to_vec(),
-            })
-            .collect(),
+        seen: covered.iter().map(head_to_proto).collect(),
         ..proto::Segment::default()
     }
     .encode_to_vec();
@@ -614,21 +613,30 @@ pub(crate) fn forget_checkpoint(tx: &Transaction<'_>, name: &str) -> Result<()> 
         .map_err(db_error)
 }
 
-/// Sets a device's head only if it moves it forward.
-pub(crate) fn advance_head(tx: &Transaction<'_>, head: &Head) -> Result<()> {
-    tx.execute(
-        "INSERT INTO heads (device, seq, hash) VALUES (?1, ?2, ?3)
-         ON CONFLICT (device) DO UPDATE SET seq = excluded.seq, hash = excluded.hash
-         WHERE excluded.seq > heads.seq",
-        params![&head.device.0[..], head.seq as i64, &head.hash[..]],
-    )
-    .map_err(db_error)?;
-    tx.execute(
-        "INSERT OR IGNORE INTO segment_hashes (device, seq, hash, size) VALUES (?1, ?2, ?3, 0)",
-        params![&head.device.0[..], head.seq as i64, &head.hash[..]],
-    )
-    .map(|_| ())
-    .map_err(db_error)
+/// Replaces every tip with `tips` (after a restore from a checkpoint: the engine computed
+/// them from this device's tips and the checkpoint's), remembering their hashes.
+pub(crate) fn set_tips(tx: &Transaction<'_>, tips: &[Head]) -> Result<()> {
+    tx.execute("DELETE FROM heads", []).map_err(db_error)?;
+    for head in tips {
+        let row = params![
+            &head.device.0[..],
+            head.seq as i64,
+            head.tag as i64,
+            &head.hash[..]
+        ];
+        tx.execute(
+            "INSERT OR REPLACE INTO heads (device, seq, tag, hash) VALUES (?1, ?2, ?3, ?4)",
+            row,
+        )
+        .map_err(db_error)?;
+        tx.execute(
+            "INSERT OR IGNORE INTO segment_hashes (device, seq, tag, hash, size)
+             VALUES (?1, ?2, ?3, ?4, 0)",
+            row,
+        )
+        .map_err(db_error)?;
+    }
+    Ok(())
 }
 
 pub(crate) fn note_device(

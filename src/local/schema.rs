@@ -23,7 +23,7 @@ use super::versions::{DeviceNumbers, Journal, RunCache, Version, VersionWriter, 
 use super::{corrupt, db_error};
 
 /// The schema version this library writes.
-pub const CURRENT_VERSION: u32 = 4;
+pub const CURRENT_VERSION: u32 = 5;
 
 /// Messages per flush when migration 3 converts the messages table.
 const MIGRATED_CHUNK: usize = 10_000;
@@ -186,6 +186,54 @@ fn to_v3(tx: &Transaction<'_>, key: &CacheKey) -> Result<()> {
     Ok(())
 }
 
+/// The meta key set by migration 5 on a state directory that had synced with a vault of
+/// untagged segment names: its content stays, but it cannot sync (see [`to_v5`]).
+pub(crate) const META_UNTAGGED_VAULT: &str = "untagged_vault";
+
+/// Version 4 -> 5: segment names carry a random tag and their parent's (FORMAT.md 9.2), so
+/// what a device applied is a set of tips per device and a hash per (device, seq, tag). The
+/// vault such a state synced with was written under the untagged names, which no reader
+/// accepts any more (a format change before the first release): there is nothing meaningful
+/// to convert its sync position into. Its content and outbox stay (the app can still read and
+/// export them); a state that had synced is marked, and every sync refuses it with
+/// [`untagged_vault_error`].
+fn to_v5(tx: &Transaction<'_>) -> Result<()> {
+    let synced: i64 = tx
+        .query_row(
+            "SELECT (SELECT COUNT(*) FROM heads) + (SELECT COUNT(*) FROM pending_segment)
+                  + (SELECT COUNT(*) FROM checkpoints)",
+            [],
+            |row| row.get(0),
+        )
+        .map_err(db_error)?;
+    if synced > 0 {
+        super::set_meta(tx, META_UNTAGGED_VAULT, &[1])?;
+    }
+    tx.execute_batch(
+        "DROP TABLE heads;
+         DROP TABLE segment_hashes;
+         DELETE FROM checkpoints;
+         DELETE FROM meta WHERE key = 'checkpoint_seq';
+         CREATE TABLE heads (
+             device BLOB NOT NULL, seq INTEGER NOT NULL, tag INTEGER NOT NULL, hash BLOB NOT NULL,
+             PRIMARY KEY (device, seq, tag));
+         CREATE TABLE segment_hashes (
+             device BLOB NOT NULL, seq INTEGER NOT NULL, tag INTEGER NOT NULL,
+             hash BLOB NOT NULL, size INTEGER NOT NULL, PRIMARY KEY (device, seq, tag));",
+    )
+    .map_err(db_error)
+}
+
+/// The error every sync of a state marked by migration 5 returns.
+pub(crate) fn untagged_vault_error() -> crate::Error {
+    crate::Error::LocalState(
+        "this state directory synced with a vault written before segment names carried tags \
+         (a format change before the first release); no reader accepts that vault any more. \
+         The local content is intact: export it and import it into a new vault"
+            .into(),
+    )
+}
+
 /// Brings the database at `connection` to [`CURRENT_VERSION`].
 pub(super) fn migrate(connection: &mut Connection, key: &CacheKey) -> Result<()> {
     let version: u32 = connection
@@ -211,6 +259,7 @@ pub(super) fn migrate(connection: &mut Connection, key: &CacheKey) -> Result<()>
             2 => to_v2(&tx)?,
             3 => to_v3(&tx, key)?,
             4 => super::greatest::migrate(&tx)?,
+            5 => to_v5(&tx)?,
             _ => unreachable_version(next)?,
         }
         tx.pragma_update(None, "user_version", next)

@@ -2,12 +2,15 @@
 //! index, so a new device reads few objects and one chat can be restored with one ranged GET.
 //!
 //! ```text
-//! index = checkpoints/<device hex>/<seq 016x>      sealed (kind 6, log key) CheckpointIndex
-//! pack  = packs/<device hex>/<seq 016x>/<n 4 digits>  sealed chat blocks back to back, zero-padded
+//! index = checkpoints/<device hex>/<seq 016x>-<tag 016x>     sealed (kind 6, log key) CheckpointIndex
+//! pack  = packs/<device hex>/<seq 016x>-<tag 016x>/<n 4 digits>  sealed chat blocks, zero-padded
 //! block = sealed (kind 2, a key of the chat, AAD name = "blocks/<block id hex>") ChatCheckpoint
 //! ```
 //!
-//! The index lists the segments it covers (one head per device), every key of every live chat,
+//! The tag is random per checkpoint, so copies of one state directory that reserve the same
+//! sequence number still write under different names.
+//!
+//! The index lists the segments it covers (every tip of every device's segment tree), every key of every live chat,
 //! the packs its blocks lie in (its own, and earlier checkpoints' whose blocks it kept), where each
 //! chat block lies, and the deleted chats' tombstones. Keys of a deleted chat stay only while a
 //! covered device may still write to it unaware of the delete ([`deletions`](super::deletions));
@@ -25,7 +28,7 @@ use crate::sealing::{self, ObjectContext};
 use super::clock::{DeviceId, Stamp};
 use super::history::{HistoryCursor, position_of};
 use super::model::Operation;
-use super::segment::{ChatKeys, Head, KeyId, parse_device_and_seq};
+use super::segment::{ChatKeys, Head, KeyId, heads_from_proto, parse_device_seq_tag};
 
 /// Where checkpoint indexes live inside the vault prefix.
 pub const CHECKPOINTS_PREFIX: &str = "checkpoints/";
@@ -65,19 +68,22 @@ pub fn checkpoint_due(
         }
 }
 
-/// The name of a checkpoint index.
-pub fn checkpoint_name(device: DeviceId, seq: u64) -> String {
-    format!("{CHECKPOINTS_PREFIX}{}/{seq:016x}", device.to_hex())
+/// The name of a checkpoint index: `checkpoints/<device>/<seq 016x>-<tag 016x>`.
+pub fn checkpoint_name(device: DeviceId, seq: u64, tag: u64) -> String {
+    format!(
+        "{CHECKPOINTS_PREFIX}{}/{seq:016x}-{tag:016x}",
+        device.to_hex()
+    )
 }
 
-/// Parses a checkpoint index name.
-pub fn parse_checkpoint_name(name: &str) -> Option<(DeviceId, u64)> {
-    parse_device_and_seq(name.strip_prefix(CHECKPOINTS_PREFIX)?)
+/// Parses a checkpoint index name into (device, seq, tag); the tag is never zero.
+pub fn parse_checkpoint_name(name: &str) -> Option<(DeviceId, u64, u64)> {
+    parse_device_seq_tag(name.strip_prefix(CHECKPOINTS_PREFIX)?)
 }
 
-/// The prefix of a checkpoint's packs.
-pub fn pack_prefix(device: DeviceId, seq: u64) -> String {
-    format!("{PACKS_PREFIX}{}/{seq:016x}/", device.to_hex())
+/// The prefix of a checkpoint's packs: `packs/<device>/<seq 016x>-<tag 016x>/`.
+pub fn pack_prefix(device: DeviceId, seq: u64, tag: u64) -> String {
+    format!("{PACKS_PREFIX}{}/{seq:016x}-{tag:016x}/", device.to_hex())
 }
 
 /// Where one chat block lies.
@@ -110,7 +116,8 @@ pub struct CheckpointIndex {
     pub device: DeviceId,
     /// Checkpoint sequence number.
     pub seq: u64,
-    /// Segments covered, one head per device.
+    /// Segments covered: every tip of every device's segment tree (the walk through the
+    /// listing from these covers their ancestors).
     pub covered: Vec<Head>,
     /// Keys of live chats.
     pub grants: Vec<(KeyId, String, ChatKey)>,
@@ -141,14 +148,14 @@ pub(crate) fn block_name(block_id: &[u8; 16]) -> String {
     format!("blocks/{}", crate::hex::encode(block_id))
 }
 
-/// Parses a pack name into its checkpoint's (device, seq) and its number.
-pub fn parse_pack_name(name: &str) -> Option<(DeviceId, u64, u32)> {
+/// Parses a pack name into its checkpoint's (device, seq, tag) and its number.
+pub fn parse_pack_name(name: &str) -> Option<(DeviceId, u64, u64, u32)> {
     let (checkpoint, number) = name.strip_prefix(PACKS_PREFIX)?.rsplit_once('/')?;
-    let (device, seq) = parse_device_and_seq(checkpoint)?;
+    let (device, seq, tag) = parse_device_seq_tag(checkpoint)?;
     if number.len() != 4 || !number.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    Some((device, seq, number.parse().ok()?))
+    Some((device, seq, tag, number.parse().ok()?))
 }
 
 /// Opens and checks a checkpoint index stored under `name`.
@@ -162,7 +169,7 @@ pub fn open_checkpoint_index(
             name: name.to_owned(),
         })
     };
-    let (device, seq) = parse_checkpoint_name(name).ok_or_else(misplaced)?;
+    let (device, seq, _) = parse_checkpoint_name(name).ok_or_else(misplaced)?;
     let context = ObjectContext {
         vault_id: keys.vault_id(),
         kind: ObjectKind::CheckpointIndex,
@@ -182,21 +189,7 @@ pub fn open_checkpoint_index(
     let id16 = |bytes: &[u8], what: &str| -> Result<[u8; 16]> {
         bytes.try_into().map_err(|_| malformed(what))
     };
-    let covered = index
-        .covered
-        .iter()
-        .map(|h| {
-            Ok(Head {
-                device: DeviceId(id16(&h.device_id, "covered device")?),
-                seq: h.seq,
-                hash: h
-                    .hash
-                    .as_slice()
-                    .try_into()
-                    .map_err(|_| malformed("covered hash"))?,
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let covered = heads_from_proto(&index.covered, malformed)?;
     let grants = index
         .keys
         .iter()
@@ -379,7 +372,7 @@ mod tests {
     ) -> Result<CheckpointIndex> {
         let keys = VaultKeys::derive(&RecoveryKey::from_bytes([5; 32]));
         let device = DeviceId([1; 16]);
-        let name = checkpoint_name(device, 1);
+        let name = checkpoint_name(device, 1, 1);
         let deleted_chats = fills
             .iter()
             .map(|fill| {

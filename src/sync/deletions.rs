@@ -143,6 +143,7 @@ mod tests {
         Head {
             device: device(n),
             seq,
+            tag: seq,
             hash: [n; 32],
         }
     }

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use super::checkpoint::{parse_checkpoint_name, parse_pack_name};
 use super::clock::DeviceId;
-use super::segment::parse_segment_name;
+use super::segment::{SegmentId, SegmentName, parse_segment_name};
 
 /// One listed object: its name inside the vault prefix and the size the listing promises.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,11 +20,20 @@ pub struct Listed {
     pub size: u64,
 }
 
+/// A listed segment: the object and the tag of the segment it follows, from its name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedSegment {
+    /// The tag of the segment `seq - 1` it follows (zero at seq 1).
+    pub parent: u64,
+    /// The object.
+    pub listed: Listed,
+}
+
 /// The vault's objects as one listing shows them.
 #[derive(Debug, Clone, Default)]
 pub struct Listing {
-    /// Segments per device, by sequence number.
-    pub segments: BTreeMap<DeviceId, BTreeMap<u64, Listed>>,
+    /// Segments per device, by (sequence number, tag): each device's tree, normally one chain.
+    pub segments: BTreeMap<DeviceId, BTreeMap<(u64, u64), ListedSegment>>,
     /// Checkpoint indexes, by name.
     pub checkpoints: BTreeMap<String, Listed>,
     /// Packs, by name.
@@ -42,12 +51,14 @@ impl Listing {
                 name: name.to_owned(),
                 size,
             };
-            if let Some((device, seq)) = parse_segment_name(name).filter(|(_, seq)| *seq > 0) {
-                listing
-                    .segments
-                    .entry(device)
-                    .or_default()
-                    .insert(seq, listed);
+            if let Some(segment) = parse_segment_name(name) {
+                listing.segments.entry(segment.device).or_default().insert(
+                    (segment.seq, segment.tag),
+                    ListedSegment {
+                        parent: segment.parent,
+                        listed,
+                    },
+                );
             } else if parse_checkpoint_name(name).is_some() {
                 listing.checkpoints.insert(listed.name.clone(), listed);
             } else if parse_pack_name(name).is_some() {
@@ -63,21 +74,29 @@ impl Listing {
     pub fn newest_segments(&self) -> BTreeMap<DeviceId, u64> {
         self.segments
             .iter()
-            .filter_map(|(device, segments)| Some((*device, *segments.keys().next_back()?)))
+            .filter_map(|(device, segments)| Some((*device, segments.keys().next_back()?.0)))
             .collect()
     }
 
     /// A listed segment.
-    pub fn segment(&self, device: DeviceId, seq: u64) -> Option<&Listed> {
-        self.segments.get(&device)?.get(&seq)
+    pub fn segment(&self, id: SegmentId) -> Option<&ListedSegment> {
+        self.segments.get(&id.device)?.get(&(id.seq, id.tag))
     }
 
-    /// Every listed segment, per device in order.
-    pub fn all_segments(&self) -> impl Iterator<Item = (DeviceId, u64, &Listed)> {
+    /// Every listed segment, per device in (seq, tag) order.
+    pub fn all_segments(&self) -> impl Iterator<Item = (SegmentName, &Listed)> {
         self.segments.iter().flat_map(|(device, segments)| {
-            segments
-                .iter()
-                .map(move |(seq, listed)| (*device, *seq, listed))
+            segments.iter().map(move |((seq, tag), segment)| {
+                (
+                    SegmentName {
+                        device: *device,
+                        seq: *seq,
+                        tag: *tag,
+                        parent: segment.parent,
+                    },
+                    &segment.listed,
+                )
+            })
         })
     }
 }
@@ -92,28 +111,45 @@ mod tests {
 
     #[test]
     fn names_are_sorted_by_kind_and_junk_is_set_aside() {
-        let segment = segment_name(A, 1);
-        let index = checkpoint_name(A, 1);
-        let pack = format!("{}0000", pack_prefix(A, 1));
-        let upper = segment.to_uppercase();
-        let zero = segment_name(A, 0);
-        let names = [
+        let segment = segment_name(A, 1, 0xab, 0);
+        let child = segment_name(A, 2, 0xcd, 0xab);
+        let index = checkpoint_name(A, 1, 5);
+        let pack = format!("{}0000", pack_prefix(A, 1, 5));
+        let upper = segment_name(A, 2, 0xcd, 0xab).to_uppercase();
+        // Spellings writers never produce: seq 0, a zero tag, a parent at seq 1, none after it,
+        // a checkpoint with a zero tag or without one, a short tag.
+        let bad = [
+            segment_name(A, 0, 1, 0),
+            segment_name(A, 1, 0, 0),
+            segment_name(A, 1, 1, 1),
+            segment_name(A, 2, 1, 0),
+            checkpoint_name(A, 1, 0),
+            format!("checkpoints/{}/{:016x}", A.to_hex(), 1),
+            format!("segments/{}/{:016x}-{:015x}-{:016x}", A.to_hex(), 2, 1, 1),
+        ];
+        let mut names = vec![
             segment.as_str(),
+            child.as_str(),
             index.as_str(),
             pack.as_str(),
             "segments/README",
             upper.as_str(),
-            zero.as_str(),
             "stray",
         ];
+        names.extend(bad.iter().map(String::as_str));
         let listing = Listing::classify(names.iter().map(|n| (*n, 7)));
-        assert_eq!(listing.segment(A, 1).map(|l| l.size), Some(7));
+        let id = |seq, tag| SegmentId {
+            device: A,
+            seq,
+            tag,
+        };
+        assert_eq!(listing.segment(id(1, 0xab)).map(|l| l.listed.size), Some(7));
+        assert_eq!(listing.segment(id(2, 0xcd)).map(|l| l.parent), Some(0xab));
         assert_eq!(listing.checkpoints.len(), 1);
         assert_eq!(listing.packs.len(), 1);
-        assert_eq!(
-            listing.unknown,
-            ["segments/README", upper.as_str(), zero.as_str(), "stray"]
-        );
-        assert_eq!(listing.newest_segments(), BTreeMap::from([(A, 1)]));
+        let mut unknown = vec!["segments/README", upper.as_str(), "stray"];
+        unknown.extend(bad.iter().map(String::as_str));
+        assert_eq!(listing.unknown, unknown);
+        assert_eq!(listing.newest_segments(), BTreeMap::from([(A, 2)]));
     }
 }

@@ -12,10 +12,12 @@ pub mod engine;
 pub mod history;
 pub mod listing;
 pub mod model;
+pub mod names;
 pub mod next_checkpoint;
 pub mod plan;
 pub mod segment;
 pub mod state;
+pub mod tree;
 
 pub use clock::{Clock, DeviceId, Stamp};
 pub use model::{Change, Chat, Message, Operation};

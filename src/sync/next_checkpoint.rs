@@ -28,7 +28,7 @@ use super::clock::{DeviceId, Stamp};
 use super::deletions::DeletionWitnesses;
 use super::history::{HistoryCursor, position_of};
 use super::model::{Change, Operation};
-use super::segment::{ChatKeys, Head, KeyId};
+use super::segment::{ChatKeys, Head, KeyId, head_to_proto};
 use super::state::{MemoryState, apply};
 
 /// Chat blocks are filled up to about this much encoded plaintext (64 KiB): a page of history
@@ -57,7 +57,10 @@ pub struct CheckpointInput<'a> {
     pub device: DeviceId,
     /// 1, 2, ... per device.
     pub seq: u64,
-    /// The newest segment of every device the checkpoint covers.
+    /// A random tag ([`random_tag`](super::segment::random_tag)), drawn with the reserved
+    /// sequence number: copies of one state directory never share a checkpoint's names.
+    pub tag: u64,
+    /// Every tip of every device's segment tree the checkpoint covers.
     pub covered: &'a [Head],
     /// Every known chat key, including the previous checkpoint's grants (keys of chats without
     /// blocks are left out).
@@ -297,10 +300,10 @@ impl<'a> NextCheckpoint<'a> {
         nonce: &mut dyn FnMut() -> Result<[u8; sealing::NONCE_LEN]>,
     ) -> Result<SealedCheckpoint> {
         let (fates, _) = self.fates();
-        let index_name = checkpoint_name(input.device, input.seq);
+        let index_name = checkpoint_name(input.device, input.seq, input.tag);
         let mut writer = PackWriter {
             keys,
-            pack_base: pack_prefix(input.device, input.seq),
+            pack_base: pack_prefix(input.device, input.seq, input.tag),
             nonce,
             packs: Vec::new(),
             open: None,
@@ -512,14 +515,6 @@ fn delete_chat(chat_id: &str, stamp: Stamp) -> Operation {
         change: Change::DeleteChat {
             chat_id: chat_id.to_owned(),
         },
-    }
-}
-
-fn head_to_proto(head: &Head) -> proto::DeviceHead {
-    proto::DeviceHead {
-        device_id: head.device.0.to_vec(),
-        seq: head.seq,
-        hash: head.hash.to_vec(),
     }
 }
 
@@ -800,6 +795,7 @@ mod tests {
             &CheckpointInput {
                 device,
                 seq: 1,
+                tag: 1,
                 covered: &[],
                 chat_keys: &chat_keys,
                 deleted_chats: &[],
@@ -927,6 +923,7 @@ mod tests {
                     &CheckpointInput {
                         device: DeviceId([3; 16]),
                         seq: self.seq,
+                        tag: 0x7a,
                         covered: &[],
                         chat_keys: &self.chat_keys,
                         deleted_chats: &[],
@@ -1122,12 +1119,12 @@ mod tests {
         };
         let device = DeviceId([3; 16]);
         let base = CheckpointIndex {
-            name: checkpoint_name(device, 1),
+            name: checkpoint_name(device, 1, 1),
             device,
             seq: 1,
             covered: Vec::new(),
             grants: Vec::new(),
-            packs: vec![(format!("{}0000", pack_prefix(device, 1)), u64::MAX)],
+            packs: vec![(format!("{}0000", pack_prefix(device, 1, 1)), u64::MAX)],
             chats: vec![block([1; 16]), block([2; 16])],
             deleted_chats: Vec::new(),
             deletions: BTreeMap::new(),

@@ -1,7 +1,7 @@
 //! Segments: sealed batches of one device's operations, hash-chained per device.
 //!
 //! ```text
-//! name    = "segments/" || device id hex (32) || "/" || seq as 16 hex digits
+//! name    = "segments/" || device id hex (32) || "/" || seq 016x || "-" || tag 016x || "-" || parent tag 016x
 //! object  = sealed (kind 4, log key, AAD name = name) protobuf Segment
 //! Segment = { device_id, seq, prev_hash, seen heads, chat key grants, sealed chat blocks, ... }
 //! block i = sealed (kind 2, chat key, AAD name = name || "#" || i) protobuf ChatOperations
@@ -27,6 +27,11 @@ use crate::sealing::{self, Compression, ObjectContext};
 use super::batch::EncodedBatch;
 use super::clock::DeviceId;
 use super::model::Operation;
+pub use super::names::{
+    SegmentId, SegmentName, parse_device_and_rest, parse_device_seq_tag, parse_hex16,
+    parse_segment_name, random_tag, segment_name,
+};
+pub(crate) use super::names::{head_to_proto, heads_from_proto};
 
 /// Where segments live inside the vault prefix.
 pub const SEGMENTS_PREFIX: &str = "segments/";
@@ -38,15 +43,29 @@ pub type KeyId = [u8; 16];
 /// SHA-256 of a segment object.
 pub type SegmentHash = [u8; 32];
 
-/// The newest applied segment of a device.
+/// An applied segment: a tip of its device's tree (no applied child), or one a checkpoint
+/// covers or a segment claims to have seen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Head {
     /// The device.
     pub device: DeviceId,
     /// Its sequence number.
     pub seq: u64,
+    /// Its tag (the second number of its name).
+    pub tag: u64,
     /// The segment object's SHA-256.
     pub hash: SegmentHash,
+}
+
+impl Head {
+    /// The segment it names.
+    pub fn id(&self) -> SegmentId {
+        SegmentId {
+            device: self.device,
+            seq: self.seq,
+            tag: self.tag,
+        }
+    }
 }
 
 /// Every chat key known to a device, by key id, with the chat each belongs to.
@@ -123,34 +142,6 @@ impl ChatKeys {
     }
 }
 
-/// The object name of a device's segment.
-pub fn segment_name(device: DeviceId, seq: u64) -> String {
-    format!("{SEGMENTS_PREFIX}{}/{seq:016x}", device.to_hex())
-}
-
-/// Parses a segment name back into (device, seq); `None` for anything else.
-pub fn parse_segment_name(name: &str) -> Option<(DeviceId, u64)> {
-    parse_device_and_seq(name.strip_prefix(SEGMENTS_PREFIX)?)
-}
-
-/// Parses `<device id hex>/<seq as 16 hex digits>`, the tail of segment and checkpoint names,
-/// all lower-case: exactly the form writers produce, so no look-alike name (upper-case hex)
-/// can stand for the same device and sequence number as a real object.
-pub fn parse_device_and_seq(rest: &str) -> Option<(DeviceId, u64)> {
-    let (device, seq) = rest.split_once('/')?;
-    let lower_hex = |text: &str| {
-        text.bytes()
-            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-    };
-    if seq.len() != 16 || !lower_hex(seq) || !lower_hex(device) {
-        return None;
-    }
-    Some((
-        DeviceId::from_hex(device)?,
-        u64::from_str_radix(seq, 16).ok()?,
-    ))
-}
-
 /// What a new segment holds.
 #[derive(Debug)]
 pub struct NewSegment<'a> {
@@ -158,8 +149,10 @@ pub struct NewSegment<'a> {
     pub device: DeviceId,
     /// Its sequence number (previous + 1).
     pub seq: u64,
-    /// Hash of the device's previous segment (`None` for seq 1).
-    pub prev_hash: Option<SegmentHash>,
+    /// Its random tag ([`random_tag`]), drawn once and kept with the staged segment.
+    pub tag: u64,
+    /// The previous segment's tag and hash (`None` for seq 1).
+    pub previous: Option<(u64, SegmentHash)>,
     /// Newest applied segments of other devices.
     pub seen: &'a [Head],
     /// Key ids of chat keys this segment introduces.
@@ -195,7 +188,12 @@ pub(crate) fn seal_segment_with(
     segment: &NewSegment<'_>,
     nonce: &mut dyn FnMut() -> Result<[u8; sealing::NONCE_LEN]>,
 ) -> Result<(String, Vec<u8>, SegmentHash)> {
-    let name = segment_name(segment.device, segment.seq);
+    let name = segment_name(
+        segment.device,
+        segment.seq,
+        segment.tag,
+        segment.previous.map_or(0, |(tag, _)| tag),
+    );
     let mut blocks = Vec::new();
     for (index, (chat_id, fragment)) in segment.operations.chats().enumerate() {
         let (key_id, key) = chat_keys
@@ -237,16 +235,11 @@ pub(crate) fn seal_segment_with(
         proto::Segment {
             device_id: segment.device.0.to_vec(),
             seq: segment.seq,
-            prev_hash: segment.prev_hash.map(|h| h.to_vec()).unwrap_or_default(),
-            seen: segment
-                .seen
-                .iter()
-                .map(|head| proto::DeviceHead {
-                    device_id: head.device.0.to_vec(),
-                    seq: head.seq,
-                    hash: head.hash.to_vec(),
-                })
-                .collect(),
+            prev_hash: segment
+                .previous
+                .map(|(_, h)| h.to_vec())
+                .unwrap_or_default(),
+            seen: segment.seen.iter().map(head_to_proto).collect(),
             keys: grants,
             chats: blocks,
             device_name: segment.device_name.to_owned(),
@@ -270,8 +263,10 @@ pub(crate) fn seal_segment_with(
 pub struct OpenedSegment {
     /// The object name.
     pub name: String,
-    /// This segment's head (device, seq, hash).
+    /// This segment's head (device, seq, tag, hash).
     pub head: Head,
+    /// The tag of the segment it follows (zero at seq 1), from its authenticated name.
+    pub parent_tag: u64,
     /// The previous segment's hash, `None` for seq 1.
     pub prev_hash: Option<SegmentHash>,
     /// Newest segments of other devices the writer had seen.
@@ -293,7 +288,8 @@ pub fn open_segment(keys: &VaultKeys, name: &str, object: &[u8]) -> Result<Opene
             name: name.to_owned(),
         })
     };
-    let (device, seq) = parse_segment_name(name).ok_or_else(misplaced)?;
+    let parsed = parse_segment_name(name).ok_or_else(misplaced)?;
+    let (device, seq) = (parsed.device, parsed.seq);
     let context = ObjectContext {
         vault_id: keys.vault_id(),
         kind: ObjectKind::Segment,
@@ -321,26 +317,7 @@ pub fn open_segment(keys: &VaultKeys, name: &str, object: &[u8]) -> Result<Opene
         ),
         _ => return Err(malformed("previous hash does not fit the sequence number")),
     };
-    let seen = segment
-        .seen
-        .iter()
-        .map(|head| {
-            Ok(Head {
-                device: DeviceId(
-                    head.device_id
-                        .as_slice()
-                        .try_into()
-                        .map_err(|_| malformed("seen device id"))?,
-                ),
-                seq: head.seq,
-                hash: head
-                    .hash
-                    .as_slice()
-                    .try_into()
-                    .map_err(|_| malformed("seen hash"))?,
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let seen = heads_from_proto(&segment.seen, malformed)?;
     let grants = segment
         .keys
         .iter()
@@ -378,8 +355,10 @@ pub fn open_segment(keys: &VaultKeys, name: &str, object: &[u8]) -> Result<Opene
         head: Head {
             device,
             seq,
+            tag: parsed.tag,
             hash: Sha256::digest(object).into(),
         },
+        parent_tag: parsed.parent,
         prev_hash,
         seen,
         grants,
@@ -476,6 +455,11 @@ mod tests {
         ck
     }
 
+    /// The tag the tests give segment `seq` of a chain.
+    fn tag(seq: u64) -> u64 {
+        0x100 + seq
+    }
+
     fn sealed(seq: u64, prev: Option<SegmentHash>) -> (String, Vec<u8>, SegmentHash) {
         let ops = [
             message("a", "1", 0),
@@ -488,7 +472,8 @@ mod tests {
             &NewSegment {
                 device: DEV,
                 seq,
-                prev_hash: prev,
+                tag: tag(seq),
+                previous: prev.map(|hash| (tag(seq - 1), hash)),
                 seen: &[],
                 grants: &[[1; 16], [2; 16]],
                 operations: &EncodedBatch::from_operations(&ops),
@@ -512,7 +497,8 @@ mod tests {
                 &NewSegment {
                     device: DEV,
                     seq: 1,
-                    prev_hash: None,
+                    tag: 1,
+                    previous: None,
                     seen: &[],
                     grants: &[[1; 16]],
                     operations: &EncodedBatch::from_operations(&[op]),
@@ -539,7 +525,15 @@ mod tests {
     #[test]
     fn segments_round_trip_with_grants() {
         let (name, object, hash) = sealed(1, None);
-        assert_eq!(parse_segment_name(&name), Some((DEV, 1)));
+        assert_eq!(
+            parse_segment_name(&name),
+            Some(SegmentName {
+                device: DEV,
+                seq: 1,
+                tag: tag(1),
+                parent: 0
+            })
+        );
         let opened = open_segment(&keys(), &name, &object).unwrap();
         assert_eq!(opened.head.hash, hash);
         let mut learned = ChatKeys::new();
@@ -560,8 +554,14 @@ mod tests {
     #[test]
     fn a_segment_under_another_name_is_rejected() {
         let (_, object, _) = sealed(2, Some([0; 32]));
-        // Replayed as seq 3 of the same device, or as another device's segment.
-        for name in [segment_name(DEV, 3), segment_name(DeviceId([0xd2; 16]), 2)] {
+        // Replayed as seq 3 of the same device, as another device's segment, under another tag
+        // or after another parent: the AAD binds the whole name.
+        for name in [
+            segment_name(DEV, 3, tag(3), tag(2)),
+            segment_name(DeviceId([0xd2; 16]), 2, tag(2), tag(1)),
+            segment_name(DEV, 2, 0x999, tag(1)),
+            segment_name(DEV, 2, tag(2), 0x998),
+        ] {
             assert!(open_segment(&keys(), &name, &object).is_err());
         }
         assert!(matches!(
@@ -583,7 +583,10 @@ mod tests {
             name: &name,
         };
         let body = sealing::open(&keys.log().0, &opened, &object).unwrap();
-        for elsewhere in [segment_name(DEV, 3), segment_name(DeviceId([0xd2; 16]), 2)] {
+        for elsewhere in [
+            segment_name(DEV, 3, tag(3), tag(2)),
+            segment_name(DeviceId([0xd2; 16]), 2, tag(2), tag(1)),
+        ] {
             let there = ObjectContext {
                 vault_id: keys.vault_id(),
                 kind: ObjectKind::Segment,
@@ -628,18 +631,32 @@ mod tests {
 
     #[test]
     fn names_parse_strictly() {
-        assert_eq!(
-            parse_segment_name(&segment_name(DEV, u64::MAX)),
-            Some((DEV, u64::MAX))
-        );
+        let last = SegmentName {
+            device: DEV,
+            seq: u64::MAX,
+            tag: u64::MAX,
+            parent: 1,
+        };
+        assert_eq!(parse_segment_name(&last.to_name()), Some(last));
+        let dev = DEV.to_hex();
+        let one = "0000000000000001";
         for bad in [
-            "segments/",
-            "segments/xyz/0000000000000001",
-            &format!("segments/{}/1", DEV.to_hex()),
-            &format!("segments/{}/000000000000000A", DEV.to_hex()),
-            &format!("other/{}/0000000000000001", DEV.to_hex()),
+            "segments/".to_owned(),
+            format!("segments/xyz/{one}-{one}-0000000000000000"),
+            format!("segments/{dev}/{one}"),
+            format!("segments/{dev}/1-1-0"),
+            format!("segments/{dev}/000000000000000A-{one}-{one}"),
+            format!("segments/{dev}/0000000000000002-{one}-{one}-{one}"),
+            format!("segments/{dev}/0000000000000002-{one}-000000000000000a "),
+            format!("segments/{dev}/0000000000000002_{one}_{one}"),
+            format!("other/{dev}/0000000000000002-{one}-{one}"),
+            // A zero tag; no parent after seq 1; a parent at seq 1; seq 0.
+            format!("segments/{dev}/0000000000000002-0000000000000000-{one}"),
+            format!("segments/{dev}/0000000000000002-{one}-0000000000000000"),
+            format!("segments/{dev}/{one}-{one}-{one}"),
+            format!("segments/{dev}/0000000000000000-{one}-0000000000000000"),
         ] {
-            assert_eq!(parse_segment_name(bad), None, "{bad}");
+            assert_eq!(parse_segment_name(&bad), None, "{bad}");
         }
     }
 }

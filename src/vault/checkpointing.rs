@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use crate::error::{Error, Result};
 use crate::sync::listing::Listing;
 use crate::sync::next_checkpoint::{CheckpointInput, NextCheckpoint};
-use crate::sync::plan::{Get, check_chain, plan_segments};
+use crate::sync::plan::{Get, Known, check_link, plan_segments};
+use crate::sync::segment::{SegmentHash, SegmentId, random_tag};
+use crate::sync::tree::walk;
 
 use super::*;
 
@@ -50,9 +52,8 @@ impl Vault {
         if let Some(index) = &base {
             // The base's covered heads and packs are checked as a pull checks them.
             let local = lock(&self.local)?;
-            pass.engine.adopt(index, |device, seq| {
-                local.segment_hash(device, seq).ok().flatten()
-            })?;
+            pass.engine
+                .adopt(index, |id| local.segment_hash(id).ok().flatten())?;
         }
         let listing = pass.engine.listing();
         let mut total = CheckpointReport::default();
@@ -89,17 +90,26 @@ impl Vault {
         base: Option<&CheckpointIndex>,
     ) -> Result<Round> {
         let mut chat_keys = lock(&self.chat_keys)?.clone();
-        let mut covered: BTreeMap<DeviceId, Head> = BTreeMap::new();
+        // The tips the new checkpoint covers: the base's, each replaced by the segments taken
+        // after it (a fork's branches each keep a tip).
+        let mut covered: Vec<Head> = Vec::new();
         if let Some(index) = base {
             for (key_id, chat_id, key) in &index.grants {
                 chat_keys.insert(*key_id, chat_id, key.clone())?;
             }
-            covered = index.covered.iter().map(|h| (h.device, *h)).collect();
+            covered = index.covered.clone();
         }
-        let base_coverage: BTreeMap<DeviceId, u64> = base
-            .map(|index| index.covered.iter().map(|h| (h.device, h.seq)).collect())
-            .unwrap_or_default();
-        let fetches = plan_segments(listing, &covered, &base_coverage)?;
+        let mut hashes: BTreeMap<SegmentId, SegmentHash> =
+            covered.iter().map(|h| (h.id(), h.hash)).collect();
+        let base_walk = walk(listing, &covered);
+        let fetches = plan_segments(
+            listing,
+            &Known {
+                have: &base_walk.reached,
+                covered: &base_walk,
+                applied: &|_| false,
+            },
+        )?;
         let mut next = NextCheckpoint::new(base);
         let mut taken = 0u64;
         let mut fetched = 0usize;
@@ -116,7 +126,8 @@ impl Vault {
                 continue;
             }
             let (segment, _) = self.fetch_segment(fetch).await?;
-            check_chain(covered.get(&device), &segment)?;
+            let parent = fetch.segment.and_then(|name| name.parent_id());
+            check_link(&segment, parent.and_then(|p| hashes.get(&p).copied()))?;
             for (key_id, chat_id, key) in &segment.grants {
                 chat_keys.insert(*key_id, chat_id, key.clone())?;
             }
@@ -129,7 +140,9 @@ impl Vault {
             };
             taken += operations.iter().map(approximate_size).sum::<u64>();
             next.add_segment(&segment.head, &segment.seen, operations);
-            covered.insert(device, segment.head);
+            covered.retain(|head| Some(head.id()) != parent);
+            covered.push(segment.head);
+            hashes.insert(segment.head.id(), segment.head.hash);
             fetched += 1;
         }
         if fetched == 0 {
@@ -154,22 +167,27 @@ impl Vault {
         // The sequence number is taken before anything is written, so that an attempt cut short
         // (packs written, no index) never shares names with the next: a name already taken can
         // then only be another copy of this state directory's.
-        let seq = {
+        // Its random tag is drawn and kept with it, so copies of this state directory that
+        // reserve the same number still write under different names.
+        let (seq, tag) = {
             let local = lock(&self.local)?;
             let seq = local
                 .meta(META_CHECKPOINT_SEQ)?
-                .and_then(|b| b.try_into().ok().map(u64::from_be_bytes))
+                .and_then(|b| b.get(..8)?.try_into().ok().map(u64::from_be_bytes))
                 .unwrap_or(0)
                 + 1;
-            local.set_meta(META_CHECKPOINT_SEQ, &seq.to_be_bytes())?;
-            seq
+            let tag = random_tag()?;
+            let mut reserved = seq.to_be_bytes().to_vec();
+            reserved.extend_from_slice(&tag.to_be_bytes());
+            local.set_meta(META_CHECKPOINT_SEQ, &reserved)?;
+            (seq, tag)
         };
-        let covered: Vec<Head> = covered.into_values().collect();
         let sealed = next.seal(
             &self.keys,
             &CheckpointInput {
                 device: self.device_id(),
                 seq,
+                tag,
                 covered: &covered,
                 chat_keys: &chat_keys,
                 deleted_chats: &[],
@@ -273,7 +291,7 @@ fn skipped(fetches: &[Get], held_back: &std::collections::BTreeSet<DeviceId>) ->
 
 /// The device of a planned segment GET.
 fn segment_device(get: &Get) -> DeviceId {
-    get.segment.map_or(DeviceId([0; 16]), |(device, _)| device)
+    get.segment.map_or(DeviceId([0; 16]), |name| name.device)
 }
 
 /// About how many bytes an operation takes in memory.

@@ -43,9 +43,8 @@ impl Vault {
         if let Some(index) = newest.as_ref().and_then(|name| indexes.get(name)) {
             let gets = {
                 let local = lock(&self.local)?;
-                pass.engine.adopt(index, |device, seq| {
-                    local.segment_hash(device, seq).ok().flatten()
-                })?
+                pass.engine
+                    .adopt(index, |id| local.segment_hash(id).ok().flatten())?
             };
             let chat_keys = pass.engine.chat_keys().clone();
             let mut operations = 0;
@@ -90,18 +89,18 @@ impl Vault {
             .filter(|pack| !verified_packs.contains(*pack))
             .count() as u64;
         // Segments the newest checkpoint covers, where still listed.
-        let mut previous: Option<OpenedSegment> = None;
         for get in pass.engine.covered_segments()? {
             let (segment, _) = self.fetch_segment(&get).await?;
-            pass.engine.accept_covered(previous.as_ref(), &segment)?;
+            pass.engine.accept_covered(&segment)?;
             report.segments += 1;
-            previous = Some(segment);
         }
-        // Segments after it.
+        // Every other listed segment, every branch of every device's tree.
         let mut segments = Vec::new();
-        for get in pass.engine.plan()? {
+        for get in pass.engine.plan(|_| false)? {
             let (segment, _) = self.fetch_segment(&get).await?;
-            pass.engine.accept(&segment)?;
+            let local = lock(&self.local)?;
+            pass.engine
+                .accept(&segment, |id| local.segment_hash(id).ok().flatten())?;
             segments.push(segment);
         }
         pass.engine.check_applied()?;
@@ -109,9 +108,8 @@ impl Vault {
         {
             let local = lock(&self.local)?;
             for segment in &segments {
-                pass.engine.check_claims(segment, |device, seq| {
-                    local.segment_hash(device, seq).ok().flatten()
-                })?;
+                pass.engine
+                    .check_claims(segment, |id| local.segment_hash(id).ok().flatten())?;
                 report.operations +=
                     open_blocks(&self.keys, pass.engine.chat_keys(), segment)?.len() as u64;
                 report.segments += 1;
@@ -292,7 +290,7 @@ impl Vault {
         };
         let referenced: std::collections::BTreeSet<&str> =
             index.packs.iter().map(|(name, _)| name.as_str()).collect();
-        let base = pass.engine.newest_base();
+        let covered = pass.engine.newest_covered();
         let Some(newest_id) = parse_checkpoint_name(&newest) else {
             return Ok(0);
         };
@@ -300,24 +298,30 @@ impl Vault {
         // Packs are written before their index, so packs without a listed index may belong to a
         // checkpoint another device is writing right now: only packs of a listed, superseded
         // checkpoint, or of an attempt its writer has since replaced, are redundant.
-        let indexes: Vec<(DeviceId, u64)> = listing
+        let indexes: Vec<(DeviceId, u64, u64)> = listing
             .checkpoints
             .keys()
             .filter_map(|name| parse_checkpoint_name(name))
             .collect();
         let pack_is_redundant = |key: &str| {
-            let Some((device, seq, _)) = parse_pack_name(key) else {
+            let Some((device, seq, tag, _)) = parse_pack_name(key) else {
                 return false;
             };
+            // An index of the same number and another tag is another copy's (a state
+            // directory copied), not a later attempt: its packs may be in flight.
             !referenced.contains(key)
-                && (device, seq) != newest_id
-                && indexes.iter().any(|(d, s)| *d == device && *s >= seq)
+                && (device, seq, tag) != newest_id
+                && indexes
+                    .iter()
+                    .any(|(d, s, t)| *d == device && (*s > seq || (*s == seq && *t == tag)))
         };
         // Names that are no vault object are never touched: they are not ours to delete.
+        // Exactly what the walk from its covered tips reaches, in ascending sequence numbers per
+        // device: an interrupted collection leaves an upper part the walk still follows.
         let redundant_segments = listing
             .all_segments()
-            .filter(|(device, seq, _)| base.get(device).is_some_and(|covered| seq <= covered))
-            .map(|(_, _, listed)| listed.name.as_str());
+            .filter(|(segment, _)| covered.reached(segment.id()))
+            .map(|(_, listed)| listed.name.as_str());
         let redundant_indexes = listing
             .checkpoints
             .keys()

@@ -25,7 +25,7 @@ use crate::sync::checkpoint::{
 };
 use crate::sync::segment::{
     ChatKeys, Head, KeyId, MAX_SEGMENT_BODY, NewSegment, OpenedSegment, open_blocks, open_segment,
-    seal_segment,
+    parse_segment_name, random_tag, seal_segment,
 };
 use crate::sync::{Change, Clock, DeviceId, Message, Operation, Stamp, clock::now_ms};
 
@@ -570,12 +570,10 @@ impl Vault {
             }
             report.objects_up += 1;
             report.bytes_up += size;
-            let head = Head {
-                device: self.device_id(),
-                seq: pending.seq,
-                hash: pending.hash,
-            };
-            return lock(&self.local)?.transaction(|tx| local::commit_head(tx, &head, size));
+            let name = parse_segment_name(&pending.name)
+                .ok_or_else(|| Error::LocalState("a staged segment of no segment name".into()))?;
+            return lock(&self.local)?
+                .transaction(|tx| local::commit_head(tx, &name, &pending.hash, size));
         }
     }
 
@@ -649,7 +647,7 @@ impl Vault {
         let waiting = restamp(waiting, &mut new_clock)?;
         // Every head this copy applied stays, its old id's included: from now on that id is
         // another device whose next segments (the other copy's) this copy pulls.
-        let seen: Vec<Head> = local.heads()?.into_values().collect();
+        let seen: Vec<Head> = local.heads()?;
         let resealed = match &segment {
             Some(segment) => {
                 let grants: Vec<KeyId> = segment.grants.iter().map(|(id, _, _)| *id).collect();
@@ -659,7 +657,8 @@ impl Vault {
                     &NewSegment {
                         device: new_device,
                         seq: 1,
-                        prev_hash: None,
+                        tag: random_tag()?,
+                        previous: None,
                         seen: &seen,
                         grants: &grants,
                         operations: &EncodedBatch::from_operations(&staged),
@@ -707,6 +706,7 @@ impl Vault {
         cancel: &CancelToken,
     ) -> Result<()> {
         cancel.check()?;
+        lock(&self.local)?.refuse_untagged_vault()?;
         // A segment sealed by an interrupted sync goes first, byte for byte as sealed.
         let pending = lock(&self.local)?.pending_segment()?;
         if let Some(pending) = pending {
@@ -723,12 +723,17 @@ impl Vault {
                 };
                 let heads = local.heads()?;
                 let device = self.device_id();
-                let own = heads.get(&device).copied();
-                let seen: Vec<Head> = heads
-                    .values()
-                    .filter(|h| h.device != device)
-                    .copied()
-                    .collect();
+                let (own, seen): (Vec<Head>, Vec<Head>) =
+                    heads.into_iter().partition(|h| h.device == device);
+                // A pull that finds a segment of this id it did not write forks off before
+                // anything more is pushed, so this id's own tree never branches here.
+                if own.len() > 1 {
+                    return Err(Error::LocalState(format!(
+                        "this device's own segments have {} tips; it should have forked off",
+                        own.len()
+                    )));
+                }
+                let own = own.first().copied();
                 let chat_keys = lock(&self.chat_keys)?;
                 let mut grants = local.ungranted_keys()?;
                 // A chat deleted and then written to again: checkpoints leave the keys of
@@ -754,7 +759,8 @@ impl Vault {
                     &NewSegment {
                         device,
                         seq,
-                        prev_hash: own.map(|h| h.hash),
+                        tag: random_tag()?,
+                        previous: own.map(|h| (h.tag, h.hash)),
                         seen: &seen,
                         grants: &grants,
                         operations: &operations,

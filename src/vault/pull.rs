@@ -7,6 +7,7 @@ use crate::error::{Error, Result};
 use crate::sync::engine::{Coverage, Engine};
 use crate::sync::listing::Listing;
 use crate::sync::plan::Get;
+use crate::sync::segment::SegmentName;
 
 use super::*;
 
@@ -33,6 +34,7 @@ impl Vault {
     /// checkpoint this device has not seen (one GET each, once; remembered in the local state)
     /// and forgets those no longer listed.
     pub(super) async fn start_pass(&self, report: &mut SyncReport) -> Result<Pass> {
+        lock(&self.local)?.refuse_untagged_vault()?;
         let listed = self.list_vault().await?;
         let listing = Listing::classify(listed.iter().map(|i| (i.key.as_str(), i.size)));
         let store_now_ms = listed.iter().filter_map(|i| i.modified_ms).max();
@@ -192,9 +194,8 @@ impl Vault {
         };
         let gets = {
             let local = lock(&self.local)?;
-            pass.engine.adopt(&index, |device, seq| {
-                local.segment_hash(device, seq).ok().flatten()
-            })?
+            pass.engine
+                .adopt(&index, |id| local.segment_hash(id).ok().flatten())?
         };
         let chat_keys = pass.engine.chat_keys().clone();
         let sealed_keys = seal_chat_keys(&self.keys, &chat_keys)?;
@@ -223,10 +224,9 @@ impl Vault {
         })
         .await?;
         report.operations_applied += applied_total;
+        let tips = pass.engine.tips_after_adopting(&index);
         let (applied, ()) = lock(&self.local)?.apply(&tombstones, |tx| {
-            for head in &index.covered {
-                local::advance_head(tx, head)?;
-            }
+            local::set_tips(tx, &tips)?;
             local::set_meta(tx, META_CHAT_KEYS, &sealed_keys)
         })?;
         report.operations_applied += applied;
@@ -276,7 +276,12 @@ impl Vault {
         } else {
             pass.engine.note_base();
         }
-        let fetches = pass.engine.plan()?;
+        self.fork_off_if_copied(&pass.engine)?;
+        let fetches = {
+            let local = lock(&self.local)?;
+            pass.engine
+                .plan(|id| local.segment_hash(id).ok().flatten().is_some())?
+        };
         if fetches.is_empty() {
             return Ok(uncovered);
         }
@@ -334,7 +339,12 @@ impl Vault {
             report.objects_down += 1;
             report.bytes_down += size;
             let device = segment.head.device;
-            pulled.keys_dirty |= pulled.engine.accept(&segment)?;
+            pulled.keys_dirty |= {
+                let local = lock(&self.local)?;
+                pulled
+                    .engine
+                    .accept(&segment, |id| local.segment_hash(id).ok().flatten())?
+            };
             let keys_known = segment
                 .blocks
                 .iter()
@@ -362,6 +372,28 @@ impl Vault {
         Ok(uncovered)
     }
 
+    /// A listed segment under this device's own id that it did not write (no hash recorded for
+    /// it, not the staged one) means this state directory was copied and the copy wrote as this
+    /// device: it continues as a device of its own (see [`fork_off`](Self::fork_off)) before it
+    /// pushes anything more, and pulls the old id's segments like any other device's. Each copy
+    /// does this when it sees the other's segments, so the old id gets no more writers.
+    fn fork_off_if_copied(&self, engine: &Engine) -> Result<()> {
+        let device = self.device_id();
+        let (copied, pending) = {
+            let local = lock(&self.local)?;
+            let pending = local.pending_segment()?;
+            let copied = engine.unapplied_of(device).into_iter().any(|name| {
+                local.segment_hash(name.id()).ok().flatten().is_none()
+                    && pending.as_ref().is_none_or(|p| p.name != name.to_name())
+            });
+            (copied, pending)
+        };
+        if copied {
+            self.fork_off(pending)?;
+        }
+        Ok(())
+    }
+
     /// Applies one pulled segment: opens its blocks (unless `opened` holds them, opened with keys
     /// this pull already knew), checks its claims about other devices,
     /// hands its operations to the listener, then applies them and advances its device's head
@@ -383,9 +415,9 @@ impl Vault {
         };
         {
             let local = lock(&self.local)?;
-            pulled.engine.check_claims(&segment, |device, seq| {
-                local.segment_hash(device, seq).ok().flatten()
-            })?;
+            pulled
+                .engine
+                .check_claims(&segment, |id| local.segment_hash(id).ok().flatten())?;
         }
         let device_hex = segment.head.device.to_hex();
         if let Some(listener) = listener
@@ -404,7 +436,13 @@ impl Vault {
         // The clock needs nothing from here: the local state keeps the greatest stamp it
         // holds (applied in this same transaction), and `record` stamps after it.
         let (applied, ()) = lock(&self.local)?.apply(&operations, |tx| {
-            local::commit_head(tx, &segment.head, size)?;
+            let name = SegmentName {
+                device: segment.head.device,
+                seq: segment.head.seq,
+                tag: segment.head.tag,
+                parent: segment.parent_tag,
+            };
+            local::commit_head(tx, &name, &segment.head.hash, size)?;
             local::note_device(
                 tx,
                 segment.head.device,
@@ -503,11 +541,11 @@ pub(super) struct Uncovered {
 /// What the newest checkpoint the engine knows leaves uncovered in its listing.
 fn uncovered(engine: &Engine) -> Uncovered {
     let listing = engine.listing();
-    let base = engine.newest_base();
+    let covered = engine.newest_covered();
     let mut uncovered = Uncovered::default();
     let mut redundant = false;
-    for (device, seq, listed) in listing.all_segments() {
-        if base.get(&device).is_none_or(|covered| seq > *covered) {
+    for (segment, listed) in listing.all_segments() {
+        if !covered.reached(segment.id()) {
             uncovered.segments += 1;
             uncovered.bytes += listed.size;
         } else {

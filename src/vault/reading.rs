@@ -117,9 +117,8 @@ impl Vault {
         if let Some(index) = self.newest_index(&mut pass, &mut scratch).await? {
             {
                 let local = lock(&self.local)?;
-                pass.engine.adopt(&index, |device, seq| {
-                    local.segment_hash(device, seq).ok().flatten()
-                })?;
+                pass.engine
+                    .adopt(&index, |id| local.segment_hash(id).ok().flatten())?;
             }
             for (chat, stamp) in &index.deleted_chats {
                 if chat == chat_id {
@@ -137,17 +136,18 @@ impl Vault {
             reading.index = Some(index);
         }
         let mut opened = Vec::new();
-        for get in pass.engine.plan()? {
+        for get in pass.engine.plan(|_| false)? {
             let (segment, _) = self.fetch_segment(&get).await?;
-            pass.engine.accept(&segment)?;
+            let local = lock(&self.local)?;
+            pass.engine
+                .accept(&segment, |id| local.segment_hash(id).ok().flatten())?;
             opened.push(segment);
         }
         {
             let local = lock(&self.local)?;
             for segment in &opened {
-                pass.engine.check_claims(segment, |device, seq| {
-                    local.segment_hash(device, seq).ok().flatten()
-                })?;
+                pass.engine
+                    .check_claims(segment, |id| local.segment_hash(id).ok().flatten())?;
             }
         }
         reading.chat_keys = pass.engine.chat_keys().clone();

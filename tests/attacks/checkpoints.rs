@@ -127,12 +127,7 @@ pub fn checkpoint_from_another_vault() -> Attack {
 
 pub fn oversized_checkpoint_index() -> Attack {
     let t = template();
-    let name = t.newest_checkpoint.clone();
-    let (prefix, seq) = name.rsplit_once('/').unwrap();
-    let next = format!(
-        "{prefix}/{:016x}",
-        u64::from_str_radix(seq, 16).unwrap() + 1
-    );
+    let next = next_name(&t.newest_checkpoint);
     Attack {
         directory_only: true,
         ..attack(
@@ -148,12 +143,20 @@ pub fn oversized_checkpoint_index() -> Attack {
     }
 }
 
-/// The name the newest checkpoint's writer would give its next checkpoint.
+/// The name the newest checkpoint's writer would give its next checkpoint (with a tag it did
+/// not draw).
 fn next_checkpoint_name(b: &Bucket) -> String {
-    let (prefix, seq) = b.t.newest_checkpoint.rsplit_once('/').unwrap();
+    next_name(&b.t.newest_checkpoint)
+}
+
+/// `<prefix>/<seq + 1>-<another tag>` for the checkpoint key `<prefix>/<seq>-<tag>`.
+fn next_name(key: &str) -> String {
+    let (prefix, name) = key.rsplit_once('/').unwrap();
+    let (seq, _) = name.split_once('-').unwrap();
     format!(
-        "{prefix}/{:016x}",
-        u64::from_str_radix(seq, 16).unwrap() + 1
+        "{prefix}/{:016x}-{:016x}",
+        u64::from_str_radix(seq, 16).unwrap() + 1,
+        0x0e0e_0e0e_0e0e_0e0eu64
     )
 }
 

@@ -180,9 +180,8 @@ pub fn segment_replayed_under_the_next_name() -> Attack {
         "an old segment replayed under the next name",
         |b| {
             Box::pin(async move {
-                let next = b.t.seq_of(&b.t.a_uncovered[1]) + 1;
-                b.copy(&b.t.a_uncovered[0], &b.t.segment(&b.t.a, next))
-                    .await
+                let next = b.t.next_segment(&b.t.a_uncovered[1]);
+                b.copy(&b.t.a_uncovered[0], &next).await
             })
         },
         Expect::everyone(auth_failed()),
@@ -203,9 +202,8 @@ pub fn segment_spliced_into_another_device() -> Attack {
         "a segment spliced into another device's chain",
         |b| {
             Box::pin(async move {
-                let next = b.t.seq_of(&b.t.b_uncovered[0]) + 1;
-                b.copy(&b.t.a_uncovered[1], &b.t.segment(&b.t.b, next))
-                    .await
+                let next = b.t.next_segment(&b.t.b_uncovered[0]);
+                b.copy(&b.t.a_uncovered[1], &next).await
             })
         },
         Expect::everyone(auth_failed()),
@@ -234,7 +232,7 @@ pub fn segment_of_an_invented_device() -> Attack {
         |b| {
             Box::pin(async move {
                 let invented = "5a".repeat(16);
-                b.copy(&b.t.a_uncovered[0], &b.t.segment(&invented, 1))
+                b.copy(&b.t.a_uncovered[0], &b.t.segment(&invented, 1, 1, 0))
                     .await
             })
         },
@@ -248,9 +246,8 @@ pub fn object_of_another_kind_under_a_segment_name() -> Attack {
         "an object of another kind under a segment name",
         |b| {
             Box::pin(async move {
-                let next = b.t.seq_of(&b.t.a_uncovered[1]) + 1;
-                b.copy(&b.t.newest_checkpoint, &b.t.segment(&b.t.a, next))
-                    .await
+                let next = b.t.next_segment(&b.t.a_uncovered[1]);
+                b.copy(&b.t.newest_checkpoint, &next).await
             })
         },
         Expect::everyone(wrong_kind(SEGMENT, CHECKPOINT_INDEX)),
@@ -260,14 +257,14 @@ pub fn object_of_another_kind_under_a_segment_name() -> Attack {
 /// A sparse 512 MiB file as `a`'s next segment: refused without reading it whole.
 pub fn oversized_segment() -> Attack {
     let t = template();
-    let next = t.segment(&t.a, t.seq_of(&t.a_uncovered[1]) + 1);
+    let next = t.next_segment(&t.a_uncovered[1]);
     Attack {
         directory_only: true,
         ..attack(
             "a 512 MiB object under a segment name",
             |b| {
                 Box::pin(async move {
-                    let key = b.t.segment(&b.t.a, b.t.seq_of(&b.t.a_uncovered[1]) + 1);
+                    let key = b.t.next_segment(&b.t.a_uncovered[1]);
                     sparse(&b, &key, HUGE)
                 })
             },

@@ -14,8 +14,8 @@ use chatvault::attachment::Attachment;
 use chatvault::keys::{RecoveryKey, VaultKeys};
 use chatvault::store::{DirectoryStore, ObjectStore};
 use chatvault::sync::checkpoint::{CheckpointIndex, open_checkpoint_index};
-use chatvault::sync::segment::parse_segment_name;
-use chatvault::sync::{Change, Message};
+use chatvault::sync::segment::{SegmentName, parse_segment_name, segment_name};
+use chatvault::sync::{Change, DeviceId, Message};
 use chatvault::vault::{CancelToken, DeviceInfo, Vault};
 
 use crate::common::cached;
@@ -74,15 +74,34 @@ impl Template {
         format!("{}/{relative}", self.vault)
     }
 
-    /// The full store key of `device`'s segment `seq`.
-    pub fn segment(&self, device: &str, seq: u64) -> String {
-        self.key_of(&format!("segments/{device}/{seq:016x}"))
+    /// The full store key of the segment of `device` (hex) at `seq` with `tag`, following
+    /// the segment tagged `parent`.
+    pub fn segment(&self, device: &str, seq: u64, tag: u64, parent: u64) -> String {
+        let device = DeviceId::from_hex(device).unwrap();
+        self.key_of(&segment_name(device, seq, tag, parent))
+    }
+
+    /// The full store key the segment after `key` (a full segment key) would have, with a tag
+    /// no honest writer drew.
+    pub fn next_segment(&self, key: &str) -> String {
+        let previous = self.parsed(key);
+        self.segment(
+            &previous.device.to_hex(),
+            previous.seq + 1,
+            0x0e0e_0e0e_0e0e_0e0e,
+            previous.tag,
+        )
+    }
+
+    /// A segment's name parts, given by its full key.
+    pub fn parsed(&self, key: &str) -> SegmentName {
+        let relative = key.strip_prefix(&format!("{}/", self.vault)).unwrap();
+        parse_segment_name(relative).unwrap()
     }
 
     /// The sequence number of a segment given by its full key.
     pub fn seq_of(&self, key: &str) -> u64 {
-        let relative = key.strip_prefix(&format!("{}/", self.vault)).unwrap();
-        parse_segment_name(relative).unwrap().1
+        self.parsed(key).seq
     }
 
     /// The full key of pack `n` of the newest index, and its size.
@@ -286,8 +305,8 @@ async fn build(filler: usize) -> Option<Template> {
     let (mut a_uncovered, mut b_uncovered, mut covered) = (Vec::new(), Vec::new(), Vec::new());
     for object in listed.iter().filter(|o| o.key.contains("/segments/")) {
         let relative = object.key.strip_prefix(&prefix).unwrap();
-        let (device, seq) = parse_segment_name(relative).unwrap();
-        let device = device.to_hex();
+        let parsed = parse_segment_name(relative).unwrap();
+        let (device, seq) = (parsed.device.to_hex(), parsed.seq);
         if seq <= covered_seq.get(&device).copied().unwrap_or(0) {
             covered.push(object.key.clone());
         } else if device == a_id {

@@ -299,6 +299,10 @@ def pb_message(buf, schema):
                     raise FormatError("protobuf", "field %d: invalid UTF-8" % field)
             else:
                 val = v
+        elif kind == "fixed64":
+            if wt != 1:
+                raise FormatError("protobuf", "field %d: wire type %d" % (field, wt))
+            val = v
         else:
             if wt != 0:
                 raise FormatError("protobuf", "field %d: wire type %d" % (field, wt))
@@ -343,6 +347,10 @@ def pb_encode(msg, schema):
                 if not repeated and not data:
                     continue
                 out += _varint(field << 3 | 2) + _varint(len(data)) + data
+            elif kind == "fixed64":
+                if not repeated and v == 0:
+                    continue
+                out += _varint(field << 3 | 1) + struct.pack("<Q", v)
             else:
                 if not repeated and v == 0:
                     continue
@@ -1123,8 +1131,9 @@ CHAT_OPERATIONS = {1: ("chat_id", "string", False), 2: ("operations", OPERATION,
 CHAT_CHECKPOINT = CHAT_OPERATIONS  # same fields: chat_id = 1, operations = 2
 CHAT_KEY_GRANT = {1: ("chat_id", "string", False), 2: ("key_id", "bytes", False),
                   3: ("key", "bytes", False)}
+# `tag` (field 4, fixed64): the segment's random tag, the second number of its name.
 DEVICE_HEAD = {1: ("device_id", "bytes", False), 2: ("seq", "uint64", False),
-               3: ("hash", "bytes", False)}
+               3: ("hash", "bytes", False), 4: ("tag", "fixed64", False)}
 SEALED_CHAT_BLOCK = {1: ("key_id", "bytes", False), 2: ("sealed", "bytes", False)}
 SEGMENT = {1: ("device_id", "bytes", False), 2: ("seq", "uint64", False),
            3: ("prev_hash", "bytes", False), 4: ("seen", DEVICE_HEAD, True),
@@ -1314,13 +1323,24 @@ def check_sync_objects(c):
     tag = "segment"
     obj, body, name = h(s["object"]), h(s["body"]), s["name"]
     f = s["fields"]
-    c.check(tag + ": name is segments/<device hex>/<seq 016x>",
-            name == "segments/%s/%016x" % (f["device_id"], f["seq"]), name)
+    c.check(tag + ": name is segments/<device hex>/<seq 016x>-<tag 016x>-<parent tag 016x>",
+            name == segment_name(f["device_id"], f["seq"], s["tag"], s["parent_tag"]), name)
+    c.check(tag + ": a valid name (non-zero tag and parent tag after seq 1)",
+            valid_segment_name(name), name)
     c.check(tag + ": header", obj[:8] == MAGIC + bytes([1, 1, KIND_SEGMENT, 0]))
     c.run(tag + ": opens under the log key to its body",
           lambda: open_sealed(obj, log_key, KIND_SEGMENT, vid, name) == body)
     c.rejects(tag + ": under the next sequence number", lambda: open_sealed(
-        obj, log_key, KIND_SEGMENT, vid, "segments/%s/%016x" % (f["device_id"], f["seq"] + 1)), "tag")
+        obj, log_key, KIND_SEGMENT, vid,
+        segment_name(f["device_id"], f["seq"] + 1, s["tag"], s["parent_tag"])), "tag")
+    c.rejects(tag + ": under another tag", lambda: open_sealed(
+        obj, log_key, KIND_SEGMENT, vid,
+        segment_name(f["device_id"], f["seq"], "%016x" % (int(s["tag"], 16) ^ 1), s["parent_tag"])),
+        "tag")
+    c.rejects(tag + ": after another parent", lambda: open_sealed(
+        obj, log_key, KIND_SEGMENT, vid,
+        segment_name(f["device_id"], f["seq"], s["tag"], "%016x" % (int(s["parent_tag"], 16) ^ 1))),
+        "tag")
     c.rejects(tag + ": as a checkpoint index",
               lambda: open_sealed(obj, log_key, KIND_CHECKPOINT_INDEX, vid, name), "kind")
     c.run(tag + ": re-seal with its nonce reproduces it",
@@ -1342,8 +1362,9 @@ def check_sync_objects(c):
     tag = "checkpoint"
     obj, body, name = h(k["object"]), h(k["body"]), k["name"]
     f = k["fields"]
-    c.check(tag + ": name is checkpoints/<device hex>/<seq 016x>",
-            name == "checkpoints/%s/%016x" % (f["device_id"], f["seq"]), name)
+    c.check(tag + ": name is checkpoints/<device hex>/<seq 016x>-<tag 016x>, the tag not zero",
+            name == "checkpoints/%s/%016x-%s" % (f["device_id"], f["seq"], k["tag"])
+            and int(k["tag"], 16) != 0, name)
     c.check(tag + ": header", obj[:8] == MAGIC + bytes([1, 1, KIND_CHECKPOINT_INDEX, 0]))
     c.run(tag + ": opens under the log key to its body",
           lambda: open_sealed(obj, log_key, KIND_CHECKPOINT_INDEX, vid, name) == body)
@@ -1356,7 +1377,7 @@ def check_sync_objects(c):
     c.check(tag + ": body is canonical protobuf", pb_encode(index, CHECKPOINT_INDEX) == body)
     c.check(tag + ": keys only of chats with blocks",
             {g["chat_id"] for g in index["keys"]} == {e["chat_id"] for e in index["chats"]})
-    prefix = "packs/%s/%016x/" % (f["device_id"], f["seq"])
+    prefix = "packs/%s/%016x-%s/" % (f["device_id"], f["seq"], k["tag"])
     packs = [h(p["object"]) for p in k["packs"]]
     for n, (ref, p) in enumerate(zip(index["packs"], k["packs"])):
         ptag = "%s pack %d" % (tag, n)
@@ -1398,11 +1419,140 @@ def check_sync_objects(c):
                 and (e["last"]["sent_at_ms"], e["last"]["message_id"]) == positions[-1])
 
 
+def segment_name(device_hex, seq, tag_hex, parent_hex):
+    return "segments/%s/%016x-%s-%s" % (device_hex, seq, tag_hex, parent_hex)
+
+
+def parse_segment_name(name):
+    """(device hex, seq, tag, parent tag) of a segment name in the one spelling writers produce
+    (FORMAT.md 9.1), or None."""
+    parts = name.split("/")
+    if len(parts) != 3 or parts[0] != "segments":
+        return None
+    lower_hex = set("0123456789abcdef")
+    numbers = parts[2].split("-")
+    if len(parts[1]) != 32 or not set(parts[1]) <= lower_hex or len(numbers) != 3:
+        return None
+    if any(len(n) != 16 or not set(n) <= lower_hex for n in numbers):
+        return None
+    seq, tag, parent = (int(n, 16) for n in numbers)
+    if seq == 0 or tag == 0 or (seq == 1) != (parent == 0):
+        return None
+    return parts[1], seq, tag, parent
+
+
+def valid_segment_name(name):
+    return parse_segment_name(name) is not None
+
+
+def check_names(c):
+    """The segment name rules of FORMAT.md 9.1, on spellings a listing may show."""
+    dev = "ab" * 16
+    one, zero = "%016x" % 1, "%016x" % 0
+    good = [segment_name(dev, 1, one, zero), segment_name(dev, 2, "%016x" % 7, one)]
+    bad = [
+        "segments/%s/%s" % (dev, one),                         # untagged (before tags)
+        segment_name(dev, 1, zero, zero),                      # zero tag
+        segment_name(dev, 1, one, one),                        # parent at seq 1
+        segment_name(dev, 2, one, zero),                       # no parent after seq 1
+        segment_name(dev, 0, one, zero),                       # seq 0
+        segment_name(dev.upper(), 2, one, one),                # upper-case device
+        "segments/%s/%s-%s-%s" % (dev, "%016X" % 10, one, one),  # upper-case seq
+        "segments/%s/%015x-%s-%s" % (dev, 2, one, one),        # short seq
+        "segments/%s/%s-%s-%s-%s" % (dev, "%016x" % 2, one, one, one),
+    ]
+    for name in good:
+        c.check("names: %s parses" % name, valid_segment_name(name))
+    for name in bad:
+        c.check("names: %s is no segment name" % name, not valid_segment_name(name))
+
+
+def check_fork(c):
+    """The forked-tree vector: both branches' segments open under their names, each names its
+    parent by tag and its prev_hash is that parent's SHA-256; `seen` and `covered` hold every tip,
+    each head matching a segment's name and hash; no head twice."""
+    v = load("sync_objects.json")
+    rk = h(v["recovery_key"])
+    vid = vault_id(rk)
+    log_key = derive(rk, "log")
+    fork = v["fork"]
+    by_id = {}
+    for i, s in enumerate(fork["segments"]):
+        tag = "fork segment %d" % i
+        name, obj = s["name"], h(s["object"])
+        parsed = parse_segment_name(name)
+        c.check(tag + ": a valid segment name", parsed is not None, name)
+        if parsed is None:
+            continue
+        device, seq, stag, parent = parsed
+        f = s["fields"]
+        c.check(tag + ": name spells its device, seq, tag and parent tag",
+                (device, seq, "%016x" % stag, "%016x" % parent)
+                == (f["device_id"], f["seq"], s["tag"], s["parent_tag"]))
+        c.check(tag + ": hash = SHA-256 of the object", hashlib.sha256(obj).hexdigest() == s["hash"])
+        body = open_sealed(obj, log_key, KIND_SEGMENT, vid, name)
+        nonce = h(s["nonces"][-1])
+        c.run(tag + ": re-seal with its nonce reproduces it",
+              lambda: seal(log_key, nonce, KIND_SEGMENT, vid, name, body) == obj)
+        seg = pb_message(body, SEGMENT)
+        c.check(tag + ": body names the same device and seq",
+                (seg["device_id"].hex(), seg["seq"]) == (device, seq))
+        if seq == 1:
+            c.check(tag + ": no prev_hash at seq 1", seg["prev_hash"] == b"")
+        else:
+            parent_segment = by_id.get((device, seq - 1, parent))
+            c.check(tag + ": its parent (by tag) comes before it", parent_segment is not None)
+            if parent_segment is not None:
+                c.check(tag + ": prev_hash is the parent's SHA-256",
+                        seg["prev_hash"].hex() == parent_segment["hash"])
+        heads = [(x["device_id"].hex(), x["seq"], x["tag"]) for x in seg["seen"]]
+        c.check(tag + ": no head twice in seen", len(heads) == len(set(heads)))
+        for x in seg["seen"]:
+            seen = by_id.get((x["device_id"].hex(), x["seq"], x["tag"]))
+            c.check(tag + ": a seen head names a listed segment and its hash",
+                    seen is not None and seen["hash"] == x["hash"].hex())
+        c.check(tag + ": seen as in the vector", without_defaults(seg["seen"])
+                == without_defaults(f["seen"]))
+        c.check(tag + ": body is canonical protobuf", pb_encode(seg, SEGMENT) == body)
+        by_id[(device, seq, stag)] = s
+    # The tree: two segments 2 of one device after the same segment 1.
+    seconds = [k for k in by_id if k[1] == 2]
+    c.check("fork: two segments 2 of one device with one parent",
+            len(seconds) == 2 and seconds[0][0] == seconds[1][0]
+            and len({parse_segment_name(by_id[k]["name"])[3] for k in seconds}) == 1)
+    # A device's tips: segments no other segment names as its parent.
+    parents = set()
+    for (device, seq, _), s in by_id.items():
+        p = parse_segment_name(s["name"])
+        if seq > 1:
+            parents.add((device, seq - 1, p[3]))
+    tips = {k for k in by_id if k not in parents}
+    k = fork["checkpoint"]
+    name, obj = k["name"], h(k["object"])
+    body = open_sealed(obj, log_key, KIND_CHECKPOINT_INDEX, vid, name)
+    index = decode_checkpoint_index(body)
+    c.check("fork checkpoint: name carries its tag",
+            name == "checkpoints/%s/%016x-%s" % (index["device_id"].hex(), index["seq"], k["tag"]))
+    covered = {(x["device_id"].hex(), x["seq"], x["tag"]) for x in index["covered"]}
+    c.check("fork checkpoint: covers every tip, both branches' included", covered == tips,
+            "%r vs %r" % (covered, tips))
+    for x in index["covered"]:
+        listed = by_id.get((x["device_id"].hex(), x["seq"], x["tag"]))
+        c.check("fork checkpoint: covered hash is the segment's",
+                listed is not None and listed["hash"] == x["hash"].hex())
+    c.check("fork checkpoint: covered as in the vector",
+            without_defaults(index["covered"]) == without_defaults(k["covered"]))
+    for n, p in enumerate(k["packs"]):
+        c.check("fork checkpoint pack %d: named packs/<device>/<seq>-<tag>/<n>" % n,
+                p["name"] == "packs/%s/%016x-%s/%04d" % (index["device_id"].hex(), index["seq"],
+                                                         k["tag"], n))
+
+
 def main():
     c = Checker()
     for fn in (check_hkdf, check_aead, check_recovery_key, check_padme, check_sealed,
                crafted_frame_checks, check_attachments, check_sync_objects, check_stamp_bound,
-               check_tombstone_places):
+               check_tombstone_places, check_names, check_fork):
         try:
             fn(c)
         except Exception as e:  # noqa: BLE001

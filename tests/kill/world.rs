@@ -79,6 +79,8 @@ pub struct World {
     /// Every segment, checkpoint index and pack name ever seen in the bucket, with the hash of
     /// its bytes the first time: the same name with other bytes later is a re-sealed name.
     ledger: BTreeMap<String, [u8; 32]>,
+    /// The name first seen at each (device, seq) of a segment.
+    segment_places: BTreeMap<(String, u64), String>,
     pub device_ids: BTreeMap<&'static str, String>,
     /// Per device, per other device: the highest segment seq it had applied at its last full
     /// sync.
@@ -104,6 +106,7 @@ impl World {
             model: State::default(),
             next_id: 0,
             ledger: BTreeMap::new(),
+            segment_places: BTreeMap::new(),
             device_ids: BTreeMap::new(),
             applied: BTreeMap::new(),
             typical: BTreeMap::new(),
@@ -371,6 +374,16 @@ impl World {
                 let hash: [u8; 32] = sha2::Sha256::digest(&bytes).into();
                 match self.ledger.get(key) {
                     None => {
+                        // A retry after a kill must upload the staged segment under its own
+                        // name: a second name at one sequence number of one device (no copy of
+                        // a state directory runs here) would be a fork this device made itself.
+                        if let Some(place) = segment_of(key)
+                            && let Some(other) = self.segment_places.insert(place, key.to_owned())
+                        {
+                            self.fail(&format!(
+                                "{key} {when} and {other}: two segments at one sequence number"
+                            ));
+                        }
                         self.ledger.insert(key.to_owned(), hash);
                     }
                     Some(first) if *first == hash => {}
@@ -397,11 +410,13 @@ impl World {
     /// Whether segment `seq` of `device` is in the bucket now.
     pub fn segment_present(&self, device: &str, seq: u64) -> bool {
         let vaults = std::fs::read_dir(self.root.join("bucket")).unwrap();
+        let start = format!("{seq:016x}-");
         vaults.flatten().any(|vault| {
-            vault
-                .path()
-                .join(format!("segments/{device}/{seq:016x}"))
-                .is_file()
+            std::fs::read_dir(vault.path().join(format!("segments/{device}")))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|entry| entry.file_name().to_string_lossy().starts_with(&start))
         })
     }
 
@@ -437,10 +452,10 @@ impl World {
     }
 }
 
-/// `segments/<device>/<seq>` → (device, seq).
+/// `segments/<device>/<seq>-<tag>-<parent>` → (device, seq).
 fn segment_of(key: &str) -> Option<(String, u64)> {
-    let (device, seq) = key.strip_prefix("segments/")?.split_once('/')?;
-    Some((device.to_owned(), u64::from_str_radix(seq, 16).ok()?))
+    let name = chatvault::sync::segment::parse_segment_name(key)?;
+    Some((name.device.to_hex(), name.seq))
 }
 
 pub fn path_str(path: &Path) -> &str {

@@ -10,9 +10,10 @@
 //! 2. [`Engine::newest`]: the checkpoint to start from, if any; [`Engine::restore_is_cheaper`]
 //!    says whether a pull should. [`Engine::adopt`] checks its index against what this device
 //!    knows and the listing (covered heads, pack sizes, block ranges) and returns the pack GETs.
-//! 3. [`Engine::plan`]: the segments to fetch after the start, with gaps and rollbacks refused.
-//! 4. [`Engine::accept`] per arrived segment, in plan order: hash chain, then
-//!    [`Engine::check_claims`] against every device's heads.
+//! 3. [`Engine::plan`]: every listed segment neither applied nor covered, each device's tree in
+//!    sequence order (`super::tree`), with missing parents, deletions and rollbacks refused.
+//! 4. [`Engine::accept`] per arrived segment, in plan order: its parent's hash, then
+//!    [`Engine::check_claims`] against every device's tips.
 //!
 //! `verify` also fetches what a pull may skip: [`Engine::covered_segments`] (segments the
 //! checkpoint covers that are still listed), checked by [`Engine::accept_covered`].
@@ -26,15 +27,16 @@ use super::checkpoint::{CheckpointIndex, open_checkpoint_index};
 use super::clock::DeviceId;
 use super::listing::Listing;
 use super::plan::{
-    Get, MAX_CHECKPOINT_OBJECT, MAX_SEGMENT_OBJECT, check_chain, check_rollback, check_seen,
-    plan_segments,
+    Get, Known, MAX_CHECKPOINT_OBJECT, MAX_SEGMENT_OBJECT, check_applied_present, check_link,
+    check_rollback, check_seen, plan_segments,
 };
-use super::segment::{ChatKeys, Head, OpenedSegment, SegmentHash};
+use super::segment::{ChatKeys, Head, OpenedSegment, SegmentHash, SegmentId};
+use super::tree::{Walk, tips, walk};
 
 /// What a device learned about one checkpoint: the segments it covers and when it was written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Coverage {
-    /// One head per device.
+    /// Every tip of every device's segment tree it covers.
     pub covered: Vec<Head>,
     /// Its writer's clock at creation.
     pub created_at_ms: u64,
@@ -44,29 +46,33 @@ pub struct Coverage {
 #[derive(Debug)]
 pub struct Engine {
     listing: Listing,
-    /// Newest segment applied per device, as this device's local state says.
-    applied: BTreeMap<DeviceId, Head>,
+    /// The tips this device applied, as its local state says.
+    applied: Vec<Head>,
+    /// The walk from `applied` through the listing.
+    applied_walk: Walk,
+    /// What plans take as there: the walk from `applied` (until `start_from_scratch`), and
+    /// what an adopted checkpoint covers.
+    have: BTreeSet<SegmentId>,
     /// Coverage of listed checkpoints.
     coverage: BTreeMap<String, Coverage>,
     /// Known coverage of checkpoints no longer listed.
     forgotten: Vec<String>,
-    /// The newest segment checked per device: where each chain continues.
-    chains: BTreeMap<DeviceId, Head>,
-    /// Hashes of segments this pass has seen (fetched, or covered by the adopted checkpoint).
-    hashes: BTreeMap<(DeviceId, u64), SegmentHash>,
-    /// Segments covered by the adopted checkpoint, per device.
-    base: BTreeMap<DeviceId, u64>,
+    /// Hashes of segments this pass has checked (fetched, or covered by the adopted
+    /// checkpoint).
+    hashes: BTreeMap<SegmentId, SegmentHash>,
+    /// The walk from the adopted (or noted) checkpoint's covered tips.
+    base: Walk,
     /// Chat keys known so far.
     chat_keys: ChatKeys,
 }
 
 impl Engine {
-    /// Starts a pass from a listing, the heads this device applied, the coverage it knows of
+    /// Starts a pass from a listing, the tips this device applied, the coverage it knows of
     /// checkpoints (by name; those no longer listed are reported by [`forgotten`](Self::forgotten))
     /// and the chat keys it holds.
     pub fn new(
         listing: Listing,
-        applied: BTreeMap<DeviceId, Head>,
+        applied: Vec<Head>,
         mut known: BTreeMap<String, Coverage>,
         chat_keys: ChatKeys,
     ) -> Engine {
@@ -76,14 +82,16 @@ impl Engine {
             .cloned()
             .collect();
         known.retain(|name, _| listing.checkpoints.contains_key(name));
+        let applied_walk = walk(&listing, &applied);
         Engine {
-            chains: applied.clone(),
+            have: applied_walk.reached.clone(),
+            applied_walk,
             listing,
             applied,
             coverage: known,
             forgotten,
             hashes: BTreeMap::new(),
-            base: BTreeMap::new(),
+            base: Walk::default(),
             chat_keys,
         }
     }
@@ -156,44 +164,45 @@ impl Engine {
             .map(|(name, coverage)| (name.as_str(), coverage))
     }
 
-    /// Segments the newest checkpoint covers, per device.
-    pub fn newest_base(&self) -> BTreeMap<DeviceId, u64> {
-        self.newest().map_or_else(BTreeMap::new, |(_, coverage)| {
-            coverage.covered.iter().map(|h| (h.device, h.seq)).collect()
+    /// What the newest checkpoint covers: the walk from its covered tips through the listing.
+    pub fn newest_covered(&self) -> Walk {
+        self.newest().map_or_else(Walk::default, |(_, coverage)| {
+            walk(&self.listing, &coverage.covered)
         })
     }
 
-    /// For a pull: whether to start from the newest checkpoint rather than this device's heads.
-    /// Yes when a segment this device still needs was collected, or when the checkpoint's bytes
-    /// (`checkpoint_bytes`) are fewer than those of the segments it replaces (a new device).
+    /// For a pull: whether to start from the newest checkpoint rather than this device's tips.
+    /// Yes when a segment it covers and this device has not applied was collected, or when the
+    /// checkpoint's bytes (`checkpoint_bytes`) are fewer than those of the segments it replaces
+    /// (a new device).
     pub fn restore_is_cheaper(&self, checkpoint_bytes: u64) -> bool {
-        let Some((_, coverage)) = self.newest() else {
+        if self.newest().is_none() {
             return false;
-        };
+        }
         let mut replaced = 0u64;
-        for head in &coverage.covered {
-            let done = self.applied.get(&head.device).map_or(0, |h| h.seq);
-            for seq in done.saturating_add(1)..=head.seq {
-                match self.listing.segment(head.device, seq) {
-                    Some(listed) => replaced = replaced.saturating_add(listed.size),
-                    None => return true,
-                }
+        for id in &self.newest_covered().reached {
+            if self.have.contains(id) {
+                continue;
+            }
+            match self.listing.segment(*id) {
+                Some(listed) => replaced = replaced.saturating_add(listed.listed.size),
+                None => return true,
             }
         }
         replaced > checkpoint_bytes
     }
 
-    /// Starts from the newest checkpoint's `index`: checks that its covered heads agree with
+    /// Starts from the newest checkpoint's `index`: checks that its covered tips agree with
     /// every segment hash this device knows (`known_hash`), that every pack it names is listed
-    /// with the size it records and holds its blocks, and learns its chat keys. Chains continue
-    /// from its covered heads. Returns the pack GETs, in index order.
+    /// with the size it records and holds its blocks, and learns its chat keys. What it covers
+    /// counts as there from now on. Returns the pack GETs, in index order.
     pub fn adopt(
         &mut self,
         index: &CheckpointIndex,
-        known_hash: impl Fn(DeviceId, u64) -> Option<SegmentHash>,
+        known_hash: impl Fn(SegmentId) -> Option<SegmentHash>,
     ) -> Result<Vec<Get>> {
         for head in &index.covered {
-            if known_hash(head.device, head.seq).is_some_and(|hash| hash != head.hash) {
+            if known_hash(head.id()).is_some_and(|hash| hash != head.hash) {
                 return Err(chain_broken(head.device, head.seq));
             }
         }
@@ -202,27 +211,27 @@ impl Engine {
             self.chat_keys.insert(*key_id, chat_id, key.clone())?;
         }
         for head in &index.covered {
-            self.hashes.insert((head.device, head.seq), head.hash);
-            self.base.insert(head.device, head.seq);
-            if self
-                .chains
-                .get(&head.device)
-                .is_none_or(|h| h.seq < head.seq)
-            {
-                self.chains.insert(head.device, *head);
-            }
+            self.hashes.insert(head.id(), head.hash);
         }
+        self.base = walk(&self.listing, &index.covered);
+        self.have.extend(self.base.reached.iter().copied());
         Ok(packs)
     }
 
+    /// The tips this device holds after adopting `index`: its own and the covered ones, less
+    /// those that are ancestors of others.
+    pub fn tips_after_adopting(&self, index: &CheckpointIndex) -> Vec<Head> {
+        tips(&self.listing, &self.applied, &index.covered, &self.base)
+    }
+
     /// Learns the newest checkpoint's coverage without reading its packs: for a pull that
-    /// applies only segments after this device's heads (segments the checkpoint covers may be
-    /// collected, so the plan must not require them).
+    /// applies only segments this device lacks (segments the checkpoint covers may be collected,
+    /// so the plan must not require them).
     pub fn note_base(&mut self) {
-        self.base = self.newest_base();
+        self.base = self.newest_covered();
         if let Some((_, coverage)) = self.newest() {
             for head in coverage.covered.clone() {
-                self.hashes.insert((head.device, head.seq), head.hash);
+                self.hashes.insert(head.id(), head.hash);
             }
         }
     }
@@ -259,52 +268,53 @@ impl Engine {
         Ok(gets)
     }
 
-    /// Refuses a listing that shows fewer segments of a device than this device applied (a
-    /// rollback), counting those the newest checkpoint covers as present.
+    /// Refuses a listing that no longer shows a tip this device applied (a rollback), unless
+    /// the newest checkpoint covers it or it is at or below the floor (collected).
     pub fn check_rollback(&self) -> Result<()> {
-        check_rollback(&self.listing, &self.applied, &self.newest_base())
+        check_rollback(&self.listing, &self.applied, &self.newest_covered())
     }
 
-    /// Forgets this device's heads as where chains start: `verify` and single-chat reads check
-    /// every chain from the adopted checkpoint (or from each device's first segment), not from
-    /// what this device applied. The applied heads still guard against rollbacks.
+    /// Forgets this device's tips as where plans start: `verify` and single-chat reads check
+    /// every segment from the adopted checkpoint (or from each device's first segment), not from
+    /// what this device applied. The applied tips still guard against rollbacks.
     pub fn start_from_scratch(&mut self) {
-        self.chains.clear();
+        self.have.clear();
     }
 
-    /// The segments to fetch after where each chain stands, per device in order. Every segment
-    /// from the lower of a device's chain head and the adopted checkpoint's coverage up to the
-    /// newest listed must be present (a gap is a deletion or a withheld segment), and no device
-    /// may show fewer segments than were applied (a rollback).
-    pub fn plan(&self) -> Result<Vec<Get>> {
+    /// The segments to fetch: every listed segment not applied here (`applied` answers for
+    /// those no walk from this device's tips reaches) nor covered by an adopted checkpoint, per
+    /// device in (seq, tag) order, each one's parent there or planned before it (a missing one
+    /// was deleted or withheld); and no tip this device applied may be gone (a rollback), nor
+    /// anything below one that no checkpoint covers (a deletion).
+    pub fn plan(&self, applied: impl Fn(SegmentId) -> bool) -> Result<Vec<Get>> {
         self.check_rollback()?;
-        plan_segments(&self.listing, &self.chains, &self.base)
+        check_applied_present(&self.listing, &self.applied_walk, &self.newest_covered())?;
+        plan_segments(
+            &self.listing,
+            &Known {
+                have: &self.have,
+                covered: &self.base,
+                applied: &applied,
+            },
+        )
     }
 
-    /// The newest sequence number each device is known to have: listed, covered by the
-    /// adopted checkpoint, or applied here.
-    fn available(&self) -> BTreeMap<DeviceId, u64> {
-        let mut available = self.listing.newest_segments();
-        let known = self
-            .base
-            .iter()
-            .map(|(d, s)| (*d, *s))
-            .chain(self.chains.values().map(|h| (h.device, h.seq)));
-        for (device, seq) in known {
-            let entry = available.entry(device).or_insert(0);
-            *entry = (*entry).max(seq);
-        }
-        available
-    }
-
-    /// Accepts an arrived segment (in plan order): it must continue its device's chain; its
+    /// Accepts an arrived segment (in plan order): its `prev_hash` must be its parent's hash
+    /// wherever that is known (checked this pass, or, through `known_hash`, applied here); its
     /// grants join the known chat keys. Returns whether a grant was new.
-    pub fn accept(&mut self, segment: &OpenedSegment) -> Result<bool> {
-        let device = segment.head.device;
-        check_chain(self.chains.get(&device), segment)?;
-        self.chains.insert(device, segment.head);
-        self.hashes
-            .insert((device, segment.head.seq), segment.head.hash);
+    pub fn accept(
+        &mut self,
+        segment: &OpenedSegment,
+        known_hash: impl Fn(SegmentId) -> Option<SegmentHash>,
+    ) -> Result<bool> {
+        let parent_hash = self.parent_of(segment).and_then(|parent| {
+            self.hashes
+                .get(&parent)
+                .copied()
+                .or_else(|| known_hash(parent))
+        });
+        check_link(segment, parent_hash)?;
+        self.hashes.insert(segment.head.id(), segment.head.hash);
         let mut learned = false;
         for (key_id, chat_id, key) in &segment.grants {
             learned |= self.chat_keys.insert(*key_id, chat_id, key.clone())?;
@@ -312,32 +322,49 @@ impl Engine {
         Ok(learned)
     }
 
-    /// Checks an accepted segment's claims about other devices: every head it says it saw must
-    /// exist, with the hash this pass (or, through `known_hash`, this device) knows for it.
-    pub fn check_claims(
-        &self,
-        segment: &OpenedSegment,
-        known_hash: impl Fn(DeviceId, u64) -> Option<SegmentHash>,
-    ) -> Result<()> {
-        check_seen(segment, &self.available(), |device, seq| {
-            self.hashes
-                .get(&(device, seq))
-                .copied()
-                .or_else(|| known_hash(device, seq))
+    fn parent_of(&self, segment: &OpenedSegment) -> Option<SegmentId> {
+        (segment.head.seq > 1).then(|| SegmentId {
+            device: segment.head.device,
+            seq: segment.head.seq - 1,
+            tag: segment.parent_tag,
         })
     }
 
-    /// Checks that the heads this device applied are the segments this pass saw: a device whose
-    /// applied head the bucket now shows with another hash was forked or replaced. Heads below
-    /// the adopted checkpoint's coverage cannot be compared (those segments may be collected).
+    /// Checks an accepted segment's claims about other devices: every head it says it saw must
+    /// be there (checked this pass, applied here, listed, covered or collected), with the hash
+    /// this pass (or, through `known_hash`, this device) knows for it.
+    pub fn check_claims(
+        &self,
+        segment: &OpenedSegment,
+        known_hash: impl Fn(SegmentId) -> Option<SegmentHash>,
+    ) -> Result<()> {
+        let known = |id: SegmentId| self.hashes.get(&id).copied().or_else(|| known_hash(id));
+        check_seen(
+            segment,
+            |claim| {
+                let id = claim.id();
+                self.hashes.contains_key(&id)
+                    || self.have.contains(&id)
+                    || self.applied.iter().any(|h| h.id() == id)
+                    || self.listing.segment(id).is_some()
+                    || self.base.reached(id)
+                    || self.base.below_floor(id)
+                    || known_hash(id).is_some()
+            },
+            known,
+        )
+    }
+
+    /// Checks that the tips this device applied are the segments this pass saw: a tip the
+    /// bucket now shows with another hash was replaced. Tips at or below the adopted
+    /// checkpoint's floor cannot be compared (those segments are collected).
     pub fn check_applied(&self) -> Result<()> {
-        for (device, head) in &self.applied {
-            let below = self.base.get(device).is_some_and(|b| head.seq < *b);
-            if below {
+        for head in &self.applied {
+            if self.base.below_floor(head.id()) {
                 continue;
             }
-            if self.hashes.get(&(*device, head.seq)) != Some(&head.hash) {
-                return Err(chain_broken(*device, head.seq));
+            if self.hashes.get(&head.id()) != Some(&head.hash) {
+                return Err(chain_broken(head.device, head.seq));
             }
         }
         Ok(())
@@ -346,54 +373,41 @@ impl Engine {
     /// Whether this device has applied every segment the listing shows and everything the
     /// newest checkpoint covers (no error for a device that is behind: it just is not).
     pub fn applied_everything(&self) -> bool {
-        let newest = self.listing.newest_segments();
-        let base = self.newest_base();
-        newest
-            .iter()
-            .chain(base.iter())
-            .all(|(device, seq)| self.applied.get(device).is_some_and(|h| h.seq >= *seq))
+        let applied = &self.applied_walk;
+        let newest = self.newest().map_or(&[][..], |(_, c)| c.covered.as_slice());
+        self.listing
+            .all_segments()
+            .all(|(segment, _)| applied.reached(segment.id()))
+            && newest.iter().all(|head| applied.reached(head.id()))
     }
 
-    /// Listed segments the adopted checkpoint covers (a pull skips them; `verify` does not).
+    /// Listed segments the adopted checkpoint covers, every branch, in (seq, tag) order per
+    /// device (a pull skips them; `verify` does not).
     pub fn covered_segments(&self) -> Result<Vec<Get>> {
         let mut gets = Vec::new();
-        for (device, seq, listed) in self.listing.all_segments() {
-            if self
-                .base
-                .get(&device)
-                .is_some_and(|covered| seq <= *covered)
-            {
-                gets.push(Get::listed(
-                    listed,
-                    MAX_SEGMENT_OBJECT,
-                    Some((device, seq)),
-                )?);
+        for (segment, listed) in self.listing.all_segments() {
+            if self.base.reached(segment.id()) {
+                gets.push(Get::listed(listed, MAX_SEGMENT_OBJECT, Some(segment))?);
             }
         }
         Ok(gets)
     }
 
     /// Checks a covered segment (in the order [`covered_segments`](Self::covered_segments)
-    /// gave): it authenticated under its name; where its predecessor is listed too, it follows
-    /// it in the chain; the one at the covered head has the hash the checkpoint records.
-    pub fn accept_covered(
-        &mut self,
-        previous: Option<&OpenedSegment>,
-        segment: &OpenedSegment,
-    ) -> Result<()> {
+    /// gave): it authenticated under its name; it follows its parent where that was checked
+    /// before it; a covered tip has the hash the checkpoint records.
+    pub fn accept_covered(&mut self, segment: &OpenedSegment) -> Result<()> {
         let head = segment.head;
-        let follows_listed = previous
-            .filter(|p| p.head.device == head.device && p.head.seq.checked_add(1) == Some(head.seq))
-            .map(|p| p.head);
-        if head.seq == 1 || follows_listed.is_some() {
-            check_chain(follows_listed.as_ref(), segment)?;
-        }
-        if let Some(recorded) = self.hashes.get(&(head.device, head.seq))
+        let parent_hash = self
+            .parent_of(segment)
+            .and_then(|parent| self.hashes.get(&parent).copied());
+        check_link(segment, parent_hash)?;
+        if let Some(recorded) = self.hashes.get(&head.id())
             && *recorded != head.hash
         {
             return Err(chain_broken(head.device, head.seq));
         }
-        self.hashes.insert((head.device, head.seq), head.hash);
+        self.hashes.insert(head.id(), head.hash);
         Ok(())
     }
 
@@ -402,12 +416,24 @@ impl Engine {
         &self.chat_keys
     }
 
-    /// Devices seen: with a chain, or listed.
+    /// Listed segments of `device` that no walk from this device's tips reaches: for its own
+    /// id, segments another copy of its state directory wrote (or its own, applied but cut off
+    /// from its tips by a collected or deleted segment: the caller asks its local record).
+    pub fn unapplied_of(&self, device: DeviceId) -> Vec<super::segment::SegmentName> {
+        self.listing
+            .all_segments()
+            .filter(|(segment, _)| segment.device == device && !self.have.contains(&segment.id()))
+            .map(|(segment, _)| segment)
+            .collect()
+    }
+
+    /// Devices seen: applied here, checked this pass, or listed.
     pub fn devices(&self) -> BTreeSet<DeviceId> {
-        self.chains
-            .keys()
-            .chain(self.listing.segments.keys())
-            .copied()
+        self.applied
+            .iter()
+            .map(|h| h.device)
+            .chain(self.hashes.keys().map(|id| id.device))
+            .chain(self.listing.segments.keys().copied())
             .collect()
     }
 }
