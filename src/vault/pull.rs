@@ -382,10 +382,17 @@ impl Vault {
         let (copied, pending) = {
             let local = lock(&self.local)?;
             let pending = local.pending_segment()?;
-            let copied = engine.unapplied_of(device).into_iter().any(|name| {
-                local.segment_hash(name.id()).ok().flatten().is_none()
+            // A local-state error must stop the pull, not read as "not written here": that
+            // would fork off a device nobody copied.
+            let mut copied = false;
+            for name in engine.unapplied_of(device) {
+                if local.segment_hash(name.id())?.is_none()
                     && pending.as_ref().is_none_or(|p| p.name != name.to_name())
-            });
+                {
+                    copied = true;
+                    break;
+                }
+            }
             (copied, pending)
         };
         if copied {
