@@ -111,7 +111,10 @@ impl DeletionWitnesses {
     }
 
     /// `unaware` without the delete's writer and the devices whose segments in this round claim
-    /// to have seen the deleting segment.
+    /// to have seen the deleting segment. By sequence number only: when the deleting device's id
+    /// forked (a copied state directory), a seen head on the other branch at a higher seq counts
+    /// too, and the keys may leave a checkpoint early (an open gap: it needs the tag in the place
+    /// and the tree to tell a descendant).
     fn acknowledged(&self, place: (DeviceId, u64), unaware: BTreeSet<DeviceId>) -> Deletion {
         let (deleter, seq) = place;
         let unaware = unaware

@@ -63,7 +63,7 @@ pub struct CheckpointInput<'a> {
     /// Every tip of every device's segment tree the checkpoint covers.
     pub covered: &'a [Head],
     /// Every known chat key, including the previous checkpoint's grants (keys of chats without
-    /// blocks are left out).
+    /// blocks are left out, unless a deleted chat's covered device may still write to it).
     pub chat_keys: &'a ChatKeys,
     /// Deleted chats beyond those the previous checkpoint and the new operations name: (chat id,
     /// stamp of the newest delete).
