@@ -53,6 +53,16 @@ async fn device(
     )
 }
 
+/// The texts of a chat's messages on `vault`.
+fn texts(vault: &Vault, chat: &str) -> Vec<String> {
+    vault
+        .messages(Some(chat))
+        .unwrap()
+        .into_iter()
+        .map(|m| m.text)
+        .collect()
+}
+
 fn snapshot(vault: &Vault) -> (Vec<(String, String, u64)>, Vec<Message>) {
     (
         vault
@@ -1062,13 +1072,7 @@ async fn a_chat_written_to_after_its_deletion_restores_on_a_new_device() {
     a.sync(None, None).await.unwrap();
     let fresh = device(store.clone(), &key, &dir, "fresh").await;
     fresh.sync(None, None).await.unwrap();
-    let texts: Vec<String> = fresh
-        .messages(Some("x"))
-        .unwrap()
-        .into_iter()
-        .map(|m| m.text)
-        .collect();
-    assert_eq!(texts, ["after"]);
+    assert_eq!(texts(&fresh, "x"), ["after"]);
     fresh.verify().await.unwrap();
 }
 
@@ -1108,13 +1112,7 @@ async fn a_chat_written_to_by_a_device_unaware_of_its_deletion_restores_on_a_new
     c.sync(None, None).await.unwrap();
     let fresh = device(store.clone(), &key, &dir, "fresh").await;
     fresh.sync(None, None).await.unwrap();
-    let texts: Vec<String> = fresh
-        .messages(Some("x"))
-        .unwrap()
-        .into_iter()
-        .map(|m| m.text)
-        .collect();
-    assert_eq!(texts, ["late"]);
+    assert_eq!(texts(&fresh, "x"), ["late"]);
     fresh.verify().await.unwrap();
     a.sync(None, None).await.unwrap();
     assert_eq!(snapshot(&a), snapshot(&fresh));
