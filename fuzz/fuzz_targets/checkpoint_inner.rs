@@ -243,7 +243,7 @@ fn drive(mode: u8, name: &str, object: &[u8], packs: &BTreeMap<String, Pack>) {
         })
         .into_iter()
         .collect();
-    let known = |id: SegmentId| applied.iter().find(|h| h.id() == id).map(|h| h.hash);
+    let known = |id: SegmentId| Ok(applied.iter().find(|h| h.id() == id).map(|h| h.hash));
     let mut engine = Engine::new(listing, applied.clone(), BTreeMap::new(), ChatKeys::new());
     let Ok(gets) = engine.indexes_to_read() else {
         return;
@@ -265,7 +265,7 @@ fn drive(mode: u8, name: &str, object: &[u8], packs: &BTreeMap<String, Pack>) {
             assert_eq!(pack_gets.len(), index.packs.len());
             let operations = read_blocks(&engine, &index, packs);
             let _ = engine.covered_segments();
-            let _ = engine.plan(|_| false);
+            let _ = engine.plan(|_| Ok(false));
             let _ = engine.tips_after_adopting(&index);
             let _ = engine.check_applied();
             next_checkpoint(&engine, &index, packs, operations);

@@ -157,7 +157,7 @@ fn drive(name: &str, object: &[u8]) -> Option<Vec<Operation>> {
     let mut engine = Engine::new(listing, applied, BTreeMap::new(), ChatKeys::new());
     if previous.is_none() {
         let plan = engine
-            .plan(|_| false)
+            .plan(|_| Ok(false))
             .expect("a lone first segment is a valid plan");
         assert_eq!(plan.len(), 1);
         let again = plan[0]
@@ -166,12 +166,12 @@ fn drive(name: &str, object: &[u8]) -> Option<Vec<Operation>> {
         assert_eq!(again.head, opened.head);
     }
     let parent_hash = previous.map(|h| h.hash);
-    if let Err(error) = engine.accept(&opened, |_| parent_hash) {
+    if let Err(error) = engine.accept(&opened, |_| Ok(parent_hash)) {
         // The chain holds by construction: only conflicting grants may be refused.
         assert!(matches!(error, Error::Decode { .. }), "{error:?}");
         return None;
     }
-    let _ = engine.check_claims(&opened, |_| None);
+    let _ = engine.check_claims(&opened, |_| Ok(None));
     let _ = engine.check_applied();
     open_blocks(keys, engine.chat_keys(), &opened).ok()
 }

@@ -93,16 +93,16 @@ pub struct Known<'a> {
     pub covered: &'a Walk,
     /// Whether this device applied a segment (its local record), asked only for listed
     /// segments no walk reached.
-    pub applied: &'a dyn Fn(SegmentId) -> bool,
+    pub applied: &'a dyn Fn(SegmentId) -> Result<bool>,
 }
 
 impl Known<'_> {
     /// Whether the segment counts as there for a child that follows it.
-    fn holds(&self, id: SegmentId) -> bool {
-        self.have.contains(&id)
+    fn holds(&self, id: SegmentId) -> Result<bool> {
+        Ok(self.have.contains(&id)
             || self.covered.reached(id)
             || self.covered.below_floor(id)
-            || (self.applied)(id)
+            || (self.applied)(id)?)
     }
 }
 
@@ -115,12 +115,12 @@ pub fn plan_segments(listing: &Listing, known: &Known<'_>) -> Result<Vec<Get>> {
     let mut planned = BTreeSet::new();
     for (segment, listed) in listing.all_segments() {
         let id = segment.id();
-        if known.have.contains(&id) || (known.applied)(id) {
+        if known.have.contains(&id) || (known.applied)(id)? {
             continue;
         }
         if let Some(parent) = segment.parent_id()
             && !planned.contains(&parent)
-            && !known.holds(parent)
+            && !known.holds(parent)?
         {
             return Err(Error::Integrity(IntegrityProblem::MissingSegment {
                 device: parent.device.to_hex(),
@@ -209,17 +209,17 @@ pub fn check_link(segment: &OpenedSegment, parent_hash: Option<SegmentHash>) -> 
 /// hash of that segment (`known_hash`), must match it.
 pub fn check_seen(
     segment: &OpenedSegment,
-    present: impl Fn(&Head) -> bool,
-    known_hash: impl Fn(SegmentId) -> Option<SegmentHash>,
+    present: impl Fn(&Head) -> Result<bool>,
+    known_hash: impl Fn(SegmentId) -> Result<Option<SegmentHash>>,
 ) -> Result<()> {
     for claim in &segment.seen {
-        if !present(claim) {
+        if !present(claim)? {
             return Err(Error::Integrity(IntegrityProblem::MissingSegment {
                 device: claim.device.to_hex(),
                 seq: claim.seq,
             }));
         }
-        if known_hash(claim.id()).is_some_and(|hash| hash != claim.hash) {
+        if known_hash(claim.id())?.is_some_and(|hash| hash != claim.hash) {
             return Err(Error::Integrity(IntegrityProblem::ChainBroken {
                 device: claim.device.to_hex(),
                 seq: claim.seq,
@@ -269,7 +269,7 @@ mod tests {
             &Known {
                 have: &have,
                 covered: &covered,
-                applied: &|_| false,
+                applied: &|_| Ok(false),
             },
         )
     }
@@ -407,15 +407,15 @@ mod tests {
         let claim = head(B, 4);
         let segment = opened(A, 1, None, vec![claim]);
         assert!(matches!(
-            check_seen(&segment, |_| false, |_| None),
+            check_seen(&segment, |_| Ok(false), |_| Ok(None)),
             Err(Error::Integrity(IntegrityProblem::MissingSegment {
                 seq: 4,
                 ..
             }))
         ));
-        assert!(check_seen(&segment, |_| true, |_| Some(claim.hash)).is_ok());
+        assert!(check_seen(&segment, |_| Ok(true), |_| Ok(Some(claim.hash))).is_ok());
         assert!(matches!(
-            check_seen(&segment, |_| true, |_| Some([0xee; 32])),
+            check_seen(&segment, |_| Ok(true), |_| Ok(Some([0xee; 32]))),
             Err(Error::Integrity(IntegrityProblem::ChainBroken { .. }))
         ));
     }

@@ -52,8 +52,7 @@ impl Vault {
         if let Some(index) = &base {
             // The base's covered heads and packs are checked as a pull checks them.
             let local = lock(&self.local)?;
-            pass.engine
-                .adopt(index, |id| local.segment_hash(id).ok().flatten())?;
+            pass.engine.adopt(index, |id| local.segment_hash(id))?;
         }
         let listing = pass.engine.listing();
         let mut total = CheckpointReport::default();
@@ -107,7 +106,7 @@ impl Vault {
             &Known {
                 have: &base_walk.reached,
                 covered: &base_walk,
-                applied: &|_| false,
+                applied: &|_| Ok(false),
             },
         )?;
         let mut next = NextCheckpoint::new(base);

@@ -43,8 +43,7 @@ impl Vault {
         if let Some(index) = newest.as_ref().and_then(|name| indexes.get(name)) {
             let gets = {
                 let local = lock(&self.local)?;
-                pass.engine
-                    .adopt(index, |id| local.segment_hash(id).ok().flatten())?
+                pass.engine.adopt(index, |id| local.segment_hash(id))?
             };
             let chat_keys = pass.engine.chat_keys().clone();
             let mut operations = 0;
@@ -96,11 +95,10 @@ impl Vault {
         }
         // Every other listed segment, every branch of every device's tree.
         let mut segments = Vec::new();
-        for get in pass.engine.plan(|_| false)? {
+        for get in pass.engine.plan(|_| Ok(false))? {
             let (segment, _) = self.fetch_segment(&get).await?;
             let local = lock(&self.local)?;
-            pass.engine
-                .accept(&segment, |id| local.segment_hash(id).ok().flatten())?;
+            pass.engine.accept(&segment, |id| local.segment_hash(id))?;
             segments.push(segment);
         }
         pass.engine.check_applied()?;
@@ -109,7 +107,7 @@ impl Vault {
             let local = lock(&self.local)?;
             for segment in &segments {
                 pass.engine
-                    .check_claims(segment, |id| local.segment_hash(id).ok().flatten())?;
+                    .check_claims(segment, |id| local.segment_hash(id))?;
                 report.operations +=
                     open_blocks(&self.keys, pass.engine.chat_keys(), segment)?.len() as u64;
                 report.segments += 1;

@@ -194,8 +194,7 @@ impl Vault {
         };
         let gets = {
             let local = lock(&self.local)?;
-            pass.engine
-                .adopt(&index, |id| local.segment_hash(id).ok().flatten())?
+            pass.engine.adopt(&index, |id| local.segment_hash(id))?
         };
         let chat_keys = pass.engine.chat_keys().clone();
         let sealed_keys = seal_chat_keys(&self.keys, &chat_keys)?;
@@ -280,7 +279,7 @@ impl Vault {
         let fetches = {
             let local = lock(&self.local)?;
             pass.engine
-                .plan(|id| local.segment_hash(id).ok().flatten().is_some())?
+                .plan(|id| Ok(local.segment_hash(id)?.is_some()))?
         };
         if fetches.is_empty() {
             return Ok(uncovered);
@@ -343,7 +342,7 @@ impl Vault {
                 let local = lock(&self.local)?;
                 pulled
                     .engine
-                    .accept(&segment, |id| local.segment_hash(id).ok().flatten())?
+                    .accept(&segment, |id| local.segment_hash(id))?
             };
             let keys_known = segment
                 .blocks
@@ -424,7 +423,7 @@ impl Vault {
             let local = lock(&self.local)?;
             pulled
                 .engine
-                .check_claims(&segment, |id| local.segment_hash(id).ok().flatten())?;
+                .check_claims(&segment, |id| local.segment_hash(id))?;
         }
         let device_hex = segment.head.device.to_hex();
         if let Some(listener) = listener

@@ -117,8 +117,7 @@ impl Vault {
         if let Some(index) = self.newest_index(&mut pass, &mut scratch).await? {
             {
                 let local = lock(&self.local)?;
-                pass.engine
-                    .adopt(&index, |id| local.segment_hash(id).ok().flatten())?;
+                pass.engine.adopt(&index, |id| local.segment_hash(id))?;
             }
             for (chat, stamp) in &index.deleted_chats {
                 if chat == chat_id {
@@ -136,18 +135,17 @@ impl Vault {
             reading.index = Some(index);
         }
         let mut opened = Vec::new();
-        for get in pass.engine.plan(|_| false)? {
+        for get in pass.engine.plan(|_| Ok(false))? {
             let (segment, _) = self.fetch_segment(&get).await?;
             let local = lock(&self.local)?;
-            pass.engine
-                .accept(&segment, |id| local.segment_hash(id).ok().flatten())?;
+            pass.engine.accept(&segment, |id| local.segment_hash(id))?;
             opened.push(segment);
         }
         {
             let local = lock(&self.local)?;
             for segment in &opened {
                 pass.engine
-                    .check_claims(segment, |id| local.segment_hash(id).ok().flatten())?;
+                    .check_claims(segment, |id| local.segment_hash(id))?;
             }
         }
         reading.chat_keys = pass.engine.chat_keys().clone();

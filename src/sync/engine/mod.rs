@@ -199,10 +199,10 @@ impl Engine {
     pub fn adopt(
         &mut self,
         index: &CheckpointIndex,
-        known_hash: impl Fn(SegmentId) -> Option<SegmentHash>,
+        known_hash: impl Fn(SegmentId) -> Result<Option<SegmentHash>>,
     ) -> Result<Vec<Get>> {
         for head in &index.covered {
-            if known_hash(head.id()).is_some_and(|hash| hash != head.hash) {
+            if known_hash(head.id())?.is_some_and(|hash| hash != head.hash) {
                 return Err(chain_broken(head.device, head.seq));
             }
         }
@@ -286,7 +286,7 @@ impl Engine {
     /// device in (seq, tag) order, each one's parent there or planned before it (a missing one
     /// was deleted or withheld); and no tip this device applied may be gone (a rollback), nor
     /// anything below one that no checkpoint covers (a deletion).
-    pub fn plan(&self, applied: impl Fn(SegmentId) -> bool) -> Result<Vec<Get>> {
+    pub fn plan(&self, applied: impl Fn(SegmentId) -> Result<bool>) -> Result<Vec<Get>> {
         self.check_rollback()?;
         check_applied_present(&self.listing, &self.applied_walk, &self.newest_covered())?;
         plan_segments(
@@ -305,14 +305,15 @@ impl Engine {
     pub fn accept(
         &mut self,
         segment: &OpenedSegment,
-        known_hash: impl Fn(SegmentId) -> Option<SegmentHash>,
+        known_hash: impl Fn(SegmentId) -> Result<Option<SegmentHash>>,
     ) -> Result<bool> {
-        let parent_hash = self.parent_of(segment).and_then(|parent| {
-            self.hashes
-                .get(&parent)
-                .copied()
-                .or_else(|| known_hash(parent))
-        });
+        let parent_hash = match self.parent_of(segment) {
+            Some(parent) => match self.hashes.get(&parent) {
+                Some(hash) => Some(*hash),
+                None => known_hash(parent)?,
+            },
+            None => None,
+        };
         check_link(segment, parent_hash)?;
         self.hashes.insert(segment.head.id(), segment.head.hash);
         let mut learned = false;
@@ -336,20 +337,23 @@ impl Engine {
     pub fn check_claims(
         &self,
         segment: &OpenedSegment,
-        known_hash: impl Fn(SegmentId) -> Option<SegmentHash>,
+        known_hash: impl Fn(SegmentId) -> Result<Option<SegmentHash>>,
     ) -> Result<()> {
-        let known = |id: SegmentId| self.hashes.get(&id).copied().or_else(|| known_hash(id));
+        let known = |id: SegmentId| match self.hashes.get(&id) {
+            Some(hash) => Ok(Some(*hash)),
+            None => known_hash(id),
+        };
         check_seen(
             segment,
             |claim| {
                 let id = claim.id();
-                self.hashes.contains_key(&id)
+                Ok(self.hashes.contains_key(&id)
                     || self.have.contains(&id)
                     || self.applied.iter().any(|h| h.id() == id)
                     || self.listing.segment(id).is_some()
                     || self.base.reached(id)
                     || self.base.below_floor(id)
-                    || known_hash(id).is_some()
+                    || known_hash(id)?.is_some())
             },
             known,
         )
@@ -445,5 +449,8 @@ fn chain_broken(device: DeviceId, seq: u64) -> Error {
     })
 }
 
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod driver;
 #[cfg(test)]
 mod tests;

@@ -1,318 +1,40 @@
-//! The engine against scripted bucket answers, one test per attack class: a small synchronous
-//! driver does what the vault's drivers do (list, learn checkpoints, start, plan, accept, check
-//! claims, open), reading from an in-memory map the test tampers with.
+//! The engine against scripted bucket answers, one test per attack class, through the
+//! synchronous driver in `driver.rs` (what the vault's drivers do, over an in-memory map the
+//! test tampers with).
 
 use std::collections::BTreeMap;
 
+use super::driver::{self, Bucket, Device};
 use super::*;
 use crate::error::DecodeProblem;
-use crate::keys::{ChatKey, RecoveryKey};
-use crate::sync::batch::EncodedBatch;
-use crate::sync::checkpoint::open_block;
-use crate::sync::next_checkpoint::{ChatContent, CheckpointInput, seal_checkpoint};
-use crate::sync::segment::{NewSegment, SegmentId, open_blocks, seal_segment, segment_name};
-use crate::sync::{Change, Message, Operation, Stamp};
+use crate::keys::RecoveryKey;
+use crate::sync::segment::{SegmentId, segment_name};
 
-const A: DeviceId = DeviceId([0xa; 16]);
+const A: DeviceId = driver::CHECKPOINT_WRITER;
 const B: DeviceId = DeviceId([0xb; 16]);
-const KEY_ID: [u8; 16] = [1; 16];
 
 fn keys() -> VaultKeys {
     VaultKeys::derive(&RecoveryKey::from_bytes([5; 32]))
 }
 
-fn chat_keys() -> ChatKeys {
-    let mut chat_keys = ChatKeys::new();
-    chat_keys
-        .insert(KEY_ID, "c", ChatKey::from_bytes([6; 32]))
-        .unwrap();
-    chat_keys
-}
-
-fn operation(id: SegmentId) -> Operation {
-    Operation {
-        stamp: Stamp {
-            wall_ms: 1000 + id.seq,
-            counter: 0,
-            device: id.device,
-        },
-        change: Change::UpsertMessage(Message {
-            chat_id: "c".into(),
-            message_id: format!("{}-{}-{}", id.device.to_hex(), id.seq, id.tag),
-            text: "hi".into(),
-            ..Message::default()
-        }),
-    }
-}
-
-/// The bucket: objects by name inside the vault prefix.
-#[derive(Clone, Default)]
-struct Bucket {
-    objects: BTreeMap<String, Vec<u8>>,
-    /// The segment each device wrote last: where its next one follows.
-    heads: BTreeMap<DeviceId, Head>,
-    /// Every segment name ever written (garbage collection does not forget them here).
-    written: Vec<String>,
-    /// The tips the last checkpoint covers.
-    covered: Vec<Head>,
-    /// The last tag handed out: tags are unique in a bucket.
-    last_tag: u64,
-}
-
-impl Bucket {
-    /// Seals the next segment of `device` (it saw `seen`) with one message.
-    fn write(&mut self, keys: &VaultKeys, device: DeviceId, seen: &[Head]) -> Head {
-        let previous = self.heads.get(&device).copied();
-        self.write_after(keys, device, previous, seen)
-    }
-
-    /// Seals a segment of `device` following `previous` (`None`: its first), as a copy of a
-    /// state directory whose tip that is would: a second child of one parent is a fork.
-    fn write_after(
-        &mut self,
-        keys: &VaultKeys,
-        device: DeviceId,
-        previous: Option<Head>,
-        seen: &[Head],
-    ) -> Head {
-        let seq = previous.map_or(1, |h| h.seq + 1);
-        self.last_tag += 1;
-        let tag = self.last_tag;
-        let id = SegmentId { device, seq, tag };
-        let (name, bytes, hash) = seal_segment(
-            keys,
-            &chat_keys(),
-            &NewSegment {
-                device,
-                seq,
-                tag,
-                previous: previous.map(|h| (h.tag, h.hash)),
-                seen,
-                grants: &[KEY_ID],
-                operations: &EncodedBatch::from_operations(&[operation(id)]),
-                device_name: "d",
-                platform: "test",
-            },
-        )
-        .unwrap();
-        self.objects.insert(name.clone(), bytes);
-        self.written.push(name);
-        let head = Head {
-            device,
-            seq,
-            tag,
-            hash,
-        };
-        self.heads.insert(device, head);
-        head
-    }
-
-    /// Writes a checkpoint covering `covered`, with every message they and their ancestors
-    /// hold.
-    fn checkpoint_of(&mut self, keys: &VaultKeys, seq: u64, covered: &[Head]) {
-        let everything = Listing::classify(self.written.iter().map(|n| (n.as_str(), 1)));
-        let operations: Vec<Operation> = crate::sync::tree::walk(&everything, covered)
-            .reached
-            .into_iter()
-            .map(operation)
-            .collect();
-        let sealed = seal_checkpoint(
-            keys,
-            &CheckpointInput {
-                device: A,
-                seq,
-                tag: 0xc0 + seq,
-                covered,
-                chat_keys: &chat_keys(),
-                deleted_chats: &[],
-                created_at_ms: 1,
-            },
-            [Ok(ChatContent {
-                chat_id: "c".into(),
-                operations,
-            })],
-        )
-        .unwrap();
-        for (name, bytes) in sealed.packs {
-            self.objects.insert(name, bytes);
-        }
-        self.objects.insert(sealed.index_name, sealed.index);
-        self.covered = covered.to_vec();
-    }
-
-    /// Writes a checkpoint covering every device's last segment.
-    fn checkpoint(&mut self, keys: &VaultKeys, seq: u64) {
-        let covered: Vec<Head> = self.heads.values().copied().collect();
-        self.checkpoint_of(keys, seq, &covered);
-    }
-
-    /// Deletes what the last checkpoint covers, as garbage collection does: the walk from its
-    /// covered tips through the listing.
-    fn collect(&mut self) {
-        let reached = crate::sync::tree::walk(&self.listing(), &self.covered).reached;
-        self.objects.retain(|name, _| {
-            crate::sync::segment::parse_segment_name(name)
-                .is_none_or(|s| !reached.contains(&s.id()))
-        });
-    }
-
-    fn listing(&self) -> Listing {
-        Listing::classify(
-            self.objects
-                .iter()
-                .map(|(name, bytes)| (name.as_str(), bytes.len() as u64)),
-        )
-    }
-
-    /// The name of the one segment of `device` at `seq` ever written (tests without a fork).
-    fn name(&self, device: DeviceId, seq: u64) -> String {
-        self.written
-            .iter()
-            .find(|n| {
-                crate::sync::segment::parse_segment_name(n)
-                    .is_some_and(|s| s.device == device && s.seq == seq)
-            })
-            .cloned()
-            .unwrap()
-    }
-
-    /// The name the next segment of `device` would have.
-    fn next_name(&self, device: DeviceId) -> String {
-        let head = self.heads[&device];
-        segment_name(device, head.seq + 1, self.last_tag + 1, head.tag)
-    }
-
-    /// A GET: the bytes the store answers (which a test may have tampered with).
-    fn get(&self, get: &Get) -> Result<Vec<u8>> {
-        let bytes = self.objects.get(&get.name).ok_or_else(|| get.missing())?;
-        get.check_len(bytes)?;
-        Ok(bytes.clone())
-    }
-}
-
-/// A device's view: the tips it applied and the hashes of the segments it applied.
-#[derive(Clone, Default)]
-struct Device {
-    applied: Vec<Head>,
-    hashes: BTreeMap<SegmentId, SegmentHash>,
-    messages: usize,
-}
-
-impl Device {
-    /// Whether it applied the segment of `device` at `seq` with `tag`.
-    fn has(&self, id: SegmentId) -> bool {
-        self.hashes.contains_key(&id)
-    }
-}
-
-fn start(bucket: &Bucket, device: &Device) -> Result<(Engine, BTreeMap<String, CheckpointIndex>)> {
-    let keys = keys();
-    let mut engine = Engine::new(
-        bucket.listing(),
-        device.applied.clone(),
-        BTreeMap::new(),
-        ChatKeys::new(),
-    );
-    let mut indexes = BTreeMap::new();
-    for get in engine.indexes_to_read()? {
-        let bytes = bucket.get(&get)?;
-        indexes.insert(get.name.clone(), engine.index_arrived(&keys, &get, &bytes)?);
-    }
-    Ok((engine, indexes))
-}
-
-/// Opens every block of `index` from its packs.
-fn read_packs(
-    bucket: &Bucket,
-    engine: &Engine,
-    index: &CheckpointIndex,
-    gets: &[Get],
-) -> Result<usize> {
-    let mut operations = 0;
-    for (number, get) in gets.iter().enumerate() {
-        let pack = bucket.get(get)?;
-        for (block, entry) in index.chats.iter().enumerate() {
-            if entry.pack == number {
-                let bytes = &pack[entry.offset as usize..(entry.offset + entry.length) as usize];
-                operations += open_block(&keys(), engine.chat_keys(), index, block, bytes)?.len();
-            }
-        }
-    }
-    Ok(operations)
-}
-
-/// A pull, as `Vault::pull` drives the engine; on success the device has applied everything.
+/// A pull by `device` with this module's keys.
 fn pull(bucket: &Bucket, device: &mut Device) -> Result<()> {
-    let keys = keys();
-    let (mut engine, mut indexes) = start(bucket, device)?;
-    engine.check_rollback()?;
-    let hashes = device.hashes.clone();
-    let known = |id: SegmentId| hashes.get(&id).copied();
-    let newest = engine.newest().map(|(name, _)| name.to_owned());
-    if engine.restore_is_cheaper(u64::MAX)
-        && let Some(index) = newest.and_then(|name| indexes.remove(&name))
-    {
-        let gets = engine.adopt(&index, known)?;
-        device.messages += read_packs(bucket, &engine, &index, &gets)?;
-        device.applied = engine.tips_after_adopting(&index);
-        for head in &index.covered {
-            device.hashes.insert(head.id(), head.hash);
-        }
-    } else {
-        engine.note_base();
-    }
-    let mut arrived = Vec::new();
-    for get in engine.plan(|id| hashes.contains_key(&id))? {
-        let segment = get.open_segment(&keys, &bucket.get(&get)?)?;
-        engine.accept(&segment, known)?;
-        arrived.push(segment);
-    }
-    for segment in &arrived {
-        engine.check_claims(segment, known)?;
-        device.messages += open_blocks(&keys, engine.chat_keys(), segment)?.len();
-        let parent = SegmentId {
-            device: segment.head.device,
-            seq: segment.head.seq - 1,
-            tag: segment.parent_tag,
-        };
-        device.applied.retain(|h| h.id() != parent);
-        device.applied.push(segment.head);
-        device.hashes.insert(segment.head.id(), segment.head.hash);
-    }
-    Ok(())
+    driver::pull(&keys(), bucket, device)
 }
 
-/// `verify`, as `Vault::verify` drives the engine.
+/// A verify by `device` with this module's keys.
 fn verify(bucket: &Bucket, device: &Device) -> Result<()> {
-    let keys = keys();
-    let (mut engine, mut indexes) = start(bucket, device)?;
-    engine.check_rollback()?;
-    engine.start_from_scratch();
-    let known = |id: SegmentId| device.hashes.get(&id).copied();
-    if let Some(index) = engine
-        .newest()
-        .map(|(name, _)| name.to_owned())
-        .and_then(|name| indexes.remove(&name))
-    {
-        let gets = engine.adopt(&index, known)?;
-        read_packs(bucket, &engine, &index, &gets)?;
-    }
-    for get in engine.covered_segments()? {
-        let segment = get.open_segment(&keys, &bucket.get(&get)?)?;
-        engine.accept_covered(&segment)?;
-    }
-    let mut arrived = Vec::new();
-    for get in engine.plan(|_| false)? {
-        let segment = get.open_segment(&keys, &bucket.get(&get)?)?;
-        engine.accept(&segment, known)?;
-        arrived.push(segment);
-    }
-    engine.check_applied()?;
-    for segment in &arrived {
-        engine.check_claims(segment, known)?;
-        open_blocks(&keys, engine.chat_keys(), segment)?;
-    }
-    Ok(())
+    driver::verify(&keys(), bucket, device)
+}
+
+/// The name of the one segment of `device` at `seq`.
+fn name(bucket: &Bucket, device: DeviceId, seq: u64) -> String {
+    bucket.name(device, seq).unwrap()
+}
+
+/// The name the next segment of `device` would have.
+fn next_name(bucket: &Bucket, device: DeviceId) -> String {
+    bucket.next_name(device).unwrap()
 }
 
 /// An honest vault: A wrote 3 segments and B 2 (B's second saw A's third); a checkpoint covers
@@ -409,7 +131,7 @@ fn answers_of_another_size_than_listed_are_refused() {
             .all_indexes()
             .unwrap()
             .into_iter()
-            .chain(engine.plan(|_| false).unwrap())
+            .chain(engine.plan(|_| Ok(false)).unwrap())
             .chain(
                 engine
                     .listing()
@@ -457,7 +179,7 @@ fn deleted_replayed_and_swapped_segments_are_refused() {
     let (bucket, device) = honest();
     // A deleted middle segment above the checkpoint.
     let mut deleted = bucket.clone();
-    deleted.objects.remove(&bucket.name(A, 3));
+    deleted.objects.remove(&name(&bucket, A, 3));
     assert!(matches!(
         integrity(pull(&deleted, &mut Device::default())),
         IntegrityProblem::MissingSegment { seq: 3, .. }
@@ -473,26 +195,26 @@ fn deleted_replayed_and_swapped_segments_are_refused() {
     ));
     // An old segment replayed as the next one: the name is bound into its authentication.
     let mut replayed = bucket.clone();
-    let old = replayed.objects[&bucket.name(A, 1)].clone();
-    replayed.objects.insert(bucket.next_name(A), old);
+    let old = replayed.objects[&name(&bucket, A, 1)].clone();
+    replayed.objects.insert(next_name(&bucket, A), old);
     assert!(authentication_failed(pull(&replayed, &mut device.clone())));
     assert!(authentication_failed(verify(&replayed, &device)));
     // Two segments swapped.
     let mut swapped = bucket.clone();
     let (three, four) = (
-        swapped.objects[&bucket.name(A, 3)].clone(),
-        swapped.objects[&bucket.name(A, 4)].clone(),
+        swapped.objects[&name(&bucket, A, 3)].clone(),
+        swapped.objects[&name(&bucket, A, 4)].clone(),
     );
-    swapped.objects.insert(bucket.name(A, 3), four);
-    swapped.objects.insert(bucket.name(A, 4), three);
+    swapped.objects.insert(name(&bucket, A, 3), four);
+    swapped.objects.insert(name(&bucket, A, 4), three);
     assert!(authentication_failed(pull(
         &swapped,
         &mut Device::default()
     )));
     // B's segment 1 served as A's: another device's name.
     let mut spliced = bucket.clone();
-    let other = spliced.objects[&bucket.name(B, 2)].clone();
-    spliced.objects.insert(bucket.next_name(A), other);
+    let other = spliced.objects[&name(&bucket, B, 2)].clone();
+    spliced.objects.insert(next_name(&bucket, A), other);
     assert!(authentication_failed(verify(&spliced, &device)));
 }
 
@@ -508,8 +230,8 @@ fn objects_of_another_vault_are_refused() {
     other.write(&other_keys, A, &[]);
     let mut spliced = bucket.clone();
     spliced.objects.insert(
-        bucket.next_name(A),
-        other.objects[&other.name(A, 5)].clone(),
+        next_name(&bucket, A),
+        other.objects[&name(&other, A, 5)].clone(),
     );
     assert!(authentication_failed(pull(&spliced, &mut device.clone())));
     other.checkpoint(&other_keys, 1);
@@ -530,7 +252,7 @@ fn rollbacks_and_withheld_segments_are_refused() {
     let (bucket, device) = honest();
     // The newest segment of A withheld from a device that applied it: a rollback.
     let mut rolled_back = bucket.clone();
-    rolled_back.objects.remove(&bucket.name(A, 4));
+    rolled_back.objects.remove(&name(&bucket, A, 4));
     assert!(matches!(
         integrity(pull(&rolled_back, &mut device.clone())),
         IntegrityProblem::RolledBack {
@@ -546,8 +268,8 @@ fn rollbacks_and_withheld_segments_are_refused() {
     // A fresh device cannot tell A 4 is gone, but B's segment 2 claims A 3: withholding A 3
     // and everything after it from a fresh device is caught by that claim.
     let mut withheld = bucket.clone();
-    withheld.objects.remove(&bucket.name(A, 3));
-    withheld.objects.remove(&bucket.name(A, 4));
+    withheld.objects.remove(&name(&bucket, A, 3));
+    withheld.objects.remove(&name(&bucket, A, 4));
     assert!(matches!(
         integrity(pull(&withheld, &mut Device::default())),
         IntegrityProblem::MissingSegment { seq: 3, .. }
@@ -562,8 +284,8 @@ fn a_replaced_segment_breaks_the_chain() {
     let keys = keys();
     let mut forged = bucket.clone();
     let four = forged.heads[&A];
-    forged.objects.remove(&bucket.name(A, 4));
-    let three = crate::sync::segment::parse_segment_name(&bucket.name(A, 3)).unwrap();
+    forged.objects.remove(&name(&bucket, A, 4));
+    let three = crate::sync::segment::parse_segment_name(&name(&bucket, A, 3)).unwrap();
     let original_three = Head {
         device: A,
         seq: 3,
@@ -583,7 +305,7 @@ fn a_replaced_segment_breaks_the_chain() {
             hash: [0; 32],
         }],
     );
-    assert!(forged.objects.contains_key(&bucket.name(A, 4)));
+    assert!(forged.objects.contains_key(&name(&bucket, A, 4)));
     assert!(matches!(
         integrity(verify(&forged, &device)),
         IntegrityProblem::ChainBroken { seq: 4, .. }
@@ -642,7 +364,7 @@ fn oversized_listings_are_refused_before_any_read() {
         ChatKeys::new(),
     );
     assert!(matches!(
-        engine.plan(|_| false),
+        engine.plan(|_| Ok(false)),
         Err(Error::Store(crate::store::StoreError::TooLarge { .. }))
     ));
     let index = listing.checkpoints.values_mut().next().unwrap();
@@ -670,7 +392,7 @@ fn unknown_names_are_set_aside_and_stop_nobody() {
     let mut fresh = Device::default();
     pull(&bucket, &mut fresh).unwrap();
     assert_eq!(fresh.messages, 6);
-    let (engine, _) = start(&bucket, &device).unwrap();
+    let (engine, _) = driver::start(&keys(), &bucket, &device).unwrap();
     assert_eq!(engine.unknown().len(), 5);
 }
 
@@ -678,7 +400,7 @@ fn unknown_names_are_set_aside_and_stop_nobody() {
 fn a_tampered_covered_segment_fails_verify_but_no_pull_needs_it() {
     let (bucket, device) = honest();
     let mut tampered = bucket.clone();
-    let bytes = tampered.objects.get_mut(&bucket.name(A, 1)).unwrap();
+    let bytes = tampered.objects.get_mut(&name(&bucket, A, 1)).unwrap();
     bytes[40] ^= 1;
     assert!(authentication_failed(verify(&tampered, &device)));
     let mut again = device.clone();
@@ -699,9 +421,10 @@ fn a_tampered_covered_segment_fails_verify_but_no_pull_needs_it() {
     );
     other.write(&keys, A, &[]);
     // The same names (tags 1 and 2), other content.
-    replaced
-        .objects
-        .insert(bucket.name(A, 2), other.objects[&other.name(A, 2)].clone());
+    replaced.objects.insert(
+        name(&bucket, A, 2),
+        other.objects[&name(&other, A, 2)].clone(),
+    );
     assert!(matches!(
         integrity(verify(&replaced, &device)),
         IntegrityProblem::ChainBroken { seq: 2, .. }
@@ -737,7 +460,7 @@ fn coverage_at_the_end_of_u64_does_not_overflow() {
     let mut engine = Engine::new(listing, vec![at_max(A)], known, ChatKeys::new());
     assert_eq!(engine.newest().map(|(name, _)| name), Some(index.as_str()));
     engine.note_base();
-    assert_eq!(engine.plan(|_| false).unwrap(), []);
+    assert_eq!(engine.plan(|_| Ok(false)).unwrap(), []);
 }
 
 #[path = "tests_forks.rs"]

@@ -211,9 +211,7 @@ fn random_honest_histories_with_forks_restore_everything() {
     };
     for script in 0..100 {
         let mut bucket = Bucket::default();
-        let mut history: BTreeMap<DeviceId, Vec<Head>> = BTreeMap::new();
         let mut follower = Device::default();
-        let mut written = 0;
         let mut checkpoints = 0;
         for _ in 0..24 {
             let device = [A, B][next(2) as usize];
@@ -225,54 +223,24 @@ fn random_honest_histories_with_forks_restore_everything() {
                         .filter(|h| h.device != device)
                         .copied()
                         .collect();
-                    let head = bucket.write(&keys, device, &seen);
-                    history.entry(device).or_default().push(head);
-                    written += 1;
+                    bucket.write(&keys, device, &seen);
                 }
                 5 => {
                     // A copy of the device's state directory from any earlier point.
-                    let earlier = history.get(&device).cloned().unwrap_or_default();
+                    let earlier = bucket.history.get(&device).cloned().unwrap_or_default();
                     let at = next(earlier.len() as u64 + 1) as usize;
-                    let head = bucket.write_after(&keys, device, earlier.get(at).copied(), &[]);
-                    history.entry(device).or_default().push(head);
-                    written += 1;
+                    bucket.write_after(&keys, device, earlier.get(at).copied(), &[]);
                 }
                 6 => {
-                    let everything =
-                        Listing::classify(bucket.written.iter().map(|n| (n.as_str(), 1)));
-                    let parents: BTreeSet<SegmentId> = everything
-                        .all_segments()
-                        .filter_map(|(s, _)| s.parent_id())
-                        .collect();
-                    let tips: Vec<Head> = history
-                        .values()
-                        .flatten()
-                        .filter(|h| !parents.contains(&h.id()))
-                        .copied()
-                        .collect();
-                    if !tips.is_empty() {
+                    if !bucket.tips().is_empty() {
                         checkpoints += 1;
-                        bucket.checkpoint_of(&keys, checkpoints, &tips);
+                        bucket.checkpoint(&keys, checkpoints);
                     }
                 }
                 7 => {
                     if next(3) == 0 {
                         // Interrupted: only the lower part goes (ascending).
-                        let reached =
-                            crate::sync::tree::walk(&bucket.listing(), &bucket.covered).reached;
-                        let mut doomed: Vec<(u64, String)> = bucket
-                            .objects
-                            .keys()
-                            .filter_map(|n| {
-                                let s = crate::sync::segment::parse_segment_name(n)?;
-                                reached.contains(&s.id()).then(|| (s.seq, n.clone()))
-                            })
-                            .collect();
-                        doomed.sort();
-                        let keep = next(3) as usize + 1;
-                        for (_, name) in doomed.iter().take(doomed.len().saturating_sub(keep)) {
-                            bucket.objects.remove(name);
-                        }
+                        bucket.collect_keeping(next(3) as usize + 1);
                     } else {
                         bucket.collect();
                     }
@@ -288,7 +256,7 @@ fn random_honest_histories_with_forks_restore_everything() {
         let mut fresh = Device::default();
         pull(&bucket, &mut fresh).unwrap_or_else(|e| panic!("script {script}: fresh pull: {e:?}"));
         assert_eq!(
-            fresh.messages, written,
+            fresh.messages, bucket.messages,
             "script {script}: a fresh device's messages"
         );
         verify(&bucket, &fresh).unwrap_or_else(|e| panic!("script {script}: fresh verify: {e:?}"));
