@@ -321,7 +321,7 @@ fn next_checkpoint(
     let Some(chat_id) = index.chats.first().map(|c| c.chat_id.clone()) else {
         return;
     };
-    let mut next = NextCheckpoint::new(Some(index));
+    let mut next = NextCheckpoint::new(Some(index), engine.listing());
     next.add(Operation {
         stamp: Stamp {
             wall_ms: 5,

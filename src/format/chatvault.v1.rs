@@ -299,8 +299,8 @@ pub struct ChatTombstone {
     pub chat_id: ::prost::alloc::string::String,
     #[prost(message, optional, tag = "2")]
     pub stamp: ::core::option::Option<Stamp>,
-    /// The segment that held the newest delete (device id, 16 bytes, and seq); empty and 0 when the
-    /// writer does not know it.
+    /// The segment that held the newest delete (device id, 16 bytes, seq and tag); empty and 0 when
+    /// the writer does not know it.
     #[prost(bytes = "vec", tag = "3")]
     pub deleted_by: ::prost::alloc::vec::Vec<u8>,
     #[prost(uint64, tag = "4")]
@@ -309,6 +309,8 @@ pub struct ChatTombstone {
     /// delete (16 bytes each): while any is listed, the index keeps the chat's keys.
     #[prost(bytes = "vec", repeated, tag = "5")]
     pub unaware: ::prost::alloc::vec::Vec<::prost::alloc::vec::Vec<u8>>,
+    #[prost(fixed64, tag = "6")]
+    pub deleted_in_tag: u64,
 }
 /// Body of a CheckpointIndex object (kind 6), sealed under the log key: the merged state of the
 /// vault as of the `covered` segments, stored in packs.

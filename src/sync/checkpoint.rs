@@ -28,7 +28,7 @@ use crate::sealing::{self, ObjectContext};
 use super::clock::{DeviceId, Stamp};
 use super::history::{HistoryCursor, position_of};
 use super::model::Operation;
-use super::segment::{ChatKeys, Head, KeyId, heads_from_proto, parse_device_seq_tag};
+use super::segment::{ChatKeys, Head, KeyId, SegmentId, heads_from_proto, parse_device_seq_tag};
 
 /// Where checkpoint indexes live inside the vault prefix.
 pub const CHECKPOINTS_PREFIX: &str = "checkpoints/";
@@ -137,8 +137,8 @@ pub struct CheckpointIndex {
 /// Where a chat's newest delete was written and who may not have seen it yet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Deletion {
-    /// The segment that held the delete: (device, seq).
-    pub deleted_in: (DeviceId, u64),
+    /// The segment that held the delete.
+    pub deleted_in: SegmentId,
     /// Covered devices that have not acknowledged the delete.
     pub unaware: BTreeSet<DeviceId>,
 }
@@ -256,7 +256,10 @@ pub fn open_checkpoint_index(
     let mut deletions = BTreeMap::new();
     for tombstone in &index.deleted_chats {
         if tombstone.deleted_by.is_empty() {
-            if !tombstone.unaware.is_empty() || tombstone.deleted_in != 0 {
+            if !tombstone.unaware.is_empty()
+                || tombstone.deleted_in != 0
+                || tombstone.deleted_in_tag != 0
+            {
                 return Err(malformed("tombstone without its place"));
             }
             continue;
@@ -266,11 +269,15 @@ pub fn open_checkpoint_index(
             .iter()
             .map(|device| Ok(DeviceId(id16(device, "unaware device")?)))
             .collect::<Result<BTreeSet<_>>>()?;
+        if tombstone.deleted_in == 0 || tombstone.deleted_in_tag == 0 {
+            return Err(malformed("tombstone place without its seq or tag"));
+        }
         let deletion = Deletion {
-            deleted_in: (
-                DeviceId(id16(&tombstone.deleted_by, "deleting device")?),
-                tombstone.deleted_in,
-            ),
+            deleted_in: SegmentId {
+                device: DeviceId(id16(&tombstone.deleted_by, "deleting device")?),
+                seq: tombstone.deleted_in,
+                tag: tombstone.deleted_in_tag,
+            },
             unaware,
         };
         if deletions
@@ -415,13 +422,18 @@ mod tests {
         let index = open_with_tombstones(&[&|t| {
             t.deleted_by = vec![2; 16];
             t.deleted_in = 4;
+            t.deleted_in_tag = 9;
             t.unaware = vec![vec![3; 16]];
         }])
         .unwrap();
         assert_eq!(
             index.deletions["c"],
             Deletion {
-                deleted_in: (DeviceId([2; 16]), 4),
+                deleted_in: SegmentId {
+                    device: DeviceId([2; 16]),
+                    seq: 4,
+                    tag: 9,
+                },
                 unaware: BTreeSet::from([DeviceId([3; 16])]),
             }
         );
@@ -432,13 +444,28 @@ mod tests {
 
     #[test]
     fn a_tombstone_with_a_broken_place_is_malformed() {
-        let cases: [&dyn Fn(&mut proto::ChatTombstone); 4] = [
+        let cases: [&dyn Fn(&mut proto::ChatTombstone); 7] = [
             &|t| t.unaware = vec![vec![3; 16]],
             &|t| t.deleted_in = 3,
-            &|t| t.deleted_by = vec![2; 15],
+            &|t| t.deleted_in_tag = 3,
+            &|t| {
+                t.deleted_by = vec![2; 15];
+                t.deleted_in = 1;
+                t.deleted_in_tag = 1;
+            },
             &|t| {
                 t.deleted_by = vec![2; 16];
+                t.deleted_in = 1;
+                t.deleted_in_tag = 1;
                 t.unaware = vec![vec![3; 17]];
+            },
+            &|t| {
+                t.deleted_by = vec![2; 16];
+                t.deleted_in_tag = 1;
+            },
+            &|t| {
+                t.deleted_by = vec![2; 16];
+                t.deleted_in = 1;
             },
         ];
         for fill in cases {
@@ -454,7 +481,11 @@ mod tests {
                 "{error:?}"
             );
         }
-        let placed = |t: &mut proto::ChatTombstone| t.deleted_by = vec![2; 16];
+        let placed = |t: &mut proto::ChatTombstone| {
+            t.deleted_by = vec![2; 16];
+            t.deleted_in = 1;
+            t.deleted_in_tag = 1;
+        };
         let twice = open_with_tombstones(&[&placed, &placed]).unwrap_err();
         assert!(twice.to_string().contains("two tombstones"), "{twice}");
     }

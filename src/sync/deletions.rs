@@ -7,12 +7,22 @@
 //! written a segment after seeing the delete (its `seen` heads reach the deleting segment), the
 //! keys leave the checkpoint, and with the segments that granted them collected, the bucket
 //! (SYNC.md, "Shredding").
+//!
+//! "Reach" means descent in the deleting device's segment tree, not a higher sequence number:
+//! after a copied state directory forked the deleter's id, a head on the other branch at a
+//! higher seq has not seen the delete. The walk through the listing ([`walk`]) decides while the
+//! deleting segment is listed. Once it is collected, a walk from a seen head stops at the first
+//! collected segment; at or above the delete's seq that segment lies on the one line the base
+//! checkpoint covers, so it descends from the delete, unless the base covers two tips of the
+//! deleter (a collected fork): then only a listed path counts, and the keys may stay longer.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::checkpoint::{CheckpointIndex, Deletion};
 use super::clock::{DeviceId, Stamp};
-use super::segment::Head;
+use super::listing::Listing;
+use super::segment::{Head, SegmentId};
+use super::tree::walk;
 
 /// What one round of segments says about deletions, on top of the base checkpoint's.
 #[derive(Debug, Default)]
@@ -21,11 +31,12 @@ pub struct DeletionWitnesses {
     base: BTreeMap<String, (Stamp, Deletion)>,
     /// Devices the base covers.
     base_covered: BTreeSet<DeviceId>,
+    /// Devices the base covers more than one tip of (a fork, possibly collected).
+    base_forked: BTreeSet<DeviceId>,
     /// Deletes in this round's segments: chat -> (stamp, segment).
-    deletes: BTreeMap<String, (Stamp, (DeviceId, u64))>,
-    /// Per device, the newest seq of each other device that its segments in this round claim
-    /// to have seen.
-    seen: BTreeMap<DeviceId, BTreeMap<DeviceId, u64>>,
+    deletes: BTreeMap<String, (Stamp, SegmentId)>,
+    /// Per device, the heads of other devices its segments in this round claim to have seen.
+    seen: BTreeMap<DeviceId, BTreeMap<SegmentId, Head>>,
 }
 
 impl DeletionWitnesses {
@@ -49,6 +60,13 @@ impl DeletionWitnesses {
                 })
                 .collect(),
             base_covered: base.covered.iter().map(|head| head.device).collect(),
+            base_forked: base
+                .covered
+                .iter()
+                .enumerate()
+                .filter(|(i, head)| base.covered[..*i].iter().any(|h| h.device == head.device))
+                .map(|(_, head)| head.device)
+                .collect(),
             ..Self::default()
         }
     }
@@ -62,12 +80,13 @@ impl DeletionWitnesses {
         deletes: impl IntoIterator<Item = (&'c str, Stamp)>,
     ) {
         let claims = self.seen.entry(head.device).or_default();
-        for other in seen {
-            let newest = claims.entry(other.device).or_insert(other.seq);
-            *newest = (*newest).max(other.seq);
-        }
+        claims.extend(
+            seen.iter()
+                .filter(|other| other.device != head.device)
+                .map(|other| (other.id(), *other)),
+        );
         for (chat, stamp) in deletes {
-            let place = (head.device, head.seq);
+            let place = head.id();
             match self.deletes.get_mut(chat) {
                 Some(newest) if newest.0 >= stamp => {}
                 Some(newest) => *newest = (stamp, place),
@@ -80,11 +99,12 @@ impl DeletionWitnesses {
 
     /// The deletion record of every deleted chat whose newest delete (`newest`, the stamp the
     /// checkpoint keeps) this round or the base knows the place of, given the devices the new
-    /// checkpoint covers.
+    /// checkpoint covers and the listing the round's segments came from.
     pub fn finish(
         &self,
         covered: &[Head],
         newest: &BTreeMap<String, Stamp>,
+        listing: &Listing,
     ) -> BTreeMap<String, Deletion> {
         let mut out = BTreeMap::new();
         for (chat, stamp) in newest {
@@ -92,7 +112,7 @@ impl DeletionWitnesses {
                 if let Some((_, place)) = self.deletes.get(chat).filter(|(s, _)| s == stamp) {
                     // A delete of this round: every covered device but its writer may be unaware.
                     let unaware = covered.iter().map(|head| head.device).collect();
-                    self.acknowledged(*place, unaware)
+                    self.acknowledged(*place, unaware, listing)
                 } else if let Some((_, base)) = self.base.get(chat).filter(|(s, _)| s == stamp) {
                     // Still unaware: those the base named, and devices it did not cover yet (one may
                     // have restored before the delete and written nothing since).
@@ -101,7 +121,7 @@ impl DeletionWitnesses {
                         .map(|head| head.device)
                         .filter(|device| !self.base_covered.contains(device));
                     let unaware = base.unaware.iter().copied().chain(newcomers).collect();
-                    self.acknowledged(base.deleted_in, unaware)
+                    self.acknowledged(base.deleted_in, unaware, listing)
                 } else {
                     continue;
                 };
@@ -111,44 +131,71 @@ impl DeletionWitnesses {
     }
 
     /// `unaware` without the delete's writer and the devices whose segments in this round claim
-    /// to have seen the deleting segment. By sequence number only: when the deleting device's id
-    /// forked (a copied state directory), a seen head on the other branch at a higher seq counts
-    /// too, and the keys may leave a checkpoint early (an open gap: it needs the tag in the place
-    /// and the tree to tell a descendant).
-    fn acknowledged(&self, place: (DeviceId, u64), unaware: BTreeSet<DeviceId>) -> Deletion {
-        let (deleter, seq) = place;
+    /// to have seen the deleting segment or one that descends from it.
+    fn acknowledged(
+        &self,
+        place: SegmentId,
+        unaware: BTreeSet<DeviceId>,
+        listing: &Listing,
+    ) -> Deletion {
         let unaware = unaware
             .into_iter()
-            .filter(|device| *device != deleter)
-            .filter(|device| {
-                self.seen
-                    .get(device)
-                    .and_then(|claims| claims.get(&deleter))
-                    .is_none_or(|seen| *seen < seq)
-            })
+            .filter(|device| *device != place.device)
+            .filter(|device| !self.has_seen(*device, place, listing))
             .collect();
         Deletion {
             deleted_in: place,
             unaware,
         }
     }
+
+    /// Whether a head `device` claims to have seen reaches `place` (see the module
+    /// documentation).
+    fn has_seen(&self, device: DeviceId, place: SegmentId, listing: &Listing) -> bool {
+        let Some(claims) = self.seen.get(&device) else {
+            return false;
+        };
+        let place_collected = listing.segment(place).is_none();
+        claims
+            .values()
+            .filter(|head| head.device == place.device && head.seq >= place.seq)
+            .any(|head| {
+                if head.id() == place {
+                    return true;
+                }
+                let from_here = walk(listing, [head]);
+                from_here.reached(place)
+                    || (place_collected
+                        && !self.base_forked.contains(&place.device)
+                        && from_here
+                            .floor
+                            .get(&place.device)
+                            .is_some_and(|floor| *floor >= place.seq))
+            })
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sync::segment::segment_name;
 
     fn device(n: u8) -> DeviceId {
         DeviceId([n; 16])
     }
 
-    fn head(n: u8, seq: u64) -> Head {
+    /// Segment `seq` of device `n` with tag `tag` (on a chain, tag = seq).
+    fn tagged(n: u8, seq: u64, tag: u64) -> Head {
         Head {
             device: device(n),
             seq,
-            tag: seq,
+            tag,
             hash: [n; 32],
         }
+    }
+
+    fn head(n: u8, seq: u64) -> Head {
+        tagged(n, seq, seq)
     }
 
     fn stamp(wall_ms: u64, n: u8) -> Stamp {
@@ -159,8 +206,23 @@ mod tests {
         }
     }
 
+    /// A listing of segments `(device, seq, tag, parent tag)`.
+    fn listing(segments: &[(u8, u64, u64, u64)]) -> Listing {
+        let names: Vec<String> = segments
+            .iter()
+            .map(|(n, seq, tag, parent)| segment_name(device(*n), *seq, *tag, *parent))
+            .collect();
+        Listing::classify(names.iter().map(|name| (name.as_str(), 100)))
+    }
+
+    /// Device `n`'s chain from `from` to `to` (tag = seq).
+    fn chain(n: u8, from: u64, to: u64) -> Vec<(u8, u64, u64, u64)> {
+        (from..=to).map(|seq| (n, seq, seq, seq - 1)).collect()
+    }
+
     #[test]
     fn a_delete_leaves_every_other_covered_device_unaware_until_it_claims_the_segment() {
+        let listed = listing(&[chain(1, 1, 4), chain(2, 1, 7), chain(3, 1, 2)].concat());
         let mut round = DeletionWitnesses::new(None);
         round.note_segment(&head(1, 4), &[], [("x", stamp(10, 1))]);
         // Device 2 saw device 1 only up to seq 3: not the delete.
@@ -169,11 +231,11 @@ mod tests {
         round.note_segment(&head(3, 2), &[head(1, 4)], []);
         let covered = [head(1, 4), head(2, 7), head(3, 2)];
         let newest = BTreeMap::from([("x".to_owned(), stamp(10, 1))]);
-        let deletions = round.finish(&covered, &newest);
+        let deletions = round.finish(&covered, &newest, &listed);
         assert_eq!(
             deletions["x"],
             Deletion {
-                deleted_in: (device(1), 4),
+                deleted_in: head(1, 4).id(),
                 unaware: BTreeSet::from([device(2)]),
             }
         );
@@ -181,17 +243,93 @@ mod tests {
 
     #[test]
     fn the_newest_delete_of_a_chat_decides() {
+        let listed = listing(&[chain(1, 1, 1), chain(2, 1, 1)].concat());
         let mut round = DeletionWitnesses::new(None);
         round.note_segment(&head(1, 1), &[], [("x", stamp(10, 1))]);
         round.note_segment(&head(2, 1), &[head(1, 1)], [("x", stamp(20, 2))]);
         let covered = [head(1, 1), head(2, 1)];
         let newest = BTreeMap::from([("x".to_owned(), stamp(20, 2))]);
-        let deletions = round.finish(&covered, &newest);
-        assert_eq!(deletions["x"].deleted_in, (device(2), 1));
+        let deletions = round.finish(&covered, &newest, &listed);
+        assert_eq!(deletions["x"].deleted_in, head(2, 1).id());
         // Device 1 has not seen device 2's segment.
         assert_eq!(deletions["x"].unaware, BTreeSet::from([device(1)]));
         // A tombstone whose stamp no segment of the round holds has no known place.
         let other = BTreeMap::from([("x".to_owned(), stamp(30, 3))]);
-        assert!(round.finish(&covered, &other).is_empty());
+        assert!(round.finish(&covered, &other, &listed).is_empty());
+    }
+
+    /// Device 1 wrote 1-3, then the delete at 4; a copy of its state directory wrote 4' and 5'
+    /// (tags 40, 50) after 3. Device 2 saw 5', device 3 saw 5 (which follows the delete).
+    #[test]
+    fn a_head_on_the_other_branch_of_a_fork_has_not_seen_the_delete() {
+        let mut segments = chain(1, 1, 5);
+        segments.extend([(1, 4, 40, 3), (1, 5, 50, 40)]);
+        segments.extend(chain(2, 1, 1));
+        segments.extend(chain(3, 1, 1));
+        let listed = listing(&segments);
+        let mut round = DeletionWitnesses::new(None);
+        round.note_segment(&head(1, 4), &[], [("x", stamp(10, 1))]);
+        round.note_segment(&head(2, 1), &[tagged(1, 5, 50)], []);
+        round.note_segment(&head(3, 1), &[head(1, 5)], []);
+        let covered = [head(1, 5), tagged(1, 5, 50), head(2, 1), head(3, 1)];
+        let newest = BTreeMap::from([("x".to_owned(), stamp(10, 1))]);
+        let deletions = round.finish(&covered, &newest, &listed);
+        assert_eq!(deletions["x"].unaware, BTreeSet::from([device(2)]));
+    }
+
+    /// The delete (device 1, seq 2) is in the base checkpoint and collected with 1-3; device 2,
+    /// unaware then, now claims a head above the collected part.
+    fn after_collection(base_tips: &[Head], listed: &Listing, claimed: Head) -> BTreeSet<DeviceId> {
+        let base = CheckpointIndex {
+            name: String::new(),
+            device: device(9),
+            seq: 1,
+            grants: Vec::new(),
+            packs: Vec::new(),
+            chats: Vec::new(),
+            created_at_ms: 0,
+            covered: base_tips.iter().copied().chain([head(2, 1)]).collect(),
+            deleted_chats: vec![("x".to_owned(), stamp(10, 1))],
+            deletions: BTreeMap::from([(
+                "x".to_owned(),
+                Deletion {
+                    deleted_in: head(1, 2).id(),
+                    unaware: BTreeSet::from([device(2)]),
+                },
+            )]),
+        };
+        let mut round = DeletionWitnesses::new(Some(&base));
+        round.note_segment(&head(2, 2), &[claimed], []);
+        let covered = [claimed, head(2, 2)];
+        let newest = BTreeMap::from([("x".to_owned(), stamp(10, 1))]);
+        round.finish(&covered, &newest, listed)["x"].unaware.clone()
+    }
+
+    #[test]
+    fn a_head_above_a_collected_delete_on_the_one_covered_line_has_seen_it() {
+        // 1-3 collected; 4 and 5 listed.
+        let listed = listing(&[chain(1, 4, 5), chain(2, 2, 2)].concat());
+        assert!(after_collection(&[head(1, 3)], &listed, head(1, 5)).is_empty());
+        // A copy that forked below the delete (4', 5' after 1) has not.
+        let mut forked = chain(1, 4, 5);
+        forked.extend([(1, 2, 20, 1), (1, 3, 30, 20), (2, 2, 2, 1)]);
+        let listed = listing(&forked);
+        assert_eq!(
+            after_collection(&[head(1, 3)], &listed, tagged(1, 3, 30)),
+            BTreeSet::from([device(2)])
+        );
+    }
+
+    #[test]
+    fn a_collected_fork_leaves_a_device_unaware_unless_a_listed_path_reaches_the_delete() {
+        // The base covered two tips of device 1 (3 and 3', tag 30), all collected.
+        let listed = listing(&[chain(1, 4, 5), chain(2, 2, 2)].concat());
+        let tips = [head(1, 3), tagged(1, 3, 30)];
+        assert_eq!(
+            after_collection(&tips, &listed, head(1, 5)),
+            BTreeSet::from([device(2)])
+        );
+        // The deleting segment itself, claimed, still counts.
+        assert!(after_collection(&tips, &listed, head(1, 2)).is_empty());
     }
 }

@@ -27,6 +27,7 @@ use super::checkpoint::{CheckpointIndex, block_name, checkpoint_name, pack_prefi
 use super::clock::{DeviceId, Stamp};
 use super::deletions::DeletionWitnesses;
 use super::history::{HistoryCursor, position_of};
+use super::listing::Listing;
 use super::model::{Change, Operation};
 use super::segment::{ChatKeys, Head, KeyId, head_to_proto};
 use super::state::{MemoryState, apply};
@@ -108,7 +109,8 @@ pub(crate) fn seal_checkpoint_with(
     chats: impl IntoIterator<Item = Result<ChatContent>>,
     nonce: &mut dyn FnMut() -> Result<[u8; sealing::NONCE_LEN]>,
 ) -> Result<SealedCheckpoint> {
-    let mut next = NextCheckpoint::new(None);
+    let listing = Listing::default();
+    let mut next = NextCheckpoint::new(None, &listing);
     for chat in chats {
         for operation in chat?.operations {
             next.add(operation);
@@ -142,6 +144,9 @@ struct ChatChanges {
 #[derive(Debug)]
 pub struct NextCheckpoint<'a> {
     base: Option<&'a CheckpointIndex>,
+    /// The listing the round's segments came from: who has seen a delete is decided by descent
+    /// in the deleter's segment tree.
+    listing: &'a Listing,
     changes: BTreeMap<String, ChatChanges>,
     read: BTreeMap<usize, Vec<Operation>>,
     copied: BTreeMap<usize, Vec<u8>>,
@@ -153,10 +158,11 @@ pub struct NextCheckpoint<'a> {
 }
 
 impl<'a> NextCheckpoint<'a> {
-    /// Starts from `base`, the newest checkpoint (`None` for a vault without one).
-    pub fn new(base: Option<&'a CheckpointIndex>) -> Self {
+    /// Starts from `base`, the newest checkpoint in `listing` (`None` for a vault without one).
+    pub fn new(base: Option<&'a CheckpointIndex>, listing: &'a Listing) -> Self {
         NextCheckpoint {
             base,
+            listing,
             changes: BTreeMap::new(),
             read: BTreeMap::new(),
             copied: BTreeMap::new(),
@@ -411,7 +417,7 @@ impl<'a> NextCheckpoint<'a> {
             }
         }
         writer.close();
-        let deletions = self.deletions.finish(input.covered, &deleted);
+        let deletions = self.deletions.finish(input.covered, &deleted, self.listing);
         let still_written = deletions
             .iter()
             .filter(|(_, deletion)| !deletion.unaware.is_empty())
@@ -439,9 +445,10 @@ impl<'a> NextCheckpoint<'a> {
                         proto::ChatTombstone {
                             stamp: Some(stamp.to_proto()),
                             deleted_by: place
-                                .map(|d| d.deleted_in.0.0.to_vec())
+                                .map(|d| d.deleted_in.device.0.to_vec())
                                 .unwrap_or_default(),
-                            deleted_in: place.map_or(0, |d| d.deleted_in.1),
+                            deleted_in: place.map_or(0, |d| d.deleted_in.seq),
+                            deleted_in_tag: place.map_or(0, |d| d.deleted_in.tag),
                             unaware: place
                                 .map(|d| d.unaware.iter().map(|device| device.0.to_vec()).collect())
                                 .unwrap_or_default(),
@@ -903,7 +910,8 @@ mod tests {
         /// Writes the next checkpoint with `operations` and returns what it did.
         fn round(&mut self, operations: &[Operation], small_pack: u64) -> (u64, u64, u64, usize) {
             let base = self.index.take();
-            let mut next = NextCheckpoint::new(base.as_ref()).with_sizes(200, small_pack);
+            let listing = Listing::default();
+            let mut next = NextCheckpoint::new(base.as_ref(), &listing).with_sizes(200, small_pack);
             for operation in operations {
                 next.add(operation.clone());
             }
@@ -1130,7 +1138,8 @@ mod tests {
             deletions: BTreeMap::new(),
             created_at_ms: 1,
         };
-        let next = NextCheckpoint::new(Some(&base));
+        let listing = Listing::default();
+        let next = NextCheckpoint::new(Some(&base), &listing);
         assert!(next.blocks_to_copy().is_empty());
         assert!(next.blocks_to_read().is_empty());
     }

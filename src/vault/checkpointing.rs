@@ -109,7 +109,7 @@ impl Vault {
                 applied: &|_| Ok(false),
             },
         )?;
-        let mut next = NextCheckpoint::new(base);
+        let mut next = NextCheckpoint::new(base, listing);
         let mut taken = 0u64;
         let mut fetched = 0usize;
         // A device whose segment uses a chat key no segment taken so far grants (another

@@ -1147,7 +1147,7 @@ PACKED_CHAT = {1: ("chat_id", "string", False), 2: ("key_id", "bytes", False),
                7: ("last", HISTORY_POSITION, False), 8: ("block_id", "bytes", False)}
 CHAT_TOMBSTONE = {1: ("chat_id", "string", False), 2: ("stamp", STAMP, False),
                   3: ("deleted_by", "bytes", False), 4: ("deleted_in", "uint64", False),
-                  5: ("unaware", "bytes", True)}
+                  5: ("unaware", "bytes", True), 6: ("deleted_in_tag", "fixed64", False)}
 CHECKPOINT_INDEX = {1: ("device_id", "bytes", False), 2: ("seq", "uint64", False),
                     3: ("covered", DEVICE_HEAD, True), 4: ("keys", CHAT_KEY_GRANT, True),
                     5: ("packs", PACK_REF, True), 6: ("chats", PACKED_CHAT, True),
@@ -1180,16 +1180,18 @@ def decode_chat_operations(body):
 
 def decode_checkpoint_index(body):
     """A checkpoint index body, its chat deletions checked: stamps (section 9.3) and places
-    (section 9.5: a place is a 16-byte device id and a seq, unaware devices are 16-byte ids and
-    need a place, one placed tombstone per chat)."""
+    (section 9.5: a place is a 16-byte device id, a non-zero seq and a non-zero tag, unaware
+    devices are 16-byte ids and need a place, one placed tombstone per chat)."""
     index = pb_message(body, CHECKPOINT_INDEX)
     placed = set()
     for tombstone in index["deleted_chats"]:
         decode_stamp(tombstone["stamp"])
         if not tombstone["deleted_by"]:
-            if tombstone["unaware"] or tombstone["deleted_in"]:
-                raise FormatError("tombstone", "unaware devices or a seq without a place")
+            if tombstone["unaware"] or tombstone["deleted_in"] or tombstone["deleted_in_tag"]:
+                raise FormatError("tombstone", "unaware devices, a seq or a tag without a place")
             continue
+        if not tombstone["deleted_in"] or not tombstone["deleted_in_tag"]:
+            raise FormatError("tombstone", "a place without its seq or tag")
         if len(tombstone["deleted_by"]) != 16 or any(len(d) != 16 for d in tombstone["unaware"]):
             raise FormatError("tombstone", "a device id that is not 16 bytes")
         if tombstone["chat_id"] in placed:
@@ -1209,20 +1211,25 @@ def check_tombstone_places(c):
     d = bytes(range(16))
     c.run("tombstone: a placed tombstone with an unaware device decodes",
           lambda: decode_checkpoint_index(index(
-              {"deleted_by": d, "deleted_in": 4, "unaware": [bytes(16)]}))
+              {"deleted_by": d, "deleted_in": 4, "deleted_in_tag": 9, "unaware": [bytes(16)]}))
           ["deleted_chats"][0]["unaware"] == [bytes(16)])
     c.run("tombstone: one without a place decodes",
           lambda: len(decode_checkpoint_index(index({}))["deleted_chats"]) == 1)
     for why, t in [("unaware devices without a place", {"unaware": [d]}),
                    ("a seq without a place", {"deleted_in": 3}),
-                   ("a 15-byte deleting device", {"deleted_by": d[:15], "deleted_in": 1}),
+                   ("a tag without a place", {"deleted_in_tag": 3}),
+                   ("a place without its tag", {"deleted_by": d, "deleted_in": 1}),
+                   ("a place without its seq", {"deleted_by": d, "deleted_in_tag": 1}),
+                   ("a 15-byte deleting device", {"deleted_by": d[:15], "deleted_in": 1,
+                                                  "deleted_in_tag": 1}),
                    ("a 17-byte unaware device", {"deleted_by": d, "deleted_in": 1,
-                                                 "unaware": [d + b"x"]})]:
+                                                 "deleted_in_tag": 1, "unaware": [d + b"x"]})]:
         c.rejects("tombstone: " + why + " is malformed",
                   lambda t=t: decode_checkpoint_index(index(t)), "tombstone")
     c.rejects("tombstone: two placed tombstones of one chat are malformed",
-              lambda: decode_checkpoint_index(index({"deleted_by": d, "deleted_in": 1},
-                                                    {"deleted_by": d, "deleted_in": 2})),
+              lambda: decode_checkpoint_index(
+                  index({"deleted_by": d, "deleted_in": 1, "deleted_in_tag": 1},
+                        {"deleted_by": d, "deleted_in": 2, "deleted_in_tag": 2})),
               "tombstone")
 
 
