@@ -123,7 +123,7 @@ async fn pages_hold_every_message_once_across_a_shared_millisecond() {
 
 #[tokio::test]
 async fn a_page_from_the_bucket_reads_only_the_blocks_it_needs() {
-    let counting = Arc::new(common::Counting::default());
+    let counting = Arc::new(common::Hooked::default());
     let store: Arc<dyn ObjectStore> = counting.clone();
     let key = RecoveryKey::generate().unwrap();
     let dir = tempfile::tempdir().unwrap();

@@ -4,10 +4,9 @@
 
 use std::sync::{Arc, Mutex};
 
-use async_trait::async_trait;
 use chatvault::history::HistoryCursor;
 use chatvault::keys::RecoveryKey;
-use chatvault::store::{MemoryStore, ObjectInfo, ObjectStore, StoreError, StoreResult};
+use chatvault::store::{MemoryStore, ObjectStore};
 use chatvault::sync::{Change, Chat, Message, Operation};
 use chatvault::vault::{ChangeListener, DeviceInfo, Vault};
 use chatvault::{Error, IntegrityProblem};
@@ -256,47 +255,10 @@ async fn the_listener_gets_changes_at_least_once_and_a_failure_keeps_the_cursor(
     assert_eq!(b.messages(None).unwrap().len(), 2);
 }
 
-/// A store that fails every PUT while `fail_puts` is set, like a network that drops mid-sync.
-struct Flaky {
-    inner: MemoryStore,
-    fail_puts: Mutex<bool>,
-}
-
-#[async_trait]
-impl ObjectStore for Flaky {
-    async fn put(&self, key: &str, body: Vec<u8>) -> StoreResult<()> {
-        if *self.fail_puts.lock().unwrap() {
-            return Err(StoreError::Unavailable("injected".into()));
-        }
-        self.inner.put(key, body).await
-    }
-    async fn get(&self, key: &str, max_len: u64) -> StoreResult<Option<Vec<u8>>> {
-        self.inner.get(key, max_len).await
-    }
-    async fn get_range(
-        &self,
-        key: &str,
-        range: std::ops::Range<u64>,
-    ) -> StoreResult<Option<Vec<u8>>> {
-        self.inner.get_range(key, range).await
-    }
-    async fn list(&self, prefix: &str) -> StoreResult<Vec<ObjectInfo>> {
-        self.inner.list(prefix).await
-    }
-    async fn delete(&self, key: &str) -> StoreResult<()> {
-        self.inner.delete(key).await
-    }
-    fn requests_sent(&self) -> u64 {
-        self.inner.requests_sent()
-    }
-}
-
 #[tokio::test]
 async fn an_interrupted_push_resumes_after_restart_without_duplicates() {
-    let flaky = Arc::new(Flaky {
-        inner: MemoryStore::new(),
-        fail_puts: Mutex::new(true),
-    });
+    let flaky = Arc::new(common::Hooked::default());
+    *flaky.fail_puts.lock().unwrap() = true;
     let store: Arc<dyn ObjectStore> = flaky.clone();
     let key = RecoveryKey::generate().unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -320,51 +282,6 @@ async fn an_interrupted_push_resumes_after_restart_without_duplicates() {
     b.verify().await.unwrap();
 }
 
-/// A store in which a segment PUT lands and then reports failure (once, while `lose_reply` is
-/// set), like a connection that drops after the server stored the object and before its answer
-/// arrived. Every PUT body is recorded, so a test can compare what each name received.
-struct LandsThenFails {
-    inner: MemoryStore,
-    lose_reply: Mutex<bool>,
-    puts: Mutex<Vec<(String, Vec<u8>)>>,
-}
-
-#[async_trait]
-impl ObjectStore for LandsThenFails {
-    async fn put(&self, key: &str, body: Vec<u8>) -> StoreResult<()> {
-        self.puts
-            .lock()
-            .unwrap()
-            .push((key.to_owned(), body.clone()));
-        self.inner.put(key, body).await?;
-        if key.contains("/segments/") && std::mem::take(&mut *self.lose_reply.lock().unwrap()) {
-            return Err(StoreError::Unavailable(
-                "stored, then the reply was lost".into(),
-            ));
-        }
-        Ok(())
-    }
-    async fn get(&self, key: &str, max_len: u64) -> StoreResult<Option<Vec<u8>>> {
-        self.inner.get(key, max_len).await
-    }
-    async fn get_range(
-        &self,
-        key: &str,
-        range: std::ops::Range<u64>,
-    ) -> StoreResult<Option<Vec<u8>>> {
-        self.inner.get_range(key, range).await
-    }
-    async fn list(&self, prefix: &str) -> StoreResult<Vec<ObjectInfo>> {
-        self.inner.list(prefix).await
-    }
-    async fn delete(&self, key: &str) -> StoreResult<()> {
-        self.inner.delete(key).await
-    }
-    fn requests_sent(&self) -> u64 {
-        self.inner.requests_sent()
-    }
-}
-
 /// The dangerous interruption: the segment is in the bucket, but the writer dies before it
 /// records that. Another device may already have applied it. After the restart the writer must
 /// upload the very same bytes again (not a new sealing of the same operations, which would give
@@ -372,11 +289,8 @@ impl ObjectStore for LandsThenFails {
 /// first), and every other device applies each operation once.
 #[tokio::test]
 async fn a_segment_that_landed_before_a_crash_is_reuploaded_byte_for_byte() {
-    let store = Arc::new(LandsThenFails {
-        inner: MemoryStore::new(),
-        lose_reply: Mutex::new(true),
-        puts: Mutex::new(Vec::new()),
-    });
+    let store = Arc::new(common::Hooked::default());
+    *store.lose_segment_reply.lock().unwrap() = true;
     let shared: Arc<dyn ObjectStore> = store.clone();
     let key = RecoveryKey::generate().unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -719,7 +633,7 @@ fn chat_messages(chat: &str, from: i64, to: i64) -> Vec<Change> {
 
 #[tokio::test]
 async fn checkpoints_restore_new_devices_and_garbage_collection_keeps_everyone_consistent() {
-    let counting = Arc::new(common::Counting::default());
+    let counting = Arc::new(common::Hooked::default());
     let store: Arc<dyn ObjectStore> = counting.clone();
     let key = RecoveryKey::generate().unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -1083,10 +997,7 @@ async fn a_chat_written_to_after_its_deletion_restores_on_a_new_device() {
 /// clock is an hour ahead, so its message is newer than the deletion and revives the chat.
 #[tokio::test]
 async fn a_chat_written_to_by_a_device_unaware_of_its_deletion_restores_on_a_new_device() {
-    let flaky = Arc::new(Flaky {
-        inner: MemoryStore::new(),
-        fail_puts: Mutex::new(false),
-    });
+    let flaky = Arc::new(common::Hooked::default());
     let store: Arc<dyn ObjectStore> = flaky.clone();
     let key = RecoveryKey::generate().unwrap();
     let dir = tempfile::tempdir().unwrap();

@@ -6,7 +6,9 @@
 use std::sync::Mutex;
 
 use async_trait::async_trait;
-use chatvault::store::{MemoryStore, ObjectInfo, ObjectStore, S3Config, StoreResult, parse_s3_url};
+use chatvault::store::{
+    MemoryStore, ObjectInfo, ObjectStore, S3Config, StoreError, StoreResult, parse_s3_url,
+};
 
 /// A short random id, so runs against a long-lived server never collide.
 pub fn run_id() -> String {
@@ -38,18 +40,39 @@ pub fn s3_server(name: &str) -> Option<S3Config> {
     Some(config)
 }
 
-/// A memory store that counts whole and ranged GETs of pack objects.
+/// A memory store a test injects faults into and watches: PUTs that fail before they land
+/// (`fail_puts`, like a network that drops mid-sync), a segment PUT that lands and then reports
+/// failure (`lose_segment_reply`, once: the reply was lost), every PUT recorded, and whole and
+/// ranged GETs of pack objects counted.
 #[derive(Default)]
-pub struct Counting {
+pub struct Hooked {
     pub inner: MemoryStore,
+    pub fail_puts: Mutex<bool>,
+    pub lose_segment_reply: Mutex<bool>,
+    pub puts: Mutex<Vec<(String, Vec<u8>)>>,
     pub pack_gets: Mutex<u64>,
     pub pack_range_gets: Mutex<u64>,
 }
 
 #[async_trait]
-impl ObjectStore for Counting {
+impl ObjectStore for Hooked {
     async fn put(&self, key: &str, body: Vec<u8>) -> StoreResult<()> {
-        self.inner.put(key, body).await
+        if *self.fail_puts.lock().unwrap() {
+            return Err(StoreError::Unavailable("injected".into()));
+        }
+        self.puts
+            .lock()
+            .unwrap()
+            .push((key.to_owned(), body.clone()));
+        self.inner.put(key, body).await?;
+        if key.contains("/segments/")
+            && std::mem::take(&mut *self.lose_segment_reply.lock().unwrap())
+        {
+            return Err(StoreError::Unavailable(
+                "stored, then the reply was lost".into(),
+            ));
+        }
+        Ok(())
     }
     async fn get(&self, key: &str, max_len: u64) -> StoreResult<Option<Vec<u8>>> {
         if key.contains("/packs/") {
