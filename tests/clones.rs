@@ -51,6 +51,14 @@ async fn open(store: &Arc<dyn ObjectStore>, dir: &Path, key: &RecoveryKey) -> Va
     cached(Vault::open(store.clone(), dir, info, key).await.unwrap())
 }
 
+/// Two rounds of sync on both, so each has what the other pushed.
+async fn converge(phone: &Vault, copy: &Vault) {
+    for _ in 0..2 {
+        phone.sync(None, None).await.unwrap();
+        copy.sync(None, None).await.unwrap();
+    }
+}
+
 fn ids(vault: &Vault) -> Vec<String> {
     let mut ids: Vec<String> = vault
         .messages(None)
@@ -95,10 +103,7 @@ async fn a_copied_state_directory_forks_off_and_loses_nothing(store: Arc<dyn Obj
     // Both keep writing; everything converges, on them and on a new device.
     copy.record(vec![message("copy-3")]).unwrap();
     phone.record(vec![message("phone-2")]).unwrap();
-    for _ in 0..2 {
-        phone.sync(None, None).await.unwrap();
-        copy.sync(None, None).await.unwrap();
-    }
+    converge(&phone, &copy).await;
     let everything = [
         "before-1", "before-2", "copy-1", "copy-2", "copy-3", "phone-1", "phone-2",
     ];
@@ -279,10 +284,7 @@ async fn both_copies_write_and_fork_off(store: Arc<dyn ObjectStore>, phone_first
     // Each goes on writing under its new id; the new ids' segments claim both old tips.
     phone.record(vec![message("phone-after")]).unwrap();
     copy.record(vec![message("copy-after")]).unwrap();
-    for _ in 0..2 {
-        phone.sync(None, None).await.unwrap();
-        copy.sync(None, None).await.unwrap();
-    }
+    converge(&phone, &copy).await;
     let mut everything = vec!["before-1".to_owned(), "before-2".to_owned()];
     for who in ["copy", "phone"] {
         everything.extend((0..each).map(|i| format!("{who}-{i:03}")));

@@ -22,6 +22,25 @@ fn key_of(value: &Value) -> RecoveryKey {
     RecoveryKey::from_bytes(bytes(value).try_into().unwrap())
 }
 
+/// A new device on `store` (its state in a fresh temporary directory) after its first sync.
+async fn synced_new_device(
+    store: std::sync::Arc<dyn chatvault::store::ObjectStore>,
+    key: &RecoveryKey,
+) -> (tempfile::TempDir, chatvault::vault::Vault) {
+    let dir = tempfile::tempdir().unwrap();
+    let info = chatvault::vault::DeviceInfo {
+        name: "new".into(),
+        platform: "test".into(),
+    };
+    let fresh = cached(
+        chatvault::vault::Vault::open(store, dir.path(), info, key)
+            .await
+            .unwrap(),
+    );
+    fresh.sync(None, None).await.unwrap();
+    (dir, fresh)
+}
+
 #[test]
 fn recovery_key_texts() {
     let v = load("recovery_key.json");
@@ -309,7 +328,6 @@ fn the_segment_vector_opens_through_the_public_api() {
 #[tokio::test]
 async fn the_checkpoint_vector_restores_a_new_device() {
     use chatvault::store::{MemoryStore, ObjectStore};
-    use chatvault::vault::{DeviceInfo, Vault};
     use std::sync::Arc;
     let v = load("sync_objects.json");
     let key = RecoveryKey::parse(v["recovery_key_text"].as_str().unwrap()).unwrap();
@@ -332,17 +350,7 @@ async fn the_checkpoint_vector_restores_a_new_device() {
             .await
             .unwrap();
     }
-    let dir = tempfile::tempdir().unwrap();
-    let info = DeviceInfo {
-        name: "new".into(),
-        platform: "test".into(),
-    };
-    let fresh = cached(
-        Vault::open(store.clone(), dir.path(), info, &key)
-            .await
-            .unwrap(),
-    );
-    fresh.sync(None, None).await.unwrap();
+    let (_dir, fresh) = synced_new_device(store.clone(), &key).await;
     let chats = fresh.chats().unwrap();
     assert_eq!(chats.len(), 1);
     assert_eq!(chats[0].chat.title, "Family 👪");
@@ -375,7 +383,6 @@ async fn the_checkpoint_vector_restores_a_new_device() {
 #[tokio::test]
 async fn the_forked_tree_vector_restores_both_branches() {
     use chatvault::store::{MemoryStore, ObjectStore};
-    use chatvault::vault::{DeviceInfo, Vault};
     use std::sync::Arc;
     let v = load("sync_objects.json");
     let key = RecoveryKey::parse(v["recovery_key_text"].as_str().unwrap()).unwrap();
@@ -408,17 +415,7 @@ async fn the_forked_tree_vector_restores_both_branches() {
             let name = format!("{vault_id}/{}", name.as_str().unwrap());
             store.put(&name, bytes(&object)).await.unwrap();
         }
-        let dir = tempfile::tempdir().unwrap();
-        let info = DeviceInfo {
-            name: "new".into(),
-            platform: "test".into(),
-        };
-        let fresh = cached(
-            Vault::open(store.clone(), dir.path(), info, &key)
-                .await
-                .unwrap(),
-        );
-        fresh.sync(None, None).await.unwrap();
+        let (_dir, fresh) = synced_new_device(store.clone(), &key).await;
         let mut restored: Vec<String> = fresh
             .messages(None)
             .unwrap()
