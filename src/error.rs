@@ -259,4 +259,7 @@ pub enum DecodeProblem {
     /// that holds the key).
     #[error("malformed content: {0}")]
     Malformed(String),
+    /// A signature does not verify under the signer's key (forged, altered, or another signer).
+    #[error("bad signature")]
+    BadSignature,
 }

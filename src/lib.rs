@@ -58,6 +58,7 @@
 )]
 
 pub mod attachment;
+pub mod devices;
 pub mod error;
 #[cfg(feature = "ffi")]
 pub mod ffi;
@@ -73,6 +74,7 @@ mod hex;
 pub use sync::history;
 pub mod keyring;
 pub mod keys;
+pub mod link;
 pub mod local;
 mod random;
 pub mod sealing;

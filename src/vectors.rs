@@ -320,6 +320,7 @@ fn vector_files() -> Vec<(&'static str, Value)> {
         ("sealed_objects.json", sealed_object_vectors()),
         ("attachments.json", attachment_vectors()),
         ("sync_objects.json", sync_object_vectors()),
+        ("devices.json", devices::device_vectors()),
     ]
 }
 
@@ -371,6 +372,9 @@ fn head_json(head: &crate::sync::segment::Head) -> Value {
 
 #[path = "vectors_fork.rs"]
 mod fork;
+
+#[path = "vectors_devices.rs"]
+mod devices;
 
 /// Fixed nonces for the sync objects: pattern(seed), pattern(seed + 1), ... in the order the
 /// sealer asks for them; `used` records them.

@@ -429,3 +429,42 @@ async fn the_forked_tree_vector_restores_both_branches() {
         assert_eq!(report.segments, if with_segments { 4 } else { 0 });
     }
 }
+
+#[test]
+fn the_device_and_link_vectors_open_through_the_public_api() {
+    use chatvault::devices::{DeviceSecrets, open_box};
+    use chatvault::format::ObjectKind;
+    use chatvault::link::LinkOffer;
+
+    let v = load("devices.json");
+    let d = &v["device"];
+    let raw: [u8; 64] = bytes(&d["secret_bytes"]).try_into().unwrap();
+    let device = DeviceSecrets::from_bytes(&raw);
+    let public = device.public();
+    assert_eq!(public.agreement.to_vec(), bytes(&d["agreement_public"]));
+    assert_eq!(public.verifying.to_vec(), bytes(&d["verifying_public"]));
+    let signature: [u8; 64] = bytes(&d["signature"]).try_into().unwrap();
+    assert_eq!(device.sign(&bytes(&d["message"])), signature);
+    public
+        .verify(ObjectKind::Segment, &bytes(&d["message"]), &signature)
+        .unwrap();
+
+    let b = &v["key_box"];
+    let opened = open_box(
+        &device,
+        ObjectKind::KeyBox,
+        &bytes(&b["context"]),
+        &bytes(&b["box"]),
+    )
+    .unwrap();
+    assert_eq!(opened.to_vec(), bytes(&b["plaintext"]));
+
+    let k = &v["link"];
+    let offer = LinkOffer::parse(k["offer_text"].as_str().unwrap()).unwrap();
+    assert_eq!(offer.to_bytes().unwrap(), bytes(&k["offer_bytes"]));
+    assert_eq!(offer.offerer_key.to_vec(), bytes(&k["offerer_key"]));
+    assert_eq!(offer.link_id.to_vec(), bytes(&k["link_id"]));
+    assert_eq!(offer.expires_at_ms, k["expires_at_ms"].as_u64().unwrap());
+    assert_eq!(offer.vault_id.to_hex(), k["vault_id"].as_str().unwrap());
+    assert_eq!(offer.app_data, bytes(&k["app_data"]));
+}

@@ -67,6 +67,10 @@ pub enum ObjectKind {
     CheckpointIndex = 6,
     /// One chunk of an attachment's content, sealed under that content's file key.
     AttachmentChunk = 7,
+    /// A key sealed to one device's X25519 key (docs/DEVICES.md); not a sealed object itself.
+    KeyBox = 8,
+    /// A message of the device-linking channel (docs/DEVICES.md); not a sealed object itself.
+    LinkMessage = 9,
 }
 
 impl ObjectKind {
@@ -85,6 +89,8 @@ impl ObjectKind {
             5 => Some(ObjectKind::KeySet),
             6 => Some(ObjectKind::CheckpointIndex),
             7 => Some(ObjectKind::AttachmentChunk),
+            8 => Some(ObjectKind::KeyBox),
+            9 => Some(ObjectKind::LinkMessage),
             _ => None,
         }
     }
@@ -100,6 +106,8 @@ impl core::fmt::Display for ObjectKind {
             ObjectKind::KeySet => "key set",
             ObjectKind::CheckpointIndex => "checkpoint index",
             ObjectKind::AttachmentChunk => "attachment chunk",
+            ObjectKind::KeyBox => "key box",
+            ObjectKind::LinkMessage => "link message",
         })
     }
 }

@@ -1555,11 +1555,117 @@ def check_fork(c):
                                                          k["tag"], n))
 
 
+# docs/DEVICES.md: device keys, key boxes and the link channel.
+
+def x25519(secret, public):
+    """X25519 (RFC 7748); libsodium clamps the scalar and refuses an all-zero result."""
+    return nacl.bindings.crypto_scalarmult(secret, public)
+
+
+def x25519_base(secret):
+    return nacl.bindings.crypto_scalarmult_base(secret)
+
+
+def seal_box(ephemeral, recipient, context, plaintext):
+    shared = x25519(ephemeral, recipient)
+    e = x25519_base(ephemeral)
+    key = hkdf(b"chatvault/v2/box", shared, e + recipient + context, 32)
+    return e + aead_encrypt(key, bytes(24), context, plaintext)
+
+
+def open_box(recipient_secret, context, boxed):
+    e, sealed = boxed[:32], boxed[32:]
+    shared = x25519(recipient_secret, e)
+    key = hkdf(b"chatvault/v2/box", shared, e + x25519_base(recipient_secret) + context, 32)
+    return aead_decrypt(key, bytes(24), context, sealed)
+
+
+BASE32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
+
+
+def base32_nopad(data):
+    bits, value, out = 0, 0, []
+    for byte in data:
+        value = (value << 8) | byte
+        bits += 8
+        while bits >= 5:
+            bits -= 5
+            out.append(BASE32[(value >> bits) & 31])
+    if bits:
+        out.append(BASE32[(value << (5 - bits)) & 31])
+    return "".join(out)
+
+
+def link_offer_bytes(offerer_key, link_id, expires_at_ms, vault_id, app_data):
+    return (bytes([1]) + offerer_key + link_id + struct.pack(">Q", expires_at_ms) + vault_id
+            + struct.pack(">H", len(app_data)) + app_data)
+
+
+def link_keys(shared, link_id, offer, joiner_key):
+    okm = hkdf(link_id, shared, b"chatvault/v2/link" + offer + joiner_key, 96)
+    return okm[0:32], okm[32:64], okm[64:96]
+
+
+def check_code(check_key):
+    digest = hmac.new(check_key, b"chatvault/v2/check-code", hashlib.sha256).digest()
+    return "%06d" % (struct.unpack(">Q", digest[:8])[0] % 1000000)
+
+
+def link_nonce(counter):
+    return bytes(16) + struct.pack(">Q", counter)
+
+
+def check_devices(c):
+    v = load("devices.json")
+    d = v["device"]
+    raw = bytes.fromhex(d["secret_bytes"])
+    c.run("device: X25519 public key from the first 32 bytes",
+          lambda: x25519_base(raw[:32]).hex() == d["agreement_public"])
+    pk, sk = nacl.bindings.crypto_sign_seed_keypair(raw[32:])
+    c.run("device: Ed25519 public key from the seed (last 32 bytes)",
+          lambda: pk.hex() == d["verifying_public"])
+    message = bytes.fromhex(d["message"])
+    c.run("device: Ed25519 signature (RFC 8032)",
+          lambda: nacl.bindings.crypto_sign(message, sk)[:64].hex() == d["signature"])
+
+    b = v["key_box"]
+    recipient_secret = bytes.fromhex(b["recipient_secret_bytes"])[:32]
+    context, plaintext = bytes.fromhex(b["context"]), bytes.fromhex(b["plaintext"])
+    boxed = bytes.fromhex(b["box"])
+    c.run("key box: sealed byte for byte",
+          lambda: seal_box(bytes.fromhex(b["ephemeral_secret"]), x25519_base(recipient_secret),
+                           context, plaintext) == boxed)
+    c.run("key box: opens with the recipient's secret",
+          lambda: open_box(recipient_secret, context, boxed) == plaintext)
+    c.rejects("key box: another context fails",
+              lambda: open_box(recipient_secret, context + b"x", boxed))
+
+    k = v["link"]
+    a, bsec = bytes.fromhex(k["offerer_ephemeral_secret"]), bytes.fromhex(k["joiner_ephemeral_secret"])
+    offerer_key, joiner_key = x25519_base(a), x25519_base(bsec)
+    c.run("link: ephemeral public keys",
+          lambda: offerer_key.hex() == k["offerer_key"] and joiner_key.hex() == k["joiner_key"])
+    offer = link_offer_bytes(offerer_key, bytes.fromhex(k["link_id"]), k["expires_at_ms"],
+                             bytes.fromhex(k["vault_id"]), bytes.fromhex(k["app_data"]))
+    c.run("link: offer bytes", lambda: offer.hex() == k["offer_bytes"])
+    c.run("link: offer text", lambda: "CHATVAULT-LINK:" + base32_nopad(offer) == k["offer_text"])
+    link_id = bytes.fromhex(k["link_id"])
+    joiner_side = link_keys(x25519(bsec, offerer_key), link_id, offer, joiner_key)
+    offerer_side = link_keys(x25519(a, joiner_key), link_id, offer, joiner_key)
+    c.run("link: both sides derive the same keys", lambda: joiner_side == offerer_side)
+    c.run("link: check code", lambda: check_code(joiner_side[2]) == k["check_code"])
+    for m in k["messages"]:
+        key = joiner_side[0] if m["from"] == "joiner" else joiner_side[1]
+        c.run("link: message %d from the %s" % (m["counter"], m["from"]),
+              lambda m=m, key=key: aead_encrypt(key, link_nonce(m["counter"]), link_id,
+                                                 bytes.fromhex(m["plaintext"])).hex() == m["sealed"])
+
+
 def main():
     c = Checker()
     for fn in (check_hkdf, check_aead, check_recovery_key, check_padme, check_sealed,
                crafted_frame_checks, check_attachments, check_sync_objects, check_stamp_bound,
-               check_tombstone_places, check_names, check_fork):
+               check_tombstone_places, check_names, check_fork, check_devices):
         try:
             fn(c)
         except Exception as e:  # noqa: BLE001

@@ -1,0 +1,12 @@
+//! Device identities: each device's own long-term keys, and what is sealed to them.
+//!
+//! Every device draws an X25519 key (others seal epoch keys to it, [`seal_to`]) and an Ed25519
+//! key (it signs what it writes) on first open. Design and status: docs/DEVICES.md.
+
+mod identity;
+mod sealed_box;
+
+pub use identity::{DevicePublicKeys, DeviceSecrets, SIGNATURE_LEN};
+#[cfg(test)]
+pub(crate) use sealed_box::seal_to_with_ephemeral;
+pub use sealed_box::{BOX_OVERHEAD, open_box, seal_to};

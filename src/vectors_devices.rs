@@ -1,0 +1,78 @@
+//! Device and link vectors (docs/DEVICES.md; FORMAT.md section 13): device keys from their 64
+//! bytes, an Ed25519 signature, a key box with a fixed ephemeral key, and a whole link exchange
+//! with fixed ephemeral keys (offer bytes and text, check code, one message each way).
+
+use serde_json::{Value, json};
+
+use super::{hex, pattern};
+use crate::devices::{DeviceSecrets, seal_to_with_ephemeral};
+use crate::keys::VaultId;
+use crate::link::{Channel, Ephemeral, LinkOffer};
+
+pub(super) fn device_vectors() -> Value {
+    let device_bytes: [u8; 64] = pattern(90);
+    let device = DeviceSecrets::from_bytes(&device_bytes);
+    let public = device.public();
+    let message = b"chatvault device signature vector";
+
+    let ephemeral: [u8; 32] = pattern(91);
+    let context = b"epochs/0000000000000001/box/0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a";
+    let secret: [u8; 32] = pattern(92);
+    let boxed = seal_to_with_ephemeral(&ephemeral, &public.agreement, context, &secret)
+        .expect("a box to a valid key seals");
+
+    let offerer_secret: [u8; 32] = pattern(93);
+    let joiner_secret: [u8; 32] = pattern(94);
+    let offerer = Ephemeral::from_bytes(offerer_secret);
+    let joiner_key = Ephemeral::from_bytes(joiner_secret);
+    let offer = LinkOffer {
+        offerer_key: offerer.public(),
+        link_id: pattern(95),
+        expires_at_ms: 1_700_000_300_000,
+        vault_id: VaultId::from_bytes(pattern(96)),
+        app_data: b"app: bucket eu-1/photos".to_vec(),
+    };
+    let mut joiner = Channel::joiner(&joiner_key, &offer).expect("a valid offer");
+    let mut offering =
+        Channel::offerer(&offerer, &offer, &joiner_key.public()).expect("a valid joiner key");
+    let join_plaintext = b"joiner's device record".to_vec();
+    let welcome_plaintext = b"welcome: roster head and epoch box".to_vec();
+    let join = joiner.seal(&join_plaintext).expect("seals");
+    let welcome = offering.seal(&welcome_plaintext).expect("seals");
+    let second_join = joiner.seal(b"second").expect("seals");
+
+    json!({
+        "device": {
+            "secret_bytes": hex(&device_bytes),
+            "agreement_public": hex(&public.agreement),
+            "verifying_public": hex(&public.verifying),
+            "message": hex(message),
+            "signature": hex(&device.sign(message)),
+        },
+        "key_box": {
+            "recipient_secret_bytes": hex(&device_bytes),
+            "ephemeral_secret": hex(&ephemeral),
+            "context": hex(context),
+            "plaintext": hex(&secret),
+            "box": hex(&boxed),
+        },
+        "link": {
+            "offerer_ephemeral_secret": hex(&offerer_secret),
+            "joiner_ephemeral_secret": hex(&joiner_secret),
+            "offerer_key": hex(&offer.offerer_key),
+            "joiner_key": hex(&joiner_key.public()),
+            "link_id": hex(&offer.link_id),
+            "expires_at_ms": offer.expires_at_ms,
+            "vault_id": offer.vault_id.to_hex(),
+            "app_data": hex(&offer.app_data),
+            "offer_bytes": hex(&offer.to_bytes().expect("small app data")),
+            "offer_text": offer.to_text().expect("small app data"),
+            "check_code": joiner.check_code(),
+            "messages": [
+                {"from": "joiner", "counter": 0, "plaintext": hex(&join_plaintext), "sealed": hex(&join)},
+                {"from": "offerer", "counter": 0, "plaintext": hex(&welcome_plaintext), "sealed": hex(&welcome)},
+                {"from": "joiner", "counter": 1, "plaintext": hex(b"second"), "sealed": hex(&second_join)},
+            ],
+        },
+    })
+}
