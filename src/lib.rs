@@ -58,6 +58,7 @@
 )]
 
 pub mod attachment;
+mod base32;
 pub mod devices;
 pub mod error;
 #[cfg(feature = "ffi")]

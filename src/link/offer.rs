@@ -60,7 +60,7 @@ impl LinkOffer {
     pub fn to_text(&self) -> Result<String> {
         Ok(format!(
             "{LINK_PREFIX}{}",
-            data_encoding::BASE32_NOPAD.encode(&self.to_bytes()?)
+            crate::base32::encode(&self.to_bytes()?)
         ))
     }
 
@@ -74,9 +74,7 @@ impl LinkOffer {
         if body.len() > (FIXED_LEN + MAX_APP_DATA) * 8 / 5 + 1 {
             return Err(bad("too long"));
         }
-        let bytes = data_encoding::BASE32_NOPAD
-            .decode(body.as_bytes())
-            .map_err(|_| bad("not base32"))?;
+        let bytes = crate::base32::decode(body).ok_or_else(|| bad("not base32"))?;
         let (fixed, app_data) = bytes
             .split_at_checked(FIXED_LEN)
             .ok_or_else(|| bad("too short"))?;
@@ -142,8 +140,7 @@ mod tests {
     #[test]
     fn broken_offers_are_refused_with_a_clear_error() {
         let good = offer().to_bytes().unwrap();
-        let text =
-            |bytes: &[u8]| format!("{LINK_PREFIX}{}", data_encoding::BASE32_NOPAD.encode(bytes));
+        let text = |bytes: &[u8]| format!("{LINK_PREFIX}{}", crate::base32::encode(bytes));
         let mut version = good.clone();
         version[0] = 2;
         let mut length = good.clone();
