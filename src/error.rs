@@ -201,6 +201,10 @@ pub enum IntegrityProblem {
         /// The size found.
         found: u64,
     },
+    /// The device roster's entries do not settle on one roster (docs/DEVICES.md, "Roster"): a
+    /// bucket or a key holder wrote entries whose counting depends on each other in a circle.
+    #[error("the device roster is contested")]
+    RosterContested,
     /// A segment's operations are sealed under a chat key no segment granted.
     #[error("segment {seq} of device {device} uses an unknown chat key")]
     UnknownKey {

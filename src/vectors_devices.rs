@@ -8,6 +8,8 @@ use super::{hex, pattern};
 use crate::devices::{DeviceSecrets, seal_to_with_ephemeral};
 use crate::keys::VaultId;
 use crate::link::{Channel, Ephemeral, LinkOffer};
+use crate::sync::DeviceId;
+use crate::sync::roster::{RosterChange, RosterEntry, SignedEntry, Signer};
 
 pub(super) fn device_vectors() -> Value {
     let device_bytes: [u8; 64] = pattern(90);
@@ -41,7 +43,56 @@ pub(super) fn device_vectors() -> Value {
     let welcome = offering.seal(&welcome_plaintext).expect("seals");
     let second_join = joiner.seal(b"second").expect("seals");
 
+    // A roster of two entries: the recovery signing key adds the device above, which adds a
+    // second device.
+    let vault = VaultId::from_bytes(pattern(97));
+    let recovery_seed: [u8; 64] = pattern(98);
+    let recovery = DeviceSecrets::from_bytes(&recovery_seed);
+    let first_device = DeviceId(pattern(99));
+    let second = DeviceSecrets::from_bytes(&pattern(100));
+    let add_first = SignedEntry::sign(
+        &vault,
+        RosterEntry {
+            signer: Signer::Recovery,
+            parents: Vec::new(),
+            made_at_ms: 1_700_000_400_000,
+            epoch: 0,
+            change: RosterChange::Add {
+                device: first_device,
+                keys: public,
+                name: "Anna's phone".into(),
+                platform: "ios".into(),
+            },
+        },
+        |message| recovery.sign(message),
+    );
+    let add_second = SignedEntry::sign(
+        &vault,
+        RosterEntry {
+            signer: Signer::Device(first_device),
+            parents: vec![add_first.id],
+            made_at_ms: 1_700_000_400_001,
+            epoch: 0,
+            change: RosterChange::Add {
+                device: DeviceId(pattern(101)),
+                keys: second.public(),
+                name: "Anna's tablet".into(),
+                platform: "android".into(),
+            },
+        },
+        |message| device.sign(message),
+    );
+    let roster: Vec<Value> = [&add_first, &add_second]
+        .iter()
+        .map(|entry| json!({ "id": hex(&entry.id), "body": hex(&entry.to_body()) }))
+        .collect();
+
     json!({
+        "roster": {
+            "vault_id": vault.to_hex(),
+            "recovery_secret_bytes": hex(&recovery_seed),
+            "entries": roster,
+        },
         "device": {
             "secret_bytes": hex(&device_bytes),
             "agreement_public": hex(&public.agreement),

@@ -459,6 +459,30 @@ fn the_device_and_link_vectors_open_through_the_public_api() {
     .unwrap();
     assert_eq!(opened.to_vec(), bytes(&b["plaintext"]));
 
+    // The roster: the recovery key added the device above, which added a second one.
+    use chatvault::sync::roster::{SignedEntry, fold};
+    let r = &v["roster"];
+    let vault = chatvault::keys::VaultId::from_bytes(bytes(&r["vault_id"]).try_into().unwrap());
+    let recovery_raw: [u8; 64] = bytes(&r["recovery_secret_bytes"]).try_into().unwrap();
+    let recovery = DeviceSecrets::from_bytes(&recovery_raw).public().verifying;
+    let entries: Vec<SignedEntry> = r["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            SignedEntry::decode(bytes(&e["id"]).try_into().unwrap(), &bytes(&e["body"])).unwrap()
+        })
+        .collect();
+    let roster = fold(&vault, recovery, entries).unwrap();
+    assert!(roster.refused.is_empty());
+    assert_eq!(roster.devices.len(), 2);
+    assert!(
+        roster
+            .devices
+            .values()
+            .any(|d| d.keys == public && d.name == "Anna's phone")
+    );
+
     let k = &v["link"];
     let offer = LinkOffer::parse(k["offer_text"].as_str().unwrap()).unwrap();
     assert_eq!(offer.to_bytes().unwrap(), bytes(&k["offer_bytes"]));

@@ -333,3 +333,80 @@ pub struct CheckpointIndex {
     #[prost(uint64, tag = "8")]
     pub created_at_ms: u64,
 }
+/// Body of a Roster object (kind 11, sealed under the log key of its epoch): one signed entry of
+/// the device roster (docs/DEVICES.md). The object's name is `roster/` and the hex of the first
+/// 16 bytes of SHA-256(entry).
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SignedRosterEntry {
+    /// An encoded RosterEntry: the bytes the signature covers.
+    #[prost(bytes = "vec", tag = "1")]
+    pub entry: ::prost::alloc::vec::Vec<u8>,
+    /// Ed25519 over "chatvault/v2/roster" || vault id (16 bytes) || entry.
+    #[prost(bytes = "vec", tag = "2")]
+    pub signature: ::prost::alloc::vec::Vec<u8>,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct RosterEntry {
+    /// The signing device's id (16 bytes); empty: the recovery signing key.
+    #[prost(bytes = "vec", tag = "1")]
+    pub signer: ::prost::alloc::vec::Vec<u8>,
+    /// Ids of the roster entries its writer had read as tips (16 bytes each, sorted, distinct).
+    #[prost(bytes = "vec", repeated, tag = "2")]
+    pub parents: ::prost::alloc::vec::Vec<::prost::alloc::vec::Vec<u8>>,
+    /// Writer's clock (shown to people; no rule depends on it).
+    #[prost(uint64, tag = "3")]
+    pub made_at_ms: u64,
+    /// The epoch whose log key seals the entry.
+    #[prost(uint32, tag = "4")]
+    pub epoch: u32,
+    #[prost(oneof = "roster_entry::Change", tags = "5, 6, 7, 8")]
+    pub change: ::core::option::Option<roster_entry::Change>,
+}
+/// Nested message and enum types in `RosterEntry`.
+pub mod roster_entry {
+    #[derive(Clone, PartialEq, ::prost::Oneof)]
+    pub enum Change {
+        #[prost(message, tag = "5")]
+        Add(super::RosterAdd),
+        #[prost(message, tag = "6")]
+        Revoke(super::RosterRevoke),
+        #[prost(message, tag = "7")]
+        RotateRecovery(super::RosterRotateRecovery),
+        #[prost(message, tag = "8")]
+        StartEpoch(super::RosterStartEpoch),
+    }
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RosterAdd {
+    #[prost(bytes = "vec", tag = "1")]
+    pub device_id: ::prost::alloc::vec::Vec<u8>,
+    /// X25519 (32 bytes): epoch keys are sealed to it.
+    #[prost(bytes = "vec", tag = "2")]
+    pub agreement_key: ::prost::alloc::vec::Vec<u8>,
+    /// Ed25519 (32 bytes): verifies what the device signs.
+    #[prost(bytes = "vec", tag = "3")]
+    pub verifying_key: ::prost::alloc::vec::Vec<u8>,
+    #[prost(string, tag = "4")]
+    pub name: ::prost::alloc::string::String,
+    #[prost(string, tag = "5")]
+    pub platform: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct RosterRevoke {
+    #[prost(bytes = "vec", tag = "1")]
+    pub device_id: ::prost::alloc::vec::Vec<u8>,
+    /// The tips of its segment tree that stay accepted.
+    #[prost(message, repeated, tag = "2")]
+    pub accepted_tips: ::prost::alloc::vec::Vec<DeviceHead>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RosterRotateRecovery {
+    /// The next recovery signing public key (Ed25519, 32 bytes).
+    #[prost(bytes = "vec", tag = "1")]
+    pub verifying_key: ::prost::alloc::vec::Vec<u8>,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RosterStartEpoch {
+    #[prost(uint32, tag = "1")]
+    pub epoch: u32,
+}

@@ -71,6 +71,8 @@ pub enum ObjectKind {
     KeyBox = 8,
     /// A message of the device-linking channel (docs/DEVICES.md); not a sealed object itself.
     LinkMessage = 9,
+    /// One signed entry of the device roster (docs/DEVICES.md), sealed under a log key.
+    Roster = 11,
 }
 
 impl ObjectKind {
@@ -91,6 +93,7 @@ impl ObjectKind {
             7 => Some(ObjectKind::AttachmentChunk),
             8 => Some(ObjectKind::KeyBox),
             9 => Some(ObjectKind::LinkMessage),
+            11 => Some(ObjectKind::Roster),
             _ => None,
         }
     }
@@ -108,6 +111,7 @@ impl core::fmt::Display for ObjectKind {
             ObjectKind::AttachmentChunk => "attachment chunk",
             ObjectKind::KeyBox => "key box",
             ObjectKind::LinkMessage => "link message",
+            ObjectKind::Roster => "roster entry",
         })
     }
 }

@@ -15,6 +15,7 @@ pub mod model;
 pub mod names;
 pub mod next_checkpoint;
 pub mod plan;
+pub mod roster;
 pub mod segment;
 pub mod state;
 pub mod tree;

@@ -1615,8 +1615,55 @@ def link_nonce(counter):
     return bytes(16) + struct.pack(">Q", counter)
 
 
+ROSTER_ADD = {1: ("device_id", "bytes", False), 2: ("agreement_key", "bytes", False),
+              3: ("verifying_key", "bytes", False), 4: ("name", "string", False),
+              5: ("platform", "string", False)}
+ROSTER_ENTRY = {1: ("signer", "bytes", False), 2: ("parents", "bytes", True),
+                3: ("made_at_ms", "uint64", False), 4: ("epoch", "uint32", False),
+                5: ("add", ROSTER_ADD, False)}
+SIGNED_ROSTER_ENTRY = {1: ("entry", "bytes", False), 2: ("signature", "bytes", False)}
+
+
+def ed25519_verifies(public_key, message, signature):
+    try:
+        nacl.bindings.crypto_sign_open(signature + message, public_key)
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def check_roster(c, v):
+    """FORMAT.md section 13: roster entries are named by their hash and signed by their signer
+    over the label, the vault id and the entry's bytes."""
+    r = v["roster"]
+    vault = bytes.fromhex(r["vault_id"])
+    recovery_pk, _ = nacl.bindings.crypto_sign_seed_keypair(
+        bytes.fromhex(r["recovery_secret_bytes"])[32:])
+    keys = {b"": recovery_pk}
+    previous = []
+    for n, e in enumerate(r["entries"]):
+        signed = pb_message(bytes.fromhex(e["body"]), SIGNED_ROSTER_ENTRY)
+        entry = pb_message(signed["entry"], ROSTER_ENTRY)
+        c.run("roster entry %d: id is the hash of the entry" % n,
+              lambda: hashlib.sha256(signed["entry"]).digest()[:16].hex() == e["id"])
+        c.run("roster entry %d: canonical encoding" % n,
+              lambda: pb_encode(entry, ROSTER_ENTRY) == signed["entry"])
+        c.run("roster entry %d: parents are the entries before" % n,
+              lambda: [p.hex() for p in entry["parents"]] == previous)
+        message = b"chatvault/v2/roster" + vault + signed["entry"]
+        c.run("roster entry %d: the signer's signature verifies" % n,
+              lambda: ed25519_verifies(keys[entry["signer"]], message, signed["signature"]))
+        c.run("roster entry %d: a signature over another vault does not" % n,
+              lambda: not ed25519_verifies(keys[entry["signer"]],
+                                           b"chatvault/v2/roster" + bytes(16) + signed["entry"],
+                                           signed["signature"]))
+        keys[entry["add"]["device_id"]] = entry["add"]["verifying_key"]
+        previous = [e["id"]]
+
+
 def check_devices(c):
     v = load("devices.json")
+    check_roster(c, v)
     d = v["device"]
     raw = bytes.fromhex(d["secret_bytes"])
     c.run("device: X25519 public key from the first 32 bytes",
