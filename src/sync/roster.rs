@@ -911,4 +911,111 @@ mod tests {
             })
         ));
     }
+
+    /// Random rosters of honest and dishonest entries (any signer, any parents among earlier
+    /// entries, any epoch, forged signatures): the fold never fails but as contested, and gives
+    /// the same roster whatever order the listing hands the entries in.
+    #[test]
+    fn random_rosters_fold_the_same_in_any_order() {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move |n: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % n
+        };
+        for script in 0..100 {
+            let mut entries: Vec<SignedEntry> = Vec::new();
+            let mut known: Vec<u8> = Vec::new();
+            let mut epoch = 0u8;
+            let mut recovery_now = recovery();
+            for _ in 0..(3 + next(12)) {
+                // Mostly the tips (an honest writer), sometimes any earlier entries.
+                let tips: Vec<&SignedEntry> = entries
+                    .iter()
+                    .filter(|e| !entries.iter().any(|c| c.entry.parents.contains(&e.id)))
+                    .collect();
+                let parents: Vec<&SignedEntry> = if next(3) > 0 {
+                    tips
+                } else {
+                    entries.iter().filter(|_| next(3) == 0).take(3).collect()
+                };
+                let mut rotated = None;
+                let change = match next(10) {
+                    0..=4 => {
+                        let n = 0xa + next(6) as u8;
+                        known.push(n);
+                        add(n)
+                    }
+                    5 => revoke(0xa + next(6) as u8),
+                    6 => {
+                        epoch = epoch.saturating_add(1);
+                        RosterChange::StartEpoch { epoch }
+                    }
+                    7 => {
+                        let next_key = secrets(0x70 + next(8) as u8);
+                        let change = RosterChange::RotateRecovery {
+                            next: next_key.public().verifying,
+                        };
+                        rotated = Some(next_key);
+                        change
+                    }
+                    _ => add(0xa + next(6) as u8),
+                };
+                let sealed_in = if next(6) == 0 { next(3) as u8 } else { epoch };
+                // The recovery key starts epochs and rotates itself; devices do the rest.
+                let by_recovery = rotated.is_some()
+                    || matches!(change, RosterChange::StartEpoch { .. })
+                    || next(3) == 0;
+                let signer = match known.get(next(known.len() as u64 + 1) as usize) {
+                    Some(n) if !by_recovery => *n,
+                    _ => 0,
+                };
+                let entry = match (signer, next(6)) {
+                    (0, _) => {
+                        signed_as(&recovery_now, Signer::Recovery, &parents, sealed_in, change)
+                    }
+                    // Signed by another key than the signer's.
+                    (n, 0) => signed_as(
+                        &secrets(n + 1),
+                        Signer::Device(id(n)),
+                        &parents,
+                        sealed_in,
+                        change,
+                    ),
+                    (n, _) => signed_as(
+                        &secrets(n),
+                        Signer::Device(id(n)),
+                        &parents,
+                        sealed_in,
+                        change,
+                    ),
+                };
+                if let Some(key) = rotated {
+                    recovery_now = key;
+                }
+                entries.push(entry);
+            }
+            let root = recovery().public().verifying;
+            let first = fold(&VAULT, root, entries.clone());
+            for _ in 0..3 {
+                let mut shuffled = entries.clone();
+                for i in (1..shuffled.len()).rev() {
+                    shuffled.swap(i, next(i as u64 + 1) as usize);
+                }
+                let again = fold(&VAULT, root, shuffled);
+                match (&first, &again) {
+                    (Ok(a), Ok(b)) => assert_eq!(a, b, "script {script}"),
+                    (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string()),
+                    _ => panic!("script {script}: {first:?} then {again:?}"),
+                }
+            }
+            if let Err(error) = first {
+                assert!(
+                    matches!(error, Error::Integrity(IntegrityProblem::RosterContested)),
+                    "script {script}: {error:?}"
+                );
+            }
+        }
+    }
 }
