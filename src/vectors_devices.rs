@@ -5,8 +5,8 @@
 use serde_json::{Value, json};
 
 use super::{hex, pattern};
-use crate::devices::{DeviceSecrets, seal_to_with_ephemeral};
-use crate::keys::VaultId;
+use crate::devices::{DeviceSecrets, NewEpoch, seal_to_with_ephemeral};
+use crate::keys::{EpochSecret, EpochWrapKey, RecoveryKey, VaultId};
 use crate::link::{Channel, Ephemeral, LinkOffer};
 use crate::sync::DeviceId;
 use crate::sync::roster::{RosterChange, RosterEntry, SignedEntry, Signer};
@@ -87,7 +87,42 @@ pub(super) fn device_vectors() -> Value {
         .map(|entry| json!({ "id": hex(&entry.id), "body": hex(&entry.to_body()) }))
         .collect();
 
+    // Epoch 1 of a vault, boxed to the device above and to a second one, chained to epoch 0.
+    let recovery_bytes: [u8; 32] = pattern(102);
+    let recovery_key = RecoveryKey::from_bytes(recovery_bytes);
+    let epoch_secret_bytes: [u8; 32] = pattern(103);
+    let epoch_secret = EpochSecret::from_bytes(epoch_secret_bytes);
+    let epoch_name = "epochs/0000000000000001-0d0d000000000001";
+    let second_agreement = second.public().agreement;
+    let mut randomness = (104u8..).map(pattern::<32>);
+    let epoch_object = crate::devices::epoch_with_randomness(
+        &NewEpoch {
+            name: epoch_name,
+            epoch: 1,
+            secret: &epoch_secret,
+            previous: &EpochSecret::epoch_zero(&recovery_key),
+            devices: &[
+                (pattern(99), public.agreement),
+                (pattern(101), second_agreement),
+            ],
+            recovery: &EpochWrapKey::derive(&recovery_key),
+        },
+        &mut || Ok(randomness.next().unwrap_or_default()),
+    )
+    .expect("an epoch seals");
+
     json!({
+        "epoch": {
+            "name": epoch_name,
+            "recovery_key": hex(&recovery_bytes),
+            "secret": hex(&epoch_secret_bytes),
+            "devices": [
+                {"device_id": hex(&pattern::<16>(99)), "agreement_public": hex(&public.agreement), "secret_bytes": hex(&device_bytes)},
+                {"device_id": hex(&pattern::<16>(101)), "agreement_public": hex(&second_agreement), "secret_bytes": hex(&pattern::<64>(100))},
+            ],
+            "randomness": (104u8..108).map(|seed| hex(&pattern::<32>(seed))).collect::<Vec<_>>(),
+            "object": hex(&epoch_object),
+        },
         "roster": {
             "vault_id": vault.to_hex(),
             "recovery_secret_bytes": hex(&recovery_seed),

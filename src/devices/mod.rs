@@ -3,9 +3,13 @@
 //! Every device draws an X25519 key (others seal epoch keys to it, [`seal_to`]) and an Ed25519
 //! key (it signs what it writes) on first open. Design and status: docs/DEVICES.md.
 
+mod epoch;
 mod identity;
 mod sealed_box;
 
+#[cfg(test)]
+pub(crate) use epoch::seal_epoch_with as epoch_with_randomness;
+pub use epoch::{EpochObject, MAX_EPOCH_OBJECT, NewEpoch, seal_epoch};
 pub use identity::{DevicePublicKeys, DeviceSecrets, SIGNATURE_LEN};
 #[cfg(test)]
 pub(crate) use sealed_box::seal_to_with_ephemeral;

@@ -410,3 +410,25 @@ pub struct RosterStartEpoch {
     #[prost(uint32, tag = "1")]
     pub epoch: u32,
 }
+/// Body of an Epoch object (kind 10, not sealed: it holds only boxes; FORMAT.md section 13).
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct EpochKeys {
+    #[prost(uint32, tag = "1")]
+    pub epoch: u32,
+    /// The epoch secret sealed to each active device's X25519 key.
+    #[prost(message, repeated, tag = "2")]
+    pub boxes: ::prost::alloc::vec::Vec<EpochBox>,
+    /// nonce (24) || the secret under the recovery key's epoch wrap key.
+    #[prost(bytes = "vec", tag = "3")]
+    pub recovery_box: ::prost::alloc::vec::Vec<u8>,
+    /// nonce (24) || the previous epoch's secret under this epoch's chain key.
+    #[prost(bytes = "vec", tag = "4")]
+    pub previous: ::prost::alloc::vec::Vec<u8>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct EpochBox {
+    #[prost(bytes = "vec", tag = "1")]
+    pub device_id: ::prost::alloc::vec::Vec<u8>,
+    #[prost(bytes = "vec", tag = "2")]
+    pub r#box: ::prost::alloc::vec::Vec<u8>,
+}

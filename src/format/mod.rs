@@ -71,6 +71,8 @@ pub enum ObjectKind {
     KeyBox = 8,
     /// A message of the device-linking channel (docs/DEVICES.md); not a sealed object itself.
     LinkMessage = 9,
+    /// One epoch's secret, boxed for devices and the recovery key (docs/DEVICES.md).
+    Epoch = 10,
     /// One signed entry of the device roster (docs/DEVICES.md), sealed under a log key.
     Roster = 11,
 }
@@ -93,6 +95,7 @@ impl ObjectKind {
             7 => Some(ObjectKind::AttachmentChunk),
             8 => Some(ObjectKind::KeyBox),
             9 => Some(ObjectKind::LinkMessage),
+            10 => Some(ObjectKind::Epoch),
             11 => Some(ObjectKind::Roster),
             _ => None,
         }
@@ -111,6 +114,7 @@ impl core::fmt::Display for ObjectKind {
             ObjectKind::AttachmentChunk => "attachment chunk",
             ObjectKind::KeyBox => "key box",
             ObjectKind::LinkMessage => "link message",
+            ObjectKind::Epoch => "epoch",
             ObjectKind::Roster => "roster entry",
         })
     }

@@ -14,8 +14,8 @@ pub use chat::ChatKey;
 pub use passphrase::{Argon2Params, PassphraseEnvelope, PassphrasePolicy};
 pub use recovery::{RECOVERY_KEY_TEXT_CHARS, RecoveryKey};
 pub use tree::{
-    AttachmentKey, DERIVATION_LABELS, DeviceLinkKey, HKDF_SALT, KeyringKey, LogKey, NamingKey,
-    VaultId, VaultKeys,
+    AttachmentKey, DERIVATION_LABELS, DeviceLinkKey, EpochSecret, EpochWrapKey, HKDF_SALT,
+    KeyringKey, LogKey, NamingKey, VaultId, VaultKeys,
 };
 
 #[cfg(test)]

@@ -30,6 +30,7 @@ const LABEL_LOG: &str = "chatvault/v1/log";
 const LABEL_NAMING: &str = "chatvault/v1/naming";
 const LABEL_ATTACHMENT: &str = "chatvault/v1/attachment";
 const LABEL_DEVICE_LINK: &str = "chatvault/v1/device-link";
+const LABEL_EPOCH_WRAP: &str = "chatvault/v2/epoch-wrap";
 
 /// Every HKDF-Expand info label the format uses, with its output length in bytes.
 pub const DERIVATION_LABELS: &[(&str, usize)] = &[
@@ -39,6 +40,7 @@ pub const DERIVATION_LABELS: &[(&str, usize)] = &[
     (LABEL_NAMING, 32),
     (LABEL_ATTACHMENT, 32),
     (LABEL_DEVICE_LINK, 32),
+    (LABEL_EPOCH_WRAP, 32),
 ];
 
 /// The public identifier of a vault, derived one-way from the recovery key.
@@ -122,12 +124,77 @@ pub struct VaultKeys {
     device_link: DeviceLinkKey,
 }
 
+key_type!(
+    /// The secret of one key epoch (docs/DEVICES.md): the key tree of the epoch is expanded from
+    /// it as from the recovery key's PRK. Epoch 0's secret *is* that PRK, so a vault written before
+    /// epochs is a vault in epoch 0.
+    EpochSecret
+);
+key_type!(
+    /// Wraps each epoch's secret for the recovery key (`chatvault/v2/epoch-wrap`).
+    EpochWrapKey
+);
+
+impl EpochSecret {
+    /// A fresh random epoch secret.
+    pub fn generate() -> crate::error::Result<Self> {
+        Ok(EpochSecret(Key32::new(crate::random::array()?)))
+    }
+
+    /// Epoch 0's secret: the recovery key's PRK (`HKDF-Extract("chatvault/v1", recovery key)`).
+    pub fn epoch_zero(recovery_key: &RecoveryKey) -> Self {
+        let (prk, _) = Hkdf::<Sha256>::extract(Some(HKDF_SALT), recovery_key.secret().bytes());
+        let mut bytes = Zeroizing::new([0u8; 32]);
+        bytes.copy_from_slice(&prk);
+        EpochSecret(Key32::new(*bytes))
+    }
+
+    /// The secret from its 32 bytes (as an epoch box holds them).
+    pub(crate) fn from_bytes(bytes: [u8; 32]) -> Self {
+        EpochSecret(Key32::new(bytes))
+    }
+
+    /// The 32 bytes, for sealing into a box.
+    pub(crate) fn bytes(&self) -> &[u8; 32] {
+        self.0.bytes()
+    }
+
+    /// A key of this epoch's own, beside its key tree (e.g. the chain to the previous epoch).
+    pub(crate) fn expand(&self, label: &str) -> Key32 {
+        Key32::new(*expand::<32>(&self.hkdf(), label))
+    }
+
+    fn hkdf(&self) -> Hkdf<Sha256> {
+        // A 32-byte PRK is the size HKDF-SHA256 requires: `from_prk` cannot fail; an all-zero
+        // PRK (never drawn) would only be reached if it did.
+        Hkdf::<Sha256>::from_prk(self.0.bytes())
+            .unwrap_or_else(|_| Hkdf::<Sha256>::new(None, self.0.bytes()))
+    }
+}
+
+impl EpochWrapKey {
+    /// The key the recovery key wraps every epoch secret under.
+    pub fn derive(recovery_key: &RecoveryKey) -> Self {
+        EpochWrapKey(EpochSecret::epoch_zero(recovery_key).expand(LABEL_EPOCH_WRAP))
+    }
+}
+
 impl VaultKeys {
     /// Derives the whole key tree from a recovery key (cheap: a few HMACs).
     pub fn derive(recovery_key: &RecoveryKey) -> Self {
         let hkdf = Hkdf::<Sha256>::new(Some(HKDF_SALT), recovery_key.secret().bytes());
-        let key = |label: &str| Key32::new(*expand::<32>(&hkdf, label));
         let vault_id = VaultId(*expand::<16>(&hkdf, LABEL_VAULT_ID));
+        Self::from_hkdf(vault_id, &hkdf)
+    }
+
+    /// The key tree of an epoch of the vault `vault_id` (its id never changes: the first
+    /// recovery key's). For epoch 0's secret this is [`VaultKeys::derive`] of the recovery key.
+    pub fn for_epoch(vault_id: VaultId, secret: &EpochSecret) -> Self {
+        Self::from_hkdf(vault_id, &secret.hkdf())
+    }
+
+    fn from_hkdf(vault_id: VaultId, hkdf: &Hkdf<Sha256>) -> Self {
+        let key = |label: &str| Key32::new(*expand::<32>(hkdf, label));
         VaultKeys {
             vault_id,
             keyring: KeyringKey(key(LABEL_KEYRING)),

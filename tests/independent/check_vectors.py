@@ -93,6 +93,8 @@ LABELS = {
     "attachment": 32,
     "device-link": 32,
 }
+# Section 3's labels of format version 2 (same PRK, a v2 label): the epoch wrap key.
+LABELS_V2 = {"chatvault/v2/epoch-wrap": 32}
 
 
 def derive(recovery_key, label):
@@ -659,14 +661,21 @@ def check_hkdf(c):
         labels_seen.setdefault(v["ikm"], set()).add(info)
         # The vectors are the key tree of section 3: same salt, labels and lengths.
         label = info.decode("ascii", "replace")
+        if label in LABELS_V2:
+            c.check("hkdf[%d] is a section-3 derivation" % i,
+                    h(v["salt"]) == ROOT_SALT and LABELS_V2[label] == v["length"]
+                    and hkdf_expand(hkdf_extract(ROOT_SALT, h(v["ikm"])), info, v["length"])
+                    == h(v["okm"]),
+                    "salt/label/length not as in section 3")
+            continue
         c.check("hkdf[%d] is a section-3 derivation" % i,
                 h(v["salt"]) == ROOT_SALT and label.startswith("chatvault/v1/")
                 and LABELS.get(label[len("chatvault/v1/"):]) == v["length"]
                 and derive(h(v["ikm"]), label[len("chatvault/v1/"):]) == h(v["okm"]),
                 "salt/label/length not as in section 3")
+    every_label = {b"chatvault/v1/" + k.encode() for k in LABELS} | {k.encode() for k in LABELS_V2}
     c.check("hkdf.json covers every label of section 3 for two keys",
-            len(labels_seen) == 2 and all(
-                s == {b"chatvault/v1/" + k.encode() for k in LABELS} for s in labels_seen.values()))
+            len(labels_seen) == 2 and all(s == every_label for s in labels_seen.values()))
     # RFC 5869 test case 1, as a sanity check of the HKDF implementation itself.
     c.check("hkdf RFC 5869 A.1",
             hkdf(h("000102030405060708090a0b0c"), h("0b" * 22), h("f0f1f2f3f4f5f6f7f8f9"), 42)
@@ -1661,9 +1670,56 @@ def check_roster(c, v):
         previous = [e["id"]]
 
 
+EPOCH_BOX = {1: ("device_id", "bytes", False), 2: ("box", "bytes", False)}
+EPOCH_KEYS = {1: ("epoch", "uint32", False), 2: ("boxes", EPOCH_BOX, True),
+              3: ("recovery_box", "bytes", False), 4: ("previous", "bytes", False)}
+
+
+def check_epoch(c, v):
+    """FORMAT.md section 13: an epoch object, rebuilt byte for byte, and opened three ways."""
+    e = v["epoch"]
+    name = e["name"].encode()
+    rk = bytes.fromhex(e["recovery_key"])
+    prk = hkdf_extract(b"chatvault/v1", rk)
+    wrap = hkdf_expand(prk, b"chatvault/v2/epoch-wrap", 32)
+    secret = bytes.fromhex(e["secret"])
+    chain = hkdf_expand(secret, b"chatvault/v2/epoch-chain", 32)
+    randomness = [bytes.fromhex(r) for r in e["randomness"]]
+    boxes = []
+    for n, d in enumerate(e["devices"]):
+        device_id = bytes.fromhex(d["device_id"])
+        context = b"chatvault/v2/epoch-box" + name + device_id
+        boxes.append({"device_id": device_id,
+                      "box": seal_box(randomness[n], bytes.fromhex(d["agreement_public"]), context,
+                                      secret)})
+    k = len(e["devices"])
+    recovery_nonce, chain_nonce = randomness[k][:24], randomness[k + 1][:24]
+    body = pb_encode({"epoch": 1, "boxes": boxes,
+                      "recovery_box": recovery_nonce + aead_encrypt(wrap, recovery_nonce, name, secret),
+                      "previous": chain_nonce + aead_encrypt(chain, chain_nonce, name, prk)},
+                     EPOCH_KEYS)
+    obj = bytes.fromhex(e["object"])
+    c.run("epoch: object rebuilt byte for byte",
+          lambda: b"CVLT" + bytes([2, 0, 10, 1]) + body == obj)
+    decoded = pb_message(obj[8:], EPOCH_KEYS)
+    for n, d in enumerate(e["devices"]):
+        device_secret = bytes.fromhex(d["secret_bytes"])[:32]
+        context = b"chatvault/v2/epoch-box" + name + bytes.fromhex(d["device_id"])
+        c.run("epoch: device %d opens its box" % n,
+              lambda d=d, device_secret=device_secret, context=context, n=n:
+              open_box(device_secret, context, decoded["boxes"][n]["box"]) == secret)
+    rb = decoded["recovery_box"]
+    c.run("epoch: the recovery key opens it",
+          lambda: aead_decrypt(wrap, rb[:24], name, rb[24:]) == secret)
+    pv = decoded["previous"]
+    c.run("epoch: the chain gives epoch 0's secret, the recovery key's PRK",
+          lambda: aead_decrypt(chain, pv[:24], name, pv[24:]) == prk)
+
+
 def check_devices(c):
     v = load("devices.json")
     check_roster(c, v)
+    check_epoch(c, v)
     d = v["device"]
     raw = bytes.fromhex(d["secret_bytes"])
     c.run("device: X25519 public key from the first 32 bytes",
