@@ -80,12 +80,19 @@ async fn a_copied_state_directory_forks_off_and_loses_nothing(store: Arc<dyn Obj
         .unwrap();
     phone.sync(None, None).await.unwrap();
     let device = phone.device_id();
+    let phone_keys = phone.device_keys().unwrap();
     drop(phone);
-    // The copy: byte for byte, device id, sequence numbers and clock included.
+    // The copy: byte for byte, device id, sequence numbers, clock and device keys included.
     copy_dir(&original_dir, &dir.path().join("copy"));
     let phone = open(&store, &original_dir, &key).await;
     let copy = open(&store, &dir.path().join("copy"), &key).await;
     assert_eq!(copy.device_id(), device);
+    assert_eq!(
+        phone.device_keys().unwrap(),
+        phone_keys,
+        "keys persist across opens"
+    );
+    assert_eq!(copy.device_keys().unwrap(), phone_keys);
 
     // Both record and sync: both seal sequence number 2 as the same device.
     phone.record(vec![message("phone-1")]).unwrap();
@@ -99,6 +106,14 @@ async fn a_copied_state_directory_forks_off_and_loses_nothing(store: Arc<dyn Obj
         device,
         "the copy continues as a device of its own"
     );
+    // ... with keys of its own, kept across a reopen; the first writer keeps its keys.
+    let copy_keys = copy.device_keys().unwrap();
+    assert_ne!(copy_keys.agreement, phone_keys.agreement);
+    assert_ne!(copy_keys.verifying, phone_keys.verifying);
+    assert_eq!(phone.device_keys().unwrap(), phone_keys);
+    drop(copy);
+    let copy = open(&store, &dir.path().join("copy"), &key).await;
+    assert_eq!(copy.device_keys().unwrap(), copy_keys);
 
     // Both keep writing; everything converges, on them and on a new device.
     copy.record(vec![message("copy-3")]).unwrap();

@@ -30,6 +30,7 @@ use crate::sync::segment::{
 use crate::sync::{Change, Clock, DeviceId, Message, Operation, Stamp, clock::now_ms};
 
 mod checkpointing;
+mod identity;
 mod maintenance;
 mod pull;
 mod reading;
@@ -188,6 +189,8 @@ pub struct Vault {
     /// This device's id: fixed, except when this state directory turns out to be a copy of
     /// another that writes as the same device (see `fork_off`).
     device: Mutex<DeviceId>,
+    /// This device's own keys (`identity.rs`), replaced with the id by `fork_off`.
+    device_secrets: Mutex<crate::devices::DeviceSecrets>,
     info: DeviceInfo,
     local: Mutex<LocalState>,
     chat_keys: Mutex<ChatKeys>,
@@ -262,6 +265,7 @@ impl Vault {
                 device
             }
         };
+        let device_secrets = identity::load_or_create(&mut local, &keys)?;
         let last = match local.meta(META_CLOCK)? {
             Some(bytes) => Some(
                 Stamp::from_sortable_bytes(&bytes)
@@ -277,6 +281,7 @@ impl Vault {
             keys,
             store,
             device: Mutex::new(device),
+            device_secrets: Mutex::new(device_secrets),
             info,
             local: Mutex::new(local),
             chat_keys: Mutex::new(chat_keys),
@@ -617,6 +622,9 @@ impl Vault {
             None => Vec::new(),
         };
         let new_device = DeviceId(crate::random::array()?);
+        // The copy gets keys of its own too: two devices never share a signing key.
+        let new_secrets = crate::devices::DeviceSecrets::generate()?;
+        let sealed_secrets = identity::seal(&self.keys, &new_secrets)?;
         let mut local = lock(&self.local)?;
         let outbox = local.outbox(usize::MAX)?;
         let waiting = match &outbox {
@@ -685,6 +693,7 @@ impl Vault {
                     local::replace_pending(tx, pending, resealed)?;
                 }
                 local::set_meta(tx, META_DEVICE_ID, &new_device.0)?;
+                local::set_meta(tx, identity::META_DEVICE_SECRETS, &sealed_secrets)?;
                 match new_clock.last() {
                     Some(last) => local::set_meta(tx, META_CLOCK, &last.to_sortable_bytes()),
                     None => Ok(()),
@@ -695,6 +704,10 @@ impl Vault {
         match self.device.lock() {
             Ok(mut device) => *device = new_device,
             Err(poisoned) => *poisoned.into_inner() = new_device,
+        }
+        match self.device_secrets.lock() {
+            Ok(mut secrets) => *secrets = new_secrets,
+            Err(poisoned) => *poisoned.into_inner() = new_secrets,
         }
         Ok(resealed)
     }

@@ -1,0 +1,58 @@
+//! This device's own keys (docs/DEVICES.md): drawn on first open, kept in the local state sealed
+//! under the keyring key (kind 5, local only, like the chat key set), and drawn again when a
+//! copied state directory forks off as a device of its own, so two devices never share keys.
+
+use crate::devices::{DevicePublicKeys, DeviceSecrets};
+use crate::error::{Error, Result};
+use crate::format::ObjectKind;
+use crate::keys::VaultKeys;
+use crate::local::LocalState;
+use crate::sealing::{self, ObjectContext};
+
+use super::{Vault, lock};
+
+/// The local-state meta key of the sealed device secrets.
+pub(super) const META_DEVICE_SECRETS: &str = "device_secrets";
+/// The AAD name they are sealed under.
+const DEVICE_SECRETS_NAME: &str = "local/device-secrets";
+
+fn context(keys: &VaultKeys) -> ObjectContext<'_> {
+    ObjectContext {
+        vault_id: keys.vault_id(),
+        kind: ObjectKind::KeySet,
+        name: DEVICE_SECRETS_NAME,
+    }
+}
+
+/// Seals `secrets` for the local state.
+pub(super) fn seal(keys: &VaultKeys, secrets: &DeviceSecrets) -> Result<Vec<u8>> {
+    sealing::seal(&keys.keyring().0, &context(keys), &secrets.to_bytes()[..])
+}
+
+fn open(keys: &VaultKeys, sealed: &[u8]) -> Result<DeviceSecrets> {
+    let body = sealing::open(&keys.keyring().0, &context(keys), sealed)?;
+    let bytes: &[u8; 64] = body
+        .as_slice()
+        .try_into()
+        .map_err(|_| Error::LocalState("damaged device keys".into()))?;
+    Ok(DeviceSecrets::from_bytes(bytes))
+}
+
+/// This device's secrets from the local state, drawn and stored on first open (and by state
+/// directories made before device keys existed).
+pub(super) fn load_or_create(local: &mut LocalState, keys: &VaultKeys) -> Result<DeviceSecrets> {
+    if let Some(sealed) = local.meta(META_DEVICE_SECRETS)? {
+        return open(keys, &sealed);
+    }
+    let secrets = DeviceSecrets::generate()?;
+    local.set_meta(META_DEVICE_SECRETS, &seal(keys, &secrets)?)?;
+    Ok(secrets)
+}
+
+impl Vault {
+    /// This device's public keys: X25519 (keys are sealed to it) and Ed25519 (it signs what it
+    /// writes). They change only when a copied state directory forks off as a new device.
+    pub fn device_keys(&self) -> Result<DevicePublicKeys> {
+        Ok(lock(&self.device_secrets)?.public())
+    }
+}
