@@ -99,3 +99,25 @@ put("names", b"\x01" + bytes(range(90)) + b"segments/x\nstray\n" + pack.encode()
 put("merge", bytes(range(256)))
 put("engine", bytes([0, 0, 1, 1, 0, 2, 5, 7, 0, 0, 0, 6, 15, 3, 1, 3]))
 PY
+
+# devices: the first byte picks the format (mode 4: roster entries, length-prefixed, each followed
+# by its 16-byte id and the re-signing choices).
+python3 - <<'PY'
+import hashlib, json, os
+v = json.load(open("../tests/vectors/devices.json"))
+def put(data):
+    os.makedirs("corpus/devices", exist_ok=True)
+    with open("corpus/devices/" + hashlib.sha1(data).hexdigest(), "wb") as f:
+        f.write(data)
+put(b"\x00" + v["link"]["offer_text"].encode())
+put(b"\x01" + bytes.fromhex(v["key_box"]["box"]))
+put(b"\x02" + bytes.fromhex(v["link"]["joiner_key"]) + bytes.fromhex(v["link"]["messages"][0]["sealed"]))
+put(b"\x03" + bytes.fromhex(v["epoch"]["object"]))
+roster = b"\x04" + bytes([len(v["roster"]["entries"]) - 1])
+for e in v["roster"]["entries"]:
+    body = bytes.fromhex(e["body"])
+    if len(body) < 256:
+        roster += bytes([len(body)]) + body + bytes.fromhex(e["id"]) + b"\x01\x00"
+put(roster)
+PY
+
