@@ -266,4 +266,12 @@ pub enum DecodeProblem {
     /// A signature does not verify under the signer's key (forged, altered, or another signer).
     #[error("bad signature")]
     BadSignature,
+    /// The object is sealed in another key epoch than the one whose key the reader used.
+    #[error("sealed in key epoch {found}, expected {expected}")]
+    KeyEpoch {
+        /// The epoch whose key the reader holds for it.
+        expected: u8,
+        /// The epoch its header names.
+        found: u8,
+    },
 }

@@ -110,6 +110,27 @@ pub(super) fn device_vectors() -> Value {
         &mut || Ok(randomness.next().unwrap_or_default()),
     )
     .expect("an epoch seals");
+    // An object sealed in epoch 1 (version-2 header) under epoch 1's log key.
+    let epoch_keys = crate::keys::VaultKeys::for_epoch(
+        *crate::keys::VaultKeys::derive(&recovery_key).vault_id(),
+        &epoch_secret,
+    );
+    let sealed_name = "segments/0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a/0000000000000001-0000000000000001-0000000000000000";
+    let sealed_plaintext = b"a body sealed in key epoch 1".to_vec();
+    let sealed_nonce: [u8; 24] = pattern(108);
+    let sealed_in_epoch = crate::sealing::seal_with_nonce_in_epoch(
+        &epoch_keys.log().0,
+        &crate::sealing::ObjectContext {
+            vault_id: epoch_keys.vault_id(),
+            kind: crate::format::ObjectKind::Segment,
+            name: sealed_name,
+        },
+        1,
+        &sealed_plaintext,
+        &sealed_nonce,
+        crate::sealing::Compression::Never,
+    )
+    .expect("seals");
 
     json!({
         "epoch": {
@@ -122,6 +143,14 @@ pub(super) fn device_vectors() -> Value {
             ],
             "randomness": (104u8..108).map(|seed| hex(&pattern::<32>(seed))).collect::<Vec<_>>(),
             "object": hex(&epoch_object),
+            "sealed": {
+                "vault_id": epoch_keys.vault_id().to_hex(),
+                "kind": crate::format::ObjectKind::Segment.id(),
+                "name": sealed_name,
+                "nonce": hex(&sealed_nonce),
+                "plaintext": hex(&sealed_plaintext),
+                "object": hex(&sealed_in_epoch),
+            },
         },
         "roster": {
             "vault_id": vault.to_hex(),

@@ -116,6 +116,7 @@ fn header() -> [u8; HEADER_LEN] {
     Header {
         suite: CipherSuite::XChaCha20Poly1305Stream,
         kind: ObjectKind::AttachmentChunk,
+        epoch: 0,
     }
     .to_bytes()
 }

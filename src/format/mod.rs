@@ -16,6 +16,9 @@ pub mod proto {
 pub const MAGIC: [u8; 4] = *b"CVLT";
 /// The format version this library writes and reads.
 pub const FORMAT_VERSION: u8 = 1;
+/// The format version of objects sealed in a key epoch other than 0 (docs/DEVICES.md): the
+/// header's last byte holds the epoch.
+pub const FORMAT_VERSION_EPOCHS: u8 = 2;
 /// Length of the fixed object header.
 pub const HEADER_LEN: usize = 8;
 /// The largest object this library writes or reads (64 MiB). Larger input is rejected before any
@@ -120,21 +123,31 @@ impl core::fmt::Display for ObjectKind {
     }
 }
 
-/// The fixed 8-byte header: magic, format version, cipher suite, object kind, reserved zero byte.
+/// The fixed 8-byte header: magic, format version, cipher suite, object kind, and a last byte
+/// that is zero in version 1 and the key epoch (1-255) in version 2.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
     /// The cipher suite the rest of the object uses.
     pub suite: CipherSuite,
     /// The object kind.
     pub kind: ObjectKind,
+    /// The key epoch the object is sealed in (0: version 1).
+    pub epoch: u8,
 }
 
 impl Header {
     /// A version-1 header with the default suite.
     pub fn new(kind: ObjectKind) -> Self {
+        Self::in_epoch(kind, 0)
+    }
+
+    /// A header with the default suite for an object sealed in key epoch `epoch` (version 1 for
+    /// epoch 0, version 2 otherwise).
+    pub fn in_epoch(kind: ObjectKind, epoch: u8) -> Self {
         Header {
             suite: CipherSuite::XChaCha20Poly1305,
             kind,
+            epoch,
         }
     }
 
@@ -145,15 +158,31 @@ impl Header {
             MAGIC[1],
             MAGIC[2],
             MAGIC[3],
-            FORMAT_VERSION,
+            if self.epoch == 0 {
+                FORMAT_VERSION
+            } else {
+                FORMAT_VERSION_EPOCHS
+            },
             self.suite.id(),
             self.kind.id(),
-            0,
+            self.epoch,
         ]
     }
 
-    /// Parses and checks the header at the start of `object`, which must be of kind `expected`.
+    /// Parses a header of version 1 or 2 (an object sealed in any key epoch), of kind
+    /// `expected`. A version-2 header of epoch 0 is refused: every object has one encoding.
+    pub fn parse_any_epoch(object: &[u8], expected: ObjectKind) -> Result<Header> {
+        Self::parse_versioned(object, expected, true)
+    }
+
+    /// Parses and checks the version-1 header at the start of `object`, which must be of kind
+    /// `expected` (a version-2 header is `UnsupportedVersion(2)` here: its reader must know
+    /// epochs).
     pub fn parse(object: &[u8], expected: ObjectKind) -> Result<Header> {
+        Self::parse_versioned(object, expected, false)
+    }
+
+    fn parse_versioned(object: &[u8], expected: ObjectKind, epochs: bool) -> Result<Header> {
         let fail = |problem| Error::decode(expected, problem);
         if object.len() > MAX_OBJECT_LEN {
             return Err(fail(DecodeProblem::TooLarge {
@@ -170,8 +199,9 @@ impl Header {
         if header[..4] != MAGIC {
             return Err(fail(DecodeProblem::BadMagic));
         }
-        if header[4] != FORMAT_VERSION {
-            return Err(fail(DecodeProblem::UnsupportedVersion(header[4])));
+        let version = header[4];
+        if version != FORMAT_VERSION && !(epochs && version == FORMAT_VERSION_EPOCHS) {
+            return Err(fail(DecodeProblem::UnsupportedVersion(version)));
         }
         let suite = CipherSuite::from_id(header[5])
             .ok_or(fail(DecodeProblem::UnsupportedSuite(header[5])))?;
@@ -181,12 +211,19 @@ impl Header {
                 found: header[6],
             }));
         }
-        if header[7] != 0 {
+        let epoch = header[7];
+        if version == FORMAT_VERSION && epoch != 0 {
             return Err(fail(DecodeProblem::ReservedBitsSet));
+        }
+        if version == FORMAT_VERSION_EPOCHS && epoch == 0 {
+            return Err(fail(DecodeProblem::Malformed(
+                "a version-2 header of key epoch 0".into(),
+            )));
         }
         Ok(Header {
             suite,
             kind: expected,
+            epoch,
         })
     }
 }
@@ -255,6 +292,49 @@ mod tests {
         assert!(matches!(
             problem(&huge, ObjectKind::ChatData),
             DecodeProblem::TooLarge { .. }
+        ));
+    }
+
+    #[test]
+    fn a_header_of_a_key_epoch_is_version_2_and_only_epoch_aware_readers_take_it() {
+        let header = Header::in_epoch(ObjectKind::Segment, 3);
+        let bytes = header.to_bytes();
+        assert_eq!(&bytes, b"CVLT\x02\x01\x04\x03");
+        assert_eq!(
+            Header::parse_any_epoch(&bytes, ObjectKind::Segment).unwrap(),
+            header
+        );
+        // A reader that knows no epochs: "update the app".
+        assert!(matches!(
+            Header::parse(&bytes, ObjectKind::Segment),
+            Err(Error::Decode {
+                problem: DecodeProblem::UnsupportedVersion(2),
+                ..
+            })
+        ));
+        // Epoch 0 is version 1 only; version 1 keeps its zero byte.
+        let v1 = Header::new(ObjectKind::Segment);
+        assert_eq!(
+            Header::parse_any_epoch(&v1.to_bytes(), ObjectKind::Segment).unwrap(),
+            v1
+        );
+        let mut zero_epoch = bytes;
+        zero_epoch[7] = 0;
+        assert!(matches!(
+            Header::parse_any_epoch(&zero_epoch, ObjectKind::Segment),
+            Err(Error::Decode {
+                problem: DecodeProblem::Malformed(_),
+                ..
+            })
+        ));
+        let mut version_three = bytes;
+        version_three[4] = 3;
+        assert!(matches!(
+            Header::parse_any_epoch(&version_three, ObjectKind::Segment),
+            Err(Error::Decode {
+                problem: DecodeProblem::UnsupportedVersion(3),
+                ..
+            })
         ));
     }
 

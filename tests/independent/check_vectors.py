@@ -420,8 +420,9 @@ EMPTY_OBJECT_LEN = HEADER_LEN + NONCE_LEN + TAG_LEN + FRAME_HEADER_LEN  # 57
 ZSTD_LEVEL = 3
 
 
-def header(kind):
-    return MAGIC + bytes([FORMAT_VERSION, SUITE_XCHACHA, kind, 0])
+def header(kind, epoch=0):
+    """Section 6; in a key epoch other than 0 (section 13), version 2 and the epoch last."""
+    return MAGIC + bytes([FORMAT_VERSION if epoch == 0 else 2, SUITE_XCHACHA, kind, epoch])
 
 
 def sealed_aad(hdr, vid, name):
@@ -446,7 +447,7 @@ def zstd_compress(body):
     return zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(body)
 
 
-def seal(key, nonce, kind, vid, name, body, stored=None):
+def seal(key, nonce, kind, vid, name, body, stored=None, epoch=0):
     """Writer. `stored` overrides the compressed bytes (to reproduce another zstd encoder's
     output); by default the body is compressed at level 3 and kept only if shorter."""
     if kind not in SEALED_KINDS:
@@ -459,7 +460,7 @@ def seal(key, nonce, kind, vid, name, body, stored=None):
     total = padme(EMPTY_OBJECT_LEN + len(stored))
     frame = bytes([compression]) + struct.pack(">II", len(body), len(stored)) + stored
     frame += bytes(total - HEADER_LEN - NONCE_LEN - TAG_LEN - len(frame))
-    hdr = header(kind)
+    hdr = header(kind, epoch)
     obj = hdr + nonce + aead_encrypt(key, nonce, sealed_aad(hdr, vid, name), frame)
     assert len(obj) == total
     return obj
@@ -1714,6 +1715,12 @@ def check_epoch(c, v):
     pv = decoded["previous"]
     c.run("epoch: the chain gives epoch 0's secret, the recovery key's PRK",
           lambda: aead_decrypt(chain, pv[:24], name, pv[24:]) == prk)
+    s = e["sealed"]
+    log_key = hkdf_expand(secret, b"chatvault/v1/log", 32)
+    c.run("epoch: an object sealed in epoch 1 under its log key, version-2 header",
+          lambda: seal(log_key, bytes.fromhex(s["nonce"]), s["kind"], bytes.fromhex(s["vault_id"]),
+                       s["name"], bytes.fromhex(s["plaintext"]),
+                       stored=bytes.fromhex(s["plaintext"]), epoch=1).hex() == s["object"])
 
 
 def check_devices(c):
