@@ -46,8 +46,9 @@ pub(super) fn device_vectors() -> Value {
     // A roster of two entries: the recovery signing key adds the device above, which adds a
     // second device.
     let vault = VaultId::from_bytes(pattern(97));
-    let recovery_seed: [u8; 64] = pattern(98);
-    let recovery = DeviceSecrets::from_bytes(&recovery_seed);
+    let recovery_bytes: [u8; 32] = pattern(102);
+    let recovery_key = RecoveryKey::from_bytes(recovery_bytes);
+    let recovery = crate::devices::RecoverySigner::derive(&recovery_key);
     let first_device = DeviceId(pattern(99));
     let second = DeviceSecrets::from_bytes(&pattern(100));
     let add_first = SignedEntry::sign(
@@ -88,8 +89,6 @@ pub(super) fn device_vectors() -> Value {
         .collect();
 
     // Epoch 1 of a vault, boxed to the device above and to a second one, chained to epoch 0.
-    let recovery_bytes: [u8; 32] = pattern(102);
-    let recovery_key = RecoveryKey::from_bytes(recovery_bytes);
     let epoch_secret_bytes: [u8; 32] = pattern(103);
     let epoch_secret = EpochSecret::from_bytes(epoch_secret_bytes);
     let epoch_name = "epochs/0000000000000001-0d0d000000000001";
@@ -154,7 +153,8 @@ pub(super) fn device_vectors() -> Value {
         },
         "roster": {
             "vault_id": vault.to_hex(),
-            "recovery_secret_bytes": hex(&recovery_seed),
+            "recovery_key": hex(&recovery_bytes),
+            "recovery_verifying_key": hex(&recovery.verifying_key()),
             "entries": roster,
         },
         "device": {

@@ -463,8 +463,9 @@ fn the_device_and_link_vectors_open_through_the_public_api() {
     use chatvault::sync::roster::{SignedEntry, fold};
     let r = &v["roster"];
     let vault = chatvault::keys::VaultId::from_bytes(bytes(&r["vault_id"]).try_into().unwrap());
-    let recovery_raw: [u8; 64] = bytes(&r["recovery_secret_bytes"]).try_into().unwrap();
-    let recovery = DeviceSecrets::from_bytes(&recovery_raw).public().verifying;
+    let recovery_key = RecoveryKey::from_bytes(bytes(&r["recovery_key"]).try_into().unwrap());
+    let recovery = chatvault::devices::RecoverySigner::derive(&recovery_key).verifying_key();
+    assert_eq!(recovery.to_vec(), bytes(&r["recovery_verifying_key"]));
     let entries: Vec<SignedEntry> = r["entries"]
         .as_array()
         .unwrap()

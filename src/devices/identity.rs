@@ -72,6 +72,39 @@ impl DeviceSecrets {
     }
 }
 
+/// The recovery key's signer, the roster's root of trust: an Ed25519 key derived from the
+/// recovery key (FORMAT.md section 3, `chatvault/v2/recovery-signing`). Wiped on drop.
+pub struct RecoverySigner(SigningKey);
+
+impl RecoverySigner {
+    /// The signer of `recovery_key`.
+    pub fn derive(recovery_key: &crate::keys::RecoveryKey) -> Self {
+        RecoverySigner(SigningKey::from_bytes(&crate::keys::recovery_signing_seed(
+            recovery_key,
+        )))
+    }
+
+    /// Its public key (what a linked device receives instead of the recovery key).
+    pub fn verifying_key(&self) -> [u8; 32] {
+        self.0.verifying_key().to_bytes()
+    }
+
+    /// Signs `message` (Ed25519).
+    pub fn sign(&self, message: &[u8]) -> [u8; SIGNATURE_LEN] {
+        self.0.sign(message).to_bytes()
+    }
+}
+
+impl core::fmt::Debug for RecoverySigner {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "RecoverySigner(public {})",
+            crate::hex::encode(&self.verifying_key())
+        )
+    }
+}
+
 impl core::fmt::Debug for DeviceSecrets {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("DeviceSecrets")

@@ -10,7 +10,7 @@ mod sealed_box;
 #[cfg(test)]
 pub(crate) use epoch::seal_epoch_with as epoch_with_randomness;
 pub use epoch::{EpochObject, MAX_EPOCH_OBJECT, NewEpoch, seal_epoch};
-pub use identity::{DevicePublicKeys, DeviceSecrets, SIGNATURE_LEN};
+pub use identity::{DevicePublicKeys, DeviceSecrets, RecoverySigner, SIGNATURE_LEN};
 #[cfg(test)]
 pub(crate) use sealed_box::seal_to_with_ephemeral;
 pub use sealed_box::{BOX_OVERHEAD, open_box, seal_to};

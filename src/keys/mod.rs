@@ -15,7 +15,7 @@ pub use passphrase::{Argon2Params, PassphraseEnvelope, PassphrasePolicy};
 pub use recovery::{RECOVERY_KEY_TEXT_CHARS, RecoveryKey};
 pub use tree::{
     AttachmentKey, DERIVATION_LABELS, DeviceLinkKey, EpochSecret, EpochWrapKey, HKDF_SALT,
-    KeyringKey, LogKey, NamingKey, VaultId, VaultKeys,
+    KeyringKey, LogKey, NamingKey, VaultId, VaultKeys, recovery_signing_seed,
 };
 
 #[cfg(test)]

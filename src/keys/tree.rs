@@ -31,6 +31,7 @@ const LABEL_NAMING: &str = "chatvault/v1/naming";
 const LABEL_ATTACHMENT: &str = "chatvault/v1/attachment";
 const LABEL_DEVICE_LINK: &str = "chatvault/v1/device-link";
 const LABEL_EPOCH_WRAP: &str = "chatvault/v2/epoch-wrap";
+const LABEL_RECOVERY_SIGNING: &str = "chatvault/v2/recovery-signing";
 
 /// Every HKDF-Expand info label the format uses, with its output length in bytes.
 pub const DERIVATION_LABELS: &[(&str, usize)] = &[
@@ -41,6 +42,7 @@ pub const DERIVATION_LABELS: &[(&str, usize)] = &[
     (LABEL_ATTACHMENT, 32),
     (LABEL_DEVICE_LINK, 32),
     (LABEL_EPOCH_WRAP, 32),
+    (LABEL_RECOVERY_SIGNING, 32),
 ];
 
 /// The public identifier of a vault, derived one-way from the recovery key.
@@ -170,6 +172,17 @@ impl EpochSecret {
         Hkdf::<Sha256>::from_prk(self.0.bytes())
             .unwrap_or_else(|_| Hkdf::<Sha256>::new(None, self.0.bytes()))
     }
+}
+
+/// The Ed25519 seed of the recovery signing key (`chatvault/v2/recovery-signing`): the roster's
+/// root of trust, which signs what the recovery key decides (adding the first device, revoking,
+/// rotating). Its public key is what linked devices receive instead of the recovery key.
+pub fn recovery_signing_seed(recovery_key: &RecoveryKey) -> Zeroizing<[u8; 32]> {
+    Zeroizing::new(
+        *EpochSecret::epoch_zero(recovery_key)
+            .expand(LABEL_RECOVERY_SIGNING)
+            .bytes(),
+    )
 }
 
 impl EpochWrapKey {

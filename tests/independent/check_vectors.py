@@ -94,7 +94,7 @@ LABELS = {
     "device-link": 32,
 }
 # Section 3's labels of format version 2 (same PRK, a v2 label): the epoch wrap key.
-LABELS_V2 = {"chatvault/v2/epoch-wrap": 32}
+LABELS_V2 = {"chatvault/v2/epoch-wrap": 32, "chatvault/v2/recovery-signing": 32}
 
 
 def derive(recovery_key, label):
@@ -1647,8 +1647,11 @@ def check_roster(c, v):
     over the label, the vault id and the entry's bytes."""
     r = v["roster"]
     vault = bytes.fromhex(r["vault_id"])
-    recovery_pk, _ = nacl.bindings.crypto_sign_seed_keypair(
-        bytes.fromhex(r["recovery_secret_bytes"])[32:])
+    seed = hkdf_expand(hkdf_extract(b"chatvault/v1", bytes.fromhex(r["recovery_key"])),
+                       b"chatvault/v2/recovery-signing", 32)
+    recovery_pk, _ = nacl.bindings.crypto_sign_seed_keypair(seed)
+    c.run("roster: the recovery signing key derives from the recovery key (section 3)",
+          lambda: recovery_pk.hex() == r["recovery_verifying_key"])
     keys = {b"": recovery_pk}
     previous = []
     for n, e in enumerate(r["entries"]):
