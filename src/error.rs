@@ -99,6 +99,22 @@ pub enum Error {
     /// right; stamps past the bound would be rejected by every other device.
     #[error("the device clock reads past the latest time chatvault can stamp (the year 6429)")]
     ClockOutOfRange,
+
+    /// A device link ended without linking (docs/DEVICES.md, "Linking"): start a new one.
+    #[error("device link failed: {0}")]
+    Link(LinkProblem),
+}
+
+/// Why a device link ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum LinkProblem {
+    /// The typed check code is not the joining device's: the link is burned (one attempt, so a
+    /// bucket that swapped the joiner's key has one chance in a million).
+    #[error("the check code does not match; this link is burned")]
+    CheckCodeWrong,
+    /// The link was burned before (a wrong code), or is used before its code was confirmed.
+    #[error("this link is burned or not confirmed")]
+    Burned,
 }
 
 impl From<crate::sync::clock::ClockOutOfRange> for Error {

@@ -86,7 +86,7 @@ pub mod vault;
 #[cfg(test)]
 mod vectors;
 
-pub use error::{DecodeProblem, Error, IntegrityProblem, RecoveryKeyError, Result};
+pub use error::{DecodeProblem, Error, IntegrityProblem, LinkProblem, RecoveryKeyError, Result};
 
 /// The README's Rust examples, compiled and run as doctests so they cannot rot.
 #[doc = include_str!("../README.md")]

@@ -34,9 +34,13 @@ pub(super) fn device_vectors() -> Value {
         vault_id: VaultId::from_bytes(pattern(96)),
         app_data: b"app: bucket eu-1/photos".to_vec(),
     };
-    let mut joiner = Channel::joiner(&joiner_key, &offer).expect("a valid offer");
+    let joiner_public = joiner_key.public();
+    let mut joiner = Channel::joiner(joiner_key, &offer).expect("a valid offer");
     let mut offering =
-        Channel::offerer(&offerer, &offer, &joiner_key.public()).expect("a valid joiner key");
+        Channel::offerer(offerer, &offer, &joiner_public).expect("a valid joiner key");
+    offering
+        .confirm_check_code(&joiner.check_code())
+        .expect("the joiner's code");
     let join_plaintext = b"joiner's device record".to_vec();
     let welcome_plaintext = b"welcome: roster head and epoch box".to_vec();
     let join = joiner.seal(&join_plaintext).expect("seals");
@@ -71,7 +75,7 @@ pub(super) fn device_vectors() -> Value {
         &vault,
         RosterEntry {
             signer: Signer::Device(first_device),
-            parents: vec![add_first.id],
+            parents: vec![add_first.id()],
             made_at_ms: 1_700_000_400_001,
             epoch: 0,
             change: RosterChange::Add {
@@ -85,7 +89,7 @@ pub(super) fn device_vectors() -> Value {
     );
     let roster: Vec<Value> = [&add_first, &add_second]
         .iter()
-        .map(|entry| json!({ "id": hex(&entry.id), "body": hex(&entry.to_body()) }))
+        .map(|entry| json!({ "id": hex(&entry.id()), "body": hex(&entry.to_body()) }))
         .collect();
 
     // Epoch 1 of a vault, boxed to the device above and to a second one, chained to epoch 0.
@@ -175,7 +179,7 @@ pub(super) fn device_vectors() -> Value {
             "offerer_ephemeral_secret": hex(&offerer_secret),
             "joiner_ephemeral_secret": hex(&joiner_secret),
             "offerer_key": hex(&offer.offerer_key),
-            "joiner_key": hex(&joiner_key.public()),
+            "joiner_key": hex(&joiner_public),
             "link_id": hex(&offer.link_id),
             "expires_at_ms": offer.expires_at_ms,
             "vault_id": offer.vault_id.to_hex(),

@@ -33,7 +33,7 @@ fuzz_target!(|data: &[u8]| {
                 let again = LinkOffer::parse(&offer.to_text().expect("it parsed")).expect("reparse");
                 assert_eq!(again, offer);
                 if let Ok(own) = Ephemeral::generate() {
-                    let _ = Channel::joiner(&own, &offer).map(|c| c.check_code());
+                    let _ = Channel::joiner(own, &offer).map(|c| c.check_code());
                 }
             }
         }
@@ -50,7 +50,7 @@ fuzz_target!(|data: &[u8]| {
                 app_data: Vec::new(),
             };
             let joiner: [u8; 32] = reader.array();
-            if let Ok(mut channel) = Channel::offerer(&own, &offer, &joiner) {
+            if let Ok(mut channel) = Channel::offerer(own, &offer, &joiner) {
                 let _ = channel.open(reader.rest());
             }
         }
@@ -76,12 +76,12 @@ fuzz_target!(|data: &[u8]| {
                 let Ok(decoded) = SignedEntry::decode(id, &body) else {
                     continue;
                 };
-                let mut entry = decoded.entry;
+                let mut entry = decoded.entry().clone();
                 // Parents among the entries so far (so the DAG is not all orphans).
                 entry.parents = entries
                     .iter()
                     .filter(|_| reader.bool())
-                    .map(|e| e.id)
+                    .map(|e| e.id())
                     .collect();
                 let signed = match reader.below(3) {
                     0 => {

@@ -106,6 +106,28 @@ fn secret_of(bytes: &[u8]) -> Result<EpochSecret> {
     Ok(EpochSecret::from_bytes(array))
 }
 
+/// The epoch number in an epoch object's name, `epochs/<n 016x>-<tag 016x>` (lower-case hex, a
+/// non-zero tag).
+pub fn epoch_in_name(name: &str) -> Option<u64> {
+    let (number, tag) = name.strip_prefix("epochs/")?.split_once('-')?;
+    let parse = |text: &str| -> Option<u64> {
+        if text.bytes().any(|b| b.is_ascii_uppercase()) {
+            return None;
+        }
+        Some(u64::from_be_bytes(crate::hex::decode::<8>(text)?))
+    };
+    let (number, tag) = (parse(number)?, parse(tag)?);
+    (tag != 0).then_some(number)
+}
+
+/// SHA-256 of an epoch object: what the roster entry that starts the epoch names, so that a
+/// reader takes no other object as the epoch's (an unsigned object anyone with the devices'
+/// public keys could make).
+pub fn epoch_object_hash(object: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(object).into()
+}
+
 /// Seals a new epoch object.
 pub fn seal_epoch(new: &NewEpoch<'_>) -> Result<Vec<u8>> {
     seal_epoch_with(new, &mut || crate::random::array::<32>())
@@ -211,7 +233,9 @@ impl EpochObject {
             }));
         }
         let body = crate::format::decode_body::<proto::EpochKeys>(ObjectKind::Epoch, body)?;
-        if body.epoch != u32::from(header[7]) || header[7] == 0 {
+        // The number in the name, the header and the body agree (the boxes bind the name).
+        let named = epoch_in_name(name).ok_or_else(|| malformed("not an epoch object's name"))?;
+        if body.epoch != u32::from(header[7]) || header[7] == 0 || u64::from(header[7]) != named {
             return Err(malformed("epoch number"));
         }
         let mut ids: Vec<&[u8]> = body.boxes.iter().map(|b| b.device_id.as_slice()).collect();
@@ -332,9 +356,14 @@ mod tests {
         assert!(authentication_failed(decoded.open_as_device(&[1; 16], &b)));
         let other = EpochWrapKey::derive(&RecoveryKey::from_bytes([5; 32]));
         assert!(authentication_failed(decoded.open_with_recovery(&other)));
-        let renamed = EpochObject::decode("epochs/elsewhere", &object).unwrap();
+        // Under the name of another epoch it does not decode; under another tag its boxes fail.
+        assert!(EpochObject::decode("epochs/0000000000000002-00000000000000aa", &object).is_err());
+        assert!(EpochObject::decode("epochs/elsewhere", &object).is_err());
+        let renamed =
+            EpochObject::decode("epochs/0000000000000001-00000000000000bb", &object).unwrap();
         assert!(authentication_failed(renamed.open_with_recovery(&wrap)));
         assert!(authentication_failed(renamed.open_as_device(&[1; 16], &a)));
+        assert_ne!(epoch_object_hash(&object), [0; 32]);
     }
 
     #[test]

@@ -9,7 +9,9 @@ mod sealed_box;
 
 #[cfg(test)]
 pub(crate) use epoch::seal_epoch_with as epoch_with_randomness;
-pub use epoch::{EpochObject, MAX_EPOCH_OBJECT, NewEpoch, seal_epoch};
+pub use epoch::{
+    EpochObject, MAX_EPOCH_OBJECT, NewEpoch, epoch_in_name, epoch_object_hash, seal_epoch,
+};
 pub use identity::{DevicePublicKeys, DeviceSecrets, RecoverySigner, SIGNATURE_LEN};
 #[cfg(test)]
 pub(crate) use sealed_box::seal_to_with_ephemeral;

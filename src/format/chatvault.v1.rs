@@ -405,10 +405,14 @@ pub struct RosterRotateRecovery {
     #[prost(bytes = "vec", tag = "1")]
     pub verifying_key: ::prost::alloc::vec::Vec<u8>,
 }
-#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct RosterStartEpoch {
     #[prost(uint32, tag = "1")]
     pub epoch: u32,
+    /// SHA-256 of the epoch object (32 bytes): readers take only that object as the epoch's, so the
+    /// epoch secret is the one the (signed) start chose.
+    #[prost(bytes = "vec", tag = "2")]
+    pub object_hash: ::prost::alloc::vec::Vec<u8>,
 }
 /// Body of an Epoch object (kind 10, not sealed: it holds only boxes; FORMAT.md section 13).
 #[derive(Clone, PartialEq, ::prost::Message)]

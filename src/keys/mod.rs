@@ -13,9 +13,10 @@ mod tree;
 pub use chat::ChatKey;
 pub use passphrase::{Argon2Params, PassphraseEnvelope, PassphrasePolicy};
 pub use recovery::{RECOVERY_KEY_TEXT_CHARS, RecoveryKey};
+pub(crate) use tree::recovery_signing_seed;
 pub use tree::{
     AttachmentKey, DERIVATION_LABELS, DeviceLinkKey, EpochSecret, EpochWrapKey, HKDF_SALT,
-    KeyringKey, LogKey, NamingKey, VaultId, VaultKeys, recovery_signing_seed,
+    KeyringKey, LogKey, NamingKey, VaultId, VaultKeys,
 };
 
 #[cfg(test)]

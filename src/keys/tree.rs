@@ -145,9 +145,11 @@ impl EpochSecret {
 
     /// Epoch 0's secret: the recovery key's PRK (`HKDF-Extract("chatvault/v1", recovery key)`).
     pub fn epoch_zero(recovery_key: &RecoveryKey) -> Self {
-        let (prk, _) = Hkdf::<Sha256>::extract(Some(HKDF_SALT), recovery_key.secret().bytes());
+        use zeroize::Zeroize;
+        let (mut prk, _) = Hkdf::<Sha256>::extract(Some(HKDF_SALT), recovery_key.secret().bytes());
         let mut bytes = Zeroizing::new([0u8; 32]);
         bytes.copy_from_slice(&prk);
+        prk.as_mut_slice().zeroize();
         EpochSecret(Key32::new(*bytes))
     }
 
@@ -177,7 +179,7 @@ impl EpochSecret {
 /// The Ed25519 seed of the recovery signing key (`chatvault/v2/recovery-signing`): the roster's
 /// root of trust, which signs what the recovery key decides (adding the first device, revoking,
 /// rotating). Its public key is what linked devices receive instead of the recovery key.
-pub fn recovery_signing_seed(recovery_key: &RecoveryKey) -> Zeroizing<[u8; 32]> {
+pub(crate) fn recovery_signing_seed(recovery_key: &RecoveryKey) -> Zeroizing<[u8; 32]> {
     Zeroizing::new(
         *EpochSecret::epoch_zero(recovery_key)
             .expand(LABEL_RECOVERY_SIGNING)

@@ -28,7 +28,7 @@ use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::Zeroizing;
 
 use super::LinkOffer;
-use crate::error::{DecodeProblem, Error, Result};
+use crate::error::{DecodeProblem, Error, LinkProblem, Result};
 use crate::format::ObjectKind;
 use crate::keys::Key32;
 
@@ -70,7 +70,10 @@ impl core::fmt::Debug for Ephemeral {
     }
 }
 
-/// One side of an established channel.
+/// One side of an established channel. It consumes its ephemeral key, so no two channels (and
+/// no two counters starting at 0) exist under one key. The offerer's side refuses to seal until
+/// the person typed the right check code ([`Channel::confirm_check_code`]), and is burned for good
+/// by one wrong code.
 pub struct Channel {
     send: Key32,
     receive: Key32,
@@ -78,6 +81,19 @@ pub struct Channel {
     link_id: [u8; 16],
     sent: u64,
     received: u64,
+    state: State,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// The joiner: it sends its record before the code is typed on the other device.
+    Joiner,
+    /// The offerer before the code was typed.
+    Unconfirmed,
+    /// The offerer after the right code.
+    Confirmed,
+    /// The offerer after a wrong code.
+    Burned,
 }
 
 impl core::fmt::Debug for Channel {
@@ -86,26 +102,27 @@ impl core::fmt::Debug for Channel {
             .field("link_id", &crate::hex::encode(&self.link_id))
             .field("sent", &self.sent)
             .field("received", &self.received)
+            .field("state", &self.state)
             .finish_non_exhaustive()
     }
 }
 
 impl Channel {
     /// The joining device's side, after scanning `offer` with its ephemeral key `own`.
-    pub fn joiner(own: &Ephemeral, offer: &LinkOffer) -> Result<Self> {
-        let keys = schedule(own, &offer.offerer_key, offer, &own.public())?;
+    pub fn joiner(own: Ephemeral, offer: &LinkOffer) -> Result<Self> {
+        let keys = schedule(&own, &offer.offerer_key, offer, &own.public())?;
         Ok(Channel::new(keys, offer, Direction::ToOfferer))
     }
 
     /// The offering device's side (its ephemeral key `own` is the offer's), once the joiner's
     /// public key arrived.
-    pub fn offerer(own: &Ephemeral, offer: &LinkOffer, joiner_key: &[u8; 32]) -> Result<Self> {
+    pub fn offerer(own: Ephemeral, offer: &LinkOffer, joiner_key: &[u8; 32]) -> Result<Self> {
         if own.public() != offer.offerer_key {
             return Err(Error::InvalidInput(
                 "this ephemeral key did not make the offer".into(),
             ));
         }
-        let keys = schedule(own, joiner_key, offer, joiner_key)?;
+        let keys = schedule(&own, joiner_key, offer, joiner_key)?;
         Ok(Channel::new(keys, offer, Direction::ToJoiner))
     }
 
@@ -127,6 +144,10 @@ impl Channel {
             link_id: offer.link_id,
             sent: 0,
             received: 0,
+            state: match sending {
+                Direction::ToOfferer => State::Joiner,
+                Direction::ToJoiner => State::Unconfirmed,
+            },
         }
     }
 
@@ -140,19 +161,34 @@ impl Channel {
         format!("{:06}", u64::from_be_bytes(first) % 1_000_000)
     }
 
-    /// Whether `typed` is this channel's check code (white space and dashes ignored), compared
-    /// in constant time.
-    pub fn check_code_matches(&self, typed: &str) -> bool {
+    /// On the offering device: checks the code the person typed (white space and dashes ignored,
+    /// compared in constant time). The right code lets this side seal; a wrong one burns the
+    /// link for good (`Link(CheckCodeWrong)`, then `Link(Burned)`). The joiner's side has nothing
+    /// to confirm (`Link(Burned)`).
+    pub fn confirm_check_code(&mut self, typed: &str) -> Result<()> {
+        if self.state != State::Unconfirmed {
+            return Err(Error::Link(LinkProblem::Burned));
+        }
         let typed: String = typed
             .chars()
             .filter(|c| !c.is_whitespace() && *c != '-')
             .collect();
         let expected = self.check_code();
-        typed.len() == expected.len() && bool::from(typed.as_bytes().ct_eq(expected.as_bytes()))
+        if typed.len() == expected.len() && bool::from(typed.as_bytes().ct_eq(expected.as_bytes()))
+        {
+            self.state = State::Confirmed;
+            Ok(())
+        } else {
+            self.state = State::Burned;
+            Err(Error::Link(LinkProblem::CheckCodeWrong))
+        }
     }
 
-    /// Seals the next message to the other side.
+    /// Seals the next message to the other side (the offerer only once its code is confirmed).
     pub fn seal(&mut self, plaintext: &[u8]) -> Result<Vec<u8>> {
+        if !matches!(self.state, State::Joiner | State::Confirmed) {
+            return Err(Error::Link(LinkProblem::Burned));
+        }
         let nonce = nonce(self.sent);
         let sealed = XChaCha20Poly1305::new(self.send.bytes().into())
             .encrypt(
@@ -167,8 +203,11 @@ impl Channel {
         Ok(sealed)
     }
 
-    /// Opens the next message from the other side.
+    /// Opens the next message from the other side (refused once burned).
     pub fn open(&mut self, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
+        if self.state == State::Burned {
+            return Err(Error::Link(LinkProblem::Burned));
+        }
         let nonce = nonce(self.received);
         let opened = XChaCha20Poly1305::new(self.receive.bytes().into())
             .decrypt(
@@ -236,31 +275,61 @@ mod tests {
         }
     }
 
-    #[test]
-    fn both_sides_agree_on_the_code_and_talk_in_order() {
+    fn pair() -> (Channel, Channel) {
         let (a, b) = (
             Ephemeral::generate().unwrap(),
             Ephemeral::generate().unwrap(),
         );
         let offer = offer(&a);
-        let mut joiner = Channel::joiner(&b, &offer).unwrap();
-        let mut offerer = Channel::offerer(&a, &offer, &b.public()).unwrap();
+        let joiner_key = b.public();
+        let joiner = Channel::joiner(b, &offer).unwrap();
+        let offerer = Channel::offerer(a, &offer, &joiner_key).unwrap();
+        (joiner, offerer)
+    }
+
+    #[test]
+    fn both_sides_agree_on_the_code_and_talk_in_order() {
+        let (mut joiner, mut offerer) = pair();
         let code = joiner.check_code();
         assert_eq!(code.len(), CHECK_CODE_DIGITS);
         assert!(code.bytes().all(|c| c.is_ascii_digit()));
         assert_eq!(offerer.check_code(), code);
-        assert!(offerer.check_code_matches(&format!("{}-{}", &code[..3], &code[3..])));
         let first = joiner.seal(b"hello").unwrap();
         let second = joiner.seal(b"again").unwrap();
         assert_eq!(&offerer.open(&first).unwrap()[..], b"hello");
         // A replay of the first message fails: the counter moved on.
         assert!(offerer.open(&first).is_err());
         assert_eq!(&offerer.open(&second).unwrap()[..], b"again");
+        // The offerer seals only after the right code.
+        assert!(matches!(
+            offerer.seal(b"too early"),
+            Err(Error::Link(LinkProblem::Burned))
+        ));
+        offerer
+            .confirm_check_code(&format!("{}-{}", &code[..3], &code[3..]))
+            .unwrap();
         let welcome = offerer.seal(b"welcome").unwrap();
         assert_eq!(&joiner.open(&welcome).unwrap()[..], b"welcome");
         // A message does not open in the direction it was sent.
-        let mut twin = Channel::offerer(&a, &offer, &b.public()).unwrap();
-        assert!(twin.open(&welcome).is_err());
+        assert!(offerer.open(&welcome).is_err());
+    }
+
+    #[test]
+    fn one_wrong_code_burns_the_link() {
+        let (joiner, mut offerer) = pair();
+        let code = joiner.check_code();
+        let wrong = format!("{:06}", (code.parse::<u32>().unwrap() + 1) % 1_000_000);
+        assert!(matches!(
+            offerer.confirm_check_code(&wrong),
+            Err(Error::Link(LinkProblem::CheckCodeWrong))
+        ));
+        // The right code afterwards does not revive it, nor does anything else.
+        assert!(matches!(
+            offerer.confirm_check_code(&code),
+            Err(Error::Link(LinkProblem::Burned))
+        ));
+        assert!(offerer.seal(b"welcome").is_err());
+        assert!(offerer.open(b"anything").is_err());
     }
 
     #[test]
@@ -271,16 +340,19 @@ mod tests {
             Ephemeral::generate().unwrap(),
         );
         let offer = offer(&a);
-        let joiner = Channel::joiner(&b, &offer).unwrap();
+        let b_public = b.public();
+        let joiner = Channel::joiner(b, &offer).unwrap();
         // The bucket replaced the joiner's key with its own, m.
-        let fooled = Channel::offerer(&a, &offer, &m.public()).unwrap();
+        let mut fooled = Channel::offerer(a, &offer, &m.public()).unwrap();
         assert_ne!(fooled.check_code(), joiner.check_code());
-        assert!(!fooled.check_code_matches(&joiner.check_code()));
+        assert!(fooled.confirm_check_code(&joiner.check_code()).is_err());
         // Another offer (other expiry) gives other keys.
         let mut later = offer.clone();
         later.expires_at_ms += 1;
-        let other = Channel::joiner(&b, &later).unwrap();
+        let again = Ephemeral::generate().unwrap();
+        let other = Channel::joiner(again, &later).unwrap();
         assert_ne!(other.check_code(), joiner.check_code());
+        assert_ne!(b_public, m.public());
     }
 
     #[test]
@@ -288,11 +360,13 @@ mod tests {
         let a = Ephemeral::generate().unwrap();
         let mut weak_offer = offer(&a);
         weak_offer.offerer_key = [0; 32];
-        let b = Ephemeral::generate().unwrap();
-        assert!(Channel::joiner(&b, &weak_offer).is_err());
+        assert!(Channel::joiner(Ephemeral::generate().unwrap(), &weak_offer).is_err());
         let mut one = [0u8; 32];
         one[0] = 1;
-        assert!(Channel::offerer(&a, &offer(&a), &one).is_err());
-        assert!(Channel::offerer(&b, &offer(&a), &b.public()).is_err());
+        let good_offer = offer(&a);
+        assert!(Channel::offerer(a, &good_offer, &one).is_err());
+        let b = Ephemeral::generate().unwrap();
+        let b_public = b.public();
+        assert!(Channel::offerer(b, &good_offer, &b_public).is_err());
     }
 }

@@ -33,6 +33,8 @@ pub struct DeletionWitnesses {
     base_covered: BTreeSet<DeviceId>,
     /// Devices the base covers more than one tip of (a fork, possibly collected).
     base_forked: BTreeSet<DeviceId>,
+    /// The base's covered tip of each device it covers one tip of.
+    base_tips: BTreeMap<DeviceId, SegmentId>,
     /// Deletes in this round's segments: chat -> (stamp, segment).
     deletes: BTreeMap<String, (Stamp, SegmentId)>,
     /// Per device, the heads of other devices its segments in this round claim to have seen.
@@ -66,6 +68,11 @@ impl DeletionWitnesses {
                 .enumerate()
                 .filter(|(i, head)| base.covered[..*i].iter().any(|h| h.device == head.device))
                 .map(|(_, head)| head.device)
+                .collect(),
+            base_tips: base
+                .covered
+                .iter()
+                .map(|head| (head.device, head.id()))
                 .collect(),
             ..Self::default()
         }
@@ -164,13 +171,26 @@ impl DeletionWitnesses {
                     return true;
                 }
                 let from_here = walk(listing, [head]);
-                from_here.reached(place)
-                    || (place_collected
-                        && !self.base_forked.contains(&place.device)
-                        && from_here
-                            .floor
-                            .get(&place.device)
-                            .is_some_and(|floor| *floor >= place.seq))
+                if from_here.reached(place) {
+                    return true;
+                }
+                if !place_collected || self.base_forked.contains(&place.device) {
+                    return false;
+                }
+                // The first collected segment the walk met, at or above the delete, must lie on
+                // the base's one covered line: below its tip, or the tip itself (tag and all). A
+                // claim of a segment that never existed (or that the bucket hides) is not one.
+                let collected = from_here
+                    .reached
+                    .iter()
+                    .filter(|id| id.device == place.device && listing.segment(**id).is_none())
+                    .max_by_key(|id| id.seq);
+                match (collected, self.base_tips.get(&place.device)) {
+                    (Some(met), Some(tip)) => {
+                        met.seq >= place.seq && (met.seq < tip.seq || met == tip)
+                    }
+                    _ => false,
+                }
             })
     }
 }
@@ -331,5 +351,22 @@ mod tests {
         );
         // The deleting segment itself, claimed, still counts.
         assert!(after_collection(&tips, &listed, head(1, 2)).is_empty());
+    }
+
+    #[test]
+    fn a_claimed_head_the_base_never_covered_does_not_count_once_the_delete_is_collected() {
+        // 1-3 collected (the base covered tip 3); device 2 claims seq 4 with a tag the listing
+        // does not show (a segment that never existed, or one the bucket hides).
+        let listed = listing(&chain(2, 2, 2));
+        assert_eq!(
+            after_collection(&[head(1, 3)], &listed, tagged(1, 4, 99)),
+            BTreeSet::from([device(2)])
+        );
+        // The base's tip itself, unlisted, counts; another tag at its seq does not.
+        assert!(after_collection(&[head(1, 3)], &listed, head(1, 3)).is_empty());
+        assert_eq!(
+            after_collection(&[head(1, 3)], &listed, tagged(1, 3, 33)),
+            BTreeSet::from([device(2)])
+        );
     }
 }

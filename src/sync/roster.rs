@@ -9,18 +9,21 @@
 //! 1. the signature verifies under the key of its signer *in the entry's causal past* (the
 //!    recovery signing key in force there, or a device added and not revoked there), and the
 //!    entry is sealed in the epoch in force there (or starts the next one);
-//! 2. **epoch fence**: once a counted entry starts epoch n+1, an entry of epoch n counts only if
-//!    that start has it in its causal past. A revoked device holds no key of the epoch its
-//!    revocation starts, so nothing it writes afterwards counts, whatever parents it claims;
-//! 3. an entry of a device that a counted revoke revokes counts only if that revoke has it in its
+//! 2. an entry of a device that a counted revoke revokes counts only if that revoke has it in its
 //!    causal past (what the revoker had seen); revokes themselves are exempt, so two devices
 //!    that revoke each other before either saw the other's revoke are both revoked (and the
 //!    person re-links with the recovery key) instead of the fold depending on the order it
 //!    looked at them;
-//! 4. a device is added once: of two adds of one device id, the one with the lower entry id
+//! 3. one start per epoch number: a start that saw every counted revoke and rotation wins over
+//!    one that did not, then the lower id;
+//! 4. **epoch fence**: once a start of epoch n+1 counts, an entry of an older epoch counts only
+//!    if that start has it in its causal past, revokes and rotations excepted (a start cannot
+//!    undo them). A revoked device holds no key of the epoch its revocation starts, so nothing it
+//!    writes afterwards counts, whatever parents it claims;
+//! 5. a device is added once: of two adds of one device id, the one with the lower entry id
 //!    counts.
 //!
-//! Rules 2 and 3 can drop an entry that another entry's validity rested on, so the fold repeats
+//! Rules 2 to 4 can drop an entry that another entry's validity rested on, so the fold repeats
 //! until the counted set no longer changes (a handful of rounds for honest rosters); a roster
 //! that does not settle in [`MAX_ROUNDS`] is refused as contested.
 
@@ -88,6 +91,8 @@ pub enum RosterChange {
     StartEpoch {
         /// Its number.
         epoch: u8,
+        /// SHA-256 of its epoch object: the only object readers take as this epoch's.
+        object_hash: [u8; 32],
     },
 }
 
@@ -106,13 +111,12 @@ pub struct RosterEntry {
     pub change: RosterChange,
 }
 
-/// An entry with its encoding and signature, as stored.
+/// An entry with its encoding and signature, as stored. Its fields are read-only: the id is the
+/// hash of the bytes the signature covers, and the entry is what those bytes decode to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SignedEntry {
-    /// Its id (the name of its object).
-    pub id: EntryId,
-    /// The entry.
-    pub entry: RosterEntry,
+    id: EntryId,
+    entry: RosterEntry,
     bytes: Vec<u8>,
     signature: [u8; SIGNATURE_LEN],
 }
@@ -178,9 +182,12 @@ impl RosterEntry {
                         verifying_key: next.to_vec(),
                     })
                 }
-                RosterChange::StartEpoch { epoch } => Change::StartEpoch(proto::RosterStartEpoch {
-                    epoch: u32::from(*epoch),
-                }),
+                RosterChange::StartEpoch { epoch, object_hash } => {
+                    Change::StartEpoch(proto::RosterStartEpoch {
+                        epoch: u32::from(*epoch),
+                        object_hash: object_hash.to_vec(),
+                    })
+                }
             }),
         }
     }
@@ -231,6 +238,7 @@ impl RosterEntry {
             },
             Change::StartEpoch(start) => RosterChange::StartEpoch {
                 epoch: u8::try_from(start.epoch).map_err(|_| malformed("epoch past 255"))?,
+                object_hash: key32(&start.object_hash, "epoch object hash")?,
             },
         };
         Ok(RosterEntry {
@@ -244,6 +252,16 @@ impl RosterEntry {
 }
 
 impl SignedEntry {
+    /// Its id (the name of its object).
+    pub fn id(&self) -> EntryId {
+        self.id
+    }
+
+    /// The entry.
+    pub fn entry(&self) -> &RosterEntry {
+        &self.entry
+    }
+
     /// Encodes and signs `entry` for `vault` with `sign` (the signer's Ed25519 key).
     pub fn sign(
         vault: &VaultId,
@@ -447,7 +465,7 @@ impl State {
                 }
             }
             RosterChange::RotateRecovery { next } => self.recovery_key = *next,
-            RosterChange::StartEpoch { epoch } => self.epoch = self.epoch.max(*epoch),
+            RosterChange::StartEpoch { epoch, .. } => self.epoch = self.epoch.max(*epoch),
         }
     }
 }
@@ -459,8 +477,17 @@ pub fn fold(vault: &VaultId, root: [u8; 32], entries: Vec<SignedEntry>) -> Resul
         return Err(malformed("more roster entries than a vault can have"));
     }
     let mut refused = BTreeMap::new();
-    let mut by_id: BTreeMap<EntryId, SignedEntry> =
-        entries.into_iter().map(|e| (e.id, e)).collect();
+    // One entry per id; of two copies with other signatures (a bucket holds one object per
+    // name, so only a caller could pass both), the smaller signature, whatever the order.
+    let mut by_id: BTreeMap<EntryId, SignedEntry> = BTreeMap::new();
+    for entry in entries {
+        match by_id.get(&entry.id) {
+            Some(kept) if kept.signature <= entry.signature => {}
+            _ => {
+                by_id.insert(entry.id, entry);
+            }
+        }
+    }
     // Entries whose parents are missing (transitively) do not count.
     loop {
         let missing: Vec<EntryId> = by_id
@@ -512,7 +539,7 @@ pub fn fold(vault: &VaultId, root: [u8; 32], entries: Vec<SignedEntry>) -> Resul
             }) && (entry.signer == Signer::Recovery
                 || !matches!(entry.change, RosterChange::RotateRecovery { .. }));
             let epoch_ok = match entry.change {
-                RosterChange::StartEpoch { epoch } => {
+                RosterChange::StartEpoch { epoch, .. } => {
                     entry.epoch == epoch && Some(epoch) == state.epoch.checked_add(1)
                 }
                 _ => entry.epoch == state.epoch,
@@ -549,22 +576,9 @@ pub fn fold(vault: &VaultId, root: [u8; 32], entries: Vec<SignedEntry>) -> Resul
             .filter(|id| !why.contains_key(*id))
             .copied()
             .collect();
-        // Rule 2: the epoch fence.
-        for start in &locally {
-            if let RosterChange::StartEpoch { epoch } = by_id[start].entry.change {
-                for id in &locally {
-                    let entry = &by_id[id].entry;
-                    if entry.epoch < epoch && !past[start].contains(id) {
-                        why.entry(*id).or_insert(Refusal::Fenced);
-                    }
-                }
-            }
-        }
-        // Rule 3: what a revoked device wrote that its revoke did not see (revokes exempt).
+        // Rule 3 first (its inputs, the revokes, are exempt from the other rules but rule 1): what
+        // a revoked device wrote that its revoke did not see, revokes exempt.
         for revoke in &locally {
-            if why.contains_key(revoke) {
-                continue;
-            }
             if let RosterChange::Revoke { device, .. } = by_id[revoke].entry.change {
                 for id in &locally {
                     let entry = &by_id[id].entry;
@@ -574,6 +588,65 @@ pub fn fold(vault: &VaultId, root: [u8; 32], entries: Vec<SignedEntry>) -> Resul
                     {
                         why.entry(*id).or_insert(Refusal::AfterRevocation);
                     }
+                }
+            }
+        }
+        // Rule 2: one start per epoch number. Prefer a start that saw every counted revoke and
+        // rotation (a start racing one of them cannot undo it), then the lowest id.
+        let standing: Vec<EntryId> = locally
+            .iter()
+            .filter(|id| !why.contains_key(*id))
+            .copied()
+            .collect();
+        let decisive: Vec<EntryId> = standing
+            .iter()
+            .filter(|id| {
+                matches!(
+                    by_id[*id].entry.change,
+                    RosterChange::Revoke { .. } | RosterChange::RotateRecovery { .. }
+                )
+            })
+            .copied()
+            .collect();
+        let mut starts: BTreeMap<u8, EntryId> = BTreeMap::new();
+        for id in &standing {
+            if let RosterChange::StartEpoch { epoch, .. } = by_id[id].entry.change {
+                let informed = |start: &EntryId| {
+                    decisive
+                        .iter()
+                        .all(|d| past[start].contains(d) || by_id[d].entry.epoch > epoch)
+                };
+                match starts.get(&epoch) {
+                    Some(current) if informed(current) >= informed(id) => {}
+                    _ => {
+                        starts.insert(epoch, *id);
+                    }
+                }
+            }
+        }
+        for id in &standing {
+            if let RosterChange::StartEpoch { epoch, .. } = by_id[id].entry.change
+                && starts.get(&epoch) != Some(id)
+            {
+                why.entry(*id).or_insert(Refusal::Conflicting);
+            }
+        }
+        // The epoch fence, from the starts that stand: an entry of an older epoch the start did
+        // not see does not count; revokes and rotations are exempt (a start cannot undo them).
+        for start in starts.values() {
+            let RosterChange::StartEpoch { epoch, .. } = by_id[start].entry.change else {
+                continue;
+            };
+            for id in &standing {
+                let entry = &by_id[id].entry;
+                if entry.epoch < epoch
+                    && !past[start].contains(id)
+                    && !matches!(
+                        entry.change,
+                        RosterChange::Revoke { .. } | RosterChange::RotateRecovery { .. }
+                    )
+                {
+                    why.entry(*id).or_insert(Refusal::Fenced);
                 }
             }
         }
@@ -791,7 +864,10 @@ mod tests {
             Signer::Device(id(0xa)),
             &[&revoked],
             1,
-            RosterChange::StartEpoch { epoch: 1 },
+            RosterChange::StartEpoch {
+                epoch: 1,
+                object_hash: [1; 32],
+            },
         );
         // Device a's own entry of epoch 0 that the start did not see: fenced too.
         let stale = by(0xa, &[&b], add(0xc));
@@ -816,7 +892,10 @@ mod tests {
             Signer::Device(id(0xa)),
             &[&a],
             2,
-            RosterChange::StartEpoch { epoch: 2 },
+            RosterChange::StartEpoch {
+                epoch: 2,
+                object_hash: [2; 32],
+            },
         );
         assert_eq!(
             fold_all(&[&a, &skip]).refused[&skip.id],
@@ -950,7 +1029,10 @@ mod tests {
                     5 => revoke(0xa + next(6) as u8),
                     6 => {
                         epoch = epoch.saturating_add(1);
-                        RosterChange::StartEpoch { epoch }
+                        RosterChange::StartEpoch {
+                            epoch,
+                            object_hash: [epoch; 32],
+                        }
                     }
                     7 => {
                         let next_key = secrets(0x70 + next(8) as u8);
@@ -1017,5 +1099,99 @@ mod tests {
                 );
             }
         }
+    }
+
+    fn start(
+        signer: &DeviceSecrets,
+        as_: Signer,
+        parents: &[&SignedEntry],
+        epoch: u8,
+    ) -> SignedEntry {
+        signed_as(
+            signer,
+            as_,
+            parents,
+            epoch,
+            RosterChange::StartEpoch {
+                epoch,
+                object_hash: [epoch; 32],
+            },
+        )
+    }
+
+    #[test]
+    fn a_start_a_revoked_device_backdates_does_not_undo_its_revoke() {
+        let a = by_recovery(&[], add(0xa));
+        let d = by_recovery(&[&a], add(0xd));
+        let revoked = by(0xa, &[&d], revoke(0xd));
+        let honest_start = start(&secrets(0xa), Signer::Device(id(0xa)), &[&revoked], 1);
+        // d starts epoch 1 itself, claiming not to have seen its revoke, then adds a device.
+        let backdated = start(&secrets(0xd), Signer::Device(id(0xd)), &[&d], 1);
+        let evil = signed_as(
+            &secrets(0xd),
+            Signer::Device(id(0xd)),
+            &[&backdated],
+            1,
+            add(0xe),
+        );
+        let roster = fold_all(&[&a, &d, &revoked, &honest_start, &backdated, &evil]);
+        assert_eq!(active(&roster), [0xa]);
+        assert!(roster.devices[&id(0xd)].revoked.is_some());
+        assert_eq!(roster.refused[&backdated.id], Refusal::AfterRevocation);
+        assert!(roster.refused.contains_key(&evil.id));
+        assert!(!roster.refused.contains_key(&honest_start.id));
+    }
+
+    #[test]
+    fn two_revocations_that_race_both_stand_and_one_start_counts() {
+        let a = by_recovery(&[], add(0xa));
+        let b = by_recovery(&[&a], add(0xb));
+        let c = by_recovery(&[&b], add(0xc));
+        let d = by_recovery(&[&c], add(0xd));
+        let a_revokes_c = by(0xa, &[&d], revoke(0xc));
+        let a_starts = start(&secrets(0xa), Signer::Device(id(0xa)), &[&a_revokes_c], 1);
+        let b_revokes_d = by(0xb, &[&d], revoke(0xd));
+        let b_starts = start(&secrets(0xb), Signer::Device(id(0xb)), &[&b_revokes_d], 1);
+        let roster = fold_all(&[
+            &a,
+            &b,
+            &c,
+            &d,
+            &a_revokes_c,
+            &a_starts,
+            &b_revokes_d,
+            &b_starts,
+        ]);
+        assert_eq!(active(&roster), [0xa, 0xb], "both revokes stand");
+        let (winner, loser) = if a_starts.id < b_starts.id {
+            (&a_starts, &b_starts)
+        } else {
+            (&b_starts, &a_starts)
+        };
+        assert!(!roster.refused.contains_key(&winner.id));
+        assert_eq!(roster.refused[&loser.id], Refusal::Conflicting);
+        assert_eq!(roster.epoch, 1);
+    }
+
+    #[test]
+    fn a_start_racing_a_rotation_cannot_keep_the_old_recovery_key() {
+        let next = secrets(0x77);
+        let a = by_recovery(&[], add(0xa));
+        let rotation = by_recovery(
+            &[&a],
+            RosterChange::RotateRecovery {
+                next: next.public().verifying,
+            },
+        );
+        let after = start(&next, Signer::Recovery, &[&rotation], 1);
+        let by_new_key = signed_as(&next, Signer::Recovery, &[&after], 1, add(0xb));
+        // The old key's holder (a thief) starts epoch 1 without the rotation, and adds a device.
+        let stale = start(&recovery(), Signer::Recovery, &[&a], 1);
+        let thiefs = signed_as(&recovery(), Signer::Recovery, &[&stale], 1, add(0xc));
+        let roster = fold_all(&[&a, &rotation, &after, &by_new_key, &stale, &thiefs]);
+        assert_eq!(roster.recovery_key, next.public().verifying);
+        assert_eq!(active(&roster), [0xa, 0xb]);
+        assert_eq!(roster.refused[&stale.id], Refusal::Conflicting);
+        assert!(roster.refused.contains_key(&thiefs.id));
     }
 }

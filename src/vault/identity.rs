@@ -13,6 +13,8 @@ use super::{Vault, lock};
 
 /// The local-state meta key of the sealed device secrets.
 pub(super) const META_DEVICE_SECRETS: &str = "device_secrets";
+/// The local-state meta key of the keys a copied state directory held before it forked off.
+pub(super) const META_COPIED_DEVICE_SECRETS: &str = "copied_device_secrets";
 /// The AAD name they are sealed under.
 const DEVICE_SECRETS_NAME: &str = "local/device-secrets";
 
@@ -53,6 +55,8 @@ impl Vault {
     /// This device's public keys: X25519 (keys are sealed to it) and Ed25519 (it signs what it
     /// writes). They change only when a copied state directory forks off as a new device.
     pub fn device_keys(&self) -> Result<DevicePublicKeys> {
+        // The id's lock first, as `fork_off` takes them, so id and keys are read as one.
+        let _device = lock(&self.device)?;
         Ok(lock(&self.device_secrets)?.public())
     }
 }

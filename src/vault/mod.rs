@@ -625,6 +625,9 @@ impl Vault {
         // The copy gets keys of its own too: two devices never share a signing key.
         let new_secrets = crate::devices::DeviceSecrets::generate()?;
         let sealed_secrets = identity::seal(&self.keys, &new_secrets)?;
+        // The copied keys stay, set aside: with them the copy can sign its own roster entry as
+        // the device it was copied from (docs/DEVICES.md).
+        let copied_secrets = identity::seal(&self.keys, &*lock(&self.device_secrets)?)?;
         let mut local = lock(&self.local)?;
         let outbox = local.outbox(usize::MAX)?;
         let waiting = match &outbox {
@@ -694,6 +697,7 @@ impl Vault {
                 }
                 local::set_meta(tx, META_DEVICE_ID, &new_device.0)?;
                 local::set_meta(tx, identity::META_DEVICE_SECRETS, &sealed_secrets)?;
+                local::set_meta(tx, identity::META_COPIED_DEVICE_SECRETS, &copied_secrets)?;
                 match new_clock.last() {
                     Some(last) => local::set_meta(tx, META_CLOCK, &last.to_sortable_bytes()),
                     None => Ok(()),
@@ -701,14 +705,19 @@ impl Vault {
             },
         )?;
         *clock = new_clock;
-        match self.device.lock() {
-            Ok(mut device) => *device = new_device,
-            Err(poisoned) => *poisoned.into_inner() = new_device,
-        }
-        match self.device_secrets.lock() {
-            Ok(mut secrets) => *secrets = new_secrets,
-            Err(poisoned) => *poisoned.into_inner() = new_secrets,
-        }
+        // Id and keys change together: both locks held, in the order `device_keys` takes them.
+        let mut device = match self.device.lock() {
+            Ok(device) => device,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let mut secrets = match self.device_secrets.lock() {
+            Ok(secrets) => secrets,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        *device = new_device;
+        *secrets = new_secrets;
+        drop(secrets);
+        drop(device);
         Ok(resealed)
     }
 
