@@ -1194,4 +1194,31 @@ mod tests {
         assert_eq!(roster.refused[&stale.id], Refusal::Conflicting);
         assert!(roster.refused.contains_key(&thiefs.id));
     }
+
+    #[test]
+    fn a_revoked_device_cannot_make_the_roster_contested() {
+        let a = by_recovery(&[], add(0xa));
+        let c = by_recovery(&[&a], add(0xc));
+        let revoked = by(0xa, &[&c], revoke(0xc));
+        let honest = start(&secrets(0xa), Signer::Device(id(0xa)), &[&revoked], 1);
+        let c_secrets = secrets(0xc);
+        let as_c = Signer::Device(id(0xc));
+        let backdated = start(&c_secrets, as_c, &[&c], 1);
+        let second = start(&c_secrets, as_c, &[&revoked, &backdated], 2);
+        let third = start(&c_secrets, as_c, &[&a, &honest], 2);
+        let roster = fold(
+            &VAULT,
+            recovery().public().verifying,
+            [&a, &c, &revoked, &honest, &backdated, &second, &third]
+                .into_iter()
+                .cloned()
+                .collect(),
+        )
+        .expect("settles");
+        assert_eq!(active(&roster), [0xa]);
+        assert_eq!(roster.epoch, 1);
+        for entry in [&backdated, &second, &third] {
+            assert!(roster.refused.contains_key(&entry.id), "{entry:?}");
+        }
+    }
 }
