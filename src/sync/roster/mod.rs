@@ -1,0 +1,432 @@
+//! The device roster: which devices belong to the vault, who added and revoked them, and which
+//! key signs for the recovery key (docs/DEVICES.md, "Roster").
+//!
+//! The roster is a DAG of signed entries, one object each, named by the hash of the entry. Every
+//! reader folds the same entries to the same roster ([`fold`]), so the bucket cannot show two
+//! devices two rosters without withholding entries (which stops at most what they add). Which
+//! entries count:
+//!
+//! 1. the signature verifies under the key of its signer *in the entry's causal past* (the
+//!    recovery signing key in force there, or a device added and not revoked there), and the
+//!    entry is sealed in the epoch in force there (or starts the next one);
+//! 2. an entry of a device that a counted revoke revokes counts only if that revoke has it in its
+//!    causal past (what the revoker had seen); revokes themselves are exempt, so two devices
+//!    that revoke each other before either saw the other's revoke are both revoked (and the
+//!    person re-links with the recovery key) instead of the fold depending on the order it
+//!    looked at them;
+//! 3. one start per epoch number: a start that saw every counted revoke and rotation wins over
+//!    one that did not, then the lower id;
+//! 4. **epoch fence**: once a start of epoch n+1 counts, an entry of an older epoch counts only
+//!    if that start has it in its causal past, revokes and rotations excepted (a start cannot
+//!    undo them). A revoked device holds no key of the epoch its revocation starts, so nothing it
+//!    writes afterwards counts, whatever parents it claims;
+//! 5. a device is added once: of two adds of one device id, the one with the lower entry id
+//!    counts.
+//!
+//! Rules 2 to 4 can drop an entry that another entry's validity rested on, so the fold repeats
+//! until the counted set no longer changes (a handful of rounds for honest rosters); a roster
+//! that does not settle in [`MAX_ROUNDS`] is refused as contested.
+
+mod entry;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use entry::malformed;
+pub use entry::{EntryId, MAX_ROSTER_ENTRIES, RosterChange, RosterEntry, SignedEntry, Signer};
+
+use super::clock::DeviceId;
+use super::segment::Head;
+use crate::devices::DevicePublicKeys;
+use crate::error::{Error, IntegrityProblem, Result};
+use crate::keys::VaultId;
+
+/// Fold rounds before a roster is refused as contested.
+pub const MAX_ROUNDS: usize = 16;
+
+/// A device as the roster lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RosterDevice {
+    /// Its public keys.
+    pub keys: DevicePublicKeys,
+    /// Its name.
+    pub name: String,
+    /// Its platform.
+    pub platform: String,
+    /// Who added it.
+    pub added_by: Signer,
+    /// When (the adder's clock).
+    pub added_at_ms: u64,
+    /// Its revocation, if it was revoked.
+    pub revoked: Option<Revocation>,
+}
+
+/// A revocation as the roster records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revocation {
+    /// Who revoked the device.
+    pub by: Signer,
+    /// When (the revoker's clock).
+    pub at_ms: u64,
+    /// Its segments at or below these stay accepted.
+    pub accepted_tips: Vec<Head>,
+}
+
+/// Why an entry does not count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// A parent is not in the bucket (withheld, or not uploaded yet).
+    MissingParent,
+    /// The signature does not verify under the signer's key in the entry's causal past, or the
+    /// signer had no key there (unknown, or revoked).
+    NotAuthorized,
+    /// Sealed in another epoch than the one in force in its causal past.
+    WrongEpoch,
+    /// Of an epoch a counted start of a later epoch did not see.
+    Fenced,
+    /// By a revoked device, not seen by the revoke.
+    AfterRevocation,
+    /// Adds a device an entry with a lower id added, or revokes a device not added.
+    Conflicting,
+}
+
+/// The folded roster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Roster {
+    /// Every device ever added, revoked ones included.
+    pub devices: BTreeMap<DeviceId, RosterDevice>,
+    /// The recovery signing key in force.
+    pub recovery_key: [u8; 32],
+    /// The newest epoch started.
+    pub epoch: u8,
+    /// Counted entries no counted entry names as a parent (a new entry's parents).
+    pub tips: Vec<EntryId>,
+    /// Entries that do not count, and why.
+    pub refused: BTreeMap<EntryId, Refusal>,
+}
+
+impl Roster {
+    /// Whether `device` is in the roster and not revoked.
+    pub fn is_active(&self, device: DeviceId) -> bool {
+        self.devices
+            .get(&device)
+            .is_some_and(|record| record.revoked.is_none())
+    }
+}
+
+/// The state a set of counted entries gives, applied in topological order.
+#[derive(Clone)]
+struct State {
+    devices: BTreeMap<DeviceId, RosterDevice>,
+    recovery_key: [u8; 32],
+    epoch: u8,
+}
+
+impl State {
+    fn new(root: [u8; 32]) -> Self {
+        State {
+            devices: BTreeMap::new(),
+            recovery_key: root,
+            epoch: 0,
+        }
+    }
+
+    fn key_of(&self, signer: Signer) -> Option<[u8; 32]> {
+        match signer {
+            Signer::Recovery => Some(self.recovery_key),
+            Signer::Device(device) => self
+                .devices
+                .get(&device)
+                .filter(|record| record.revoked.is_none())
+                .map(|record| record.keys.verifying),
+        }
+    }
+
+    fn apply(&mut self, entry: &RosterEntry) {
+        match &entry.change {
+            RosterChange::Add {
+                device,
+                keys,
+                name,
+                platform,
+            } => {
+                self.devices.entry(*device).or_insert(RosterDevice {
+                    keys: *keys,
+                    name: name.clone(),
+                    platform: platform.clone(),
+                    added_by: entry.signer,
+                    added_at_ms: entry.made_at_ms,
+                    revoked: None,
+                });
+            }
+            RosterChange::Revoke {
+                device,
+                accepted_tips,
+            } => {
+                if let Some(record) = self.devices.get_mut(device)
+                    && record.revoked.is_none()
+                {
+                    record.revoked = Some(Revocation {
+                        by: entry.signer,
+                        at_ms: entry.made_at_ms,
+                        accepted_tips: accepted_tips.clone(),
+                    });
+                }
+            }
+            RosterChange::RotateRecovery { next } => self.recovery_key = *next,
+            RosterChange::StartEpoch { epoch, .. } => self.epoch = self.epoch.max(*epoch),
+        }
+    }
+}
+
+/// Folds the roster of `vault` from every entry the bucket holds, starting from the recovery
+/// signing key `root` (the one the first recovery key derives). See the module documentation.
+pub fn fold(vault: &VaultId, root: [u8; 32], entries: Vec<SignedEntry>) -> Result<Roster> {
+    if entries.len() > MAX_ROSTER_ENTRIES {
+        return Err(malformed("more roster entries than a vault can have"));
+    }
+    let mut refused = BTreeMap::new();
+    // One entry per id; of two copies with other signatures (a bucket holds one object per
+    // name, so only a caller could pass both), the smaller signature, whatever the order.
+    let mut by_id: BTreeMap<EntryId, SignedEntry> = BTreeMap::new();
+    for entry in entries {
+        match by_id.get(&entry.id) {
+            Some(kept) if kept.signature <= entry.signature => {}
+            _ => {
+                by_id.insert(entry.id, entry);
+            }
+        }
+    }
+    // Entries whose parents are missing (transitively) do not count.
+    loop {
+        let missing: Vec<EntryId> = by_id
+            .values()
+            .filter(|e| e.entry.parents.iter().any(|p| !by_id.contains_key(p)))
+            .map(|e| e.id)
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
+        for id in missing {
+            by_id.remove(&id);
+            refused.insert(id, Refusal::MissingParent);
+        }
+    }
+    // Topological order (parents first; ids are hashes of content naming the parents, so there
+    // is no cycle), and each entry's causal past.
+    let order = topological(&by_id);
+    let mut past: BTreeMap<EntryId, BTreeSet<EntryId>> = BTreeMap::new();
+    for id in &order {
+        let mut ancestors = BTreeSet::new();
+        for parent in &by_id[id].entry.parents {
+            ancestors.insert(*parent);
+            ancestors.extend(past[parent].iter().copied());
+        }
+        past.insert(*id, ancestors);
+    }
+
+    let mut counted: BTreeSet<EntryId> = by_id.keys().copied().collect();
+    // Signature checks, by entry and key: every round asks again.
+    let mut verified: BTreeMap<(EntryId, [u8; 32]), bool> = BTreeMap::new();
+    for _ in 0..MAX_ROUNDS {
+        let mut why: BTreeMap<EntryId, Refusal> = BTreeMap::new();
+        // Rule 1 (and 4), each entry against the state its counted causal past gives.
+        for id in &order {
+            let signed = &by_id[id];
+            let mut state = State::new(root);
+            for earlier in order
+                .iter()
+                .filter(|e| past[id].contains(*e) && counted.contains(*e))
+            {
+                state.apply(&by_id[earlier].entry);
+            }
+            let entry = &signed.entry;
+            let authorized = state.key_of(entry.signer).is_some_and(|key| {
+                *verified
+                    .entry((*id, key))
+                    .or_insert_with(|| signed.verifies(vault, &key))
+            }) && (entry.signer == Signer::Recovery
+                || !matches!(entry.change, RosterChange::RotateRecovery { .. }));
+            let epoch_ok = match entry.change {
+                RosterChange::StartEpoch { epoch, .. } => {
+                    entry.epoch == epoch && Some(epoch) == state.epoch.checked_add(1)
+                }
+                _ => entry.epoch == state.epoch,
+            };
+            let conflicting = match &entry.change {
+                RosterChange::Add { device, .. } => state.devices.contains_key(device),
+                RosterChange::Revoke { device, .. } => !state.devices.contains_key(device),
+                _ => false,
+            };
+            if !authorized {
+                why.insert(*id, Refusal::NotAuthorized);
+            } else if !epoch_ok {
+                why.insert(*id, Refusal::WrongEpoch);
+            } else if conflicting {
+                why.insert(*id, Refusal::Conflicting);
+            }
+        }
+        // Rule 4: of concurrent adds of one device, the lowest id counts (ids are in order).
+        let mut added = BTreeSet::new();
+        let candidates: Vec<EntryId> = by_id
+            .keys()
+            .filter(|id| !why.contains_key(*id))
+            .copied()
+            .collect();
+        for id in candidates {
+            if let RosterChange::Add { device, .. } = by_id[&id].entry.change
+                && !added.insert(device)
+            {
+                why.insert(id, Refusal::Conflicting);
+            }
+        }
+        let locally: BTreeSet<EntryId> = order
+            .iter()
+            .filter(|id| !why.contains_key(*id))
+            .copied()
+            .collect();
+        // Rule 3 first (its inputs, the revokes, are exempt from the other rules but rule 1): what
+        // a revoked device wrote that its revoke did not see, revokes exempt.
+        for revoke in &locally {
+            if let RosterChange::Revoke { device, .. } = by_id[revoke].entry.change {
+                for id in &locally {
+                    let entry = &by_id[id].entry;
+                    if entry.signer == Signer::Device(device)
+                        && !matches!(entry.change, RosterChange::Revoke { .. })
+                        && !past[revoke].contains(id)
+                    {
+                        why.entry(*id).or_insert(Refusal::AfterRevocation);
+                    }
+                }
+            }
+        }
+        // Rule 2: one start per epoch number. Prefer a start that saw every counted revoke and
+        // rotation (a start racing one of them cannot undo it), then the lowest id.
+        let standing: Vec<EntryId> = locally
+            .iter()
+            .filter(|id| !why.contains_key(*id))
+            .copied()
+            .collect();
+        let decisive: Vec<EntryId> = standing
+            .iter()
+            .filter(|id| {
+                matches!(
+                    by_id[*id].entry.change,
+                    RosterChange::Revoke { .. } | RosterChange::RotateRecovery { .. }
+                )
+            })
+            .copied()
+            .collect();
+        let mut starts: BTreeMap<u8, EntryId> = BTreeMap::new();
+        for id in &standing {
+            if let RosterChange::StartEpoch { epoch, .. } = by_id[id].entry.change {
+                let informed = |start: &EntryId| {
+                    decisive
+                        .iter()
+                        .all(|d| past[start].contains(d) || by_id[d].entry.epoch > epoch)
+                };
+                match starts.get(&epoch) {
+                    Some(current) if informed(current) >= informed(id) => {}
+                    _ => {
+                        starts.insert(epoch, *id);
+                    }
+                }
+            }
+        }
+        for id in &standing {
+            if let RosterChange::StartEpoch { epoch, .. } = by_id[id].entry.change
+                && starts.get(&epoch) != Some(id)
+            {
+                why.entry(*id).or_insert(Refusal::Conflicting);
+            }
+        }
+        // The epoch fence, from the starts that stand: an entry of an older epoch the start did
+        // not see does not count; revokes and rotations are exempt (a start cannot undo them).
+        for start in starts.values() {
+            let RosterChange::StartEpoch { epoch, .. } = by_id[start].entry.change else {
+                continue;
+            };
+            for id in &standing {
+                let entry = &by_id[id].entry;
+                if entry.epoch < epoch
+                    && !past[start].contains(id)
+                    && !matches!(
+                        entry.change,
+                        RosterChange::Revoke { .. } | RosterChange::RotateRecovery { .. }
+                    )
+                {
+                    why.entry(*id).or_insert(Refusal::Fenced);
+                }
+            }
+        }
+        let next: BTreeSet<EntryId> = order
+            .iter()
+            .filter(|id| !why.contains_key(*id))
+            .copied()
+            .collect();
+        if next == counted {
+            let mut state = State::new(root);
+            for id in order.iter().filter(|id| counted.contains(*id)) {
+                state.apply(&by_id[id].entry);
+            }
+            let parents: BTreeSet<EntryId> = counted
+                .iter()
+                .flat_map(|id| by_id[id].entry.parents.iter().copied())
+                .collect();
+            refused.extend(why);
+            return Ok(Roster {
+                devices: state.devices,
+                recovery_key: state.recovery_key,
+                epoch: state.epoch,
+                tips: counted
+                    .iter()
+                    .filter(|id| !parents.contains(*id))
+                    .copied()
+                    .collect(),
+                refused,
+            });
+        }
+        counted = next;
+    }
+    Err(Error::Integrity(IntegrityProblem::RosterContested))
+}
+
+/// Entry ids, parents before children, ties by id.
+fn topological(by_id: &BTreeMap<EntryId, SignedEntry>) -> Vec<EntryId> {
+    let mut depth: BTreeMap<EntryId, usize> = BTreeMap::new();
+    fn depth_of(
+        id: EntryId,
+        by_id: &BTreeMap<EntryId, SignedEntry>,
+        depth: &mut BTreeMap<EntryId, usize>,
+    ) -> usize {
+        // Iterative, so a long chain cannot overflow the stack.
+        let mut stack = vec![id];
+        while let Some(&top) = stack.last() {
+            if depth.contains_key(&top) {
+                stack.pop();
+                continue;
+            }
+            let parents = &by_id[&top].entry.parents;
+            let pending: Vec<EntryId> = parents
+                .iter()
+                .filter(|p| !depth.contains_key(*p))
+                .copied()
+                .collect();
+            if pending.is_empty() {
+                let d = parents.iter().map(|p| depth[p] + 1).max().unwrap_or(0);
+                depth.insert(top, d);
+                stack.pop();
+            } else {
+                stack.extend(pending);
+            }
+        }
+        depth[&id]
+    }
+    let mut order: Vec<(usize, EntryId)> = by_id
+        .keys()
+        .map(|id| (depth_of(*id, by_id, &mut depth), *id))
+        .collect();
+    order.sort();
+    order.into_iter().map(|(_, id)| id).collect()
+}
