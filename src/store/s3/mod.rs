@@ -265,6 +265,9 @@ impl S3Store {
     }
 
     fn open(config: S3Config) -> Result<S3Store, StoreError> {
+        if let Some(why) = super::url::unparseable(&config.endpoint) {
+            return Err(StoreError::Other(format!("endpoint: {why}")));
+        }
         let endpoint: url::Url = config
             .endpoint
             .parse()
