@@ -55,7 +55,7 @@ mod url;
 pub use directory::DirectoryStore;
 pub use key::{MAX_KEY_LEN, validate_key};
 pub use s3::{S3Config, S3Store};
-pub use url::{StoreConfig, open_store, parse_s3_url};
+pub use url::{MAX_URL_LEN, StoreConfig, open_store, parse_s3_url};
 
 use std::collections::BTreeMap;
 use std::ops::Range;

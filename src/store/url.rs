@@ -167,6 +167,8 @@ impl StoreConfig {
     /// # Errors
     ///
     /// [`StoreError::Other`] explaining what is wrong; the message never repeats a credential.
+    /// A URL longer than [`MAX_URL_LEN`] bytes, with a control character, or with a part between
+    /// separators longer than 253 characters is refused before it is parsed.
     pub fn parse(url: &str) -> Result<StoreConfig, StoreError> {
         if let Some(why) = unparseable(url) {
             return Err(bad(url, why));
