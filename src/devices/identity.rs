@@ -124,14 +124,28 @@ impl DevicePublicKeys {
         message: &[u8],
         signature: &[u8; SIGNATURE_LEN],
     ) -> Result<()> {
-        let refused = || Error::Decode {
-            kind,
-            problem: DecodeProblem::BadSignature,
-        };
-        let key = VerifyingKey::from_bytes(&self.verifying).map_err(|_| refused())?;
-        key.verify_strict(message, &Signature::from_bytes(signature))
-            .map_err(|_| refused())
+        if verify_ed25519(&self.verifying, message, signature) {
+            Ok(())
+        } else {
+            Err(Error::Decode {
+                kind,
+                problem: DecodeProblem::BadSignature,
+            })
+        }
     }
+}
+
+/// Strict Ed25519 verification of `signature` over `message` under the public key `verifying`
+/// (a device's, or the recovery signing key's): see [`DevicePublicKeys::verify`].
+pub fn verify_ed25519(
+    verifying: &[u8; 32],
+    message: &[u8],
+    signature: &[u8; SIGNATURE_LEN],
+) -> bool {
+    VerifyingKey::from_bytes(verifying).is_ok_and(|key| {
+        key.verify_strict(message, &Signature::from_bytes(signature))
+            .is_ok()
+    })
 }
 
 impl core::fmt::Debug for DevicePublicKeys {

@@ -12,7 +12,9 @@ pub(crate) use epoch::seal_epoch_with as epoch_with_randomness;
 pub use epoch::{
     EpochObject, MAX_EPOCH_OBJECT, NewEpoch, epoch_in_name, epoch_object_hash, seal_epoch,
 };
-pub use identity::{DevicePublicKeys, DeviceSecrets, RecoverySigner, SIGNATURE_LEN};
+pub use identity::{
+    DevicePublicKeys, DeviceSecrets, RecoverySigner, SIGNATURE_LEN, verify_ed25519,
+};
 #[cfg(test)]
 pub(crate) use sealed_box::seal_to_with_ephemeral;
 pub use sealed_box::{BOX_OVERHEAD, open_box, seal_to};

@@ -292,15 +292,6 @@ impl SignedEntry {
     }
 
     pub(super) fn verifies(&self, vault: &VaultId, key: &[u8; 32]) -> bool {
-        DevicePublicKeys {
-            agreement: [0; 32],
-            verifying: *key,
-        }
-        .verify(
-            ObjectKind::Roster,
-            &signing_message(vault, &self.bytes),
-            &self.signature,
-        )
-        .is_ok()
+        crate::devices::verify_ed25519(key, &signing_message(vault, &self.bytes), &self.signature)
     }
 }
