@@ -45,18 +45,23 @@ fn recovery_keys() -> Vec<RecoveryKey> {
 
 fn hkdf_vectors() -> Value {
     let mut list = Vec::new();
+    let labels = DERIVATION_LABELS
+        .iter()
+        .map(|(label, length)| (HKDF_SALT, label, length))
+        .chain(
+            crate::keys::RECOVERY_LABELS
+                .iter()
+                .map(|(label, length)| (crate::keys::RECOVERY_SALT, label, length)),
+        );
+    let labels: Vec<_> = labels.collect();
     for key in recovery_keys().iter().skip(2).take(2) {
-        for (label, length) in DERIVATION_LABELS {
+        for (salt, label, length) in &labels {
             let ikm = key.to_bytes();
-            let okm = crate::keys::hkdf_sha256_for_vectors(
-                &ikm[..],
-                HKDF_SALT,
-                label.as_bytes(),
-                *length,
-            );
+            let okm =
+                crate::keys::hkdf_sha256_for_vectors(&ikm[..], salt, label.as_bytes(), **length);
             list.push(json!({
                 "ikm": hex(&ikm[..]),
-                "salt": hex(HKDF_SALT),
+                "salt": hex(salt),
                 "info": hex(label.as_bytes()),
                 "length": length,
                 "okm": hex(&okm),

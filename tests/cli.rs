@@ -171,7 +171,8 @@ fn import_sync_restore_round_trips_every_character() {
     assert_eq!(chat["messages"], 2);
     let stats = ok(run(&env, "tablet", &["stats", "--json"]));
     let stats: serde_json::Value = serde_json::from_str(stats.trim()).unwrap();
-    assert_eq!(stats["objects"], 1);
+    // One segment, and the roster entries of the two devices that synced.
+    assert_eq!(stats["objects"], 3);
     assert!(ok(run(&env, "tablet", &["verify"])).starts_with("ok: 1 segments"));
     assert!(ok(run(&env, "tablet", &["checkpoint"])).starts_with("checkpoint checkpoints/"));
     assert_eq!(
@@ -644,4 +645,40 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
         }
     }
     found
+}
+
+#[test]
+fn devices_lists_every_device_that_synced_and_which_one_is_this() {
+    let env = env();
+    ok(run(&env, "laptop", &["init"]));
+    let lines = ok(run(&env, "tablet", &["devices", "--json"]));
+    let devices: Vec<serde_json::Value> = lines
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(devices.len(), 2, "{lines}");
+    let this: Vec<&serde_json::Value> = devices
+        .iter()
+        .filter(|d| d["this_device"] == true)
+        .collect();
+    assert_eq!(this.len(), 1);
+    for device in &devices {
+        assert_eq!(device["device_id"].as_str().unwrap().len(), 32);
+        assert_eq!(device["name"], "chatvault CLI");
+        assert_eq!(device["platform"], std::env::consts::OS);
+        assert_eq!(device["added_by"], "recovery_key");
+        assert!(device["revoked_at_ms"].is_null());
+        assert!(device["added_at_ms"].as_u64().unwrap() > 1_700_000_000_000);
+    }
+    // The laptop sees the tablet, and itself as this device.
+    let text = ok(run(&env, "laptop", &["devices"]));
+    assert_eq!(text.lines().count(), 2, "{text}");
+    let own = text.lines().find(|l| l.ends_with("(this device)")).unwrap();
+    assert_ne!(
+        own.split('\t').next(),
+        this[0]["device_id"].as_str(),
+        "the laptop's own line is not the tablet's"
+    );
+    let verified = ok(run(&env, "laptop", &["verify"]));
+    assert!(verified.contains("2 roster entries"), "{verified}");
 }

@@ -2,7 +2,10 @@
 //! implementation would. (The files themselves are generated and pinned by `src/vectors.rs`.)
 
 use chatvault::keyring::Keyring;
-use chatvault::keys::{DERIVATION_LABELS, HKDF_SALT, PassphraseEnvelope, RecoveryKey, VaultKeys};
+use chatvault::keys::{
+    DERIVATION_LABELS, HKDF_SALT, PassphraseEnvelope, RECOVERY_LABELS, RECOVERY_SALT, RecoveryKey,
+    VaultKeys,
+};
 use chatvault::{Error, RecoveryKeyError};
 use serde_json::Value;
 
@@ -79,7 +82,11 @@ fn recovery_key_texts() {
 fn hkdf_vectors_cover_every_label_and_match_the_key_tree() {
     let v = load("hkdf.json");
     let list = v.as_array().unwrap();
-    for (label, length) in DERIVATION_LABELS {
+    let labels = DERIVATION_LABELS
+        .iter()
+        .map(|label| (HKDF_SALT, label))
+        .chain(RECOVERY_LABELS.iter().map(|label| (RECOVERY_SALT, label)));
+    for (salt, (label, length)) in labels {
         let hits: Vec<&Value> = list
             .iter()
             .filter(|c| bytes(&c["info"]) == label.as_bytes())
@@ -87,7 +94,7 @@ fn hkdf_vectors_cover_every_label_and_match_the_key_tree() {
         assert!(!hits.is_empty(), "no vector for {label}");
         for case in hits {
             assert_eq!(case["length"].as_u64().unwrap() as usize, *length);
-            assert_eq!(bytes(&case["salt"]), HKDF_SALT);
+            assert_eq!(bytes(&case["salt"]), salt);
         }
     }
     // The vault id is public, so it can be checked against the vectors through the API.

@@ -145,7 +145,8 @@ class Sync(WithDirectoryStore):
         ])
         progress = Progress()
         report = run(phone.sync(progress, None))
-        self.assertEqual(report.objects_up, 1)
+        # Its first sync uploads its segment and the roster entry that adds this device.
+        self.assertEqual(report.objects_up, 2)
         self.assertIn((cv.SyncPhase.PUSH, 3, 3), progress.events)
 
         tablet = self.open("tablet", cv.RecoveryKey.parse(key.to_text().lower()), cache=True)
@@ -159,7 +160,16 @@ class Sync(WithDirectoryStore):
         self.assertEqual(tablet.messages(None), phone.messages(None))
         self.assertEqual(tablet.chats()[0].chat.title, "Family 👪")
         self.assertEqual(run(tablet.fetch_chat("family")), phone.messages("family"))
-        self.assertGreaterEqual(run(tablet.verify()).segments, 1)
+        verified = run(tablet.verify())
+        self.assertGreaterEqual(verified.segments, 1)
+        self.assertEqual((verified.roster_entries, verified.roster_refused), (2, 0))
+        devices = {d.name: d for d in tablet.devices()}
+        self.assertEqual(sorted(devices), ["phone", "tablet"])
+        self.assertTrue(devices["tablet"].is_this_device)
+        self.assertFalse(devices["phone"].is_this_device)
+        self.assertEqual(devices["phone"].device_id, phone.device_id())
+        self.assertIsNone(devices["phone"].added_by)
+        self.assertIsNone(devices["phone"].revoked_at_ms)
 
     def test_without_the_content_cache_the_app_database_is_the_source_of_truth(self):
         key = cv.RecoveryKey.generate()
@@ -257,7 +267,7 @@ class Sync(WithDirectoryStore):
         with self.assertRaises(cv.ChatVaultError.Busy):
             self.open("phone", key)
         phone.record([message("c", "1", "x", 1)])
-        self.assertEqual(run(phone.sync(None, None)).objects_up, 1)
+        self.assertEqual(run(phone.sync(None, None)).objects_up, 2)  # segment, roster entry
         del phone  # releases the native vault, and with it the lock
         again = self.open("phone", key)
         self.assertEqual([m.message_id for m in again.messages("c")], ["1"])
@@ -270,7 +280,7 @@ class Sync(WithDirectoryStore):
         handle.cancel()
         with self.assertRaises(cv.ChatVaultError.Cancelled):
             run(phone.sync_cancellable(None, None, handle))
-        self.assertEqual(run(phone.sync(None, None)).objects_up, 1)
+        self.assertEqual(run(phone.sync(None, None)).objects_up, 2)  # segment, roster entry
 
     @unittest.skipUnless(os.environ.get("CHATVAULT_TEST_GARAGE_URL") or os.environ.get("CHATVAULT_REQUIRE_S3") == "1",
                          "needs Garage (the test command starts it)")
@@ -282,7 +292,7 @@ class Sync(WithDirectoryStore):
         key = cv.RecoveryKey.generate()
         phone = run(cv.Vault.open_with_credentials(url, good, os.path.join(self.dir, "s3"), "p", "python", key))
         phone.record([message("c", "1", "through Garage", 1)])
-        self.assertEqual(run(phone.sync(None, None)).objects_up, 1)
+        self.assertEqual(run(phone.sync(None, None)).objects_up, 2)  # segment, roster entry
         bad = cv.S3Credentials(access_key_id=good.access_key_id, secret_access_key="0" * 64, session_token=None)
         other = run(cv.Vault.open_with_credentials(url, bad, os.path.join(self.dir, "s3-bad"), "p", "python", key))
         with self.assertRaises(cv.ChatVaultError.Store) as raised:

@@ -402,6 +402,29 @@ pub struct VerifyReport {
     pub unknown: Vec<String>,
     /// Listed packs no listed checkpoint references (an interrupted checkpoint's leftovers).
     pub unreferenced_packs: u64,
+    /// Roster entries fetched and authenticated.
+    pub roster_entries: u64,
+    /// Of those, entries the roster does not count (signed without the authority they claim).
+    pub roster_refused: u64,
+}
+
+/// A device of the vault, as the roster lists it.
+#[derive(uniffi::Record)]
+pub struct VaultDevice {
+    /// Its id (32 hex digits).
+    pub device_id: String,
+    /// Its name, as it gave it.
+    pub name: String,
+    /// Its platform, as it gave it.
+    pub platform: String,
+    /// The id of the device that added it (a link); `None` when the recovery key did.
+    pub added_by: Option<String>,
+    /// When it was added, by the adder's clock (milliseconds since the Unix epoch).
+    pub added_at_ms: u64,
+    /// When it was revoked, by the revoker's clock; `None` while it is active.
+    pub revoked_at_ms: Option<u64>,
+    /// Whether it is the device this vault is open on.
+    pub is_this_device: bool,
 }
 
 impl Vault {
@@ -975,9 +998,38 @@ impl Vault {
                 attachments: report.attachments,
                 unknown: report.unknown,
                 unreferenced_packs: report.unreferenced_packs,
+                roster_entries: report.roster_entries,
+                roster_refused: report.roster_refused,
             })
         })
         .await
+    }
+
+    /// This device's id (32 hex digits), as [`devices`](Self::devices) lists it.
+    pub fn device_id(&self) -> String {
+        self.0.device_id().to_hex()
+    }
+
+    /// The devices of the vault as of the last sync, revoked ones included (a device appears
+    /// from its first sync on).
+    pub fn devices(&self) -> FfiResult<Vec<VaultDevice>> {
+        Ok(self
+            .0
+            .devices()?
+            .into_iter()
+            .map(|device| VaultDevice {
+                device_id: device.id.to_hex(),
+                name: device.name,
+                platform: device.platform,
+                added_by: match device.added_by {
+                    crate::sync::roster::Signer::Recovery => None,
+                    crate::sync::roster::Signer::Device(id) => Some(id.to_hex()),
+                },
+                added_at_ms: device.added_at_ms,
+                revoked_at_ms: device.revoked_at_ms,
+                is_this_device: device.is_this_device,
+            })
+            .collect())
     }
 }
 

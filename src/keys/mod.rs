@@ -16,7 +16,7 @@ pub use recovery::{RECOVERY_KEY_TEXT_CHARS, RecoveryKey};
 pub(crate) use tree::recovery_signing_seed;
 pub use tree::{
     AttachmentKey, DERIVATION_LABELS, DeviceLinkKey, EpochSecret, EpochWrapKey, HKDF_SALT,
-    KeyringKey, LogKey, NamingKey, VaultId, VaultKeys,
+    KeyringKey, LogKey, NamingKey, RECOVERY_LABELS, RECOVERY_SALT, VaultId, VaultKeys,
 };
 
 #[cfg(test)]

@@ -8,10 +8,19 @@
 //! naming     = HKDF-Expand(PRK, "chatvault/v1/naming",      32)   keys the hashes that name objects
 //! attachment = HKDF-Expand(PRK, "chatvault/v1/attachment",  32)   seals attachment content
 //! device-link= HKDF-Expand(PRK, "chatvault/v1/device-link", 32)   seals device records
+//!
+//! RPRK             = HKDF-Extract(salt = "chatvault/v2/recovery", IKM = recovery key)
+//! epoch-wrap       = HKDF-Expand(RPRK, "chatvault/v2/epoch-wrap",       32)
+//! recovery-signing = HKDF-Expand(RPRK, "chatvault/v2/recovery-signing", 32)
 //! ```
 //!
+//! The recovery key's own keys come from a second extract, not from `PRK`: `PRK` is epoch 0's
+//! secret, which every device of the vault holds (linked ones through the epoch chain), while only
+//! the holder of the recovery key may sign as it or open what is wrapped for it.
+//!
 //! Labels carry the format version, so a future version derives unrelated keys. The labels are
-//! listed in [`DERIVATION_LABELS`] and pinned by `tests/vectors/hkdf.json`.
+//! listed in [`DERIVATION_LABELS`] and [`RECOVERY_LABELS`] and pinned by
+//! `tests/vectors/hkdf.json`.
 
 use hkdf::Hkdf;
 use hmac::Mac;
@@ -24,6 +33,9 @@ use super::{Key32, RecoveryKey};
 /// The HKDF-Extract salt of format version 1.
 pub const HKDF_SALT: &[u8] = b"chatvault/v1";
 
+/// The HKDF-Extract salt of the recovery key's own keys ([`RECOVERY_LABELS`]).
+pub const RECOVERY_SALT: &[u8] = b"chatvault/v2/recovery";
+
 const LABEL_VAULT_ID: &str = "chatvault/v1/vault-id";
 const LABEL_KEYRING: &str = "chatvault/v1/keyring";
 const LABEL_LOG: &str = "chatvault/v1/log";
@@ -33,7 +45,8 @@ const LABEL_DEVICE_LINK: &str = "chatvault/v1/device-link";
 const LABEL_EPOCH_WRAP: &str = "chatvault/v2/epoch-wrap";
 const LABEL_RECOVERY_SIGNING: &str = "chatvault/v2/recovery-signing";
 
-/// Every HKDF-Expand info label the format uses, with its output length in bytes.
+/// Every HKDF-Expand info label of the key tree (expanded from `PRK`, salt [`HKDF_SALT`]), with
+/// its output length in bytes.
 pub const DERIVATION_LABELS: &[(&str, usize)] = &[
     (LABEL_VAULT_ID, 16),
     (LABEL_KEYRING, 32),
@@ -41,9 +54,11 @@ pub const DERIVATION_LABELS: &[(&str, usize)] = &[
     (LABEL_NAMING, 32),
     (LABEL_ATTACHMENT, 32),
     (LABEL_DEVICE_LINK, 32),
-    (LABEL_EPOCH_WRAP, 32),
-    (LABEL_RECOVERY_SIGNING, 32),
 ];
+
+/// The labels of the recovery key's own keys (expanded from `RPRK`, salt [`RECOVERY_SALT`]).
+pub const RECOVERY_LABELS: &[(&str, usize)] =
+    &[(LABEL_EPOCH_WRAP, 32), (LABEL_RECOVERY_SIGNING, 32)];
 
 /// The public identifier of a vault, derived one-way from the recovery key.
 ///
@@ -180,17 +195,21 @@ impl EpochSecret {
 /// root of trust, which signs what the recovery key decides (adding the first device, revoking,
 /// rotating). Its public key is what linked devices receive instead of the recovery key.
 pub(crate) fn recovery_signing_seed(recovery_key: &RecoveryKey) -> Zeroizing<[u8; 32]> {
-    Zeroizing::new(
-        *EpochSecret::epoch_zero(recovery_key)
-            .expand(LABEL_RECOVERY_SIGNING)
-            .bytes(),
-    )
+    expand::<32>(&recovery_hkdf(recovery_key), LABEL_RECOVERY_SIGNING)
+}
+
+/// `RPRK`: the recovery key's own branch, apart from `PRK` (epoch 0's secret, which devices hold).
+fn recovery_hkdf(recovery_key: &RecoveryKey) -> Hkdf<Sha256> {
+    Hkdf::<Sha256>::new(Some(RECOVERY_SALT), recovery_key.secret().bytes())
 }
 
 impl EpochWrapKey {
     /// The key the recovery key wraps every epoch secret under.
     pub fn derive(recovery_key: &RecoveryKey) -> Self {
-        EpochWrapKey(EpochSecret::epoch_zero(recovery_key).expand(LABEL_EPOCH_WRAP))
+        EpochWrapKey(Key32::new(*expand::<32>(
+            &recovery_hkdf(recovery_key),
+            LABEL_EPOCH_WRAP,
+        )))
     }
 }
 
@@ -319,6 +338,31 @@ mod tests {
         assert_eq!(
             &keys.naming().0.bytes()[..],
             &hkdf_sha256_for_vectors(&[9u8; 32], HKDF_SALT, LABEL_NAMING.as_bytes(), 32)[..]
+        );
+    }
+
+    #[test]
+    fn the_recovery_keys_own_keys_do_not_come_from_epoch_zeros_secret() {
+        // Every device holds epoch 0's secret (PRK); what only the recovery key may do must not
+        // be derivable from it.
+        let rk = RecoveryKey::from_bytes([9u8; 32]);
+        let epoch_zero = EpochSecret::epoch_zero(&rk);
+        let seed = recovery_signing_seed(&rk);
+        assert_ne!(epoch_zero.expand(LABEL_RECOVERY_SIGNING).bytes(), &*seed);
+        assert_eq!(
+            &*seed,
+            &hkdf_sha256_for_vectors(
+                &[9u8; 32],
+                RECOVERY_SALT,
+                LABEL_RECOVERY_SIGNING.as_bytes(),
+                32
+            )[..]
+        );
+        let wrap = EpochWrapKey::derive(&rk);
+        assert_ne!(epoch_zero.expand(LABEL_EPOCH_WRAP).bytes(), wrap.0.bytes());
+        assert_eq!(
+            wrap.0.bytes(),
+            &hkdf_sha256_for_vectors(&[9u8; 32], RECOVERY_SALT, LABEL_EPOCH_WRAP.as_bytes(), 32)[..]
         );
     }
 

@@ -32,6 +32,7 @@ pub mod cache;
 mod content;
 mod greatest;
 pub mod lock;
+mod roster;
 mod schema;
 pub mod versions;
 

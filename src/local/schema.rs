@@ -23,7 +23,7 @@ use super::versions::{DeviceNumbers, Journal, RunCache, Version, VersionWriter, 
 use super::{corrupt, db_error};
 
 /// The schema version this library writes.
-pub const CURRENT_VERSION: u32 = 5;
+pub const CURRENT_VERSION: u32 = 6;
 
 /// Messages per flush when migration 3 converts the messages table.
 const MIGRATED_CHUNK: usize = 10_000;
@@ -260,6 +260,15 @@ pub(super) fn migrate(connection: &mut Connection, key: &CacheKey) -> Result<()>
             3 => to_v3(&tx, key)?,
             4 => super::greatest::migrate(&tx)?,
             5 => to_v5(&tx)?,
+            // The roster entries this device has fetched (docs/DEVICES.md), as sealed objects
+            // exactly as the bucket held them: a bucket that later withholds or drops an entry
+            // cannot take it back from a device that saw it.
+            6 => tx
+                .execute_batch(
+                    "CREATE TABLE IF NOT EXISTS roster_entries (
+                         id BLOB PRIMARY KEY, object BLOB NOT NULL);",
+                )
+                .map_err(db_error)?,
             _ => unreachable_version(next)?,
         }
         tx.pragma_update(None, "user_version", next)

@@ -1,5 +1,5 @@
 //! What a LIST of the vault prefix shows, sorted by kind: segments per device, checkpoint
-//! indexes, packs, and names that belong to no kind.
+//! indexes, packs, roster entries, and names that belong to no kind.
 //!
 //! A name that parses as no vault object (a `README` dropped under `segments/`, an upper-case
 //! hex digit, a stray file at the root) is not an error: it is kept aside as unknown, reported by
@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use super::checkpoint::{parse_checkpoint_name, parse_pack_name};
 use super::clock::DeviceId;
+use super::roster::{EntryId, parse_roster_name};
 use super::segment::{SegmentId, SegmentName, parse_segment_name};
 
 /// One listed object: its name inside the vault prefix and the size the listing promises.
@@ -38,6 +39,8 @@ pub struct Listing {
     pub checkpoints: BTreeMap<String, Listed>,
     /// Packs, by name.
     pub packs: BTreeMap<String, Listed>,
+    /// Roster entries, by id.
+    pub roster: BTreeMap<EntryId, Listed>,
     /// Names that are no vault object, in listing order.
     pub unknown: Vec<String>,
 }
@@ -63,6 +66,8 @@ impl Listing {
                 listing.checkpoints.insert(listed.name.clone(), listed);
             } else if parse_pack_name(name).is_some() {
                 listing.packs.insert(listed.name.clone(), listed);
+            } else if let Some(id) = parse_roster_name(name) {
+                listing.roster.insert(id, listed);
             } else {
                 listing.unknown.push(listed.name);
             }
@@ -115,6 +120,7 @@ mod tests {
         let child = segment_name(A, 2, 0xcd, 0xab);
         let index = checkpoint_name(A, 1, 5);
         let pack = format!("{}0000", pack_prefix(A, 1, 5));
+        let roster = crate::sync::roster::roster_name(&[0x5a; 16]);
         let upper = segment_name(A, 2, 0xcd, 0xab).to_uppercase();
         // Spellings writers never produce: seq 0, a zero tag, a parent at seq 1, none after it,
         // a checkpoint with a zero tag or without one, a short tag.
@@ -126,12 +132,16 @@ mod tests {
             checkpoint_name(A, 1, 0),
             format!("checkpoints/{}/{:016x}", A.to_hex(), 1),
             format!("segments/{}/{:016x}-{:015x}-{:016x}", A.to_hex(), 2, 1, 1),
+            format!("{roster}0"),
+            roster[..roster.len() - 1].to_owned(),
+            roster.to_uppercase(),
         ];
         let mut names = vec![
             segment.as_str(),
             child.as_str(),
             index.as_str(),
             pack.as_str(),
+            roster.as_str(),
             "segments/README",
             upper.as_str(),
             "stray",
@@ -147,6 +157,7 @@ mod tests {
         assert_eq!(listing.segment(id(2, 0xcd)).map(|l| l.parent), Some(0xab));
         assert_eq!(listing.checkpoints.len(), 1);
         assert_eq!(listing.packs.len(), 1);
+        assert_eq!(listing.roster.keys().collect::<Vec<_>>(), [&[0x5a; 16]]);
         let mut unknown = vec!["segments/README", upper.as_str(), "stray"];
         unknown.extend(bad.iter().map(String::as_str));
         assert_eq!(listing.unknown, unknown);

@@ -14,7 +14,8 @@ impl Vault {
     /// consecutive, the one at a covered head matching the checkpoint's hash); and every segment
     /// after it, checking every device's chain from the checkpoint (or from its first segment),
     /// every claim segments make about each other, and that nothing this device already applied
-    /// was rolled back. Every object must have the size the listing promises. It also checks
+    /// was rolled back; and every roster entry, folding the roster from them and the entries
+    /// this device keeps. Every object must have the size the listing promises. It also checks
     /// that every chunk of every attachment referenced by this device's messages is present.
     /// Objects under the vault prefix that are no vault object are reported by name, not
     /// refused. Changes nothing but the cache of known checkpoints.
@@ -113,6 +114,9 @@ impl Vault {
                 report.segments += 1;
             }
         }
+        let (entries, refused) = self.verify_roster(pass.engine.listing()).await?;
+        report.roster_entries = entries;
+        report.roster_refused = refused;
         report.attachments = self.check_attachments_present().await?;
         Ok(report)
     }

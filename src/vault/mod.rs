@@ -34,8 +34,10 @@ mod identity;
 mod maintenance;
 mod pull;
 mod reading;
+mod roster;
 
 use maintenance::AUTO_GC_GRACE_MS;
+pub use roster::VaultDevice;
 
 const STATE_FILE: &str = "chatvault.sqlite";
 const META_VAULT_ID: &str = "vault_id";
@@ -52,6 +54,26 @@ pub struct DeviceInfo {
     pub name: String,
     /// The platform, e.g. "ios", "android", "linux".
     pub platform: String,
+}
+
+impl DeviceInfo {
+    /// Refuses a name longer than the roster carries
+    /// ([`MAX_DEVICE_NAME_LEN`](crate::sync::roster::MAX_DEVICE_NAME_LEN) bytes of UTF-8) or a
+    /// platform longer than [`MAX_PLATFORM_LEN`](crate::sync::roster::MAX_PLATFORM_LEN).
+    fn check(&self) -> Result<()> {
+        use crate::sync::roster::{MAX_DEVICE_NAME_LEN, MAX_PLATFORM_LEN};
+        if self.name.len() > MAX_DEVICE_NAME_LEN {
+            return Err(Error::invalid_input(format!(
+                "a device name may hold at most {MAX_DEVICE_NAME_LEN} bytes of UTF-8"
+            )));
+        }
+        if self.platform.len() > MAX_PLATFORM_LEN {
+            return Err(Error::invalid_input(format!(
+                "a platform name may hold at most {MAX_PLATFORM_LEN} bytes of UTF-8"
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// Phases of a sync, for progress reports.
@@ -173,6 +195,13 @@ pub struct VerifyReport {
     pub operations: u64,
     /// Attachment contents whose chunks were all found with their expected sizes.
     pub attachments: u64,
+    /// Roster entries fetched and authenticated.
+    pub roster_entries: u64,
+    /// Of those, entries the roster's fold does not count (a signature that does not verify
+    /// under its signer's key, a missing parent, an entry a revocation or a later epoch
+    /// excludes): written by a device without the authority it claimed, or left behind by a
+    /// race the fold settled.
+    pub roster_refused: u64,
     /// Names under the vault prefix that are no vault object (relative to the prefix): not
     /// refused, never deleted, skipped by every device. Something else wrote them there.
     pub unknown: Vec<String>,
@@ -191,6 +220,12 @@ pub struct Vault {
     device: Mutex<DeviceId>,
     /// This device's own keys (`identity.rs`), replaced with the id by `fork_off`.
     device_secrets: Mutex<crate::devices::DeviceSecrets>,
+    /// The recovery key's signer, when the vault is open with the recovery key.
+    recovery_signer: Option<crate::devices::RecoverySigner>,
+    /// The roster's root of trust: the first recovery key's signing public key.
+    roster_root: [u8; 32],
+    /// The roster as the last sync folded it (`None` until something folds it).
+    roster: Mutex<Option<crate::sync::roster::Roster>>,
     info: DeviceInfo,
     local: Mutex<LocalState>,
     chat_keys: Mutex<ChatKeys>,
@@ -233,6 +268,7 @@ impl Vault {
         info: DeviceInfo,
         recovery_key: &RecoveryKey,
     ) -> Result<Vault> {
+        info.check()?;
         let keys = VaultKeys::derive(recovery_key);
         std::fs::create_dir_all(state_dir).map_err(|e| {
             Error::LocalState(format!("cannot create {}: {e}", state_dir.display()))
@@ -266,6 +302,17 @@ impl Vault {
             }
         };
         let device_secrets = identity::load_or_create(&mut local, &keys)?;
+        let recovery_signer = crate::devices::RecoverySigner::derive(recovery_key);
+        let roster_root = match local.meta(roster::META_ROSTER_ROOT)? {
+            Some(root) => root
+                .try_into()
+                .map_err(|_| Error::LocalState("damaged roster root".into()))?,
+            None => {
+                let root = recovery_signer.verifying_key();
+                local.set_meta(roster::META_ROSTER_ROOT, &root)?;
+                root
+            }
+        };
         let last = match local.meta(META_CLOCK)? {
             Some(bytes) => Some(
                 Stamp::from_sortable_bytes(&bytes)
@@ -282,6 +329,9 @@ impl Vault {
             store,
             device: Mutex::new(device),
             device_secrets: Mutex::new(device_secrets),
+            recovery_signer: Some(recovery_signer),
+            roster_root,
+            roster: Mutex::new(None),
             info,
             local: Mutex::new(local),
             chat_keys: Mutex::new(chat_keys),

@@ -276,6 +276,7 @@ impl Vault {
             pass.engine.note_base();
         }
         self.fork_off_if_copied(&pass.engine)?;
+        self.sync_roster(pass.engine.listing(), report).await?;
         let fetches = {
             let local = lock(&self.local)?;
             pass.engine

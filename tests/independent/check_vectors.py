@@ -93,7 +93,10 @@ LABELS = {
     "attachment": 32,
     "device-link": 32,
 }
-# Section 3's labels of format version 2 (same PRK, a v2 label): the epoch wrap key.
+# Section 3's labels of the recovery key's own keys (format version 2), expanded from
+# RPRK = HKDF-Extract("chatvault/v2/recovery", recovery key), not from PRK: PRK is epoch 0's
+# secret, which devices hold.
+RECOVERY_SALT = b"chatvault/v2/recovery"
 LABELS_V2 = {"chatvault/v2/epoch-wrap": 32, "chatvault/v2/recovery-signing": 32}
 
 
@@ -664,8 +667,8 @@ def check_hkdf(c):
         label = info.decode("ascii", "replace")
         if label in LABELS_V2:
             c.check("hkdf[%d] is a section-3 derivation" % i,
-                    h(v["salt"]) == ROOT_SALT and LABELS_V2[label] == v["length"]
-                    and hkdf_expand(hkdf_extract(ROOT_SALT, h(v["ikm"])), info, v["length"])
+                    h(v["salt"]) == RECOVERY_SALT and LABELS_V2[label] == v["length"]
+                    and hkdf_expand(hkdf_extract(RECOVERY_SALT, h(v["ikm"])), info, v["length"])
                     == h(v["okm"]),
                     "salt/label/length not as in section 3")
             continue
@@ -1647,7 +1650,7 @@ def check_roster(c, v):
     over the label, the vault id and the entry's bytes."""
     r = v["roster"]
     vault = bytes.fromhex(r["vault_id"])
-    seed = hkdf_expand(hkdf_extract(b"chatvault/v1", bytes.fromhex(r["recovery_key"])),
+    seed = hkdf_expand(hkdf_extract(RECOVERY_SALT, bytes.fromhex(r["recovery_key"])),
                        b"chatvault/v2/recovery-signing", 32)
     recovery_pk, _ = nacl.bindings.crypto_sign_seed_keypair(seed)
     c.run("roster: the recovery signing key derives from the recovery key (section 3)",
@@ -1684,8 +1687,8 @@ def check_epoch(c, v):
     e = v["epoch"]
     name = e["name"].encode()
     rk = bytes.fromhex(e["recovery_key"])
-    prk = hkdf_extract(b"chatvault/v1", rk)
-    wrap = hkdf_expand(prk, b"chatvault/v2/epoch-wrap", 32)
+    prk = hkdf_extract(b"chatvault/v1", rk)  # epoch 0's secret, which epoch 1 chains
+    wrap = hkdf_expand(hkdf_extract(RECOVERY_SALT, rk), b"chatvault/v2/epoch-wrap", 32)
     secret = bytes.fromhex(e["secret"])
     chain = hkdf_expand(secret, b"chatvault/v2/epoch-chain", 32)
     randomness = [bytes.fromhex(r) for r in e["randomness"]]

@@ -20,6 +20,7 @@ use chatvault::attachment::{Attachment, ContentId, TransferReport};
 use chatvault::keys::RecoveryKey;
 use chatvault::local::CacheSetting;
 use chatvault::store::ObjectStore;
+use chatvault::sync::roster::Signer;
 use chatvault::vault::{CancelToken, DeviceInfo, SyncReport, Vault};
 use clap::{Parser, Subcommand};
 use progress::{
@@ -112,6 +113,13 @@ enum Command {
     /// Objects and bytes the vault occupies in the store.
     Stats {
         /// Print as one JSON line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Sync, then list the devices of the vault: id, name, platform, when and by whom each was
+    /// added, when it was revoked, and which one is this device.
+    Devices {
+        /// One JSON line per device.
         #[arg(long)]
         json: bool,
     },
@@ -487,6 +495,45 @@ async fn run(cli: Cli) -> CliResult {
             }
             Ok(())
         }
+        Command::Devices { json } => {
+            let vault = open_vault(&cli).await?;
+            vault.sync(None, None).await?;
+            for device in vault.devices()? {
+                let added_by = match device.added_by {
+                    Signer::Recovery => "recovery_key".to_owned(),
+                    Signer::Device(id) => id.to_hex(),
+                };
+                if *json {
+                    println!(
+                        "{}",
+                        serde_json::json!({
+                            "device_id": device.id.to_hex(),
+                            "name": device.name,
+                            "platform": device.platform,
+                            "added_at_ms": device.added_at_ms,
+                            "added_by": added_by,
+                            "revoked_at_ms": device.revoked_at_ms,
+                            "this_device": device.is_this_device,
+                        })
+                    );
+                } else {
+                    let revoked = device
+                        .revoked_at_ms
+                        .map(|ms| format!("\trevoked at {ms} ms"))
+                        .unwrap_or_default();
+                    let this = if device.is_this_device {
+                        "\t(this device)"
+                    } else {
+                        ""
+                    };
+                    println!(
+                        "{}\t{}\t{}\tadded at {} ms by {added_by}{revoked}{this}",
+                        device.id, device.platform, device.name, device.added_at_ms
+                    );
+                }
+            }
+            Ok(())
+        }
         Command::Stats { json } => {
             let vault = open_vault(&cli).await?;
             let usage = vault.usage().await?;
@@ -508,14 +555,22 @@ async fn run(cli: Cli) -> CliResult {
             let vault = open_vault(&cli).await?;
             let report = vault.verify().await?;
             println!(
-                "ok: {} segments from {} devices and {} checkpoint(s) authenticated, {} operations; \
-                 all chunks of {} attachment(s) present",
+                "ok: {} segments from {} devices, {} checkpoint(s) and {} roster entries \
+                 authenticated, {} operations; all chunks of {} attachment(s) present",
                 report.segments,
                 report.devices,
                 report.checkpoints,
+                report.roster_entries,
                 report.operations,
                 report.attachments
             );
+            if report.roster_refused > 0 {
+                eprintln!(
+                    "warning: {} roster entr(y/ies) do not count (signed without the authority \
+                     they claim, or settled by a race); the devices list leaves them out",
+                    report.roster_refused
+                );
+            }
             // Names that are no vault object: not ours, not fatal, but the person should know.
             for name in &report.unknown {
                 eprintln!("warning: unknown object in the vault prefix: {name}");

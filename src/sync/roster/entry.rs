@@ -22,6 +22,31 @@ pub const MAX_ROSTER_ENTRIES: usize = 512;
 
 const SIGNING_LABEL: &[u8] = b"chatvault/v2/roster";
 
+/// The largest roster object a reader fetches: an entry is a few hundred bytes (an add with a
+/// name of at most [`MAX_DEVICE_NAME_LEN`] bytes, a revoke with a few tips, a handful of parents).
+pub const MAX_ROSTER_OBJECT: u64 = 64 * 1024;
+
+/// The longest device name a roster entry may carry, in UTF-8 bytes.
+pub const MAX_DEVICE_NAME_LEN: usize = 256;
+
+/// The longest platform name a roster entry may carry, in UTF-8 bytes.
+pub const MAX_PLATFORM_LEN: usize = 64;
+
+const ROSTER_PREFIX: &str = "roster/";
+
+/// The object name of the entry `id`: `roster/<id as 32 lower-case hex digits>`.
+pub fn roster_name(id: &EntryId) -> String {
+    format!("{ROSTER_PREFIX}{}", crate::hex::encode(id))
+}
+
+/// The entry id a roster object's name carries, if the name is exactly what [`roster_name`]
+/// writes.
+pub fn parse_roster_name(name: &str) -> Option<EntryId> {
+    let id = crate::hex::decode(name.strip_prefix(ROSTER_PREFIX)?)?;
+    // One spelling per entry: upper-case hex is not a roster name.
+    (roster_name(&id) == name).then_some(id)
+}
+
 /// Who signed an entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Signer {
@@ -190,6 +215,12 @@ impl RosterEntry {
             .as_ref()
             .ok_or_else(|| malformed("no change"))?
         {
+            Change::Add(add) if add.name.len() > MAX_DEVICE_NAME_LEN => {
+                return Err(malformed("device name too long"));
+            }
+            Change::Add(add) if add.platform.len() > MAX_PLATFORM_LEN => {
+                return Err(malformed("platform name too long"));
+            }
             Change::Add(add) => RosterChange::Add {
                 device: DeviceId(id16(&add.device_id, "added device id")?),
                 keys: DevicePublicKeys {
@@ -273,7 +304,7 @@ impl SignedEntry {
             crate::format::decode_body::<proto::SignedRosterEntry>(ObjectKind::Roster, body)?;
         if entry_id(&signed.entry) != id {
             return Err(Error::Integrity(IntegrityProblem::Misplaced {
-                name: format!("roster/{}", crate::hex::encode(&id)),
+                name: roster_name(&id),
             }));
         }
         let signature: [u8; SIGNATURE_LEN] = signed

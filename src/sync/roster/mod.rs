@@ -34,7 +34,10 @@ mod tests;
 use std::collections::{BTreeMap, BTreeSet};
 
 use entry::malformed;
-pub use entry::{EntryId, MAX_ROSTER_ENTRIES, RosterChange, RosterEntry, SignedEntry, Signer};
+pub use entry::{
+    EntryId, MAX_DEVICE_NAME_LEN, MAX_PLATFORM_LEN, MAX_ROSTER_ENTRIES, MAX_ROSTER_OBJECT,
+    RosterChange, RosterEntry, SignedEntry, Signer, parse_roster_name, roster_name,
+};
 
 use super::clock::DeviceId;
 use super::segment::Head;

@@ -181,7 +181,7 @@ final class ChatVaultTests: XCTestCase {
         ])
         let progress = Progress()
         let report = try await phone.sync(progress: progress, listener: nil)
-        XCTAssertEqual(report.objectsUp, 1)
+        XCTAssertEqual(report.objectsUp, 2, "its segment and the roster entry that adds this device")
         XCTAssertTrue(progress.phases.contains(.push))
 
         let tablet = try await Vault.open(storeUrl: store, stateDir: dir.appendingPathComponent("tablet").path,

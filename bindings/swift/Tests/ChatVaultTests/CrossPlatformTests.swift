@@ -38,7 +38,7 @@ final class CrossPlatformTests: XCTestCase {
             .deleteChat(chatId: "old"),
         ])
         let report = try await phone.sync(progress: nil, listener: nil)
-        XCTAssertEqual(report.objectsUp, 1)
+        XCTAssertEqual(report.objectsUp, 2, "its segment and the roster entry that adds this device")
     }
 
     /// Step 3: a new iPhone restores with only the key: everything, including Android's additions.
@@ -60,5 +60,15 @@ final class CrossPlatformTests: XCTestCase {
         ])
         let report = try await phone.verify()
         XCTAssertEqual(report.devices, 2)
+        XCTAssertEqual(report.rosterEntries, 3)
+        XCTAssertEqual(report.rosterRefused, 0)
+        // Every device that synced is in the roster, this one marked, all added by the key.
+        let devices = try phone.devices().map { "\($0.platform)/\($0.name)/\($0.isThisDevice)" }
+        XCTAssertEqual(devices.sorted(), [
+            "android/Anna's Pixel/false",
+            "ios/Anna's iPhone/false",
+            "ios/Anna's new iPhone/true",
+        ])
+        XCTAssertTrue(try phone.devices().allSatisfy { $0.addedBy == nil && $0.revokedAtMs == nil })
     }
 }

@@ -19,6 +19,12 @@ class CrossPlatformTest {
             val android = Vault.open(System.getenv("CHATVAULT_CROSS_STORE"), state.path, "Anna's Pixel", "android", key)
                 .withContentCache()
             android.sync(null, null)
+            // The iPhone and this phone are in the roster, both added with the recovery key.
+            assertEquals(
+                listOf("android/Anna's Pixel/true", "ios/Anna's iPhone/false"),
+                android.devices().map { "${it.platform}/${it.name}/${it.isThisDevice}" }.sorted(),
+            )
+            assertEquals(android.deviceId(), android.devices().single { it.isThisDevice }.deviceId)
             assertEquals(listOf("climbing", "family"), android.chats().map { it.chat.chatId })
             assertEquals("Family 👪", android.chats()[1].chat.title)
             assertEquals(

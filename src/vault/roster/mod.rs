@@ -1,0 +1,227 @@
+//! This device's view of the roster (docs/DEVICES.md): entries fetched from the bucket once and
+//! kept, the fold every device computes the same way, and the entry that adds this device.
+//!
+//! A device opened with the recovery key adds itself, signed by the recovery signing key, at its
+//! first sync: devices of vaults written before the roster existed, new devices, and copies of a
+//! state directory that forked off as devices of their own. Nothing refuses a segment for its
+//! writer's place in the roster yet (signed segments come later, docs/DEVICES.md).
+
+use std::collections::BTreeSet;
+
+use crate::error::{DecodeProblem, Error, Result};
+use crate::format::ObjectKind;
+use crate::keys::VaultKeys;
+use crate::sealing::{self, ObjectContext};
+use crate::sync::DeviceId;
+use crate::sync::listing::Listing;
+use crate::sync::plan::Get;
+use crate::sync::roster::{
+    self, EntryId, MAX_ROSTER_ENTRIES, MAX_ROSTER_OBJECT, Roster, RosterChange, RosterEntry,
+    SignedEntry, Signer, roster_name,
+};
+
+use super::{SyncReport, Vault, lock};
+
+/// The local-state meta key of the roster's root: the recovery signing public key of the vault's
+/// first recovery key, which every entry's authority goes back to.
+pub(super) const META_ROSTER_ROOT: &str = "roster_root";
+
+/// A device of the vault, as the roster lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VaultDevice {
+    /// Its id.
+    pub id: DeviceId,
+    /// Its name, as it gave it ("Anna's iPhone").
+    pub name: String,
+    /// Its platform, as it gave it ("ios", "android", "linux").
+    pub platform: String,
+    /// Who added it: the recovery key (a device opened with it) or another device (a link).
+    pub added_by: Signer,
+    /// When, by the adder's clock (milliseconds since the Unix epoch; shown to people, trusted
+    /// for nothing).
+    pub added_at_ms: u64,
+    /// When it was revoked, by the revoker's clock; `None` while it is active.
+    pub revoked_at_ms: Option<u64>,
+    /// Whether it is the device this vault is open on.
+    pub is_this_device: bool,
+}
+
+fn context<'a>(keys: &'a VaultKeys, name: &'a str) -> ObjectContext<'a> {
+    ObjectContext {
+        vault_id: keys.vault_id(),
+        kind: ObjectKind::Roster,
+        name,
+    }
+}
+
+/// Opens the roster object of entry `id`: authenticated under the log key of the epoch its header
+/// names, its body the signed entry of that id, the entry written in that same epoch.
+pub(super) fn open_entry(keys: &VaultKeys, id: &EntryId, object: &[u8]) -> Result<SignedEntry> {
+    let name = roster_name(id);
+    let epoch = sealing::epoch_of(object, ObjectKind::Roster)?;
+    if epoch != 0 {
+        // Only epoch 0 exists until revocation lands; a device holds no other epoch's keys.
+        return Err(Error::decode(
+            ObjectKind::Roster,
+            DecodeProblem::KeyEpoch {
+                expected: 0,
+                found: epoch,
+            },
+        ));
+    }
+    let body = sealing::open_in_epoch(&keys.log().0, &context(keys, &name), epoch, object)?;
+    let signed = SignedEntry::decode(*id, &body)?;
+    if signed.entry().epoch != epoch {
+        return Err(Error::decode(
+            ObjectKind::Roster,
+            DecodeProblem::Malformed("entry of another epoch than its object".into()),
+        ));
+    }
+    Ok(signed)
+}
+
+fn seal_entry(keys: &VaultKeys, signed: &SignedEntry) -> Result<Vec<u8>> {
+    let name = roster_name(&signed.id());
+    sealing::seal_in_epoch(
+        &keys.log().0,
+        &context(keys, &name),
+        signed.entry().epoch,
+        &signed.to_body(),
+    )
+}
+
+impl Vault {
+    /// The roster from the entries this device keeps, folded.
+    fn fold_kept_roster(&self) -> Result<Roster> {
+        let objects = lock(&self.local)?.roster_objects()?;
+        let entries = objects
+            .iter()
+            .map(|(id, object)| open_entry(&self.keys, id, object))
+            .collect::<Result<Vec<_>>>()?;
+        roster::fold(self.keys.vault_id(), self.roster_root, entries)
+    }
+
+    /// Fetches the roster entries `listing` shows that this device does not keep yet, keeps
+    /// them, folds the roster, and adds this device to it when it is missing and the vault is
+    /// open with the recovery key. A roster object that does not authenticate stops the sync
+    /// with the typed error, as a segment would; one that authenticates but does not count
+    /// (a forged signature, a missing parent) is left out by the fold.
+    pub(super) async fn sync_roster(
+        &self,
+        listing: &Listing,
+        report: &mut SyncReport,
+    ) -> Result<Roster> {
+        let kept: BTreeSet<EntryId> = lock(&self.local)?
+            .roster_objects()?
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        let new: Vec<_> = listing
+            .roster
+            .iter()
+            .filter(|(id, _)| !kept.contains(*id))
+            .collect();
+        if kept.len() + new.len() > MAX_ROSTER_ENTRIES {
+            return Err(Error::decode(
+                ObjectKind::Roster,
+                DecodeProblem::Malformed("more roster entries than a vault can have".into()),
+            ));
+        }
+        for (id, listed) in new {
+            let get = Get::listed(listed, MAX_ROSTER_OBJECT, None)?;
+            let object = self.read_exact(&get, report).await?;
+            open_entry(&self.keys, id, &object)?;
+            lock(&self.local)?.keep_roster_object(id, &object)?;
+        }
+        let mut roster = self.fold_kept_roster()?;
+        let device = self.device_id();
+        if !roster.devices.contains_key(&device)
+            && roster.epoch == 0
+            && let Some(signer) = &self.recovery_signer
+        {
+            let keys = self.device_keys()?;
+            let entry = RosterEntry {
+                signer: Signer::Recovery,
+                parents: roster.tips.clone(),
+                made_at_ms: self.now_ms(),
+                epoch: roster.epoch,
+                change: RosterChange::Add {
+                    device,
+                    keys,
+                    name: self.info.name.clone(),
+                    platform: self.info.platform.clone(),
+                },
+            };
+            let signed =
+                SignedEntry::sign(self.keys.vault_id(), entry, |message| signer.sign(message));
+            let object = seal_entry(&self.keys, &signed)?;
+            let size = object.len() as u64;
+            // The name is the entry's hash: if it is taken, it holds this very entry (an
+            // earlier attempt whose answer was lost), whatever nonce sealed it.
+            if self
+                .put_once(&roster_name(&signed.id()), object.clone())
+                .await?
+            {
+                report.objects_up += 1;
+                report.bytes_up += size;
+            }
+            lock(&self.local)?.keep_roster_object(&signed.id(), &object)?;
+            roster = self.fold_kept_roster()?;
+        }
+        *lock(&self.roster)? = Some(roster.clone());
+        Ok(roster)
+    }
+
+    /// Fetches and authenticates every roster entry `listing` shows and folds them with the
+    /// entries this device keeps (keeping nothing new): how many were listed, and how many of
+    /// all the fold left out.
+    pub(super) async fn verify_roster(&self, listing: &Listing) -> Result<(u64, u64)> {
+        let mut scratch = SyncReport::default();
+        let mut entries = Vec::new();
+        for (id, listed) in &listing.roster {
+            let get = Get::listed(listed, MAX_ROSTER_OBJECT, None)?;
+            let object = self.read_exact(&get, &mut scratch).await?;
+            entries.push(open_entry(&self.keys, id, &object)?);
+        }
+        let listed = entries.len() as u64;
+        for (id, object) in lock(&self.local)?.roster_objects()? {
+            if !listing.roster.contains_key(&id) {
+                entries.push(open_entry(&self.keys, &id, &object)?);
+            }
+        }
+        let roster = roster::fold(self.keys.vault_id(), self.roster_root, entries)?;
+        Ok((listed, roster.refused.len() as u64))
+    }
+
+    /// The devices of the vault as the roster lists them, revoked ones included, as of the last
+    /// sync (a device appears in it from its first sync on). Devices of a vault written before
+    /// the roster existed appear once they sync with this version.
+    pub fn devices(&self) -> Result<Vec<VaultDevice>> {
+        let cached = lock(&self.roster)?.clone();
+        let roster = match cached {
+            Some(roster) => roster,
+            None => {
+                let roster = self.fold_kept_roster()?;
+                *lock(&self.roster)? = Some(roster.clone());
+                roster
+            }
+        };
+        let this = self.device_id();
+        Ok(roster
+            .devices
+            .into_iter()
+            .map(|(id, device)| VaultDevice {
+                id,
+                name: device.name,
+                platform: device.platform,
+                added_by: device.added_by,
+                added_at_ms: device.added_at_ms,
+                revoked_at_ms: device.revoked.map(|revocation| revocation.at_ms),
+                is_this_device: id == this,
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests;
