@@ -35,6 +35,12 @@ pub enum Error {
     #[error("wrong passphrase (or the passphrase envelope was tampered with)")]
     WrongPassphrase,
 
+    /// The device key does not open this state directory's device keys (or they were tampered
+    /// with: the two cannot be told apart). The app passed another key than the device joined
+    /// with.
+    #[error("wrong device key for this state directory (or its device keys were tampered with)")]
+    WrongDeviceKey,
+
     /// The passphrase fails the app's [`PassphrasePolicy`](crate::keys::PassphrasePolicy).
     #[error("passphrase too weak: {0}")]
     WeakPassphrase(String),
@@ -115,6 +121,16 @@ pub enum LinkProblem {
     /// The link was burned before (a wrong code), or is used before its code was confirmed.
     #[error("this link is burned or not confirmed")]
     Burned,
+    /// The offer expired before the link completed: show a new one.
+    #[error("the link offer expired; start a new link")]
+    Expired,
+    /// Another device answered this offer first: show a new one.
+    #[error("another device already answered this link offer; start a new link")]
+    AlreadyUsed,
+    /// This device may not add devices: it is not an active device of the vault's roster (not
+    /// added yet, or revoked).
+    #[error("this device is not an active device of the vault, so it cannot link another")]
+    NotAllowed,
 }
 
 impl From<crate::sync::clock::ClockOutOfRange> for Error {

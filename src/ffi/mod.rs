@@ -86,6 +86,7 @@ impl From<Error> for ChatVaultError {
                 reason: reason.to_string(),
             },
             Error::WrongPassphrase => ChatVaultError::WrongPassphrase,
+            Error::WrongDeviceKey => ChatVaultError::WrongKey { detail: message },
             Error::WeakPassphrase(message) => ChatVaultError::WeakPassphrase { detail: message },
             Error::Decode { .. } => ChatVaultError::Tampered { detail: message },
             Error::Integrity(_) => ChatVaultError::Integrity { detail: message },

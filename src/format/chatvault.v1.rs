@@ -436,3 +436,31 @@ pub struct EpochBox {
     #[prost(bytes = "vec", tag = "2")]
     pub r#box: ::prost::alloc::vec::Vec<u8>,
 }
+/// The joining device's first link message (FORMAT.md section 13, "Link protocol"):
+/// links/<id>/join = the joiner's ephemeral key (32 bytes) || this, sealed under the channel.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct LinkJoin {
+    /// The joining device as its roster entry will add it (id, keys, name, platform).
+    #[prost(message, optional, tag = "1")]
+    pub device: ::core::option::Option<RosterAdd>,
+}
+/// The offering device's answer, links/<id>/welcome, sealed under the channel once the person
+/// typed the right check code.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct LinkWelcome {
+    /// The vault (16 bytes): the one the offer named.
+    #[prost(bytes = "vec", tag = "1")]
+    pub vault_id: ::prost::alloc::vec::Vec<u8>,
+    /// The recovery signing public key of the vault's first recovery key (32 bytes): the roster's
+    /// root of trust.
+    #[prost(bytes = "vec", tag = "2")]
+    pub roster_root: ::prost::alloc::vec::Vec<u8>,
+    /// The id of the roster entry that adds the joiner (16 bytes).
+    #[prost(bytes = "vec", tag = "3")]
+    pub added_entry: ::prost::alloc::vec::Vec<u8>,
+    /// The key epoch in force and its secret (32 bytes).
+    #[prost(uint32, tag = "4")]
+    pub epoch: u32,
+    #[prost(bytes = "vec", tag = "5")]
+    pub epoch_secret: ::prost::alloc::vec::Vec<u8>,
+}

@@ -168,6 +168,12 @@ impl EpochSecret {
         EpochSecret(Key32::new(*bytes))
     }
 
+    /// The vault id this secret derives when it is epoch 0's (the recovery key's PRK): a device
+    /// that receives epoch 0's secret checks it against the vault it joins.
+    pub(crate) fn epoch_zero_vault_id(&self) -> VaultId {
+        VaultId(*expand::<16>(&self.hkdf(), LABEL_VAULT_ID))
+    }
+
     /// The secret from its 32 bytes (as an epoch box holds them).
     pub(crate) fn from_bytes(bytes: [u8; 32]) -> Self {
         EpochSecret(Key32::new(bytes))

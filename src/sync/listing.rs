@@ -41,6 +41,8 @@ pub struct Listing {
     pub packs: BTreeMap<String, Listed>,
     /// Roster entries, by id.
     pub roster: BTreeMap<EntryId, Listed>,
+    /// Objects of links between devices (`links/<id>/<part>`), by name.
+    pub links: BTreeMap<String, Listed>,
     /// Names that are no vault object, in listing order.
     pub unknown: Vec<String>,
 }
@@ -68,6 +70,8 @@ impl Listing {
                 listing.packs.insert(listed.name.clone(), listed);
             } else if let Some(id) = parse_roster_name(name) {
                 listing.roster.insert(id, listed);
+            } else if crate::link::parse_link_name(name).is_some() {
+                listing.links.insert(listed.name.clone(), listed);
             } else {
                 listing.unknown.push(listed.name);
             }
@@ -121,6 +125,7 @@ mod tests {
         let index = checkpoint_name(A, 1, 5);
         let pack = format!("{}0000", pack_prefix(A, 1, 5));
         let roster = crate::sync::roster::roster_name(&[0x5a; 16]);
+        let link = crate::link::link_object_name(&[0x6b; 16], crate::link::LinkPart::Join);
         let upper = segment_name(A, 2, 0xcd, 0xab).to_uppercase();
         // Spellings writers never produce: seq 0, a zero tag, a parent at seq 1, none after it,
         // a checkpoint with a zero tag or without one, a short tag.
@@ -142,6 +147,7 @@ mod tests {
             index.as_str(),
             pack.as_str(),
             roster.as_str(),
+            link.as_str(),
             "segments/README",
             upper.as_str(),
             "stray",
@@ -158,6 +164,7 @@ mod tests {
         assert_eq!(listing.checkpoints.len(), 1);
         assert_eq!(listing.packs.len(), 1);
         assert_eq!(listing.roster.keys().collect::<Vec<_>>(), [&[0x5a; 16]]);
+        assert_eq!(listing.links.keys().collect::<Vec<_>>(), [&link]);
         let mut unknown = vec!["segments/README", upper.as_str(), "stray"];
         unknown.extend(bad.iter().map(String::as_str));
         assert_eq!(listing.unknown, unknown);

@@ -30,12 +30,17 @@ use crate::sync::segment::{
 use crate::sync::{Change, Clock, DeviceId, Message, Operation, Stamp, clock::now_ms};
 
 mod checkpointing;
+mod device_key;
 mod identity;
+mod link;
 mod maintenance;
+mod opening;
 mod pull;
 mod reading;
 mod roster;
 
+pub use device_key::DeviceKey;
+pub use link::{DEFAULT_LINK_TIMEOUT, LINK_POLL, LinkJoining, LinkOffering, MAX_LINK_TIMEOUT};
 use maintenance::AUTO_GC_GRACE_MS;
 pub use roster::VaultDevice;
 
@@ -222,6 +227,9 @@ pub struct Vault {
     device_secrets: Mutex<crate::devices::DeviceSecrets>,
     /// The recovery key's signer, when the vault is open with the recovery key.
     recovery_signer: Option<crate::devices::RecoverySigner>,
+    /// The secret of the key epoch in force (`keys` is its key tree): what a linked device
+    /// receives.
+    epoch_secret: crate::keys::EpochSecret,
     /// The roster's root of trust: the first recovery key's signing public key.
     roster_root: [u8; 32],
     /// The roster as the last sync folded it (`None` until something folds it).
@@ -258,93 +266,6 @@ fn lock<T>(mutex: &Mutex<T>) -> Result<MutexGuard<'_, T>> {
 }
 
 impl Vault {
-    /// Opens the vault of `recovery_key` in `store`, with this device's state in `state_dir`
-    /// (created if missing). A new state directory makes a new device that joins the vault.
-    ///
-    /// Fails with [`Error::InvalidInput`] if `state_dir` belongs to another vault.
-    pub async fn open(
-        store: Arc<dyn ObjectStore>,
-        state_dir: &Path,
-        info: DeviceInfo,
-        recovery_key: &RecoveryKey,
-    ) -> Result<Vault> {
-        info.check()?;
-        let keys = VaultKeys::derive(recovery_key);
-        std::fs::create_dir_all(state_dir).map_err(|e| {
-            Error::LocalState(format!("cannot create {}: {e}", state_dir.display()))
-        })?;
-        let mut local = LocalState::open(&state_dir.join(STATE_FILE), &keys)?;
-        match local.meta(META_VAULT_ID)? {
-            Some(id) if id.as_slice() != keys.vault_id().as_bytes() => {
-                return Err(Error::invalid_input(
-                    "this state directory belongs to another vault (a different recovery key)",
-                ));
-            }
-            Some(_) => {}
-            None => {
-                // A new device keeps no message content: the app's database is the source of
-                // truth (`set_content_cache` turns the cache on). State directories created
-                // before this default keep the cache they had.
-                local.set_cache_setting(CacheSetting::Off)?;
-                local.set_meta(META_VAULT_ID, keys.vault_id().as_bytes())?;
-            }
-        }
-        let device = match local.meta(META_DEVICE_ID)? {
-            Some(bytes) => DeviceId(
-                bytes
-                    .try_into()
-                    .map_err(|_| Error::LocalState("damaged device id".into()))?,
-            ),
-            None => {
-                let device = DeviceId::generate()?;
-                local.set_meta(META_DEVICE_ID, &device.0)?;
-                device
-            }
-        };
-        let device_secrets = identity::load_or_create(&mut local, &keys)?;
-        let recovery_signer = crate::devices::RecoverySigner::derive(recovery_key);
-        let roster_root = match local.meta(roster::META_ROSTER_ROOT)? {
-            Some(root) => root
-                .try_into()
-                .map_err(|_| Error::LocalState("damaged roster root".into()))?,
-            None => {
-                let root = recovery_signer.verifying_key();
-                local.set_meta(roster::META_ROSTER_ROOT, &root)?;
-                root
-            }
-        };
-        let last = match local.meta(META_CLOCK)? {
-            Some(bytes) => Some(
-                Stamp::from_sortable_bytes(&bytes)
-                    .ok_or_else(|| Error::LocalState("damaged clock".into()))?,
-            ),
-            None => None,
-        };
-        let chat_keys = match local.meta(META_CHAT_KEYS)? {
-            Some(sealed) => open_chat_keys(&keys, &sealed)?,
-            None => ChatKeys::new(),
-        };
-        Ok(Vault {
-            keys,
-            store,
-            device: Mutex::new(device),
-            device_secrets: Mutex::new(device_secrets),
-            recovery_signer: Some(recovery_signer),
-            roster_root,
-            roster: Mutex::new(None),
-            info,
-            local: Mutex::new(local),
-            chat_keys: Mutex::new(chat_keys),
-            clock: Mutex::new(Clock::new(device, last)),
-            sync_lock: tokio::sync::Mutex::new(()),
-            attachment_chunk_size: std::sync::atomic::AtomicU32::new(
-                crate::attachment::DEFAULT_CHUNK_SIZE,
-            ),
-            auto_gc_grace_ms: std::sync::atomic::AtomicU64::new(AUTO_GC_GRACE_MS),
-            clock_offset_ms: std::sync::atomic::AtomicI64::new(0),
-        })
-    }
-
     /// The vault's public id (its prefix in the bucket).
     pub fn vault_id(&self) -> String {
         self.keys.vault_id().to_hex()

@@ -80,7 +80,7 @@ pub(super) fn open_entry(keys: &VaultKeys, id: &EntryId, object: &[u8]) -> Resul
     Ok(signed)
 }
 
-fn seal_entry(keys: &VaultKeys, signed: &SignedEntry) -> Result<Vec<u8>> {
+pub(super) fn seal_entry(keys: &VaultKeys, signed: &SignedEntry) -> Result<Vec<u8>> {
     let name = roster_name(&signed.id());
     sealing::seal_in_epoch(
         &keys.log().0,
@@ -92,7 +92,7 @@ fn seal_entry(keys: &VaultKeys, signed: &SignedEntry) -> Result<Vec<u8>> {
 
 impl Vault {
     /// The roster from the entries this device keeps, folded.
-    fn fold_kept_roster(&self) -> Result<Roster> {
+    pub(super) fn fold_kept_roster(&self) -> Result<Roster> {
         let objects = lock(&self.local)?.roster_objects()?;
         let entries = objects
             .iter()

@@ -1,0 +1,177 @@
+//! Opening a vault on a device: with the recovery key (the first device, a restore, the CLI) or
+//! with a device key (a device linked by QR code, which never holds the recovery key).
+
+use crate::devices::{DeviceSecrets, RecoverySigner};
+use crate::keys::EpochSecret;
+
+use super::*;
+
+/// What a device opens its vault with, however it got it.
+pub(super) struct Access {
+    /// The key tree of the epoch in force.
+    pub(super) keys: VaultKeys,
+    /// That epoch's secret.
+    pub(super) epoch_secret: EpochSecret,
+    /// The recovery key's signer, when the recovery key is at hand.
+    pub(super) recovery_signer: Option<RecoverySigner>,
+    /// The roster's root of trust, when known from outside the state directory (derived from the
+    /// recovery key, or received in a link's welcome); otherwise the one the state keeps.
+    pub(super) roster_root: Option<[u8; 32]>,
+    /// A device identity drawn before the state directory existed (a joining device's, which its
+    /// roster entry already names).
+    pub(super) identity: Option<(DeviceId, DeviceSecrets)>,
+}
+
+impl Vault {
+    /// Opens the vault of `recovery_key` in `store`, with this device's state in `state_dir`
+    /// (created if missing). A new state directory makes a new device that joins the vault and
+    /// adds itself to its roster at its first sync.
+    ///
+    /// Fails with [`Error::InvalidInput`] if `state_dir` belongs to another vault.
+    pub async fn open(
+        store: Arc<dyn ObjectStore>,
+        state_dir: &Path,
+        info: DeviceInfo,
+        recovery_key: &RecoveryKey,
+    ) -> Result<Vault> {
+        let signer = RecoverySigner::derive(recovery_key);
+        let access = Access {
+            keys: VaultKeys::derive(recovery_key),
+            epoch_secret: EpochSecret::epoch_zero(recovery_key),
+            roster_root: Some(signer.verifying_key()),
+            recovery_signer: Some(signer),
+            identity: None,
+        };
+        Vault::open_with(store, state_dir, info, access)
+    }
+
+    /// Opens the vault of a device that joined it by a link ([`Vault::join_link`]), with the
+    /// device key the app keeps for it (Keychain / Keystore). The recovery key is not needed and
+    /// this device never held it.
+    ///
+    /// Fails with [`Error::WrongDeviceKey`] if `device_key` is not the one the device joined
+    /// with, and with [`Error::InvalidInput`] if `state_dir` holds no linked device.
+    pub async fn open_device(
+        store: Arc<dyn ObjectStore>,
+        state_dir: &Path,
+        info: DeviceInfo,
+        device_key: &DeviceKey,
+    ) -> Result<Vault> {
+        let held = device_key::read(state_dir, device_key)?;
+        let access = Access {
+            keys: VaultKeys::for_epoch(held.vault_id, &held.epoch_secret),
+            epoch_secret: held.epoch_secret,
+            recovery_signer: None,
+            roster_root: Some(held.roster_root),
+            // Also when the state directory is new: the roster names this id.
+            identity: Some((held.device, held.secrets)),
+        };
+        Vault::open_with(store, state_dir, info, access)
+    }
+
+    pub(super) fn open_with(
+        store: Arc<dyn ObjectStore>,
+        state_dir: &Path,
+        info: DeviceInfo,
+        access: Access,
+    ) -> Result<Vault> {
+        info.check()?;
+        let Access {
+            keys,
+            epoch_secret,
+            recovery_signer,
+            roster_root,
+            identity,
+        } = access;
+        std::fs::create_dir_all(state_dir).map_err(|e| {
+            Error::LocalState(format!("cannot create {}: {e}", state_dir.display()))
+        })?;
+        let mut local = LocalState::open(&state_dir.join(STATE_FILE), &keys)?;
+        match local.meta(META_VAULT_ID)? {
+            Some(id) if id.as_slice() != keys.vault_id().as_bytes() => {
+                return Err(Error::invalid_input(
+                    "this state directory belongs to another vault (a different recovery key)",
+                ));
+            }
+            Some(_) => {}
+            None => {
+                // A new device keeps no message content: the app's database is the source of
+                // truth (`set_content_cache` turns the cache on). State directories created
+                // before this default keep the cache they had.
+                local.set_cache_setting(CacheSetting::Off)?;
+                local.set_meta(META_VAULT_ID, keys.vault_id().as_bytes())?;
+            }
+        }
+        if let Some((device, secrets)) = &identity {
+            match local.meta(META_DEVICE_ID)? {
+                None => {
+                    local.set_meta(
+                        identity::META_DEVICE_SECRETS,
+                        &identity::seal(&keys, secrets)?,
+                    )?;
+                    local.set_meta(META_DEVICE_ID, &device.0)?;
+                }
+                Some(existing) if existing.as_slice() == device.0.as_slice() => {}
+                Some(_) => {
+                    return Err(Error::invalid_input(
+                        "this state directory already holds another device",
+                    ));
+                }
+            }
+        }
+        let device = match local.meta(META_DEVICE_ID)? {
+            Some(bytes) => DeviceId(
+                bytes
+                    .try_into()
+                    .map_err(|_| Error::LocalState("damaged device id".into()))?,
+            ),
+            None => {
+                let device = DeviceId::generate()?;
+                local.set_meta(META_DEVICE_ID, &device.0)?;
+                device
+            }
+        };
+        let device_secrets = identity::load_or_create(&mut local, &keys)?;
+        let roster_root = match (local.meta(roster::META_ROSTER_ROOT)?, roster_root) {
+            (Some(root), _) => root
+                .try_into()
+                .map_err(|_| Error::LocalState("damaged roster root".into()))?,
+            (None, Some(root)) => {
+                local.set_meta(roster::META_ROSTER_ROOT, &root)?;
+                root
+            }
+            (None, None) => return Err(Error::LocalState("no roster root".into())),
+        };
+        let last = match local.meta(META_CLOCK)? {
+            Some(bytes) => Some(
+                Stamp::from_sortable_bytes(&bytes)
+                    .ok_or_else(|| Error::LocalState("damaged clock".into()))?,
+            ),
+            None => None,
+        };
+        let chat_keys = match local.meta(META_CHAT_KEYS)? {
+            Some(sealed) => open_chat_keys(&keys, &sealed)?,
+            None => ChatKeys::new(),
+        };
+        Ok(Vault {
+            keys,
+            store,
+            device: Mutex::new(device),
+            device_secrets: Mutex::new(device_secrets),
+            recovery_signer,
+            epoch_secret,
+            roster_root,
+            roster: Mutex::new(None),
+            info,
+            local: Mutex::new(local),
+            chat_keys: Mutex::new(chat_keys),
+            clock: Mutex::new(Clock::new(device, last)),
+            sync_lock: tokio::sync::Mutex::new(()),
+            attachment_chunk_size: std::sync::atomic::AtomicU32::new(
+                crate::attachment::DEFAULT_CHUNK_SIZE,
+            ),
+            auto_gc_grace_ms: std::sync::atomic::AtomicU64::new(AUTO_GC_GRACE_MS),
+            clock_offset_ms: std::sync::atomic::AtomicI64::new(0),
+        })
+    }
+}
