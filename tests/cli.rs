@@ -682,3 +682,142 @@ fn devices_lists_every_device_that_synced_and_which_one_is_this() {
     let verified = ok(run(&env, "laptop", &["verify"]));
     assert!(verified.contains("2 roster entries"), "{verified}");
 }
+
+/// `chatvault` for `device`'s state directory, without the recovery key file: a device that
+/// joined by a link opens with its device key.
+fn without_key(env: &Env, device: &str) -> Command {
+    let mut command = chatvault();
+    command
+        .env("CHATVAULT_STORE", &env.store)
+        .env_remove("CHATVAULT_KEY_FILE")
+        .env("CHATVAULT_STATE", env.root.join(device))
+        .env("CHATVAULT_DEVICE_NAME", device);
+    command
+}
+
+/// Runs `link offer` on `offerer` and `link join` on `joiner` as two processes, handing the
+/// offer and then the code (`code` maps the joiner's code to what the person types) between
+/// them as a person would; returns both outputs.
+fn link(env: &Env, offerer: &str, joiner: &str, code: impl Fn(&str) -> String) -> (Output, Output) {
+    use std::io::{BufRead as _, BufReader, Write as _};
+    use std::process::Stdio;
+    let mut offer = chatvault()
+        .env("CHATVAULT_STORE", &env.store)
+        .env("CHATVAULT_KEY_FILE", &env.key_file)
+        .env("CHATVAULT_STATE", env.root.join(offerer))
+        .args(["link", "offer", "--timeout-s", "120"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut offer_out = BufReader::new(offer.stdout.take().unwrap());
+    let mut payload = String::new();
+    offer_out.read_line(&mut payload).unwrap();
+    assert!(payload.starts_with("CHATVAULT-LINK:"), "{payload:?}");
+    let mut join = without_key(env, joiner)
+        .args(["link", "join", payload.trim()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut join_out = BufReader::new(join.stdout.take().unwrap());
+    let mut shown = String::new();
+    join_out.read_line(&mut shown).unwrap();
+    let shown = shown.trim();
+    assert!(
+        shown.len() == 6 && shown.bytes().all(|b| b.is_ascii_digit()),
+        "{shown:?}"
+    );
+    let mut stdin = offer.stdin.take().unwrap();
+    writeln!(stdin, "{}", code(shown)).unwrap();
+    drop(stdin);
+    let collect = |mut child: std::process::Child,
+                   mut out: BufReader<std::process::ChildStdout>| {
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+        let mut output = child.wait_with_output().unwrap();
+        output.stdout = rest.into_bytes();
+        output
+    };
+    (collect(offer, offer_out), collect(join, join_out))
+}
+
+#[test]
+fn link_offer_and_join_add_a_device_that_never_sees_the_recovery_key() {
+    let env = env();
+    let input = env.root.join("in.jsonl");
+    write(
+        &input,
+        r#"{"type":"message","chat_id":"c","message_id":"m1","sender":"a","sent_at_ms":1,"text":"before the link","reply_to":null}"#,
+    );
+    ok(run(&env, "laptop", &["import", input.to_str().unwrap()]));
+    ok(run(&env, "laptop", &["sync"]));
+    let (offered, joined) = link(&env, "laptop", "phone", str::to_owned);
+    let offered = ok(offered);
+    let joined = ok(joined);
+    assert!(offered.starts_with("linked device "), "{offered}");
+    assert!(joined.starts_with("joined vault "), "{joined}");
+    // The new device holds a device key, not the recovery key, and works like any other.
+    let key_file = env.root.join("phone").join("device.key");
+    assert_eq!(std::fs::read_to_string(&key_file).unwrap().len(), 64);
+    let out = env.root.join("out.jsonl");
+    ok(without_key(&env, "phone")
+        .args(["restore", "--out", out.to_str().unwrap()])
+        .output()
+        .unwrap());
+    assert!(
+        std::fs::read_to_string(&out)
+            .unwrap()
+            .contains("before the link")
+    );
+    let devices = ok(without_key(&env, "phone")
+        .args(["devices", "--json"])
+        .output()
+        .unwrap());
+    let devices: Vec<serde_json::Value> = devices
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(devices.len(), 2);
+    let laptop = devices.iter().find(|d| d["this_device"] == false).unwrap();
+    let phone = devices.iter().find(|d| d["this_device"] == true).unwrap();
+    assert_eq!(phone["name"], "phone");
+    assert_eq!(phone["added_by"], laptop["device_id"]);
+    assert_eq!(laptop["added_by"], "recovery_key");
+    ok(without_key(&env, "phone").arg("verify").output().unwrap());
+    // Joining again into the same state directory is refused.
+    let again = without_key(&env, "phone")
+        .args(["link", "join", "CHATVAULT-LINK:AAAA"])
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+}
+
+#[test]
+fn a_wrong_check_code_fails_both_commands_and_leaves_no_device() {
+    let env = env();
+    ok(run(&env, "laptop", &["init"]));
+    let (offered, joined) = link(&env, "laptop", "phone", |shown| {
+        // One digit off.
+        let last = shown.as_bytes()[5];
+        let other = if last == b'9' {
+            '0'
+        } else {
+            (last + 1) as char
+        };
+        format!("{}{other}", &shown[..5])
+    });
+    assert!(!offered.status.success());
+    assert!(!joined.status.success());
+    let offer_error = String::from_utf8_lossy(&offered.stderr);
+    let join_error = String::from_utf8_lossy(&joined.stderr);
+    assert!(
+        offer_error.contains("check code does not match"),
+        "{offer_error}"
+    );
+    assert!(join_error.contains("burned"), "{join_error}");
+    assert!(!env.root.join("phone").join("device.key").exists());
+    let devices = ok(run(&env, "laptop", &["devices", "--json"]));
+    assert_eq!(devices.lines().count(), 1);
+}

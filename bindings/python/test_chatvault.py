@@ -309,6 +309,61 @@ FULL_PAYLOAD = bytes((i * 31 + (i >> 8)) & 0xFF for i in range(65536))
 KIND_64_BYTES = "é" * 32  # 32 characters, 64 UTF-8 bytes: the limit counts bytes
 
 
+class Linking(WithDirectoryStore):
+
+    def test_a_device_linked_by_code_syncs_without_the_recovery_key(self):
+        key = cv.RecoveryKey.generate()
+        phone = self.open("phone", key, cache=True)
+        phone.record([message("c", "1", "before the link", 1)])
+        run(phone.sync(None, None))
+        offering = phone.offer_link(120, b"app data")
+        self.assertTrue(offering.text().startswith("CHATVAULT-LINK:"))
+        device_key = cv.generate_device_key()
+        self.assertEqual(len(device_key), 32)
+        laptop_dir = os.path.join(self.dir, "laptop")
+
+        async def link():
+            joining = await cv.LinkJoining.join(self.store, None, laptop_dir, "laptop", "python",
+                                                offering.text(), device_key)
+            code = joining.check_code()
+            added, laptop = await asyncio.gather(phone.complete_link(offering, code, None),
+                                                 joining.finish(None))
+            return joining, added, laptop
+
+        joining, added, laptop = run(link())
+        self.assertEqual(added.device_id, joining.device_id())
+        self.assertEqual(added.device_id, laptop.device_id())
+        self.assertEqual(added.added_by, phone.device_id())
+        laptop.set_content_cache(True, None)
+        run(laptop.sync(None, None))
+        self.assertEqual([m.text for m in laptop.messages("c")], ["before the link"])
+        self.assertEqual(sorted(d.name for d in laptop.devices()), ["laptop", "phone"])
+        del laptop
+        with self.assertRaises(cv.ChatVaultError.WrongKey):
+            run(cv.Vault.open_device(self.store, None, laptop_dir, "laptop", "python",
+                                     cv.generate_device_key()))
+        again = run(cv.Vault.open_device(self.store, None, laptop_dir, "laptop", "python", device_key))
+        self.assertEqual(again.device_id(), added.device_id)
+
+    def test_a_wrong_code_burns_the_link(self):
+        key = cv.RecoveryKey.generate()
+        phone = self.open("phone", key)
+        run(phone.sync(None, None))
+        offering = phone.offer_link(120, b"")
+
+        async def link():
+            joining = await cv.LinkJoining.join(self.store, None, os.path.join(self.dir, "laptop"),
+                                                "laptop", "python", offering.text(),
+                                                cv.generate_device_key())
+            wrong = "000001" if joining.check_code() == "000000" else "000000"
+            return await asyncio.gather(phone.complete_link(offering, wrong, None),
+                                        joining.finish(None), return_exceptions=True)
+
+        completed, finished = run(link())
+        self.assertIsInstance(completed, cv.ChatVaultError.CheckCodeWrong)
+        self.assertIsInstance(finished, cv.ChatVaultError.LinkBurned)
+
+
 class Recorder(cv.ChangeListener):
     """Keeps every change another device made, as delivered."""
 

@@ -18,6 +18,7 @@ use crate::vault;
 
 #[cfg(target_os = "android")]
 mod android;
+mod devices;
 mod settle;
 
 uniffi::setup_scaffolding!("chatvault");
@@ -73,6 +74,19 @@ pub enum ChatVaultError {
     /// turns): try again when it is done.
     #[error("state directory busy")]
     Busy,
+    /// The link offer expired before the link completed: show a new one.
+    #[error("link expired: {detail}")]
+    LinkExpired { detail: String },
+    /// The typed check code was not the joining device's: the link is burned, start a new one.
+    #[error("check code wrong: {detail}")]
+    CheckCodeWrong { detail: String },
+    /// The link ended without completing (a wrong code on the other device, or used already):
+    /// start a new one.
+    #[error("link burned: {detail}")]
+    LinkBurned { detail: String },
+    /// This device may not do that: it is not an active device of the vault.
+    #[error("not allowed: {detail}")]
+    NotAllowed { detail: String },
     /// Anything else (for example the OS random generator failing).
     #[error("internal error: {detail}")]
     Internal { detail: String },
@@ -107,6 +121,7 @@ impl From<Error> for ChatVaultError {
             Error::Cancelled => ChatVaultError::Cancelled,
             Error::NotCached { chat_id } => ChatVaultError::NotCached { chat_id },
             Error::Busy => ChatVaultError::Busy,
+            Error::Link(problem) => devices::link_error(problem, message),
             _ => ChatVaultError::Internal { detail: message },
         }
     }
@@ -407,25 +422,6 @@ pub struct VerifyReport {
     pub roster_entries: u64,
     /// Of those, entries the roster does not count (signed without the authority they claim).
     pub roster_refused: u64,
-}
-
-/// A device of the vault, as the roster lists it.
-#[derive(uniffi::Record)]
-pub struct VaultDevice {
-    /// Its id (32 hex digits).
-    pub device_id: String,
-    /// Its name, as it gave it.
-    pub name: String,
-    /// Its platform, as it gave it.
-    pub platform: String,
-    /// The id of the device that added it (a link); `None` when the recovery key did.
-    pub added_by: Option<String>,
-    /// When it was added, by the adder's clock (milliseconds since the Unix epoch).
-    pub added_at_ms: u64,
-    /// When it was revoked, by the revoker's clock; `None` while it is active.
-    pub revoked_at_ms: Option<u64>,
-    /// Whether it is the device this vault is open on.
-    pub is_this_device: bool,
 }
 
 impl Vault {
@@ -1004,33 +1000,6 @@ impl Vault {
             })
         })
         .await
-    }
-
-    /// This device's id (32 hex digits), as [`devices`](Self::devices) lists it.
-    pub fn device_id(&self) -> String {
-        self.0.device_id().to_hex()
-    }
-
-    /// The devices of the vault as of the last sync, revoked ones included (a device appears
-    /// from its first sync on).
-    pub fn devices(&self) -> FfiResult<Vec<VaultDevice>> {
-        Ok(self
-            .0
-            .devices()?
-            .into_iter()
-            .map(|device| VaultDevice {
-                device_id: device.id.to_hex(),
-                name: device.name,
-                platform: device.platform,
-                added_by: match device.added_by {
-                    crate::sync::roster::Signer::Recovery => None,
-                    crate::sync::roster::Signer::Device(id) => Some(id.to_hex()),
-                },
-                added_at_ms: device.added_at_ms,
-                revoked_at_ms: device.revoked_at_ms,
-                is_this_device: device.is_this_device,
-            })
-            .collect())
     }
 }
 

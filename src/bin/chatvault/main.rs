@@ -6,6 +6,7 @@
 
 mod demo;
 mod jsonl;
+mod link;
 mod progress;
 
 use std::fs::File;
@@ -43,6 +44,19 @@ struct Cli {
     /// A file holding the recovery key text.
     #[arg(long, env = "CHATVAULT_KEY_FILE", global = true)]
     key_file: Option<PathBuf>,
+    /// A file holding the device key of a device that joined by `link join` (64 hex digits;
+    /// default: `device.key` in the state directory). Used when no recovery key file is given.
+    #[arg(long, env = "CHATVAULT_DEVICE_KEY_FILE", global = true)]
+    device_key_file: Option<PathBuf>,
+    /// This device's name, as `devices` lists it on every device (set when the device first
+    /// syncs or joins).
+    #[arg(
+        long,
+        env = "CHATVAULT_DEVICE_NAME",
+        global = true,
+        default_value = "chatvault CLI"
+    )]
+    device_name: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -123,6 +137,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Link a new device by a code, without typing the recovery key on it.
+    Link {
+        #[command(subcommand)]
+        action: link::LinkCommand,
+    },
     /// Fetch and authenticate everything in the store; non-zero exit on any problem.
     Verify,
     /// Compact the vault's state into a checkpoint (syncs first).
@@ -191,6 +210,7 @@ async fn run(cli: Cli) -> CliResult {
             Ok(())
         }
         Command::Demo { dir } => demo::run(dir.clone()).await,
+        Command::Link { action } => link::run(&cli, action).await,
         Command::Init => {
             let vault = open_vault(&cli).await?;
             let report = vault.sync(None, None).await?;
@@ -655,9 +675,22 @@ fn required<'a, T>(value: &'a Option<T>, what: &str) -> CliResult<&'a T> {
 async fn open_vault(cli: &Cli) -> CliResult<Vault> {
     let store = open_store(required(&cli.store, "--store (or CHATVAULT_STORE)")?)?;
     let state = required(&cli.state, "--state (or CHATVAULT_STATE)")?;
-    let key_file = required(&cli.key_file, "--key-file (or CHATVAULT_KEY_FILE)")?;
-    let key = read_key(key_file)?;
-    let vault = Vault::open(store, state, cli_device(), &key).await?;
+    let device_key_file = link::device_key_file(cli, state);
+    let vault = match &cli.key_file {
+        Some(key_file) => Vault::open(store, state, cli_device(cli), &read_key(key_file)?).await?,
+        // A device that joined by a link opens with its device key.
+        None if device_key_file.exists() => {
+            let key = link::read_device_key(&device_key_file)?;
+            Vault::open_device(store, state, cli_device(cli), &key).await?
+        }
+        None => {
+            return Err(
+                "--key-file (or CHATVAULT_KEY_FILE) is required (or a device key from \
+                        `chatvault link join`)"
+                    .into(),
+            );
+        }
+    };
     // The CLI answers content questions itself (`restore`), so its devices keep the content
     // cache that a new library device starts without. It never turns the cache off.
     if vault.content_cache()? == CacheSetting::Off {
@@ -673,9 +706,9 @@ fn read_key(path: &Path) -> CliResult<RecoveryKey> {
     Ok(RecoveryKey::parse(&text)?)
 }
 
-fn cli_device() -> DeviceInfo {
+fn cli_device(cli: &Cli) -> DeviceInfo {
     DeviceInfo {
-        name: "chatvault CLI".into(),
+        name: cli.device_name.clone(),
         platform: std::env::consts::OS.into(),
     }
 }
