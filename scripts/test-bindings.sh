@@ -121,7 +121,7 @@ echo "--- Swift (Linux, swift test in a trixie chroot)"
 chroot_dir=$(bash scripts/swift-toolchain.sh | tail -n 1)
 inside=/tmp/chatvault-swift-$$
 pkg="$chroot_dir$inside"
-mkdir -p "$pkg/Sources/ChatVaultFFI" "$pkg/Sources/ChatVault" "$pkg/Tests" "$pkg/lib" "$pkg/cross" "$pkg/conc"
+mkdir -p "$pkg/Sources/ChatVaultFFI" "$pkg/Sources/ChatVault" "$pkg/Tests" "$pkg/lib" "$pkg/cross" "$pkg/conc" "$pkg/link"
 cp "$out/swift/ChatVaultFFI.h" "$pkg/Sources/ChatVaultFFI/"
 cat > "$pkg/Sources/ChatVaultFFI/module.modulemap" <<'MAP'
 module ChatVaultFFI {
@@ -152,7 +152,7 @@ run_swift() { # SWIFT-TEST-ARGS... (extra environment comes from SWIFT_ENV, spli
   chroot "$chroot_dir" /usr/bin/env LD_LIBRARY_PATH="$inside/lib" CHATVAULT_VECTORS="$inside/vectors" \
     "${extra[@]}" /bin/sh -c "cd $inside && swift test --skip-build $* 2>&1"
 }
-run_swift --skip CrossPlatformTests --skip ConcurrencyTests
+run_swift --skip CrossPlatformTests --skip ConcurrencyTests --skip LinkTests
 
 echo "--- Swift example (examples/swift, directory store)"
 # Its own package (examples/swift/Package.linux.swift) beside the test package, same generated
@@ -245,3 +245,27 @@ for device in swift kotlin; do
 done
 grep -P '^chat\t' "$pkg/conc/swift.dump"
 echo "concurrent devices: identical states ($(grep -c '^chat' "$pkg/conc/swift.dump") chats, $(grep -c '^message' "$pkg/conc/swift.dump") messages) with both devices' changes"
+
+echo "--- A Kotlin device links a Swift device through Garage (no recovery key on the Swift one)"
+# The Kotlin phone offers, the Swift phone answers and shows the code, the Kotlin side types it
+# (files in $pkg/link stand in for the QR code and the person), then both sync both ways.
+link_store=$(printf '%s' "$CHATVAULT_TEST_GARAGE_URL" | sed "s|^s3://\([^/?]*\)/[^?]*|s3://\1/link-$run_id|")
+SWIFT_ENV="CHATVAULT_LINK_STORE=$link_store CHATVAULT_LINK_DIR=$inside/link AWS_ACCESS_KEY_ID=$AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY=$AWS_SECRET_ACCESS_KEY" \
+  run_swift --filter LinkTests/testSwiftJoinsKotlinsOffer > "$out/link-swift.log" 2>&1 &
+swift_pid=$!
+CHATVAULT_LINK_STORE="$link_store" CHATVAULT_LINK_DIR="$pkg/link" run_kotlin org.chatvault.LinkTest \
+  > "$out/link-kotlin.log" 2>&1 &
+kotlin_pid=$!
+swift_rc=0
+wait "$swift_pid" || swift_rc=$?
+kotlin_rc=0
+wait "$kotlin_pid" || kotlin_rc=$?
+if [ "$swift_rc" != 0 ] || [ "$kotlin_rc" != 0 ] \
+  || ! grep -q "kotlin: linked" "$out/link-kotlin.log" \
+  || ! grep -q -E "Executed 1 test, with 0 failures" "$out/link-swift.log"; then
+  echo "the Kotlin-Swift link failed (Swift exit $swift_rc, Kotlin exit $kotlin_rc):" >&2
+  cat "$out/link-swift.log" "$out/link-kotlin.log" >&2
+  exit 1
+fi
+grep -h -o "kotlin: linked.*" "$out/link-kotlin.log"
+echo "Kotlin linked Swift: both synced both ways; Swift never held the recovery key"
