@@ -400,3 +400,43 @@ async fn a_state_directory_with_a_device_cannot_join() {
     .unwrap_err();
     assert!(matches!(garbage, Error::InvalidInput(_)), "{garbage:?}");
 }
+
+#[tokio::test]
+async fn garbage_collection_deletes_links_abandoned_for_a_day_and_keeps_fresh_ones() {
+    let s = setup().await;
+    let links_dir = s.root.join("bucket").join(s.phone.vault_id()).join("links");
+    // Two joiners that never hear back: one a day and a half ago, one now.
+    let mut links = Vec::new();
+    for name in ["old", "fresh"] {
+        let offering = s
+            .phone
+            .offer_link(Duration::from_secs(600), Vec::new())
+            .unwrap();
+        join(
+            &s.store,
+            &s.root.join(name),
+            name,
+            offering.text(),
+            DeviceKey::generate().unwrap(),
+        )
+        .await
+        .unwrap();
+        let dirs: Vec<_> = std::fs::read_dir(&links_dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .filter(|path| !links.contains(path))
+            .collect();
+        links.extend(dirs);
+    }
+    let old_join = links[0].join("join");
+    std::fs::File::options()
+        .write(true)
+        .open(&old_join)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - Duration::from_secs(36 * 3600))
+        .unwrap();
+    let deleted = s.phone.collect_garbage(0).await.unwrap();
+    assert_eq!(deleted, 1);
+    assert!(!old_join.exists());
+    assert!(links[1].join("join").exists());
+}

@@ -6,6 +6,9 @@ use crate::error::{Error, Result};
 
 use super::*;
 
+/// How old a link's objects must be, by the store's clock, before garbage collection deletes them.
+pub const ABANDONED_LINK_AGE_MS: u64 = 24 * 60 * 60 * 1000;
+
 impl Vault {
     /// Fetches and authenticates everything in the bucket: every checkpoint index listed; the
     /// newest checkpoint's packs (listed with the sizes its index records) and every block in
@@ -205,13 +208,43 @@ impl Vault {
         let applied_everything = pass.engine.applied_everything();
         let vault_written_ms = pass.store_now_ms;
         let log = self.collect_log_garbage(&mut pass, grace_ms).await?;
+        let links = self.collect_abandoned_links(vault_written_ms).await?;
         let attachments = if applied_everything {
             self.collect_attachment_garbage(grace_ms, vault_written_ms)
                 .await?
         } else {
             0
         };
-        Ok(log + attachments)
+        Ok(log + links + attachments)
+    }
+
+    /// Deletes the objects of links that ended more than [`ABANDONED_LINK_AGE_MS`] ago by the
+    /// store's clock (a joiner that never came back for its welcome, an offer nobody answered
+    /// after a join): a link lasts an hour at most, and its devices delete its objects when it
+    /// completes.
+    async fn collect_abandoned_links(&self, vault_written_ms: Option<u64>) -> Result<u64> {
+        let root = format!("{}links/", self.prefix());
+        let listed = self.store.list(&root).await?;
+        let store_now = listed
+            .iter()
+            .filter_map(|object| object.modified_ms)
+            .chain(vault_written_ms)
+            .max()
+            .map_or(0, |newest| newest.min(self.now_ms()));
+        let cutoff = store_now.saturating_sub(ABANDONED_LINK_AGE_MS);
+        let mut deleted = 0;
+        for object in listed {
+            let Some(name) = object.key.strip_prefix(&self.prefix()) else {
+                continue;
+            };
+            if crate::link::parse_link_name(name).is_some()
+                && object.modified_ms.is_some_and(|at| at <= cutoff)
+            {
+                self.store.delete(&object.key).await?;
+                deleted += 1;
+            }
+        }
+        Ok(deleted)
     }
 
     /// Deletes unreferenced attachment chunks older than `grace_ms` (the caller holds the sync
