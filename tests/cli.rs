@@ -732,8 +732,7 @@ fn link(env: &Env, offerer: &str, joiner: &str, code: impl Fn(&str) -> String) -
     let mut stdin = offer.stdin.take().unwrap();
     writeln!(stdin, "{}", code(shown)).unwrap();
     drop(stdin);
-    let collect = |mut child: std::process::Child,
-                   mut out: BufReader<std::process::ChildStdout>| {
+    let collect = |child: std::process::Child, mut out: BufReader<std::process::ChildStdout>| {
         let mut rest = String::new();
         std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
         let mut output = child.wait_with_output().unwrap();
