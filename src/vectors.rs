@@ -490,6 +490,13 @@ fn sync_object_vectors() -> Value {
         hash: pattern(53),
     }];
     let prev_hash: [u8; 32] = pattern(52);
+    // The writer's device keys (FORMAT.md section 13): it signs the segment.
+    let writer_secrets = crate::devices::DeviceSecrets::from_bytes(&{
+        let mut bytes = [0u8; 64];
+        bytes[..32].copy_from_slice(&pattern::<32>(54));
+        bytes[32..].copy_from_slice(&pattern::<32>(55));
+        bytes
+    });
     let mut nonces = FixedNonces::new(70);
     let (segment_name, segment_object, segment_hash) = seal_segment_with(
         &keys,
@@ -504,6 +511,7 @@ fn sync_object_vectors() -> Value {
             operations: &batch,
             device_name: "Alice's phone",
             platform: "ios",
+            signer: Some(&writer_secrets),
         },
         &mut || nonces.next(),
     )
@@ -555,7 +563,8 @@ fn sync_object_vectors() -> Value {
         .collect();
     assert_eq!(nonces.used.len(), segment_blocks.len() + 1);
     let segment = json!({
-        "description": "segment 2 of a device that saw segment 7 of another, granting one chat key, with blocks for two chats (the second chat's key granted earlier)",
+        "description": "segment 2 of a device that saw segment 7 of another, granting one chat key, with blocks for two chats (the second chat's key granted earlier), signed by its writer",
+        "signer_verifying_key": hex(&writer_secrets.public().verifying),
         "name": segment_name,
         "tag": format!("{SEGMENT_TAG:016x}"),
         "parent_tag": format!("{PARENT_TAG:016x}"),

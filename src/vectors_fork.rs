@@ -73,6 +73,7 @@ pub(super) fn fork_vectors(keys: &VaultKeys, chat_keys: &ChatKeys) -> Value {
                     operations: &EncodedBatch::from_operations(std::slice::from_ref(&operation)),
                     device_name: "copy",
                     platform: "test",
+                    signer: None,
                 },
                 &mut || nonces.next(),
             )

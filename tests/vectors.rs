@@ -278,6 +278,12 @@ fn the_segment_vector_opens_through_the_public_api() {
     let name = segment["name"].as_str().unwrap();
     let object = bytes(&segment["object"]);
     let opened = open_segment(&keys, name, &object).unwrap();
+    // Signed by its writer, and by nobody else.
+    let signer: [u8; 32] = bytes(&segment["signer_verifying_key"]).try_into().unwrap();
+    assert!(opened.signed_by(keys.vault_id(), &signer));
+    let mut other = signer;
+    other[0] ^= 1;
+    assert!(!opened.signed_by(keys.vault_id(), &other));
     assert_eq!(opened.head.device.0.to_vec(), bytes(&fields["device_id"]));
     assert_eq!(opened.head.seq, fields["seq"].as_u64().unwrap());
     assert_eq!(opened.head.hash.to_vec(), bytes(&segment["hash"]));

@@ -232,6 +232,12 @@ pub struct Segment {
     pub device_name: ::prost::alloc::string::String,
     #[prost(string, tag = "8")]
     pub platform: ::prost::alloc::string::String,
+    /// Ed25519 signature of the writing device (64 bytes; FORMAT.md section 9.2): over
+    /// "chatvault/v2/segment" || vault id (16) || name length (u16 BE) || name || SHA-256(E), where E
+    /// is this message encoded without this field. Writers append it last, so the body is
+    /// E || 0x4a 0x40 || signature. Empty in segments written before device keys existed.
+    #[prost(bytes = "vec", tag = "9")]
+    pub signature: ::prost::alloc::vec::Vec<u8>,
 }
 /// Body of a KeySet object (kind 5): chat keys a device keeps in its local state, sealed under the
 /// keyring key.
@@ -390,6 +396,10 @@ pub struct RosterAdd {
     pub name: ::prost::alloc::string::String,
     #[prost(string, tag = "5")]
     pub platform: ::prost::alloc::string::String,
+    /// The first of its sequence numbers whose segments it signs (0 or 1: all of them); a device
+    /// that had segments before it had device keys signs those after them.
+    #[prost(uint64, tag = "6")]
+    pub first_signed_seq: u64,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct RosterRevoke {

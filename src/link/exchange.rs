@@ -120,6 +120,7 @@ pub fn seal_join(
             verifying_key: record.keys.verifying.to_vec(),
             name: record.name.clone(),
             platform: record.platform.clone(),
+            first_signed_seq: 1,
         }),
     }
     .encode_to_vec();

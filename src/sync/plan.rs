@@ -388,6 +388,7 @@ mod tests {
             blocks: vec![],
             device_name: String::new(),
             platform: String::new(),
+            signature: None,
         }
     }
 

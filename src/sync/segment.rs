@@ -2,8 +2,11 @@
 //!
 //! ```text
 //! name    = "segments/" || device id hex (32) || "/" || seq 016x || "-" || tag 016x || "-" || parent tag 016x
-//! object  = sealed (kind 4, log key, AAD name = name) protobuf Segment
-//! Segment = { device_id, seq, prev_hash, seen heads, chat key grants, sealed chat blocks, ... }
+//! object  = sealed (kind 4, log key, AAD name = name) E || 0x4a 0x40 || signature (64)
+//! E       = protobuf Segment { device_id, seq, prev_hash, seen heads, chat key grants, sealed
+//!           chat blocks, ... } without its signature field
+//! signature = Ed25519 (device's key) over "chatvault/v2/segment" || vault id || u16 BE name
+//!             length || name || SHA-256(E)     (absent in segments sealed before device keys)
 //! block i = sealed (kind 2, chat key, AAD name = name || "#" || i) protobuf ChatOperations
 //! hash    = SHA-256 of the whole segment object
 //! ```
@@ -32,6 +35,21 @@ pub use super::names::{
     parse_segment_name, random_tag, segment_name,
 };
 pub(crate) use super::names::{head_to_proto, heads_from_proto};
+
+const SIGNING_LABEL: &[u8] = b"chatvault/v2/segment";
+/// The protobuf key of `Segment.signature` (field 9, length-delimited) and its length (64).
+const SIGNATURE_SUFFIX: [u8; 2] = [0x4a, 0x40];
+
+fn signing_message(vault: &crate::keys::VaultId, name: &str, digest: &[u8; 32]) -> Vec<u8> {
+    let mut message = Vec::with_capacity(SIGNING_LABEL.len() + 16 + 2 + name.len() + 32);
+    message.extend_from_slice(SIGNING_LABEL);
+    message.extend_from_slice(vault.as_bytes());
+    // Names are at most `sealing::MAX_NAME_LEN` (1,024) bytes.
+    message.extend_from_slice(&(name.len() as u16).to_be_bytes());
+    message.extend_from_slice(name.as_bytes());
+    message.extend_from_slice(digest);
+    message
+}
 
 /// Where segments live inside the vault prefix.
 pub const SEGMENTS_PREFIX: &str = "segments/";
@@ -163,6 +181,9 @@ pub struct NewSegment<'a> {
     pub device_name: &'a str,
     /// Platform ("ios", "android", ...).
     pub platform: &'a str,
+    /// The writing device's keys: it signs the segment (`None`: unsigned, as segments were
+    /// before device keys; test vectors only).
+    pub signer: Option<&'a crate::devices::DeviceSecrets>,
 }
 
 /// The AAD name of chat block `index` of a segment (FORMAT.md section 9.2).
@@ -231,7 +252,7 @@ pub(crate) fn seal_segment_with(
                 .ok_or_else(|| Error::invalid_input("grant of an unknown key"))
         })
         .collect::<Result<Vec<_>>>()?;
-    let body = zeroize::Zeroizing::new(
+    let mut body = zeroize::Zeroizing::new(
         proto::Segment {
             device_id: segment.device.0.to_vec(),
             seq: segment.seq,
@@ -244,9 +265,16 @@ pub(crate) fn seal_segment_with(
             chats: blocks,
             device_name: segment.device_name.to_owned(),
             platform: segment.platform.to_owned(),
+            signature: Vec::new(),
         }
         .encode_to_vec(),
     );
+    if let Some(signer) = segment.signer {
+        let digest: [u8; 32] = Sha256::digest(&*body).into();
+        let signature = signer.sign(&signing_message(keys.vault_id(), &name, &digest));
+        body.extend_from_slice(&SIGNATURE_SUFFIX);
+        body.extend_from_slice(&signature);
+    }
     let context = ObjectContext {
         vault_id: keys.vault_id(),
         kind: ObjectKind::Segment,
@@ -279,6 +307,23 @@ pub struct OpenedSegment {
     pub device_name: String,
     /// Platform.
     pub platform: String,
+    /// The writer's signature, if it signed: (signature, SHA-256 of the body it covers).
+    pub signature: Option<([u8; crate::devices::SIGNATURE_LEN], [u8; 32])>,
+}
+
+impl OpenedSegment {
+    /// Whether the segment carries a signature that verifies under `verifying_key` for `vault`
+    /// (strict Ed25519: a device key that is not a canonical point of prime order never
+    /// verifies).
+    pub fn signed_by(&self, vault: &crate::keys::VaultId, verifying_key: &[u8; 32]) -> bool {
+        self.signature.is_some_and(|(signature, digest)| {
+            crate::devices::verify_ed25519(
+                verifying_key,
+                &signing_message(vault, &self.name, &digest),
+                &signature,
+            )
+        })
+    }
 }
 
 /// Opens a segment's outer layer and checks that its content belongs at `name`.
@@ -302,6 +347,23 @@ pub fn open_segment(keys: &VaultKeys, name: &str, object: &[u8]) -> Result<Opene
             ObjectKind::Segment,
             DecodeProblem::Malformed(why.to_owned()),
         )
+    };
+    let signature = match segment.signature.len() {
+        0 => None,
+        crate::devices::SIGNATURE_LEN => {
+            // Writers append the signature last; what it covers is everything before it.
+            let covered_len = body.len().saturating_sub(2 + crate::devices::SIGNATURE_LEN);
+            let (covered, suffix) = body.split_at(covered_len);
+            if suffix.get(..2) != Some(&SIGNATURE_SUFFIX[..])
+                || suffix[2..] != segment.signature[..]
+            {
+                return Err(malformed("signature not at the end"));
+            }
+            let mut signature = [0u8; crate::devices::SIGNATURE_LEN];
+            signature.copy_from_slice(&segment.signature);
+            Some((signature, Sha256::digest(covered).into()))
+        }
+        _ => return Err(malformed("signature length")),
     };
     if segment.device_id != device.0 || segment.seq != seq || seq == 0 {
         return Err(misplaced());
@@ -365,6 +427,7 @@ pub fn open_segment(keys: &VaultKeys, name: &str, object: &[u8]) -> Result<Opene
         blocks,
         device_name: segment.device_name,
         platform: segment.platform,
+        signature,
     })
 }
 
@@ -479,6 +542,7 @@ mod tests {
                 operations: &EncodedBatch::from_operations(&ops),
                 device_name: "test",
                 platform: "linux",
+                signer: None,
             },
         )
         .unwrap()
@@ -504,6 +568,7 @@ mod tests {
                     operations: &EncodedBatch::from_operations(&[op]),
                     device_name: "test",
                     platform: "linux",
+                    signer: None,
                 },
             )
             .unwrap();

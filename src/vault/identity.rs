@@ -15,6 +15,10 @@ use super::{Vault, lock};
 pub(super) const META_DEVICE_SECRETS: &str = "device_secrets";
 /// The local-state meta key of the keys a copied state directory held before it forked off.
 pub(super) const META_COPIED_DEVICE_SECRETS: &str = "copied_device_secrets";
+/// The local-state meta key of the first sequence number whose segments this device signs
+/// (u64 BE): 1 for a device that had device keys from its start, the next one to seal for a state
+/// directory that had segments before.
+pub(super) const META_FIRST_SIGNED_SEQ: &str = "first_signed_seq";
 /// The AAD name they are sealed under.
 const DEVICE_SECRETS_NAME: &str = "local/device-secrets";
 
@@ -49,6 +53,38 @@ pub(super) fn load_or_create(local: &mut LocalState, keys: &VaultKeys) -> Result
     let secrets = DeviceSecrets::generate()?;
     local.set_meta(META_DEVICE_SECRETS, &seal(keys, &secrets)?)?;
     Ok(secrets)
+}
+
+/// A copy of `secrets` (wiped on drop like the original).
+pub(super) fn copy(secrets: &DeviceSecrets) -> DeviceSecrets {
+    DeviceSecrets::from_bytes(&secrets.to_bytes())
+}
+
+/// The first sequence number whose segments `device` signs: kept in the local state, set the first
+/// time a state directory is opened with device keys to the next sequence number it will seal
+/// (after its newest own head and any staged segment, both sealed unsigned).
+pub(super) fn first_signed_seq(
+    local: &mut LocalState,
+    device: crate::sync::DeviceId,
+) -> Result<u64> {
+    if let Some(bytes) = local.meta(META_FIRST_SIGNED_SEQ)? {
+        let bytes: [u8; 8] = bytes
+            .as_slice()
+            .try_into()
+            .map_err(|_| Error::LocalState("damaged first signed sequence number".into()))?;
+        return Ok(u64::from_be_bytes(bytes));
+    }
+    let newest_head = local
+        .heads()?
+        .into_iter()
+        .filter(|head| head.device == device)
+        .map(|head| head.seq)
+        .max()
+        .unwrap_or(0);
+    let staged = local.pending_segment()?.map_or(0, |pending| pending.seq);
+    let first = newest_head.max(staged) + 1;
+    local.set_meta(META_FIRST_SIGNED_SEQ, &first.to_be_bytes())?;
+    Ok(first)
 }
 
 impl Vault {

@@ -206,6 +206,8 @@ impl Vault {
                         keys: record.keys,
                         name: record.name.clone(),
                         platform: record.platform.clone(),
+                        // A new device signs every segment it writes.
+                        first_signed_seq: 1,
                     },
                 },
                 |message| secrets.sign(message),

@@ -31,6 +31,10 @@ impl Vault {
             unknown: pass.engine.unknown().to_vec(),
             ..VerifyReport::default()
         };
+        // The roster first: segments are checked against it.
+        let (entries, refused) = self.verify_roster(pass.engine.listing()).await?;
+        report.roster_entries = entries;
+        report.roster_refused = refused;
         // Every listed index authenticates (those this pass has not opened yet are fetched).
         let mut indexes = std::mem::take(&mut pass.indexes);
         for get in pass.engine.all_indexes()? {
@@ -117,9 +121,6 @@ impl Vault {
                 report.segments += 1;
             }
         }
-        let (entries, refused) = self.verify_roster(pass.engine.listing()).await?;
-        report.roster_entries = entries;
-        report.roster_refused = refused;
         report.attachments = self.check_attachments_present().await?;
         Ok(report)
     }

@@ -646,6 +646,7 @@ impl Vault {
                         operations: &EncodedBatch::from_operations(&staged),
                         device_name: &self.info.name,
                         platform: &self.info.platform,
+                        signer: Some(&new_secrets),
                     },
                 )?;
                 Some(PendingSegment {
@@ -669,6 +670,8 @@ impl Vault {
                 local::set_meta(tx, META_DEVICE_ID, &new_device.0)?;
                 local::set_meta(tx, identity::META_DEVICE_SECRETS, &sealed_secrets)?;
                 local::set_meta(tx, identity::META_COPIED_DEVICE_SECRETS, &copied_secrets)?;
+                // The new id signs every segment it writes, its first included.
+                local::set_meta(tx, identity::META_FIRST_SIGNED_SEQ, &1u64.to_be_bytes())?;
                 match new_clock.last() {
                     Some(last) => local::set_meta(tx, META_CLOCK, &last.to_sortable_bytes()),
                     None => Ok(()),
@@ -710,6 +713,9 @@ impl Vault {
         loop {
             cancel.check()?;
             let staged = {
+                // A copy, taken before the local state's lock (`fork_off` takes the keys' lock
+                // while it holds that one).
+                let signer = identity::copy(&*lock(&self.device_secrets)?);
                 let mut local = lock(&self.local)?;
                 let Some((last_id, operations)) = local.outbox(MAX_SEGMENT_BODY / 2)? else {
                     break;
@@ -759,6 +765,7 @@ impl Vault {
                         operations: &operations,
                         device_name: &self.info.name,
                         platform: &self.info.platform,
+                        signer: Some(&signer),
                     },
                 )?;
                 let pending = PendingSegment {

@@ -132,6 +132,7 @@ impl Vault {
             }
         };
         let device_secrets = identity::load_or_create(&mut local, &keys)?;
+        identity::first_signed_seq(&mut local, device)?;
         let roster_root = match (local.meta(roster::META_ROSTER_ROOT)?, roster_root) {
             (Some(root), _) => root
                 .try_into()

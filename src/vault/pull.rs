@@ -236,7 +236,13 @@ impl Vault {
     /// GETs a planned segment and opens its outer layer; the caller counts the request.
     pub(super) async fn fetch_segment(&self, get: &Get) -> Result<(OpenedSegment, u64)> {
         let object = self.get_promised(get).await?;
-        Ok((get.open_segment(&self.keys, &object)?, object.len() as u64))
+        let segment = get.open_segment(&self.keys, &object)?;
+        crate::sync::roster::check_segment(
+            &self.current_roster()?,
+            self.keys.vault_id(),
+            &segment,
+        )?;
+        Ok((segment, object.len() as u64))
     }
 
     pub(super) async fn pull(

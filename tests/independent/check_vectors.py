@@ -1151,7 +1151,8 @@ SEALED_CHAT_BLOCK = {1: ("key_id", "bytes", False), 2: ("sealed", "bytes", False
 SEGMENT = {1: ("device_id", "bytes", False), 2: ("seq", "uint64", False),
            3: ("prev_hash", "bytes", False), 4: ("seen", DEVICE_HEAD, True),
            5: ("keys", CHAT_KEY_GRANT, True), 6: ("chats", SEALED_CHAT_BLOCK, True),
-           7: ("device_name", "string", False), 8: ("platform", "string", False)}
+           7: ("device_name", "string", False), 8: ("platform", "string", False),
+           9: ("signature", "bytes", False)}
 PACK_REF = {1: ("name", "string", False), 2: ("size", "uint64", False)}
 HISTORY_POSITION = {1: ("sent_at_ms", "uint64", False), 2: ("message_id", "string", False)}
 PACKED_CHAT = {1: ("chat_id", "string", False), 2: ("key_id", "bytes", False),
@@ -1368,12 +1369,26 @@ def check_sync_objects(c):
     c.check(tag + ": hash = SHA-256 of the whole object", hashlib.sha256(obj).hexdigest() == s["hash"])
     seg = pb_message(body, SEGMENT)
     c.run(tag + ": fields", lambda: fields_match(
-        "segment", {k: seg[k] for k in seg if k != "chats"}, f))
+        "segment", {k: seg[k] for k in seg if k not in ("chats", "signature")}, f))
+    # Section 9.2: the signature is the body's last field; it covers the rest of the body.
+    sig = seg.get("signature", b"")
+    covered = body[:-66]
+    c.check(tag + ": signature appended last (0x4a 0x40 || 64 bytes)",
+            len(sig) == 64 and body[-66:] == b"\x4a\x40" + sig)
+    seg_message = (b"chatvault/v2/segment" + vid + len(name).to_bytes(2, "big") + name.encode()
+                   + hashlib.sha256(covered).digest())
+    signer = h(s["signer_verifying_key"])
+    c.run(tag + ": the writer's signature verifies",
+          lambda: ed25519_verifies(signer, seg_message, sig))
+    c.run(tag + ": not as another segment's",
+          lambda: not ed25519_verifies(signer, seg_message.replace(name.encode(), name.encode()[:-1] + b"0"), sig))
     c.check(tag + ": prev_hash is 32 bytes for seq > 1", f["seq"] > 1 and len(seg["prev_hash"]) == 32)
     c.check(tag + ": one sealed block per chat", len(seg["chats"]) == len(s["blocks"]))
     c.check(tag + ": block key ids", [b["key_id"] for b in seg["chats"]]
             == [h(b["key_id"]) for b in s["blocks"]])
     c.check(tag + ": body is canonical protobuf", pb_encode(seg, SEGMENT) == body)
+    c.check(tag + ": what the signature covers is the segment without it",
+            pb_encode({k: seg[k] for k in seg if k != "signature"}, SEGMENT) == covered)
     check_chat_blocks(c, tag, lambda i: "%s#%d" % (name, i), s["blocks"], lambda i: seg["chats"][i]["sealed"], vid, keys_by_id,
                       seg["device_id"])
 
@@ -1630,7 +1645,7 @@ def link_nonce(counter):
 
 ROSTER_ADD = {1: ("device_id", "bytes", False), 2: ("agreement_key", "bytes", False),
               3: ("verifying_key", "bytes", False), 4: ("name", "string", False),
-              5: ("platform", "string", False)}
+              5: ("platform", "string", False), 6: ("first_signed_seq", "uint64", False)}
 ROSTER_ENTRY = {1: ("signer", "bytes", False), 2: ("parents", "bytes", True),
                 3: ("made_at_ms", "uint64", False), 4: ("epoch", "uint32", False),
                 5: ("add", ROSTER_ADD, False)}

@@ -98,6 +98,7 @@ impl Bucket {
                 operations: &EncodedBatch::from_operations(&[operation(id)]),
                 device_name: "d",
                 platform: "test",
+                signer: None,
             },
         )
         .ok()?;

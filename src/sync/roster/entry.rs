@@ -69,6 +69,8 @@ pub enum RosterChange {
         name: String,
         /// Its platform ("ios", "android", ...).
         platform: String,
+        /// The first of its sequence numbers whose segments it signs (0 or 1: all of them).
+        first_signed_seq: u64,
     },
     /// A device is cut off; the tips of its segment tree that stay accepted.
     Revoke {
@@ -158,12 +160,14 @@ impl RosterEntry {
                     keys,
                     name,
                     platform,
+                    first_signed_seq,
                 } => Change::Add(proto::RosterAdd {
                     device_id: device.0.to_vec(),
                     agreement_key: keys.agreement.to_vec(),
                     verifying_key: keys.verifying.to_vec(),
                     name: name.clone(),
                     platform: platform.clone(),
+                    first_signed_seq: *first_signed_seq,
                 }),
                 RosterChange::Revoke {
                     device,
@@ -229,6 +233,7 @@ impl RosterEntry {
                 },
                 name: add.name.clone(),
                 platform: add.platform.clone(),
+                first_signed_seq: add.first_signed_seq,
             },
             Change::Revoke(revoke) => RosterChange::Revoke {
                 device: DeviceId(id16(&revoke.device_id, "revoked device id")?),

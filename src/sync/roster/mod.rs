@@ -57,6 +57,8 @@ pub struct RosterDevice {
     pub name: String,
     /// Its platform.
     pub platform: String,
+    /// The first of its sequence numbers whose segments it signs (0 or 1: all of them).
+    pub first_signed_seq: u64,
     /// Who added it.
     pub added_by: Signer,
     /// When (the adder's clock).
@@ -153,11 +155,13 @@ impl State {
                 keys,
                 name,
                 platform,
+                first_signed_seq,
             } => {
                 self.devices.entry(*device).or_insert(RosterDevice {
                     keys: *keys,
                     name: name.clone(),
                     platform: platform.clone(),
+                    first_signed_seq: *first_signed_seq,
                     added_by: entry.signer,
                     added_at_ms: entry.made_at_ms,
                     revoked: None,
@@ -180,6 +184,32 @@ impl State {
             RosterChange::RotateRecovery { next } => self.recovery_key = *next,
             RosterChange::StartEpoch { epoch, .. } => self.epoch = self.epoch.max(*epoch),
         }
+    }
+}
+
+/// Checks a segment against the roster: from its device's first signed sequence number on, a
+/// segment of a device the roster lists must carry that device's valid signature (a signature
+/// below it must verify too). A segment of a device the roster does not list is accepted: a
+/// device of a vault written before the roster appears in it once it syncs with a version that
+/// adds it (docs/DEVICES.md says what this leaves open until key epochs).
+pub fn check_segment(
+    roster: &Roster,
+    vault: &VaultId,
+    segment: &crate::sync::segment::OpenedSegment,
+) -> Result<()> {
+    let Some(device) = roster.devices.get(&segment.head.device) else {
+        return Ok(());
+    };
+    if segment.signature.is_none() && segment.head.seq < device.first_signed_seq.max(1) {
+        return Ok(());
+    }
+    if segment.signed_by(vault, &device.keys.verifying) {
+        Ok(())
+    } else {
+        Err(Error::Decode {
+            kind: crate::format::ObjectKind::Segment,
+            problem: crate::error::DecodeProblem::BadSignature,
+        })
     }
 }
 

@@ -27,6 +27,7 @@ fn add(n: u8) -> RosterChange {
         keys: secrets(n).public(),
         name: format!("phone {n}"),
         platform: "test".into(),
+        first_signed_seq: 1,
     }
 }
 

@@ -140,6 +140,8 @@ impl Vault {
             && let Some(signer) = &self.recovery_signer
         {
             let keys = self.device_keys()?;
+            let first_signed_seq =
+                super::identity::first_signed_seq(&mut *lock(&self.local)?, device)?;
             let entry = RosterEntry {
                 signer: Signer::Recovery,
                 parents: roster.tips.clone(),
@@ -150,6 +152,7 @@ impl Vault {
                     keys,
                     name: self.info.name.clone(),
                     platform: self.info.platform.clone(),
+                    first_signed_seq,
                 },
             };
             let signed =
@@ -190,22 +193,27 @@ impl Vault {
             }
         }
         let roster = roster::fold(self.keys.vault_id(), self.roster_root, entries)?;
-        Ok((listed, roster.refused.len() as u64))
+        let refused = roster.refused.len() as u64;
+        // Segments are checked against every entry listed (in memory only: verify keeps nothing).
+        *lock(&self.roster)? = Some(roster);
+        Ok((listed, refused))
+    }
+
+    /// The roster as the last sync (or verify) folded it, or as the kept entries fold.
+    pub(super) fn current_roster(&self) -> Result<Roster> {
+        if let Some(roster) = lock(&self.roster)?.clone() {
+            return Ok(roster);
+        }
+        let roster = self.fold_kept_roster()?;
+        *lock(&self.roster)? = Some(roster.clone());
+        Ok(roster)
     }
 
     /// The devices of the vault as the roster lists them, revoked ones included, as of the last
     /// sync (a device appears in it from its first sync on). Devices of a vault written before
     /// the roster existed appear once they sync with this version.
     pub fn devices(&self) -> Result<Vec<VaultDevice>> {
-        let cached = lock(&self.roster)?.clone();
-        let roster = match cached {
-            Some(roster) => roster,
-            None => {
-                let roster = self.fold_kept_roster()?;
-                *lock(&self.roster)? = Some(roster.clone());
-                roster
-            }
-        };
+        let roster = self.current_roster()?;
         let this = self.device_id();
         Ok(roster
             .devices

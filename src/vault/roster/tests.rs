@@ -115,6 +115,7 @@ fn forged_add(keys: &VaultKeys, parents: Vec<EntryId>) -> (String, Vec<u8>) {
             keys: forger.public(),
             name: "intruder".into(),
             platform: "test".into(),
+            first_signed_seq: 1,
         },
     };
     let signed = SignedEntry::sign(keys.vault_id(), entry, |m| forger.sign(m));
@@ -275,4 +276,142 @@ fn roster_objects_are_sealed_in_their_entrys_epoch() {
     assert_eq!(sealing::epoch_of(&object, ObjectKind::Roster).unwrap(), 0);
     let other = VaultKeys::derive(&RecoveryKey::generate().unwrap());
     assert!(open_entry(&other, &id, &object).is_err());
+}
+
+/// Opens the newest segment of the bucket's one writing device, lets `edit` change its body and
+/// seals it again under its name: what a holder of the log key (a device, later a revoked one)
+/// could write.
+async fn reseal_newest_segment(bucket: &Bucket, edit: impl FnOnce(&mut Vec<u8>)) {
+    let keys = VaultKeys::derive(&bucket.key);
+    let prefix = bucket.prefix();
+    let mut names: Vec<String> = bucket
+        .store
+        .list(&format!("{prefix}segments/"))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|info| info.key[prefix.len()..].to_owned())
+        .collect();
+    names.sort();
+    let name = names.pop().unwrap();
+    let context = ObjectContext {
+        vault_id: keys.vault_id(),
+        kind: ObjectKind::Segment,
+        name: &name,
+    };
+    let key = format!("{prefix}{name}");
+    let object = bucket.store.get(&key, u64::MAX).await.unwrap().unwrap();
+    let mut body = sealing::open(&keys.log().0, &context, &object)
+        .unwrap()
+        .to_vec();
+    edit(&mut body);
+    let resealed = sealing::seal(&keys.log().0, &context, &body).unwrap();
+    bucket.store.put(&key, resealed).await.unwrap();
+}
+
+/// A phone whose roster entry says it signs from `first_signed_seq` on, after two synced
+/// segments.
+async fn phone_with_two_segments(bucket: &Bucket, states: &Path, first_signed_seq: u64) -> Vault {
+    let phone = bucket.device(&states.join("phone"), "phone").await;
+    lock(&phone.local)
+        .unwrap()
+        .set_meta(
+            super::super::identity::META_FIRST_SIGNED_SEQ,
+            &first_signed_seq.to_be_bytes(),
+        )
+        .unwrap();
+    for id in ["1", "2"] {
+        phone
+            .record(vec![crate::sync::Change::UpsertChat(crate::sync::Chat {
+                chat_id: id.into(),
+                title: id.into(),
+                members: Vec::new(),
+                payload: Vec::new(),
+            })])
+            .unwrap();
+        phone.sync(None, None).await.unwrap();
+    }
+    phone
+}
+
+fn bad_signature(error: &Error) -> bool {
+    matches!(
+        error,
+        Error::Decode {
+            kind: ObjectKind::Segment,
+            problem: DecodeProblem::BadSignature
+        }
+    )
+}
+
+#[tokio::test]
+async fn a_segment_whose_signature_does_not_verify_is_refused_by_sync_and_verify() {
+    let bucket = Bucket::new();
+    let states = tempfile::tempdir().unwrap();
+    let phone = phone_with_two_segments(&bucket, states.path(), 1).await;
+    reseal_newest_segment(&bucket, |body| {
+        let last = body.len() - 1;
+        body[last] ^= 1;
+    })
+    .await;
+    let laptop = bucket.device(&states.path().join("laptop"), "laptop").await;
+    let error = laptop.sync(None, None).await.unwrap_err();
+    assert!(bad_signature(&error), "{error:?}");
+    assert!(bad_signature(&phone.verify().await.unwrap_err()));
+}
+
+#[tokio::test]
+async fn an_unsigned_segment_of_a_device_that_signs_is_refused() {
+    let bucket = Bucket::new();
+    let states = tempfile::tempdir().unwrap();
+    phone_with_two_segments(&bucket, states.path(), 2).await;
+    // Segment 2, stripped of its signature: the roster says the phone signs from 2 on.
+    reseal_newest_segment(&bucket, |body| body.truncate(body.len() - 66)).await;
+    let laptop = bucket.device(&states.path().join("laptop"), "laptop").await;
+    let error = laptop.sync(None, None).await.unwrap_err();
+    assert!(bad_signature(&error), "{error:?}");
+}
+
+#[tokio::test]
+async fn unsigned_segments_before_a_devices_first_signed_one_stay_accepted() {
+    let bucket = Bucket::new();
+    let states = tempfile::tempdir().unwrap();
+    let phone = phone_with_two_segments(&bucket, states.path(), 3).await;
+    // As if sealed before the phone had device keys.
+    reseal_newest_segment(&bucket, |body| body.truncate(body.len() - 66)).await;
+    let laptop = bucket.device(&states.path().join("laptop"), "laptop").await;
+    laptop.sync(None, None).await.unwrap();
+    assert_eq!(laptop.chats().unwrap().len(), 2);
+    let phone_entry = laptop
+        .devices()
+        .unwrap()
+        .into_iter()
+        .find(|device| device.id == phone.device_id())
+        .unwrap();
+    assert_eq!(phone_entry.name, "phone");
+    assert_eq!(
+        laptop.current_roster().unwrap().devices[&phone.device_id()].first_signed_seq,
+        3
+    );
+}
+
+#[tokio::test]
+async fn a_signature_that_is_not_the_bodys_last_field_is_malformed() {
+    let bucket = Bucket::new();
+    let states = tempfile::tempdir().unwrap();
+    phone_with_two_segments(&bucket, states.path(), 1).await;
+    // A byte of padding after the signature field (field 7 again, an empty string).
+    reseal_newest_segment(&bucket, |body| body.extend_from_slice(&[0x3a, 0x00])).await;
+    let laptop = bucket.device(&states.path().join("laptop"), "laptop").await;
+    let error = laptop.sync(None, None).await.unwrap_err();
+    assert!(
+        matches!(
+            error,
+            Error::Decode {
+                kind: ObjectKind::Segment,
+                problem: DecodeProblem::Malformed(_)
+            }
+        ),
+        "{error:?}"
+    );
 }
