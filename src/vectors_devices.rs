@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 
 use super::{hex, pattern};
 use crate::devices::{DeviceSecrets, NewEpoch, seal_to_with_ephemeral};
-use crate::keys::{EpochSecret, EpochWrapKey, RecoveryKey, VaultId};
+use crate::keys::{EpochSecret, RecoveryKey, VaultId};
 use crate::link::{Channel, Ephemeral, LinkOffer};
 use crate::sync::DeviceId;
 use crate::sync::roster::{RosterChange, RosterEntry, SignedEntry, Signer};
@@ -110,7 +110,7 @@ pub(super) fn device_vectors() -> Value {
                 (pattern(99), public.agreement),
                 (pattern(101), second_agreement),
             ],
-            recovery: &EpochWrapKey::derive(&recovery_key),
+            recovery: &crate::devices::recovery_agreement_key(&recovery_key),
         },
         &mut || Ok(randomness.next().unwrap_or_default()),
     )

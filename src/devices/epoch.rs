@@ -7,7 +7,8 @@
 //! body   = protobuf EpochKeys { epoch, boxes: [{device_id, box}], recovery_box, previous }
 //! box             = key box (section 13) of the secret to the device's X25519 key,
 //!                   context = "chatvault/v2/epoch-box" || name || device id
-//! recovery_box    = nonce (24) || XChaCha20-Poly1305(epoch wrap key, nonce, aad = name, secret)
+//! recovery_box    = key box (section 13) of the secret to the recovery key's X25519 key,
+//!                   context = "chatvault/v2/epoch-recovery-box" || name
 //! previous        = nonce (24) || XChaCha20-Poly1305(HKDF-Expand(secret, "chatvault/v2/epoch-chain"),
 //!                                                    nonce, aad = name, previous secret)
 //! ```
@@ -26,7 +27,7 @@ use super::DeviceSecrets;
 use super::sealed_box::{open_box, seal_to_with_ephemeral};
 use crate::error::{DecodeProblem, Error, Result};
 use crate::format::{ObjectKind, proto};
-use crate::keys::{EpochSecret, EpochWrapKey, Key32};
+use crate::keys::{EpochSecret, Key32};
 
 /// The largest epoch object a reader accepts (a box per device: room for thousands).
 pub const MAX_EPOCH_OBJECT: usize = 256 * 1024;
@@ -35,6 +36,7 @@ const MAGIC: &[u8; 4] = b"CVLT";
 const VERSION: u8 = 2;
 const HEADER_LEN: usize = 8;
 const BOX_LABEL: &[u8] = b"chatvault/v2/epoch-box";
+const RECOVERY_BOX_LABEL: &[u8] = b"chatvault/v2/epoch-recovery-box";
 const CHAIN_LABEL: &str = "chatvault/v2/epoch-chain";
 const NONCE_LEN: usize = 24;
 
@@ -50,8 +52,8 @@ pub struct NewEpoch<'a> {
     pub previous: &'a EpochSecret,
     /// Every active device: id and X25519 public key.
     pub devices: &'a [([u8; 16], [u8; 32])],
-    /// The recovery key's wrap key.
-    pub recovery: &'a EpochWrapKey,
+    /// The recovery key's X25519 public key ([`recovery_agreement_key`](super::recovery_agreement_key)).
+    pub recovery: &'a [u8; 32],
 }
 
 fn malformed(why: &str) -> Error {
@@ -63,6 +65,10 @@ fn malformed(why: &str) -> Error {
 
 fn box_context(name: &str, device: &[u8; 16]) -> Vec<u8> {
     [BOX_LABEL, name.as_bytes(), device].concat()
+}
+
+fn recovery_context(name: &str) -> Vec<u8> {
+    [RECOVERY_BOX_LABEL, name.as_bytes()].concat()
 }
 
 fn aead(key: &Key32, nonce: &[u8; NONCE_LEN], name: &str, plaintext: &[u8]) -> Result<Vec<u8>> {
@@ -162,10 +168,10 @@ pub(crate) fn seal_epoch_with(
         nonce.copy_from_slice(&random()?[..NONCE_LEN]);
         Ok(nonce)
     };
-    let recovery_box = aead(
-        &new.recovery.0,
-        &nonce(random)?,
-        new.name,
+    let recovery_box = seal_to_with_ephemeral(
+        &Zeroizing::new(random()?),
+        new.recovery,
+        &recovery_context(new.name),
         new.secret.bytes(),
     )?;
     let previous = aead(
@@ -282,9 +288,16 @@ impl EpochObject {
         secret_of(&opened).map(Some)
     }
 
-    /// Opens the secret with the recovery key's wrap key.
-    pub fn open_with_recovery(&self, recovery: &EpochWrapKey) -> Result<EpochSecret> {
-        open_aead(&recovery.0, &self.name, &self.body.recovery_box)
+    /// Opens the secret with the recovery key's own keys
+    /// ([`RecoverySigner::recovery_secrets`](super::RecoverySigner::recovery_secrets)).
+    pub fn open_with_recovery(&self, recovery: &DeviceSecrets) -> Result<EpochSecret> {
+        let opened = open_box(
+            recovery,
+            ObjectKind::Epoch,
+            &recovery_context(&self.name),
+            &self.body.recovery_box,
+        )?;
+        secret_of(&opened)
     }
 
     /// The previous epoch's secret, with this epoch's.
@@ -313,7 +326,7 @@ mod tests {
     #[test]
     fn each_device_the_recovery_key_and_the_chain_open_an_epoch() {
         let recovery = RecoveryKey::from_bytes([3; 32]);
-        let wrap = EpochWrapKey::derive(&recovery);
+        let wrap = super::super::RecoverySigner::recovery_secrets(&recovery);
         let zero = EpochSecret::epoch_zero(&recovery);
         let one = EpochSecret::generate().unwrap();
         let (a, b, revoked) = (
@@ -330,7 +343,7 @@ mod tests {
                 ([1; 16], a.public().agreement),
                 ([2; 16], b.public().agreement),
             ],
-            recovery: &wrap,
+            recovery: &wrap.public().agreement,
         })
         .unwrap();
         let decoded = EpochObject::decode(NAME, &object).unwrap();
@@ -354,7 +367,8 @@ mod tests {
                 .is_none()
         );
         assert!(authentication_failed(decoded.open_as_device(&[1; 16], &b)));
-        let other = EpochWrapKey::derive(&RecoveryKey::from_bytes([5; 32]));
+        let other =
+            super::super::RecoverySigner::recovery_secrets(&RecoveryKey::from_bytes([5; 32]));
         assert!(authentication_failed(decoded.open_with_recovery(&other)));
         // Under the name of another epoch it does not decode; under another tag its boxes fail.
         assert!(EpochObject::decode("epochs/0000000000000002-00000000000000aa", &object).is_err());
@@ -396,7 +410,7 @@ mod tests {
             secret: &one,
             previous: &EpochSecret::epoch_zero(&recovery),
             devices: &[],
-            recovery: &EpochWrapKey::derive(&recovery),
+            recovery: &super::super::recovery_agreement_key(&recovery),
         })
         .unwrap();
         let mut cases: Vec<Vec<u8>> = Vec::new();
@@ -421,7 +435,7 @@ mod tests {
                 secret: &one,
                 previous: &one,
                 devices: &[],
-                recovery: &EpochWrapKey::derive(&recovery),
+                recovery: &super::super::recovery_agreement_key(&recovery),
             }),
             Err(Error::InvalidInput(_))
         ));

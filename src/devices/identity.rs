@@ -72,6 +72,14 @@ impl DeviceSecrets {
     }
 }
 
+/// The recovery key's X25519 public key: every epoch's secret is boxed to it (FORMAT.md section
+/// 13), by any device that holds it, with or without the recovery key.
+pub fn recovery_agreement_key(recovery_key: &crate::keys::RecoveryKey) -> [u8; 32] {
+    RecoverySigner::recovery_secrets(recovery_key)
+        .public()
+        .agreement
+}
+
 /// The recovery key's signer, the roster's root of trust: an Ed25519 key derived from the
 /// recovery key (FORMAT.md section 3, `chatvault/v2/recovery-signing`). Wiped on drop.
 pub struct RecoverySigner(SigningKey);
@@ -87,6 +95,15 @@ impl RecoverySigner {
     /// Its public key (what a linked device receives instead of the recovery key).
     pub fn verifying_key(&self) -> [u8; 32] {
         self.0.verifying_key().to_bytes()
+    }
+
+    /// The recovery key's own keys, as a device's: its X25519 key (every epoch's secret is boxed
+    /// to it: [`recovery_agreement_key`]) and this signer's Ed25519 key.
+    pub fn recovery_secrets(recovery_key: &crate::keys::RecoveryKey) -> DeviceSecrets {
+        let mut bytes = Zeroizing::new([0u8; 64]);
+        bytes[..32].copy_from_slice(&*crate::keys::recovery_agreement_seed(recovery_key));
+        bytes[32..].copy_from_slice(&*crate::keys::recovery_signing_seed(recovery_key));
+        DeviceSecrets::from_bytes(&bytes)
     }
 
     /// Signs `message` (Ed25519).

@@ -13,7 +13,8 @@ pub use epoch::{
     EpochObject, MAX_EPOCH_OBJECT, NewEpoch, epoch_in_name, epoch_object_hash, seal_epoch,
 };
 pub use identity::{
-    DevicePublicKeys, DeviceSecrets, RecoverySigner, SIGNATURE_LEN, verify_ed25519,
+    DevicePublicKeys, DeviceSecrets, RecoverySigner, SIGNATURE_LEN, recovery_agreement_key,
+    verify_ed25519,
 };
 #[cfg(test)]
 pub(crate) use sealed_box::seal_to_with_ephemeral;

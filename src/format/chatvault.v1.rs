@@ -447,14 +447,14 @@ pub struct EpochBox {
     pub r#box: ::prost::alloc::vec::Vec<u8>,
 }
 /// The joining device's first link message (FORMAT.md section 13, "Link protocol"):
-/// links/<id>/join = the joiner's ephemeral key (32 bytes) || this, sealed under the channel.
+/// `links/<id>/join` = the joiner's ephemeral key (32 bytes) || this, sealed under the channel.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct LinkJoin {
     /// The joining device as its roster entry will add it (id, keys, name, platform).
     #[prost(message, optional, tag = "1")]
     pub device: ::core::option::Option<RosterAdd>,
 }
-/// The offering device's answer, links/<id>/welcome, sealed under the channel once the person
+/// The offering device's answer, `links/<id>/welcome`, sealed under the channel once the person
 /// typed the right check code.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct LinkWelcome {

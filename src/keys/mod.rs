@@ -13,11 +13,11 @@ mod tree;
 pub use chat::ChatKey;
 pub use passphrase::{Argon2Params, PassphraseEnvelope, PassphrasePolicy};
 pub use recovery::{RECOVERY_KEY_TEXT_CHARS, RecoveryKey};
-pub(crate) use tree::recovery_signing_seed;
 pub use tree::{
-    AttachmentKey, DERIVATION_LABELS, DeviceLinkKey, EpochSecret, EpochWrapKey, HKDF_SALT,
-    KeyringKey, LogKey, NamingKey, RECOVERY_LABELS, RECOVERY_SALT, VaultId, VaultKeys,
+    AttachmentKey, DERIVATION_LABELS, DeviceLinkKey, EpochSecret, HKDF_SALT, KeyringKey, LogKey,
+    NamingKey, RECOVERY_LABELS, RECOVERY_SALT, VaultId, VaultKeys,
 };
+pub(crate) use tree::{recovery_agreement_seed, recovery_signing_seed};
 
 #[cfg(test)]
 pub(crate) use recovery::text_with_version as recovery_text_with_version_for_vectors;

@@ -10,7 +10,7 @@
 //! device-link= HKDF-Expand(PRK, "chatvault/v1/device-link", 32)   seals device records
 //!
 //! RPRK             = HKDF-Extract(salt = "chatvault/v2/recovery", IKM = recovery key)
-//! epoch-wrap       = HKDF-Expand(RPRK, "chatvault/v2/epoch-wrap",       32)
+//! recovery-agreement = HKDF-Expand(RPRK, "chatvault/v2/recovery-agreement", 32)   X25519
 //! recovery-signing = HKDF-Expand(RPRK, "chatvault/v2/recovery-signing", 32)
 //! ```
 //!
@@ -42,7 +42,7 @@ const LABEL_LOG: &str = "chatvault/v1/log";
 const LABEL_NAMING: &str = "chatvault/v1/naming";
 const LABEL_ATTACHMENT: &str = "chatvault/v1/attachment";
 const LABEL_DEVICE_LINK: &str = "chatvault/v1/device-link";
-const LABEL_EPOCH_WRAP: &str = "chatvault/v2/epoch-wrap";
+const LABEL_RECOVERY_AGREEMENT: &str = "chatvault/v2/recovery-agreement";
 const LABEL_RECOVERY_SIGNING: &str = "chatvault/v2/recovery-signing";
 
 /// Every HKDF-Expand info label of the key tree (expanded from `PRK`, salt [`HKDF_SALT`]), with
@@ -58,7 +58,7 @@ pub const DERIVATION_LABELS: &[(&str, usize)] = &[
 
 /// The labels of the recovery key's own keys (expanded from `RPRK`, salt [`RECOVERY_SALT`]).
 pub const RECOVERY_LABELS: &[(&str, usize)] =
-    &[(LABEL_EPOCH_WRAP, 32), (LABEL_RECOVERY_SIGNING, 32)];
+    &[(LABEL_RECOVERY_AGREEMENT, 32), (LABEL_RECOVERY_SIGNING, 32)];
 
 /// The public identifier of a vault, derived one-way from the recovery key.
 ///
@@ -147,10 +147,6 @@ key_type!(
     /// epochs is a vault in epoch 0.
     EpochSecret
 );
-key_type!(
-    /// Wraps each epoch's secret for the recovery key (`chatvault/v2/epoch-wrap`).
-    EpochWrapKey
-);
 
 impl EpochSecret {
     /// A fresh random epoch secret.
@@ -204,19 +200,16 @@ pub(crate) fn recovery_signing_seed(recovery_key: &RecoveryKey) -> Zeroizing<[u8
     expand::<32>(&recovery_hkdf(recovery_key), LABEL_RECOVERY_SIGNING)
 }
 
+/// The X25519 secret of the recovery key (`chatvault/v2/recovery-agreement`): every epoch's
+/// secret is boxed to its public key, so the recovery key alone opens every epoch, and a device
+/// that holds only the public key (a linked one) can still box a new epoch to it.
+pub(crate) fn recovery_agreement_seed(recovery_key: &RecoveryKey) -> Zeroizing<[u8; 32]> {
+    expand::<32>(&recovery_hkdf(recovery_key), LABEL_RECOVERY_AGREEMENT)
+}
+
 /// `RPRK`: the recovery key's own branch, apart from `PRK` (epoch 0's secret, which devices hold).
 fn recovery_hkdf(recovery_key: &RecoveryKey) -> Hkdf<Sha256> {
     Hkdf::<Sha256>::new(Some(RECOVERY_SALT), recovery_key.secret().bytes())
-}
-
-impl EpochWrapKey {
-    /// The key the recovery key wraps every epoch secret under.
-    pub fn derive(recovery_key: &RecoveryKey) -> Self {
-        EpochWrapKey(Key32::new(*expand::<32>(
-            &recovery_hkdf(recovery_key),
-            LABEL_EPOCH_WRAP,
-        )))
-    }
 }
 
 impl VaultKeys {
@@ -364,11 +357,19 @@ mod tests {
                 32
             )[..]
         );
-        let wrap = EpochWrapKey::derive(&rk);
-        assert_ne!(epoch_zero.expand(LABEL_EPOCH_WRAP).bytes(), wrap.0.bytes());
+        let agreement = recovery_agreement_seed(&rk);
+        assert_ne!(
+            epoch_zero.expand(LABEL_RECOVERY_AGREEMENT).bytes(),
+            &*agreement
+        );
         assert_eq!(
-            wrap.0.bytes(),
-            &hkdf_sha256_for_vectors(&[9u8; 32], RECOVERY_SALT, LABEL_EPOCH_WRAP.as_bytes(), 32)[..]
+            &*agreement,
+            &hkdf_sha256_for_vectors(
+                &[9u8; 32],
+                RECOVERY_SALT,
+                LABEL_RECOVERY_AGREEMENT.as_bytes(),
+                32
+            )[..]
         );
     }
 

@@ -97,7 +97,7 @@ LABELS = {
 # RPRK = HKDF-Extract("chatvault/v2/recovery", recovery key), not from PRK: PRK is epoch 0's
 # secret, which devices hold.
 RECOVERY_SALT = b"chatvault/v2/recovery"
-LABELS_V2 = {"chatvault/v2/epoch-wrap": 32, "chatvault/v2/recovery-signing": 32}
+LABELS_V2 = {"chatvault/v2/recovery-agreement": 32, "chatvault/v2/recovery-signing": 32}
 
 
 def derive(recovery_key, label):
@@ -1703,7 +1703,9 @@ def check_epoch(c, v):
     name = e["name"].encode()
     rk = bytes.fromhex(e["recovery_key"])
     prk = hkdf_extract(b"chatvault/v1", rk)  # epoch 0's secret, which epoch 1 chains
-    wrap = hkdf_expand(hkdf_extract(RECOVERY_SALT, rk), b"chatvault/v2/epoch-wrap", 32)
+    # The recovery key's X25519 key (section 3): the recovery box is a key box to it.
+    recovery_secret = hkdf_expand(hkdf_extract(RECOVERY_SALT, rk), b"chatvault/v2/recovery-agreement", 32)
+    recovery_context = b"chatvault/v2/epoch-recovery-box" + name
     secret = bytes.fromhex(e["secret"])
     chain = hkdf_expand(secret, b"chatvault/v2/epoch-chain", 32)
     randomness = [bytes.fromhex(r) for r in e["randomness"]]
@@ -1715,9 +1717,10 @@ def check_epoch(c, v):
                       "box": seal_box(randomness[n], bytes.fromhex(d["agreement_public"]), context,
                                       secret)})
     k = len(e["devices"])
-    recovery_nonce, chain_nonce = randomness[k][:24], randomness[k + 1][:24]
+    chain_nonce = randomness[k + 1][:24]
     body = pb_encode({"epoch": 1, "boxes": boxes,
-                      "recovery_box": recovery_nonce + aead_encrypt(wrap, recovery_nonce, name, secret),
+                      "recovery_box": seal_box(randomness[k], x25519_base(recovery_secret),
+                                               recovery_context, secret),
                       "previous": chain_nonce + aead_encrypt(chain, chain_nonce, name, prk)},
                      EPOCH_KEYS)
     obj = bytes.fromhex(e["object"])
@@ -1732,7 +1735,10 @@ def check_epoch(c, v):
               open_box(device_secret, context, decoded["boxes"][n]["box"]) == secret)
     rb = decoded["recovery_box"]
     c.run("epoch: the recovery key opens it",
-          lambda: aead_decrypt(wrap, rb[:24], name, rb[24:]) == secret)
+          lambda: open_box(recovery_secret, recovery_context, rb) == secret)
+    c.rejects("epoch: the recovery box does not open as a device's box",
+              lambda: open_box(recovery_secret, b"chatvault/v2/epoch-box" + name + bytes(16), rb),
+              "tag")
     pv = decoded["previous"]
     c.run("epoch: the chain gives epoch 0's secret, the recovery key's PRK",
           lambda: aead_decrypt(chain, pv[:24], name, pv[24:]) == prk)
