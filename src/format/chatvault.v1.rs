@@ -473,4 +473,7 @@ pub struct LinkWelcome {
     pub epoch: u32,
     #[prost(bytes = "vec", tag = "5")]
     pub epoch_secret: ::prost::alloc::vec::Vec<u8>,
+    /// The recovery key's X25519 public key (32 bytes): new epochs' secrets are boxed to it.
+    #[prost(bytes = "vec", tag = "6")]
+    pub recovery_agreement_key: ::prost::alloc::vec::Vec<u8>,
 }

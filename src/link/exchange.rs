@@ -83,6 +83,8 @@ pub struct Welcome {
     pub vault_id: VaultId,
     /// The roster's root of trust (the first recovery key's signing public key).
     pub roster_root: [u8; 32],
+    /// The recovery key's X25519 public key (new epochs are boxed to it).
+    pub recovery_agreement_key: [u8; 32],
     /// The roster entry that adds the joiner.
     pub added_entry: EntryId,
     /// The key epoch in force.
@@ -182,6 +184,7 @@ pub fn seal_welcome(channel: &mut Channel, welcome: &Welcome) -> Result<Vec<u8>>
             added_entry: welcome.added_entry.to_vec(),
             epoch: u32::from(welcome.epoch),
             epoch_secret: welcome.epoch_secret.bytes().to_vec(),
+            recovery_agreement_key: welcome.recovery_agreement_key.to_vec(),
         }
         .encode_to_vec(),
     );
@@ -215,6 +218,11 @@ pub fn open_welcome(channel: &mut Channel, object: &[u8]) -> Result<Welcome> {
             .as_slice()
             .try_into()
             .map_err(|_| malformed("added entry"))?,
+        recovery_agreement_key: welcome
+            .recovery_agreement_key
+            .as_slice()
+            .try_into()
+            .map_err(|_| malformed("recovery agreement key"))?,
         epoch: u8::try_from(welcome.epoch).map_err(|_| malformed("epoch past 255"))?,
         epoch_secret: EpochSecret::from_bytes(secret),
     })
@@ -258,6 +266,7 @@ mod tests {
         let welcome = Welcome {
             vault_id: VaultId::from_bytes([5; 16]),
             roster_root: [7; 32],
+            recovery_agreement_key: [10; 32],
             added_entry: [8; 16],
             epoch: 0,
             epoch_secret: EpochSecret::from_bytes([9; 32]),
@@ -268,6 +277,7 @@ mod tests {
         let opened = open_welcome(&mut joining, &sealed).unwrap();
         assert_eq!(opened.vault_id, welcome.vault_id);
         assert_eq!(opened.roster_root, [7; 32]);
+        assert_eq!(opened.recovery_agreement_key, [10; 32]);
         assert_eq!(opened.added_entry, [8; 16]);
         assert_eq!(opened.epoch_secret.bytes(), &[9; 32]);
     }

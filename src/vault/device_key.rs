@@ -10,7 +10,7 @@
 //! file      = version (1) = 1 || nonce (24) || XChaCha20-Poly1305(device key, nonce,
 //!                                                aad = "chatvault/v2/device-state", plaintext)
 //! plaintext = vault id (16) || roster root (32) || epoch (1) || epoch secret (32)
-//!             || device id (16) || device secrets (64)
+//!             || device id (16) || device secrets (64) || recovery X25519 public key (32)
 //! ```
 
 use std::io::Write as _;
@@ -28,7 +28,7 @@ use crate::sync::DeviceId;
 const FILE: &str = "device-keys.sealed";
 const LABEL: &[u8] = b"chatvault/v2/device-state";
 const VERSION: u8 = 1;
-const PLAINTEXT_LEN: usize = 16 + 32 + 1 + 32 + 16 + 64;
+const PLAINTEXT_LEN: usize = 16 + 32 + 1 + 32 + 16 + 64 + 32;
 
 /// The key that opens a linked device's state. Wiped on drop; `Debug` shows nothing of it.
 pub struct DeviceKey(Key32);
@@ -64,6 +64,7 @@ pub(super) struct Held {
     pub(super) epoch_secret: EpochSecret,
     pub(super) device: DeviceId,
     pub(super) secrets: DeviceSecrets,
+    pub(super) recovery_agreement_key: [u8; 32],
 }
 
 /// Whether `state_dir` holds a linked device's keys.
@@ -81,6 +82,7 @@ pub(super) fn write(state_dir: &Path, key: &DeviceKey, held: &Held) -> Result<()
     plaintext.extend_from_slice(held.epoch_secret.bytes());
     plaintext.extend_from_slice(&held.device.0);
     plaintext.extend_from_slice(&held.secrets.to_bytes()[..]);
+    plaintext.extend_from_slice(&held.recovery_agreement_key);
     let nonce = crate::random::array::<24>()?;
     let sealed = XChaCha20Poly1305::new(key.0.bytes().into())
         .encrypt(
@@ -161,6 +163,7 @@ pub(super) fn read(state_dir: &Path, key: &DeviceKey) -> Result<Held> {
         epoch_secret: EpochSecret::from_bytes(array32(49)),
         device: DeviceId(array16(81)),
         secrets: DeviceSecrets::from_bytes(&secrets),
+        recovery_agreement_key: array32(161),
     })
 }
 
@@ -176,6 +179,7 @@ mod tests {
             epoch_secret: EpochSecret::from_bytes([4; 32]),
             device: DeviceId([5; 16]),
             secrets: DeviceSecrets::from_bytes(&[6; 64]),
+            recovery_agreement_key: [7; 32],
         }
     }
 
@@ -193,6 +197,7 @@ mod tests {
         assert_eq!(read_back.epoch_secret.bytes(), &[4; 32]);
         assert_eq!(read_back.device, DeviceId([5; 16]));
         assert_eq!(read_back.secrets.to_bytes()[..], [6; 64]);
+        assert_eq!(read_back.recovery_agreement_key, [7; 32]);
 
         let other = DeviceKey::generate().unwrap();
         assert!(matches!(

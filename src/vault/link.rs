@@ -230,6 +230,7 @@ impl Vault {
         let welcome = Welcome {
             vault_id,
             roster_root: self.roster_root,
+            recovery_agreement_key: self.recovery_agreement_key,
             added_entry: signed.id(),
             epoch: roster.epoch,
             epoch_secret: EpochSecret::from_bytes(*self.epoch_secret.bytes()),
@@ -390,11 +391,13 @@ impl LinkJoining {
             epoch_secret: EpochSecret::from_bytes(*welcome.epoch_secret.bytes()),
             device: self.device,
             secrets: DeviceSecrets::from_bytes(&secrets.to_bytes()),
+            recovery_agreement_key: welcome.recovery_agreement_key,
         };
         device_key::write(&self.state_dir, &self.device_key, &held)?;
         let access = Access {
             keys: VaultKeys::for_epoch(vault_id, &welcome.epoch_secret),
             epoch_secret: welcome.epoch_secret,
+            recovery_agreement_key: welcome.recovery_agreement_key,
             recovery_signer: None,
             roster_root: Some(welcome.roster_root),
             identity: Some((self.device, secrets)),

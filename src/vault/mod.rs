@@ -230,6 +230,8 @@ pub struct Vault {
     /// The secret of the key epoch in force (`keys` is its key tree): what a linked device
     /// receives.
     epoch_secret: crate::keys::EpochSecret,
+    /// The recovery key's X25519 public key: new epochs' secrets are boxed to it.
+    recovery_agreement_key: [u8; 32],
     /// The roster's root of trust: the first recovery key's signing public key.
     roster_root: [u8; 32],
     /// The roster as the last sync folded it (`None` until something folds it).

@@ -14,6 +14,8 @@ pub(super) struct Access {
     pub(super) epoch_secret: EpochSecret,
     /// The recovery key's signer, when the recovery key is at hand.
     pub(super) recovery_signer: Option<RecoverySigner>,
+    /// The recovery key's X25519 public key (new epochs are boxed to it).
+    pub(super) recovery_agreement_key: [u8; 32],
     /// The roster's root of trust, when known from outside the state directory (derived from the
     /// recovery key, or received in a link's welcome); otherwise the one the state keeps.
     pub(super) roster_root: Option<[u8; 32]>,
@@ -38,6 +40,7 @@ impl Vault {
         let access = Access {
             keys: VaultKeys::derive(recovery_key),
             epoch_secret: EpochSecret::epoch_zero(recovery_key),
+            recovery_agreement_key: crate::devices::recovery_agreement_key(recovery_key),
             roster_root: Some(signer.verifying_key()),
             recovery_signer: Some(signer),
             identity: None,
@@ -61,6 +64,7 @@ impl Vault {
         let access = Access {
             keys: VaultKeys::for_epoch(held.vault_id, &held.epoch_secret),
             epoch_secret: held.epoch_secret,
+            recovery_agreement_key: held.recovery_agreement_key,
             recovery_signer: None,
             roster_root: Some(held.roster_root),
             // Also when the state directory is new: the roster names this id.
@@ -79,6 +83,7 @@ impl Vault {
         let Access {
             keys,
             epoch_secret,
+            recovery_agreement_key,
             recovery_signer,
             roster_root,
             identity,
@@ -161,6 +166,7 @@ impl Vault {
             device_secrets: Mutex::new(device_secrets),
             recovery_signer,
             epoch_secret,
+            recovery_agreement_key,
             roster_root,
             roster: Mutex::new(None),
             info,
