@@ -55,6 +55,8 @@ pub(super) fn device_vectors() -> Value {
     let recovery = crate::devices::RecoverySigner::derive(&recovery_key);
     let first_device = DeviceId(pattern(99));
     let second = DeviceSecrets::from_bytes(&pattern(100));
+    // A device may add only the id the added device's key certifies.
+    let second_device = DeviceId::of_keys(&second.public());
     let add_first = SignedEntry::sign(
         &vault,
         RosterEntry {
@@ -80,7 +82,7 @@ pub(super) fn device_vectors() -> Value {
             made_at_ms: 1_700_000_400_001,
             epoch: 0,
             change: RosterChange::Add {
-                device: DeviceId(pattern(101)),
+                device: second_device,
                 keys: second.public(),
                 name: "Anna's tablet".into(),
                 platform: "android".into(),
@@ -108,7 +110,7 @@ pub(super) fn device_vectors() -> Value {
             previous: &EpochSecret::epoch_zero(&recovery_key),
             devices: &[
                 (pattern(99), public.agreement),
-                (pattern(101), second_agreement),
+                (second_device.0, second_agreement),
             ],
             recovery: &crate::devices::recovery_agreement_key(&recovery_key),
         },
@@ -144,7 +146,7 @@ pub(super) fn device_vectors() -> Value {
             "secret": hex(&epoch_secret_bytes),
             "devices": [
                 {"device_id": hex(&pattern::<16>(99)), "agreement_public": hex(&public.agreement), "secret_bytes": hex(&device_bytes)},
-                {"device_id": hex(&pattern::<16>(101)), "agreement_public": hex(&second_agreement), "secret_bytes": hex(&pattern::<64>(100))},
+                {"device_id": hex(&second_device.0), "agreement_public": hex(&second_agreement), "secret_bytes": hex(&pattern::<64>(100))},
             ],
             "randomness": (104u8..108).map(|seed| hex(&pattern::<32>(seed))).collect::<Vec<_>>(),
             "object": hex(&epoch_object),

@@ -440,3 +440,74 @@ async fn garbage_collection_deletes_links_abandoned_for_a_day_and_keeps_fresh_on
     assert!(!old_join.exists());
     assert!(links[1].join("join").exists());
 }
+
+/// A provider (no keys) lists a made-up segment name under a linked device's id: the device
+/// takes it for a copy of itself and forks off. It must still open with its device key, and it
+/// adds its new id to the roster, signed with the keys of the id it had.
+#[tokio::test]
+async fn a_linked_device_that_forks_off_reopens_and_rejoins_the_roster() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ObjectStore> = Arc::new(DirectoryStore::new(dir.path().join("bucket")));
+    let key = RecoveryKey::generate().unwrap();
+    let phone = Vault::open(
+        store.clone(),
+        &dir.path().join("phone"),
+        info("phone"),
+        &key,
+    )
+    .await
+    .unwrap();
+    phone.sync(None, None).await.unwrap();
+    let offering = phone
+        .offer_link(Duration::from_secs(120), Vec::new())
+        .unwrap();
+    let device_key = DeviceKey::generate().unwrap();
+    let key_bytes = device_key.to_bytes();
+    let laptop_dir = dir.path().join("laptop");
+    let joining = join(&store, &laptop_dir, "laptop", offering.text(), device_key)
+        .await
+        .unwrap();
+    let code = joining.check_code().to_owned();
+    let cancel = CancelToken::new();
+    let (added, laptop) = tokio::join!(
+        phone.complete_link(&offering, &code, &cancel),
+        joining.finish(&cancel)
+    );
+    added.unwrap();
+    let laptop = laptop.unwrap();
+    laptop.record(vec![message("a")]).unwrap();
+    laptop.sync(None, None).await.unwrap();
+    let old_id = laptop.device_id();
+    let bogus = format!(
+        "{}/segments/{}/{:016x}-{:016x}-{:016x}",
+        laptop.vault_id(),
+        old_id.to_hex(),
+        7,
+        0xaa,
+        0xbb
+    );
+    store.put(&bogus, b"garbage".to_vec()).await.unwrap();
+    // The made-up segment does not authenticate, but the fork happened first.
+    let _ = laptop.sync(None, None).await;
+    let new_id = laptop.device_id();
+    assert_ne!(new_id, old_id);
+    drop(laptop);
+    store.delete(&bogus).await.unwrap();
+    let laptop = Vault::open_device(
+        store.clone(),
+        &laptop_dir,
+        info("laptop"),
+        &DeviceKey::from_bytes(*key_bytes),
+    )
+    .await
+    .unwrap();
+    assert_eq!(laptop.device_id(), new_id);
+    laptop.sync(None, None).await.unwrap();
+    let devices = laptop.devices().unwrap();
+    let this = devices.iter().find(|d| d.is_this_device).unwrap();
+    assert_eq!(this.id, new_id);
+    assert_eq!(this.added_by, Signer::Device(old_id));
+    phone.sync(None, None).await.unwrap();
+    assert_eq!(phone.devices().unwrap().len(), 3);
+    phone.verify().await.unwrap();
+}

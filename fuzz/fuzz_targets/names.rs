@@ -48,6 +48,12 @@ fn text(text: &str) {
     if let Some((id, index)) = parse_chunk_name(text) {
         assert_eq!(chunk_name(&id, index), text);
     }
+    if let Some(id) = chatvault::sync::roster::parse_roster_name(text) {
+        assert_eq!(chatvault::sync::roster::roster_name(&id), text);
+    }
+    if let Some((id, part)) = chatvault::link::parse_link_name(text) {
+        assert_eq!(chatvault::link::link_object_name(&id, part), text);
+    }
     if let Some(device) = DeviceId::from_hex(text) {
         assert_eq!(device.to_hex(), text.to_ascii_lowercase());
     }
@@ -124,7 +130,12 @@ fn listing(text: &str) {
     let listing = Listing::classify(names.iter().map(|n| (*n, n.len() as u64)));
     let segments: usize = listing.segments.values().map(|s| s.len()).sum();
     assert_eq!(
-        segments + listing.checkpoints.len() + listing.packs.len() + listing.unknown.len(),
+        segments
+            + listing.checkpoints.len()
+            + listing.packs.len()
+            + listing.roster.len()
+            + listing.links.len()
+            + listing.unknown.len(),
         names.len()
     );
     for (segment, listed) in listing.all_segments() {

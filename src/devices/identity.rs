@@ -72,6 +72,21 @@ impl DeviceSecrets {
     }
 }
 
+/// The id a device's Ed25519 key certifies: the first 16 bytes of
+/// SHA-256("chatvault/v2/device-id" || verifying key). Devices made since device keys exist take
+/// it as their id, so that only the recovery key can add a device under an id its keys do not
+/// certify (FORMAT.md section 13, `RosterAdd`).
+pub fn self_certified_id(verifying_key: &[u8; 32]) -> [u8; 16] {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::new()
+        .chain_update(b"chatvault/v2/device-id")
+        .chain_update(verifying_key)
+        .finalize();
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&digest[..16]);
+    id
+}
+
 /// The recovery key's X25519 public key: every epoch's secret is boxed to it (FORMAT.md section
 /// 13), by any device that holds it, with or without the recovery key.
 pub fn recovery_agreement_key(recovery_key: &crate::keys::RecoveryKey) -> [u8; 32] {

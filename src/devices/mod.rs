@@ -14,7 +14,7 @@ pub use epoch::{
 };
 pub use identity::{
     DevicePublicKeys, DeviceSecrets, RecoverySigner, SIGNATURE_LEN, recovery_agreement_key,
-    verify_ed25519,
+    self_certified_id, verify_ed25519,
 };
 #[cfg(test)]
 pub(crate) use sealed_box::seal_to_with_ephemeral;

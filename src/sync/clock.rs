@@ -21,6 +21,12 @@ impl DeviceId {
         Ok(DeviceId(crate::random::array::<16>()?))
     }
 
+    /// The id `keys` certify ([`self_certified_id`](crate::devices::self_certified_id)): the id
+    /// of every device made since device keys exist.
+    pub fn of_keys(keys: &crate::devices::DevicePublicKeys) -> Self {
+        DeviceId(crate::devices::self_certified_id(&keys.verifying))
+    }
+
     /// 32 lower-case hex characters.
     pub fn to_hex(&self) -> String {
         crate::hex::encode(&self.0)

@@ -48,6 +48,8 @@ impl Vault {
     pub(super) async fn write_checkpoint(&self) -> Result<CheckpointReport> {
         let mut scratch = SyncReport::default();
         let mut pass = self.start_pass(&mut scratch).await?;
+        self.sync_roster(pass.engine.listing(), false, &mut scratch)
+            .await?;
         let mut base = self.newest_index(&mut pass, &mut scratch).await?;
         if let Some(index) = &base {
             // The base's covered heads and packs are checked as a pull checks them.

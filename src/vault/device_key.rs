@@ -72,6 +72,12 @@ pub(super) fn exists(state_dir: &Path) -> bool {
     state_dir.join(FILE).exists()
 }
 
+/// Whether `state_dir` holds a device that joined by a link (and opens with
+/// [`Vault::open_device`](super::Vault::open_device)).
+pub fn holds_linked_device(state_dir: &Path) -> bool {
+    exists(state_dir)
+}
+
 /// Seals `held` under `key` into `state_dir`, atomically (a crash leaves the old file or the new
 /// one, never half of one).
 pub(super) fn write(state_dir: &Path, key: &DeviceKey, held: &Held) -> Result<()> {

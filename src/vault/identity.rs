@@ -15,6 +15,8 @@ use super::{Vault, lock};
 pub(super) const META_DEVICE_SECRETS: &str = "device_secrets";
 /// The local-state meta key of the keys a copied state directory held before it forked off.
 pub(super) const META_COPIED_DEVICE_SECRETS: &str = "copied_device_secrets";
+/// The local-state meta key of the id it held then.
+pub(super) const META_COPIED_DEVICE_ID: &str = "copied_device_id";
 /// The local-state meta key of the first sequence number whose segments this device signs
 /// (u64 BE): 1 for a device that had device keys from its start, the next one to seal for a state
 /// directory that had segments before.
@@ -85,6 +87,23 @@ pub(super) fn first_signed_seq(
     let first = newest_head.max(staged) + 1;
     local.set_meta(META_FIRST_SIGNED_SEQ, &first.to_be_bytes())?;
     Ok(first)
+}
+
+/// The id and keys this state directory held before it forked off, if it did.
+pub(super) fn copied(
+    local: &LocalState,
+    keys: &VaultKeys,
+) -> Result<Option<(crate::sync::DeviceId, DeviceSecrets)>> {
+    let (Some(id), Some(sealed)) = (
+        local.meta(META_COPIED_DEVICE_ID)?,
+        local.meta(META_COPIED_DEVICE_SECRETS)?,
+    ) else {
+        return Ok(None);
+    };
+    let id: [u8; 16] = id
+        .try_into()
+        .map_err(|_| Error::LocalState("damaged copied device id".into()))?;
+    Ok(Some((crate::sync::DeviceId(id), open(keys, &sealed)?)))
 }
 
 impl Vault {

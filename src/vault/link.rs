@@ -183,6 +183,22 @@ impl Vault {
             return Err(error);
         }
         let _guard = self.sync_lock.lock().await;
+        // The lock may have waited behind a long sync: the joiner must still be waiting, or the
+        // roster would gain a device that never gets its welcome.
+        if self.now_ms() >= offer.expires_at_ms {
+            burn().await;
+            return Err(Error::Link(LinkProblem::Expired));
+        }
+        let burned_key = link_key(&vault_id, &offer.link_id, LinkPart::Burned);
+        if self
+            .store
+            .get(&burned_key, MAX_LINK_OBJECT)
+            .await?
+            .is_some()
+            || self.store.get(&join_key, MAX_LINK_OBJECT).await?.is_none()
+        {
+            return Err(Error::Link(LinkProblem::Burned));
+        }
         let roster = self.refresh_roster(&mut SyncReport::default()).await?;
         if roster.devices.contains_key(&record.device) {
             burn().await;
@@ -236,12 +252,17 @@ impl Vault {
             epoch_secret: EpochSecret::from_bytes(*self.epoch_secret.bytes()),
         };
         let answer = seal_welcome(&mut channel, &welcome)?;
-        self.store
+        if !self
+            .store
             .put_if_absent(
                 &link_key(&vault_id, &offer.link_id, LinkPart::Welcome),
                 answer,
             )
-            .await?;
+            .await?
+        {
+            // Something else wrote a welcome (the bucket): the joiner cannot open it.
+            return Err(Error::Link(LinkProblem::Burned));
+        }
         Ok(VaultDevice {
             id: record.device,
             name: added.name.clone(),
@@ -279,8 +300,8 @@ impl Vault {
                 "this state directory already holds a device; a device joins into an empty one",
             ));
         }
-        let device = DeviceId::generate()?;
         let secrets = DeviceSecrets::generate()?;
+        let device = DeviceId::of_keys(&secrets.public());
         let ephemeral = Ephemeral::generate()?;
         let own_key = ephemeral.public();
         let mut channel = Channel::joiner(ephemeral, &offer)?;
@@ -320,7 +341,7 @@ impl Vault {
         let listing = crate::sync::listing::Listing::classify(
             listed.iter().map(|info| (info.key.as_str(), info.size)),
         );
-        self.sync_roster(&listing, report).await
+        self.sync_roster(&listing, true, report).await
     }
 }
 
@@ -368,6 +389,12 @@ impl LinkJoining {
                 return Err(Error::Link(LinkProblem::Burned));
             }
             if tokio::time::Instant::now() >= self.deadline {
+                // Tells an offerer that comes late not to add this device.
+                self.store.put_if_absent(&burned_key, Vec::new()).await.ok();
+                // A welcome that raced the burn still counts.
+                if let Some(object) = self.store.get(&welcome_key, MAX_LINK_OBJECT).await? {
+                    break object;
+                }
                 cleanup().await;
                 return Err(Error::Link(LinkProblem::Expired));
             }

@@ -39,7 +39,7 @@ mod pull;
 mod reading;
 mod roster;
 
-pub use device_key::DeviceKey;
+pub use device_key::{DeviceKey, holds_linked_device};
 pub use link::{DEFAULT_LINK_TIMEOUT, LINK_POLL, LinkJoining, LinkOffering, MAX_LINK_TIMEOUT};
 use maintenance::AUTO_GC_GRACE_MS;
 pub use roster::VaultDevice;
@@ -594,9 +594,11 @@ impl Vault {
             Some(segment) => open_blocks(&self.keys, &chat_keys, segment)?,
             None => Vec::new(),
         };
-        let new_device = DeviceId(crate::random::array()?);
-        // The copy gets keys of its own too: two devices never share a signing key.
+        // The copy gets keys of its own too (two devices never share a signing key), and the id
+        // they certify.
         let new_secrets = crate::devices::DeviceSecrets::generate()?;
+        let new_device = DeviceId::of_keys(&new_secrets.public());
+        let old_device = self.device_id();
         let sealed_secrets = identity::seal(&self.keys, &new_secrets)?;
         // The copied keys stay, set aside: with them the copy can sign its own roster entry as
         // the device it was copied from (docs/DEVICES.md).
@@ -672,6 +674,7 @@ impl Vault {
                 local::set_meta(tx, META_DEVICE_ID, &new_device.0)?;
                 local::set_meta(tx, identity::META_DEVICE_SECRETS, &sealed_secrets)?;
                 local::set_meta(tx, identity::META_COPIED_DEVICE_SECRETS, &copied_secrets)?;
+                local::set_meta(tx, identity::META_COPIED_DEVICE_ID, &old_device.0)?;
                 // The new id signs every segment it writes, its first included.
                 local::set_meta(tx, identity::META_FIRST_SIGNED_SEQ, &1u64.to_be_bytes())?;
                 match new_clock.last() {

@@ -20,7 +20,7 @@ pub(super) struct Access {
     /// recovery key, or received in a link's welcome); otherwise the one the state keeps.
     pub(super) roster_root: Option<[u8; 32]>,
     /// A device identity drawn before the state directory existed (a joining device's, which its
-    /// roster entry already names).
+    /// roster entry already names), taken only when the state holds no device yet.
     pub(super) identity: Option<(DeviceId, DeviceSecrets)>,
 }
 
@@ -107,22 +107,16 @@ impl Vault {
                 local.set_meta(META_VAULT_ID, keys.vault_id().as_bytes())?;
             }
         }
-        if let Some((device, secrets)) = &identity {
-            match local.meta(META_DEVICE_ID)? {
-                None => {
-                    local.set_meta(
-                        identity::META_DEVICE_SECRETS,
-                        &identity::seal(&keys, secrets)?,
-                    )?;
-                    local.set_meta(META_DEVICE_ID, &device.0)?;
-                }
-                Some(existing) if existing.as_slice() == device.0.as_slice() => {}
-                Some(_) => {
-                    return Err(Error::invalid_input(
-                        "this state directory already holds another device",
-                    ));
-                }
-            }
+        // A state that holds a device keeps it: the device keys file keeps the id the device
+        // joined with, and the device may have forked off since under an id of its own.
+        if let Some((device, secrets)) = &identity
+            && local.meta(META_DEVICE_ID)?.is_none()
+        {
+            local.set_meta(
+                identity::META_DEVICE_SECRETS,
+                &identity::seal(&keys, secrets)?,
+            )?;
+            local.set_meta(META_DEVICE_ID, &device.0)?;
         }
         let device = match local.meta(META_DEVICE_ID)? {
             Some(bytes) => DeviceId(
@@ -131,7 +125,13 @@ impl Vault {
                     .map_err(|_| Error::LocalState("damaged device id".into()))?,
             ),
             None => {
-                let device = DeviceId::generate()?;
+                // A new device: its id is the one its keys certify.
+                let secrets = DeviceSecrets::generate()?;
+                local.set_meta(
+                    identity::META_DEVICE_SECRETS,
+                    &identity::seal(&keys, &secrets)?,
+                )?;
+                let device = DeviceId::of_keys(&secrets.public());
                 local.set_meta(META_DEVICE_ID, &device.0)?;
                 device
             }
@@ -139,9 +139,19 @@ impl Vault {
         let device_secrets = identity::load_or_create(&mut local, &keys)?;
         identity::first_signed_seq(&mut local, device)?;
         let roster_root = match (local.meta(roster::META_ROSTER_ROOT)?, roster_root) {
-            (Some(root), _) => root
-                .try_into()
-                .map_err(|_| Error::LocalState("damaged roster root".into()))?,
+            (Some(root), given) => {
+                let root: [u8; 32] = root
+                    .try_into()
+                    .map_err(|_| Error::LocalState("damaged roster root".into()))?;
+                // With the recovery key at hand the root is known for sure: a state that kept
+                // another one (from a welcome) does not belong to this vault's recovery key.
+                if recovery_signer.is_some() && given.is_some_and(|given| given != root) {
+                    return Err(Error::invalid_input(
+                        "this state directory trusts another roster root than this recovery key's",
+                    ));
+                }
+                root
+            }
             (None, Some(root)) => {
                 local.set_meta(roster::META_ROSTER_ROOT, &root)?;
                 root

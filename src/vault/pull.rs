@@ -282,7 +282,8 @@ impl Vault {
             pass.engine.note_base();
         }
         self.fork_off_if_copied(&pass.engine)?;
-        self.sync_roster(pass.engine.listing(), report).await?;
+        self.sync_roster(pass.engine.listing(), true, report)
+            .await?;
         let fetches = {
             let local = lock(&self.local)?;
             pass.engine

@@ -106,6 +106,10 @@ impl Vault {
     async fn start_reading(&self, chat_id: &str) -> Result<ChatReading> {
         let mut scratch = SyncReport::default();
         let mut pass = self.start_pass(&mut scratch).await?;
+        // Segments are checked against the roster as the bucket holds it now (a new device may
+        // read a chat before its first sync).
+        self.sync_roster(pass.engine.listing(), false, &mut scratch)
+            .await?;
         pass.engine.check_rollback()?;
         pass.engine.start_from_scratch();
         let mut reading = ChatReading {

@@ -1688,6 +1688,11 @@ def check_roster(c, v):
               lambda: not ed25519_verifies(keys[entry["signer"]],
                                            b"chatvault/v2/roster" + bytes(16) + signed["entry"],
                                            signed["signature"]))
+        if entry["signer"]:
+            c.check("roster entry %d: a device adds only the id the added key certifies" % n,
+                    entry["add"]["device_id"] == hashlib.sha256(
+                        b"chatvault/v2/device-id" + entry["add"]["verifying_key"]).digest()[:16]
+                    and entry["add"].get("first_signed_seq", 0) <= 1)
         keys[entry["add"]["device_id"]] = entry["add"]["verifying_key"]
         previous = [e["id"]]
 

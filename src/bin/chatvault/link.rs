@@ -122,7 +122,11 @@ pub(crate) async fn run(cli: &Cli, action: &LinkCommand) -> CliResult {
             let vault = match joined {
                 Ok(vault) => vault,
                 Err(error) => {
-                    std::fs::remove_file(&key_file).ok();
+                    // Only if the device never came to exist: otherwise its key is all that
+                    // opens it.
+                    if !chatvault::vault::holds_linked_device(state) {
+                        std::fs::remove_file(&key_file).ok();
+                    }
                     return Err(error);
                 }
             };

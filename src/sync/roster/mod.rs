@@ -21,7 +21,9 @@
 //!    undo them). A revoked device holds no key of the epoch its revocation starts, so nothing it
 //!    writes afterwards counts, whatever parents it claims;
 //! 5. a device is added once: of two adds of one device id, the one with the lower entry id
-//!    counts.
+//!    counts. A device (not the recovery key) may add only a device whose keys certify its id
+//!    ([`self_certified_id`](crate::devices::self_certified_id)) and which signs every segment,
+//!    so two adds of one id by devices carry the same keys.
 //!
 //! Rules 2 to 4 can drop an entry that another entry's validity rested on, so the fold repeats
 //! until the counted set no longer changes (a handful of rounds for honest rosters); a roster
@@ -280,7 +282,7 @@ pub fn fold(vault: &VaultId, root: [u8; 32], entries: Vec<SignedEntry>) -> Resul
                     .entry((*id, key))
                     .or_insert_with(|| signed.verifies(vault, &key))
             }) && (entry.signer == Signer::Recovery
-                || !matches!(entry.change, RosterChange::RotateRecovery { .. }));
+                || device_may_sign(&entry.change));
             let epoch_ok = match entry.change {
                 RosterChange::StartEpoch { epoch, .. } => {
                     entry.epoch == epoch && Some(epoch) == state.epoch.checked_add(1)
@@ -423,6 +425,23 @@ pub fn fold(vault: &VaultId, root: [u8; 32], entries: Vec<SignedEntry>) -> Resul
         counted = next;
     }
     Err(Error::Integrity(IntegrityProblem::RosterContested))
+}
+
+/// Whether a device (not the recovery key) may make `change`: not a rotation, and an add only of
+/// a device whose keys certify its id and which signs all its segments. Otherwise a device could
+/// add its own keys under the id of a device added after it (a lower entry id wins rule 5) or of
+/// an old device not in the roster yet, and sign as that device.
+fn device_may_sign(change: &RosterChange) -> bool {
+    match change {
+        RosterChange::RotateRecovery { .. } => false,
+        RosterChange::Add {
+            device,
+            keys,
+            first_signed_seq,
+            ..
+        } => *device == DeviceId::of_keys(keys) && *first_signed_seq <= 1,
+        _ => true,
+    }
 }
 
 /// Entry ids, parents before children, ties by id.

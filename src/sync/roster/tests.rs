@@ -17,8 +17,9 @@ fn secrets(n: u8) -> DeviceSecrets {
     DeviceSecrets::from_bytes(&[n; 64])
 }
 
+/// Device `n`'s id: the one its keys certify (devices may add only such ids).
 fn id(n: u8) -> DeviceId {
-    DeviceId([n; 16])
+    DeviceId::of_keys(&secrets(n).public())
 }
 
 fn add(n: u8) -> RosterChange {
@@ -76,13 +77,11 @@ fn fold_all(entries: &[&SignedEntry]) -> Roster {
     .unwrap()
 }
 
+/// The numbers of the active devices, in order.
 fn active(roster: &Roster) -> Vec<u8> {
-    roster
-        .devices
-        .keys()
-        .filter(|d| roster.is_active(**d))
-        .map(|d| d.0[0])
-        .collect()
+    let mut numbers: Vec<u8> = (0..=u8::MAX).filter(|n| roster.is_active(id(*n))).collect();
+    numbers.sort();
+    numbers
 }
 
 #[test]
@@ -220,13 +219,15 @@ fn a_rotated_recovery_key_signs_from_then_on() {
 
 #[test]
 fn a_device_is_added_once() {
+    // Two adds of one id with other keys, both by the recovery key (which may add any id):
+    // the lower entry id counts, whatever the order, and a later re-add conflicts.
     let a = by_recovery(&[], add(0xa));
     let first = by_recovery(&[&a], add(0xb));
     let mut other_keys = add(0xb);
     if let RosterChange::Add { keys, .. } = &mut other_keys {
         *keys = secrets(0xc).public();
     }
-    let second = by(0xa, &[&a], other_keys);
+    let second = by_recovery(&[&a], other_keys);
     let again = by(0xa, &[&first], add(0xb));
     let roster = fold_all(&[&a, &first, &second, &again]);
     let (winner, loser) = if first.id < second.id {
@@ -240,6 +241,47 @@ fn a_device_is_added_once() {
         assert_eq!(roster.refused[&again.id], Refusal::Conflicting);
     }
     assert_eq!(active(&roster), [0xa, 0xb]);
+}
+
+#[test]
+fn a_device_adds_only_ids_the_added_keys_certify() {
+    let a = by_recovery(&[], add(0xa));
+    let b = by_recovery(&[&a], add(0xb));
+    // Device a adds b's id with its own keys (to sign as b), with every lower entry id it can
+    // grind: not authorized, so b keeps its keys whatever the ids.
+    let mut takeover = add(0xb);
+    if let RosterChange::Add { keys, .. } = &mut takeover {
+        *keys = secrets(0xa).public();
+    }
+    let stolen = by(0xa, &[&a], takeover);
+    // An id no key certifies (an old device's random id): only the recovery key adds it.
+    let legacy = RosterChange::Add {
+        device: DeviceId([7; 16]),
+        keys: secrets(0xa).public(),
+        name: "old phone".into(),
+        platform: "test".into(),
+        first_signed_seq: 1,
+    };
+    let legacy_by_device = by(0xa, &[&a], legacy.clone());
+    // A device that would not sign its first segments.
+    let mut unsigned = add(0xc);
+    if let RosterChange::Add {
+        first_signed_seq, ..
+    } = &mut unsigned
+    {
+        *first_signed_seq = 5;
+    }
+    let late_signer = by(0xa, &[&a], unsigned);
+    let roster = fold_all(&[&a, &b, &stolen, &legacy_by_device, &late_signer]);
+    for refused in [&stolen, &legacy_by_device, &late_signer] {
+        assert_eq!(roster.refused[&refused.id], Refusal::NotAuthorized);
+    }
+    assert_eq!(roster.devices[&id(0xb)].keys, secrets(0xb).public());
+    assert_eq!(active(&roster), [0xa, 0xb]);
+    // The recovery key may add the old phone.
+    let legacy_by_recovery = by_recovery(&[&a], legacy);
+    let roster = fold_all(&[&a, &legacy_by_recovery]);
+    assert!(roster.is_active(DeviceId([7; 16])));
 }
 
 #[test]

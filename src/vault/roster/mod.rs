@@ -102,13 +102,14 @@ impl Vault {
     }
 
     /// Fetches the roster entries `listing` shows that this device does not keep yet, keeps
-    /// them, folds the roster, and adds this device to it when it is missing and the vault is
-    /// open with the recovery key. A roster object that does not authenticate stops the sync
+    /// them, folds the roster, and (with `add_self`) adds this device to it when it is missing and
+    /// someone here may sign its entry ([`entry_adding_this_device`](Self::entry_adding_this_device)). A roster object that does not authenticate stops the sync
     /// with the typed error, as a segment would; one that authenticates but does not count
     /// (a forged signature, a missing parent) is left out by the fold.
     pub(super) async fn sync_roster(
         &self,
         listing: &Listing,
+        add_self: bool,
         report: &mut SyncReport,
     ) -> Result<Roster> {
         let kept: BTreeSet<EntryId> = lock(&self.local)?
@@ -134,45 +135,80 @@ impl Vault {
             lock(&self.local)?.keep_roster_object(id, &object)?;
         }
         let mut roster = self.fold_kept_roster()?;
-        let device = self.device_id();
-        if !roster.devices.contains_key(&device)
-            && roster.epoch == 0
-            && let Some(signer) = &self.recovery_signer
-        {
-            let keys = self.device_keys()?;
-            let first_signed_seq =
-                super::identity::first_signed_seq(&mut *lock(&self.local)?, device)?;
-            let entry = RosterEntry {
-                signer: Signer::Recovery,
-                parents: roster.tips.clone(),
-                made_at_ms: self.now_ms(),
-                epoch: roster.epoch,
-                change: RosterChange::Add {
-                    device,
-                    keys,
-                    name: self.info.name.clone(),
-                    platform: self.info.platform.clone(),
-                    first_signed_seq,
-                },
-            };
-            let signed =
-                SignedEntry::sign(self.keys.vault_id(), entry, |message| signer.sign(message));
-            let object = seal_entry(&self.keys, &signed)?;
-            let size = object.len() as u64;
-            // The name is the entry's hash: if it is taken, it holds this very entry (an
-            // earlier attempt whose answer was lost), whatever nonce sealed it.
-            if self
-                .put_once(&roster_name(&signed.id()), object.clone())
-                .await?
+        if add_self {
+            if let Some(listed) = roster.devices.get(&self.device_id())
+                && listed.keys != self.device_keys()?
             {
-                report.objects_up += 1;
-                report.bytes_up += size;
+                // The roster lists this id with other keys: a copy of this state directory made
+                // before device keys existed, which drew keys of its own, added it first (or
+                // the recovery key's holder did). This device continues under an id of its own.
+                let pending = lock(&self.local)?.pending_segment()?;
+                self.fork_off(pending)?;
             }
-            lock(&self.local)?.keep_roster_object(&signed.id(), &object)?;
-            roster = self.fold_kept_roster()?;
+            if let Some(entry) = self.entry_adding_this_device(&roster)? {
+                let object = seal_entry(&self.keys, &entry)?;
+                let size = object.len() as u64;
+                // The name is the entry's hash: if it is taken, it holds this very entry (an
+                // earlier attempt whose answer was lost), whatever nonce sealed it.
+                if self
+                    .put_once(&roster_name(&entry.id()), object.clone())
+                    .await?
+                {
+                    report.objects_up += 1;
+                    report.bytes_up += size;
+                }
+                lock(&self.local)?.keep_roster_object(&entry.id(), &object)?;
+                roster = self.fold_kept_roster()?;
+            }
         }
         *lock(&self.roster)? = Some(roster.clone());
         Ok(roster)
+    }
+
+    /// The entry that adds this device to `roster`, signed by whoever may: the recovery key when
+    /// the vault is open with it; otherwise the device this state directory was copied from
+    /// (when it forked off, it kept that device's keys), if the roster counts that device;
+    /// `None` when it is in the roster already or nobody here may add it.
+    fn entry_adding_this_device(&self, roster: &Roster) -> Result<Option<SignedEntry>> {
+        let device = self.device_id();
+        if roster.devices.contains_key(&device) || roster.epoch != 0 {
+            return Ok(None);
+        }
+        let keys = self.device_keys()?;
+        let first_signed_seq = super::identity::first_signed_seq(&mut *lock(&self.local)?, device)?;
+        let entry = |signer| RosterEntry {
+            signer,
+            parents: roster.tips.clone(),
+            made_at_ms: self.now_ms(),
+            epoch: roster.epoch,
+            change: RosterChange::Add {
+                device,
+                keys,
+                name: self.info.name.clone(),
+                platform: self.info.platform.clone(),
+                first_signed_seq,
+            },
+        };
+        let vault = self.keys.vault_id();
+        if let Some(signer) = &self.recovery_signer {
+            return Ok(Some(SignedEntry::sign(
+                vault,
+                entry(Signer::Recovery),
+                |m| signer.sign(m),
+            )));
+        }
+        let copied = super::identity::copied(&*lock(&self.local)?, &self.keys)?;
+        Ok(copied.and_then(|(copied_id, copied_secrets)| {
+            let counted = roster
+                .devices
+                .get(&copied_id)
+                .is_some_and(|d| d.revoked.is_none() && d.keys == copied_secrets.public());
+            counted.then(|| {
+                SignedEntry::sign(vault, entry(Signer::Device(copied_id)), |m| {
+                    copied_secrets.sign(m)
+                })
+            })
+        }))
     }
 
     /// Fetches and authenticates every roster entry `listing` shows and folds them with the
@@ -180,6 +216,12 @@ impl Vault {
     /// all the fold left out.
     pub(super) async fn verify_roster(&self, listing: &Listing) -> Result<(u64, u64)> {
         let mut scratch = SyncReport::default();
+        if listing.roster.len() > MAX_ROSTER_ENTRIES {
+            return Err(Error::decode(
+                ObjectKind::Roster,
+                DecodeProblem::Malformed("more roster entries than a vault can have".into()),
+            ));
+        }
         let mut entries = Vec::new();
         for (id, listed) in &listing.roster {
             let get = Get::listed(listed, MAX_ROSTER_OBJECT, None)?;
