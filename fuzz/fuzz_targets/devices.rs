@@ -10,7 +10,7 @@ mod common;
 
 use chatvault::devices::{DeviceSecrets, EpochObject, open_box};
 use chatvault::format::ObjectKind;
-use chatvault::keys::{EpochWrapKey, RecoveryKey, VaultId};
+use chatvault::keys::{RecoveryKey, VaultId};
 use chatvault::link::{Channel, Ephemeral, LinkOffer};
 use chatvault::sync::roster::{SignedEntry, Signer, fold};
 use chatvault::{Error, IntegrityProblem};
@@ -58,8 +58,10 @@ fuzz_target!(|data: &[u8]| {
             let name = "epochs/0000000000000001-0000000000000001";
             if let Ok(epoch) = EpochObject::decode(name, reader.rest()) {
                 let _ = epoch.open_as_device(&[1; 16], &secrets(1));
-                let wrap = EpochWrapKey::derive(&RecoveryKey::from_bytes([3; 32]));
-                if let Ok(secret) = epoch.open_with_recovery(&wrap) {
+                let recovery = chatvault::devices::RecoverySigner::recovery_secrets(
+                    &RecoveryKey::from_bytes([3; 32]),
+                );
+                if let Ok(secret) = epoch.open_with_recovery(&recovery) {
                     let _ = epoch.previous(&secret);
                 }
             }

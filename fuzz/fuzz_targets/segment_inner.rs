@@ -111,6 +111,7 @@ fn block_body(body: &[u8]) {
         }],
         device_name: "fuzz".to_owned(),
         platform: "fuzz".to_owned(),
+        signature: Vec::new(),
     }
     .encode_to_vec();
     let object = fuzzing::seal(
