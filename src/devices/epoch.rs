@@ -52,7 +52,8 @@ pub struct NewEpoch<'a> {
     pub previous: &'a EpochSecret,
     /// Every active device: id and X25519 public key.
     pub devices: &'a [([u8; 16], [u8; 32])],
-    /// The recovery key's X25519 public key ([`recovery_agreement_key`](super::recovery_agreement_key)).
+    /// The recovery key's X25519 public key
+    /// ([`recovery_agreement_key`](super::recovery_agreement_key)).
     pub recovery: &'a [u8; 32],
 }
 

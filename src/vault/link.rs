@@ -182,6 +182,15 @@ impl Vault {
             burn().await;
             return Err(error);
         }
+        if record.device != DeviceId::of_keys(&record.keys) {
+            // A device may add only the id the joiner's key certifies (the fold would not count
+            // anything else).
+            burn().await;
+            return Err(Error::decode(
+                crate::format::ObjectKind::LinkMessage,
+                crate::DecodeProblem::Malformed("a device id its key does not certify".into()),
+            ));
+        }
         let _guard = self.sync_lock.lock().await;
         // The lock may have waited behind a long sync: the joiner must still be waiting, or the
         // roster would gain a device that never gets its welcome.

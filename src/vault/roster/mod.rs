@@ -102,10 +102,11 @@ impl Vault {
     }
 
     /// Fetches the roster entries `listing` shows that this device does not keep yet, keeps
-    /// them, folds the roster, and (with `add_self`) adds this device to it when it is missing and
-    /// someone here may sign its entry ([`entry_adding_this_device`](Self::entry_adding_this_device)). A roster object that does not authenticate stops the sync
-    /// with the typed error, as a segment would; one that authenticates but does not count
-    /// (a forged signature, a missing parent) is left out by the fold.
+    /// them, folds the roster, and (with `add_self`) adds this device to it when it is missing
+    /// and someone here may sign its entry (`entry_adding_this_device`). A roster object that
+    /// does not authenticate stops the sync with the typed error, as a segment would; one that
+    /// authenticates but does not count (a forged signature, a missing parent) is left out by
+    /// the fold.
     pub(super) async fn sync_roster(
         &self,
         listing: &Listing,

@@ -221,7 +221,10 @@ async fn an_oversized_roster_object_is_refused_before_it_is_read() {
     let phone = bucket.device(&states.path().join("phone"), "phone").await;
     let error = phone.sync(None, None).await.unwrap_err();
     assert!(
-        matches!(&error, Error::Store(StoreError::TooLarge { limit, .. }) if *limit == MAX_ROSTER_OBJECT),
+        matches!(
+            &error,
+            Error::Store(StoreError::TooLarge { limit, .. }) if *limit == MAX_ROSTER_OBJECT
+        ),
         "{error:?}"
     );
 }
