@@ -674,6 +674,11 @@ fn devices_lists_every_device_that_synced_and_which_one_is_this() {
     let text = ok(run(&env, "laptop", &["devices"]));
     assert_eq!(text.lines().count(), 2, "{text}");
     let own = text.lines().find(|l| l.ends_with("(this device)")).unwrap();
+    // Times as a person reads them: RFC 3339, UTC.
+    assert!(
+        own.contains("\tadded 20") && own.contains("Z by recovery_key"),
+        "{own}"
+    );
     assert_ne!(
         own.split('\t').next(),
         this[0]["device_id"].as_str(),

@@ -539,7 +539,7 @@ async fn run(cli: Cli) -> CliResult {
                 } else {
                     let revoked = device
                         .revoked_at_ms
-                        .map(|ms| format!("\trevoked at {ms} ms"))
+                        .map(|ms| format!("\trevoked {}", human_time(ms)))
                         .unwrap_or_default();
                     let this = if device.is_this_device {
                         "\t(this device)"
@@ -547,8 +547,11 @@ async fn run(cli: Cli) -> CliResult {
                         ""
                     };
                     println!(
-                        "{}\t{}\t{}\tadded at {} ms by {added_by}{revoked}{this}",
-                        device.id, device.platform, device.name, device.added_at_ms
+                        "{}\t{}\t{}\tadded {} by {added_by}{revoked}{this}",
+                        device.id,
+                        device.platform,
+                        device.name,
+                        human_time(device.added_at_ms)
                     );
                 }
             }
@@ -664,6 +667,15 @@ fn print_report(report: &SyncReport, json: bool) {
             report.unknown_objects
         );
     }
+}
+
+/// A time in milliseconds since the Unix epoch as RFC 3339 in UTC (the raw number when it is out
+/// of range: the time comes from another device's clock).
+fn human_time(ms: u64) -> String {
+    i64::try_from(ms)
+        .ok()
+        .and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok())
+        .map_or_else(|| format!("{ms} ms"), |time| time.to_string())
 }
 
 fn required<'a, T>(value: &'a Option<T>, what: &str) -> CliResult<&'a T> {
