@@ -14,7 +14,7 @@ use chatvault::keys::RecoveryKey;
 use chatvault::store::{DirectoryStore, ObjectStore};
 use chatvault::sync::{Change, Message};
 use chatvault::vault::{DeviceInfo, Vault};
-use common::cached;
+use common::{cached, copy_dir};
 
 fn message(id: &str) -> Change {
     Change::UpsertMessage(Message {
@@ -28,19 +28,6 @@ fn message(id: &str) -> Change {
         kind: "text".into(),
         payload: Vec::new(),
     })
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
 }
 
 async fn open(store: &Arc<dyn ObjectStore>, dir: &Path, key: &RecoveryKey) -> Vault {

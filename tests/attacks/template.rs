@@ -199,19 +199,7 @@ async fn sync_all(devices: &[&Vault]) {
     }
 }
 
-/// Copies a directory tree (bucket or state directories).
-pub fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
-}
+pub use crate::common::copy_dir;
 
 /// Builds the template; `None` when the newest checkpoint's first pack ends exactly with its
 /// last block (no padding to attack).

@@ -147,3 +147,17 @@ pub fn cached(vault: chatvault::vault::Vault) -> chatvault::vault::Vault {
         .unwrap();
     vault
 }
+
+/// Copies a directory tree (a bucket or a state directory).
+pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! A vault written before device keys, the roster and signed segments (by the chatvault CLI at
+//! 059fc65; `tests/fixtures/vault-059fc65/README.md` says how): it needs no migration. A new
+//! device restores it and adds itself to the roster; an old device's state directory opens, draws
+//! its keys, adds itself at its next sync and signs from its next segment on, while its old
+//! unsigned segments stay accepted.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use chatvault::keys::RecoveryKey;
+use chatvault::store::{DirectoryStore, ObjectStore};
+use chatvault::sync::roster::Signer;
+use chatvault::sync::{Change, Message};
+use chatvault::vault::{DeviceInfo, Vault};
+use common::{cached, copy_dir};
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/vault-059fc65")
+}
+
+fn info(name: &str) -> DeviceInfo {
+    DeviceInfo {
+        name: name.into(),
+        platform: "test".into(),
+    }
+}
+
+fn texts(vault: &Vault) -> Vec<String> {
+    let mut texts: Vec<String> = vault
+        .messages(None)
+        .unwrap()
+        .into_iter()
+        .map(|m| m.text)
+        .collect();
+    texts.sort();
+    texts
+}
+
+#[tokio::test]
+async fn a_vault_from_before_device_keys_opens_without_a_migration() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&fixture().join("bucket"), &dir.path().join("bucket"));
+    copy_dir(&fixture().join("phone-state"), &dir.path().join("phone"));
+    let store: Arc<dyn ObjectStore> = Arc::new(DirectoryStore::new(dir.path().join("bucket")));
+    let text = std::fs::read_to_string(fixture().join("key.txt")).unwrap();
+    let key = RecoveryKey::parse(&text).unwrap();
+    let expected = [
+        "After the checkpoint",
+        "Dinner at 7?",
+        "Written on the tablet",
+        "Yes",
+    ];
+
+    // A new device: everything, from the old checkpoint and the segments after it.
+    let laptop = cached(
+        Vault::open(
+            store.clone(),
+            &dir.path().join("laptop"),
+            info("laptop"),
+            &key,
+        )
+        .await
+        .unwrap(),
+    );
+    laptop.sync(None, None).await.unwrap();
+    assert_eq!(texts(&laptop), expected);
+    let devices = laptop.devices().unwrap();
+    assert_eq!(devices.len(), 1, "only the laptop has synced since");
+    assert!(devices[0].is_this_device);
+    let report = laptop.verify().await.unwrap();
+    assert_eq!((report.roster_entries, report.roster_refused), (1, 0));
+    assert!(report.unknown.is_empty(), "{:?}", report.unknown);
+
+    // The old phone's state directory: it opens, adds itself, and signs what it writes next.
+    let phone = Vault::open(
+        store.clone(),
+        &dir.path().join("phone"),
+        info("phone"),
+        &key,
+    )
+    .await
+    .unwrap();
+    phone.sync(None, None).await.unwrap();
+    phone
+        .record(vec![Change::UpsertMessage(Message {
+            chat_id: "family".into(),
+            message_id: "f5".into(),
+            sender: "anna".into(),
+            sent_at_ms: 1_700_000_004_000,
+            text: "Signed now".into(),
+            reply_to: None,
+            attachments: Vec::new(),
+            kind: "text".into(),
+            payload: Vec::new(),
+        })])
+        .unwrap();
+    phone.sync(None, None).await.unwrap();
+    laptop.sync(None, None).await.unwrap();
+    assert!(texts(&laptop).contains(&"Signed now".to_owned()));
+    let devices = laptop.devices().unwrap();
+    assert_eq!(devices.len(), 2);
+    let old_phone = devices.iter().find(|d| d.id == phone.device_id()).unwrap();
+    assert_eq!(old_phone.added_by, Signer::Recovery);
+    // A fresh device checks the phone's new segment against its signature and accepts the old
+    // unsigned ones below it.
+    let fresh = cached(
+        Vault::open(store, &dir.path().join("fresh"), info("fresh"), &key)
+            .await
+            .unwrap(),
+    );
+    fresh.sync(None, None).await.unwrap();
+    assert_eq!(texts(&fresh).len(), expected.len() + 1);
+    fresh.verify().await.unwrap();
+}
