@@ -1,6 +1,6 @@
 //! The device and link formats from a hostile bucket or a scanned QR code (docs/DEVICES.md,
-//! FORMAT.md section 13): link offers, key boxes, channel messages, epoch objects and roster
-//! entries. Roster entries that decode are also signed again by keys the target holds (the
+//! FORMAT.md section 13): link offers, key boxes, channel messages (and the join and welcome
+//! decoders behind a real channel), epoch objects and roster entries. Roster entries that decode are also signed again by keys the target holds (the
 //! recovery key and two devices, with the signer and parents the fuzzer's bytes chose), so the
 //! fold sees entries whose signatures verify: it must never panic, must refuse nothing but as
 //! contested, and must give the same roster for the entries in reverse order.
@@ -49,9 +49,32 @@ fuzz_target!(|data: &[u8]| {
                 vault_id: VAULT,
                 app_data: Vec::new(),
             };
-            let joiner: [u8; 32] = reader.array();
-            if let Ok(mut channel) = Channel::offerer(own, &offer, &joiner) {
-                let _ = channel.open(reader.rest());
+            let mode = reader.u8() % 3;
+            if mode == 0 {
+                let joiner: [u8; 32] = reader.array();
+                if let Ok(mut channel) = Channel::offerer(own, &offer, &joiner) {
+                    let _ = channel.open(reader.rest());
+                }
+                return;
+            }
+            // The link messages' decoders behind the channel: the fuzzer's bytes sealed as a real
+            // joiner's record (mode 1) or a real offerer's welcome (mode 2).
+            let joiner = Ephemeral::generate().expect("random");
+            let joiner_key = joiner.public();
+            let mut joining = Channel::joiner(joiner, &offer).expect("a valid offer");
+            let mut offering = Channel::offerer(own, &offer, &joiner_key).expect("a valid key");
+            if mode == 1 {
+                let mut object = joiner_key.to_vec();
+                object.extend_from_slice(&joining.seal(reader.rest()).expect("seals"));
+                if let Ok(record) = chatvault::link::open_join(&mut offering, &object) {
+                    assert!(record.name.len() <= chatvault::sync::roster::MAX_DEVICE_NAME_LEN);
+                }
+            } else {
+                offering
+                    .confirm_check_code(&joining.check_code())
+                    .expect("the right code");
+                let sealed = offering.seal(reader.rest()).expect("seals");
+                let _ = chatvault::link::open_welcome(&mut joining, &sealed);
             }
         }
         3 => {
