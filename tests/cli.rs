@@ -796,6 +796,8 @@ fn link_offer_and_join_add_a_device_that_never_sees_the_recovery_key() {
         .output()
         .unwrap();
     assert!(!again.status.success());
+    let why = String::from_utf8_lossy(&again.stderr);
+    assert!(why.contains("already joined a vault"), "{why}");
 }
 
 #[test]

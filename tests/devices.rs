@@ -63,14 +63,45 @@ fn files(dir: &Path) -> Vec<Vec<u8>> {
     out
 }
 
-async fn join(
+/// Answers `offer` as a new device `name` with its state in `dir` and a fresh device key.
+async fn answer(
     store: &Arc<dyn ObjectStore>,
     dir: &Path,
     name: &str,
     offer: &str,
-    device_key: DeviceKey,
 ) -> chatvault::Result<LinkJoining> {
+    let device_key = DeviceKey::generate().unwrap();
     Vault::join_link(store.clone(), dir, info(name), offer, device_key).await
+}
+
+/// A new device `name` (state in `dir`) linked by `phone` with the right code: the device, the
+/// roster's entry for it as the phone returned it, and the device key it opens with.
+async fn link(
+    store: &Arc<dyn ObjectStore>,
+    phone: &Vault,
+    dir: &Path,
+    name: &str,
+) -> (Vault, chatvault::vault::VaultDevice, DeviceKey) {
+    let offering = phone
+        .offer_link(Duration::from_secs(120), b"bucket: test".to_vec())
+        .unwrap();
+    assert!(offering.text().starts_with("CHATVAULT-LINK:"));
+    let device_key = DeviceKey::generate().unwrap();
+    let key_bytes = device_key.to_bytes();
+    let joining = Vault::join_link(store.clone(), dir, info(name), offering.text(), device_key)
+        .await
+        .unwrap();
+    let code = joining.check_code().to_owned();
+    assert_eq!(code.len(), 6);
+    let cancel = CancelToken::new();
+    let (added, joined) = tokio::join!(
+        phone.complete_link(&offering, &code, &cancel),
+        joining.finish(&cancel)
+    );
+    let (added, joined) = (added.unwrap(), joined.unwrap());
+    assert_eq!(added.id, joining.device_id());
+    assert_eq!(added.id, joined.device_id());
+    (joined, added, DeviceKey::from_bytes(*key_bytes))
 }
 
 async fn a_linked_device_syncs_both_ways_without_the_recovery_key(store: Arc<dyn ObjectStore>) {
@@ -89,27 +120,9 @@ async fn a_linked_device_syncs_both_ways_without_the_recovery_key(store: Arc<dyn
     phone.record(vec![message("from-phone")]).unwrap();
     phone.sync(None, None).await.unwrap();
 
-    let offering = phone
-        .offer_link(Duration::from_secs(120), b"bucket: test".to_vec())
-        .unwrap();
-    assert!(offering.text().starts_with("CHATVAULT-LINK:"));
-    let device_key = DeviceKey::generate().unwrap();
-    let key_bytes = device_key.to_bytes();
     let laptop_dir = dir.path().join("laptop");
-    let joining = join(&store, &laptop_dir, "laptop", offering.text(), device_key)
-        .await
-        .unwrap();
-    let code = joining.check_code().to_owned();
-    assert_eq!(code.len(), 6);
-    let cancel = CancelToken::new();
-    let (added, laptop) = tokio::join!(
-        phone.complete_link(&offering, &code, &cancel),
-        joining.finish(&cancel)
-    );
-    let added = added.unwrap();
-    let laptop = cached(laptop.unwrap());
-    assert_eq!(added.id, joining.device_id());
-    assert_eq!(added.id, laptop.device_id());
+    let (laptop, added, device_key) = link(&store, &phone, &laptop_dir, "laptop").await;
+    let laptop = cached(laptop);
     assert_eq!(added.added_by, Signer::Device(phone.device_id()));
     assert_eq!(added.name, "laptop");
 
@@ -164,14 +177,9 @@ async fn a_linked_device_syncs_both_ways_without_the_recovery_key(store: Arc<dyn
     .unwrap_err();
     assert!(matches!(wrong, Error::WrongDeviceKey), "{wrong:?}");
     let laptop = cached(
-        Vault::open_device(
-            store.clone(),
-            &laptop_dir,
-            info("laptop"),
-            &DeviceKey::from_bytes(*key_bytes),
-        )
-        .await
-        .unwrap(),
+        Vault::open_device(store.clone(), &laptop_dir, info("laptop"), &device_key)
+            .await
+            .unwrap(),
     );
     assert_eq!(laptop.device_id(), added.id);
     laptop.sync(None, None).await.unwrap();
@@ -231,15 +239,9 @@ async fn one_wrong_code_burns_the_link_on_both_sides() {
         .offer_link(Duration::from_secs(120), Vec::new())
         .unwrap();
     let laptop_dir = s.root.join("laptop");
-    let joining = join(
-        &s.store,
-        &laptop_dir,
-        "laptop",
-        offering.text(),
-        DeviceKey::generate().unwrap(),
-    )
-    .await
-    .unwrap();
+    let joining = answer(&s.store, &laptop_dir, "laptop", offering.text())
+        .await
+        .unwrap();
     let wrong = if joining.check_code() == "000000" {
         "000001"
     } else {
@@ -308,15 +310,9 @@ async fn an_offer_past_its_expiry_is_refused_by_the_joiner() {
         .phone
         .offer_link(Duration::from_secs(60), Vec::new())
         .unwrap();
-    let error = join(
-        &s.store,
-        &s.root.join("laptop"),
-        "laptop",
-        offering.text(),
-        DeviceKey::generate().unwrap(),
-    )
-    .await
-    .unwrap_err();
+    let error = answer(&s.store, &s.root.join("laptop"), "laptop", offering.text())
+        .await
+        .unwrap_err();
     assert!(
         matches!(error, Error::Link(LinkProblem::Expired)),
         "{error:?}"
@@ -330,21 +326,14 @@ async fn a_second_device_answering_the_same_offer_is_refused() {
         .phone
         .offer_link(Duration::from_secs(60), Vec::new())
         .unwrap();
-    join(
-        &s.store,
-        &s.root.join("laptop"),
-        "laptop",
-        offering.text(),
-        DeviceKey::generate().unwrap(),
-    )
-    .await
-    .unwrap();
-    let error = join(
+    answer(&s.store, &s.root.join("laptop"), "laptop", offering.text())
+        .await
+        .unwrap();
+    let error = answer(
         &s.store,
         &s.root.join("intruder"),
         "intruder",
         offering.text(),
-        DeviceKey::generate().unwrap(),
     )
     .await
     .unwrap_err();
@@ -379,22 +368,15 @@ async fn a_state_directory_with_a_device_cannot_join() {
         .phone
         .offer_link(Duration::from_secs(60), Vec::new())
         .unwrap();
-    let error = join(
-        &s.store,
-        &s.root.join("phone"),
-        "again",
-        offering.text(),
-        DeviceKey::generate().unwrap(),
-    )
-    .await
-    .unwrap_err();
+    let error = answer(&s.store, &s.root.join("phone"), "again", offering.text())
+        .await
+        .unwrap_err();
     assert!(matches!(error, Error::InvalidInput(_)), "{error:?}");
-    let garbage = join(
+    let garbage = answer(
         &s.store,
         &s.root.join("laptop"),
         "laptop",
         "CHATVAULT-LINK:AAAA",
-        DeviceKey::generate().unwrap(),
     )
     .await
     .unwrap_err();
@@ -412,15 +394,9 @@ async fn garbage_collection_deletes_links_abandoned_for_a_day_and_keeps_fresh_on
             .phone
             .offer_link(Duration::from_secs(600), Vec::new())
             .unwrap();
-        join(
-            &s.store,
-            &s.root.join(name),
-            name,
-            offering.text(),
-            DeviceKey::generate().unwrap(),
-        )
-        .await
-        .unwrap();
+        answer(&s.store, &s.root.join(name), name, offering.text())
+            .await
+            .unwrap();
         let dirs: Vec<_> = std::fs::read_dir(&links_dir)
             .unwrap()
             .map(|entry| entry.unwrap().path())
@@ -458,23 +434,8 @@ async fn a_linked_device_that_forks_off_reopens_and_rejoins_the_roster() {
     .await
     .unwrap();
     phone.sync(None, None).await.unwrap();
-    let offering = phone
-        .offer_link(Duration::from_secs(120), Vec::new())
-        .unwrap();
-    let device_key = DeviceKey::generate().unwrap();
-    let key_bytes = device_key.to_bytes();
     let laptop_dir = dir.path().join("laptop");
-    let joining = join(&store, &laptop_dir, "laptop", offering.text(), device_key)
-        .await
-        .unwrap();
-    let code = joining.check_code().to_owned();
-    let cancel = CancelToken::new();
-    let (added, laptop) = tokio::join!(
-        phone.complete_link(&offering, &code, &cancel),
-        joining.finish(&cancel)
-    );
-    added.unwrap();
-    let laptop = laptop.unwrap();
+    let (laptop, _, device_key) = link(&store, &phone, &laptop_dir, "laptop").await;
     laptop.record(vec![message("a")]).unwrap();
     laptop.sync(None, None).await.unwrap();
     let old_id = laptop.device_id();
@@ -493,14 +454,9 @@ async fn a_linked_device_that_forks_off_reopens_and_rejoins_the_roster() {
     assert_ne!(new_id, old_id);
     drop(laptop);
     store.delete(&bogus).await.unwrap();
-    let laptop = Vault::open_device(
-        store.clone(),
-        &laptop_dir,
-        info("laptop"),
-        &DeviceKey::from_bytes(*key_bytes),
-    )
-    .await
-    .unwrap();
+    let laptop = Vault::open_device(store.clone(), &laptop_dir, info("laptop"), &device_key)
+        .await
+        .unwrap();
     assert_eq!(laptop.device_id(), new_id);
     laptop.sync(None, None).await.unwrap();
     let devices = laptop.devices().unwrap();

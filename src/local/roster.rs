@@ -30,6 +30,27 @@ impl LocalState {
         Ok(out)
     }
 
+    /// The ids of the roster entries kept (without their objects: what a sync compares with the
+    /// listing).
+    pub fn roster_ids(&self) -> Result<std::collections::BTreeSet<EntryId>> {
+        let mut statement = self
+            .connection
+            .prepare("SELECT id FROM roster_entries")
+            .map_err(db_error)?;
+        let rows = statement
+            .query_map([], |row| row.get::<_, Vec<u8>>(0))
+            .map_err(db_error)?;
+        let mut ids = std::collections::BTreeSet::new();
+        for row in rows {
+            let id = row.map_err(db_error)?;
+            ids.insert(
+                id.try_into()
+                    .map_err(|_| super::corrupt("roster entry id"))?,
+            );
+        }
+        Ok(ids)
+    }
+
     /// Keeps the sealed object of roster entry `id` (a second copy of an id is ignored: the id is
     /// the hash of the signed entry, so both are the same entry).
     pub fn keep_roster_object(&self, id: &EntryId, object: &[u8]) -> Result<()> {

@@ -48,6 +48,16 @@ impl DeviceKey {
     pub fn to_bytes(&self) -> Zeroizing<[u8; 32]> {
         Zeroizing::new(*self.0.bytes())
     }
+
+    /// As 64 lower-case hex digits (for a key file).
+    pub fn to_hex(&self) -> Zeroizing<String> {
+        Zeroizing::new(crate::hex::encode(self.0.bytes()))
+    }
+
+    /// From exactly 64 hex digits (white space around them ignored); `None` for anything else.
+    pub fn from_hex(text: &str) -> Option<Self> {
+        crate::hex::decode::<32>(text.trim()).map(|bytes| DeviceKey(Key32::new(bytes)))
+    }
 }
 
 impl core::fmt::Debug for DeviceKey {
@@ -224,5 +234,10 @@ mod tests {
             Err(Error::InvalidInput(_))
         ));
         assert_eq!(format!("{key:?}"), "DeviceKey(..)");
+        let hex = key.to_hex();
+        assert_eq!(hex.len(), 64);
+        let again = DeviceKey::from_hex(&format!(" {}\n", hex.as_str())).unwrap();
+        assert_eq!(again.to_bytes(), key.to_bytes());
+        assert!(DeviceKey::from_hex(&hex[1..]).is_none());
     }
 }

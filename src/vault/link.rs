@@ -243,7 +243,7 @@ impl Vault {
             .await?;
         lock(&self.local)?.keep_roster_object(&signed.id(), &sealed)?;
         let roster = self.fold_kept_roster()?;
-        *lock(&self.roster)? = Some(roster.clone());
+        *lock(&self.roster)? = Some(Arc::new(roster.clone()));
         let added = roster
             .devices
             .get(&record.device)
@@ -345,7 +345,10 @@ impl Vault {
     }
 
     /// Lists the vault and brings the roster up to date (see `sync_roster`).
-    async fn refresh_roster(&self, report: &mut SyncReport) -> Result<crate::sync::roster::Roster> {
+    async fn refresh_roster(
+        &self,
+        report: &mut SyncReport,
+    ) -> Result<Arc<crate::sync::roster::Roster>> {
         let listed = self.list_vault().await?;
         let listing = crate::sync::listing::Listing::classify(
             listed.iter().map(|info| (info.key.as_str(), info.size)),

@@ -235,7 +235,8 @@ pub struct Vault {
     /// The roster's root of trust: the first recovery key's signing public key.
     roster_root: [u8; 32],
     /// The roster as the last sync folded it (`None` until something folds it).
-    roster: Mutex<Option<crate::sync::roster::Roster>>,
+    /// Shared, not copied: every fetched segment is checked against it.
+    roster: Mutex<Option<Arc<crate::sync::roster::Roster>>>,
     info: DeviceInfo,
     local: Mutex<LocalState>,
     chat_keys: Mutex<ChatKeys>,

@@ -238,7 +238,7 @@ impl Vault {
         let object = self.get_promised(get).await?;
         let segment = get.open_segment(&self.keys, &object)?;
         crate::sync::roster::check_segment(
-            &self.current_roster()?,
+            &*self.current_roster()?,
             self.keys.vault_id(),
             &segment,
         )?;

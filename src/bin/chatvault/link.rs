@@ -40,21 +40,12 @@ pub(crate) fn read_device_key(path: &Path) -> CliResult<DeviceKey> {
     let text = zeroize::Zeroizing::new(
         std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?,
     );
-    let text = text.trim();
-    let mut bytes = zeroize::Zeroizing::new([0u8; 32]);
-    if text.len() != 64 {
-        return Err(format!("{}: not a device key (64 hex digits)", path.display()).into());
-    }
-    for (i, byte) in bytes.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16)
-            .map_err(|_| format!("{}: not a device key (64 hex digits)", path.display()))?;
-    }
-    Ok(DeviceKey::from_bytes(*bytes))
+    DeviceKey::from_hex(&text)
+        .ok_or_else(|| format!("{}: not a device key (64 hex digits)", path.display()).into())
 }
 
 fn write_device_key(path: &Path, key: &DeviceKey) -> CliResult {
-    let hex: zeroize::Zeroizing<String> =
-        zeroize::Zeroizing::new(key.to_bytes().iter().map(|b| format!("{b:02x}")).collect());
+    let hex = key.to_hex();
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;
     }

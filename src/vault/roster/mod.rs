@@ -7,6 +7,7 @@
 //! writer's place in the roster yet (signed segments come later, docs/DEVICES.md).
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use crate::error::{DecodeProblem, Error, Result};
 use crate::format::ObjectKind;
@@ -52,6 +53,13 @@ fn context<'a>(keys: &'a VaultKeys, name: &'a str) -> ObjectContext<'a> {
         kind: ObjectKind::Roster,
         name,
     }
+}
+
+fn too_many_entries() -> Error {
+    Error::decode(
+        ObjectKind::Roster,
+        DecodeProblem::Malformed("more roster entries than a vault can have".into()),
+    )
 }
 
 /// Opens the roster object of entry `id`: authenticated under the log key of the epoch its header
@@ -112,30 +120,29 @@ impl Vault {
         listing: &Listing,
         add_self: bool,
         report: &mut SyncReport,
-    ) -> Result<Roster> {
-        let kept: BTreeSet<EntryId> = lock(&self.local)?
-            .roster_objects()?
-            .into_iter()
-            .map(|(id, _)| id)
-            .collect();
+    ) -> Result<Arc<Roster>> {
+        let kept: BTreeSet<EntryId> = lock(&self.local)?.roster_ids()?;
         let new: Vec<_> = listing
             .roster
             .iter()
             .filter(|(id, _)| !kept.contains(*id))
             .collect();
         if kept.len() + new.len() > MAX_ROSTER_ENTRIES {
-            return Err(Error::decode(
-                ObjectKind::Roster,
-                DecodeProblem::Malformed("more roster entries than a vault can have".into()),
-            ));
+            return Err(too_many_entries());
         }
+        let nothing_new = new.is_empty();
         for (id, listed) in new {
             let get = Get::listed(listed, MAX_ROSTER_OBJECT, None)?;
             let object = self.read_exact(&get, report).await?;
             open_entry(&self.keys, id, &object)?;
             lock(&self.local)?.keep_roster_object(id, &object)?;
         }
-        let mut roster = self.fold_kept_roster()?;
+        // Nothing new since the last fold (the usual sync): the fold stands.
+        let cached = lock(&self.roster)?.clone();
+        let mut roster = match cached {
+            Some(roster) if nothing_new => roster,
+            _ => Arc::new(self.fold_kept_roster()?),
+        };
         if add_self {
             if let Some(listed) = roster.devices.get(&self.device_id())
                 && listed.keys != self.device_keys()?
@@ -159,7 +166,7 @@ impl Vault {
                     report.bytes_up += size;
                 }
                 lock(&self.local)?.keep_roster_object(&entry.id(), &object)?;
-                roster = self.fold_kept_roster()?;
+                roster = Arc::new(self.fold_kept_roster()?);
             }
         }
         *lock(&self.roster)? = Some(roster.clone());
@@ -218,10 +225,7 @@ impl Vault {
     pub(super) async fn verify_roster(&self, listing: &Listing) -> Result<(u64, u64)> {
         let mut scratch = SyncReport::default();
         if listing.roster.len() > MAX_ROSTER_ENTRIES {
-            return Err(Error::decode(
-                ObjectKind::Roster,
-                DecodeProblem::Malformed("more roster entries than a vault can have".into()),
-            ));
+            return Err(too_many_entries());
         }
         let mut entries = Vec::new();
         for (id, listed) in &listing.roster {
@@ -238,16 +242,16 @@ impl Vault {
         let roster = roster::fold(self.keys.vault_id(), self.roster_root, entries)?;
         let refused = roster.refused.len() as u64;
         // Segments are checked against every entry listed (in memory only: verify keeps nothing).
-        *lock(&self.roster)? = Some(roster);
+        *lock(&self.roster)? = Some(Arc::new(roster));
         Ok((listed, refused))
     }
 
     /// The roster as the last sync (or verify) folded it, or as the kept entries fold.
-    pub(super) fn current_roster(&self) -> Result<Roster> {
+    pub(super) fn current_roster(&self) -> Result<Arc<Roster>> {
         if let Some(roster) = lock(&self.roster)?.clone() {
             return Ok(roster);
         }
-        let roster = self.fold_kept_roster()?;
+        let roster = Arc::new(self.fold_kept_roster()?);
         *lock(&self.roster)? = Some(roster.clone());
         Ok(roster)
     }
@@ -260,15 +264,15 @@ impl Vault {
         let this = self.device_id();
         Ok(roster
             .devices
-            .into_iter()
+            .iter()
             .map(|(id, device)| VaultDevice {
-                id,
-                name: device.name,
-                platform: device.platform,
+                id: *id,
+                name: device.name.clone(),
+                platform: device.platform.clone(),
                 added_by: device.added_by,
                 added_at_ms: device.added_at_ms,
-                revoked_at_ms: device.revoked.map(|revocation| revocation.at_ms),
-                is_this_device: id == this,
+                revoked_at_ms: device.revoked.as_ref().map(|revocation| revocation.at_ms),
+                is_this_device: *id == this,
             })
             .collect())
     }

@@ -42,10 +42,15 @@ impl Bucket {
     }
 
     async fn roster_names(&self) -> Vec<String> {
+        self.names_under("roster/").await
+    }
+
+    /// The names under `folder` of the vault prefix (relative to the prefix), sorted.
+    async fn names_under(&self, folder: &str) -> Vec<String> {
         let prefix = self.prefix();
         let mut names: Vec<String> = self
             .store
-            .list(&format!("{prefix}roster/"))
+            .list(&format!("{prefix}{folder}"))
             .await
             .unwrap()
             .into_iter()
@@ -287,16 +292,7 @@ fn roster_objects_are_sealed_in_their_entrys_epoch() {
 async fn reseal_newest_segment(bucket: &Bucket, edit: impl FnOnce(&mut Vec<u8>)) {
     let keys = VaultKeys::derive(&bucket.key);
     let prefix = bucket.prefix();
-    let mut names: Vec<String> = bucket
-        .store
-        .list(&format!("{prefix}segments/"))
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|info| info.key[prefix.len()..].to_owned())
-        .collect();
-    names.sort();
-    let name = names.pop().unwrap();
+    let name = bucket.names_under("segments/").await.pop().unwrap();
     let context = ObjectContext {
         vault_id: keys.vault_id(),
         kind: ObjectKind::Segment,
