@@ -109,6 +109,13 @@ pub enum Error {
     /// A device link ended without linking (docs/DEVICES.md, "Linking"): start a new one.
     #[error("device link failed: {0}")]
     Link(LinkProblem),
+
+    /// This device was revoked (removed from the vault by another device or the recovery key):
+    /// it can no longer sync, and it holds no key of anything written after its revocation.
+    /// What it holds locally stays; to use the vault again, link it anew or open it with the
+    /// recovery key in a new state directory.
+    #[error("this device was removed from the vault")]
+    DeviceRevoked,
 }
 
 /// Why a device link ended.
@@ -232,6 +239,15 @@ pub enum IntegrityProblem {
         expected: u64,
         /// The size found.
         found: u64,
+    },
+    /// A segment of a revoked device past the tips its revocation pinned (written after it was
+    /// revoked, or by someone holding its keys): refused by every device.
+    #[error("segment {seq} of device {device} was written after the device was revoked")]
+    RevokedWriter {
+        /// The revoked device.
+        device: String,
+        /// The segment.
+        seq: u64,
     },
     /// The device roster's entries do not settle on one roster (docs/DEVICES.md, "Roster"): a
     /// bucket or a key holder wrote entries whose counting depends on each other in a circle.

@@ -87,6 +87,10 @@ pub enum ChatVaultError {
     /// This device may not do that: it is not an active device of the vault.
     #[error("not allowed: {detail}")]
     NotAllowed { detail: String },
+    /// This device was removed from the vault (revoked): it can no longer sync. Link it anew,
+    /// or open the vault with the recovery key in a new state directory.
+    #[error("device revoked: {detail}")]
+    DeviceRevoked { detail: String },
     /// Anything else (for example the OS random generator failing).
     #[error("internal error: {detail}")]
     Internal { detail: String },
@@ -122,6 +126,7 @@ impl From<Error> for ChatVaultError {
             Error::NotCached { chat_id } => ChatVaultError::NotCached { chat_id },
             Error::Busy => ChatVaultError::Busy,
             Error::Link(problem) => devices::link_error(problem, message),
+            Error::DeviceRevoked => ChatVaultError::DeviceRevoked { detail: message },
             _ => ChatVaultError::Internal { detail: message },
         }
     }

@@ -5,12 +5,14 @@
 //! this module only where a test vector or the FFI needs them ([`RecoveryKey::to_bytes`]).
 
 mod chat;
+mod epochs;
 mod passphrase;
 mod recovery;
 mod secret;
 mod tree;
 
 pub use chat::ChatKey;
+pub use epochs::{HeldEpochs, KeyEpochs};
 pub use passphrase::{Argon2Params, PassphraseEnvelope, PassphrasePolicy};
 pub use recovery::{RECOVERY_KEY_TEXT_CHARS, RecoveryKey};
 pub use tree::{

@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::error::{DecodeProblem, Error, IntegrityProblem, Result};
 use crate::format::{ObjectKind, decode_body, proto};
-use crate::keys::{ChatKey, VaultKeys};
+use crate::keys::{ChatKey, KeyEpochs, VaultKeys};
 use crate::sealing::{self, ObjectContext};
 
 use super::clock::{DeviceId, Stamp};
@@ -160,7 +160,7 @@ pub fn parse_pack_name(name: &str) -> Option<(DeviceId, u64, u64, u32)> {
 
 /// Opens and checks a checkpoint index stored under `name`.
 pub fn open_checkpoint_index(
-    keys: &VaultKeys,
+    keys: &impl KeyEpochs,
     name: &str,
     object: &[u8],
 ) -> Result<CheckpointIndex> {
@@ -170,12 +170,16 @@ pub fn open_checkpoint_index(
         })
     };
     let (device, seq, _) = parse_checkpoint_name(name).ok_or_else(misplaced)?;
-    let context = ObjectContext {
-        vault_id: keys.vault_id(),
-        kind: ObjectKind::CheckpointIndex,
-        name,
-    };
-    let body = sealing::open(&keys.log().0, &context, object)?;
+    // Opened with the key tree of the epoch its header names.
+    let epoch = sealing::epoch_of(object, ObjectKind::CheckpointIndex)?;
+    let body = keys.open_with(ObjectKind::CheckpointIndex, epoch, |tree| {
+        let context = ObjectContext {
+            vault_id: tree.vault_id(),
+            kind: ObjectKind::CheckpointIndex,
+            name,
+        };
+        sealing::open_in_epoch(&tree.log().0, &context, epoch, object)
+    })?;
     let index: proto::CheckpointIndex = decode_body(ObjectKind::CheckpointIndex, &body)?;
     if index.device_id != device.0 || index.seq != seq {
         return Err(misplaced());

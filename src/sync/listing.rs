@@ -43,6 +43,8 @@ pub struct Listing {
     pub roster: BTreeMap<EntryId, Listed>,
     /// Objects of links between devices (`links/<id>/<part>`), by name.
     pub links: BTreeMap<String, Listed>,
+    /// Epoch objects (`epochs/<n>-<tag>`, epochs 1 to 255), by name.
+    pub epochs: BTreeMap<String, Listed>,
     /// Names that are no vault object, in listing order.
     pub unknown: Vec<String>,
 }
@@ -72,6 +74,8 @@ impl Listing {
                 listing.roster.insert(id, listed);
             } else if crate::link::parse_link_name(name).is_some() {
                 listing.links.insert(listed.name.clone(), listed);
+            } else if crate::devices::epoch_in_name(name).is_some_and(|n| (1..=255).contains(&n)) {
+                listing.epochs.insert(listed.name.clone(), listed);
             } else {
                 listing.unknown.push(listed.name);
             }

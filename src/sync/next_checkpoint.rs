@@ -20,7 +20,7 @@ use prost::Message as _;
 
 use crate::error::{Error, Result};
 use crate::format::{ObjectKind, proto};
-use crate::keys::VaultKeys;
+use crate::keys::{KeyEpochs, VaultKeys};
 use crate::sealing::{self, Compression, ObjectContext, padded_len};
 
 use super::checkpoint::{CheckpointIndex, block_name, checkpoint_name, pack_prefix};
@@ -93,7 +93,7 @@ pub struct SealedCheckpoint {
 /// Seals a checkpoint of whole chats with no previous checkpoint: `chats` yields each chat's
 /// operations; chats without operations are skipped.
 pub fn seal_checkpoint(
-    keys: &VaultKeys,
+    keys: &impl KeyEpochs,
     input: &CheckpointInput<'_>,
     chats: impl IntoIterator<Item = Result<ChatContent>>,
 ) -> Result<SealedCheckpoint> {
@@ -104,7 +104,7 @@ pub fn seal_checkpoint(
 /// only `seal_checkpoint` and the test-vector generator call it, and a nonce must never be
 /// reused under one key.
 pub(crate) fn seal_checkpoint_with(
-    keys: &VaultKeys,
+    keys: &impl KeyEpochs,
     input: &CheckpointInput<'_>,
     chats: impl IntoIterator<Item = Result<ChatContent>>,
     nonce: &mut dyn FnMut() -> Result<[u8; sealing::NONCE_LEN]>,
@@ -294,17 +294,23 @@ impl<'a> NextCheckpoint<'a> {
     }
 
     /// Seals the checkpoint: new blocks into new packs, then the index.
-    pub fn seal(self, keys: &VaultKeys, input: &CheckpointInput<'_>) -> Result<SealedCheckpoint> {
+    pub fn seal(
+        self,
+        keys: &impl KeyEpochs,
+        input: &CheckpointInput<'_>,
+    ) -> Result<SealedCheckpoint> {
         self.seal_with(keys, input, &mut sealing::random_nonce)
     }
 
     /// [`seal`](Self::seal) with nonces from `nonce` (see [`seal_checkpoint_with`]).
     pub(crate) fn seal_with(
         mut self,
-        keys: &VaultKeys,
+        keys: &impl KeyEpochs,
         input: &CheckpointInput<'_>,
         nonce: &mut dyn FnMut() -> Result<[u8; sealing::NONCE_LEN]>,
     ) -> Result<SealedCheckpoint> {
+        // The index is sealed in the newest epoch this device holds; blocks under chat keys.
+        let (epoch, keys) = keys.newest();
         let (fates, _) = self.fates();
         let index_name = checkpoint_name(input.device, input.seq, input.tag);
         let mut writer = PackWriter {
@@ -465,9 +471,10 @@ impl<'a> NextCheckpoint<'a> {
             kind: ObjectKind::CheckpointIndex,
             name: &index_name,
         };
-        let index = sealing::seal_with_nonce(
+        let index = sealing::seal_with_nonce_in_epoch(
             &keys.log().0,
             &context,
+            epoch,
             &body,
             &(writer.nonce)()?,
             Compression::Auto,

@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 
 use crate::error::{Error, IntegrityProblem, Result};
-use crate::keys::VaultKeys;
+use crate::keys::KeyEpochs;
 use crate::store::StoreError;
 
 use super::listing::{Listed, Listing};
@@ -76,7 +76,7 @@ impl Get {
     }
 
     /// Checks the length, then opens the segment's outer layer.
-    pub fn open_segment(&self, keys: &VaultKeys, bytes: &[u8]) -> Result<OpenedSegment> {
+    pub fn open_segment(&self, keys: &impl KeyEpochs, bytes: &[u8]) -> Result<OpenedSegment> {
         self.check_len(bytes)?;
         open_segment(keys, &self.name, bytes)
     }

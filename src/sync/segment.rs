@@ -24,7 +24,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{DecodeProblem, Error, IntegrityProblem, Result};
 use crate::format::{ObjectKind, decode_body, proto};
-use crate::keys::{ChatKey, VaultKeys};
+use crate::keys::{ChatKey, KeyEpochs, VaultKeys};
 use crate::sealing::{self, Compression, ObjectContext};
 
 use super::batch::EncodedBatch;
@@ -193,7 +193,7 @@ pub(crate) fn block_name(segment: &str, index: usize) -> String {
 
 /// Seals a segment. Every operation's chat must have a writing key in `chat_keys`.
 pub fn seal_segment(
-    keys: &VaultKeys,
+    keys: &impl KeyEpochs,
     chat_keys: &ChatKeys,
     segment: &NewSegment<'_>,
 ) -> Result<(String, Vec<u8>, SegmentHash)> {
@@ -204,11 +204,13 @@ pub fn seal_segment(
 /// object): only `seal_segment` and the test-vector generator call it, and a nonce must never
 /// be reused under one key.
 pub(crate) fn seal_segment_with(
-    keys: &VaultKeys,
+    keys: &impl KeyEpochs,
     chat_keys: &ChatKeys,
     segment: &NewSegment<'_>,
     nonce: &mut dyn FnMut() -> Result<[u8; sealing::NONCE_LEN]>,
 ) -> Result<(String, Vec<u8>, SegmentHash)> {
+    // Sealed in the newest epoch this device holds (docs/DEVICES.md).
+    let (epoch, keys) = keys.newest();
     let name = segment_name(
         segment.device,
         segment.seq,
@@ -280,8 +282,14 @@ pub(crate) fn seal_segment_with(
         kind: ObjectKind::Segment,
         name: &name,
     };
-    let object =
-        sealing::seal_with_nonce(&keys.log().0, &context, &body, &nonce()?, Compression::Auto)?;
+    let object = sealing::seal_with_nonce_in_epoch(
+        &keys.log().0,
+        &context,
+        epoch,
+        &body,
+        &nonce()?,
+        Compression::Auto,
+    )?;
     let hash = Sha256::digest(&object).into();
     Ok((name, object, hash))
 }
@@ -327,7 +335,7 @@ impl OpenedSegment {
 }
 
 /// Opens a segment's outer layer and checks that its content belongs at `name`.
-pub fn open_segment(keys: &VaultKeys, name: &str, object: &[u8]) -> Result<OpenedSegment> {
+pub fn open_segment(keys: &impl KeyEpochs, name: &str, object: &[u8]) -> Result<OpenedSegment> {
     let misplaced = || {
         Error::Integrity(IntegrityProblem::Misplaced {
             name: name.to_owned(),
@@ -335,12 +343,16 @@ pub fn open_segment(keys: &VaultKeys, name: &str, object: &[u8]) -> Result<Opene
     };
     let parsed = parse_segment_name(name).ok_or_else(misplaced)?;
     let (device, seq) = (parsed.device, parsed.seq);
-    let context = ObjectContext {
-        vault_id: keys.vault_id(),
-        kind: ObjectKind::Segment,
-        name,
-    };
-    let body = sealing::open(&keys.log().0, &context, object)?;
+    // Opened with the key tree of the epoch its header names.
+    let epoch = sealing::epoch_of(object, ObjectKind::Segment)?;
+    let body = keys.open_with(ObjectKind::Segment, epoch, |tree| {
+        let context = ObjectContext {
+            vault_id: tree.vault_id(),
+            kind: ObjectKind::Segment,
+            name,
+        };
+        sealing::open_in_epoch(&tree.log().0, &context, epoch, object)
+    })?;
     let segment: proto::Segment = decode_body(ObjectKind::Segment, &body)?;
     let malformed = |why: &str| {
         Error::decode(

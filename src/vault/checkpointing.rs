@@ -183,8 +183,9 @@ impl Vault {
             local.set_meta(META_CHECKPOINT_SEQ, &reserved)?;
             (seq, tag)
         };
+        let epochs = self.epochs()?;
         let sealed = next.seal(
-            &self.keys,
+            &*epochs,
             &CheckpointInput {
                 device: self.device_id(),
                 seq,
@@ -195,7 +196,7 @@ impl Vault {
                 created_at_ms: self.now_ms(),
             },
         )?;
-        let index = open_checkpoint_index(&self.keys, &sealed.index_name, &sealed.index)?;
+        let index = open_checkpoint_index(&*epochs, &sealed.index_name, &sealed.index)?;
         let mut report = CheckpointReport {
             name: sealed.index_name.clone(),
             objects: 1 + sealed.packs.len() as u64,

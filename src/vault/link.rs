@@ -154,10 +154,10 @@ impl Vault {
         if !roster.is_active(self.device_id()) {
             return Err(Error::Link(LinkProblem::NotAllowed));
         }
-        if roster.epoch != 0 {
-            return Err(Error::invalid_input(
-                "linking in a key epoch other than 0 is not built yet (docs/DEVICES.md)",
-            ));
+        if !self.epochs()?.has_confirmed(roster.epoch) {
+            // A device active in the roster holds its epoch (its box is in the epoch object);
+            // one that does not is revoked or has not synced since the epoch started.
+            return Err(Error::Link(LinkProblem::NotAllowed));
         }
         let join_key = link_key(&vault_id, &offer.link_id, LinkPart::Join);
         let object = loop {
@@ -238,7 +238,7 @@ impl Vault {
                 |message| secrets.sign(message),
             )
         };
-        let sealed = seal_entry(&self.keys, &signed)?;
+        let sealed = seal_entry(&*self.epochs()?, &signed)?;
         self.put_once(&roster_name(&signed.id()), sealed.clone())
             .await?;
         lock(&self.local)?.keep_roster_object(&signed.id(), &sealed)?;
@@ -258,7 +258,11 @@ impl Vault {
             recovery_agreement_key: self.recovery_agreement_key,
             added_entry: signed.id(),
             epoch: roster.epoch,
-            epoch_secret: EpochSecret::from_bytes(*self.epoch_secret.bytes()),
+            epoch_secret: self
+                .epochs()?
+                .confirmed_secret(roster.epoch)
+                .map(|secret| EpochSecret::from_bytes(*secret.bytes()))
+                .ok_or(Error::Link(LinkProblem::NotAllowed))?,
         };
         let answer = seal_welcome(&mut channel, &welcome)?;
         if !self
@@ -345,7 +349,7 @@ impl Vault {
     }
 
     /// Lists the vault and brings the roster up to date (see `sync_roster`).
-    async fn refresh_roster(
+    pub(super) async fn refresh_roster(
         &self,
         report: &mut SyncReport,
     ) -> Result<Arc<crate::sync::roster::Roster>> {
@@ -353,6 +357,7 @@ impl Vault {
         let listing = crate::sync::listing::Listing::classify(
             listed.iter().map(|info| (info.key.as_str(), info.size)),
         );
+        self.sync_epochs(&listing, report).await?;
         self.sync_roster(&listing, true, report).await
     }
 }
@@ -416,8 +421,9 @@ impl LinkJoining {
         if welcome.vault_id != vault_id {
             return Err(Error::Link(LinkProblem::Burned));
         }
-        if welcome.epoch != 0 || welcome.epoch_secret.epoch_zero_vault_id() != vault_id {
-            // Only epoch 0 exists yet; its secret derives the vault id it names.
+        if welcome.epoch == 0 && welcome.epoch_secret.epoch_zero_vault_id() != vault_id {
+            // Epoch 0's secret derives the vault id it names (later epochs' secrets are random;
+            // the roster entries they open are signed).
             return Err(Error::decode(
                 crate::format::ObjectKind::LinkMessage,
                 crate::DecodeProblem::Malformed("an epoch secret of another vault".into()),
@@ -435,7 +441,9 @@ impl LinkJoining {
         device_key::write(&self.state_dir, &self.device_key, &held)?;
         let access = Access {
             keys: VaultKeys::for_epoch(vault_id, &welcome.epoch_secret),
+            epoch: welcome.epoch,
             epoch_secret: welcome.epoch_secret,
+            recovery_secrets: None,
             recovery_agreement_key: welcome.recovery_agreement_key,
             recovery_signer: None,
             roster_root: Some(welcome.roster_root),

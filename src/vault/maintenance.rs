@@ -42,7 +42,7 @@ impl Vault {
                 indexes.entry(get.name.clone())
             {
                 let bytes = self.read_exact(&get, &mut scratch).await?;
-                entry.insert(pass.engine.index_arrived(&self.keys, &get, &bytes)?);
+                entry.insert(pass.engine.index_arrived(&*self.epochs()?, &get, &bytes)?);
             }
         }
         report.checkpoints = indexes.len() as u64;

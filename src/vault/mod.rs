@@ -31,12 +31,14 @@ use crate::sync::{Change, Clock, DeviceId, Message, Operation, Stamp, clock::now
 
 mod checkpointing;
 mod device_key;
+mod epochs;
 mod identity;
 mod link;
 mod maintenance;
 mod opening;
 mod pull;
 mod reading;
+mod revoke;
 mod roster;
 
 pub use device_key::{DeviceKey, holds_linked_device};
@@ -227,9 +229,13 @@ pub struct Vault {
     device_secrets: Mutex<crate::devices::DeviceSecrets>,
     /// The recovery key's signer, when the vault is open with the recovery key.
     recovery_signer: Option<crate::devices::RecoverySigner>,
-    /// The secret of the key epoch in force (`keys` is its key tree): what a linked device
-    /// receives.
-    epoch_secret: crate::keys::EpochSecret,
+    /// The key epochs this device holds (`epochs.rs`): segments, checkpoint indexes and roster
+    /// entries open with the tree of the epoch their header names and are sealed in the newest
+    /// confirmed one. (`keys` is the tree the local state is sealed with: epoch 0's, or for a
+    /// linked device the one of the epoch it joined in.)
+    epochs: Mutex<Arc<crate::keys::HeldEpochs>>,
+    /// The recovery key's own keys, when the vault is open with the recovery key.
+    recovery_secrets: Option<crate::devices::DeviceSecrets>,
     /// The recovery key's X25519 public key: new epochs' secrets are boxed to it.
     recovery_agreement_key: [u8; 32],
     /// The roster's root of trust: the first recovery key's signing public key.
@@ -352,7 +358,7 @@ impl Vault {
         crate::attachment::upload(
             self.store.as_ref(),
             &self.attachments_prefix(),
-            &self.keys,
+            &self.attachment_keys()?,
             path,
             name,
             mime,
@@ -377,7 +383,7 @@ impl Vault {
         crate::attachment::download(
             self.store.as_ref(),
             &self.attachments_prefix(),
-            &self.keys,
+            &self.attachment_keys()?,
             attachment,
             dest,
             listener,
@@ -588,7 +594,11 @@ impl Vault {
     ) -> Result<Option<PendingSegment>> {
         let chat_keys = lock(&self.chat_keys)?.clone();
         let segment = match &pending {
-            Some(pending) => Some(open_segment(&self.keys, &pending.name, &pending.object)?),
+            Some(pending) => Some(open_segment(
+                &*self.epochs()?,
+                &pending.name,
+                &pending.object,
+            )?),
             None => None,
         };
         let staged = match &segment {
@@ -639,7 +649,7 @@ impl Vault {
             Some(segment) => {
                 let grants: Vec<KeyId> = segment.grants.iter().map(|(id, _, _)| *id).collect();
                 let (name, object, hash) = seal_segment(
-                    &self.keys,
+                    &*self.epochs()?,
                     &chat_keys,
                     &NewSegment {
                         device: new_device,
@@ -759,7 +769,7 @@ impl Vault {
                 }
                 let seq = own.map_or(1, |h| h.seq + 1);
                 let (name, object, hash) = seal_segment(
-                    &self.keys,
+                    &*self.epochs()?,
                     &chat_keys,
                     &NewSegment {
                         device,

@@ -10,8 +10,12 @@ use super::*;
 pub(super) struct Access {
     /// The key tree of the epoch in force.
     pub(super) keys: VaultKeys,
-    /// That epoch's secret.
+    /// That epoch's number and secret.
+    pub(super) epoch: u8,
     pub(super) epoch_secret: EpochSecret,
+    /// The recovery key's own keys (its X25519 key opens every epoch's recovery box), when the
+    /// recovery key is at hand.
+    pub(super) recovery_secrets: Option<DeviceSecrets>,
     /// The recovery key's signer, when the recovery key is at hand.
     pub(super) recovery_signer: Option<RecoverySigner>,
     /// The recovery key's X25519 public key (new epochs are boxed to it).
@@ -39,7 +43,9 @@ impl Vault {
         let signer = RecoverySigner::derive(recovery_key);
         let access = Access {
             keys: VaultKeys::derive(recovery_key),
+            epoch: 0,
             epoch_secret: EpochSecret::epoch_zero(recovery_key),
+            recovery_secrets: Some(RecoverySigner::recovery_secrets(recovery_key)),
             recovery_agreement_key: crate::devices::recovery_agreement_key(recovery_key),
             roster_root: Some(signer.verifying_key()),
             recovery_signer: Some(signer),
@@ -63,7 +69,9 @@ impl Vault {
         let held = device_key::read(state_dir, device_key)?;
         let access = Access {
             keys: VaultKeys::for_epoch(held.vault_id, &held.epoch_secret),
+            epoch: held.epoch,
             epoch_secret: held.epoch_secret,
+            recovery_secrets: None,
             recovery_agreement_key: held.recovery_agreement_key,
             recovery_signer: None,
             roster_root: Some(held.roster_root),
@@ -82,7 +90,9 @@ impl Vault {
         info.check()?;
         let Access {
             keys,
+            epoch,
             epoch_secret,
+            recovery_secrets,
             recovery_agreement_key,
             recovery_signer,
             roster_root,
@@ -169,13 +179,16 @@ impl Vault {
             Some(sealed) => open_chat_keys(&keys, &sealed)?,
             None => ChatKeys::new(),
         };
+        let mut held = crate::keys::HeldEpochs::new(*keys.vault_id(), epoch, epoch_secret);
+        epochs::load(&local, &keys, &mut held)?;
         Ok(Vault {
             keys,
+            epochs: Mutex::new(Arc::new(held)),
+            recovery_secrets,
             store,
             device: Mutex::new(device),
             device_secrets: Mutex::new(device_secrets),
             recovery_signer,
-            epoch_secret,
             recovery_agreement_key,
             roster_root,
             roster: Mutex::new(None),

@@ -36,7 +36,18 @@ impl Vault {
     pub(super) async fn start_pass(&self, report: &mut SyncReport) -> Result<Pass> {
         lock(&self.local)?.refuse_untagged_vault()?;
         let listed = self.list_vault().await?;
-        let listing = Listing::classify(listed.iter().map(|i| (i.key.as_str(), i.size)));
+        let mut listing = Listing::classify(listed.iter().map(|i| (i.key.as_str(), i.size)));
+        // Keys of epochs this device does not hold yet, before anything sealed in them is read,
+        // then the roster: who may write what this pass reads.
+        self.sync_epochs(&listing, report).await?;
+        let roster = self.sync_roster(&listing, false, report).await?;
+        if roster
+            .devices
+            .get(&self.device_id())
+            .is_some_and(|device| device.revoked.is_some())
+        {
+            return Err(Error::DeviceRevoked);
+        }
         let store_now_ms = listed.iter().filter_map(|i| i.modified_ms).max();
         let written_ms = listed
             .iter()
@@ -47,6 +58,7 @@ impl Vault {
             let local = lock(&self.local)?;
             (local.known_checkpoints()?, local.heads()?)
         };
+        crate::sync::roster::refuse_revoked_segments(&roster, &mut listing, &applied);
         let known = known
             .into_iter()
             .map(|(name, (covered, created_at_ms))| {
@@ -64,7 +76,7 @@ impl Vault {
         let mut indexes = BTreeMap::new();
         for get in engine.indexes_to_read()? {
             let bytes = self.read_exact(&get, report).await?;
-            let index = engine.index_arrived(&self.keys, &get, &bytes)?;
+            let index = engine.index_arrived(&*self.epochs()?, &get, &bytes)?;
             lock(&self.local)?.transaction(|tx| {
                 local::note_checkpoint(tx, &get.name, &index.covered, index.created_at_ms)
             })?;
@@ -137,7 +149,11 @@ impl Vault {
                 name,
             }))?;
         let bytes = self.read_exact(&get, report).await?;
-        Ok(Some(pass.engine.index_arrived(&self.keys, &get, &bytes)?))
+        Ok(Some(pass.engine.index_arrived(
+            &*self.epochs()?,
+            &get,
+            &bytes,
+        )?))
     }
 
     /// Fetches the packs `gets` names (those [`Engine::adopt`] returned for `index`),
@@ -236,7 +252,7 @@ impl Vault {
     /// GETs a planned segment and opens its outer layer; the caller counts the request.
     pub(super) async fn fetch_segment(&self, get: &Get) -> Result<(OpenedSegment, u64)> {
         let object = self.get_promised(get).await?;
-        let segment = get.open_segment(&self.keys, &object)?;
+        let segment = get.open_segment(&*self.epochs()?, &object)?;
         crate::sync::roster::check_segment(
             &*self.current_roster()?,
             self.keys.vault_id(),

@@ -21,7 +21,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::error::{Error, IntegrityProblem, Result};
-use crate::keys::VaultKeys;
+use crate::keys::KeyEpochs;
 
 use super::checkpoint::{CheckpointIndex, open_checkpoint_index};
 use super::clock::DeviceId;
@@ -134,7 +134,7 @@ impl Engine {
     /// Opens an arrived checkpoint index and learns its coverage.
     pub fn index_arrived(
         &mut self,
-        keys: &VaultKeys,
+        keys: &impl KeyEpochs,
         get: &Get,
         bytes: &[u8],
     ) -> Result<CheckpointIndex> {

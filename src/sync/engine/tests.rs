@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use super::driver::{self, Bucket, Device};
 use super::*;
 use crate::error::DecodeProblem;
-use crate::keys::RecoveryKey;
+use crate::keys::{RecoveryKey, VaultKeys};
 use crate::sync::segment::{SegmentId, segment_name};
 
 const A: DeviceId = driver::CHECKPOINT_WRITER;

@@ -42,6 +42,7 @@ pub use entry::{
 };
 
 use super::clock::DeviceId;
+use super::listing::Listing;
 use super::segment::Head;
 use crate::devices::DevicePublicKeys;
 use crate::error::{Error, IntegrityProblem, Result};
@@ -80,6 +81,50 @@ pub struct Revocation {
     pub accepted_tips: Vec<Head>,
 }
 
+impl Revocation {
+    /// Whether a segment of the revoked device stays accepted: at or below a tip the revocation
+    /// pinned (a device's segments form one chain, whose hashes the engine checks, so "below"
+    /// is by sequence number).
+    pub fn accepts(&self, seq: u64, tag: u64) -> bool {
+        self.accepted_tips
+            .iter()
+            .any(|tip| seq < tip.seq || (seq == tip.seq && tag == tip.tag))
+    }
+}
+
+/// Takes out of `listing` the segments the roster refuses: those of a revoked device past the
+/// tips its revocation pinned. Nobody fetches them; they are listed as `unknown` (reported by
+/// `verify`, skipped by every device, never deleted: they are evidence). Segments at or below
+/// `applied` (what this device applied before it learned of the revocation) stay, so that its
+/// own history does not look rolled back. Returns how many were taken out.
+pub fn refuse_revoked_segments(roster: &Roster, listing: &mut Listing, applied: &[Head]) -> usize {
+    let mut refused = Vec::new();
+    for (device, record) in &roster.devices {
+        let Some(revocation) = &record.revoked else {
+            continue;
+        };
+        if let Some(segments) = listing.segments.get_mut(device) {
+            let applied: Vec<&Head> = applied.iter().filter(|h| h.device == *device).collect();
+            segments.retain(|(seq, tag), segment| {
+                let accepted = revocation.accepts(*seq, *tag)
+                    || applied
+                        .iter()
+                        .any(|h| *seq < h.seq || (*seq == h.seq && *tag == h.tag));
+                if !accepted {
+                    refused.push(segment.listed.name.clone());
+                }
+                accepted
+            });
+            if segments.is_empty() {
+                listing.segments.remove(device);
+            }
+        }
+    }
+    let count = refused.len();
+    listing.unknown.extend(refused);
+    count
+}
+
 /// Why an entry does not count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
@@ -107,6 +152,9 @@ pub struct Roster {
     pub recovery_key: [u8; 32],
     /// The newest epoch started.
     pub epoch: u8,
+    /// Each started epoch's number and the SHA-256 of its epoch object, as its counted start
+    /// names it: the only object a device takes that epoch's secret from to write in it.
+    pub epochs: BTreeMap<u8, [u8; 32]>,
     /// Counted entries no counted entry names as a parent (a new entry's parents).
     pub tips: Vec<EntryId>,
     /// Entries that do not count, and why.
@@ -128,6 +176,7 @@ struct State {
     devices: BTreeMap<DeviceId, RosterDevice>,
     recovery_key: [u8; 32],
     epoch: u8,
+    epochs: BTreeMap<u8, [u8; 32]>,
 }
 
 impl State {
@@ -136,6 +185,7 @@ impl State {
             devices: BTreeMap::new(),
             recovery_key: root,
             epoch: 0,
+            epochs: BTreeMap::new(),
         }
     }
 
@@ -184,7 +234,10 @@ impl State {
                 }
             }
             RosterChange::RotateRecovery { next } => self.recovery_key = *next,
-            RosterChange::StartEpoch { epoch, .. } => self.epoch = self.epoch.max(*epoch),
+            RosterChange::StartEpoch { epoch, object_hash } => {
+                self.epoch = self.epoch.max(*epoch);
+                self.epochs.insert(*epoch, *object_hash);
+            }
         }
     }
 }
@@ -202,6 +255,14 @@ pub fn check_segment(
     let Some(device) = roster.devices.get(&segment.head.device) else {
         return Ok(());
     };
+    if let Some(revocation) = &device.revoked
+        && !revocation.accepts(segment.head.seq, segment.head.tag)
+    {
+        return Err(Error::Integrity(IntegrityProblem::RevokedWriter {
+            device: segment.head.device.to_hex(),
+            seq: segment.head.seq,
+        }));
+    }
     if segment.signature.is_none() && segment.head.seq < device.first_signed_seq.max(1) {
         return Ok(());
     }
@@ -414,6 +475,7 @@ pub fn fold(vault: &VaultId, root: [u8; 32], entries: Vec<SignedEntry>) -> Resul
                 devices: state.devices,
                 recovery_key: state.recovery_key,
                 epoch: state.epoch,
+                epochs: state.epochs,
                 tips: counted
                     .iter()
                     .filter(|id| !parents.contains(*id))

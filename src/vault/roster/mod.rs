@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use crate::error::{DecodeProblem, Error, Result};
 use crate::format::ObjectKind;
-use crate::keys::VaultKeys;
+use crate::keys::{KeyEpochs, VaultKeys};
 use crate::sealing::{self, ObjectContext};
 use crate::sync::DeviceId;
 use crate::sync::listing::Listing;
@@ -64,20 +64,16 @@ fn too_many_entries() -> Error {
 
 /// Opens the roster object of entry `id`: authenticated under the log key of the epoch its header
 /// names, its body the signed entry of that id, the entry written in that same epoch.
-pub(super) fn open_entry(keys: &VaultKeys, id: &EntryId, object: &[u8]) -> Result<SignedEntry> {
+pub(super) fn open_entry(
+    keys: &impl KeyEpochs,
+    id: &EntryId,
+    object: &[u8],
+) -> Result<SignedEntry> {
     let name = roster_name(id);
     let epoch = sealing::epoch_of(object, ObjectKind::Roster)?;
-    if epoch != 0 {
-        // Only epoch 0 exists until revocation lands; a device holds no other epoch's keys.
-        return Err(Error::decode(
-            ObjectKind::Roster,
-            DecodeProblem::KeyEpoch {
-                expected: 0,
-                found: epoch,
-            },
-        ));
-    }
-    let body = sealing::open_in_epoch(&keys.log().0, &context(keys, &name), epoch, object)?;
+    let body = keys.open_with(ObjectKind::Roster, epoch, |tree| {
+        sealing::open_in_epoch(&tree.log().0, &context(tree, &name), epoch, object)
+    })?;
     let signed = SignedEntry::decode(*id, &body)?;
     if signed.entry().epoch != epoch {
         return Err(Error::decode(
@@ -88,13 +84,34 @@ pub(super) fn open_entry(keys: &VaultKeys, id: &EntryId, object: &[u8]) -> Resul
     Ok(signed)
 }
 
-pub(super) fn seal_entry(keys: &VaultKeys, signed: &SignedEntry) -> Result<Vec<u8>> {
+/// Seals `signed` in the epoch it names, with the tree this device holds for it (the confirmed
+/// one first).
+pub(super) fn seal_entry(keys: &impl KeyEpochs, signed: &SignedEntry) -> Result<Vec<u8>> {
     let name = roster_name(&signed.id());
+    let epoch = signed.entry().epoch;
+    let tree = if keys.newest().0 == epoch {
+        keys.newest().1
+    } else {
+        *keys.trees(epoch).first().ok_or_else(|| {
+            Error::invalid_input("an entry of an epoch this device holds no key of")
+        })?
+    };
     sealing::seal_in_epoch(
-        &keys.log().0,
-        &context(keys, &name),
-        signed.entry().epoch,
+        &tree.log().0,
+        &context(tree, &name),
+        epoch,
         &signed.to_body(),
+    )
+}
+
+/// Whether `error` says the object is of an epoch this device holds no key of.
+fn of_an_epoch_not_held(error: &Error) -> bool {
+    matches!(
+        error,
+        Error::Decode {
+            problem: DecodeProblem::KeyEpoch { .. },
+            ..
+        }
     )
 }
 
@@ -102,9 +119,10 @@ impl Vault {
     /// The roster from the entries this device keeps, folded.
     pub(super) fn fold_kept_roster(&self) -> Result<Roster> {
         let objects = lock(&self.local)?.roster_objects()?;
+        let epochs = self.epochs()?;
         let entries = objects
             .iter()
-            .map(|(id, object)| open_entry(&self.keys, id, object))
+            .map(|(id, object)| open_entry(&*epochs, id, object))
             .collect::<Result<Vec<_>>>()?;
         roster::fold(self.keys.vault_id(), self.roster_root, entries)
     }
@@ -130,12 +148,20 @@ impl Vault {
         if kept.len() + new.len() > MAX_ROSTER_ENTRIES {
             return Err(too_many_entries());
         }
-        let nothing_new = new.is_empty();
+        let mut nothing_new = true;
+        let epochs = self.epochs()?;
         for (id, listed) in new {
             let get = Get::listed(listed, MAX_ROSTER_OBJECT, None)?;
             let object = self.read_exact(&get, report).await?;
-            open_entry(&self.keys, id, &object)?;
+            match open_entry(&*epochs, id, &object) {
+                Ok(_) => {}
+                // An entry of an epoch this device holds no key of (it was revoked before that
+                // epoch started): not for it; fetched again next time, never kept.
+                Err(error) if of_an_epoch_not_held(&error) => continue,
+                Err(error) => return Err(error),
+            }
             lock(&self.local)?.keep_roster_object(id, &object)?;
+            nothing_new = false;
         }
         // Nothing new since the last fold (the usual sync): the fold stands.
         let cached = lock(&self.roster)?.clone();
@@ -154,7 +180,7 @@ impl Vault {
                 self.fork_off(pending)?;
             }
             if let Some(entry) = self.entry_adding_this_device(&roster)? {
-                let object = seal_entry(&self.keys, &entry)?;
+                let object = seal_entry(&*self.epochs()?, &entry)?;
                 let size = object.len() as u64;
                 // The name is the entry's hash: if it is taken, it holds this very entry (an
                 // earlier attempt whose answer was lost), whatever nonce sealed it.
@@ -169,6 +195,7 @@ impl Vault {
                 roster = Arc::new(self.fold_kept_roster()?);
             }
         }
+        self.confirm_epochs(&roster)?;
         *lock(&self.roster)? = Some(roster.clone());
         Ok(roster)
     }
@@ -179,7 +206,9 @@ impl Vault {
     /// `None` when it is in the roster already or nobody here may add it.
     fn entry_adding_this_device(&self, roster: &Roster) -> Result<Option<SignedEntry>> {
         let device = self.device_id();
-        if roster.devices.contains_key(&device) || roster.epoch != 0 {
+        // An entry of the epoch in force, which a device opened with the recovery key holds
+        // (the recovery box) once it has synced the epoch objects.
+        if roster.devices.contains_key(&device) || !self.epochs()?.has_confirmed(roster.epoch) {
             return Ok(None);
         }
         let keys = self.device_keys()?;
@@ -228,19 +257,26 @@ impl Vault {
             return Err(too_many_entries());
         }
         let mut entries = Vec::new();
+        let epochs = self.epochs()?;
+        let mut not_held = 0;
         for (id, listed) in &listing.roster {
             let get = Get::listed(listed, MAX_ROSTER_OBJECT, None)?;
             let object = self.read_exact(&get, &mut scratch).await?;
-            entries.push(open_entry(&self.keys, id, &object)?);
+            match open_entry(&*epochs, id, &object) {
+                Ok(entry) => entries.push(entry),
+                // Authenticated by nobody here: counted as left out.
+                Err(error) if of_an_epoch_not_held(&error) => not_held += 1,
+                Err(error) => return Err(error),
+            }
         }
-        let listed = entries.len() as u64;
+        let listed = entries.len() as u64 + not_held;
         for (id, object) in lock(&self.local)?.roster_objects()? {
             if !listing.roster.contains_key(&id) {
-                entries.push(open_entry(&self.keys, &id, &object)?);
+                entries.push(open_entry(&*epochs, &id, &object)?);
             }
         }
         let roster = roster::fold(self.keys.vault_id(), self.roster_root, entries)?;
-        let refused = roster.refused.len() as u64;
+        let refused = roster.refused.len() as u64 + not_held;
         // Segments are checked against every entry listed (in memory only: verify keeps nothing).
         *lock(&self.roster)? = Some(Arc::new(roster));
         Ok((listed, refused))

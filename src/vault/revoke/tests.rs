@@ -1,0 +1,216 @@
+//! Revocation on a directory store: a phone revokes a linked laptop; the laptop, with its whole
+//! state directory and device key, opens nothing written afterwards, and what it writes
+//! afterwards is refused by every device.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+use crate::devices::EpochObject;
+use crate::format::ObjectKind;
+use crate::keys::{KeyEpochs, RecoveryKey};
+use crate::sealing;
+use crate::store::{DirectoryStore, ObjectStore};
+use crate::sync::{Change, Message};
+use crate::vault::{CancelToken, DeviceInfo, DeviceKey};
+
+fn info(name: &str) -> DeviceInfo {
+    DeviceInfo {
+        name: name.into(),
+        platform: "test".into(),
+    }
+}
+
+fn message(id: &str) -> Change {
+    Change::UpsertMessage(Message {
+        chat_id: "c".into(),
+        message_id: id.into(),
+        sender: "me".into(),
+        sent_at_ms: 1,
+        text: id.into(),
+        reply_to: None,
+        attachments: Vec::new(),
+        kind: "text".into(),
+        payload: Vec::new(),
+    })
+}
+
+/// A device that keeps the content cache, so the test can ask it what it holds.
+async fn device(store: &Arc<dyn ObjectStore>, dir: &Path, name: &str, key: &RecoveryKey) -> Vault {
+    let vault = Vault::open(store.clone(), &dir.join(name), info(name), key)
+        .await
+        .unwrap();
+    vault
+        .set_content_cache(crate::local::CacheSetting::On { max_bytes: None })
+        .unwrap();
+    vault
+}
+
+fn ids(vault: &Vault) -> Vec<String> {
+    let mut ids: Vec<String> = vault
+        .messages(None)
+        .unwrap()
+        .into_iter()
+        .map(|m| m.message_id)
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// Links a new device with its state in `dir` through `phone`: the device and its device key.
+async fn link(store: &Arc<dyn ObjectStore>, phone: &Vault, dir: &Path) -> (Vault, DeviceKey) {
+    let offering = phone
+        .offer_link(Duration::from_secs(120), Vec::new())
+        .unwrap();
+    let device_key = DeviceKey::generate().unwrap();
+    let kept = DeviceKey::from_bytes(*device_key.to_bytes());
+    let joining = Vault::join_link(
+        store.clone(),
+        dir,
+        info("laptop"),
+        offering.text(),
+        device_key,
+    )
+    .await
+    .unwrap();
+    let code = joining.check_code().to_owned();
+    let cancel = CancelToken::new();
+    let (added, joined) = tokio::join!(
+        phone.complete_link(&offering, &code, &cancel),
+        joining.finish(&cancel)
+    );
+    added.unwrap();
+    (joined.unwrap(), kept)
+}
+
+/// Every object under the vault's prefix: (name relative to the prefix, bytes).
+async fn objects(store: &Arc<dyn ObjectStore>, vault: &Vault) -> Vec<(String, Vec<u8>)> {
+    let prefix = vault.prefix();
+    let mut out = Vec::new();
+    for info in store.list(&prefix).await.unwrap() {
+        let bytes = store.get(&info.key, u64::MAX).await.unwrap().unwrap();
+        out.push((info.key[prefix.len()..].to_owned(), bytes));
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_revoked_device_opens_nothing_written_after_and_its_writes_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ObjectStore> = Arc::new(DirectoryStore::new(dir.path().join("bucket")));
+    let key = RecoveryKey::generate().unwrap();
+    let phone = device(&store, dir.path(), "phone", &key).await;
+    phone.record(vec![message("before")]).unwrap();
+    phone.sync(None, None).await.unwrap();
+    let (laptop, laptop_key) = link(&store, &phone, &dir.path().join("laptop")).await;
+    let laptop_id = laptop.device_id();
+    laptop.record(vec![message("from-laptop")]).unwrap();
+    laptop.sync(None, None).await.unwrap();
+    let tablet = device(&store, dir.path(), "tablet", &key).await;
+    tablet.sync(None, None).await.unwrap();
+    let before_revocation: Vec<String> = objects(&store, &phone)
+        .await
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect();
+
+    phone.revoke(laptop_id).await.unwrap();
+    let listed = phone.devices().unwrap();
+    let revoked = listed.iter().find(|d| d.id == laptop_id).unwrap();
+    assert!(revoked.revoked_at_ms.is_some());
+    assert_eq!(phone.epochs().unwrap().newest().0, 1);
+    // Again: nothing left to do.
+    phone.revoke(laptop_id).await.unwrap();
+    assert_eq!(phone.epochs().unwrap().newest().0, 1);
+
+    // The laptop writes on; its sync uploads the segment, then learns it was revoked.
+    laptop.record(vec![message("late-laptop")]).unwrap();
+    assert!(matches!(
+        laptop.sync(None, None).await,
+        Err(Error::DeviceRevoked)
+    ));
+    phone.record(vec![message("after")]).unwrap();
+    phone.sync(None, None).await.unwrap();
+    phone.checkpoint().await.unwrap();
+    phone.record(vec![message("after-checkpoint")]).unwrap();
+    phone.sync(None, None).await.unwrap();
+
+    // The other devices move to epoch 1, read what the phone wrote, refuse the laptop's late
+    // segment (and verify names it), and a new device with the recovery key restores it all.
+    tablet.sync(None, None).await.unwrap();
+    assert_eq!(tablet.epochs().unwrap().newest().0, 1);
+    let expected = ["after", "after-checkpoint", "before", "from-laptop"];
+    assert_eq!(ids(&tablet), expected);
+    let report = tablet.verify().await.unwrap();
+    assert_eq!(report.unknown.len(), 1, "{:?}", report.unknown);
+    assert!(report.unknown[0].starts_with(&format!("segments/{}/", laptop_id.to_hex())));
+    let fresh = device(&store, dir.path(), "fresh", &key).await;
+    fresh.sync(None, None).await.unwrap();
+    assert_eq!(ids(&fresh), expected);
+
+    // The laptop's whole state directory and device key open nothing written after.
+    drop(laptop);
+    let laptop = Vault::open_device(
+        store.clone(),
+        &dir.path().join("laptop"),
+        info("laptop"),
+        &laptop_key,
+    )
+    .await
+    .unwrap();
+    let held = laptop.epochs().unwrap();
+    assert!(held.trees(1).is_empty());
+    let secrets = crate::vault::identity::copy(&lock(&laptop.device_secrets).unwrap());
+    let mut refused = 0;
+    for (name, bytes) in objects(&store, &phone).await {
+        if before_revocation.contains(&name) {
+            continue;
+        }
+        let result = if name.starts_with("segments/") {
+            if name.starts_with(&format!("segments/{}/", laptop_id.to_hex())) {
+                // Its own late segment, sealed in epoch 0.
+                continue;
+            }
+            crate::sync::segment::open_segment(&*held, &name, &bytes).map(|_| ())
+        } else if name.starts_with("checkpoints/") && !name.contains("/p") {
+            crate::sync::checkpoint::open_checkpoint_index(&*held, &name, &bytes).map(|_| ())
+        } else if let Some(id) = crate::sync::roster::parse_roster_name(&name) {
+            if sealing::epoch_of(&bytes, ObjectKind::Roster).unwrap() == 0 {
+                // The revoke itself is sealed in epoch 0: the laptop may read that it was
+                // revoked.
+                continue;
+            }
+            crate::vault::roster::open_entry(&*held, &id, &bytes).map(|_| ())
+        } else if name.starts_with("epochs/") {
+            let object = EpochObject::decode(&name, &bytes).unwrap();
+            assert!(
+                object
+                    .open_as_device(&laptop_id.0, &secrets)
+                    .unwrap()
+                    .is_none()
+            );
+            refused += 1;
+            continue;
+        } else {
+            continue;
+        };
+        assert!(
+            matches!(
+                result,
+                Err(Error::Decode {
+                    problem: crate::DecodeProblem::KeyEpoch { found: 1, .. },
+                    ..
+                })
+            ),
+            "{name}: {result:?}"
+        );
+        refused += 1;
+    }
+    // Two segments, a checkpoint index, the start entry and the epoch object at least.
+    assert!(refused >= 5, "{refused}");
+    assert!(matches!(
+        laptop.sync(None, None).await,
+        Err(Error::DeviceRevoked)
+    ));
+}
