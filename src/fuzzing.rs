@@ -95,7 +95,7 @@ pub fn insert_chat_key(
     chat_id: &str,
     key: ChatKey,
 ) -> Result<bool> {
-    chat_keys.insert(key_id, chat_id, key)
+    chat_keys.insert(key_id, chat_id, key, 0)
 }
 
 /// The sealing name of chat block `index` of the segment named `segment`.

@@ -427,7 +427,7 @@ fn sync_object_vectors() -> Value {
     let mut chat_keys = ChatKeys::new();
     for (chat_id, key_id, key) in &chat_key_list {
         chat_keys
-            .insert(*key_id, chat_id, ChatKey::from_bytes(*key))
+            .insert(*key_id, chat_id, ChatKey::from_bytes(*key), 0)
             .unwrap();
     }
     let chat_keys_json: Vec<Value> = chat_key_list

@@ -45,7 +45,7 @@ pub(super) fn fork_vectors(keys: &VaultKeys, chat_keys: &ChatKeys) -> Value {
     let forked = DeviceId(pattern(100));
     let other = DeviceId(pattern(101));
     let family = chat_keys
-        .writing_key("family")
+        .writing_key("family", 0)
         .map(|(key_id, _)| key_id)
         .unwrap();
     let mut seed = 110u8;

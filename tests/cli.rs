@@ -801,6 +801,69 @@ fn link_offer_and_join_add_a_device_that_never_sees_the_recovery_key() {
 }
 
 #[test]
+fn revoke_cuts_a_linked_device_off_and_devices_shows_it() {
+    let env = env();
+    let input = env.root.join("in.jsonl");
+    write(
+        &input,
+        r#"{"type":"message","chat_id":"c","message_id":"m1","sender":"a","sent_at_ms":1,"text":"before","reply_to":null}"#,
+    );
+    ok(run(&env, "laptop", &["import", input.to_str().unwrap()]));
+    ok(run(&env, "laptop", &["sync"]));
+    let (offered, joined) = link(&env, "laptop", "phone", str::to_owned);
+    ok(offered);
+    ok(joined);
+    ok(without_key(&env, "phone").arg("sync").output().unwrap());
+    let phone_id = ok(without_key(&env, "phone")
+        .args(["devices", "--json"])
+        .output()
+        .unwrap())
+    .lines()
+    .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+    .find(|d| d["this_device"] == true)
+    .unwrap()["device_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // A device cannot revoke itself; a garbage id is refused with a clear message.
+    let own = without_key(&env, "phone")
+        .args(["revoke", &phone_id])
+        .output()
+        .unwrap();
+    assert!(!own.status.success());
+    assert!(String::from_utf8_lossy(&own.stderr).contains("cannot revoke itself"));
+    let garbage = run(&env, "laptop", &["revoke", "xyz"]);
+    assert!(!garbage.status.success());
+    assert!(String::from_utf8_lossy(&garbage.stderr).contains("not a device id"));
+
+    let revoked = ok(run(&env, "laptop", &["revoke", &phone_id]));
+    assert!(
+        revoked.starts_with(&format!("revoked {phone_id}")),
+        "{revoked}"
+    );
+    let devices = ok(run(&env, "laptop", &["devices", "--json"]));
+    let phone = devices
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        .find(|d| d["device_id"] == phone_id.as_str())
+        .unwrap();
+    assert!(phone["revoked_at_ms"].as_u64().is_some(), "{phone}");
+    // The revoked phone's next sync fails with a clear message; the laptop's vault verifies.
+    let refused = without_key(&env, "phone").arg("sync").output().unwrap();
+    assert!(!refused.status.success());
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert!(why.contains("removed from the vault"), "{why}");
+    write(
+        &input,
+        r#"{"type":"message","chat_id":"c","message_id":"m2","sender":"a","sent_at_ms":2,"text":"after","reply_to":null}"#,
+    );
+    ok(run(&env, "laptop", &["import", input.to_str().unwrap()]));
+    ok(run(&env, "laptop", &["sync"]));
+    ok(run(&env, "laptop", &["verify"]));
+}
+
+#[test]
 fn a_wrong_check_code_fails_both_commands_and_leaves_no_device() {
     let env = env();
     ok(run(&env, "laptop", &["init"]));

@@ -800,12 +800,12 @@ async fn granted_chats(
             .unwrap()
             .unwrap();
         if name.starts_with("segments/") {
-            for (_, chat, _) in open_segment(&keys, &name, &bytes).unwrap().grants {
-                chats.insert(chat);
+            for grant in open_segment(&keys, &name, &bytes).unwrap().grants {
+                chats.insert(grant.chat_id);
             }
         } else if name.starts_with("checkpoints/") {
-            for (_, chat, _) in open_checkpoint_index(&keys, &name, &bytes).unwrap().grants {
-                chats.insert(chat);
+            for grant in open_checkpoint_index(&keys, &name, &bytes).unwrap().grants {
+                chats.insert(grant.chat_id);
             }
         }
     }

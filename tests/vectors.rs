@@ -312,7 +312,7 @@ fn the_segment_vector_opens_through_the_public_api() {
     let grants: Vec<(Vec<u8>, &str)> = opened
         .grants
         .iter()
-        .map(|(id, chat, _)| (id.to_vec(), chat.as_str()))
+        .map(|grant| (grant.key_id.to_vec(), grant.chat_id.as_str()))
         .collect();
     let granted: Vec<(Vec<u8>, &str)> = fields["keys"]
         .as_array()

@@ -152,6 +152,7 @@ fn block_body(mode: u8, reader: &mut Reader<'_>) {
             chat_id: chat.clone(),
             key_id: KEY_ID.to_vec(),
             key: CHAT_KEY.to_vec(),
+            epoch: 0,
         }],
         packs: vec![proto::PackRef {
             name: pack_name.clone(),

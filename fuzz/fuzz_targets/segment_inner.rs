@@ -104,6 +104,7 @@ fn block_body(body: &[u8]) {
             chat_id: chat,
             key_id: KEY_ID.to_vec(),
             key: CHAT_KEY.to_vec(),
+            epoch: 0,
         }],
         chats: vec![proto::SealedChatBlock {
             key_id: KEY_ID.to_vec(),

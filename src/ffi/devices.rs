@@ -232,4 +232,18 @@ impl Vault {
         })
         .await
     }
+
+    /// Removes a lost or stolen device (`device_id`, 32 hex digits, from `devices()`): it opens
+    /// nothing written from now on and every device refuses what it writes afterwards. Syncs
+    /// first. Running it again finishes an interrupted revocation. `NotAllowed` when this device
+    /// is not an active device of the vault; `InvalidInput` for this device itself or an id the
+    /// roster does not list; `DeviceRevoked` when this device was revoked itself.
+    pub async fn revoke(&self, device_id: String) -> FfiResult<()> {
+        let device = crate::sync::DeviceId::from_hex(&device_id).ok_or_else(|| {
+            ChatVaultError::InvalidInput {
+                detail: "a device id is 32 lower-case hex digits".into(),
+            }
+        })?;
+        settle::settled(async { Ok(self.0.revoke(device).await?) }).await
+    }
 }

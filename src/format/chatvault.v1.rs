@@ -182,6 +182,13 @@ pub struct ChatKeyGrant {
     /// 32 bytes.
     #[prost(bytes = "vec", tag = "3")]
     pub key: ::prost::alloc::vec::Vec<u8>,
+    /// The key epoch the key belongs to (docs/DEVICES.md): the earliest epoch of an object that
+    /// granted it. A reader takes the smaller of this and the epoch of the object it reads it from.
+    /// Devices write a chat only with a key of the epoch they write in, so keys that a revoked
+    /// device knew are never used for anything written after its revocation. 0 for every key
+    /// before key epochs.
+    #[prost(uint32, tag = "4")]
+    pub epoch: u32,
 }
 /// A tip (an applied segment with no applied child) of a device's segment tree that the writer
 /// had applied when it wrote a segment or checkpoint; a device may have several (a fork).

@@ -22,13 +22,16 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::error::{DecodeProblem, Error, IntegrityProblem, Result};
 use crate::format::{ObjectKind, decode_body, proto};
-use crate::keys::{ChatKey, KeyEpochs, VaultKeys};
+use crate::keys::{KeyEpochs, VaultKeys};
 use crate::sealing::{self, ObjectContext};
 
 use super::clock::{DeviceId, Stamp};
 use super::history::{HistoryCursor, position_of};
 use super::model::Operation;
-use super::segment::{ChatKeys, Head, KeyId, SegmentId, heads_from_proto, parse_device_seq_tag};
+use super::segment::{
+    ChatKeys, Head, KeyGrant, KeyId, SegmentId, grant_from_proto, heads_from_proto,
+    parse_device_seq_tag,
+};
 
 /// Where checkpoint indexes live inside the vault prefix.
 pub const CHECKPOINTS_PREFIX: &str = "checkpoints/";
@@ -120,7 +123,7 @@ pub struct CheckpointIndex {
     /// listing from these covers their ancestors).
     pub covered: Vec<Head>,
     /// Keys of live chats.
-    pub grants: Vec<(KeyId, String, ChatKey)>,
+    pub grants: Vec<KeyGrant>,
     /// (name, size) of each pack.
     pub packs: Vec<(String, u64)>,
     /// Chat blocks.
@@ -197,14 +200,7 @@ pub fn open_checkpoint_index(
     let grants = index
         .keys
         .iter()
-        .map(|g| {
-            let key: [u8; 32] = g.key.as_slice().try_into().map_err(|_| malformed("key"))?;
-            Ok((
-                id16(&g.key_id, "key id")?,
-                g.chat_id.clone(),
-                ChatKey::from_bytes(key),
-            ))
-        })
+        .map(|g| grant_from_proto(g, epoch, malformed))
         .collect::<Result<Vec<_>>>()?;
     let packs: Vec<(String, u64)> = index
         .packs

@@ -29,7 +29,7 @@ use super::deletions::DeletionWitnesses;
 use super::history::{HistoryCursor, position_of};
 use super::listing::Listing;
 use super::model::{Change, Operation};
-use super::segment::{ChatKeys, Head, KeyId, head_to_proto};
+use super::segment::{ChatKeys, Head, KeyGrant, KeyId, head_to_proto};
 use super::state::{MemoryState, apply};
 
 /// Chat blocks are filled up to about this much encoded plaintext (64 KiB): a page of history
@@ -88,6 +88,9 @@ pub struct SealedCheckpoint {
     pub blocks_copied: u64,
     /// Blocks sealed anew.
     pub blocks_written: u64,
+    /// Chat keys drawn for chats that had no key of the epoch the checkpoint is sealed in (the
+    /// first checkpoint after a revocation): granted by the index; the writer keeps them.
+    pub minted: Vec<KeyGrant>,
 }
 
 /// Seals a checkpoint of whole chats with no previous checkpoint: `chats` yields each chat's
@@ -309,12 +312,16 @@ impl<'a> NextCheckpoint<'a> {
         input: &CheckpointInput<'_>,
         nonce: &mut dyn FnMut() -> Result<[u8; sealing::NONCE_LEN]>,
     ) -> Result<SealedCheckpoint> {
-        // The index is sealed in the newest epoch this device holds; blocks under chat keys.
+        // The index is sealed in the newest epoch this device holds; new blocks under chat keys
+        // of that epoch, drawn where a chat has none yet.
         let (epoch, keys) = keys.newest();
         let (fates, _) = self.fates();
         let index_name = checkpoint_name(input.device, input.seq, input.tag);
         let mut writer = PackWriter {
             keys,
+            epoch,
+            chat_keys: input.chat_keys.clone(),
+            minted: Vec::new(),
             pack_base: pack_prefix(input.device, input.seq, input.tag),
             nonce,
             packs: Vec::new(),
@@ -406,17 +413,12 @@ impl<'a> NextCheckpoint<'a> {
                     writer.carry(self.base, &fates, &mut self.copied, *block)?;
                 }
             }
-            writer.write(input.chat_keys, chat_id, unranged, false)?;
-            writer.write(
-                input.chat_keys,
-                chat_id,
-                placed.remove(&None).unwrap_or_default(),
-                true,
-            )?;
+            writer.write(chat_id, unranged, false)?;
+            writer.write(chat_id, placed.remove(&None).unwrap_or_default(), true)?;
             for block in ranged {
                 if fates[block] == Fate::Read {
                     let operations = placed.remove(&Some(block)).unwrap_or_default();
-                    writer.write(input.chat_keys, chat_id, operations, true)?;
+                    writer.write(chat_id, operations, true)?;
                 } else {
                     writer.carry(self.base, &fates, &mut self.copied, block)?;
                 }
@@ -428,7 +430,7 @@ impl<'a> NextCheckpoint<'a> {
             .iter()
             .filter(|(_, deletion)| !deletion.unaware.is_empty())
             .map(|(chat, _)| chat);
-        let grants = grants_of(input.chat_keys, &writer.entries, still_written)?;
+        let grants = grants_of(&writer.chat_keys, &writer.entries, still_written)?;
         let body = zeroize::Zeroizing::new(
             proto::CheckpointIndex {
                 device_id: input.device.0.to_vec(),
@@ -486,6 +488,19 @@ impl<'a> NextCheckpoint<'a> {
             blocks_kept: writer.kept,
             blocks_copied: writer.copied,
             blocks_written: writer.written,
+            minted: writer
+                .minted
+                .iter()
+                .filter_map(|key_id| {
+                    let (chat_id, key) = writer.chat_keys.key(key_id)?;
+                    Some(KeyGrant {
+                        key_id: *key_id,
+                        chat_id: chat_id.to_owned(),
+                        key: key.clone(),
+                        epoch,
+                    })
+                })
+                .collect(),
         })
     }
 }
@@ -559,12 +574,8 @@ fn grants_of<'d>(
     }
     let mut grants: Vec<proto::ChatKeyGrant> = chat_keys
         .entries()
-        .filter(|(_, chat, _)| chats.contains(chat))
-        .map(|(id, chat, key)| proto::ChatKeyGrant {
-            chat_id: chat.to_owned(),
-            key_id: id.to_vec(),
-            key: key.0.bytes().to_vec(),
-        })
+        .filter(|(_, chat, _, _)| chats.contains(chat))
+        .filter_map(|(id, _, _, _)| chat_keys.grant(id))
         .collect();
     grants.sort_by(|a, b| a.key_id.cmp(&b.key_id));
     Ok(grants)
@@ -573,6 +584,11 @@ fn grants_of<'d>(
 /// Lays blocks out in packs and builds the index's pack and block lists.
 struct PackWriter<'k, 'n> {
     keys: &'k VaultKeys,
+    /// The epoch new blocks are written in.
+    epoch: u8,
+    /// The known chat keys, and those drawn while writing.
+    chat_keys: ChatKeys,
+    minted: Vec<KeyId>,
     pack_base: String,
     nonce: &'n mut dyn FnMut() -> Result<[u8; sealing::NONCE_LEN]>,
     /// New packs, closed.
@@ -650,13 +666,7 @@ impl PackWriter<'_, '_> {
 
     /// Seals `operations` (sorted into history order when `ranged`) as new blocks of the chat,
     /// cut at about `block_target` bytes; nothing for no operations.
-    fn write(
-        &mut self,
-        chat_keys: &ChatKeys,
-        chat_id: &str,
-        mut operations: Vec<Operation>,
-        ranged: bool,
-    ) -> Result<()> {
+    fn write(&mut self, chat_id: &str, mut operations: Vec<Operation>, ranged: bool) -> Result<()> {
         if operations.is_empty() {
             return Ok(());
         }
@@ -667,8 +677,13 @@ impl PackWriter<'_, '_> {
                 place(a).cmp(&place(b))
             });
         }
-        let (key_id, key) = chat_keys
-            .writing_key(chat_id)
+        if self.chat_keys.writing_key(chat_id, self.epoch).is_none() {
+            let key_id = self.chat_keys.mint(chat_id, self.epoch)?;
+            self.minted.push(key_id);
+        }
+        let (key_id, key) = self
+            .chat_keys
+            .writing_key(chat_id, self.epoch)
             .ok_or_else(|| Error::invalid_input(format!("no key for chat {chat_id:?}")))?;
         let key = key.clone();
         let encoded: Vec<proto::Operation> = operations.iter().map(Operation::to_proto).collect();
@@ -784,7 +799,7 @@ mod tests {
         let keys = VaultKeys::derive(&RecoveryKey::from_bytes([7; 32]));
         let mut chat_keys = ChatKeys::new();
         chat_keys
-            .insert([1; 16], "c", ChatKey::from_bytes([2; 32]))
+            .insert([1; 16], "c", ChatKey::from_bytes([2; 32]), 0)
             .unwrap();
         let device = DeviceId([3; 16]);
         let operations = (0..3000u64)
@@ -885,6 +900,7 @@ mod tests {
                         [n as u8 + 1; 16],
                         chat,
                         ChatKey::from_bytes([n as u8 + 9; 32]),
+                        0,
                     )
                     .unwrap();
             }

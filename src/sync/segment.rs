@@ -86,10 +86,62 @@ impl Head {
     }
 }
 
-/// Every chat key known to a device, by key id, with the chat each belongs to.
+/// A chat key as a segment or checkpoint index grants it.
+#[derive(Clone)]
+pub struct KeyGrant {
+    /// Its id.
+    pub key_id: KeyId,
+    /// The chat it seals.
+    pub chat_id: String,
+    /// The key.
+    pub key: ChatKey,
+    /// Its key epoch: the smaller of what the grant says and the epoch of the object granting
+    /// it (an object of epoch 0 cannot make a key of a later epoch).
+    pub epoch: u8,
+}
+
+impl core::fmt::Debug for KeyGrant {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("KeyGrant")
+            .field("chat_id", &self.chat_id)
+            .field("epoch", &self.epoch)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Decodes a granted key (from a segment or a checkpoint index sealed in `object_epoch`).
+pub(crate) fn grant_from_proto(
+    grant: &proto::ChatKeyGrant,
+    object_epoch: u8,
+    malformed: impl Fn(&str) -> Error,
+) -> Result<KeyGrant> {
+    let key: [u8; 32] = grant
+        .key
+        .as_slice()
+        .try_into()
+        .map_err(|_| malformed("chat key length"))?;
+    let key_id: KeyId = grant
+        .key_id
+        .as_slice()
+        .try_into()
+        .map_err(|_| malformed("key id length"))?;
+    if grant.chat_id.is_empty() || grant.chat_id.len() > super::model::MAX_ID_LEN {
+        return Err(malformed("granted chat id"));
+    }
+    let claimed = u8::try_from(grant.epoch).unwrap_or(u8::MAX);
+    Ok(KeyGrant {
+        key_id,
+        chat_id: grant.chat_id.clone(),
+        key: ChatKey::from_bytes(key),
+        epoch: claimed.min(object_epoch),
+    })
+}
+
+/// Every chat key known to a device, by key id, with the chat each belongs to and its key
+/// epoch.
 #[derive(Clone, Default)]
 pub struct ChatKeys {
-    by_id: BTreeMap<KeyId, (String, ChatKey)>,
+    by_id: BTreeMap<KeyId, (String, ChatKey, u8)>,
     by_chat: BTreeMap<String, BTreeSet<KeyId>>,
 }
 
@@ -115,18 +167,30 @@ impl ChatKeys {
         self.by_id.is_empty()
     }
 
-    /// Adds a key. A known key id with a different key or chat is an error (a hostile writer).
-    pub(crate) fn insert(&mut self, key_id: KeyId, chat_id: &str, key: ChatKey) -> Result<bool> {
-        if let Some((known_chat, known_key)) = self.by_id.get(&key_id) {
+    /// Adds a key of key epoch `epoch`. A known key id with a different key or chat is an error
+    /// (a hostile writer); a known key seen in an earlier epoch takes that epoch (someone held it
+    /// then). Returns whether anything was learned.
+    pub(crate) fn insert(
+        &mut self,
+        key_id: KeyId,
+        chat_id: &str,
+        key: ChatKey,
+        epoch: u8,
+    ) -> Result<bool> {
+        if let Some((known_chat, known_key, known_epoch)) = self.by_id.get_mut(&key_id) {
             if known_chat != chat_id || known_key.0.bytes() != key.0.bytes() {
                 return Err(Error::decode(
                     ObjectKind::Segment,
                     DecodeProblem::Malformed("conflicting grants for one key id".into()),
                 ));
             }
+            if epoch < *known_epoch {
+                *known_epoch = epoch;
+                return Ok(true);
+            }
             return Ok(false);
         }
-        self.by_id.insert(key_id, (chat_id.to_owned(), key));
+        self.by_id.insert(key_id, (chat_id.to_owned(), key, epoch));
         self.by_chat
             .entry(chat_id.to_owned())
             .or_default()
@@ -134,29 +198,53 @@ impl ChatKeys {
         Ok(true)
     }
 
-    /// The key this device writes a chat's operations with: the smallest known key id of the
-    /// chat, so devices converge on one key once they have seen each other's grants.
-    pub(crate) fn writing_key(&self, chat_id: &str) -> Option<(KeyId, &ChatKey)> {
-        let key_id = *self.by_chat.get(chat_id)?.iter().next()?;
-        self.by_id.get(&key_id).map(|(_, key)| (key_id, key))
+    /// Learns a granted key.
+    pub(crate) fn learn(&mut self, grant: &KeyGrant) -> Result<bool> {
+        self.insert(grant.key_id, &grant.chat_id, grant.key.clone(), grant.epoch)
     }
 
-    fn get(&self, key_id: &KeyId) -> Option<&(String, ChatKey)> {
-        self.by_id.get(key_id)
+    /// The key this device writes a chat's operations with in key epoch `epoch`: the smallest
+    /// known key id of the chat among its keys of that epoch (or a later one), so devices
+    /// converge on one key once they have seen each other's grants. A key of an earlier epoch is
+    /// never written with: a device revoked since may know it.
+    pub(crate) fn writing_key(&self, chat_id: &str, epoch: u8) -> Option<(KeyId, &ChatKey)> {
+        self.by_chat.get(chat_id)?.iter().find_map(|key_id| {
+            let (_, key, key_epoch) = self.by_id.get(key_id)?;
+            (*key_epoch >= epoch).then_some((*key_id, key))
+        })
+    }
+
+    /// Draws a new key for `chat_id` in key epoch `epoch`: its id.
+    pub(crate) fn mint(&mut self, chat_id: &str, epoch: u8) -> Result<KeyId> {
+        let key_id = crate::random::array::<16>()?;
+        self.insert(key_id, chat_id, ChatKey::generate()?, epoch)?;
+        Ok(key_id)
     }
 
     /// The chat and key of a key id.
     pub(crate) fn key(&self, key_id: &KeyId) -> Option<(&str, &ChatKey)> {
         self.by_id
             .get(key_id)
-            .map(|(chat, key)| (chat.as_str(), key))
+            .map(|(chat, key, _)| (chat.as_str(), key))
     }
 
-    /// All keys as (key id, chat id, key bytes), for sealed local persistence.
-    pub(crate) fn entries(&self) -> impl Iterator<Item = (&KeyId, &str, &ChatKey)> {
+    /// The grant of a key id, as a segment or checkpoint index writes it.
+    pub(crate) fn grant(&self, key_id: &KeyId) -> Option<proto::ChatKeyGrant> {
+        self.by_id
+            .get(key_id)
+            .map(|(chat, key, epoch)| proto::ChatKeyGrant {
+                chat_id: chat.clone(),
+                key_id: key_id.to_vec(),
+                key: key.0.bytes().to_vec(),
+                epoch: u32::from(*epoch),
+            })
+    }
+
+    /// All keys as (key id, chat id, key, key epoch), for sealed local persistence.
+    pub(crate) fn entries(&self) -> impl Iterator<Item = (&KeyId, &str, &ChatKey, u8)> {
         self.by_id
             .iter()
-            .map(|(id, (chat, key))| (id, chat.as_str(), key))
+            .map(|(id, (chat, key, epoch))| (id, chat.as_str(), key, *epoch))
     }
 }
 
@@ -209,7 +297,8 @@ pub(crate) fn seal_segment_with(
     segment: &NewSegment<'_>,
     nonce: &mut dyn FnMut() -> Result<[u8; sealing::NONCE_LEN]>,
 ) -> Result<(String, Vec<u8>, SegmentHash)> {
-    // Sealed in the newest epoch this device holds (docs/DEVICES.md).
+    // Sealed in the newest epoch this device holds (docs/DEVICES.md), each chat's block with a
+    // key of that epoch.
     let (epoch, keys) = keys.newest();
     let name = segment_name(
         segment.device,
@@ -219,9 +308,9 @@ pub(crate) fn seal_segment_with(
     );
     let mut blocks = Vec::new();
     for (index, (chat_id, fragment)) in segment.operations.chats().enumerate() {
-        let (key_id, key) = chat_keys
-            .writing_key(chat_id)
-            .ok_or_else(|| Error::invalid_input(format!("no key for chat {chat_id:?}")))?;
+        let (key_id, key) = chat_keys.writing_key(chat_id, epoch).ok_or_else(|| {
+            Error::invalid_input(format!("no key of epoch {epoch} for chat {chat_id:?}"))
+        })?;
         let body = EncodedBatch::chat_body(chat_id, fragment);
         let block = block_name(&name, index);
         let context = ObjectContext {
@@ -245,12 +334,7 @@ pub(crate) fn seal_segment_with(
         .iter()
         .map(|key_id| {
             chat_keys
-                .get(key_id)
-                .map(|(chat_id, key)| proto::ChatKeyGrant {
-                    chat_id: chat_id.clone(),
-                    key_id: key_id.to_vec(),
-                    key: key.0.bytes().to_vec(),
-                })
+                .grant(key_id)
                 .ok_or_else(|| Error::invalid_input("grant of an unknown key"))
         })
         .collect::<Result<Vec<_>>>()?;
@@ -307,8 +391,8 @@ pub struct OpenedSegment {
     pub prev_hash: Option<SegmentHash>,
     /// Newest segments of other devices the writer had seen.
     pub seen: Vec<Head>,
-    /// Chat keys granted: (key id, chat id, key).
-    pub grants: Vec<(KeyId, String, ChatKey)>,
+    /// Chat keys granted.
+    pub grants: Vec<KeyGrant>,
     /// Sealed chat blocks: (key id, sealed bytes).
     pub blocks: Vec<(KeyId, Vec<u8>)>,
     /// Device description.
@@ -395,22 +479,7 @@ pub fn open_segment(keys: &impl KeyEpochs, name: &str, object: &[u8]) -> Result<
     let grants = segment
         .keys
         .iter()
-        .map(|grant| {
-            let key: [u8; 32] = grant
-                .key
-                .as_slice()
-                .try_into()
-                .map_err(|_| malformed("chat key length"))?;
-            let key_id: KeyId = grant
-                .key_id
-                .as_slice()
-                .try_into()
-                .map_err(|_| malformed("key id length"))?;
-            if grant.chat_id.is_empty() || grant.chat_id.len() > super::model::MAX_ID_LEN {
-                return Err(malformed("granted chat id"));
-            }
-            Ok((key_id, grant.chat_id.clone(), ChatKey::from_bytes(key)))
-        })
+        .map(|grant| grant_from_proto(grant, epoch, malformed))
         .collect::<Result<Vec<_>>>()?;
     let blocks = segment
         .chats
@@ -461,7 +530,7 @@ pub fn open_blocks(
     };
     let mut operations = Vec::new();
     for (index, (key_id, sealed)) in segment.blocks.iter().enumerate() {
-        let (chat_id, key) = chat_keys.get(key_id).ok_or_else(|| {
+        let (chat_id, key) = chat_keys.key(key_id).ok_or_else(|| {
             Error::Integrity(IntegrityProblem::UnknownKey {
                 device: device.to_hex(),
                 seq: segment.head.seq,
@@ -475,7 +544,7 @@ pub fn open_blocks(
         };
         let body = sealing::open(&key.0, &context, sealed)?;
         let chat_operations: proto::ChatOperations = decode_body(ObjectKind::ChatData, &body)?;
-        if &chat_operations.chat_id != chat_id {
+        if chat_operations.chat_id != chat_id {
             return Err(malformed("block sealed under another chat's key"));
         }
         for operation in chat_operations.operations {
@@ -523,9 +592,9 @@ mod tests {
 
     fn chat_keys() -> ChatKeys {
         let mut ck = ChatKeys::new();
-        ck.insert([1; 16], "a", ChatKey::from_bytes([0xa; 32]))
+        ck.insert([1; 16], "a", ChatKey::from_bytes([0xa; 32]), 0)
             .unwrap();
-        ck.insert([2; 16], "b", ChatKey::from_bytes([0xb; 32]))
+        ck.insert([2; 16], "b", ChatKey::from_bytes([0xb; 32]), 0)
             .unwrap();
         ck
     }
@@ -614,8 +683,8 @@ mod tests {
         let opened = open_segment(&keys(), &name, &object).unwrap();
         assert_eq!(opened.head.hash, hash);
         let mut learned = ChatKeys::new();
-        for (id, chat, key) in &opened.grants {
-            learned.insert(*id, chat, key.clone()).unwrap();
+        for grant in &opened.grants {
+            learned.learn(grant).unwrap();
         }
         let ops = open_blocks(&keys(), &learned, &opened).unwrap();
         let ids: Vec<&str> = ops
@@ -690,18 +759,54 @@ mod tests {
     }
 
     #[test]
+    fn a_chat_is_written_only_with_a_key_of_the_writing_epoch() {
+        let mut ck = chat_keys();
+        assert_eq!(ck.writing_key("a", 0).unwrap().0, [1; 16]);
+        // After a revocation (epoch 1) no epoch-0 key is written with: a new one is drawn.
+        assert!(ck.writing_key("a", 1).is_none());
+        let minted = ck.mint("a", 1).unwrap();
+        assert_eq!(ck.writing_key("a", 1).unwrap().0, minted);
+        // Epoch 0's writer still finds its own (the smallest id of that epoch or later).
+        let expected = if minted < [1; 16] { minted } else { [1; 16] };
+        assert_eq!(ck.writing_key("a", 0).unwrap().0, expected);
+        // The same key seen again in an earlier epoch takes that epoch: someone held it then.
+        let (_, key) = ck
+            .key(&minted)
+            .map(|(c, k)| (c.to_owned(), k.clone()))
+            .unwrap();
+        assert!(ck.insert(minted, "a", key, 0).unwrap());
+        assert!(ck.writing_key("a", 1).is_none());
+        // A grant cannot claim a later epoch than the object that carries it.
+        let grant = proto::ChatKeyGrant {
+            chat_id: "b".into(),
+            key_id: vec![7; 16],
+            key: vec![8; 32],
+            epoch: 5,
+        };
+        let malformed =
+            |why: &str| Error::decode(ObjectKind::Segment, DecodeProblem::Malformed(why.into()));
+        assert_eq!(grant_from_proto(&grant, 2, malformed).unwrap().epoch, 2);
+        assert_eq!(grant_from_proto(&grant, 9, malformed).unwrap().epoch, 5);
+        let huge = proto::ChatKeyGrant {
+            epoch: 1 << 20,
+            ..grant
+        };
+        assert_eq!(grant_from_proto(&huge, 3, malformed).unwrap().epoch, 3);
+    }
+
+    #[test]
     fn conflicting_grants_are_rejected() {
         let mut ck = chat_keys();
         assert!(
-            !ck.insert([1; 16], "a", ChatKey::from_bytes([0xa; 32]))
+            !ck.insert([1; 16], "a", ChatKey::from_bytes([0xa; 32]), 0)
                 .unwrap()
         );
         assert!(
-            ck.insert([1; 16], "a", ChatKey::from_bytes([0xf; 32]))
+            ck.insert([1; 16], "a", ChatKey::from_bytes([0xf; 32]), 0)
                 .is_err()
         );
         assert!(
-            ck.insert([1; 16], "b", ChatKey::from_bytes([0xa; 32]))
+            ck.insert([1; 16], "b", ChatKey::from_bytes([0xa; 32]), 0)
                 .is_err()
         );
     }

@@ -95,8 +95,8 @@ impl Vault {
         // after it (a fork's branches each keep a tip).
         let mut covered: Vec<Head> = Vec::new();
         if let Some(index) = base {
-            for (key_id, chat_id, key) in &index.grants {
-                chat_keys.insert(*key_id, chat_id, key.clone())?;
+            for grant in &index.grants {
+                chat_keys.learn(grant)?;
             }
             covered = index.covered.clone();
         }
@@ -129,8 +129,8 @@ impl Vault {
             let (segment, _) = self.fetch_segment(fetch).await?;
             let parent = fetch.segment.and_then(|name| name.parent_id());
             check_link(&segment, parent.and_then(|p| hashes.get(&p).copied()))?;
-            for (key_id, chat_id, key) in &segment.grants {
-                chat_keys.insert(*key_id, chat_id, key.clone())?;
+            for grant in &segment.grants {
+                chat_keys.learn(grant)?;
             }
             let operations = match open_blocks(&self.keys, &chat_keys, &segment) {
                 Err(Error::Integrity(crate::IntegrityProblem::UnknownKey { .. })) => {
@@ -197,6 +197,9 @@ impl Vault {
             },
         )?;
         let index = open_checkpoint_index(&*epochs, &sealed.index_name, &sealed.index)?;
+        // Keys drawn for chats without one of this epoch: kept before the index that grants
+        // them is uploaded, so a retry writes with the same ones.
+        self.keep_chat_keys(&sealed.minted)?;
         let mut report = CheckpointReport {
             name: sealed.index_name.clone(),
             objects: 1 + sealed.packs.len() as u64,

@@ -80,8 +80,8 @@ impl Vault {
                 continue;
             }
             let mut chat_keys = pass.engine.chat_keys().clone();
-            for (key_id, chat_id, key) in &index.grants {
-                chat_keys.insert(*key_id, chat_id, key.clone())?;
+            for grant in &index.grants {
+                chat_keys.learn(grant)?;
             }
             let gets = pass.engine.pack_gets(index)?;
             self.for_each_pack(index, &gets, &chat_keys, &mut scratch, |_| Ok(()))

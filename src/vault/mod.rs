@@ -14,7 +14,7 @@ use crate::attachment::{Attachment, TransferListener, TransferReport};
 use crate::error::{Error, Result};
 use crate::format::{ObjectKind, decode_body, proto};
 use crate::history::{HistoryCursor, HistoryPage};
-use crate::keys::{ChatKey, RecoveryKey, VaultKeys};
+use crate::keys::{ChatKey, KeyEpochs, RecoveryKey, VaultKeys};
 use crate::local::{self, CacheSetting, ChatSummary, LocalState, PendingSegment};
 use crate::sealing::{self, ObjectContext};
 use crate::store::{ObjectInfo, ObjectStore};
@@ -418,6 +418,8 @@ impl Vault {
         }
         let mut created: Vec<KeyId> = Vec::new();
         let now = self.now_ms();
+        // Keys of the epoch this device writes in (a new one after a revocation).
+        let epoch = self.epochs()?.newest().0;
         let operations: Vec<Operation> = changes
             .into_iter()
             .map(|change| {
@@ -433,13 +435,10 @@ impl Vault {
         for operation in &operations {
             let chat_id = operation.change.chat_id();
             let known = new_keys.as_ref().unwrap_or(&chat_keys);
-            if known.writing_key(chat_id).is_none() {
-                let key_id = crate::random::array::<16>()?;
-                new_keys.get_or_insert_with(|| chat_keys.clone()).insert(
-                    key_id,
-                    chat_id,
-                    ChatKey::generate()?,
-                )?;
+            if known.writing_key(chat_id, epoch).is_none() {
+                let key_id = new_keys
+                    .get_or_insert_with(|| chat_keys.clone())
+                    .mint(chat_id, epoch)?;
                 created.push(key_id);
             }
         }
@@ -647,7 +646,7 @@ impl Vault {
         let seen: Vec<Head> = local.heads()?;
         let resealed = match &segment {
             Some(segment) => {
-                let grants: Vec<KeyId> = segment.grants.iter().map(|(id, _, _)| *id).collect();
+                let grants: Vec<KeyId> = segment.grants.iter().map(|grant| grant.key_id).collect();
                 let (name, object, hash) = seal_segment(
                     &*self.epochs()?,
                     &chat_keys,
@@ -732,6 +731,8 @@ impl Vault {
                 // A copy, taken before the local state's lock (`fork_off` takes the keys' lock
                 // while it holds that one).
                 let signer = identity::copy(&*lock(&self.device_secrets)?);
+                // The chat keys' lock before the local state's, in the order `record` takes them.
+                let mut chat_keys = lock(&self.chat_keys)?;
                 let mut local = lock(&self.local)?;
                 let Some((last_id, operations)) = local.outbox(MAX_SEGMENT_BODY / 2)? else {
                     break;
@@ -749,8 +750,27 @@ impl Vault {
                     )));
                 }
                 let own = own.first().copied();
-                let chat_keys = lock(&self.chat_keys)?;
+                let epochs = self.epochs()?;
+                let epoch = epochs.newest().0;
                 let mut grants = local.ungranted_keys()?;
+                // Operations recorded before this device moved to a new epoch: their chats get
+                // keys of the new one, granted with them.
+                let mut minted = Vec::new();
+                for (chat_id, _) in operations.chats() {
+                    if chat_keys.writing_key(chat_id, epoch).is_none() {
+                        minted.push(chat_keys.mint(chat_id, epoch)?);
+                    }
+                }
+                if !minted.is_empty() {
+                    let sealed = seal_chat_keys(&self.keys, &chat_keys)?;
+                    local.transaction(|tx| {
+                        local::set_meta(tx, META_CHAT_KEYS, &sealed)?;
+                        minted
+                            .iter()
+                            .try_for_each(|key_id| local::add_ungranted_key(tx, key_id))
+                    })?;
+                    grants.extend(minted);
+                }
                 // A chat deleted and then written to again: checkpoints leave the keys of
                 // deleted chats out, so a device that starts from one written after the
                 // deletion knows no key for it. The segment grants its key again.
@@ -761,7 +781,7 @@ impl Vault {
                     .collect();
                 for (chat_id, _) in operations.chats() {
                     if deleted.contains(chat_id)
-                        && let Some((key_id, _)) = chat_keys.writing_key(chat_id)
+                        && let Some((key_id, _)) = chat_keys.writing_key(chat_id, epoch)
                         && !grants.contains(&key_id)
                     {
                         grants.push(key_id);
@@ -769,7 +789,7 @@ impl Vault {
                 }
                 let seq = own.map_or(1, |h| h.seq + 1);
                 let (name, object, hash) = seal_segment(
-                    &*self.epochs()?,
+                    &*epochs,
                     &chat_keys,
                     &NewSegment {
                         device,
@@ -895,16 +915,30 @@ fn check_page_limit(limit: u32) -> Result<()> {
     Ok(())
 }
 
+impl Vault {
+    /// Adds `grants` to this device's chat keys and keeps the set.
+    fn keep_chat_keys(&self, grants: &[crate::sync::segment::KeyGrant]) -> Result<()> {
+        if grants.is_empty() {
+            return Ok(());
+        }
+        let mut chat_keys = lock(&self.chat_keys)?;
+        let mut next = chat_keys.clone();
+        for grant in grants {
+            next.learn(grant)?;
+        }
+        let sealed = seal_chat_keys(&self.keys, &next)?;
+        lock(&self.local)?.set_meta(META_CHAT_KEYS, &sealed)?;
+        *chat_keys = next;
+        Ok(())
+    }
+}
+
 fn seal_chat_keys(keys: &VaultKeys, chat_keys: &ChatKeys) -> Result<Vec<u8>> {
     let body = zeroize::Zeroizing::new(
         proto::KeySet {
             keys: chat_keys
                 .entries()
-                .map(|(key_id, chat_id, key)| proto::ChatKeyGrant {
-                    chat_id: chat_id.to_owned(),
-                    key_id: key_id.to_vec(),
-                    key: key.0.bytes().to_vec(),
-                })
+                .filter_map(|(key_id, _, _, _)| chat_keys.grant(key_id))
                 .collect(),
         }
         .encode_to_vec(),
@@ -934,7 +968,8 @@ fn open_chat_keys(keys: &VaultKeys, sealed: &[u8]) -> Result<ChatKeys> {
             .try_into()
             .map_err(|_| malformed())?;
         let key: [u8; 32] = grant.key.as_slice().try_into().map_err(|_| malformed())?;
-        chat_keys.insert(key_id, &grant.chat_id, ChatKey::from_bytes(key))?;
+        let epoch = u8::try_from(grant.epoch).map_err(|_| malformed())?;
+        chat_keys.insert(key_id, &grant.chat_id, ChatKey::from_bytes(key), epoch)?;
     }
     Ok(chat_keys)
 }

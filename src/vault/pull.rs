@@ -332,9 +332,9 @@ impl Vault {
             .buffered(PULL_PREFETCH)
             .map(move |arrived| {
                 let opening = arrived.map(|(segment, size)| {
-                    for (key_id, chat_id, key) in &segment.grants {
+                    for grant in &segment.grants {
                         // A clash is reported when the segment is applied.
-                        let _ = known_keys.insert(*key_id, chat_id, key.clone());
+                        let _ = known_keys.learn(grant);
                     }
                     let keys = self.keys.clone();
                     let chat_keys = known_keys.clone();

@@ -137,6 +137,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Remove a lost or stolen device (its id from `devices`): it opens nothing written from
+    /// now on, and every device refuses what it writes afterwards (syncs first).
+    Revoke {
+        /// The device's id (32 hex digits).
+        device_id: String,
+    },
     /// Link a new device by a code, without typing the recovery key on it.
     Link {
         #[command(subcommand)]
@@ -555,6 +561,15 @@ async fn run(cli: Cli) -> CliResult {
                     );
                 }
             }
+            Ok(())
+        }
+        Command::Revoke { device_id } => {
+            let device = chatvault::sync::DeviceId::from_hex(device_id).ok_or_else(|| {
+                format!("not a device id (32 lower-case hex digits): {device_id}")
+            })?;
+            let vault = open_vault(&cli).await?;
+            vault.revoke(device).await?;
+            println!("revoked {device_id}: it opens nothing written from now on");
             Ok(())
         }
         Command::Stats { json } => {

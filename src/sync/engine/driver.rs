@@ -33,7 +33,7 @@ pub const KEY_ID: [u8; 16] = [1; 16];
 pub fn chat_keys() -> ChatKeys {
     let mut chat_keys = ChatKeys::new();
     // A fresh key ring has no key under KEY_ID, so the insert cannot clash.
-    let _ = chat_keys.insert(KEY_ID, "c", ChatKey::from_bytes([6; 32]));
+    let _ = chat_keys.insert(KEY_ID, "c", ChatKey::from_bytes([6; 32]), 0);
     chat_keys
 }
 

@@ -207,8 +207,8 @@ impl Engine {
             }
         }
         let packs = self.pack_gets(index)?;
-        for (key_id, chat_id, key) in &index.grants {
-            self.chat_keys.insert(*key_id, chat_id, key.clone())?;
+        for grant in &index.grants {
+            self.chat_keys.learn(grant)?;
         }
         for head in &index.covered {
             self.hashes.insert(head.id(), head.hash);
@@ -317,8 +317,8 @@ impl Engine {
         check_link(segment, parent_hash)?;
         self.hashes.insert(segment.head.id(), segment.head.hash);
         let mut learned = false;
-        for (key_id, chat_id, key) in &segment.grants {
-            learned |= self.chat_keys.insert(*key_id, chat_id, key.clone())?;
+        for grant in &segment.grants {
+            learned |= self.chat_keys.learn(grant)?;
         }
         Ok(learned)
     }

@@ -209,6 +209,43 @@ async fn a_revoked_device_opens_nothing_written_after_and_its_writes_are_refused
     }
     // Two segments, a checkpoint index, the start entry and the epoch object at least.
     assert!(refused >= 5, "{refused}");
+
+    // Nor the chat blocks in them: a checkpoint's packs lie in the bucket beside its index, so
+    // their blocks must not be under a chat key the laptop holds. The phone writes chat "c"
+    // after the revocation with a key of epoch 1, drawn afresh.
+    let laptop_keys = lock(&laptop.chat_keys).unwrap().clone();
+    let phone_epochs = phone.epochs().unwrap();
+    let mut blocks = 0;
+    for (name, bytes) in objects(&store, &phone).await {
+        if before_revocation.contains(&name) {
+            continue;
+        }
+        let key_ids: Vec<crate::sync::segment::KeyId> =
+            if name.starts_with("checkpoints/") && !name.contains("/p") {
+                crate::sync::checkpoint::open_checkpoint_index(&*phone_epochs, &name, &bytes)
+                    .unwrap()
+                    .chats
+                    .iter()
+                    .map(|chat| chat.key_id)
+                    .collect()
+            } else if name.starts_with("segments/")
+                && !name.starts_with(&format!("segments/{}/", laptop_id.to_hex()))
+            {
+                crate::sync::segment::open_segment(&*phone_epochs, &name, &bytes)
+                    .unwrap()
+                    .blocks
+                    .iter()
+                    .map(|(key_id, _)| *key_id)
+                    .collect()
+            } else {
+                continue;
+            };
+        for key_id in key_ids {
+            assert!(laptop_keys.key(&key_id).is_none(), "{name}");
+            blocks += 1;
+        }
+    }
+    assert!(blocks >= 3, "{blocks}");
     assert!(matches!(
         laptop.sync(None, None).await,
         Err(Error::DeviceRevoked)
