@@ -262,10 +262,13 @@ kotlin_rc=0
 wait "$kotlin_pid" || kotlin_rc=$?
 if [ "$swift_rc" != 0 ] || [ "$kotlin_rc" != 0 ] \
   || ! grep -q "kotlin: linked" "$out/link-kotlin.log" \
+  || ! grep -q "kotlin: revoked" "$out/link-kotlin.log" \
   || ! grep -q -E "Executed 1 test, with 0 failures" "$out/link-swift.log"; then
   echo "the Kotlin-Swift link failed (Swift exit $swift_rc, Kotlin exit $kotlin_rc):" >&2
   cat "$out/link-swift.log" "$out/link-kotlin.log" >&2
   exit 1
 fi
 grep -h -o "kotlin: linked.*" "$out/link-kotlin.log"
+grep -h -o "kotlin: revoked.*" "$out/link-kotlin.log"
 echo "Kotlin linked Swift: both synced both ways; Swift never held the recovery key"
+echo "Kotlin revoked Swift: Swift's next sync was refused (DeviceRevoked), its later write too"

@@ -345,6 +345,24 @@ class Linking(WithDirectoryStore):
         again = run(cv.Vault.open_device(self.store, None, laptop_dir, "laptop", "python", device_key))
         self.assertEqual(again.device_id(), added.device_id)
 
+        # The phone revokes the laptop: its next sync is refused, it never sees what the phone
+        # writes after, and the phone refuses what it writes after.
+        with self.assertRaises(cv.ChatVaultError.InvalidInput):
+            run(phone.revoke("not a device id"))
+        run(phone.revoke(added.device_id))
+        revoked = [d for d in phone.devices() if d.device_id == added.device_id][0]
+        self.assertIsNotNone(revoked.revoked_at_ms)
+        phone.record([message("c", "2", "after the revocation", 2)])
+        run(phone.sync(None, None))
+        again.set_content_cache(True, None)
+        again.record([message("c", "3", "from the revoked laptop", 3)])
+        with self.assertRaises(cv.ChatVaultError.DeviceRevoked):
+            run(again.sync(None, None))
+        self.assertNotIn("after the revocation", [m.text for m in again.messages("c")])
+        run(phone.sync(None, None))
+        self.assertEqual(sorted(m.text for m in phone.messages("c")),
+                         ["after the revocation", "before the link"])
+
     def test_a_wrong_code_burns_the_link(self):
         key = cv.RecoveryKey.generate()
         phone = self.open("phone", key)

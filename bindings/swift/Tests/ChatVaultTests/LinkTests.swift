@@ -1,7 +1,8 @@
 // The Swift side of the link test (scripts/test-bindings.sh, against Garage): a new iPhone answers
 // the link offer of an Android phone (bindings/kotlin/.../LinkTest.kt) without the recovery key,
 // shows the check code (a file here; the Kotlin side types it), joins, and syncs both ways. Then
-// it opens again with its device key alone.
+// it opens again with its device key alone. Then the Android phone revokes it: its next sync is
+// refused with DeviceRevoked, and it never receives what the phone wrote after.
 import Foundation
 import XCTest
 
@@ -63,5 +64,19 @@ final class LinkTests: XCTestCase {
                                            deviceKey: try generateDeviceKey())
             XCTFail("another device key opened the iPhone's state")
         } catch ChatVaultError.WrongKey {}
+
+        // Revoked by the Pixel: refused from then on.
+        _ = try await awaitFile(dir + "/revoked")
+        try iphone.record(changes: [.upsertMessage(message: Message(chatId: "family", messageId: "s2",
+                                                                    sender: "anna", sentAtMs: 4,
+                                                                    text: "written after the revocation",
+                                                                    replyTo: nil))])
+        do {
+            _ = try await iphone.sync(progress: nil, listener: nil)
+            XCTFail("a revoked device synced")
+        } catch ChatVaultError.DeviceRevoked {}
+        XCTAssertEqual(try iphone.messages(chatId: "family").map { $0.text }.sorted(),
+                       ["from the Pixel", "from the iPhone", "written after the revocation"])
+        FileManager.default.createFile(atPath: dir + "/swift-refused", contents: Data())
     }
 }

@@ -2,7 +2,8 @@
 // with the recovery key offers a link; the Swift side (bindings/swift/Tests/ChatVaultTests/
 // LinkTests.swift) answers it as a new iPhone that never sees the recovery key. The offer and the
 // check code travel through files in CHATVAULT_LINK_DIR, as a QR code and a person would carry
-// them. Both then sync and see each other's messages and devices.
+// them. Both then sync and see each other's messages and devices. Then the Pixel revokes the
+// iPhone (lost): the iPhone's next sync is refused, and it never sees what the Pixel writes after.
 package org.chatvault
 
 import java.io.File
@@ -62,6 +63,22 @@ class LinkTest {
             assertEquals(2UL, report.rosterEntries)
             assertEquals(0UL, report.rosterRefused)
             println("kotlin: linked ${added.deviceId} and synced with it")
+
+            android.revoke(added.deviceId)
+            val revoked = android.devices().first { it.deviceId == added.deviceId }
+            assertTrue(revoked.revokedAtMs != null)
+            android.record(listOf(Change.UpsertMessage(Message("family", "k2", "anna", 3, "after the revocation", null))))
+            android.sync(null, null)
+            File(dir, "revoked").writeText(added.deviceId)
+            await(File(dir, "swift-refused"))
+            android.sync(null, null)
+            // The iPhone's write after its revocation is refused; nothing else is lost.
+            assertEquals(
+                listOf("after the revocation", "from the Pixel", "from the iPhone"),
+                android.messages("family").map { it.text }.sorted(),
+            )
+            android.verify()
+            println("kotlin: revoked ${added.deviceId}; its later writes are refused")
             android.close()
         } finally {
             state.deleteRecursively()
