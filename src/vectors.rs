@@ -729,6 +729,7 @@ fn attachment_vectors() -> Value {
                 chunk_size,
                 name: name.into(),
                 mime: mime.into(),
+                key_epoch: 0,
             };
             let file_key = stream::file_key(keys.attachment(), &attachment.content_id);
             let mut padded = content.clone();

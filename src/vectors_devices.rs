@@ -138,8 +138,10 @@ pub(super) fn device_vectors() -> Value {
         crate::sealing::Compression::Never,
     )
     .expect("seals");
+    let epoch_segment = epoch_segment(&recovery_key, &epoch_object, &epoch_secret_bytes);
 
     json!({
+        "epoch_segment": epoch_segment,
         "epoch": {
             "name": epoch_name,
             "recovery_key": hex(&recovery_bytes),
@@ -196,6 +198,111 @@ pub(super) fn device_vectors() -> Value {
                 {"from": "offerer", "counter": 0, "plaintext": hex(&welcome_plaintext), "sealed": hex(&welcome)},
                 {"from": "joiner", "counter": 1, "plaintext": hex(b"second"), "sealed": hex(&second_join)},
             ],
+        },
+    })
+}
+
+/// A segment written in epoch 1 (after a revocation), sealed by the writer's own code: version-2
+/// header under epoch 1's log key, its chat key granted as a key of epoch 1 (`ChatKeyGrant` field
+/// 4), and a message whose attachment is under epoch 1's attachment key (`AttachmentRef` field 6).
+fn epoch_segment(
+    recovery_key: &crate::keys::RecoveryKey,
+    epoch_object: &[u8],
+    epoch_secret_bytes: &[u8; 32],
+) -> Value {
+    use crate::attachment::{Attachment, ContentHasher};
+    use crate::keys::{ChatKey, HeldEpochs, VaultKeys};
+    use crate::sync::segment::{ChatKeys, NewSegment, seal_segment_with};
+    use crate::sync::{Change, Message, Operation, Stamp};
+
+    let zero = VaultKeys::derive(recovery_key);
+    let mut held = HeldEpochs::new(*zero.vault_id(), 0, EpochSecret::epoch_zero(recovery_key));
+    held.insert(
+        1,
+        crate::devices::epoch_object_hash(epoch_object),
+        true,
+        EpochSecret::from_bytes(*epoch_secret_bytes),
+    );
+    let epoch_keys = VaultKeys::for_epoch(
+        *zero.vault_id(),
+        &EpochSecret::from_bytes(*epoch_secret_bytes),
+    );
+    let key_id: [u8; 16] = pattern(110);
+    let chat_key: [u8; 32] = pattern(111);
+    let mut chat_keys = ChatKeys::new();
+    chat_keys
+        .insert(key_id, "family", ChatKey::from_bytes(chat_key), 1)
+        .expect("a fresh key set");
+    let content = b"a photo attached after a revocation".to_vec();
+    let chunk_size = crate::attachment::MIN_CHUNK_SIZE;
+    let mut hasher = ContentHasher::new(epoch_keys.attachment(), chunk_size);
+    hasher.update(&content);
+    let attachment = Attachment {
+        content_id: hasher.finish(),
+        size: content.len() as u64,
+        chunk_size,
+        name: "photo.jpg".into(),
+        mime: "image/jpeg".into(),
+        key_epoch: 1,
+    };
+    let device = DeviceId(pattern(112));
+    let operations = vec![Operation {
+        stamp: Stamp {
+            wall_ms: 1_700_000_100_000,
+            counter: 1,
+            device,
+        },
+        change: Change::UpsertMessage(Message {
+            chat_id: "family".into(),
+            message_id: "p1".into(),
+            sender: "alice".into(),
+            sent_at_ms: 1_700_000_100_000,
+            text: "after the revocation".into(),
+            reply_to: None,
+            attachments: vec![attachment.clone()],
+            kind: String::new(),
+            payload: Vec::new(),
+        }),
+    }];
+    let batch = crate::sync::batch::EncodedBatch::from_operations(&operations);
+    let mut seed = 113u8;
+    let mut nonces = Vec::new();
+    let (name, object, _) = seal_segment_with(
+        &held,
+        &chat_keys,
+        &NewSegment {
+            device,
+            seq: 1,
+            tag: 1,
+            previous: None,
+            seen: &[],
+            grants: &[key_id],
+            operations: &batch,
+            device_name: "Alice's new phone",
+            platform: "android",
+            signer: None,
+        },
+        &mut || {
+            let nonce: [u8; 24] = pattern(seed);
+            seed += 1;
+            nonces.push(nonce);
+            Ok(nonce)
+        },
+    )
+    .expect("the segment seals");
+    json!({
+        "vault_id": zero.vault_id().to_hex(),
+        "epoch_secret": hex(epoch_secret_bytes),
+        "name": name,
+        "object": hex(&object),
+        "nonces": nonces.iter().map(|n| hex(n)).collect::<Vec<_>>(),
+        "key_id": hex(&key_id),
+        "chat_key": hex(&chat_key),
+        "attachment": {
+            "content": hex(&content),
+            "chunk_size": chunk_size,
+            "content_id": attachment.content_id.to_hex(),
+            "key_epoch": 1,
         },
     })
 }

@@ -216,6 +216,7 @@ async fn attachment_chunks_download_through_the_public_api() {
             chunk_size: case["chunk_size"].as_u64().unwrap() as u32,
             name: case["name"].as_str().unwrap().into(),
             mime: case["mime"].as_str().unwrap().into(),
+            key_epoch: 0,
         };
         let out = dir.path().join(case["name"].as_str().unwrap());
         vault
@@ -242,6 +243,7 @@ async fn attachment_chunks_download_through_the_public_api() {
         chunk_size: case["chunk_size"].as_u64().unwrap() as u32,
         name: String::new(),
         mime: String::new(),
+        key_epoch: 0,
     };
     let error = vault
         .download_attachment(
@@ -441,6 +443,33 @@ async fn the_forked_tree_vector_restores_both_branches() {
         let report = fresh.verify().await.unwrap();
         assert_eq!(report.segments, if with_segments { 4 } else { 0 });
     }
+}
+
+/// A segment written in key epoch 1: it opens with a key set holding epoch 1 (and not with epoch
+/// 0's tree alone), its chat key is granted as one of epoch 1, and its message's attachment names
+/// epoch 1.
+#[test]
+fn the_epoch_segment_vector_opens_in_its_epoch() {
+    use chatvault::keys::{HeldEpochs, RecoveryKey, VaultKeys};
+    use chatvault::sync::segment::open_segment;
+
+    let v = load("devices.json");
+    let s = &v["epoch_segment"];
+    let rk: [u8; 32] = bytes(&v["epoch"]["recovery_key"]).try_into().unwrap();
+    let zero = VaultKeys::derive(&RecoveryKey::from_bytes(rk));
+    let name = s["name"].as_str().unwrap();
+    let object = bytes(&s["object"]);
+    assert!(open_segment(&zero, name, &object).is_err());
+    let secret: [u8; 32] = bytes(&s["epoch_secret"]).try_into().unwrap();
+    let held = HeldEpochs::new(
+        *zero.vault_id(),
+        1,
+        chatvault::keys::EpochSecret::from_bytes(secret),
+    );
+    let opened = open_segment(&held, name, &object).unwrap();
+    assert_eq!(opened.grants.len(), 1);
+    assert_eq!(opened.grants[0].epoch, 1);
+    assert_eq!(opened.grants[0].key_id.to_vec(), bytes(&s["key_id"]));
 }
 
 #[test]

@@ -81,6 +81,10 @@ pub struct Attachment {
     pub name: String,
     /// Its MIME type, e.g. `image/jpeg` (may be empty).
     pub mime: String,
+    /// The key epoch whose attachment key made the content id and derives the chunks' key (0 in
+    /// vaults that never revoked a device): content attached after a revocation is under keys
+    /// the revoked device cannot derive.
+    pub key_epoch: u8,
 }
 
 impl Attachment {
@@ -138,6 +142,7 @@ impl Attachment {
             chunk_size: self.chunk_size,
             name: self.name.clone(),
             mime: self.mime.clone(),
+            key_epoch: u32::from(self.key_epoch),
         }
     }
 
@@ -155,6 +160,8 @@ impl Attachment {
             chunk_size: reference.chunk_size,
             name: reference.name,
             mime: reference.mime,
+            key_epoch: u8::try_from(reference.key_epoch)
+                .map_err(|_| "attachment key epoch past 255")?,
         };
         attachment.validate().map_err(|e| e.to_string())?;
         Ok(attachment)
@@ -202,6 +209,7 @@ mod tests {
             chunk_size: DEFAULT_CHUNK_SIZE,
             name: "a.jpg".into(),
             mime: "image/jpeg".into(),
+            key_epoch: 0,
         }
     }
 

@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{DecodeProblem, Error, IntegrityProblem, Result};
 use crate::format::ObjectKind;
-use crate::keys::VaultKeys;
+use crate::keys::{KeyEpochs, VaultKeys};
 use crate::store::ObjectStore;
 use crate::vault::CancelToken;
 
@@ -164,7 +164,7 @@ async fn chunks_present(
 pub async fn upload(
     store: &dyn ObjectStore,
     root: &str,
-    keys: &VaultKeys,
+    keys: &impl KeyEpochs,
     path: &Path,
     name: &str,
     mime: &str,
@@ -173,12 +173,15 @@ pub async fn upload(
     cancel: &CancelToken,
 ) -> Result<(Attachment, TransferReport)> {
     let mut report = TransferReport::default();
+    // New content goes under the attachment key of the newest epoch this device writes in.
+    let (key_epoch, keys) = keys.newest();
     let probe = Attachment {
         content_id: ContentId([0; 32]),
         size: 0,
         chunk_size,
         name: name.to_owned(),
         mime: mime.to_owned(),
+        key_epoch,
     };
     probe.validate()?;
     // Hashing a large video takes seconds: keep it off the async workers.
@@ -291,13 +294,23 @@ pub fn partial_path(dest: &Path, content_id: &ContentId) -> PathBuf {
 pub async fn download(
     store: &dyn ObjectStore,
     root: &str,
-    keys: &VaultKeys,
+    keys: &impl KeyEpochs,
     attachment: &Attachment,
     dest: &Path,
     listener: Option<&dyn TransferListener>,
     cancel: &CancelToken,
 ) -> Result<TransferReport> {
     attachment.validate()?;
+    let keys = *keys
+        .trees(attachment.key_epoch)
+        .first()
+        .ok_or(Error::Decode {
+            kind: ObjectKind::ChatData,
+            problem: DecodeProblem::KeyEpoch {
+                expected: keys.newest().0,
+                found: attachment.key_epoch,
+            },
+        })?;
     let mut report = TransferReport::default();
     let total = attachment.size;
     let chunk = u64::from(attachment.chunk_size);

@@ -350,6 +350,10 @@ pub struct Attachment {
     pub chunk_size: u32,
     pub name: String,
     pub mime: String,
+    /// The key epoch whose keys the content is under (0 unless a device was revoked before it
+    /// was attached). Keep it with the other fields: a download needs it.
+    #[uniffi(default = 0)]
+    pub key_epoch: u8,
 }
 
 /// What an attachment upload or download did.
@@ -482,6 +486,7 @@ fn attachment_to(a: crate::attachment::Attachment) -> Attachment {
         chunk_size: a.chunk_size,
         name: a.name,
         mime: a.mime,
+        key_epoch: a.key_epoch,
     }
 }
 
@@ -497,6 +502,7 @@ fn attachment_from(a: Attachment) -> FfiResult<crate::attachment::Attachment> {
         chunk_size: a.chunk_size,
         name: a.name,
         mime: a.mime,
+        key_epoch: a.key_epoch,
     })
 }
 

@@ -87,6 +87,11 @@ pub struct AttachmentRef {
     /// MIME type, may be empty.
     #[prost(string, tag = "5")]
     pub mime: ::prost::alloc::string::String,
+    /// The key epoch whose attachment key made content_id and derives the file key (docs/DEVICES.md):
+    /// content attached after a revocation is under keys the revoked device cannot derive. 0 before
+    /// key epochs.
+    #[prost(uint32, tag = "6")]
+    pub key_epoch: u32,
 }
 /// Parameters of Argon2id (version 0x13) as stored in a passphrase envelope.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

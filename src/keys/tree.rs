@@ -171,7 +171,7 @@ impl EpochSecret {
     }
 
     /// The secret from its 32 bytes (as an epoch box holds them).
-    pub(crate) fn from_bytes(bytes: [u8; 32]) -> Self {
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
         EpochSecret(Key32::new(bytes))
     }
 

@@ -382,6 +382,7 @@ mod encoding {
             + uint_len(u64::from(attachment.chunk_size))
             + bytes_len(attachment.name.as_bytes())
             + bytes_len(attachment.mime.as_bytes())
+            + uint_len(u64::from(attachment.key_epoch))
     }
 
     fn put_attachment(out: &mut Vec<u8>, attachment: &Attachment) {
@@ -390,6 +391,7 @@ mod encoding {
         put_uint(out, 3, u64::from(attachment.chunk_size));
         put_bytes(out, 4, attachment.name.as_bytes());
         put_bytes(out, 5, attachment.mime.as_bytes());
+        put_uint(out, 6, u64::from(attachment.key_epoch));
     }
 
     pub(super) fn message_len(message: &Message) -> usize {
@@ -513,13 +515,15 @@ mod tests {
             prop_oneof![Just(0u32), any::<u32>()],
             text(),
             text(),
+            prop_oneof![Just(0u8), any::<u8>()],
         )
-            .prop_map(|(id, size, chunk_size, name, mime)| Attachment {
+            .prop_map(|(id, size, chunk_size, name, mime, key_epoch)| Attachment {
                 content_id: ContentId(id),
                 size,
                 chunk_size,
                 name,
                 mime,
+                key_epoch,
             })
     }
 

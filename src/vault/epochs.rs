@@ -189,16 +189,6 @@ impl Vault {
         self.update_epochs(|held| Ok(held.insert(epoch, object_hash, false, secret)))
     }
 
-    /// The key tree attachments are sealed with: epoch 0's, in every epoch (attachment keys do
-    /// not move to later epochs yet; docs/DEVICES.md).
-    pub(super) fn attachment_keys(&self) -> Result<VaultKeys> {
-        self.epochs()?
-            .trees(0)
-            .first()
-            .map(|tree| (*tree).clone())
-            .ok_or_else(|| Error::LocalState("epoch 0's keys are not held yet: sync first".into()))
-    }
-
     /// Confirms the secrets of the epochs `roster`'s counted starts name.
     pub(super) fn confirm_epochs(&self, roster: &Roster) -> Result<()> {
         self.update_epochs(|held| {

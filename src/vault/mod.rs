@@ -358,7 +358,7 @@ impl Vault {
         crate::attachment::upload(
             self.store.as_ref(),
             &self.attachments_prefix(),
-            &self.attachment_keys()?,
+            &*self.epochs()?,
             path,
             name,
             mime,
@@ -383,7 +383,7 @@ impl Vault {
         crate::attachment::download(
             self.store.as_ref(),
             &self.attachments_prefix(),
-            &self.attachment_keys()?,
+            &*self.epochs()?,
             attachment,
             dest,
             listener,

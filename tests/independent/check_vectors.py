@@ -469,8 +469,9 @@ def seal(key, nonce, kind, vid, name, body, stored=None, epoch=0):
     return obj
 
 
-def open_sealed(obj, key, kind, vid, name, want_frame=False):
-    """Reader, rejecting everything section 6 lists, in its order."""
+def open_sealed(obj, key, kind, vid, name, want_frame=False, epoch=0):
+    """Reader, rejecting everything section 6 lists, in its order; an object of key epoch
+    `epoch` >= 1 has version 2 and the epoch in its last header byte (section 13)."""
     if len(obj) > MAX_OBJECT_LEN:
         raise FormatError("too_large")
     if len(obj) < EMPTY_OBJECT_LEN:
@@ -478,14 +479,14 @@ def open_sealed(obj, key, kind, vid, name, want_frame=False):
     hdr = bytes(obj[:HEADER_LEN])
     if hdr[:4] != MAGIC:
         raise FormatError("magic")
-    if hdr[4] != FORMAT_VERSION:
+    if hdr[4] != (FORMAT_VERSION if epoch == 0 else 2):
         raise FormatError("version")
     if hdr[5] != SUITE_XCHACHA:
         raise FormatError("suite")
     if hdr[6] != kind:
         raise FormatError("kind")
-    if hdr[7] != 0:
-        raise FormatError("reserved")
+    if hdr[7] != epoch:
+        raise FormatError("reserved" if epoch == 0 else "epoch")
     nonce = bytes(obj[HEADER_LEN:HEADER_LEN + NONCE_LEN])
     frame = aead_decrypt(key, nonce, sealed_aad(hdr, vid, name), bytes(obj[HEADER_LEN + NONCE_LEN:]))
     compression = frame[0]
@@ -1058,6 +1059,8 @@ ATTACHMENT_REF_SCHEMA = {
     3: ("chunk_size", "uint32", False),
     4: ("name", "string", False),
     5: ("mime", "string", False),
+    # The key epoch whose attachment key made the content id (section 13); 0 before epochs.
+    6: ("key_epoch", "uint32", False),
 }
 
 
@@ -1126,7 +1129,7 @@ def check_attachments(c):
         ref = pb_message(h(case["reference_proto"]), ATTACHMENT_REF_SCHEMA)
         c.check(tag + ": reference", ref == {"content_id": cid, "size": case["size"],
                                              "chunk_size": chunk_size, "name": case["name"],
-                                             "mime": case["mime"]}, repr(ref))
+                                             "mime": case["mime"], "key_epoch": 0}, repr(ref))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1142,8 +1145,10 @@ OPERATION = {1: ("stamp", STAMP, False), 2: ("upsert_chat", CHAT, False),
              5: ("delete_chat", "string", False)}
 CHAT_OPERATIONS = {1: ("chat_id", "string", False), 2: ("operations", OPERATION, True)}
 CHAT_CHECKPOINT = CHAT_OPERATIONS  # same fields: chat_id = 1, operations = 2
+# `epoch` (field 4): the key's key epoch (section 13); a reader takes the smaller of it and the
+# epoch of the object that carries the grant.
 CHAT_KEY_GRANT = {1: ("chat_id", "string", False), 2: ("key_id", "bytes", False),
-                  3: ("key", "bytes", False)}
+                  3: ("key", "bytes", False), 4: ("epoch", "uint32", False)}
 # `tag` (field 4, fixed64): the segment's random tag, the second number of its name.
 DEVICE_HEAD = {1: ("device_id", "bytes", False), 2: ("seq", "uint64", False),
                3: ("hash", "bytes", False), 4: ("tag", "fixed64", False)}
@@ -1755,10 +1760,55 @@ def check_epoch(c, v):
                        stored=bytes.fromhex(s["plaintext"]), epoch=1).hex() == s["object"])
 
 
+def check_epoch_segment(c, v):
+    """Section 13: a segment written in epoch 1, its chat key of epoch 1, its attachment under
+    epoch 1's attachment key."""
+    s = v["epoch_segment"]
+    secret = h(s["epoch_secret"])
+    vid = h(s["vault_id"])
+    obj = h(s["object"])
+    name = s["name"]
+    log_key = hkdf_expand(secret, b"chatvault/v1/log", 32)
+    c.rejects("epoch segment: not a version-1 object", lambda: open_sealed(
+        obj, log_key, KIND_SEGMENT, vid, name), "version")
+    c.rejects("epoch segment: epoch 0's log key does not open it", lambda: open_sealed(
+        obj, derive(h(v["epoch"]["recovery_key"]), "log"), KIND_SEGMENT, vid, name, epoch=1), "tag")
+    body = open_sealed(obj, log_key, KIND_SEGMENT, vid, name, epoch=1)
+    seg = pb_message(body, SEGMENT)
+    grants = seg["keys"]
+    c.check("epoch segment: one grant, of key epoch 1", len(grants) == 1 and grants[0]["epoch"] == 1
+            and grants[0]["key_id"] == h(s["key_id"]) and grants[0]["key"] == h(s["chat_key"]),
+            repr(grants))
+    block = seg["chats"][0]
+    c.check("epoch segment: the block is under the epoch-1 key", block["key_id"] == h(s["key_id"]))
+    # Chat blocks keep version 1 (section 13), under the chat key, named <segment name>#0.
+    chat_body = open_sealed(block["sealed"], h(s["chat_key"]), KIND_CHAT_DATA, vid, name + "#0")
+    message_schema = dict(MESSAGE)
+    message_schema[7] = ("attachments", ATTACHMENT_REF_SCHEMA, True)
+    operation_schema = dict(OPERATION)
+    operation_schema[3] = ("upsert_message", message_schema, False)
+    ops = pb_message(chat_body, {1: ("chat_id", "string", False),
+                                 2: ("operations", operation_schema, True)})["operations"]
+    ref = ops[0]["upsert_message"]["attachments"][0]
+    a = s["attachment"]
+    attachment_key = hkdf_expand(secret, b"chatvault/v1/attachment", 32)
+    c.check("epoch segment: the attachment names key epoch 1",
+            ref["key_epoch"] == a["key_epoch"] == 1, repr(ref))
+    c.check("epoch segment: its content id is under epoch 1's attachment key",
+            ref["content_id"] == attachment_content_id(attachment_key, a["chunk_size"], h(a["content"]))
+            == h(a["content_id"]))
+    c.check("epoch segment: epoch 0's attachment key gives another content id",
+            attachment_content_id(derive(h(v["epoch"]["recovery_key"]), "attachment"), a["chunk_size"],
+                                  h(a["content"])) != ref["content_id"])
+    c.run("epoch segment: re-sealed with its nonces, byte for byte",
+          lambda: seal(log_key, h(s["nonces"][-1]), KIND_SEGMENT, vid, name, body, epoch=1) == obj)
+
+
 def check_devices(c):
     v = load("devices.json")
     check_roster(c, v)
     check_epoch(c, v)
+    check_epoch_segment(c, v)
     d = v["device"]
     raw = bytes.fromhex(d["secret_bytes"])
     c.run("device: X25519 public key from the first 32 bytes",

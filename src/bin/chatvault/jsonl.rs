@@ -64,7 +64,8 @@ mod base64_bytes {
 
 /// An attachment of a message line. On import, `path` names a file to upload (relative to the
 /// JSON Lines file); without `path`, `content_id`, `size` and `chunk_size` reference content
-/// already in the vault. Restore writes the reference, and `path` when it downloaded the file.
+/// already in the vault (with `key_epoch`, 0 when absent). Restore writes the reference, and `path`
+/// when it downloaded the file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AttachmentLine {
@@ -80,6 +81,13 @@ pub struct AttachmentLine {
     pub size: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chunk_size: Option<u32>,
+    /// The key epoch the content is under; written only when not 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub key_epoch: u8,
+}
+
+fn is_zero(value: &u8) -> bool {
+    *value == 0
 }
 
 impl AttachmentLine {
@@ -92,6 +100,7 @@ impl AttachmentLine {
             content_id: Some(attachment.content_id.to_hex()),
             size: Some(attachment.size),
             chunk_size: Some(attachment.chunk_size),
+            key_epoch: attachment.key_epoch,
         }
     }
 
@@ -105,6 +114,7 @@ impl AttachmentLine {
                 chunk_size,
                 name: self.name.clone(),
                 mime: self.mime.clone(),
+                key_epoch: self.key_epoch,
             }),
             _ => Err("an attachment needs a path, or content_id, size and chunk_size".into()),
         }

@@ -246,6 +246,83 @@ async fn a_revoked_device_opens_nothing_written_after_and_its_writes_are_refused
         }
     }
     assert!(blocks >= 3, "{blocks}");
+
+    // Nor an attachment added after: its content id and file key come from epoch 1's attachment
+    // key. The tablet downloads it; the laptop holds no key of that epoch, and epoch 0's
+    // attachment key (which it holds) does not open its chunks.
+    let photo = dir.path().join("photo.jpg");
+    std::fs::write(&photo, vec![7u8; 100_000]).unwrap();
+    let cancel = CancelToken::new();
+    let (attachment, _) = phone
+        .attach_file(&photo, "photo.jpg", "image/jpeg", None, &cancel)
+        .await
+        .unwrap();
+    assert_eq!(attachment.key_epoch, 1);
+    // The reference travels in a message, through the bucket, to the tablet.
+    phone
+        .record(vec![Change::UpsertMessage(Message {
+            attachments: vec![attachment.clone()],
+            ..match message("with-photo") {
+                Change::UpsertMessage(message) => message,
+                _ => unreachable!(),
+            }
+        })])
+        .unwrap();
+    phone.sync(None, None).await.unwrap();
+    tablet.sync(None, None).await.unwrap();
+    let received = tablet
+        .messages(Some("c"))
+        .unwrap()
+        .into_iter()
+        .find(|m| m.message_id == "with-photo")
+        .unwrap()
+        .attachments;
+    assert_eq!(received, vec![attachment.clone()]);
+    let fetched = dir.path().join("fetched.jpg");
+    tablet
+        .download_attachment(&received[0], &fetched, None, &cancel)
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(&fetched).unwrap(), vec![7u8; 100_000]);
+    let stolen = dir.path().join("stolen.jpg");
+    let denied = crate::attachment::download(
+        store.as_ref(),
+        &laptop.attachments_prefix(),
+        &*held,
+        &attachment,
+        &stolen,
+        None,
+        &cancel,
+    )
+    .await;
+    assert!(
+        matches!(
+            denied,
+            Err(Error::Decode {
+                problem: crate::DecodeProblem::KeyEpoch { found: 1, .. },
+                ..
+            })
+        ),
+        "{denied:?}"
+    );
+    let as_epoch_zero = crate::attachment::Attachment {
+        key_epoch: 0,
+        ..attachment.clone()
+    };
+    let denied = crate::attachment::download(
+        store.as_ref(),
+        &laptop.attachments_prefix(),
+        &*held,
+        &as_epoch_zero,
+        &stolen,
+        None,
+        &cancel,
+    )
+    .await;
+    assert!(
+        denied.is_err(),
+        "epoch 0's attachment key opened a chunk of epoch 1"
+    );
     assert!(matches!(
         laptop.sync(None, None).await,
         Err(Error::DeviceRevoked)
