@@ -503,6 +503,7 @@ impl Vault {
         // attachment transfer) counts too.
         let requests_before = self.store.requests_sent();
         let mut report = SyncReport::default();
+        self.before_writing(&mut report).await?;
         self.push(progress, &mut report, cancel).await?;
         let uncovered = self.pull(progress, listener, &mut report, cancel).await?;
         // A checkpoint is written from the bucket (the newest checkpoint and the segments after

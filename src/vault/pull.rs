@@ -58,7 +58,7 @@ impl Vault {
             let local = lock(&self.local)?;
             (local.known_checkpoints()?, local.heads()?)
         };
-        crate::sync::roster::refuse_revoked_segments(&roster, &mut listing, &applied);
+        crate::sync::roster::refuse_segments(&roster, &mut listing, &applied);
         let known = known
             .into_iter()
             .map(|(name, (covered, created_at_ms))| {

@@ -92,34 +92,41 @@ impl Revocation {
     }
 }
 
-/// Takes out of `listing` the segments the roster refuses: those of a revoked device past the
-/// tips its revocation pinned. Nobody fetches them; they are listed as `unknown` (reported by
-/// `verify`, skipped by every device, never deleted: they are evidence). Segments at or below
-/// `applied` (what this device applied before it learned of the revocation) stay, so that its
-/// own history does not look rolled back. Returns how many were taken out.
-pub fn refuse_revoked_segments(roster: &Roster, listing: &mut Listing, applied: &[Head]) -> usize {
-    let mut refused = Vec::new();
-    for (device, record) in &roster.devices {
-        let Some(revocation) = &record.revoked else {
-            continue;
-        };
-        if let Some(segments) = listing.segments.get_mut(device) {
-            let applied: Vec<&Head> = applied.iter().filter(|h| h.device == *device).collect();
-            segments.retain(|(seq, tag), segment| {
-                let accepted = revocation.accepts(*seq, *tag)
-                    || applied
-                        .iter()
-                        .any(|h| *seq < h.seq || (*seq == h.seq && *tag == h.tag));
-                if !accepted {
-                    refused.push(segment.listed.name.clone());
-                }
-                accepted
-            });
-            if segments.is_empty() {
-                listing.segments.remove(device);
-            }
-        }
+/// Whether the roster takes segment `seq` (tag `tag`) of `device` at all: a device it revokes
+/// only at or below the tips its revocation pinned, and, once a key epoch after 0 has started,
+/// only devices it lists (a device revoked while it held epoch 0's keys could otherwise go on
+/// writing under a new id; every device of a vault with epochs adds itself before it writes).
+pub fn takes_segment(roster: &Roster, device: DeviceId, seq: u64, tag: u64) -> bool {
+    match roster.devices.get(&device) {
+        Some(record) => record
+            .revoked
+            .as_ref()
+            .is_none_or(|revocation| revocation.accepts(seq, tag)),
+        None => roster.epoch == 0,
     }
+}
+
+/// Takes out of `listing` the segments the roster refuses ([`takes_segment`]). Nobody fetches
+/// them; they are listed as `unknown` (reported by `verify`, skipped by every device, never
+/// deleted: they are evidence). Segments at or below `applied` (what this device applied before
+/// it learned of a revocation) stay, so that its own history does not look rolled back. Returns
+/// how many were taken out.
+pub fn refuse_segments(roster: &Roster, listing: &mut Listing, applied: &[Head]) -> usize {
+    let mut refused = Vec::new();
+    for (device, segments) in &mut listing.segments {
+        let applied: Vec<&Head> = applied.iter().filter(|h| h.device == *device).collect();
+        segments.retain(|(seq, tag), segment| {
+            let accepted = takes_segment(roster, *device, *seq, *tag)
+                || applied
+                    .iter()
+                    .any(|h| *seq < h.seq || (*seq == h.seq && *tag == h.tag));
+            if !accepted {
+                refused.push(segment.listed.name.clone());
+            }
+            accepted
+        });
+    }
+    listing.segments.retain(|_, segments| !segments.is_empty());
     let count = refused.len();
     listing.unknown.extend(refused);
     count
@@ -244,25 +251,25 @@ impl State {
 
 /// Checks a segment against the roster: from its device's first signed sequence number on, a
 /// segment of a device the roster lists must carry that device's valid signature (a signature
-/// below it must verify too). A segment of a device the roster does not list is accepted: a
-/// device of a vault written before the roster appears in it once it syncs with a version that
-/// adds it (docs/DEVICES.md says what this leaves open until key epochs).
+/// below it must verify too). A segment the roster does not take ([`takes_segment`]) is
+/// `RevokedWriter`. A segment of a device the roster does not list is accepted in a vault still
+/// in epoch 0: a device of a vault written before the roster appears in it once it syncs with a
+/// version that adds it.
 pub fn check_segment(
     roster: &Roster,
     vault: &VaultId,
     segment: &crate::sync::segment::OpenedSegment,
 ) -> Result<()> {
-    let Some(device) = roster.devices.get(&segment.head.device) else {
-        return Ok(());
-    };
-    if let Some(revocation) = &device.revoked
-        && !revocation.accepts(segment.head.seq, segment.head.tag)
-    {
+    let head = &segment.head;
+    if !takes_segment(roster, head.device, head.seq, head.tag) {
         return Err(Error::Integrity(IntegrityProblem::RevokedWriter {
-            device: segment.head.device.to_hex(),
-            seq: segment.head.seq,
+            device: head.device.to_hex(),
+            seq: head.seq,
         }));
     }
+    let Some(device) = roster.devices.get(&head.device) else {
+        return Ok(());
+    };
     if segment.signature.is_none() && segment.head.seq < device.first_signed_seq.max(1) {
         return Ok(());
     }

@@ -95,6 +95,52 @@ async fn objects(store: &Arc<dyn ObjectStore>, vault: &Vault) -> Vec<(String, Ve
     out
 }
 
+/// Seals a segment of `device` holding message `id` with the keys `laptop` holds (epoch 0's, its
+/// chat keys, its signing key when it writes as itself) and puts it in the bucket: what a modified
+/// app on a revoked device could do. Returns its name.
+async fn forge(store: &Arc<dyn ObjectStore>, laptop: &Vault, device: DeviceId, id: &str) -> String {
+    use crate::sync::segment::{NewSegment, seal_segment};
+    use crate::sync::{Operation, Stamp};
+    let own = lock(&laptop.local)
+        .unwrap()
+        .heads()
+        .unwrap()
+        .into_iter()
+        .find(|head| head.device == device);
+    let operations = [Operation {
+        stamp: Stamp {
+            wall_ms: laptop.now_ms(),
+            counter: 0,
+            device,
+        },
+        change: message(id),
+    }];
+    let batch = crate::sync::batch::EncodedBatch::from_operations(&operations);
+    let secrets = crate::vault::identity::copy(&lock(&laptop.device_secrets).unwrap());
+    let (name, object, _) = seal_segment(
+        &*laptop.epochs().unwrap(),
+        &lock(&laptop.chat_keys).unwrap(),
+        &NewSegment {
+            device,
+            seq: own.map_or(1, |head| head.seq + 1),
+            tag: 0x5eed,
+            previous: own.map(|head| (head.tag, head.hash)),
+            seen: &[],
+            grants: &[],
+            operations: &batch,
+            device_name: "laptop",
+            platform: "test",
+            signer: own.is_some().then_some(&secrets),
+        },
+    )
+    .unwrap();
+    store
+        .put(&format!("{}{name}", laptop.prefix()), object)
+        .await
+        .unwrap();
+    name
+}
+
 #[tokio::test]
 async fn a_revoked_device_opens_nothing_written_after_and_its_writes_are_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -124,12 +170,18 @@ async fn a_revoked_device_opens_nothing_written_after_and_its_writes_are_refused
     phone.revoke(laptop_id).await.unwrap();
     assert_eq!(phone.epochs().unwrap().newest().0, 1);
 
-    // The laptop writes on; its sync uploads the segment, then learns it was revoked.
+    // The laptop writes on; its sync learns it was revoked before it pushes anything.
     laptop.record(vec![message("late-laptop")]).unwrap();
     assert!(matches!(
         laptop.sync(None, None).await,
         Err(Error::DeviceRevoked)
     ));
+    // A modified app on the laptop writes anyway, with the keys it holds: its next segment,
+    // signed, and an unsigned one under a new device id the roster does not list.
+    let forged = [
+        forge(&store, &laptop, laptop_id, "forged-own").await,
+        forge(&store, &laptop, DeviceId([0x77; 16]), "forged-new-id").await,
+    ];
     phone.record(vec![message("after")]).unwrap();
     phone.sync(None, None).await.unwrap();
     phone.checkpoint().await.unwrap();
@@ -143,8 +195,11 @@ async fn a_revoked_device_opens_nothing_written_after_and_its_writes_are_refused
     let expected = ["after", "after-checkpoint", "before", "from-laptop"];
     assert_eq!(ids(&tablet), expected);
     let report = tablet.verify().await.unwrap();
-    assert_eq!(report.unknown.len(), 1, "{:?}", report.unknown);
-    assert!(report.unknown[0].starts_with(&format!("segments/{}/", laptop_id.to_hex())));
+    let mut unknown = report.unknown.clone();
+    unknown.sort();
+    let mut expected_unknown = forged.to_vec();
+    expected_unknown.sort();
+    assert_eq!(unknown, expected_unknown);
     let fresh = device(&store, dir.path(), "fresh", &key).await;
     fresh.sync(None, None).await.unwrap();
     assert_eq!(ids(&fresh), expected);
@@ -168,8 +223,8 @@ async fn a_revoked_device_opens_nothing_written_after_and_its_writes_are_refused
             continue;
         }
         let result = if name.starts_with("segments/") {
-            if name.starts_with(&format!("segments/{}/", laptop_id.to_hex())) {
-                // Its own late segment, sealed in epoch 0.
+            if forged.contains(&name) {
+                // Its own forgeries, sealed in epoch 0.
                 continue;
             }
             crate::sync::segment::open_segment(&*held, &name, &bytes).map(|_| ())
@@ -228,9 +283,7 @@ async fn a_revoked_device_opens_nothing_written_after_and_its_writes_are_refused
                     .iter()
                     .map(|chat| chat.key_id)
                     .collect()
-            } else if name.starts_with("segments/")
-                && !name.starts_with(&format!("segments/{}/", laptop_id.to_hex()))
-            {
+            } else if name.starts_with("segments/") && !forged.contains(&name) {
                 crate::sync::segment::open_segment(&*phone_epochs, &name, &bytes)
                     .unwrap()
                     .blocks

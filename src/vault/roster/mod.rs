@@ -282,6 +282,31 @@ impl Vault {
         Ok((listed, refused))
     }
 
+    /// Before a sync pushes anything: the key epochs and the roster as the bucket has them now,
+    /// and this device in the roster. Otherwise a device that has not synced since a revocation
+    /// would seal its changes under the keys of the epoch the revoked device holds, and a device
+    /// that is not in the roster yet (its first sync, a copy that forked off) would write
+    /// segments that every device refuses once a device was revoked. One more LIST, only when
+    /// there is something to push.
+    pub(super) async fn before_writing(&self, report: &mut SyncReport) -> Result<()> {
+        let nothing_to_push = {
+            let local = lock(&self.local)?;
+            local.outbox_len()? == 0 && local.pending_segment()?.is_none()
+        };
+        if nothing_to_push {
+            return Ok(());
+        }
+        let roster = self.refresh_roster(report).await?;
+        if roster
+            .devices
+            .get(&self.device_id())
+            .is_some_and(|device| device.revoked.is_some())
+        {
+            return Err(Error::DeviceRevoked);
+        }
+        Ok(())
+    }
+
     /// The roster as the last sync (or verify) folded it, or as the kept entries fold.
     pub(super) fn current_roster(&self) -> Result<Arc<Roster>> {
         if let Some(roster) = lock(&self.roster)?.clone() {
