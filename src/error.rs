@@ -116,6 +116,13 @@ pub enum Error {
     /// recovery key in a new state directory.
     #[error("this device was removed from the vault")]
     DeviceRevoked,
+
+    /// The recovery key this vault is open with was replaced by a newer one
+    /// ([`Vault::rotate_recovery_key`](crate::vault::Vault::rotate_recovery_key)): it opens
+    /// nothing written since. Open the vault again with the new key (the same state directory
+    /// works).
+    #[error("this recovery key was replaced by a newer one; open the vault with the new key")]
+    RecoveryKeyReplaced,
 }
 
 /// Why a device link ended.

@@ -864,6 +864,45 @@ fn revoke_cuts_a_linked_device_off_and_devices_shows_it() {
 }
 
 #[test]
+fn rotate_key_prints_a_new_key_that_restores_everything_and_retires_the_old_one() {
+    let env = env();
+    let input = env.root.join("in.jsonl");
+    write(
+        &input,
+        r#"{"type":"message","chat_id":"c","message_id":"m1","sender":"a","sent_at_ms":1,"text":"before the rotation","reply_to":null}"#,
+    );
+    ok(run(&env, "laptop", &["import", input.to_str().unwrap()]));
+    ok(run(&env, "laptop", &["sync"]));
+    ok(run(&env, "desktop", &["sync"]));
+    let old_key = std::fs::read_to_string(&env.key_file).unwrap();
+    let printed = ok(run(&env, "laptop", &["rotate-key"]));
+    assert_eq!(printed.lines().count(), 1, "{printed}");
+    let new_key = printed.trim().to_owned();
+    assert_ne!(new_key, old_key.trim());
+    RecoveryKey::parse(&new_key).unwrap();
+    // The old key no longer syncs, with a message saying what to do.
+    let refused = run(&env, "desktop", &["sync"]);
+    assert!(!refused.status.success());
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert!(why.contains("replaced by a newer one"), "{why}");
+    // With the new key in the key file, the same state directories and a new one work.
+    write(&env.key_file, &new_key);
+    ok(run(&env, "desktop", &["sync"]));
+    let out = env.root.join("out.jsonl");
+    ok(run(
+        &env,
+        "fresh",
+        &["restore", "--out", out.to_str().unwrap()],
+    ));
+    assert!(
+        std::fs::read_to_string(&out)
+            .unwrap()
+            .contains("before the rotation")
+    );
+    ok(run(&env, "fresh", &["verify"]));
+}
+
+#[test]
 fn a_wrong_check_code_fails_both_commands_and_leaves_no_device() {
     let env = env();
     ok(run(&env, "laptop", &["init"]));

@@ -363,6 +363,26 @@ class Linking(WithDirectoryStore):
         self.assertEqual(sorted(m.text for m in phone.messages("c")),
                          ["after the revocation", "before the link"])
 
+    def test_rotating_the_recovery_key(self):
+        old = cv.RecoveryKey.generate()
+        phone = self.open("phone", old, cache=True)
+        phone.record([message("c", "1", "before the rotation", 1)])
+        run(phone.sync(None, None))
+        new = run(phone.rotate_recovery_key())
+        self.assertNotEqual(new.to_text(), old.to_text())
+        with self.assertRaises(cv.ChatVaultError.RecoveryKeyReplaced):
+            run(phone.sync(None, None))
+        del phone
+        # The same state directory opens with the new key; a new device restores everything.
+        phone = self.open("phone", new, cache=True)
+        run(phone.sync(None, None))
+        fresh = self.open("fresh", new, cache=True)
+        run(fresh.sync(None, None))
+        self.assertEqual([m.text for m in fresh.messages("c")], ["before the rotation"])
+        stale = self.open("stale", old)
+        with self.assertRaises(cv.ChatVaultError.RecoveryKeyReplaced):
+            run(stale.sync(None, None))
+
     def test_a_wrong_code_burns_the_link(self):
         key = cv.RecoveryKey.generate()
         phone = self.open("phone", key)

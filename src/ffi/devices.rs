@@ -246,4 +246,18 @@ impl Vault {
         })?;
         settle::settled(async { Ok(self.0.revoke(device).await?) }).await
     }
+
+    /// Replaces the recovery key and returns the new one: show its text once, and seal it in a
+    /// new passphrase envelope if you keep one (the old envelope opens only the old key). The old
+    /// key opens nothing written from now on; the new one restores everything. Devices open with
+    /// the old key, this one included, throw `RecoveryKeyReplaced` until opened again with the
+    /// new key (same state directory); linked devices go on. `NotAllowed` unless this vault is
+    /// open with the recovery key. Interrupted, it resumes with the same new key.
+    pub async fn rotate_recovery_key(&self) -> FfiResult<Arc<super::RecoveryKey>> {
+        settle::settled(async {
+            let key = self.0.rotate_recovery_key().await?;
+            Ok(Arc::new(super::RecoveryKey(key)))
+        })
+        .await
+    }
 }

@@ -91,6 +91,10 @@ pub enum ChatVaultError {
     /// or open the vault with the recovery key in a new state directory.
     #[error("device revoked: {detail}")]
     DeviceRevoked { detail: String },
+    /// The recovery key this vault is open with was replaced (`rotateRecoveryKey`): open the
+    /// vault again with the new key (the same state directory works).
+    #[error("recovery key replaced: {detail}")]
+    RecoveryKeyReplaced { detail: String },
     /// Anything else (for example the OS random generator failing).
     #[error("internal error: {detail}")]
     Internal { detail: String },
@@ -127,6 +131,7 @@ impl From<Error> for ChatVaultError {
             Error::Busy => ChatVaultError::Busy,
             Error::Link(problem) => devices::link_error(problem, message),
             Error::DeviceRevoked => ChatVaultError::DeviceRevoked { detail: message },
+            Error::RecoveryKeyReplaced => ChatVaultError::RecoveryKeyReplaced { detail: message },
             _ => ChatVaultError::Internal { detail: message },
         }
     }

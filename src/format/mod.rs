@@ -78,6 +78,9 @@ pub enum ObjectKind {
     Epoch = 10,
     /// One signed entry of the device roster (docs/DEVICES.md), sealed under a log key.
     Roster = 11,
+    /// Where a rotated recovery key's vault is (docs/DEVICES.md), sealed under a key the new
+    /// recovery key derives.
+    Redirect = 12,
 }
 
 impl ObjectKind {
@@ -100,6 +103,7 @@ impl ObjectKind {
             9 => Some(ObjectKind::LinkMessage),
             10 => Some(ObjectKind::Epoch),
             11 => Some(ObjectKind::Roster),
+            12 => Some(ObjectKind::Redirect),
             _ => None,
         }
     }
@@ -119,6 +123,7 @@ impl core::fmt::Display for ObjectKind {
             ObjectKind::LinkMessage => "link message",
             ObjectKind::Epoch => "epoch",
             ObjectKind::Roster => "roster entry",
+            ObjectKind::Redirect => "redirect",
         })
     }
 }

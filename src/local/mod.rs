@@ -95,6 +95,32 @@ impl core::fmt::Debug for LocalState {
 }
 
 impl LocalState {
+    /// The vault id a state database at `path` belongs to, read as [`open`](Self::open) reads it
+    /// before taking the lock (no write, no migration); `None` when there is no database or it
+    /// names no vault yet.
+    pub fn stored_vault_id(path: &Path) -> Result<Option<Vec<u8>>> {
+        if !path.exists() {
+            return Ok(None);
+        }
+        let connection = Connection::open(path).map_err(db_error)?;
+        let has_meta: bool = connection
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta')",
+                [],
+                |row| row.get(0),
+            )
+            .map_err(db_error)?;
+        if !has_meta {
+            return Ok(None);
+        }
+        connection
+            .query_row("SELECT value FROM meta WHERE key = 'vault_id'", [], |row| {
+                row.get(0)
+            })
+            .optional()
+            .map_err(db_error)
+    }
+
     /// Opens (creating if needed) the database at `path`, for the vault of `keys`. A database
     /// of another vault is refused before anything in it changes.
     ///
@@ -214,6 +240,14 @@ impl LocalState {
     /// Sets a value in the meta table.
     pub fn set_meta(&self, key: &str, value: &[u8]) -> Result<()> {
         set_meta(&self.connection, key, value)
+    }
+
+    /// Removes a value from the meta table (nothing if it is not there).
+    pub fn delete_meta(&self, key: &str) -> Result<()> {
+        self.connection
+            .execute("DELETE FROM meta WHERE key = ?1", [key])
+            .map(|_| ())
+            .map_err(db_error)
     }
 
     /// Runs `work` in one transaction: all of it is durable, or none.

@@ -40,6 +40,7 @@ mod pull;
 mod reading;
 mod revoke;
 mod roster;
+mod rotate;
 
 pub use device_key::{DeviceKey, holds_linked_device};
 pub use link::{DEFAULT_LINK_TIMEOUT, LINK_POLL, LinkJoining, LinkOffering, MAX_LINK_TIMEOUT};
@@ -503,6 +504,7 @@ impl Vault {
         // attachment transfer) counts too.
         let requests_before = self.store.requests_sent();
         let mut report = SyncReport::default();
+        cancel.check()?;
         self.before_writing(&mut report).await?;
         self.push(progress, &mut report, cancel).await?;
         let uncovered = self.pull(progress, listener, &mut report, cancel).await?;

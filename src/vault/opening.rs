@@ -33,6 +33,12 @@ impl Vault {
     /// (created if missing). A new state directory makes a new device that joins the vault and
     /// adds itself to its roster at its first sync.
     ///
+    /// A key that replaced another ([`Vault::rotate_recovery_key`]) opens the vault the redirect
+    /// under its own vault id names: opening a new state directory, or one of another vault id
+    /// than the key's own, reads the bucket (a redirect, then the epoch objects), so it fails
+    /// with a retryable [`Error::Store`] while the bucket cannot be reached. A state directory of
+    /// the key's own vault opens without the bucket.
+    ///
     /// Fails with [`Error::InvalidInput`] if `state_dir` belongs to another vault.
     pub async fn open(
         store: Arc<dyn ObjectStore>,
@@ -41,6 +47,31 @@ impl Vault {
         recovery_key: &RecoveryKey,
     ) -> Result<Vault> {
         let signer = RecoverySigner::derive(recovery_key);
+        let own = VaultKeys::derive(recovery_key);
+        let stored = LocalState::stored_vault_id(&state_dir.join(STATE_FILE))?;
+        let redirect = match stored {
+            Some(id) if id.as_slice() == own.vault_id().as_bytes() => None,
+            _ => super::rotate::find_redirect(store.as_ref(), recovery_key).await?,
+        };
+        if let Some((vault_id, root)) = redirect {
+            // A rotated key: the vault is the redirect's, its local state sealed under epoch 0's
+            // tree, which this key reaches through the epochs' chain.
+            let secrets = RecoverySigner::recovery_secrets(recovery_key);
+            let epoch_zero =
+                super::rotate::epoch_zero_with_recovery(store.as_ref(), &vault_id, &secrets)
+                    .await?;
+            let access = Access {
+                keys: VaultKeys::for_epoch(vault_id, &epoch_zero),
+                epoch: 0,
+                epoch_secret: epoch_zero,
+                recovery_secrets: Some(secrets),
+                recovery_agreement_key: crate::devices::recovery_agreement_key(recovery_key),
+                roster_root: Some(root),
+                recovery_signer: Some(signer),
+                identity: None,
+            };
+            return Vault::open_with(store, state_dir, info, access);
+        }
         let access = Access {
             keys: VaultKeys::derive(recovery_key),
             epoch: 0,

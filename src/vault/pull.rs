@@ -48,6 +48,11 @@ impl Vault {
         {
             return Err(Error::DeviceRevoked);
         }
+        if let Some(signer) = &self.recovery_signer
+            && roster.recovery_key != signer.verifying_key()
+        {
+            return Err(Error::RecoveryKeyReplaced);
+        }
         let store_now_ms = listed.iter().filter_map(|i| i.modified_ms).max();
         let written_ms = listed
             .iter()

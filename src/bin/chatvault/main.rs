@@ -137,6 +137,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Replace the recovery key (needs --key-file): prints the new key's text as one line. The
+    /// old key opens nothing written from now on; put the new one in the key file.
+    RotateKey,
     /// Remove a lost or stolen device (its id from `devices`): it opens nothing written from
     /// now on, and every device refuses what it writes afterwards (syncs first).
     Revoke {
@@ -561,6 +564,12 @@ async fn run(cli: Cli) -> CliResult {
                     );
                 }
             }
+            Ok(())
+        }
+        Command::RotateKey => {
+            let vault = open_vault(&cli).await?;
+            let key = vault.rotate_recovery_key().await?;
+            println!("{}", &*key.to_text());
             Ok(())
         }
         Command::Revoke { device_id } => {

@@ -7,7 +7,9 @@
 
 use std::sync::Arc;
 
-use crate::devices::{EpochObject, MAX_EPOCH_OBJECT, NewEpoch, epoch_object_hash, seal_epoch};
+use crate::devices::{
+    EpochObject, MAX_EPOCH_OBJECT, NewEpoch, RecoverySigner, epoch_object_hash, seal_epoch,
+};
 use crate::error::{Error, Result};
 use crate::keys::EpochSecret;
 use crate::sync::DeviceId;
@@ -71,7 +73,7 @@ impl Vault {
                         accepted_tips,
                     },
                 };
-                self.write_entry(entry).await?
+                self.write_entry(entry, None).await?
             }
         };
         // A start that lost a race to another device's start is retried once the winner counts
@@ -81,7 +83,9 @@ impl Vault {
             if !self.epoch_still_boxes_a_revoked_device(&roster).await? {
                 return Ok(());
             }
-            roster = self.start_epoch(&roster, signer).await?;
+            roster = self
+                .start_epoch(&roster, signer, &self.recovery_agreement_key, None)
+                .await?;
         }
         Err(Error::Integrity(crate::IntegrityProblem::RosterContested))
     }
@@ -99,10 +103,15 @@ impl Vault {
         }
     }
 
-    /// Signs `entry` as its signer, uploads it, keeps it, and folds the roster again.
-    async fn write_entry(&self, entry: RosterEntry) -> Result<Arc<Roster>> {
+    /// Signs `entry` as its signer (the recovery key: `recovery`, or the one this vault is open
+    /// with), uploads it, keeps it, and folds the roster again.
+    pub(super) async fn write_entry(
+        &self,
+        entry: RosterEntry,
+        recovery: Option<&RecoverySigner>,
+    ) -> Result<Arc<Roster>> {
         let vault = self.keys.vault_id();
-        let signed = match (&entry.signer, &self.recovery_signer) {
+        let signed = match (&entry.signer, recovery.or(self.recovery_signer.as_ref())) {
             (Signer::Recovery, Some(signer)) => {
                 SignedEntry::sign(vault, entry, |message| signer.sign(message))
             }
@@ -126,7 +135,7 @@ impl Vault {
 
     /// Whether a device the roster revokes may still hold the key of the epoch in force: epoch 0
     /// (every device of the vault held it) or an epoch whose object boxes it.
-    async fn epoch_still_boxes_a_revoked_device(&self, roster: &Roster) -> Result<bool> {
+    pub(super) async fn epoch_still_boxes_a_revoked_device(&self, roster: &Roster) -> Result<bool> {
         let revoked: Vec<DeviceId> = roster
             .devices
             .iter()
@@ -151,7 +160,11 @@ impl Vault {
     }
 
     /// The object of epoch `epoch` whose hash is `hash`, decoded, if listed.
-    async fn epoch_object(&self, epoch: u8, hash: &[u8; 32]) -> Result<Option<EpochObject>> {
+    pub(super) async fn epoch_object(
+        &self,
+        epoch: u8,
+        hash: &[u8; 32],
+    ) -> Result<Option<EpochObject>> {
         let listed = self.list_vault().await?;
         let listing = crate::sync::listing::Listing::classify(
             listed.iter().map(|info| (info.key.as_str(), info.size)),
@@ -170,8 +183,16 @@ impl Vault {
         Ok(None)
     }
 
-    /// Starts epoch `roster.epoch + 1`, boxed to every active device and the recovery key.
-    async fn start_epoch(&self, roster: &Roster, signer: Signer) -> Result<Arc<Roster>> {
+    /// Starts epoch `roster.epoch + 1`, boxed to every active device and to the recovery key
+    /// whose X25519 public key is `recovery_agreement`; a start signed by the recovery key is
+    /// signed by `recovery` (or the one this vault is open with).
+    pub(super) async fn start_epoch(
+        &self,
+        roster: &Roster,
+        signer: Signer,
+        recovery_agreement: &[u8; 32],
+        recovery: Option<&RecoverySigner>,
+    ) -> Result<Arc<Roster>> {
         let epochs = self.epochs()?;
         let current = roster.epoch;
         let next = current
@@ -194,7 +215,7 @@ impl Vault {
             secret: &secret,
             previous,
             devices: &devices,
-            recovery: &self.recovery_agreement_key,
+            recovery: recovery_agreement,
         })?;
         let hash = epoch_object_hash(&object);
         // The secret is kept (unconfirmed) before anything names it, so that an interrupted
@@ -211,7 +232,7 @@ impl Vault {
                 object_hash: hash,
             },
         };
-        self.write_entry(entry).await
+        self.write_entry(entry, recovery).await
     }
 }
 

@@ -1,0 +1,175 @@
+//! Rotating the recovery key on a directory store: the new key restores everything and reopens
+//! the devices' state directories; the old key opens nothing written afterwards; linked devices
+//! keep syncing.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+use crate::keys::KeyEpochs;
+use crate::store::DirectoryStore;
+use crate::sync::{Change, Message};
+use crate::vault::{CancelToken, DeviceInfo, DeviceKey};
+
+fn info(name: &str) -> DeviceInfo {
+    DeviceInfo {
+        name: name.into(),
+        platform: "test".into(),
+    }
+}
+
+fn message(id: &str) -> Change {
+    Change::UpsertMessage(Message {
+        chat_id: "c".into(),
+        message_id: id.into(),
+        sender: "me".into(),
+        sent_at_ms: 1,
+        text: id.into(),
+        reply_to: None,
+        attachments: Vec::new(),
+        kind: "text".into(),
+        payload: Vec::new(),
+    })
+}
+
+async fn device(store: &Arc<dyn ObjectStore>, dir: &Path, name: &str, key: &RecoveryKey) -> Vault {
+    let vault = Vault::open(store.clone(), &dir.join(name), info(name), key)
+        .await
+        .unwrap();
+    vault
+        .set_content_cache(crate::local::CacheSetting::On { max_bytes: None })
+        .unwrap();
+    vault
+}
+
+fn ids(vault: &Vault) -> Vec<String> {
+    let mut ids: Vec<String> = vault
+        .messages(None)
+        .unwrap()
+        .into_iter()
+        .map(|m| m.message_id)
+        .collect();
+    ids.sort();
+    ids
+}
+
+async fn link(store: &Arc<dyn ObjectStore>, phone: &Vault, dir: &Path) -> Vault {
+    let offering = phone
+        .offer_link(Duration::from_secs(120), Vec::new())
+        .unwrap();
+    let joining = Vault::join_link(
+        store.clone(),
+        dir,
+        info("laptop"),
+        offering.text(),
+        DeviceKey::generate().unwrap(),
+    )
+    .await
+    .unwrap();
+    let code = joining.check_code().to_owned();
+    let cancel = CancelToken::new();
+    let (added, joined) = tokio::join!(
+        phone.complete_link(&offering, &code, &cancel),
+        joining.finish(&cancel)
+    );
+    added.unwrap();
+    let laptop = joined.unwrap();
+    laptop
+        .set_content_cache(crate::local::CacheSetting::On { max_bytes: None })
+        .unwrap();
+    laptop
+}
+
+#[tokio::test]
+async fn the_new_key_restores_everything_and_the_old_one_opens_nothing_new() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ObjectStore> = Arc::new(DirectoryStore::new(dir.path().join("bucket")));
+    let old_key = RecoveryKey::generate().unwrap();
+    let phone = device(&store, dir.path(), "phone", &old_key).await;
+    phone.record(vec![message("before")]).unwrap();
+    phone.sync(None, None).await.unwrap();
+    let laptop = link(&store, &phone, &dir.path().join("laptop")).await;
+    laptop.sync(None, None).await.unwrap();
+    let tablet = device(&store, dir.path(), "tablet", &old_key).await;
+    tablet.sync(None, None).await.unwrap();
+
+    let new_key = phone.rotate_recovery_key().await.unwrap();
+    assert_ne!(new_key.to_bytes(), old_key.to_bytes());
+    // Devices open with the old key stop, with the error that says what to do.
+    for vault in [&phone, &tablet] {
+        assert!(matches!(
+            vault.sync(None, None).await,
+            Err(Error::RecoveryKeyReplaced)
+        ));
+    }
+    // The linked laptop moves to the new epoch and keeps writing.
+    laptop.record(vec![message("laptop-after")]).unwrap();
+    laptop.sync(None, None).await.unwrap();
+    assert_eq!(laptop.epochs().unwrap().newest().0, 1);
+
+    // The phone's state directory opens with the new key and goes on.
+    drop(phone);
+    let phone = device(&store, dir.path(), "phone", &new_key).await;
+    phone.sync(None, None).await.unwrap();
+    phone.record(vec![message("phone-after")]).unwrap();
+    phone.sync(None, None).await.unwrap();
+    phone.checkpoint().await.unwrap();
+    let everything = ["before", "laptop-after", "phone-after"];
+    assert_eq!(ids(&phone), everything);
+
+    // A new device with the new key restores everything, history included.
+    let fresh = device(&store, dir.path(), "fresh", &new_key).await;
+    fresh.sync(None, None).await.unwrap();
+    assert_eq!(ids(&fresh), everything);
+    fresh.verify().await.unwrap();
+
+    // A new device with the old key holds no key of the new epoch: it opens nothing written
+    // since the rotation, and its sync says why.
+    let stale = device(&store, dir.path(), "stale", &old_key).await;
+    assert!(matches!(
+        stale.sync(None, None).await,
+        Err(Error::RecoveryKeyReplaced)
+    ));
+    let held = stale.epochs().unwrap();
+    assert!(held.trees(1).is_empty());
+    let prefix = stale.prefix();
+    let mut refused = 0;
+    for object in store.list(&format!("{prefix}segments/")).await.unwrap() {
+        let bytes = store.get(&object.key, u64::MAX).await.unwrap().unwrap();
+        let name = &object.key[prefix.len()..];
+        if sealing::epoch_of(&bytes, ObjectKind::Segment).unwrap() == 1 {
+            assert!(crate::sync::segment::open_segment(&*held, name, &bytes).is_err());
+            refused += 1;
+        }
+    }
+    assert!(refused >= 2, "{refused}");
+
+    // A second rotation, from the reopened phone: the newest key reaches back through both.
+    let newest_key = phone.rotate_recovery_key().await.unwrap();
+    assert!(matches!(
+        device(&store, dir.path(), "fresh2", &new_key)
+            .await
+            .sync(None, None)
+            .await,
+        Err(Error::RecoveryKeyReplaced)
+    ));
+    let again = device(&store, dir.path(), "fresh3", &newest_key).await;
+    again.sync(None, None).await.unwrap();
+    assert_eq!(ids(&again), everything);
+    assert_eq!(again.epochs().unwrap().newest().0, 2);
+}
+
+#[tokio::test]
+async fn only_a_vault_open_with_the_recovery_key_rotates_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ObjectStore> = Arc::new(DirectoryStore::new(dir.path().join("bucket")));
+    let key = RecoveryKey::generate().unwrap();
+    let phone = device(&store, dir.path(), "phone", &key).await;
+    phone.sync(None, None).await.unwrap();
+    let laptop = link(&store, &phone, &dir.path().join("laptop")).await;
+    assert!(matches!(
+        laptop.rotate_recovery_key().await,
+        Err(Error::Link(crate::LinkProblem::NotAllowed))
+    ));
+}
