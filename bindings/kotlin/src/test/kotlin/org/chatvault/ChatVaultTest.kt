@@ -299,6 +299,34 @@ class ChatVaultTest {
     }
 
     @Test
+    fun rotatingTheRecoveryKeyRetiresTheOldOne() = runBlocking {
+        val dir = Files.createTempDirectory("chatvault-kotlin-rotate").toFile()
+        try {
+            val store = "file://" + File(dir, "bucket").absolutePath
+            val old = RecoveryKey.generate()
+            val phone = Vault.open(store, File(dir, "phone").path, "Pixel", "android", old).withContentCache()
+            phone.record(listOf(message("c", "1", "before the rotation", 1)))
+            phone.sync(null, null)
+            val new = phone.rotateRecoveryKey()
+            assertTrue(new.toText() != old.toText())
+            try {
+                phone.sync(null, null)
+                fail("a vault open with the replaced key synced")
+            } catch (e: ChatVaultException.RecoveryKeyReplaced) {}
+            phone.close()
+            // The app keeps the new key in a new passphrase envelope, bound to the new key's id.
+            val envelope = sealPassphraseEnvelope(new, "correct horse battery staple", 12u)
+            val unwrapped = openPassphraseEnvelope(envelope, new.vaultId(), "correct horse battery staple")
+            val again = Vault.open(store, File(dir, "phone").path, "Pixel", "android", unwrapped).withContentCache()
+            again.sync(null, null)
+            assertEquals(listOf("before the rotation"), again.messages("c").map { it.text })
+            again.close()
+        } finally {
+            dir.deleteRecursively()
+        }
+    }
+
+    @Test
     fun passphraseEnvelopeSealsOpensAndRefuses() {
         val key = RecoveryKey.generate()
         val envelope = sealPassphraseEnvelope(key, "correct horse battery staple", 12u)
