@@ -426,6 +426,10 @@ pub struct RosterRotateRecovery {
     /// The next recovery signing public key (Ed25519, 32 bytes).
     #[prost(bytes = "vec", tag = "1")]
     pub verifying_key: ::prost::alloc::vec::Vec<u8>,
+    /// The next recovery key's X25519 public key (32 bytes): epochs started afterwards are boxed to
+    /// it, by any device.
+    #[prost(bytes = "vec", tag = "2")]
+    pub agreement_key: ::prost::alloc::vec::Vec<u8>,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct RosterStartEpoch {

@@ -29,8 +29,8 @@ use super::clock::{DeviceId, Stamp};
 use super::history::{HistoryCursor, position_of};
 use super::model::Operation;
 use super::segment::{
-    ChatKeys, Head, KeyGrant, KeyId, SegmentId, grant_from_proto, heads_from_proto,
-    parse_device_seq_tag,
+    ChatKeys, Head, KeyGrant, KeyId, SegmentId, grant_epoch_cap, grant_from_proto,
+    heads_from_proto, parse_device_seq_tag,
 };
 
 /// Where checkpoint indexes live inside the vault prefix.
@@ -200,7 +200,7 @@ pub fn open_checkpoint_index(
     let grants = index
         .keys
         .iter()
-        .map(|g| grant_from_proto(g, epoch, malformed))
+        .map(|g| grant_from_proto(g, grant_epoch_cap(keys, epoch), malformed))
         .collect::<Result<Vec<_>>>()?;
     let packs: Vec<(String, u64)> = index
         .packs

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use crate::devices::{EpochObject, MAX_EPOCH_OBJECT, epoch_object_hash};
 use crate::error::{Error, Result};
 use crate::format::ObjectKind;
-use crate::keys::{EpochSecret, HeldEpochs, KeyEpochs, VaultKeys};
+use crate::keys::{EpochSecret, HeldEpochs, VaultKeys};
 use crate::local::LocalState;
 use crate::sealing::{self, ObjectContext};
 use crate::sync::listing::Listing;
@@ -89,12 +89,14 @@ impl Vault {
         Ok(lock(&self.epochs)?.clone())
     }
 
+    /// Changes the held epochs and keeps them. The epochs' lock is never held while the local
+    /// state's is taken (`record` and `push` read the epochs while they hold the local state):
+    /// two updates at once can lose one, which the next sync fetches again.
     fn update_epochs(&self, change: impl FnOnce(&mut HeldEpochs) -> Result<bool>) -> Result<()> {
-        let mut epochs = lock(&self.epochs)?;
-        let mut next = (**epochs).clone();
+        let mut next = (*self.epochs()?).clone();
         if change(&mut next)? {
             save(&*lock(&self.local)?, &self.keys, &next)?;
-            *epochs = Arc::new(next);
+            *lock(&self.epochs)? = Arc::new(next);
         }
         Ok(())
     }
@@ -110,7 +112,9 @@ impl Vault {
         report: &mut SyncReport,
     ) -> Result<()> {
         let held = self.epochs()?;
-        let has = |epoch: u8| !held.trees(epoch).is_empty();
+        // Only a confirmed secret settles an epoch: an object planted before the real one (boxed
+        // to this device by anyone who knows its public key) must not keep the real one unread.
+        let has = |epoch: u8| held.has_confirmed(epoch);
         let known_hashes: BTreeSet<[u8; 32]> = held.held().iter().map(|h| h.object_hash).collect();
         let mut objects = Vec::new();
         for (name, listed) in &listing.epochs {
@@ -152,24 +156,26 @@ impl Vault {
                     Err(error) => return Err(error),
                 }
             }
+            // Each secret held of an epoch against each object of that epoch: only the object
+            // sealed with that secret opens its chain (the AEAD decides), whatever object the
+            // secret itself came from.
             loop {
                 let mut more = false;
-                for (hash, object) in &objects {
+                for (_, object) in &objects {
                     let epoch = object.epoch;
-                    let Some(this) = held
-                        .held()
-                        .iter()
-                        .find(|h| h.epoch == epoch && (h.object_hash == *hash || h.confirmed))
-                        .map(|h| (h.confirmed, copy(&h.secret)))
-                    else {
-                        continue;
-                    };
                     if held.has_confirmed(epoch - 1) {
                         continue;
                     }
-                    // Only the object this secret seals opens its chain.
-                    if let Ok(previous) = object.previous(&this.1) {
-                        more |= held.insert(epoch - 1, [0; 32], this.0, previous);
+                    let secrets: Vec<(bool, EpochSecret)> = held
+                        .held()
+                        .iter()
+                        .filter(|h| h.epoch == epoch)
+                        .map(|h| (h.confirmed, copy(&h.secret)))
+                        .collect();
+                    for (confirmed, secret) in secrets {
+                        if let Ok(previous) = object.previous(&secret) {
+                            more |= held.insert(epoch - 1, [0; 32], confirmed, previous);
+                        }
                     }
                 }
                 changed |= more;

@@ -255,7 +255,9 @@ impl Vault {
         let welcome = Welcome {
             vault_id,
             roster_root: self.roster_root,
-            recovery_agreement_key: self.recovery_agreement_key,
+            recovery_agreement_key: roster
+                .recovery_agreement
+                .unwrap_or(self.recovery_agreement_key),
             added_entry: signed.id(),
             epoch: roster.epoch,
             epoch_secret: self

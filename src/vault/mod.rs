@@ -930,7 +930,14 @@ impl Vault {
             next.learn(grant)?;
         }
         let sealed = seal_chat_keys(&self.keys, &next)?;
-        lock(&self.local)?.set_meta(META_CHAT_KEYS, &sealed)?;
+        // Granted again in this device's next segment: a device that pulls segments instead of
+        // adopting the checkpoint learns them there.
+        lock(&self.local)?.transaction(|tx| {
+            local::set_meta(tx, META_CHAT_KEYS, &sealed)?;
+            grants
+                .iter()
+                .try_for_each(|grant| local::add_ungranted_key(tx, &grant.key_id))
+        })?;
         *chat_keys = next;
         Ok(())
     }

@@ -128,12 +128,22 @@ pub(super) async fn epoch_zero_with_recovery(
             break;
         }
     }
-    held.remove(&0)
+    let epoch_zero = held
+        .remove(&0)
         .ok_or(Error::Integrity(IntegrityProblem::MissingObject {
             name: format!(
                 "{prefix}epochs/ (an epoch chain from this recovery key down to epoch 0)"
             ),
-        }))
+        }))?;
+    // Epoch 0's secret is the first recovery key's PRK, which derives the vault id: a chain that
+    // ends anywhere else is not this vault's.
+    if epoch_zero.epoch_zero_vault_id() != *vault {
+        return Err(Error::decode(
+            ObjectKind::Epoch,
+            crate::DecodeProblem::Malformed("a chain to another vault's epoch 0".into()),
+        ));
+    }
+    Ok(epoch_zero)
 }
 
 impl Vault {
@@ -150,7 +160,17 @@ impl Vault {
         let Some(old_signer) = &self.recovery_signer else {
             return Err(Error::Link(crate::LinkProblem::NotAllowed));
         };
-        self.sync(None, None).await?;
+        let resuming = lock(&self.local)?
+            .meta(META_PENDING_RECOVERY_KEY)?
+            .is_some();
+        match self.sync(None, None).await {
+            // An interrupted rotation whose entry counts already: this vault's key is replaced,
+            // by the key this rotation is about to hand out.
+            Err(Error::RecoveryKeyReplaced) if resuming => {}
+            other => {
+                other?;
+            }
+        }
         let _guard = self.sync_lock.lock().await;
         let roster = self.refresh_roster(&mut SyncReport::default()).await?;
         let new_key = self.pending_recovery_key()?;
@@ -163,6 +183,7 @@ impl Vault {
                 epoch: roster.epoch,
                 change: RosterChange::RotateRecovery {
                     next: new_signer.verifying_key(),
+                    agreement: crate::devices::recovery_agreement_key(&new_key),
                 },
             };
             self.write_entry(entry, Some(old_signer)).await?

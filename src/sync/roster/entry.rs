@@ -83,6 +83,8 @@ pub enum RosterChange {
     RotateRecovery {
         /// The next recovery signing public key.
         next: [u8; 32],
+        /// The next recovery key's X25519 public key, to which later epochs are boxed.
+        agreement: [u8; 32],
     },
     /// A new key epoch starts (after a revocation or a rotation).
     StartEpoch {
@@ -176,9 +178,10 @@ impl RosterEntry {
                     device_id: device.0.to_vec(),
                     accepted_tips: accepted_tips.iter().map(head_to_proto).collect(),
                 }),
-                RosterChange::RotateRecovery { next } => {
+                RosterChange::RotateRecovery { next, agreement } => {
                     Change::RotateRecovery(proto::RosterRotateRecovery {
                         verifying_key: next.to_vec(),
+                        agreement_key: agreement.to_vec(),
                     })
                 }
                 RosterChange::StartEpoch { epoch, object_hash } => {
@@ -241,6 +244,7 @@ impl RosterEntry {
             },
             Change::RotateRecovery(rotate) => RosterChange::RotateRecovery {
                 next: key32(&rotate.verifying_key, "next recovery key")?,
+                agreement: key32(&rotate.agreement_key, "next recovery agreement key")?,
             },
             Change::StartEpoch(start) => RosterChange::StartEpoch {
                 epoch: u8::try_from(start.epoch).map_err(|_| malformed("epoch past 255"))?,

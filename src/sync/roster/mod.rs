@@ -106,20 +106,61 @@ pub fn takes_segment(roster: &Roster, device: DeviceId, seq: u64, tag: u64) -> b
     }
 }
 
-/// Takes out of `listing` the segments the roster refuses ([`takes_segment`]). Nobody fetches
-/// them; they are listed as `unknown` (reported by `verify`, skipped by every device, never
-/// deleted: they are evidence). Segments at or below `applied` (what this device applied before
-/// it learned of a revocation) stay, so that its own history does not look rolled back. Returns
-/// how many were taken out.
+/// The listed segments of one device's tree at or below `tips`: each tip and, down the parent
+/// tags of the names, every listed ancestor, as (seq, tag).
+fn at_or_below(
+    segments: &BTreeMap<(u64, u64), super::listing::ListedSegment>,
+    tips: impl IntoIterator<Item = (u64, u64)>,
+) -> BTreeSet<(u64, u64)> {
+    let mut reached = BTreeSet::new();
+    for (mut seq, mut tag) in tips {
+        while let Some(segment) = segments.get(&(seq, tag)) {
+            if !reached.insert((seq, tag)) || seq <= 1 {
+                break;
+            }
+            (seq, tag) = (seq - 1, segment.parent);
+        }
+    }
+    reached
+}
+
+/// Takes out of `listing` the segments the roster refuses. Nobody fetches them; they are listed
+/// as `unknown` (reported by `verify`, skipped by every device, never deleted: they are
+/// evidence). Of a revoked device it keeps only what its pinned tips reach down the parent tags
+/// (a device's tree may fork, so a new branch below a pinned tip is refused too; below a pinned
+/// tip no longer listed, collected by garbage collection, it goes by sequence number), and once
+/// an epoch after 0 has started nothing of a device the roster does not list. Segments at or
+/// below `applied` (what this device applied before it learned of a revocation) stay, so that
+/// its own history does not look rolled back. Returns how many were taken out.
 pub fn refuse_segments(roster: &Roster, listing: &mut Listing, applied: &[Head]) -> usize {
     let mut refused = Vec::new();
     for (device, segments) in &mut listing.segments {
-        let applied: Vec<&Head> = applied.iter().filter(|h| h.device == *device).collect();
-        segments.retain(|(seq, tag), segment| {
-            let accepted = takes_segment(roster, *device, *seq, *tag)
-                || applied
+        let record = roster.devices.get(device);
+        let revocation = record.and_then(|record| record.revoked.as_ref());
+        if record.is_some() && revocation.is_none() || record.is_none() && roster.epoch == 0 {
+            continue;
+        }
+        let applied_here = applied
+            .iter()
+            .filter(|h| h.device == *device)
+            .map(|h| (h.seq, h.tag));
+        let pinned = revocation
+            .map(|r| {
+                r.accepted_tips
                     .iter()
-                    .any(|h| *seq < h.seq || (*seq == h.seq && *tag == h.tag));
+                    .map(|h| (h.seq, h.tag))
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
+        let reached = at_or_below(segments, pinned.iter().copied().chain(applied_here));
+        // Pinned tips garbage collection took: what lies below them goes by sequence number.
+        let collected: Vec<u64> = pinned
+            .iter()
+            .filter(|tip| !segments.contains_key(tip))
+            .map(|(seq, _)| *seq)
+            .collect();
+        segments.retain(|(seq, tag), segment| {
+            let accepted = reached.contains(&(*seq, *tag)) || collected.iter().any(|tip| seq < tip);
             if !accepted {
                 refused.push(segment.listed.name.clone());
             }
@@ -157,6 +198,9 @@ pub struct Roster {
     pub devices: BTreeMap<DeviceId, RosterDevice>,
     /// The recovery signing key in force.
     pub recovery_key: [u8; 32],
+    /// The X25519 public key of the recovery key in force, when a rotation named it (`None`:
+    /// the first recovery key's, which every device knows from its own open or its welcome).
+    pub recovery_agreement: Option<[u8; 32]>,
     /// The newest epoch started.
     pub epoch: u8,
     /// Each started epoch's number and the SHA-256 of its epoch object, as its counted start
@@ -182,6 +226,7 @@ impl Roster {
 struct State {
     devices: BTreeMap<DeviceId, RosterDevice>,
     recovery_key: [u8; 32],
+    recovery_agreement: Option<[u8; 32]>,
     epoch: u8,
     epochs: BTreeMap<u8, [u8; 32]>,
 }
@@ -191,6 +236,7 @@ impl State {
         State {
             devices: BTreeMap::new(),
             recovery_key: root,
+            recovery_agreement: None,
             epoch: 0,
             epochs: BTreeMap::new(),
         }
@@ -240,7 +286,10 @@ impl State {
                     });
                 }
             }
-            RosterChange::RotateRecovery { next } => self.recovery_key = *next,
+            RosterChange::RotateRecovery { next, agreement } => {
+                self.recovery_key = *next;
+                self.recovery_agreement = Some(*agreement);
+            }
             RosterChange::StartEpoch { epoch, object_hash } => {
                 self.epoch = self.epoch.max(*epoch);
                 self.epochs.insert(*epoch, *object_hash);
@@ -261,7 +310,18 @@ pub fn check_segment(
     segment: &crate::sync::segment::OpenedSegment,
 ) -> Result<()> {
     let head = &segment.head;
-    if !takes_segment(roster, head.device, head.seq, head.tag) {
+    // A pinned tip must be the very segment the revoker had applied.
+    let replaced_tip = roster
+        .devices
+        .get(&head.device)
+        .and_then(|record| record.revoked.as_ref())
+        .is_some_and(|revocation| {
+            revocation
+                .accepted_tips
+                .iter()
+                .any(|tip| tip.seq == head.seq && tip.tag == head.tag && tip.hash != head.hash)
+        });
+    if replaced_tip || !takes_segment(roster, head.device, head.seq, head.tag) {
         return Err(Error::Integrity(IntegrityProblem::RevokedWriter {
             device: head.device.to_hex(),
             seq: head.seq,
@@ -481,6 +541,7 @@ pub fn fold(vault: &VaultId, root: [u8; 32], entries: Vec<SignedEntry>) -> Resul
             return Ok(Roster {
                 devices: state.devices,
                 recovery_key: state.recovery_key,
+                recovery_agreement: state.recovery_agreement,
                 epoch: state.epoch,
                 epochs: state.epochs,
                 tips: counted

@@ -104,7 +104,14 @@ fn forged_unknown_and_orphaned_entries_do_not_count() {
     // Signed by a device nobody added.
     let unknown = by(0xd, &[&a], add(0xe));
     // A device may not rotate the recovery key.
-    let rotation = by(0xa, &[&a], RosterChange::RotateRecovery { next: [5; 32] });
+    let rotation = by(
+        0xa,
+        &[&a],
+        RosterChange::RotateRecovery {
+            next: [5; 32],
+            agreement: [6; 32],
+        },
+    );
     // Its parent is not in the bucket.
     let withheld = by(0xa, &[&a], add(0xf));
     let orphan = by(0xa, &[&withheld], add(0x10));
@@ -207,6 +214,7 @@ fn a_rotated_recovery_key_signs_from_then_on() {
         &[&a],
         RosterChange::RotateRecovery {
             next: next.public().verifying,
+            agreement: next.public().agreement,
         },
     );
     let by_next = signed_as(&next, Signer::Recovery, &[&rotation], 0, add(0xb));
@@ -362,6 +370,7 @@ fn random_rosters_fold_the_same_in_any_order() {
                     let next_key = secrets(0x70 + next(8) as u8);
                     let change = RosterChange::RotateRecovery {
                         next: next_key.public().verifying,
+                        agreement: next_key.public().agreement,
                     };
                     rotated = Some(next_key);
                     change
@@ -498,6 +507,7 @@ fn a_start_racing_a_rotation_cannot_keep_the_old_recovery_key() {
         &[&a],
         RosterChange::RotateRecovery {
             next: next.public().verifying,
+            agreement: next.public().agreement,
         },
     );
     let after = start(&next, Signer::Recovery, &[&rotation], 1);

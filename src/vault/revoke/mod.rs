@@ -83,9 +83,11 @@ impl Vault {
             if !self.epoch_still_boxes_a_revoked_device(&roster).await? {
                 return Ok(());
             }
-            roster = self
-                .start_epoch(&roster, signer, &self.recovery_agreement_key, None)
-                .await?;
+            // Boxed to the recovery key in force: the one a rotation named, or the first one.
+            let recovery = roster
+                .recovery_agreement
+                .unwrap_or(self.recovery_agreement_key);
+            roster = self.start_epoch(&roster, signer, &recovery, None).await?;
         }
         Err(Error::Integrity(crate::IntegrityProblem::RosterContested))
     }

@@ -12,6 +12,7 @@ use crate::format::ObjectKind;
 use crate::keys::{KeyEpochs, RecoveryKey};
 use crate::sealing;
 use crate::store::{DirectoryStore, ObjectStore};
+use crate::sync::segment::Head;
 use crate::sync::{Change, Message};
 use crate::vault::{CancelToken, DeviceInfo, DeviceKey};
 
@@ -98,15 +99,24 @@ async fn objects(store: &Arc<dyn ObjectStore>, vault: &Vault) -> Vec<(String, Ve
 /// Seals a segment of `device` holding message `id` with the keys `laptop` holds (epoch 0's, its
 /// chat keys, its signing key when it writes as itself) and puts it in the bucket: what a modified
 /// app on a revoked device could do. Returns its name.
-async fn forge(store: &Arc<dyn ObjectStore>, laptop: &Vault, device: DeviceId, id: &str) -> String {
+async fn forge(
+    store: &Arc<dyn ObjectStore>,
+    laptop: &Vault,
+    device: DeviceId,
+    id: &str,
+    below: Option<Head>,
+) -> String {
     use crate::sync::segment::{NewSegment, seal_segment};
     use crate::sync::{Operation, Stamp};
-    let own = lock(&laptop.local)
-        .unwrap()
-        .heads()
-        .unwrap()
-        .into_iter()
-        .find(|head| head.device == device);
+    // After `below` (a new branch there), or after the device's own tip.
+    let own = below.or_else(|| {
+        lock(&laptop.local)
+            .unwrap()
+            .heads()
+            .unwrap()
+            .into_iter()
+            .find(|head| head.device == device)
+    });
     let operations = [Operation {
         stamp: Stamp {
             wall_ms: laptop.now_ms(),
@@ -153,6 +163,17 @@ async fn a_revoked_device_opens_nothing_written_after_and_its_writes_are_refused
     let laptop_id = laptop.device_id();
     laptop.record(vec![message("from-laptop")]).unwrap();
     laptop.sync(None, None).await.unwrap();
+    let laptop_first = lock(&laptop.local)
+        .unwrap()
+        .heads()
+        .unwrap()
+        .into_iter()
+        .find(|head| head.device == laptop_id)
+        .unwrap();
+    for id in ["laptop-2", "laptop-3"] {
+        laptop.record(vec![message(id)]).unwrap();
+        laptop.sync(None, None).await.unwrap();
+    }
     let tablet = device(&store, dir.path(), "tablet", &key).await;
     tablet.sync(None, None).await.unwrap();
     let before_revocation: Vec<String> = objects(&store, &phone)
@@ -178,9 +199,19 @@ async fn a_revoked_device_opens_nothing_written_after_and_its_writes_are_refused
     ));
     // A modified app on the laptop writes anyway, with the keys it holds: its next segment,
     // signed, and an unsigned one under a new device id the roster does not list.
+    // And a new branch below its pinned tip (seq 3): a seq 2 after its seq 1, which a rule by
+    // sequence number alone would take.
     let forged = [
-        forge(&store, &laptop, laptop_id, "forged-own").await,
-        forge(&store, &laptop, DeviceId([0x77; 16]), "forged-new-id").await,
+        forge(&store, &laptop, laptop_id, "forged-own", None).await,
+        forge(&store, &laptop, DeviceId([0x77; 16]), "forged-new-id", None).await,
+        forge(
+            &store,
+            &laptop,
+            laptop_id,
+            "forged-branch",
+            Some(laptop_first),
+        )
+        .await,
     ];
     phone.record(vec![message("after")]).unwrap();
     phone.sync(None, None).await.unwrap();
@@ -192,7 +223,14 @@ async fn a_revoked_device_opens_nothing_written_after_and_its_writes_are_refused
     // segment (and verify names it), and a new device with the recovery key restores it all.
     tablet.sync(None, None).await.unwrap();
     assert_eq!(tablet.epochs().unwrap().newest().0, 1);
-    let expected = ["after", "after-checkpoint", "before", "from-laptop"];
+    let expected = [
+        "after",
+        "after-checkpoint",
+        "before",
+        "from-laptop",
+        "laptop-2",
+        "laptop-3",
+    ];
     assert_eq!(ids(&tablet), expected);
     let report = tablet.verify().await.unwrap();
     let mut unknown = report.unknown.clone();

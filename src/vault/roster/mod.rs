@@ -169,6 +169,9 @@ impl Vault {
             Some(roster) if nothing_new => roster,
             _ => Arc::new(self.fold_kept_roster()?),
         };
+        // Before this device adds itself: its entry goes in the epoch the roster is in, whose
+        // secret it may only now see confirmed.
+        self.confirm_epochs(&roster)?;
         if add_self {
             if let Some(listed) = roster.devices.get(&self.device_id())
                 && listed.keys != self.device_keys()?
