@@ -472,7 +472,18 @@ async fn three_devices_converge_through_random_faults() {
                 name: format!("device {d}"),
                 platform: "test".into(),
             };
-            common::cached(Vault::open(store, &path, info, &key).await.unwrap())
+            // A new state directory reads the bucket (a redirect) when it opens: through the
+            // faults that may take more than one attempt, as a sync may.
+            let mut attempts = 0;
+            loop {
+                match Vault::open(store.clone(), &path, info.clone(), &key).await {
+                    Ok(vault) => break common::cached(vault),
+                    Err(Error::Store(error)) if error.is_retryable() && attempts < 20 => {
+                        attempts += 1;
+                    }
+                    Err(error) => panic!("device {d} does not open: {error}"),
+                }
+            }
         }
     };
     let devices = [open(0).await, open(1).await, open(2).await];

@@ -294,9 +294,15 @@ class Sync(WithDirectoryStore):
         phone.record([message("c", "1", "through Garage", 1)])
         self.assertEqual(run(phone.sync(None, None)).objects_up, 2)  # segment, roster entry
         bad = cv.S3Credentials(access_key_id=good.access_key_id, secret_access_key="0" * 64, session_token=None)
-        other = run(cv.Vault.open_with_credentials(url, bad, os.path.join(self.dir, "s3-bad"), "p", "python", key))
+        # A new state directory reads the bucket when it opens (a rotated recovery key finds its
+        # vault there), so wrong credentials fail right there; an existing one fails at its sync.
         with self.assertRaises(cv.ChatVaultError.Store) as raised:
-            run(other.sync(None, None))
+            run(cv.Vault.open_with_credentials(url, bad, os.path.join(self.dir, "s3-bad"), "p", "python", key))
+        self.assertFalse(raised.exception.retryable)
+        del phone  # releases the state directory's lock
+        again = run(cv.Vault.open_with_credentials(url, bad, os.path.join(self.dir, "s3"), "p", "python", key))
+        with self.assertRaises(cv.ChatVaultError.Store) as raised:
+            run(again.sync(None, None))
         self.assertFalse(raised.exception.retryable)
 
     def open_store_error(self, key):

@@ -594,7 +594,8 @@ impl Vault {
         &self,
         pending: Option<PendingSegment>,
     ) -> Result<Option<PendingSegment>> {
-        let chat_keys = lock(&self.chat_keys)?.clone();
+        let mut chat_keys = lock(&self.chat_keys)?.clone();
+        let epochs = self.epochs()?;
         let segment = match &pending {
             Some(pending) => Some(open_segment(
                 &*self.epochs()?,
@@ -616,6 +617,8 @@ impl Vault {
         // The copied keys stay, set aside: with them the copy can sign its own roster entry as
         // the device it was copied from (docs/DEVICES.md).
         let copied_secrets = identity::seal(&self.keys, &*lock(&self.device_secrets)?)?;
+        // The clock's lock before the local state's, in the order `record` takes them.
+        let mut clock = lock(&self.clock)?;
         let mut local = lock(&self.local)?;
         let outbox = local.outbox(usize::MAX)?;
         let waiting = match &outbox {
@@ -625,7 +628,6 @@ impl Vault {
         // Readers accept only operations stamped by a segment's own device, and the other copy
         // issues the same stamps: everything not pushed yet is stamped again, as new events of
         // the new device (after everything this copy has seen, so each still wins here).
-        let mut clock = lock(&self.clock)?;
         let mut new_clock = Clock::new(new_device, clock.last());
         if let Some(greatest) = local.greatest_stamp() {
             new_clock.observe(greatest);
@@ -647,11 +649,31 @@ impl Vault {
         // Every head this copy applied stays, its old id's included: from now on that id is
         // another device whose next segments (the other copy's) this copy pulls.
         let seen: Vec<Head> = local.heads()?;
+        // Resealed in the newest epoch, each chat under a key of that epoch (drawn here if the
+        // segment was staged in an earlier one), granted with it.
+        let epoch = epochs.newest().0;
+        let mut minted = Vec::new();
         let resealed = match &segment {
             Some(segment) => {
-                let grants: Vec<KeyId> = segment.grants.iter().map(|grant| grant.key_id).collect();
+                let mut grants: Vec<KeyId> =
+                    segment.grants.iter().map(|grant| grant.key_id).collect();
+                for operation in &staged {
+                    let chat_id = operation.change.chat_id();
+                    if chat_keys.writing_key(chat_id, epoch).is_none() {
+                        let key_id = chat_keys.mint(chat_id, epoch)?;
+                        grants.push(key_id);
+                        if let Some((chat, key)) = chat_keys.key(&key_id) {
+                            minted.push(crate::sync::segment::KeyGrant {
+                                key_id,
+                                chat_id: chat.to_owned(),
+                                key: key.clone(),
+                                epoch,
+                            });
+                        }
+                    }
+                }
                 let (name, object, hash) = seal_segment(
-                    &*self.epochs()?,
+                    &*epochs,
                     &chat_keys,
                     &NewSegment {
                         device: new_device,
@@ -710,6 +732,9 @@ impl Vault {
         *secrets = new_secrets;
         drop(secrets);
         drop(device);
+        drop(local);
+        drop(clock);
+        self.keep_chat_keys(&minted)?;
         Ok(resealed)
     }
 
