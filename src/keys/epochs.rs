@@ -20,6 +20,12 @@ pub trait KeyEpochs {
     /// The epoch new objects are sealed in, and its tree.
     fn newest(&self) -> (u8, &VaultKeys);
 
+    /// The tree of `epoch` whose secret came from the epoch object of hash `object_hash`, if
+    /// held: what the entry starting that epoch is sealed with.
+    fn tree_of_object(&self, _epoch: u8, _object_hash: &[u8; 32]) -> Option<&VaultKeys> {
+        None
+    }
+
     /// Runs `open` with each tree of `epoch` until one authenticates: its result, the first
     /// error other than a failed authentication, or `KeyEpoch` when this device holds no key of
     /// that epoch (one started after it was revoked, or not fetched yet).
@@ -196,6 +202,13 @@ impl KeyEpochs for HeldEpochs {
             .filter(|h| h.epoch == epoch)
             .map(|h| &h.tree)
             .collect()
+    }
+
+    fn tree_of_object(&self, epoch: u8, object_hash: &[u8; 32]) -> Option<&VaultKeys> {
+        self.held
+            .iter()
+            .find(|h| h.epoch == epoch && h.object_hash == *object_hash)
+            .map(|h| &h.tree)
     }
 
     fn newest(&self) -> (u8, &VaultKeys) {

@@ -43,11 +43,13 @@ pub fn s3_server(name: &str) -> Option<S3Config> {
 /// A memory store a test injects faults into and watches: PUTs that fail before they land
 /// (`fail_puts`, like a network that drops mid-sync), a segment PUT that lands and then reports
 /// failure (`lose_segment_reply`, once: the reply was lost), every PUT recorded, and whole and
-/// ranged GETs of pack objects counted.
+/// ranged GETs of pack objects counted; `fail_puts_containing` fails only PUTs whose key holds
+/// that text.
 #[derive(Default)]
 pub struct Hooked {
     pub inner: MemoryStore,
     pub fail_puts: Mutex<bool>,
+    pub fail_puts_containing: Mutex<Option<String>>,
     pub lose_segment_reply: Mutex<bool>,
     pub puts: Mutex<Vec<(String, Vec<u8>)>>,
     pub pack_gets: Mutex<u64>,
@@ -57,7 +59,13 @@ pub struct Hooked {
 #[async_trait]
 impl ObjectStore for Hooked {
     async fn put(&self, key: &str, body: Vec<u8>) -> StoreResult<()> {
-        if *self.fail_puts.lock().unwrap() {
+        let matching = self
+            .fail_puts_containing
+            .lock()
+            .unwrap()
+            .as_ref()
+            .is_some_and(|text| key.contains(text.as_str()));
+        if *self.fail_puts.lock().unwrap() || matching {
             return Err(StoreError::Unavailable("injected".into()));
         }
         self.puts

@@ -89,7 +89,15 @@ pub(super) fn open_entry(
 pub(super) fn seal_entry(keys: &impl KeyEpochs, signed: &SignedEntry) -> Result<Vec<u8>> {
     let name = roster_name(&signed.id());
     let epoch = signed.entry().epoch;
-    let tree = if keys.newest().0 == epoch {
+    let started = match &signed.entry().change {
+        // The start of an epoch goes under the secret of the object it names (a start tried
+        // before, interrupted, may have left another secret of that epoch held).
+        RosterChange::StartEpoch { object_hash, .. } => keys.tree_of_object(epoch, object_hash),
+        _ => None,
+    };
+    let tree = if let Some(tree) = started {
+        tree
+    } else if keys.newest().0 == epoch {
         keys.newest().1
     } else {
         *keys.trees(epoch).first().ok_or_else(|| {
