@@ -359,6 +359,27 @@ final class ChatVaultTests: XCTestCase {
         XCTAssertEqual(try tablet.messages(chatId: "c").map { $0.messageId }, (0..<5).map { "\($0)" })
     }
 
+    func testRotatingTheRecoveryKeyRetiresTheOldOne() async throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent(UUID().uuidString)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let store = "file://" + dir.appendingPathComponent("bucket").path
+        let old = try RecoveryKey.generate()
+        let phone = try await Vault.open(storeUrl: store, stateDir: dir.appendingPathComponent("phone").path,
+                                         deviceName: "iPhone", platform: "ios", key: old).withContentCache()
+        try phone.record(changes: [message("c", "1", "before the rotation", 1)])
+        _ = try await phone.sync(progress: nil, listener: nil)
+        let new = try await phone.rotateRecoveryKey()
+        XCTAssertNotEqual(new.toText(), old.toText())
+        do {
+            _ = try await phone.sync(progress: nil, listener: nil)
+            XCTFail("a vault open with the replaced key synced")
+        } catch ChatVaultError.RecoveryKeyReplaced {}
+        let fresh = try await Vault.open(storeUrl: store, stateDir: dir.appendingPathComponent("fresh").path,
+                                         deviceName: "iPad", platform: "ios", key: new).withContentCache()
+        _ = try await fresh.sync(progress: nil, listener: nil)
+        XCTAssertEqual(try fresh.messages(chatId: "c").map { $0.text }, ["before the rotation"])
+    }
+
     func testPassphraseEnvelopeSealsOpensAndRefuses() throws {
         let key = try RecoveryKey.generate()
         let envelope = try sealPassphraseEnvelope(key: key, passphrase: "correct horse battery staple", minChars: 12)
