@@ -10,16 +10,18 @@
 //!    recovery signing key in force there, or a device added and not revoked there), and the
 //!    entry is sealed in the epoch in force there (or starts the next one);
 //! 2. an entry of a device that a counted revoke revokes counts only if that revoke has it in its
-//!    causal past (what the revoker had seen); revokes themselves are exempt, so two devices
-//!    that revoke each other before either saw the other's revoke are both revoked (and the
-//!    person re-links with the recovery key) instead of the fold depending on the order it
-//!    looked at them;
+//!    causal past (what the revoker had seen); revokes themselves are exempt, and so is a start
+//!    that had seen the revoker itself revoked (a device cannot be revoked by one it had revoked
+//!    first). Without starts, two devices that revoke each other before either saw the other's
+//!    revoke are both revoked;
 //! 3. one start per epoch number: a start that saw every counted revoke and rotation wins over
 //!    one that did not, then the lower id;
 //! 4. **epoch fence**: once a start of epoch n+1 counts, an entry of an older epoch counts only
 //!    if that start has it in its causal past, revokes and rotations excepted (a start cannot
-//!    undo them). A revoked device holds no key of the epoch its revocation starts, so nothing it
-//!    writes afterwards counts, whatever parents it claims;
+//!    undo them) unless their signer was retired where the start stands (a device revoked there,
+//!    a recovery key a rotation there replaced). A revoked device holds no key of the epoch its
+//!    revocation starts, so nothing it writes afterwards counts, whatever parents it claims; of
+//!    two devices that revoke each other at once, the one whose start stands stays;
 //! 5. a device is added once: of two adds of one device id, the one with the lower entry id
 //!    counts. A device (not the recovery key) may add only a device whose keys certify its id
 //!    ([`self_certified_id`](crate::devices::self_certified_id)) and which signs every segment,
@@ -394,6 +396,8 @@ pub fn fold(vault: &VaultId, root: [u8; 32], entries: Vec<SignedEntry>) -> Resul
     let mut verified: BTreeMap<(EntryId, [u8; 32]), bool> = BTreeMap::new();
     for _ in 0..MAX_ROUNDS {
         let mut why: BTreeMap<EntryId, Refusal> = BTreeMap::new();
+        // The key each entry's signer had in its causal past (for the fence below).
+        let mut signing_key: BTreeMap<EntryId, [u8; 32]> = BTreeMap::new();
         // Rule 1 (and 4), each entry against the state its counted causal past gives.
         for id in &order {
             let signed = &by_id[id];
@@ -405,6 +409,9 @@ pub fn fold(vault: &VaultId, root: [u8; 32], entries: Vec<SignedEntry>) -> Resul
                 state.apply(&by_id[earlier].entry);
             }
             let entry = &signed.entry;
+            if let Some(key) = state.key_of(entry.signer) {
+                signing_key.insert(*id, key);
+            }
             let authorized = state.key_of(entry.signer).is_some_and(|key| {
                 *verified
                     .entry((*id, key))
@@ -450,14 +457,34 @@ pub fn fold(vault: &VaultId, root: [u8; 32], entries: Vec<SignedEntry>) -> Resul
             .copied()
             .collect();
         // Rule 3 first (its inputs, the revokes, are exempt from the other rules but rule 1): what
-        // a revoked device wrote that its revoke did not see, revokes exempt.
+        // a revoked device wrote that its revoke did not see, revokes exempt; and a start that had
+        // seen the revoker itself revoked is exempt from that revoke (a device cannot be revoked
+        // by one it had revoked first: otherwise a revoked device's backdated revoke would void
+        // the very start that fences it off). Only starts: any other entry stays refused.
+        let revoked_in_past = |id: &EntryId, device: DeviceId| {
+            // Revokes that counted in the previous round: a revoke fenced off there (a revoked
+            // device's backdated one) exempts nothing.
+            past[id].iter().any(|earlier| {
+                counted.contains(earlier)
+                    && matches!(by_id[earlier].entry.change, RosterChange::Revoke { device: d, .. } if d == device)
+            })
+        };
         for revoke in &locally {
             if let RosterChange::Revoke { device, .. } = by_id[revoke].entry.change {
+                let revoker = by_id[revoke].entry.signer;
                 for id in &locally {
                     let entry = &by_id[id].entry;
+                    let saw_revoker_revoked = match revoker {
+                        Signer::Device(revoker) => {
+                            matches!(entry.change, RosterChange::StartEpoch { .. })
+                                && revoked_in_past(id, revoker)
+                        }
+                        Signer::Recovery => false,
+                    };
                     if entry.signer == Signer::Device(device)
                         && !matches!(entry.change, RosterChange::Revoke { .. })
                         && !past[revoke].contains(id)
+                        && !saw_revoker_revoked
                     {
                         why.entry(*id).or_insert(Refusal::AfterRevocation);
                     }
@@ -505,20 +532,37 @@ pub fn fold(vault: &VaultId, root: [u8; 32], entries: Vec<SignedEntry>) -> Resul
             }
         }
         // The epoch fence, from the starts that stand: an entry of an older epoch the start did
-        // not see does not count; revokes and rotations are exempt (a start cannot undo them).
+        // not see does not count. Revokes and rotations are exempt (a start cannot undo them),
+        // unless their signer was already retired where the start stands: revoked there, or a
+        // recovery key a rotation there replaced. Otherwise a revoked device could revoke the
+        // others, and a replaced key rotate, at any later time with entries naming parents from
+        // before their own retirement. (Two devices that revoke each other at once: the start
+        // that stands saw one of the revokes, and the other revoke's signer is retired there.)
         for start in starts.values() {
             let RosterChange::StartEpoch { epoch, .. } = by_id[start].entry.change else {
                 continue;
             };
+            let mut seen = State::new(root);
+            for earlier in order
+                .iter()
+                .filter(|e| past[start].contains(*e) && counted.contains(*e))
+            {
+                seen.apply(&by_id[earlier].entry);
+            }
             for id in &standing {
                 let entry = &by_id[id].entry;
-                if entry.epoch < epoch
-                    && !past[start].contains(id)
-                    && !matches!(
-                        entry.change,
-                        RosterChange::Revoke { .. } | RosterChange::RotateRecovery { .. }
-                    )
-                {
+                if entry.epoch >= epoch || past[start].contains(id) {
+                    continue;
+                }
+                let exempt = matches!(
+                    entry.change,
+                    RosterChange::Revoke { .. } | RosterChange::RotateRecovery { .. }
+                );
+                let retired = match entry.signer {
+                    Signer::Device(_) => seen.key_of(entry.signer).is_none(),
+                    Signer::Recovery => signing_key.get(id) != Some(&seen.recovery_key),
+                };
+                if !exempt || retired {
                     why.entry(*id).or_insert(Refusal::Fenced);
                 }
             }

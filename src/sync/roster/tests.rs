@@ -143,6 +143,81 @@ fn a_revoked_device_writes_nothing_that_counts_after_its_revoke() {
 }
 
 #[test]
+fn a_revoked_device_cannot_revoke_others_with_a_backdated_entry() {
+    let a = by_recovery(&[], add(0xa));
+    let b = by(0xa, &[&a], add(0xb));
+    let c = by(0xb, &[&b], add(0xc));
+    let revoked = by(0xa, &[&c], revoke(0xb));
+    let start = signed_as(
+        &secrets(0xa),
+        Signer::Device(id(0xa)),
+        &[&revoked],
+        1,
+        RosterChange::StartEpoch {
+            epoch: 1,
+            object_hash: [1; 32],
+        },
+    );
+    // Long after, b writes revokes of a and c naming parents from before its own revocation.
+    let backdated_a = by(0xb, &[&c], revoke(0xa));
+    let backdated_c = by(0xb, &[&c], revoke(0xc));
+    let roster = fold_all(&[&a, &b, &c, &revoked, &start, &backdated_a, &backdated_c]);
+    assert_eq!(
+        active(&roster),
+        [0xa, 0xc],
+        "{:?} epoch {}",
+        roster.refused,
+        roster.epoch
+    );
+    assert_eq!(roster.refused[&backdated_a.id], Refusal::Fenced);
+    assert_eq!(roster.refused[&backdated_c.id], Refusal::Fenced);
+    // Without a start (a revocation interrupted before it), both revokes still count: the
+    // fence needs the start that the revocation writes next. What b writes on top of its
+    // backdated revoke still does not count.
+    let sneaky = by(0xb, &[&backdated_a], add(0xd));
+    let unstarted = fold_all(&[&a, &b, &c, &revoked, &backdated_a, &sneaky]);
+    assert!(unstarted.devices[&id(0xa)].revoked.is_some());
+    assert_eq!(unstarted.refused[&sneaky.id], Refusal::AfterRevocation);
+    // With the start, b's backdated add is fenced like everything else of epoch 0 it did not see.
+    let with_start = fold_all(&[&a, &b, &c, &revoked, &start, &backdated_a, &sneaky]);
+    assert_eq!(active(&with_start), [0xa, 0xc]);
+    assert!(!with_start.devices.contains_key(&id(0xd)));
+}
+
+#[test]
+fn of_two_devices_revoking_each_other_the_start_that_stands_decides() {
+    let a = by_recovery(&[], add(0xa));
+    let b = by(0xa, &[&a], add(0xb));
+    let a_revokes_b = by(0xa, &[&b], revoke(0xb));
+    let b_revokes_a = by(0xb, &[&b], revoke(0xa));
+    let start = |signer: u8, revoke: &SignedEntry| {
+        signed_as(
+            &secrets(signer),
+            Signer::Device(id(signer)),
+            &[revoke],
+            1,
+            RosterChange::StartEpoch {
+                epoch: 1,
+                object_hash: [signer; 32],
+            },
+        )
+    };
+    let (start_a, start_b) = (start(0xa, &a_revokes_b), start(0xb, &b_revokes_a));
+    let roster = fold_all(&[&a, &b, &a_revokes_b, &b_revokes_a, &start_a, &start_b]);
+    // One start stands (neither saw the other's revoke: the lower id); the other side's revoke,
+    // by a device that start sees revoked, is fenced.
+    let standing = [&start_a, &start_b]
+        .into_iter()
+        .find(|s| !roster.refused.contains_key(&s.id))
+        .unwrap();
+    let survivor = if standing.id == start_a.id { 0xa } else { 0xb };
+    assert_eq!(active(&roster), [survivor]);
+    // With no start at all, both are revoked, as before.
+    let both = fold_all(&[&a, &b, &a_revokes_b, &b_revokes_a]);
+    assert!(active(&both).is_empty());
+}
+
+#[test]
 fn an_epoch_start_fences_off_what_its_epoch_did_not_see() {
     let a = by_recovery(&[], add(0xa));
     let b = by(0xa, &[&a], add(0xb));
@@ -520,6 +595,33 @@ fn a_start_racing_a_rotation_cannot_keep_the_old_recovery_key() {
     assert_eq!(active(&roster), [0xa, 0xb]);
     assert_eq!(roster.refused[&stale.id], Refusal::Conflicting);
     assert!(roster.refused.contains_key(&thiefs.id));
+}
+
+#[test]
+fn a_replaced_recovery_key_cannot_rotate_with_a_backdated_entry() {
+    let next = secrets(0x77);
+    let thiefs_next = secrets(0x78);
+    let a = by_recovery(&[], add(0xa));
+    let rotation = by_recovery(
+        &[&a],
+        RosterChange::RotateRecovery {
+            next: next.public().verifying,
+            agreement: next.public().agreement,
+        },
+    );
+    let after = start(&next, Signer::Recovery, &[&rotation], 1);
+    // Later, the old key's holder rotates to a key of its own, naming parents from before the
+    // rotation that replaced its key.
+    let backdated = by_recovery(
+        &[&a],
+        RosterChange::RotateRecovery {
+            next: thiefs_next.public().verifying,
+            agreement: thiefs_next.public().agreement,
+        },
+    );
+    let roster = fold_all(&[&a, &rotation, &after, &backdated]);
+    assert_eq!(roster.recovery_key, next.public().verifying);
+    assert_eq!(roster.refused[&backdated.id], Refusal::Fenced);
 }
 
 #[test]
