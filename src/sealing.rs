@@ -212,8 +212,6 @@ fn seal_in_place(
 
 /// Seals `plaintext` with a fresh random nonce as an object of key epoch `epoch` (a version-2
 /// header for epochs 1-255; docs/DEVICES.md), under that epoch's `key`.
-// Called by the epoch readers and writers of docs/DEVICES.md once they land; tested below.
-#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) fn seal_in_epoch(
     key: &Key32,
     context: &ObjectContext<'_>,
@@ -330,16 +328,12 @@ pub(crate) fn open(
 
 /// The key epoch an object of kind `kind` is sealed in (0 for a version-1 object), read from its
 /// header, so that the reader can pick that epoch's key.
-// Called by the epoch readers and writers of docs/DEVICES.md once they land; tested below.
-#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) fn epoch_of(object: &[u8], kind: ObjectKind) -> Result<u8> {
     Ok(Header::parse_any_epoch(object, kind)?.epoch)
 }
 
 /// Opens an object that must be sealed in key epoch `epoch` under that epoch's `key`: one of
 /// another epoch is `KeyEpoch` (the reader picked the wrong key, or holds none of that epoch).
-// Called by the epoch readers and writers of docs/DEVICES.md once they land; tested below.
-#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) fn open_in_epoch(
     key: &Key32,
     context: &ObjectContext<'_>,

@@ -41,6 +41,8 @@ mod reading;
 mod revoke;
 mod roster;
 mod rotate;
+#[cfg(test)]
+mod test_devices;
 
 pub use device_key::{DeviceKey, holds_linked_device};
 pub use link::{DEFAULT_LINK_TIMEOUT, LINK_POLL, LinkJoining, LinkOffering, MAX_LINK_TIMEOUT};

@@ -2,9 +2,7 @@
 //! state directory and device key, opens nothing written afterwards, and what it writes
 //! afterwards is refused by every device.
 
-use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use super::*;
 use crate::devices::EpochObject;
@@ -14,76 +12,8 @@ use crate::sealing;
 use crate::store::{DirectoryStore, ObjectStore};
 use crate::sync::segment::Head;
 use crate::sync::{Change, Message};
-use crate::vault::{CancelToken, DeviceInfo, DeviceKey};
-
-fn info(name: &str) -> DeviceInfo {
-    DeviceInfo {
-        name: name.into(),
-        platform: "test".into(),
-    }
-}
-
-fn message(id: &str) -> Change {
-    Change::UpsertMessage(Message {
-        chat_id: "c".into(),
-        message_id: id.into(),
-        sender: "me".into(),
-        sent_at_ms: 1,
-        text: id.into(),
-        reply_to: None,
-        attachments: Vec::new(),
-        kind: "text".into(),
-        payload: Vec::new(),
-    })
-}
-
-/// A device that keeps the content cache, so the test can ask it what it holds.
-async fn device(store: &Arc<dyn ObjectStore>, dir: &Path, name: &str, key: &RecoveryKey) -> Vault {
-    let vault = Vault::open(store.clone(), &dir.join(name), info(name), key)
-        .await
-        .unwrap();
-    vault
-        .set_content_cache(crate::local::CacheSetting::On { max_bytes: None })
-        .unwrap();
-    vault
-}
-
-fn ids(vault: &Vault) -> Vec<String> {
-    let mut ids: Vec<String> = vault
-        .messages(None)
-        .unwrap()
-        .into_iter()
-        .map(|m| m.message_id)
-        .collect();
-    ids.sort();
-    ids
-}
-
-/// Links a new device with its state in `dir` through `phone`: the device and its device key.
-async fn link(store: &Arc<dyn ObjectStore>, phone: &Vault, dir: &Path) -> (Vault, DeviceKey) {
-    let offering = phone
-        .offer_link(Duration::from_secs(120), Vec::new())
-        .unwrap();
-    let device_key = DeviceKey::generate().unwrap();
-    let kept = DeviceKey::from_bytes(*device_key.to_bytes());
-    let joining = Vault::join_link(
-        store.clone(),
-        dir,
-        info("laptop"),
-        offering.text(),
-        device_key,
-    )
-    .await
-    .unwrap();
-    let code = joining.check_code().to_owned();
-    let cancel = CancelToken::new();
-    let (added, joined) = tokio::join!(
-        phone.complete_link(&offering, &code, &cancel),
-        joining.finish(&cancel)
-    );
-    added.unwrap();
-    (joined.unwrap(), kept)
-}
+use crate::vault::CancelToken;
+use crate::vault::test_devices::{device, ids, info, link, message};
 
 /// Every object under the vault's prefix: (name relative to the prefix, bytes).
 async fn objects(store: &Arc<dyn ObjectStore>, vault: &Vault) -> Vec<(String, Vec<u8>)> {

@@ -2,84 +2,12 @@
 //! the devices' state directories; the old key opens nothing written afterwards; linked devices
 //! keep syncing.
 
-use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use super::*;
 use crate::keys::KeyEpochs;
 use crate::store::DirectoryStore;
-use crate::sync::{Change, Message};
-use crate::vault::{CancelToken, DeviceInfo, DeviceKey};
-
-fn info(name: &str) -> DeviceInfo {
-    DeviceInfo {
-        name: name.into(),
-        platform: "test".into(),
-    }
-}
-
-fn message(id: &str) -> Change {
-    Change::UpsertMessage(Message {
-        chat_id: "c".into(),
-        message_id: id.into(),
-        sender: "me".into(),
-        sent_at_ms: 1,
-        text: id.into(),
-        reply_to: None,
-        attachments: Vec::new(),
-        kind: "text".into(),
-        payload: Vec::new(),
-    })
-}
-
-async fn device(store: &Arc<dyn ObjectStore>, dir: &Path, name: &str, key: &RecoveryKey) -> Vault {
-    let vault = Vault::open(store.clone(), &dir.join(name), info(name), key)
-        .await
-        .unwrap();
-    vault
-        .set_content_cache(crate::local::CacheSetting::On { max_bytes: None })
-        .unwrap();
-    vault
-}
-
-fn ids(vault: &Vault) -> Vec<String> {
-    let mut ids: Vec<String> = vault
-        .messages(None)
-        .unwrap()
-        .into_iter()
-        .map(|m| m.message_id)
-        .collect();
-    ids.sort();
-    ids
-}
-
-async fn link(store: &Arc<dyn ObjectStore>, phone: &Vault, dir: &Path) -> Vault {
-    let offering = phone
-        .offer_link(Duration::from_secs(120), Vec::new())
-        .unwrap();
-    let joining = Vault::join_link(
-        store.clone(),
-        dir,
-        info("laptop"),
-        offering.text(),
-        DeviceKey::generate().unwrap(),
-    )
-    .await
-    .unwrap();
-    let code = joining.check_code().to_owned();
-    let cancel = CancelToken::new();
-    let (added, joined) = tokio::join!(
-        phone.complete_link(&offering, &code, &cancel),
-        joining.finish(&cancel)
-    );
-    added.unwrap();
-    let laptop = joined.unwrap();
-    laptop
-        .set_content_cache(crate::local::CacheSetting::On { max_bytes: None })
-        .unwrap();
-    laptop
-}
+use crate::vault::test_devices::{device, ids, link, message};
 
 #[tokio::test]
 async fn the_new_key_restores_everything_and_the_old_one_opens_nothing_new() {
@@ -89,7 +17,7 @@ async fn the_new_key_restores_everything_and_the_old_one_opens_nothing_new() {
     let phone = device(&store, dir.path(), "phone", &old_key).await;
     phone.record(vec![message("before")]).unwrap();
     phone.sync(None, None).await.unwrap();
-    let laptop = link(&store, &phone, &dir.path().join("laptop")).await;
+    let (laptop, _) = link(&store, &phone, &dir.path().join("laptop")).await;
     laptop.sync(None, None).await.unwrap();
     let tablet = device(&store, dir.path(), "tablet", &old_key).await;
     tablet.sync(None, None).await.unwrap();
@@ -178,7 +106,7 @@ async fn only_a_vault_open_with_the_recovery_key_rotates_it() {
     let key = RecoveryKey::generate().unwrap();
     let phone = device(&store, dir.path(), "phone", &key).await;
     phone.sync(None, None).await.unwrap();
-    let laptop = link(&store, &phone, &dir.path().join("laptop")).await;
+    let (laptop, _) = link(&store, &phone, &dir.path().join("laptop")).await;
     assert!(matches!(
         laptop.rotate_recovery_key().await,
         Err(Error::Link(crate::LinkProblem::NotAllowed))
