@@ -612,6 +612,7 @@ fn sync_object_vectors() -> Value {
             chat_keys: &chat_keys,
             deleted_chats: &deleted_chats,
             created_at_ms: 1_700_000_100_000,
+            signer: None,
         },
         [Ok(ChatContent {
             chat_id: "family".into(),

@@ -119,6 +119,7 @@ pub(super) fn fork_vectors(keys: &VaultKeys, chat_keys: &ChatKeys) -> Value {
             chat_keys,
             deleted_chats: &[],
             created_at_ms: 1_700_000_300_000,
+            signer: None,
         },
         [Ok(ChatContent {
             chat_id: "family".into(),

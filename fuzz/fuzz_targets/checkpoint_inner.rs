@@ -367,6 +367,7 @@ fn next_checkpoint(
             chat_keys: engine.chat_keys(),
             deleted_chats: &[],
             created_at_ms: 2,
+            signer: None,
         },
     ) {
         Ok(sealed) => sealed,

@@ -350,6 +350,12 @@ pub struct CheckpointIndex {
     pub deleted_chats: ::prost::alloc::vec::Vec<ChatTombstone>,
     #[prost(uint64, tag = "8")]
     pub created_at_ms: u64,
+    /// Ed25519 signature of the writing device (64 bytes; FORMAT.md section 9.5): over
+    /// "chatvault/v2/checkpoint" || vault id (16) || name length (u16 BE) || name || SHA-256(E),
+    /// where E is this message encoded without this field, appended last as in a Segment. Empty
+    /// in indexes written before checkpoints were signed.
+    #[prost(bytes = "vec", tag = "9")]
+    pub signature: ::prost::alloc::vec::Vec<u8>,
 }
 /// Body of a Roster object (kind 11, sealed under the log key of its epoch): one signed entry of
 /// the device roster (docs/DEVICES.md). The object's name is `roster/` and the hex of the first

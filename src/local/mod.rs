@@ -26,6 +26,7 @@ use crate::sync::batch::EncodedBatch;
 use crate::sync::segment::{
     Head, KeyId, SegmentHash, SegmentId, SegmentName, head_to_proto, heads_from_proto,
 };
+use crate::sync::signature::BodySignature;
 use crate::sync::{Chat, DeviceId};
 
 pub mod cache;
@@ -54,6 +55,18 @@ fn db_error(error: rusqlite::Error) -> Error {
 
 fn corrupt(what: &str) -> Error {
     Error::LocalState(format!("damaged local state: {what}"))
+}
+
+/// What a device learned from a checkpoint index it opened, kept so it is fetched once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KnownCheckpoint {
+    /// The tips it covers.
+    pub covered: Vec<Head>,
+    /// Its writer's clock when written.
+    pub created_at_ms: u64,
+    /// Its signature, checked against the roster on every pass (who may write checkpoints
+    /// changes with it).
+    pub signature: Option<BodySignature>,
 }
 
 /// A chat as listed: metadata, live message count and plaintext bytes of its messages.
@@ -417,11 +430,11 @@ impl LocalState {
         .collect()
     }
 
-    /// Checkpoints this device has opened: name -> (covered heads, creation time).
-    pub fn known_checkpoints(&self) -> Result<BTreeMap<String, (Vec<Head>, u64)>> {
+    /// Checkpoints this device has opened: name -> what it learned of each.
+    pub fn known_checkpoints(&self) -> Result<BTreeMap<String, KnownCheckpoint>> {
         let mut statement = self
             .connection
-            .prepare("SELECT name, covered, created_at_ms FROM checkpoints")
+            .prepare("SELECT name, covered, created_at_ms, signature FROM checkpoints")
             .map_err(db_error)?;
         let rows = statement
             .query_map([], |row| {
@@ -429,16 +442,39 @@ impl LocalState {
                     row.get::<_, String>(0)?,
                     row.get::<_, Vec<u8>>(1)?,
                     row.get::<_, i64>(2)?,
+                    row.get::<_, Option<Vec<u8>>>(3)?,
                 ))
             })
             .map_err(db_error)?;
         let mut out = BTreeMap::new();
         for row in rows {
-            let (name, covered, created) = row.map_err(db_error)?;
+            let (name, covered, created, signature) = row.map_err(db_error)?;
             let decoded =
                 proto::Segment::decode(&covered[..]).map_err(|_| corrupt("checkpoint"))?;
-            let heads = heads_from_proto(&decoded.seen, |_| corrupt("checkpoint"))?;
-            out.insert(name, (heads, created as u64));
+            let covered = heads_from_proto(&decoded.seen, |_| corrupt("checkpoint"))?;
+            let signature = signature
+                .map(|bytes| {
+                    let (signature, digest) = bytes
+                        .split_at_checked(crate::devices::SIGNATURE_LEN)
+                        .ok_or_else(|| corrupt("checkpoint signature"))?;
+                    Ok::<_, Error>(BodySignature {
+                        signature: signature
+                            .try_into()
+                            .map_err(|_| corrupt("checkpoint signature"))?,
+                        digest: digest
+                            .try_into()
+                            .map_err(|_| corrupt("checkpoint signature"))?,
+                    })
+                })
+                .transpose()?;
+            out.insert(
+                name,
+                KnownCheckpoint {
+                    covered,
+                    created_at_ms: created as u64,
+                    signature,
+                },
+            );
         }
         Ok(out)
     }
@@ -620,22 +656,25 @@ pub(crate) fn commit_head(
     Ok(())
 }
 
-/// Remembers a checkpoint's coverage (stored as the `seen` list of an otherwise empty Segment
-/// message, to reuse its encoding).
+/// Remembers what a checkpoint index said (its coverage is stored as the `seen` list of an
+/// otherwise empty Segment message, to reuse its encoding), so it is fetched once.
 pub(crate) fn note_checkpoint(
     tx: &Transaction<'_>,
     name: &str,
-    covered: &[Head],
-    created_at_ms: u64,
+    known: &KnownCheckpoint,
 ) -> Result<()> {
     let encoded = proto::Segment {
-        seen: covered.iter().map(head_to_proto).collect(),
+        seen: known.covered.iter().map(head_to_proto).collect(),
         ..proto::Segment::default()
     }
     .encode_to_vec();
+    let signature = known
+        .signature
+        .map(|s| [&s.signature[..], &s.digest[..]].concat());
     tx.execute(
-        "INSERT OR REPLACE INTO checkpoints (name, covered, created_at_ms) VALUES (?1, ?2, ?3)",
-        params![name, encoded, created_at_ms as i64],
+        "INSERT OR REPLACE INTO checkpoints (name, covered, created_at_ms, signature)
+         VALUES (?1, ?2, ?3, ?4)",
+        params![name, encoded, known.created_at_ms as i64, signature],
     )
     .map(|_| ())
     .map_err(db_error)

@@ -23,7 +23,7 @@ use super::versions::{DeviceNumbers, Journal, RunCache, Version, VersionWriter, 
 use super::{corrupt, db_error};
 
 /// The schema version this library writes.
-pub const CURRENT_VERSION: u32 = 6;
+pub const CURRENT_VERSION: u32 = 7;
 
 /// Messages per flush when migration 3 converts the messages table.
 const MIGRATED_CHUNK: usize = 10_000;
@@ -234,6 +234,25 @@ pub(crate) fn untagged_vault_error() -> crate::Error {
     )
 }
 
+/// Version 6 -> 7: checkpoint indexes are signed (FORMAT.md 9.5); the known ones keep their
+/// signature, which every pass checks against the roster. Those known before had none to keep
+/// (no writer signed them). Like the other steps, safe to run on a file that has it already.
+fn to_v7(tx: &Transaction<'_>) -> Result<()> {
+    let has_column: bool = tx
+        .query_row(
+            "SELECT COUNT(*) FROM pragma_table_info('checkpoints') WHERE name = 'signature'",
+            [],
+            |row| row.get::<_, i64>(0),
+        )
+        .map_err(db_error)?
+        > 0;
+    if !has_column {
+        tx.execute_batch("ALTER TABLE checkpoints ADD COLUMN signature BLOB;")
+            .map_err(db_error)?;
+    }
+    Ok(())
+}
+
 /// Brings the database at `connection` to [`CURRENT_VERSION`].
 pub(super) fn migrate(connection: &mut Connection, key: &CacheKey) -> Result<()> {
     let version: u32 = connection
@@ -269,6 +288,7 @@ pub(super) fn migrate(connection: &mut Connection, key: &CacheKey) -> Result<()>
                          id BLOB PRIMARY KEY, object BLOB NOT NULL);",
                 )
                 .map_err(db_error)?,
+            7 => to_v7(&tx)?,
             _ => unreachable_version(next)?,
         }
         tx.pragma_update(None, "user_version", next)

@@ -32,6 +32,7 @@ use super::segment::{
     ChatKeys, Head, KeyGrant, KeyId, SegmentId, grant_epoch_cap, grant_from_proto,
     heads_from_proto, parse_device_seq_tag,
 };
+use super::signature::{BodySignature, CHECKPOINT_LABEL, split_signature};
 
 /// Where checkpoint indexes live inside the vault prefix.
 pub const CHECKPOINTS_PREFIX: &str = "checkpoints/";
@@ -135,6 +136,16 @@ pub struct CheckpointIndex {
     pub deletions: BTreeMap<String, Deletion>,
     /// Writer's clock at creation.
     pub created_at_ms: u64,
+    /// The writer's signature, if it signed (every index written since checkpoints are signed).
+    pub signature: Option<BodySignature>,
+}
+
+impl CheckpointIndex {
+    /// Whether the index carries a signature that verifies under `verifying_key` for `vault`.
+    pub fn signed_by(&self, vault: &crate::keys::VaultId, verifying_key: &[u8; 32]) -> bool {
+        self.signature
+            .is_some_and(|s| s.verifies(CHECKPOINT_LABEL, vault, &self.name, verifying_key))
+    }
 }
 
 /// Where a chat's newest delete was written and who may not have seen it yet.
@@ -196,6 +207,7 @@ pub fn open_checkpoint_index(
     let id16 = |bytes: &[u8], what: &str| -> Result<[u8; 16]> {
         bytes.try_into().map_err(|_| malformed(what))
     };
+    let signature = split_signature(&body, &index.signature).map_err(malformed)?;
     let covered = heads_from_proto(&index.covered, malformed)?;
     let grants = index
         .keys
@@ -298,6 +310,7 @@ pub fn open_checkpoint_index(
         deleted_chats,
         deletions,
         created_at_ms: index.created_at_ms,
+        signature,
     })
 }
 

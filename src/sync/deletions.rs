@@ -308,6 +308,7 @@ mod tests {
             packs: Vec::new(),
             chats: Vec::new(),
             created_at_ms: 0,
+            signature: None,
             covered: base_tips.iter().copied().chain([head(2, 1)]).collect(),
             deleted_chats: vec![("x".to_owned(), stamp(10, 1))],
             deletions: BTreeMap::from([(

@@ -83,6 +83,14 @@ impl Listing {
         listing
     }
 
+    /// Takes a checkpoint index out of the checkpoints (one that does not count, see
+    /// `sync::roster::checkpoint_counts`): it is listed among the objects that do not belong.
+    pub fn refuse_checkpoint(&mut self, name: &str) {
+        if let Some(listed) = self.checkpoints.remove(name) {
+            self.unknown.push(listed.name);
+        }
+    }
+
     /// The newest listed sequence number of each device.
     pub fn newest_segments(&self) -> BTreeMap<DeviceId, u64> {
         self.segments

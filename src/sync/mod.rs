@@ -17,6 +17,7 @@ pub mod next_checkpoint;
 pub mod plan;
 pub mod roster;
 pub mod segment;
+pub mod signature;
 pub mod state;
 pub mod tree;
 

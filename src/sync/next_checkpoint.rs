@@ -30,6 +30,7 @@ use super::history::{HistoryCursor, position_of};
 use super::listing::Listing;
 use super::model::{Change, Operation};
 use super::segment::{ChatKeys, Head, KeyGrant, KeyId, head_to_proto};
+use super::signature::{CHECKPOINT_LABEL, append_signature};
 use super::state::{MemoryState, apply};
 
 /// Chat blocks are filled up to about this much encoded plaintext (64 KiB): a page of history
@@ -71,6 +72,9 @@ pub struct CheckpointInput<'a> {
     pub deleted_chats: &'a [(String, Stamp)],
     /// Writer's clock, for garbage collection grace periods.
     pub created_at_ms: u64,
+    /// The writing device's keys: it signs the index (`None`: unsigned, as indexes were before
+    /// checkpoints were signed; only tests and vectors of that format write one).
+    pub signer: Option<&'a crate::devices::DeviceSecrets>,
 }
 
 /// A sealed checkpoint, ready to upload (packs first, index last).
@@ -431,7 +435,7 @@ impl<'a> NextCheckpoint<'a> {
             .filter(|(_, deletion)| !deletion.unaware.is_empty())
             .map(|(chat, _)| chat);
         let grants = grants_of(&writer.chat_keys, &writer.entries, still_written)?;
-        let body = zeroize::Zeroizing::new(
+        let mut body = zeroize::Zeroizing::new(
             proto::CheckpointIndex {
                 device_id: input.device.0.to_vec(),
                 seq: input.seq,
@@ -465,9 +469,19 @@ impl<'a> NextCheckpoint<'a> {
                     })
                     .collect(),
                 created_at_ms: input.created_at_ms,
+                signature: Vec::new(),
             }
             .encode_to_vec(),
         );
+        if let Some(signer) = input.signer {
+            append_signature(
+                &mut body,
+                signer,
+                CHECKPOINT_LABEL,
+                keys.vault_id(),
+                &index_name,
+            );
+        }
         let context = ObjectContext {
             vault_id: keys.vault_id(),
             kind: ObjectKind::CheckpointIndex,
@@ -829,6 +843,7 @@ mod tests {
                 chat_keys: &chat_keys,
                 deleted_chats: &[],
                 created_at_ms: 0,
+                signer: None,
             },
             [Ok(ChatContent {
                 chat_id: "c".into(),
@@ -959,6 +974,7 @@ mod tests {
                         chat_keys: &self.chat_keys,
                         deleted_chats: &[],
                         created_at_ms: 0,
+                        signer: None,
                     },
                 )
                 .unwrap();
@@ -1160,6 +1176,7 @@ mod tests {
             deleted_chats: Vec::new(),
             deletions: BTreeMap::new(),
             created_at_ms: 1,
+            signature: None,
         };
         let listing = Listing::default();
         let next = NextCheckpoint::new(Some(&base), &listing);

@@ -35,21 +35,7 @@ pub use super::names::{
     parse_segment_name, random_tag, segment_name,
 };
 pub(crate) use super::names::{head_to_proto, heads_from_proto};
-
-const SIGNING_LABEL: &[u8] = b"chatvault/v2/segment";
-/// The protobuf key of `Segment.signature` (field 9, length-delimited) and its length (64).
-const SIGNATURE_SUFFIX: [u8; 2] = [0x4a, 0x40];
-
-fn signing_message(vault: &crate::keys::VaultId, name: &str, digest: &[u8; 32]) -> Vec<u8> {
-    let mut message = Vec::with_capacity(SIGNING_LABEL.len() + 16 + 2 + name.len() + 32);
-    message.extend_from_slice(SIGNING_LABEL);
-    message.extend_from_slice(vault.as_bytes());
-    // Names are at most `sealing::MAX_NAME_LEN` (1,024) bytes.
-    message.extend_from_slice(&(name.len() as u16).to_be_bytes());
-    message.extend_from_slice(name.as_bytes());
-    message.extend_from_slice(digest);
-    message
-}
+use super::signature::{BodySignature, SEGMENT_LABEL, append_signature, split_signature};
 
 /// Where segments live inside the vault prefix.
 pub const SEGMENTS_PREFIX: &str = "segments/";
@@ -365,10 +351,7 @@ pub(crate) fn seal_segment_with(
         .encode_to_vec(),
     );
     if let Some(signer) = segment.signer {
-        let digest: [u8; 32] = Sha256::digest(&*body).into();
-        let signature = signer.sign(&signing_message(keys.vault_id(), &name, &digest));
-        body.extend_from_slice(&SIGNATURE_SUFFIX);
-        body.extend_from_slice(&signature);
+        append_signature(&mut body, signer, SEGMENT_LABEL, keys.vault_id(), &name);
     }
     let context = ObjectContext {
         vault_id: keys.vault_id(),
@@ -408,8 +391,8 @@ pub struct OpenedSegment {
     pub device_name: String,
     /// Platform.
     pub platform: String,
-    /// The writer's signature, if it signed: (signature, SHA-256 of the body it covers).
-    pub signature: Option<([u8; crate::devices::SIGNATURE_LEN], [u8; 32])>,
+    /// The writer's signature, if it signed.
+    pub signature: Option<BodySignature>,
 }
 
 impl OpenedSegment {
@@ -417,13 +400,8 @@ impl OpenedSegment {
     /// (strict Ed25519: a device key that is not a canonical point of prime order never
     /// verifies).
     pub fn signed_by(&self, vault: &crate::keys::VaultId, verifying_key: &[u8; 32]) -> bool {
-        self.signature.is_some_and(|(signature, digest)| {
-            crate::devices::verify_ed25519(
-                verifying_key,
-                &signing_message(vault, &self.name, &digest),
-                &signature,
-            )
-        })
+        self.signature
+            .is_some_and(|s| s.verifies(SEGMENT_LABEL, vault, &self.name, verifying_key))
     }
 }
 
@@ -453,23 +431,7 @@ pub fn open_segment(keys: &impl KeyEpochs, name: &str, object: &[u8]) -> Result<
             DecodeProblem::Malformed(why.to_owned()),
         )
     };
-    let signature = match segment.signature.len() {
-        0 => None,
-        crate::devices::SIGNATURE_LEN => {
-            // Writers append the signature last; what it covers is everything before it.
-            let covered_len = body.len().saturating_sub(2 + crate::devices::SIGNATURE_LEN);
-            let (covered, suffix) = body.split_at(covered_len);
-            if suffix.get(..2) != Some(&SIGNATURE_SUFFIX[..])
-                || suffix[2..] != segment.signature[..]
-            {
-                return Err(malformed("signature not at the end"));
-            }
-            let mut signature = [0u8; crate::devices::SIGNATURE_LEN];
-            signature.copy_from_slice(&segment.signature);
-            Some((signature, Sha256::digest(covered).into()))
-        }
-        _ => return Err(malformed("signature length")),
-    };
+    let signature = split_signature(&body, &segment.signature).map_err(malformed)?;
     if segment.device_id != device.0 || segment.seq != seq || seq == 0 {
         return Err(misplaced());
     }

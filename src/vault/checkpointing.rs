@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use crate::error::{Error, Result};
+use crate::sync::checkpoint::parse_checkpoint_name;
 use crate::sync::listing::Listing;
 use crate::sync::next_checkpoint::{CheckpointInput, NextCheckpoint};
 use crate::sync::plan::{Get, Known, check_link, plan_segments};
@@ -42,13 +43,49 @@ impl Vault {
         self.write_checkpoint().await
     }
 
+    /// Before a roster change after which some checkpoint indexes stop counting (those of
+    /// `revoking`, and unsigned ones once the first key epoch after 0 starts): when the newest
+    /// index that counts now is one of them, writes one of this device's own, signed, from it
+    /// and the segments after it. Devices that restore afterwards start from that one, not from
+    /// an older index whose covered segments garbage collection may have taken. The caller
+    /// holds the sync lock.
+    pub(super) async fn vouch_for_newest_checkpoint(
+        &self,
+        revoking: Option<DeviceId>,
+    ) -> Result<()> {
+        let mut scratch = SyncReport::default();
+        let pass = self.start_pass(&mut scratch).await?;
+        let Some((name, _)) = pass.engine.newest() else {
+            return Ok(());
+        };
+        let signed = lock(&self.local)?
+            .known_checkpoints()?
+            .get(name)
+            .is_some_and(|known| known.signature.is_some());
+        let roster = self.current_roster()?;
+        let stays = signed
+            && parse_checkpoint_name(name)
+                .is_some_and(|(writer, _, _)| Some(writer) != revoking && roster.is_active(writer));
+        if !stays {
+            self.write_checkpoint_rounds(true).await?;
+        }
+        Ok(())
+    }
+
     /// Writes checkpoints until every listed segment is covered: each from the one before (the
     /// newest in the bucket, first) and at most [`ROUND_BYTES`] of the segments after it. The
     /// caller holds the sync lock. The report sums every round and names the last index.
     pub(super) async fn write_checkpoint(&self) -> Result<CheckpointReport> {
+        self.write_checkpoint_rounds(false).await
+    }
+
+    /// [`write_checkpoint`](Self::write_checkpoint); with `always`, a checkpoint is written even
+    /// when no segment is left to cover (the newest index again, signed by this device).
+    async fn write_checkpoint_rounds(&self, always: bool) -> Result<CheckpointReport> {
         let mut scratch = SyncReport::default();
         let mut pass = self.start_pass(&mut scratch).await?;
-        self.sync_roster(pass.engine.listing(), false, &mut scratch)
+        // This device in the roster first: its index counts only if the roster lists it.
+        self.sync_roster(pass.engine.listing(), true, &mut scratch)
             .await?;
         let mut base = self.newest_index(&mut pass, &mut scratch).await?;
         if let Some(index) = &base {
@@ -60,7 +97,9 @@ impl Vault {
         let mut total = CheckpointReport::default();
         let mut forks = 0;
         loop {
-            let round = self.checkpoint_round(listing, base.as_ref()).await?;
+            let round = self
+                .checkpoint_round(listing, base.as_ref(), always && forks == 0)
+                .await?;
             if round.forked {
                 // This state directory was a copy of another device's: it continues under a
                 // new id, and the same round is sealed again under names of that id.
@@ -89,6 +128,7 @@ impl Vault {
         &self,
         listing: &Listing,
         base: Option<&CheckpointIndex>,
+        always: bool,
     ) -> Result<Round> {
         let mut chat_keys = lock(&self.chat_keys)?.clone();
         // The tips the new checkpoint covers: the base's, each replaced by the segments taken
@@ -146,7 +186,7 @@ impl Vault {
             hashes.insert(segment.head.id(), segment.head.hash);
             fetched += 1;
         }
-        if fetched == 0 {
+        if fetched == 0 && !(always && base.is_some()) {
             return Ok(Round {
                 report: CheckpointReport::default(),
                 index: None,
@@ -184,16 +224,18 @@ impl Vault {
             (seq, tag)
         };
         let epochs = self.epochs()?;
+        let (device, signer) = self.device_and_signer()?;
         let sealed = next.seal(
             &*epochs,
             &CheckpointInput {
-                device: self.device_id(),
+                device,
                 seq,
                 tag,
                 covered: &covered,
                 chat_keys: &chat_keys,
                 deleted_chats: &[],
                 created_at_ms: self.now_ms(),
+                signer: Some(&signer),
             },
         )?;
         let index = open_checkpoint_index(&*epochs, &sealed.index_name, &sealed.index)?;
@@ -223,7 +265,12 @@ impl Vault {
             }
         }
         lock(&self.local)?.transaction(|tx| {
-            local::note_checkpoint(tx, &report.name, &covered, index.created_at_ms)
+            let known = local::KnownCheckpoint {
+                covered,
+                created_at_ms: index.created_at_ms,
+                signature: index.signature,
+            };
+            local::note_checkpoint(tx, &report.name, &known)
         })?;
         Ok(Round {
             report,

@@ -114,4 +114,12 @@ impl Vault {
         let _device = lock(&self.device)?;
         Ok(lock(&self.device_secrets)?.public())
     }
+
+    /// This device's id and a copy of its keys, read as one (the id's lock first, as
+    /// `fork_off` takes them): what it signs is signed with the key of the id it writes under.
+    pub(super) fn device_and_signer(&self) -> Result<(crate::sync::DeviceId, DeviceSecrets)> {
+        let device = lock(&self.device)?;
+        let signer = copy(&*lock(&self.device_secrets)?);
+        Ok((*device, signer))
+    }
 }

@@ -4,9 +4,12 @@
 use std::collections::BTreeMap;
 
 use crate::error::{Error, Result};
+use crate::local::KnownCheckpoint;
+use crate::sync::checkpoint::parse_checkpoint_name;
 use crate::sync::engine::{Coverage, Engine};
 use crate::sync::listing::Listing;
 use crate::sync::plan::Get;
+use crate::sync::roster::checkpoint_counts;
 use crate::sync::segment::SegmentName;
 
 use super::*;
@@ -64,28 +67,50 @@ impl Vault {
             (local.known_checkpoints()?, local.heads()?)
         };
         crate::sync::roster::refuse_segments(&roster, &mut listing, &applied);
-        let known = known
-            .into_iter()
-            .map(|(name, (covered, created_at_ms))| {
-                (
-                    name,
-                    Coverage {
-                        covered,
-                        created_at_ms,
-                    },
-                )
-            })
-            .collect();
+        crate::sync::roster::refuse_checkpoints(&roster, &mut listing);
+        let vault = self.keys.vault_id();
+        let mut coverage = BTreeMap::new();
+        for (name, known) in known {
+            // Known indexes that no longer count (the roster changed) are refused here, before
+            // the engine could start from one; those no longer listed go to the engine, which
+            // forgets them.
+            if listing.checkpoints.contains_key(&name) {
+                let writer = parse_checkpoint_name(&name)
+                    .ok_or_else(|| Error::LocalState("damaged checkpoint name".into()))?
+                    .0;
+                let signature = known.signature.as_ref();
+                if !checkpoint_counts(&roster, vault, &name, writer, signature)? {
+                    listing.refuse_checkpoint(&name);
+                    continue;
+                }
+            }
+            coverage.insert(
+                name,
+                Coverage {
+                    covered: known.covered,
+                    created_at_ms: known.created_at_ms,
+                },
+            );
+        }
         let chat_keys = lock(&self.chat_keys)?.clone();
-        let mut engine = Engine::new(listing, applied, known, chat_keys);
+        let mut engine = Engine::new(listing, applied, coverage, chat_keys);
         let mut indexes = BTreeMap::new();
         for get in engine.indexes_to_read()? {
             let bytes = self.read_exact(&get, report).await?;
             let index = engine.index_arrived(&*self.epochs()?, &get, &bytes)?;
-            lock(&self.local)?.transaction(|tx| {
-                local::note_checkpoint(tx, &get.name, &index.covered, index.created_at_ms)
-            })?;
-            indexes.insert(get.name, index);
+            let signature = index.signature.as_ref();
+            let counts = checkpoint_counts(&roster, vault, &get.name, index.device, signature)?;
+            let known = KnownCheckpoint {
+                covered: index.covered.clone(),
+                created_at_ms: index.created_at_ms,
+                signature: index.signature,
+            };
+            lock(&self.local)?.transaction(|tx| local::note_checkpoint(tx, &get.name, &known))?;
+            if counts {
+                indexes.insert(get.name, index);
+            } else {
+                engine.refuse_index(&get.name);
+            }
         }
         if !engine.forgotten().is_empty() {
             lock(&self.local)?.transaction(|tx| {

@@ -184,6 +184,7 @@ impl Bucket {
                 chat_keys: &chat_keys(),
                 deleted_chats: &[],
                 created_at_ms: 1,
+                signer: None,
             },
             [Ok(ChatContent {
                 chat_id: "c".into(),

@@ -150,6 +150,13 @@ impl Engine {
         Ok(index)
     }
 
+    /// Forgets an arrived index that does not count (see `sync::roster::checkpoint_counts`):
+    /// no start from it; it is listed among the objects that do not belong.
+    pub fn refuse_index(&mut self, name: &str) {
+        self.coverage.remove(name);
+        self.listing.refuse_checkpoint(name);
+    }
+
     /// The newest listed checkpoint whose coverage is known: the one covering the most segments
     /// (ties broken by name, so every device picks the same).
     pub fn newest(&self) -> Option<(&str, &Coverage)> {

@@ -46,6 +46,7 @@ pub use entry::{
 use super::clock::DeviceId;
 use super::listing::Listing;
 use super::segment::Head;
+use super::signature::{BodySignature, CHECKPOINT_LABEL};
 use crate::devices::DevicePublicKeys;
 use crate::error::{Error, IntegrityProblem, Result};
 use crate::keys::VaultId;
@@ -343,6 +344,67 @@ pub fn check_segment(
             problem: crate::error::DecodeProblem::BadSignature,
         })
     }
+}
+
+/// Whether the roster takes checkpoint indexes of `device` at all, by the name alone: none of a
+/// revoked device (whatever it wrote before, the revoker wrote a checkpoint of its own covering
+/// it before revoking: `Vault::revoke`) and, once a key epoch after 0 has started, none of a
+/// device it does not list.
+pub fn takes_checkpoints_of(roster: &Roster, device: DeviceId) -> bool {
+    match roster.devices.get(&device) {
+        Some(record) => record.revoked.is_none(),
+        None => roster.epoch == 0,
+    }
+}
+
+/// Whether the checkpoint index `name` of `device`, carrying `signature`, counts: a restore
+/// may start from it and garbage collection may go by it. Yes when the roster takes its
+/// writer's indexes and it is signed by that device's key, or, while the vault is in epoch 0,
+/// when it is unsigned (written before indexes were signed) or signed by a device the roster
+/// does not list yet. A signature that does not verify is `Decode { CheckpointIndex,
+/// BadSignature }`.
+pub fn checkpoint_counts(
+    roster: &Roster,
+    vault: &VaultId,
+    name: &str,
+    device: DeviceId,
+    signature: Option<&BodySignature>,
+) -> Result<bool> {
+    if !takes_checkpoints_of(roster, device) {
+        return Ok(false);
+    }
+    match (signature, roster.devices.get(&device)) {
+        (Some(signature), Some(record)) => {
+            if signature.verifies(CHECKPOINT_LABEL, vault, name, &record.keys.verifying) {
+                Ok(true)
+            } else {
+                Err(Error::Decode {
+                    kind: crate::format::ObjectKind::CheckpointIndex,
+                    problem: crate::error::DecodeProblem::BadSignature,
+                })
+            }
+        }
+        _ => Ok(roster.epoch == 0),
+    }
+}
+
+/// Takes out of `listing` the checkpoint indexes of writers the roster does not take
+/// ([`takes_checkpoints_of`]); they are listed among the objects that do not belong. Returns
+/// how many.
+pub fn refuse_checkpoints(roster: &Roster, listing: &mut Listing) -> usize {
+    let refused: Vec<String> = listing
+        .checkpoints
+        .keys()
+        .filter(|name| {
+            super::checkpoint::parse_checkpoint_name(name)
+                .is_some_and(|(device, _, _)| !takes_checkpoints_of(roster, device))
+        })
+        .cloned()
+        .collect();
+    for name in &refused {
+        listing.refuse_checkpoint(name);
+    }
+    refused.len()
 }
 
 /// Folds the roster of `vault` from every entry the bucket holds, starting from the recovery

@@ -58,6 +58,9 @@ impl Vault {
         let roster = match &record.revoked {
             Some(_) => roster,
             None => {
+                // Its checkpoint indexes stop counting with the revoke: if the newest is one,
+                // this device writes its own first.
+                self.vouch_for_newest_checkpoint(Some(device)).await?;
                 let accepted_tips = lock(&self.local)?
                     .heads()?
                     .into_iter()
