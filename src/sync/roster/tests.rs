@@ -650,3 +650,62 @@ fn a_revoked_device_cannot_make_the_roster_contested() {
         assert!(roster.refused.contains_key(&entry.id), "{entry:?}");
     }
 }
+
+#[test]
+fn a_checkpoint_counts_when_its_writer_may_write_and_signed_it_as_a_checkpoint() {
+    use crate::sync::signature::{
+        BodySignature, CHECKPOINT_LABEL, SEGMENT_LABEL, append_signature, split_signature,
+    };
+    let a = by_recovery(&[], add(1));
+    let b = by_recovery(&[&a], add(2));
+    let revoked = by(1, &[&b], revoke(2));
+    let mut roster = fold_all(&[&a, &b, &revoked]);
+    let name = "checkpoints/index";
+    let signed = |n: u8, label: &[u8], over: &str| {
+        let mut body = b"an encoded index".to_vec();
+        append_signature(&mut body, &secrets(n), label, &VAULT, over);
+        let field = body[body.len() - 64..].to_vec();
+        split_signature(&body, &field).unwrap().unwrap()
+    };
+    let counts = |roster: &Roster, device, signature: Option<BodySignature>| {
+        checkpoint_counts(roster, &VAULT, name, device, signature.as_ref())
+    };
+    let bad_signature = |result: Result<bool>| {
+        matches!(
+            result,
+            Err(Error::Decode {
+                problem: DecodeProblem::BadSignature,
+                ..
+            })
+        )
+    };
+    // The rule by epoch: the fold's epoch is set by hand (starts are tested above).
+    for epoch in [0, 1] {
+        roster.epoch = epoch;
+        assert!(counts(&roster, id(1), Some(signed(1, CHECKPOINT_LABEL, name))).unwrap());
+        // A revoked device's never count, signed or not.
+        assert!(!counts(&roster, id(2), Some(signed(2, CHECKPOINT_LABEL, name))).unwrap());
+        assert!(!counts(&roster, id(2), None).unwrap());
+        assert!(!takes_checkpoints_of(&roster, id(2)));
+        // Unsigned ones, and those of a device the roster does not list, only in epoch 0.
+        assert_eq!(counts(&roster, id(1), None).unwrap(), epoch == 0);
+        let unlisted = counts(&roster, id(3), Some(signed(3, CHECKPOINT_LABEL, name)));
+        assert_eq!(unlisted.unwrap(), epoch == 0);
+        // Another device's key, another name, a segment's signature: refused with a typed error.
+        assert!(bad_signature(counts(
+            &roster,
+            id(1),
+            Some(signed(3, CHECKPOINT_LABEL, name))
+        )));
+        assert!(bad_signature(counts(
+            &roster,
+            id(1),
+            Some(signed(1, CHECKPOINT_LABEL, "checkpoints/other"))
+        )));
+        assert!(bad_signature(counts(
+            &roster,
+            id(1),
+            Some(signed(1, SEGMENT_LABEL, name))
+        )));
+    }
+}

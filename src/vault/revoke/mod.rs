@@ -242,4 +242,6 @@ impl Vault {
 }
 
 #[cfg(test)]
+mod checkpoint_tests;
+#[cfg(test)]
 mod tests;

@@ -1,0 +1,208 @@
+//! Checkpoints around a revocation: a revoked device's checkpoint indexes count nowhere, an
+//! unsigned one stops counting once an epoch after 0 has started, and the revoker writes a
+//! checkpoint of its own first, so that nothing its revocation sets aside is lost.
+
+use std::sync::Arc;
+
+use super::*;
+use crate::keys::RecoveryKey;
+use crate::store::{DirectoryStore, ObjectStore};
+use crate::sync::checkpoint::{CHECKPOINTS_PREFIX, parse_checkpoint_name};
+use crate::sync::next_checkpoint::{ChatContent, CheckpointInput, seal_checkpoint};
+use crate::sync::segment::Head;
+use crate::sync::{Operation, Stamp};
+use crate::vault::test_devices::{device, ids, link, message};
+
+/// The checkpoint indexes in the bucket, by writer.
+async fn indexes(store: &Arc<dyn ObjectStore>, vault: &Vault) -> Vec<(DeviceId, String)> {
+    let prefix = vault.prefix();
+    let mut out = Vec::new();
+    for info in store
+        .list(&format!("{prefix}{CHECKPOINTS_PREFIX}"))
+        .await
+        .unwrap()
+    {
+        let name = info.key[prefix.len()..].to_owned();
+        let (writer, _, _) = parse_checkpoint_name(&name).unwrap();
+        out.push((writer, name));
+    }
+    out
+}
+
+/// Seals a checkpoint index under `writer`'s name with the keys `holder` holds (the epochs it
+/// holds and its chat keys), holding the messages `ids` stamped by `writer` and covering every
+/// tip `holder` applied; with `ahead`, one more tip far ahead, so that every reader that let it
+/// count would start from it (the newest checkpoint is the one covering the most). Signed with
+/// `holder`'s device key when `signed`. Puts its packs and itself in the bucket; returns the
+/// index's name.
+async fn forge_checkpoint(
+    store: &Arc<dyn ObjectStore>,
+    holder: &Vault,
+    writer: DeviceId,
+    signed: bool,
+    ahead: bool,
+    ids: &[&str],
+) -> String {
+    let mut covered: Vec<Head> = lock(&holder.local).unwrap().heads().unwrap();
+    if ahead {
+        covered.push(Head {
+            device: writer,
+            seq: 1 << 40,
+            tag: 0xf0f0,
+            hash: [7; 32],
+        });
+    }
+    let secrets = crate::vault::identity::copy(&lock(&holder.device_secrets).unwrap());
+    let sealed = seal_checkpoint(
+        &*holder.epochs().unwrap(),
+        &CheckpointInput {
+            device: writer,
+            seq: 1 << 20,
+            tag: 0xbad,
+            covered: &covered,
+            chat_keys: &lock(&holder.chat_keys).unwrap(),
+            deleted_chats: &[],
+            created_at_ms: holder.now_ms(),
+            signer: signed.then_some(&secrets),
+        },
+        [Ok(ChatContent {
+            chat_id: "c".into(),
+            operations: ids
+                .iter()
+                .zip(0..)
+                .map(|(id, counter)| Operation {
+                    stamp: Stamp {
+                        wall_ms: holder.now_ms() + 60_000,
+                        counter,
+                        device: writer,
+                    },
+                    change: message(id),
+                })
+                .collect(),
+        })],
+    )
+    .unwrap();
+    for (name, bytes) in sealed
+        .packs
+        .into_iter()
+        .chain([(sealed.index_name.clone(), sealed.index)])
+    {
+        store
+            .put(&format!("{}{name}", holder.prefix()), bytes)
+            .await
+            .unwrap();
+    }
+    sealed.index_name
+}
+
+#[tokio::test]
+async fn checkpoints_a_revoked_device_writes_count_nowhere_and_nothing_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ObjectStore> = Arc::new(DirectoryStore::new(dir.path().join("bucket")));
+    let key = RecoveryKey::generate().unwrap();
+    let phone = device(&store, dir.path(), "phone", &key).await;
+    let phone_id = phone.device_id();
+    phone.record(vec![message("before")]).unwrap();
+    phone.sync(None, None).await.unwrap();
+    let (laptop, _) = link(&store, &phone, &dir.path().join("laptop")).await;
+    let laptop_id = laptop.device_id();
+    for id in ["laptop-1", "laptop-2"] {
+        laptop.record(vec![message(id)]).unwrap();
+        laptop.sync(None, None).await.unwrap();
+    }
+    // The newest checkpoint is the laptop's, and garbage collection takes the segments it
+    // covers: from now on that index is the only place their messages are.
+    laptop.checkpoint().await.unwrap();
+    phone.sync(None, None).await.unwrap();
+    assert!(phone.collect_garbage(0).await.unwrap() > 0);
+    assert_eq!(
+        indexes(&store, &phone)
+            .await
+            .iter()
+            .map(|(w, _)| *w)
+            .collect::<Vec<_>>(),
+        [laptop_id]
+    );
+
+    phone.revoke(laptop_id).await.unwrap();
+    // The phone wrote its own checkpoint before the revoke, covering what the laptop's covered.
+    let written: Vec<DeviceId> = indexes(&store, &phone)
+        .await
+        .iter()
+        .map(|(w, _)| *w)
+        .collect();
+    assert!(written.contains(&phone_id), "{written:?}");
+
+    // The revoked laptop, with the epoch-0 keys it holds, writes a checkpoint under its own id
+    // (signed with its own key) and an unsigned one under the phone's id.
+    let forged = [
+        forge_checkpoint(&store, &laptop, laptop_id, true, true, &["forged"]).await,
+        forge_checkpoint(&store, &laptop, phone_id, false, true, &["forged"]).await,
+    ];
+    phone.record(vec![message("after")]).unwrap();
+    phone.sync(None, None).await.unwrap();
+    // The revoked laptop's index and everything but the phone's own is collected no more: the
+    // one that counts is the phone's.
+    phone.collect_garbage(0).await.unwrap();
+
+    let expected = ["after", "before", "laptop-1", "laptop-2"];
+    assert_eq!(ids(&phone), expected);
+    // A new device with the recovery key starts from the phone's checkpoint, never from a
+    // forged one, and restores everything.
+    let fresh = device(&store, dir.path(), "fresh", &key).await;
+    fresh.sync(None, None).await.unwrap();
+    assert_eq!(ids(&fresh), expected);
+    // Verify lists the forged indexes among the objects that do not belong.
+    let report = fresh.verify().await.unwrap();
+    for name in &forged {
+        assert!(
+            report.unknown.contains(name),
+            "{name} not in {:?}",
+            report.unknown
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_unsigned_checkpoint_counts_only_while_the_vault_is_in_epoch_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ObjectStore> = Arc::new(DirectoryStore::new(dir.path().join("bucket")));
+    let key = RecoveryKey::generate().unwrap();
+    let phone = device(&store, dir.path(), "phone", &key).await;
+    let phone_id = phone.device_id();
+    phone.record(vec![message("before")]).unwrap();
+    phone.sync(None, None).await.unwrap();
+    // An index as chatvault wrote them before indexes were signed, holding a message the
+    // segments no longer hold (as after a collection), and garbage collection by it.
+    let unsigned = forge_checkpoint(
+        &store,
+        &phone,
+        phone_id,
+        false,
+        false,
+        &["before", "legacy"],
+    )
+    .await;
+    assert!(phone.collect_garbage(0).await.unwrap() > 0);
+    let tablet = device(&store, dir.path(), "tablet", &key).await;
+    tablet.sync(None, None).await.unwrap();
+    // In epoch 0 it counts: the tablet restored from it.
+    assert_eq!(ids(&tablet), ["before", "legacy"]);
+    let (laptop, _) = link(&store, &phone, &dir.path().join("laptop")).await;
+
+    // The revocation starts epoch 1, after which unsigned indexes no longer count: the phone
+    // writes a signed one first, from the unsigned one it counted until then.
+    phone.revoke(laptop.device_id()).await.unwrap();
+    let after: Vec<String> = indexes(&store, &phone)
+        .await
+        .into_iter()
+        .map(|(_, name)| name)
+        .filter(|name| *name != unsigned)
+        .collect();
+    assert_eq!(after.len(), 1, "{after:?}");
+    let fresh = device(&store, dir.path(), "fresh", &key).await;
+    fresh.sync(None, None).await.unwrap();
+    assert_eq!(ids(&fresh), ["before", "legacy"]);
+    let report = fresh.verify().await.unwrap();
+    assert_eq!(report.unknown, [unsigned]);
+}
