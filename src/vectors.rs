@@ -601,6 +601,13 @@ fn sync_object_vectors() -> Value {
         .filter(|op| op.change.chat_id() == "family")
         .cloned()
         .collect();
+    // The checkpoint's writer signs its index (section 9.5) with its own device key.
+    let other_secrets = crate::devices::DeviceSecrets::from_bytes(&{
+        let mut bytes = [0u8; 64];
+        bytes[..32].copy_from_slice(&pattern::<32>(56));
+        bytes[32..].copy_from_slice(&pattern::<32>(57));
+        bytes
+    });
     let mut nonces = FixedNonces::new(90);
     let sealed = seal_checkpoint_with(
         &keys,
@@ -612,7 +619,7 @@ fn sync_object_vectors() -> Value {
             chat_keys: &chat_keys,
             deleted_chats: &deleted_chats,
             created_at_ms: 1_700_000_100_000,
-            signer: None,
+            signer: Some(&other_secrets),
         },
         [Ok(ChatContent {
             chat_id: "family".into(),
@@ -666,12 +673,13 @@ fn sync_object_vectors() -> Value {
         .collect();
     assert_eq!(nonces.used.len(), checkpoint_blocks.len() + 1);
     let checkpoint = json!({
-        "description": "checkpoint 1 of the other device: one pack with two blocks of the family chat (metadata and a deletion without a range, then two messages with their range) and one deleted chat",
+        "description": "checkpoint 1 of the other device, signed with its device key: one pack with two blocks of the family chat (metadata and a deletion without a range, then two messages with their range) and one deleted chat",
         "name": sealed.index_name,
         "tag": format!("{CHECKPOINT_TAG:016x}"),
         "nonce": hex(nonces.used.last().unwrap()),
         "body": hex(&index_body),
         "object": hex(&sealed.index),
+        "signer_verifying_key": hex(&other_secrets.public().verifying),
         "fields": {
             "device_id": hex(&other.0),
             "seq": 1,

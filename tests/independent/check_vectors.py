@@ -1170,7 +1170,8 @@ CHAT_TOMBSTONE = {1: ("chat_id", "string", False), 2: ("stamp", STAMP, False),
 CHECKPOINT_INDEX = {1: ("device_id", "bytes", False), 2: ("seq", "uint64", False),
                     3: ("covered", DEVICE_HEAD, True), 4: ("keys", CHAT_KEY_GRANT, True),
                     5: ("packs", PACK_REF, True), 6: ("chats", PACKED_CHAT, True),
-                    7: ("deleted_chats", CHAT_TOMBSTONE, True), 8: ("created_at_ms", "uint64", False)}
+                    7: ("deleted_chats", CHAT_TOMBSTONE, True), 8: ("created_at_ms", "uint64", False),
+                    9: ("signature", "bytes", False)}
 
 
 # Section 9.3: a stamp's wall_ms is at most 2^47 (about the year 6429). The bound is a rule of
@@ -1413,8 +1414,22 @@ def check_sync_objects(c):
     c.run(tag + ": re-seal with its nonce reproduces it",
           lambda: seal(log_key, h(k["nonce"]), KIND_CHECKPOINT_INDEX, vid, name, body) == obj)
     index = decode_checkpoint_index(body)
-    c.run(tag + ": fields", lambda: fields_match("checkpoint", index, f))
+    c.run(tag + ": fields", lambda: fields_match(
+        "checkpoint", {k: index[k] for k in index if k != "signature"}, f))
     c.check(tag + ": body is canonical protobuf", pb_encode(index, CHECKPOINT_INDEX) == body)
+    # Section 9.5: signed as a segment is (9.2), under its own label.
+    sig = index.get("signature", b"")
+    c.check(tag + ": signature appended last (0x4a 0x40 || 64 bytes)",
+            len(sig) == 64 and body[-66:] == b"\x4a\x40" + sig)
+    c.check(tag + ": what the signature covers is the index without it",
+            pb_encode({k: index[k] for k in index if k != "signature"}, CHECKPOINT_INDEX) == body[:-66])
+    index_digest = hashlib.sha256(body[:-66]).digest()
+    signed_part = vid + len(name).to_bytes(2, "big") + name.encode() + index_digest
+    index_signer = h(k["signer_verifying_key"])
+    c.run(tag + ": the writer's signature verifies",
+          lambda: ed25519_verifies(index_signer, b"chatvault/v2/checkpoint" + signed_part, sig))
+    c.run(tag + ": not as a segment's signature",
+          lambda: not ed25519_verifies(index_signer, b"chatvault/v2/segment" + signed_part, sig))
     c.check(tag + ": keys only of chats with blocks",
             {g["chat_id"] for g in index["keys"]} == {e["chat_id"] for e in index["chats"]})
     prefix = "packs/%s/%016x-%s/" % (f["device_id"], f["seq"], k["tag"])
