@@ -257,6 +257,13 @@ pub enum IntegrityProblem {
         /// The segment.
         seq: u64,
     },
+    /// An object's bytes are not the ones a signed index lists for it (a checkpoint block
+    /// whose SHA-256 differs: overwritten by someone holding the bucket and an old chat key).
+    #[error("object {name} was replaced: its bytes are not the ones its index lists")]
+    Replaced {
+        /// The object's name.
+        name: String,
+    },
     /// The device roster's entries do not settle on one roster (docs/DEVICES.md, "Roster"): a
     /// bucket or a key holder wrote entries whose counting depends on each other in a circle.
     #[error("the device roster is contested")]

@@ -687,7 +687,7 @@ fn sync_object_vectors() -> Value {
             "keys": [grant_json("family")],
             "packs": index.packs.iter().map(|p| json!({"name": p.name, "size": p.size})).collect::<Vec<_>>(),
             "chats": index.chats.iter().map(|c| {
-                let mut v = json!({"chat_id": c.chat_id, "key_id": hex(&c.key_id), "pack": c.pack, "offset": c.offset, "length": c.length, "block_id": hex(&c.block_id)});
+                let mut v = json!({"chat_id": c.chat_id, "key_id": hex(&c.key_id), "pack": c.pack, "offset": c.offset, "length": c.length, "block_id": hex(&c.block_id), "hash": hex(&c.hash)});
                 if let Some(first) = position(&c.first) { v["first"] = first; }
                 if let Some(last) = position(&c.last) { v["last"] = last; }
                 v

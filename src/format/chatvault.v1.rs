@@ -301,6 +301,12 @@ pub struct PackedChat {
     /// can reference the block in this pack, or copy its bytes into a new pack, without opening it.
     #[prost(bytes = "vec", tag = "8")]
     pub block_id: ::prost::alloc::vec::Vec<u8>,
+    /// SHA-256 of the block's bytes as they lie in the pack (the sealed block, without padding):
+    /// the signed index binds the bytes, not only the chat key and the block id. Carried unchanged
+    /// when a later checkpoint keeps the block where it lies or copies it. Empty in indexes written
+    /// before blocks were hashed.
+    #[prost(bytes = "vec", tag = "9")]
+    pub hash: ::prost::alloc::vec::Vec<u8>,
 }
 /// A message's place in its chat's history.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

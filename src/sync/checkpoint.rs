@@ -20,6 +20,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use sha2::{Digest, Sha256};
+
 use crate::error::{DecodeProblem, Error, IntegrityProblem, Result};
 use crate::format::{ObjectKind, decode_body, proto};
 use crate::keys::{KeyEpochs, VaultKeys};
@@ -109,6 +111,23 @@ pub struct PackedChat {
     /// The id its writer chose; the block is sealed under the name `blocks/<id hex>`, so it
     /// can stay where it lies, or move, from one checkpoint to the next.
     pub block_id: [u8; 16],
+    /// SHA-256 of its bytes; `None` in indexes written before blocks were hashed.
+    pub hash: Option<[u8; 32]>,
+}
+
+impl PackedChat {
+    /// Checks that `bytes` are the block's, when its index records their hash:
+    /// `Integrity(Replaced)` otherwise.
+    pub fn check_bytes(&self, bytes: &[u8]) -> Result<()> {
+        match self.hash {
+            Some(hash) if <[u8; 32]>::from(Sha256::digest(bytes)) != hash => {
+                Err(Error::Integrity(IntegrityProblem::Replaced {
+                    name: block_name(&self.block_id),
+                }))
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 /// An opened checkpoint index.
@@ -250,6 +269,10 @@ pub fn open_checkpoint_index(
                 length: c.length,
                 range,
                 block_id: id16(&c.block_id, "block id")?,
+                hash: match c.hash.len() {
+                    0 => None,
+                    _ => Some(c.hash[..].try_into().map_err(|_| malformed("block hash"))?),
+                },
             })
         })
         .collect::<Result<Vec<_>>>()?;
@@ -342,6 +365,7 @@ pub fn open_block(
                 seq: index.seq,
             })
         })?;
+    entry.check_bytes(bytes)?;
     let name = block_name(&entry.block_id);
     let context = ObjectContext {
         vault_id: keys.vault_id(),

@@ -1163,7 +1163,8 @@ HISTORY_POSITION = {1: ("sent_at_ms", "uint64", False), 2: ("message_id", "strin
 PACKED_CHAT = {1: ("chat_id", "string", False), 2: ("key_id", "bytes", False),
                3: ("pack", "uint32", False), 4: ("offset", "uint64", False),
                5: ("length", "uint64", False), 6: ("first", HISTORY_POSITION, False),
-               7: ("last", HISTORY_POSITION, False), 8: ("block_id", "bytes", False)}
+               7: ("last", HISTORY_POSITION, False), 8: ("block_id", "bytes", False),
+               9: ("hash", "bytes", False)}
 CHAT_TOMBSTONE = {1: ("chat_id", "string", False), 2: ("stamp", STAMP, False),
                   3: ("deleted_by", "bytes", False), 4: ("deleted_in", "uint64", False),
                   5: ("unaware", "bytes", True), 6: ("deleted_in_tag", "fixed64", False)}
@@ -1455,6 +1456,9 @@ def check_sync_objects(c):
     for i, (e, b) in enumerate(zip(index["chats"], k["blocks"])):
         c.check("%s block %d: 16-byte block id, the first 16 bytes of its nonce" % (tag, i),
                 len(e["block_id"]) == 16 and e["block_id"] == h(b["nonce"])[:16])
+        # Section 9.5: the signed index binds the block's bytes by their SHA-256.
+        c.check("%s block %d: hash = SHA-256 of the block's bytes in its pack" % (tag, i),
+                e["hash"] == hashlib.sha256(block_bytes(i)).digest())
     check_chat_blocks(c, tag, lambda i: "blocks/" + index["chats"][i]["block_id"].hex(),
                       k["blocks"], block_bytes, vid, keys_by_id, None)
     for i, (e, b) in enumerate(zip(index["chats"], k["blocks"])):

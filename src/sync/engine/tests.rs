@@ -89,6 +89,15 @@ fn an_honest_vault_pulls_and_verifies_before_and_after_gc() {
     assert_eq!(again.messages, device.messages);
 }
 
+/// A flipped bit is caught: by authentication, or, in a checkpoint block, by the hash its
+/// signed index records for it (checked before the block is opened).
+fn tampering_caught(result: Result<()>, victim: &str) -> bool {
+    match result {
+        Err(Error::Integrity(IntegrityProblem::Replaced { .. })) => victim.starts_with("packs/"),
+        other => authentication_failed(other),
+    }
+}
+
 #[test]
 fn flipped_bits_fail_authentication_in_every_kind() {
     let (bucket, device) = honest();
@@ -98,14 +107,14 @@ fn flipped_bits_fail_authentication_in_every_kind() {
         let middle = bytes.len() / 2;
         bytes[middle] ^= 0x20;
         assert!(
-            authentication_failed(verify(&tampered, &device)),
+            tampering_caught(verify(&tampered, &device), victim),
             "verify missed a flipped bit in {victim}"
         );
         // A fresh device needs the checkpoint once what it covers is collected.
         tampered.collect();
         if tampered.objects.contains_key(victim) {
             assert!(
-                authentication_failed(pull(&tampered, &mut Device::default())),
+                tampering_caught(pull(&tampered, &mut Device::default()), victim),
                 "a fresh pull missed a flipped bit in {victim}"
             );
         }

@@ -206,3 +206,103 @@ async fn an_unsigned_checkpoint_counts_only_while_the_vault_is_in_epoch_zero() {
     let report = fresh.verify().await.unwrap();
     assert_eq!(report.unknown, [unsigned]);
 }
+
+/// `haystack` with every `from` replaced by `to` (of the same length).
+fn replace_all(haystack: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+    let mut out = haystack.to_vec();
+    let mut at = 0;
+    while let Some(found) = out[at..].windows(from.len()).position(|w| w == from) {
+        out[at + found..at + found + from.len()].copy_from_slice(to);
+        at += found + from.len();
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_block_the_revoked_device_overwrites_in_a_pack_is_refused_not_restored() {
+    use crate::format::ObjectKind;
+    use crate::sealing::{self, Compression, ObjectContext};
+    use crate::sync::checkpoint::{block_name, open_checkpoint_index};
+
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ObjectStore> = Arc::new(DirectoryStore::new(dir.path().join("bucket")));
+    let key = RecoveryKey::generate().unwrap();
+    let phone = device(&store, dir.path(), "phone", &key).await;
+    phone.record(vec![message("before")]).unwrap();
+    phone.sync(None, None).await.unwrap();
+    let (laptop, _) = link(&store, &phone, &dir.path().join("laptop")).await;
+    laptop.record(vec![message("laptop-1")]).unwrap();
+    laptop.sync(None, None).await.unwrap();
+    laptop.checkpoint().await.unwrap();
+    phone.sync(None, None).await.unwrap();
+    assert!(phone.collect_garbage(0).await.unwrap() > 0);
+    phone.revoke(laptop.device_id()).await.unwrap();
+    phone.collect_garbage(0).await.unwrap();
+
+    // The laptop, with the bucket and the keys it holds, opens the index that counts now (the
+    // phone's, written before the revocation, so in an epoch it holds), finds the block holding
+    // its message, and overwrites it in its pack with one it seals itself under the same chat
+    // key and block name, the same length, naming another message.
+    let (_, name) = indexes(&store, &phone)
+        .await
+        .into_iter()
+        .find(|(writer, _)| *writer == phone.device_id())
+        .unwrap();
+    let object = store
+        .get(&format!("{}{name}", phone.prefix()), u64::MAX)
+        .await
+        .unwrap()
+        .unwrap();
+    let index = open_checkpoint_index(&*laptop.epochs().unwrap(), &name, &object).unwrap();
+    let chat_keys = lock(&laptop.chat_keys).unwrap().clone();
+    let mut overwritten = false;
+    for block in &index.chats {
+        let (pack_name, _) = &index.packs[block.pack];
+        let pack_key = format!("{}{pack_name}", phone.prefix());
+        let mut pack = store.get(&pack_key, u64::MAX).await.unwrap().unwrap();
+        let span = block.offset as usize..(block.offset + block.length) as usize;
+        let (_, chat_key) = chat_keys.key(&block.key_id).unwrap();
+        let block_name = block_name(&block.block_id);
+        let context = ObjectContext {
+            vault_id: laptop.keys.vault_id(),
+            kind: ObjectKind::ChatData,
+            name: &block_name,
+        };
+        let body = sealing::open(&chat_key.0, &context, &pack[span.clone()]).unwrap();
+        let forged = replace_all(&body, b"laptop-1", b"forged-1");
+        if forged == *body {
+            continue;
+        }
+        let resealed = [Compression::Auto, Compression::Never]
+            .into_iter()
+            .map(|compression| {
+                sealing::seal_with_nonce(&chat_key.0, &context, &forged, &[9; 24], compression)
+                    .unwrap()
+            })
+            .find(|sealed| sealed.len() == span.len())
+            .expect("a forged block of the same length");
+        pack[span].copy_from_slice(&resealed);
+        store.put(&pack_key, pack).await.unwrap();
+        overwritten = true;
+    }
+    assert!(overwritten);
+
+    // A new device refuses the block with a typed error instead of restoring the forgery; the
+    // phone, which holds the messages, syncs on and verify names the replaced block.
+    let fresh = device(&store, dir.path(), "fresh", &key).await;
+    let restored = fresh.sync(None, None).await;
+    assert!(
+        matches!(
+            restored,
+            Err(Error::Integrity(crate::IntegrityProblem::Replaced { .. }))
+        ),
+        "{restored:?}"
+    );
+    assert!(!ids(&fresh).contains(&"forged-1".to_owned()));
+    phone.sync(None, None).await.unwrap();
+    assert_eq!(ids(&phone), ["before", "laptop-1"]);
+    assert!(matches!(
+        phone.verify().await,
+        Err(Error::Integrity(crate::IntegrityProblem::Replaced { .. }))
+    ));
+}
