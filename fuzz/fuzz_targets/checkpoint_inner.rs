@@ -167,9 +167,11 @@ fn block_body(mode: u8, reader: &mut Reader<'_>) {
             first,
             last,
             block_id: BLOCK_ID.to_vec(),
+            hash: Vec::new(),
         }],
         deleted_chats: Vec::new(),
         created_at_ms: 1,
+        signature: Vec::new(),
     }
     .encode_to_vec();
     let name = checkpoint_name(DEFAULT_DEVICE, 1, TAG);
