@@ -961,3 +961,58 @@ mod tests {
         ));
     }
 }
+
+#[cfg(test)]
+mod checkpoint_cache_tests {
+    use super::*;
+    use crate::keys::RecoveryKey;
+    use crate::sync::signature::BodySignature;
+
+    fn keys() -> VaultKeys {
+        VaultKeys::derive(&RecoveryKey::from_bytes([8; 32]))
+    }
+
+    #[test]
+    fn a_known_checkpoint_keeps_its_signature_and_schema_7_forgets_what_6_knew() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let mut local = LocalState::open(&path, &keys()).unwrap();
+        let head = Head {
+            device: DeviceId([1; 16]),
+            seq: 3,
+            tag: 4,
+            hash: [5; 32],
+        };
+        let signed = KnownCheckpoint {
+            covered: vec![head],
+            created_at_ms: 9,
+            signature: Some(BodySignature {
+                signature: [6; 64],
+                digest: [7; 32],
+            }),
+        };
+        let unsigned = KnownCheckpoint {
+            signature: None,
+            ..signed.clone()
+        };
+        local
+            .transaction(|tx| {
+                note_checkpoint(tx, "checkpoints/a", &signed)?;
+                note_checkpoint(tx, "checkpoints/b", &unsigned)
+            })
+            .unwrap();
+        let known = local.known_checkpoints().unwrap();
+        assert_eq!(known["checkpoints/a"], signed);
+        assert_eq!(known["checkpoints/b"], unsigned);
+
+        // A file of version 6 (whose build noted indexes without their signatures): the step to
+        // 7 forgets them, so each is fetched, with its signature, once more.
+        local
+            .connection
+            .execute_batch("PRAGMA user_version = 6;")
+            .unwrap();
+        drop(local);
+        let local = LocalState::open(&path, &keys()).unwrap();
+        assert!(local.known_checkpoints().unwrap().is_empty());
+    }
+}

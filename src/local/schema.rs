@@ -235,9 +235,13 @@ pub(crate) fn untagged_vault_error() -> crate::Error {
 }
 
 /// Version 6 -> 7: checkpoint indexes are signed (FORMAT.md 9.5); the known ones keep their
-/// signature, which every pass checks against the roster. Those known before had none to keep
-/// (no writer signed them). Like the other steps, safe to run on a file that has it already.
+/// signature, which every pass checks against the roster. A version that did not know
+/// signatures may have noted signed indexes (written by newer devices) without theirs, so what
+/// it knew is forgotten: each listed index is fetched once more. Like the other steps, safe to
+/// run on a file that has it already.
 fn to_v7(tx: &Transaction<'_>) -> Result<()> {
+    tx.execute_batch("DELETE FROM checkpoints;")
+        .map_err(db_error)?;
     let has_column: bool = tx
         .query_row(
             "SELECT COUNT(*) FROM pragma_table_info('checkpoints') WHERE name = 'signature'",

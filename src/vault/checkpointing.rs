@@ -1,7 +1,7 @@
 //! Writing checkpoints from the bucket: the newest checkpoint plus the segments after it, so a
 //! device needs no local copy of the vault's content to write one (see `sync::next_checkpoint`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::error::{Error, Result};
 use crate::sync::checkpoint::parse_checkpoint_name;
@@ -44,31 +44,46 @@ impl Vault {
     }
 
     /// Before a roster change after which some checkpoint indexes stop counting (those of
-    /// `revoking`, and unsigned ones once the first key epoch after 0 starts): when the newest
-    /// index that counts now is one of them, writes one of this device's own, signed, from it
-    /// and the segments after it. Devices that restore afterwards start from that one, not from
-    /// an older index whose covered segments garbage collection may have taken. The caller
-    /// holds the sync lock.
+    /// `revoking`, and unsigned ones or those of unlisted devices once the roster no longer
+    /// trusts writers of before device keys): when the newest index that counts now is one of
+    /// them, writes one of this device's own, signed, that covers what it covers. Devices that
+    /// restore afterwards start from that one, not from an older index whose covered segments
+    /// garbage collection may have taken. The caller holds the sync lock.
+    ///
+    /// The new index is built from the newest index that goes on counting and the segments
+    /// after it, so nothing of the one set aside is vouched for, when the bucket still holds
+    /// every segment that index covers beyond it; otherwise from the one set aside, keeping
+    /// only the covered tips this device can check (listed, or applied here with that hash):
+    /// a tip far ahead that a revoked device claimed would otherwise pass for covered.
     pub(super) async fn vouch_for_newest_checkpoint(
         &self,
         revoking: Option<DeviceId>,
     ) -> Result<()> {
         let mut scratch = SyncReport::default();
         let pass = self.start_pass(&mut scratch).await?;
-        let Some((name, _)) = pass.engine.newest() else {
+        let Some((newest, _)) = pass.engine.newest() else {
             return Ok(());
         };
-        let signed = lock(&self.local)?
-            .known_checkpoints()?
-            .get(name)
-            .is_some_and(|known| known.signature.is_some());
+        let known = lock(&self.local)?.known_checkpoints()?;
         let roster = self.current_roster()?;
-        let stays = signed
-            && parse_checkpoint_name(name)
-                .is_some_and(|(writer, _, _)| Some(writer) != revoking && roster.is_active(writer));
-        if !stays {
-            self.write_checkpoint_rounds(true).await?;
+        let stays = |name: &str| {
+            known.get(name).is_some_and(|k| k.signature.is_some())
+                && parse_checkpoint_name(name).is_some_and(|(writer, _, _)| {
+                    Some(writer) != revoking && roster.is_active(writer)
+                })
+        };
+        if stays(newest) {
+            return Ok(());
         }
+        let leaving: BTreeSet<String> = pass
+            .engine
+            .listing()
+            .checkpoints
+            .keys()
+            .filter(|name| !stays(name))
+            .cloned()
+            .collect();
+        self.write_checkpoint_rounds(Some(&leaving)).await?;
         Ok(())
     }
 
@@ -76,29 +91,41 @@ impl Vault {
     /// newest in the bucket, first) and at most [`ROUND_BYTES`] of the segments after it. The
     /// caller holds the sync lock. The report sums every round and names the last index.
     pub(super) async fn write_checkpoint(&self) -> Result<CheckpointReport> {
-        self.write_checkpoint_rounds(false).await
+        self.write_checkpoint_rounds(None).await
     }
 
-    /// [`write_checkpoint`](Self::write_checkpoint); with `always`, a checkpoint is written even
-    /// when no segment is left to cover (the newest index again, signed by this device).
-    async fn write_checkpoint_rounds(&self, always: bool) -> Result<CheckpointReport> {
+    /// [`write_checkpoint`](Self::write_checkpoint), or, with `vouching` (the listed indexes
+    /// about to stop counting), the checkpoint
+    /// [`vouch_for_newest_checkpoint`](Self::vouch_for_newest_checkpoint) writes: at least one,
+    /// even when no segment is left to cover.
+    async fn write_checkpoint_rounds(
+        &self,
+        vouching: Option<&BTreeSet<String>>,
+    ) -> Result<CheckpointReport> {
         let mut scratch = SyncReport::default();
         let mut pass = self.start_pass(&mut scratch).await?;
         // This device in the roster first: its index counts only if the roster lists it.
         self.sync_roster(pass.engine.listing(), true, &mut scratch)
             .await?;
         let mut base = self.newest_index(&mut pass, &mut scratch).await?;
+        if let (Some(leaving), Some(replaced)) = (vouching, base.take()) {
+            base = self
+                .vouching_base(&mut pass, leaving, replaced, &mut scratch)
+                .await?;
+        }
         if let Some(index) = &base {
             // The base's covered heads and packs are checked as a pull checks them.
             let local = lock(&self.local)?;
             pass.engine.adopt(index, |id| local.segment_hash(id))?;
         }
+        let always = vouching.is_some();
         let listing = pass.engine.listing();
         let mut total = CheckpointReport::default();
         let mut forks = 0;
         loop {
+            // `always` holds until one index is written: a round that forked writes nothing.
             let round = self
-                .checkpoint_round(listing, base.as_ref(), always && forks == 0)
+                .checkpoint_round(listing, base.as_ref(), always && total.name.is_empty())
                 .await?;
             if round.forked {
                 // This state directory was a copy of another device's: it continues under a
@@ -121,6 +148,59 @@ impl Vault {
             }
             base = round.index;
         }
+    }
+
+    /// The base of a vouching checkpoint (see
+    /// [`vouch_for_newest_checkpoint`](Self::vouch_for_newest_checkpoint)): the newest index
+    /// that goes on counting, if the segments `replaced` (the newest now) covers beyond it are
+    /// all still listed; otherwise `replaced`, with only the covered tips this device can check.
+    async fn vouching_base(
+        &self,
+        pass: &mut super::pull::Pass,
+        leaving: &BTreeSet<String>,
+        mut replaced: CheckpointIndex,
+        report: &mut SyncReport,
+    ) -> Result<Option<CheckpointIndex>> {
+        for name in leaving {
+            pass.engine.refuse_index(name);
+        }
+        let staying = self.newest_index(pass, report).await?;
+        let listing = pass.engine.listing();
+        let staying_covered = staying
+            .as_ref()
+            .map_or_else(Default::default, |index| walk(listing, &index.covered));
+        let local = lock(&self.local)?;
+        let mut complete = plan_segments(
+            listing,
+            &Known {
+                have: &staying_covered.reached,
+                covered: &staying_covered,
+                applied: &|_| Ok(false),
+            },
+        )
+        .is_ok();
+        for head in &replaced.covered {
+            let id = head.id();
+            let reachable = listing.segment(id).is_some()
+                || staying_covered.reached(id)
+                || staying_covered.below_floor(id);
+            // A tip neither listed nor known here is a claim nobody can check: not carried.
+            if !reachable && local.segment_hash(id)? == Some(head.hash) {
+                complete = false;
+            }
+        }
+        if complete {
+            return Ok(staying);
+        }
+        let mut checked = Vec::with_capacity(replaced.covered.len());
+        for head in replaced.covered {
+            let id = head.id();
+            if listing.segment(id).is_some() || local.segment_hash(id)? == Some(head.hash) {
+                checked.push(head);
+            }
+        }
+        replaced.covered = checked;
+        Ok(Some(replaced))
     }
 
     /// One checkpoint: `base` plus the next segments after it, up to [`ROUND_BYTES`].

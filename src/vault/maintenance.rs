@@ -331,6 +331,14 @@ impl Vault {
             return Ok(0);
         };
         let listing = pass.engine.listing();
+        // Indexes that tie with the newest stay, with their own packs (see
+        // `Engine::same_coverage_as_newest`).
+        let ties: std::collections::BTreeSet<&str> =
+            pass.engine.same_coverage_as_newest().into_iter().collect();
+        let tie_ids: Vec<(DeviceId, u64, u64)> = ties
+            .iter()
+            .filter_map(|name| parse_checkpoint_name(name))
+            .collect();
         // Packs are written before their index, so packs without a listed index may belong to a
         // checkpoint another device is writing right now: only packs of a listed, superseded
         // checkpoint, or of an attempt its writer has since replaced, are redundant.
@@ -347,6 +355,7 @@ impl Vault {
             // directory copied), not a later attempt: its packs may be in flight.
             !referenced.contains(key)
                 && (device, seq, tag) != newest_id
+                && !tie_ids.contains(&(device, seq, tag))
                 && indexes
                     .iter()
                     .any(|(d, s, t)| *d == device && (*s > seq || (*s == seq && *t == tag)))
@@ -361,7 +370,7 @@ impl Vault {
         let redundant_indexes = listing
             .checkpoints
             .keys()
-            .filter(|name| **name != newest)
+            .filter(|name| **name != newest && !ties.contains(name.as_str()))
             .map(String::as_str);
         let redundant_packs = listing
             .packs

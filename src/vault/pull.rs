@@ -79,7 +79,7 @@ impl Vault {
                     .ok_or_else(|| Error::LocalState("damaged checkpoint name".into()))?
                     .0;
                 let signature = known.signature.as_ref();
-                if !checkpoint_counts(&roster, vault, &name, writer, signature)? {
+                if !checkpoint_counts(&roster, vault, &name, writer, signature) {
                     listing.refuse_checkpoint(&name);
                     continue;
                 }
@@ -99,7 +99,7 @@ impl Vault {
             let bytes = self.read_exact(&get, report).await?;
             let index = engine.index_arrived(&*self.epochs()?, &get, &bytes)?;
             let signature = index.signature.as_ref();
-            let counts = checkpoint_counts(&roster, vault, &get.name, index.device, signature)?;
+            let counts = checkpoint_counts(&roster, vault, &get.name, index.device, signature);
             let known = KnownCheckpoint {
                 covered: index.covered.clone(),
                 created_at_ms: index.created_at_ms,

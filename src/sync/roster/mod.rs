@@ -96,16 +96,17 @@ impl Revocation {
 }
 
 /// Whether the roster takes segment `seq` (tag `tag`) of `device` at all: a device it revokes
-/// only at or below the tips its revocation pinned, and, once a key epoch after 0 has started,
-/// only devices it lists (a device revoked while it held epoch 0's keys could otherwise go on
-/// writing under a new id; every device of a vault with epochs adds itself before it writes).
+/// only at or below the tips its revocation pinned, and, once a device was revoked or a key
+/// epoch after 0 has started ([`Roster::trusts_unlisted_writers`]), only devices it lists (a
+/// device revoked while it held epoch 0's keys could otherwise go on writing under a new id;
+/// every device of a vault with epochs adds itself before it writes).
 pub fn takes_segment(roster: &Roster, device: DeviceId, seq: u64, tag: u64) -> bool {
     match roster.devices.get(&device) {
         Some(record) => record
             .revoked
             .as_ref()
             .is_none_or(|revocation| revocation.accepts(seq, tag)),
-        None => roster.epoch == 0,
+        None => roster.trusts_unlisted_writers(),
     }
 }
 
@@ -140,7 +141,11 @@ pub fn refuse_segments(roster: &Roster, listing: &mut Listing, applied: &[Head])
     for (device, segments) in &mut listing.segments {
         let record = roster.devices.get(device);
         let revocation = record.and_then(|record| record.revoked.as_ref());
-        if record.is_some() && revocation.is_none() || record.is_none() && roster.epoch == 0 {
+        let trusted = match record {
+            Some(_) => revocation.is_none(),
+            None => roster.trusts_unlisted_writers(),
+        };
+        if trusted {
             continue;
         }
         let applied_here = applied
@@ -221,6 +226,17 @@ impl Roster {
         self.devices
             .get(&device)
             .is_some_and(|record| record.revoked.is_none())
+    }
+
+    /// Whether what devices wrote before they had keys still counts: segments and checkpoint
+    /// indexes of devices the roster does not list, and unsigned indexes. Only while the vault
+    /// is in epoch 0, no device was revoked and the recovery key was never replaced: from a
+    /// revoke or rotation entry on (even one whose epoch start is not written yet), a revoked
+    /// device or the old key's holder, both holding epoch 0's keys, could otherwise write them.
+    pub fn trusts_unlisted_writers(&self) -> bool {
+        self.epoch == 0
+            && self.recovery_agreement.is_none()
+            && self.devices.values().all(|record| record.revoked.is_none())
     }
 }
 
@@ -347,44 +363,38 @@ pub fn check_segment(
 }
 
 /// Whether the roster takes checkpoint indexes of `device` at all, by the name alone: none of a
-/// revoked device (whatever it wrote before, the revoker wrote a checkpoint of its own covering
-/// it before revoking: `Vault::revoke`) and, once a key epoch after 0 has started, none of a
-/// device it does not list.
+/// revoked device (whatever it wrote before: the revoker wrote a checkpoint of its own first,
+/// `Vault::revoke`) and, unless the roster still trusts writers of before device keys
+/// ([`Roster::trusts_unlisted_writers`]), none of a device it does not list.
 pub fn takes_checkpoints_of(roster: &Roster, device: DeviceId) -> bool {
     match roster.devices.get(&device) {
         Some(record) => record.revoked.is_none(),
-        None => roster.epoch == 0,
+        None => roster.trusts_unlisted_writers(),
     }
 }
 
 /// Whether the checkpoint index `name` of `device`, carrying `signature`, counts: a restore
 /// may start from it and garbage collection may go by it. Yes when the roster takes its
-/// writer's indexes and it is signed by that device's key, or, while the vault is in epoch 0,
-/// when it is unsigned (written before indexes were signed) or signed by a device the roster
-/// does not list yet. A signature that does not verify is `Decode { CheckpointIndex,
-/// BadSignature }`.
+/// writer's indexes and it is signed by that device's key, or, while the roster still trusts
+/// writers of before device keys, when it is unsigned or signed by a device the roster does
+/// not list yet. An index whose signature does not verify does not count either: it is set
+/// aside like any other (listed among the objects that do not belong), not an error that
+/// would stop every device's sync and garbage collection at once.
 pub fn checkpoint_counts(
     roster: &Roster,
     vault: &VaultId,
     name: &str,
     device: DeviceId,
     signature: Option<&BodySignature>,
-) -> Result<bool> {
+) -> bool {
     if !takes_checkpoints_of(roster, device) {
-        return Ok(false);
+        return false;
     }
     match (signature, roster.devices.get(&device)) {
         (Some(signature), Some(record)) => {
-            if signature.verifies(CHECKPOINT_LABEL, vault, name, &record.keys.verifying) {
-                Ok(true)
-            } else {
-                Err(Error::Decode {
-                    kind: crate::format::ObjectKind::CheckpointIndex,
-                    problem: crate::error::DecodeProblem::BadSignature,
-                })
-            }
+            signature.verifies(CHECKPOINT_LABEL, vault, name, &record.keys.verifying)
         }
-        _ => Ok(roster.epoch == 0),
+        _ => roster.trusts_unlisted_writers(),
     }
 }
 

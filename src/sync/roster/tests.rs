@@ -659,7 +659,6 @@ fn a_checkpoint_counts_when_its_writer_may_write_and_signed_it_as_a_checkpoint()
     let a = by_recovery(&[], add(1));
     let b = by_recovery(&[&a], add(2));
     let revoked = by(1, &[&b], revoke(2));
-    let mut roster = fold_all(&[&a, &b, &revoked]);
     let name = "checkpoints/index";
     let signed = |n: u8, label: &[u8], over: &str| {
         let mut body = b"an encoded index".to_vec();
@@ -670,42 +669,54 @@ fn a_checkpoint_counts_when_its_writer_may_write_and_signed_it_as_a_checkpoint()
     let counts = |roster: &Roster, device, signature: Option<BodySignature>| {
         checkpoint_counts(roster, &VAULT, name, device, signature.as_ref())
     };
-    let bad_signature = |result: Result<bool>| {
-        matches!(
-            result,
-            Err(Error::Decode {
-                problem: DecodeProblem::BadSignature,
-                ..
-            })
-        )
-    };
-    // The rule by epoch: the fold's epoch is set by hand (starts are tested above).
-    for epoch in [0, 1] {
-        roster.epoch = epoch;
-        assert!(counts(&roster, id(1), Some(signed(1, CHECKPOINT_LABEL, name))).unwrap());
-        // A revoked device's never count, signed or not.
-        assert!(!counts(&roster, id(2), Some(signed(2, CHECKPOINT_LABEL, name))).unwrap());
-        assert!(!counts(&roster, id(2), None).unwrap());
-        assert!(!takes_checkpoints_of(&roster, id(2)));
-        // Unsigned ones, and those of a device the roster does not list, only in epoch 0.
-        assert_eq!(counts(&roster, id(1), None).unwrap(), epoch == 0);
-        let unlisted = counts(&roster, id(3), Some(signed(3, CHECKPOINT_LABEL, name)));
-        assert_eq!(unlisted.unwrap(), epoch == 0);
-        // Another device's key, another name, a segment's signature: refused with a typed error.
-        assert!(bad_signature(counts(
-            &roster,
+    // Before any revocation, in epoch 0 and (set by hand: starts are tested above) epoch 1;
+    // then with device 2 revoked, before its epoch starts.
+    let before = fold_all(&[&a, &b]);
+    let mut in_epoch_one = before.clone();
+    in_epoch_one.epoch = 1;
+    let after_revoke = fold_all(&[&a, &b, &revoked]);
+    assert_eq!(after_revoke.epoch, 0);
+    for (roster, legacy_counts) in [
+        (&before, true),
+        (&in_epoch_one, false),
+        (&after_revoke, false),
+    ] {
+        assert_eq!(roster.trusts_unlisted_writers(), legacy_counts);
+        assert!(counts(
+            roster,
+            id(1),
+            Some(signed(1, CHECKPOINT_LABEL, name))
+        ));
+        // Unsigned ones, and those of a device the roster does not list, only while the roster
+        // trusts writers of before device keys (epoch 0, nobody revoked).
+        assert_eq!(counts(roster, id(1), None), legacy_counts);
+        let unlisted = counts(roster, id(3), Some(signed(3, CHECKPOINT_LABEL, name)));
+        assert_eq!(unlisted, legacy_counts);
+        assert_eq!(takes_segment(roster, id(3), 1, 1), legacy_counts);
+        // Another device's key, another name, a segment's signature: never.
+        assert!(!counts(
+            roster,
             id(1),
             Some(signed(3, CHECKPOINT_LABEL, name))
-        )));
-        assert!(bad_signature(counts(
-            &roster,
+        ));
+        assert!(!counts(
+            roster,
             id(1),
             Some(signed(1, CHECKPOINT_LABEL, "checkpoints/other"))
-        )));
-        assert!(bad_signature(counts(
-            &roster,
-            id(1),
-            Some(signed(1, SEGMENT_LABEL, name))
-        )));
+        ));
+        assert!(!counts(roster, id(1), Some(signed(1, SEGMENT_LABEL, name))));
     }
+    // A revoked device's never count, signed or not.
+    assert!(!counts(
+        &after_revoke,
+        id(2),
+        Some(signed(2, CHECKPOINT_LABEL, name))
+    ));
+    assert!(!counts(&after_revoke, id(2), None));
+    assert!(!takes_checkpoints_of(&after_revoke, id(2)));
+    assert!(counts(
+        &before,
+        id(2),
+        Some(signed(2, CHECKPOINT_LABEL, name))
+    ));
 }

@@ -1,11 +1,12 @@
-//! Checkpoints around a revocation: a revoked device's checkpoint indexes count nowhere, an
-//! unsigned one stops counting once an epoch after 0 has started, and the revoker writes a
-//! checkpoint of its own first, so that nothing its revocation sets aside is lost.
+//! Checkpoints around a revocation or a rotation: a revoked device's checkpoint indexes count
+//! nowhere, an unsigned one stops counting once a device is revoked or an epoch after 0 starts,
+//! a block overwritten in a pack is refused, and the device that revokes or rotates writes a
+//! checkpoint of its own first, so that nothing the change sets aside is lost.
 
 use std::sync::Arc;
 
 use super::*;
-use crate::keys::RecoveryKey;
+use crate::keys::{KeyEpochs, RecoveryKey};
 use crate::store::{DirectoryStore, ObjectStore};
 use crate::sync::checkpoint::{CHECKPOINTS_PREFIX, parse_checkpoint_name};
 use crate::sync::next_checkpoint::{ChatContent, CheckpointInput, seal_checkpoint};
@@ -58,7 +59,7 @@ async fn forge_checkpoint(
         &CheckpointInput {
             device: writer,
             seq: 1 << 20,
-            tag: 0xbad,
+            tag: 0xbad + u64::from(signed),
             covered: &covered,
             chat_keys: &lock(&holder.chat_keys).unwrap(),
             deleted_chats: &[],
@@ -134,10 +135,13 @@ async fn checkpoints_a_revoked_device_writes_count_nowhere_and_nothing_is_lost()
     assert!(written.contains(&phone_id), "{written:?}");
 
     // The revoked laptop, with the epoch-0 keys it holds, writes a checkpoint under its own id
-    // (signed with its own key) and an unsigned one under the phone's id.
+    // (signed with its own key), an unsigned one under the phone's id, and one under the
+    // phone's id signed with its own key (a signature that does not verify: set aside too, not
+    // an error that would stop every device).
     let forged = [
         forge_checkpoint(&store, &laptop, laptop_id, true, true, &["forged"]).await,
         forge_checkpoint(&store, &laptop, phone_id, false, true, &["forged"]).await,
+        forge_checkpoint(&store, &laptop, phone_id, true, true, &["forged"]).await,
     ];
     phone.record(vec![message("after")]).unwrap();
     phone.sync(None, None).await.unwrap();
@@ -305,4 +309,151 @@ async fn a_block_the_revoked_device_overwrites_in_a_pack_is_refused_not_restored
         phone.verify().await,
         Err(Error::Integrity(crate::IntegrityProblem::Replaced { .. }))
     ));
+}
+
+#[tokio::test]
+async fn garbage_collection_during_an_interrupted_revocation_keeps_the_vouching_checkpoint() {
+    use crate::sync::roster::{RosterChange, RosterEntry};
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ObjectStore> = Arc::new(DirectoryStore::new(dir.path().join("bucket")));
+    let key = RecoveryKey::generate().unwrap();
+    let phone = device(&store, dir.path(), "phone", &key).await;
+    let phone_id = phone.device_id();
+    phone.record(vec![message("before")]).unwrap();
+    phone.sync(None, None).await.unwrap();
+    // The vault's only index is unsigned (as written before indexes were signed) and holds a
+    // message its collected segments no longer do.
+    let unsigned = forge_checkpoint(
+        &store,
+        &phone,
+        phone_id,
+        false,
+        false,
+        &["before", "legacy"],
+    )
+    .await;
+    assert!(phone.collect_garbage(0).await.unwrap() > 0);
+    let tablet = device(&store, dir.path(), "tablet", &key).await;
+    tablet.sync(None, None).await.unwrap();
+    let (laptop, _) = link(&store, &phone, &dir.path().join("laptop")).await;
+    let laptop_id = laptop.device_id();
+    phone.sync(None, None).await.unwrap();
+
+    // The revocation runs as far as its checkpoint; another device collects garbage (the two
+    // indexes cover the same: neither goes); then the revoke entry, and another collection.
+    {
+        let _guard = phone.sync_lock.lock().await;
+        phone
+            .vouch_for_newest_checkpoint(Some(laptop_id))
+            .await
+            .unwrap();
+    }
+    assert_eq!(indexes(&store, &phone).await.len(), 2);
+    tablet.sync(None, None).await.unwrap();
+    tablet.collect_garbage(0).await.unwrap();
+    assert_eq!(indexes(&store, &phone).await.len(), 2);
+    {
+        let _guard = phone.sync_lock.lock().await;
+        let roster = phone
+            .refresh_roster(&mut SyncReport::default())
+            .await
+            .unwrap();
+        let entry = RosterEntry {
+            signer: phone.roster_signer(&roster).unwrap(),
+            parents: roster.tips.clone(),
+            made_at_ms: phone.now_ms(),
+            epoch: roster.epoch,
+            change: RosterChange::Revoke {
+                device: laptop_id,
+                accepted_tips: Vec::new(),
+            },
+        };
+        phone.write_entry(entry, None).await.unwrap();
+    }
+    // From the revoke entry on, before the epoch starts, the unsigned index counts no more.
+    tablet.sync(None, None).await.unwrap();
+    tablet.collect_garbage(0).await.unwrap();
+    let left: Vec<String> = indexes(&store, &phone)
+        .await
+        .into_iter()
+        .map(|(_, name)| name)
+        .collect();
+    assert!(left.contains(&unsigned) && left.len() == 2, "{left:?}");
+
+    // Run again, the revocation finishes; a new device restores everything.
+    phone.revoke(laptop_id).await.unwrap();
+    assert_eq!(phone.epochs().unwrap().newest().0, 1);
+    let fresh = device(&store, dir.path(), "fresh", &key).await;
+    fresh.sync(None, None).await.unwrap();
+    assert_eq!(ids(&fresh), ["before", "legacy"]);
+}
+
+#[tokio::test]
+async fn the_revoker_vouches_for_segments_not_for_what_the_revoked_device_put_in_its_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ObjectStore> = Arc::new(DirectoryStore::new(dir.path().join("bucket")));
+    let key = RecoveryKey::generate().unwrap();
+    let phone = device(&store, dir.path(), "phone", &key).await;
+    phone.record(vec![message("before")]).unwrap();
+    phone.sync(None, None).await.unwrap();
+    phone.checkpoint().await.unwrap();
+    let (laptop, _) = link(&store, &phone, &dir.path().join("laptop")).await;
+    let laptop_id = laptop.device_id();
+    laptop.record(vec![message("laptop-1")]).unwrap();
+    laptop.sync(None, None).await.unwrap();
+    // Before it is revoked, the laptop writes a signed index covering every segment, whose
+    // packs hold a message no segment holds: the newest index, which a device that has applied
+    // every segment never reads.
+    let planted = forge_checkpoint(
+        &store,
+        &laptop,
+        laptop_id,
+        true,
+        false,
+        &["before", "laptop-1", "planted"],
+    )
+    .await;
+    phone.revoke(laptop_id).await.unwrap();
+    assert!(!ids(&phone).contains(&"planted".to_owned()));
+    // The phone's new index was built from its own and the segments after it, which are all
+    // still in the bucket: once they are collected, a new device restores every message from
+    // it, and not the planted one.
+    assert!(phone.collect_garbage(0).await.unwrap() > 0);
+    let fresh = device(&store, dir.path(), "fresh", &key).await;
+    fresh.sync(None, None).await.unwrap();
+    assert_eq!(ids(&fresh), ["before", "laptop-1"]);
+    assert!(fresh.verify().await.unwrap().unknown.contains(&planted));
+}
+
+#[tokio::test]
+async fn a_rotation_that_starts_epoch_one_first_signs_an_unsigned_newest_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ObjectStore> = Arc::new(DirectoryStore::new(dir.path().join("bucket")));
+    let key = RecoveryKey::generate().unwrap();
+    let phone = device(&store, dir.path(), "phone", &key).await;
+    let phone_id = phone.device_id();
+    phone.record(vec![message("before")]).unwrap();
+    phone.sync(None, None).await.unwrap();
+    let unsigned = forge_checkpoint(
+        &store,
+        &phone,
+        phone_id,
+        false,
+        false,
+        &["before", "legacy"],
+    )
+    .await;
+    assert!(phone.collect_garbage(0).await.unwrap() > 0);
+
+    let new_key = phone.rotate_recovery_key().await.unwrap();
+    let written: Vec<String> = indexes(&store, &phone)
+        .await
+        .into_iter()
+        .map(|(_, name)| name)
+        .filter(|name| *name != unsigned)
+        .collect();
+    assert_eq!(written.len(), 1, "{written:?}");
+    let fresh = device(&store, dir.path(), "fresh", &new_key).await;
+    fresh.sync(None, None).await.unwrap();
+    assert_eq!(ids(&fresh), ["before", "legacy"]);
 }

@@ -54,13 +54,17 @@ impl Vault {
                 device.to_hex()
             )));
         };
-        let signer = self.roster_signer(&roster)?;
+        // Checked before anything is written; taken again after the checkpoint below, which
+        // may fork this state directory off under a new id and keys.
+        self.roster_signer(&roster)?;
         let roster = match &record.revoked {
             Some(_) => roster,
             None => {
                 // Its checkpoint indexes stop counting with the revoke: if the newest is one,
                 // this device writes its own first.
                 self.vouch_for_newest_checkpoint(Some(device)).await?;
+                let roster = self.current_roster()?;
+                let signer = self.roster_signer(&roster)?;
                 let accepted_tips = lock(&self.local)?
                     .heads()?
                     .into_iter()
@@ -76,9 +80,17 @@ impl Vault {
                         accepted_tips,
                     },
                 };
-                self.write_entry(entry, None).await?
+                let roster = self.write_entry(entry, None).await?;
+                if roster.is_active(device) {
+                    // The entry does not count: its signer is no longer an active device (it
+                    // was revoked meanwhile, or this state directory forked off). Say so rather
+                    // than report a revocation that did not happen.
+                    return Err(Error::Link(crate::LinkProblem::NotAllowed));
+                }
+                roster
             }
         };
+        let signer = self.roster_signer(&roster)?;
         // A start that lost a race to another device's start is retried once the winner counts
         // (if the winner did not see the revoke, it boxed the revoked device too).
         let mut roster = roster;
