@@ -108,7 +108,9 @@ impl Vault {
         self.sync_roster(pass.engine.listing(), true, &mut scratch)
             .await?;
         let mut base = self.newest_index(&mut pass, &mut scratch).await?;
-        if let (Some(leaving), Some(replaced)) = (vouching, base.take()) {
+        if let Some(leaving) = vouching
+            && let Some(replaced) = base.take()
+        {
             base = self
                 .vouching_base(&mut pass, leaving, replaced, &mut scratch)
                 .await?;

@@ -173,7 +173,7 @@ pub fn flipped_bit_in_a_pack_block() -> Attack {
                     .await
             })
         },
-        Expect::restorers(auth_failed()),
+        Expect::restorers(replaced_block()),
     )
 }
 
@@ -313,7 +313,7 @@ pub fn two_blocks_swapped() -> Attack {
                 b.put(&pack, bytes).await
             })
         },
-        Expect::restorers(auth_failed()),
+        Expect::restorers(replaced_block()),
     )
 }
 
