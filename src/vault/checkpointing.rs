@@ -18,6 +18,12 @@ use super::*;
 /// whatever the vault's size.
 const ROUND_BYTES: u64 = 32 * 1024 * 1024;
 
+/// What a vouching checkpoint is written for: the device about to be revoked, if any (see
+/// `Vault::vouch_for_newest_checkpoint`).
+struct Vouching {
+    revoking: Option<DeviceId>,
+}
+
 /// One round's outcome.
 struct Round {
     report: CheckpointReport,
@@ -46,7 +52,8 @@ impl Vault {
     /// Before a roster change after which some checkpoint indexes stop counting (those of
     /// `revoking`, and unsigned ones or those of unlisted devices once the roster no longer
     /// trusts writers of before device keys): when the newest index that counts now is one of
-    /// them, writes one of this device's own, signed, that covers what it covers. Devices that
+    /// them, or segments of devices the roster does not list lie outside the newest index,
+    /// writes one of this device's own, signed, that covers what they cover. Devices that
     /// restore afterwards start from that one, not from an older index whose covered segments
     /// garbage collection may have taken. The caller holds the sync lock.
     ///
@@ -59,32 +66,9 @@ impl Vault {
         &self,
         revoking: Option<DeviceId>,
     ) -> Result<()> {
-        let mut scratch = SyncReport::default();
-        let pass = self.start_pass(&mut scratch).await?;
-        let Some((newest, _)) = pass.engine.newest() else {
-            return Ok(());
-        };
-        let known = lock(&self.local)?.known_checkpoints()?;
-        let roster = self.current_roster()?;
-        let stays = |name: &str| {
-            known.get(name).is_some_and(|k| k.signature.is_some())
-                && parse_checkpoint_name(name).is_some_and(|(writer, _, _)| {
-                    Some(writer) != revoking && roster.is_active(writer)
-                })
-        };
-        if stays(newest) {
-            return Ok(());
-        }
-        let leaving: BTreeSet<String> = pass
-            .engine
-            .listing()
-            .checkpoints
-            .keys()
-            .filter(|name| !stays(name))
-            .cloned()
-            .collect();
-        self.write_checkpoint_rounds(Some(&leaving)).await?;
-        Ok(())
+        self.write_checkpoint_rounds(Some(Vouching { revoking }))
+            .await
+            .map(|_| ())
     }
 
     /// Writes checkpoints until every listed segment is covered: each from the one before (the
@@ -94,21 +78,27 @@ impl Vault {
         self.write_checkpoint_rounds(None).await
     }
 
-    /// [`write_checkpoint`](Self::write_checkpoint), or, with `vouching` (the listed indexes
-    /// about to stop counting), the checkpoint
-    /// [`vouch_for_newest_checkpoint`](Self::vouch_for_newest_checkpoint) writes: at least one,
-    /// even when no segment is left to cover.
+    /// [`write_checkpoint`](Self::write_checkpoint), or, with `vouching`, the checkpoint
+    /// [`vouch_for_newest_checkpoint`](Self::vouch_for_newest_checkpoint) writes (when one is
+    /// needed: then at least one, even when no segment is left to cover).
     async fn write_checkpoint_rounds(
         &self,
-        vouching: Option<&BTreeSet<String>>,
+        vouching: Option<Vouching>,
     ) -> Result<CheckpointReport> {
         let mut scratch = SyncReport::default();
         let mut pass = self.start_pass(&mut scratch).await?;
         // This device in the roster first: its index counts only if the roster lists it.
         self.sync_roster(pass.engine.listing(), true, &mut scratch)
             .await?;
+        let leaving = match &vouching {
+            Some(vouching) => match self.leaving_indexes(&pass, vouching)? {
+                Some(leaving) => Some(leaving),
+                None => return Ok(CheckpointReport::default()),
+            },
+            None => None,
+        };
         let mut base = self.newest_index(&mut pass, &mut scratch).await?;
-        if let Some(leaving) = vouching
+        if let Some(leaving) = &leaving
             && let Some(replaced) = base.take()
         {
             base = self
@@ -120,7 +110,7 @@ impl Vault {
             let local = lock(&self.local)?;
             pass.engine.adopt(index, |id| local.segment_hash(id))?;
         }
-        let always = vouching.is_some();
+        let always = leaving.is_some();
         let listing = pass.engine.listing();
         let mut total = CheckpointReport::default();
         let mut forks = 0;
@@ -138,6 +128,8 @@ impl Vault {
                         "checkpoint names taken twice: another writer shares this device's names",
                     ));
                 }
+                // Its index counts only once the roster lists the new id.
+                self.sync_roster(listing, true, &mut scratch).await?;
                 continue;
             }
             total.objects += round.report.objects;
@@ -150,6 +142,44 @@ impl Vault {
             }
             base = round.index;
         }
+    }
+
+    /// For a vouching checkpoint: the listed indexes the roster change will set aside, or
+    /// `None` when no checkpoint is needed (the newest index goes on counting, and it covers
+    /// every segment of a device the roster does not list).
+    fn leaving_indexes(
+        &self,
+        pass: &super::pull::Pass,
+        vouching: &Vouching,
+    ) -> Result<Option<BTreeSet<String>>> {
+        let known = lock(&self.local)?.known_checkpoints()?;
+        let roster = self.current_roster()?;
+        let stays = |name: &str| {
+            known.get(name).is_some_and(|k| k.signature.is_some())
+                && parse_checkpoint_name(name).is_some_and(|(writer, _, _)| {
+                    Some(writer) != vouching.revoking && roster.is_active(writer)
+                })
+        };
+        let listing = pass.engine.listing();
+        let covered = pass.engine.newest_covered();
+        // Segments of unlisted devices are refused from the change on, except by the devices
+        // that applied them: an index must cover them for the others.
+        let unlisted_uncovered = roster.trusts_unlisted_writers()
+            && listing.all_segments().any(|(segment, _)| {
+                !roster.devices.contains_key(&segment.device) && !covered.reached(segment.id())
+            });
+        let newest_stays = pass.engine.newest().is_none_or(|(name, _)| stays(name));
+        if newest_stays && !unlisted_uncovered {
+            return Ok(None);
+        }
+        Ok(Some(
+            listing
+                .checkpoints
+                .keys()
+                .filter(|name| !stays(name))
+                .cloned()
+                .collect(),
+        ))
     }
 
     /// The base of a vouching checkpoint (see
@@ -183,9 +213,9 @@ impl Vault {
         .is_ok();
         for head in &replaced.covered {
             let id = head.id();
-            let reachable = listing.segment(id).is_some()
-                || staying_covered.reached(id)
-                || staying_covered.below_floor(id);
+            // Reached by the staying index's walk, not merely below its floor: a collected
+            // branch below the floor is content only the replaced index may hold.
+            let reachable = listing.segment(id).is_some() || staying_covered.reached(id);
             // A tip neither listed nor known here is a claim nobody can check: not carried.
             if !reachable && local.segment_hash(id)? == Some(head.hash) {
                 complete = false;

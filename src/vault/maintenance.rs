@@ -324,20 +324,26 @@ impl Vault {
         let Some(index) = self.newest_index(pass, &mut scratch).await? else {
             return Ok(0);
         };
-        let referenced: std::collections::BTreeSet<&str> =
-            index.packs.iter().map(|(name, _)| name.as_str()).collect();
+        // Indexes written after the newest stay, and every pack they reference: a device
+        // vouching for the newest before a roster change sets it aside writes one that covers
+        // no more (or less, when it drops tips it cannot check), and the roster change that
+        // makes it the one that counts comes after.
+        let later = self
+            .indexes_written_after_newest(pass, &mut scratch)
+            .await?;
+        let mut referenced: std::collections::BTreeSet<String> =
+            index.packs.iter().map(|(name, _)| name.clone()).collect();
+        for (_, later_index) in &later {
+            referenced.extend(later_index.packs.iter().map(|(name, _)| name.clone()));
+        }
         let covered = pass.engine.newest_covered();
         let Some(newest_id) = parse_checkpoint_name(&newest) else {
             return Ok(0);
         };
         let listing = pass.engine.listing();
-        // Indexes that tie with the newest stay, with their own packs (see
-        // `Engine::same_coverage_as_newest`).
-        let ties: std::collections::BTreeSet<&str> =
-            pass.engine.same_coverage_as_newest().into_iter().collect();
-        let tie_ids: Vec<(DeviceId, u64, u64)> = ties
+        let later_ids: Vec<(DeviceId, u64, u64)> = later
             .iter()
-            .filter_map(|name| parse_checkpoint_name(name))
+            .filter_map(|(name, _)| parse_checkpoint_name(name))
             .collect();
         // Packs are written before their index, so packs without a listed index may belong to a
         // checkpoint another device is writing right now: only packs of a listed, superseded
@@ -355,7 +361,7 @@ impl Vault {
             // directory copied), not a later attempt: its packs may be in flight.
             !referenced.contains(key)
                 && (device, seq, tag) != newest_id
-                && !tie_ids.contains(&(device, seq, tag))
+                && !later_ids.contains(&(device, seq, tag))
                 && indexes
                     .iter()
                     .any(|(d, s, t)| *d == device && (*s > seq || (*s == seq && *t == tag)))
@@ -370,7 +376,7 @@ impl Vault {
         let redundant_indexes = listing
             .checkpoints
             .keys()
-            .filter(|name| **name != newest && !ties.contains(name.as_str()))
+            .filter(|name| **name != newest && !later.iter().any(|(kept, _)| kept == *name))
             .map(String::as_str);
         let redundant_packs = listing
             .packs
@@ -388,6 +394,46 @@ impl Vault {
             deleted += 1;
         }
         Ok(deleted)
+    }
+}
+
+impl Vault {
+    /// The listed indexes other than the newest that were written after it (by the store's
+    /// clock, or their writers' when the store gives no times), opened.
+    async fn indexes_written_after_newest(
+        &self,
+        pass: &mut super::pull::Pass,
+        report: &mut SyncReport,
+    ) -> Result<Vec<(String, CheckpointIndex)>> {
+        let Some((newest, newest_coverage)) = pass.engine.newest() else {
+            return Ok(Vec::new());
+        };
+        let newest_written = pass.written_ms.get(newest).copied();
+        let written = |name: &str| match newest_written {
+            Some(_) => pass.written_ms.get(name).copied(),
+            None => pass.engine.coverage(name).map(|c| c.created_at_ms),
+        };
+        let newest_time = newest_written.unwrap_or(newest_coverage.created_at_ms);
+        let later: Vec<crate::sync::plan::Get> = pass
+            .engine
+            .all_indexes()?
+            .into_iter()
+            .filter(|get| {
+                get.name != newest && written(&get.name).is_some_and(|t| t >= newest_time)
+            })
+            .collect();
+        let mut out = Vec::with_capacity(later.len());
+        for get in later {
+            let index = match pass.indexes.remove(&get.name) {
+                Some(index) => index,
+                None => {
+                    let bytes = self.read_exact(&get, report).await?;
+                    pass.engine.index_arrived(&*self.epochs()?, &get, &bytes)?
+                }
+            };
+            out.push((get.name, index));
+        }
+        Ok(out)
     }
 }
 

@@ -176,9 +176,10 @@ impl Vault {
         let new_key = self.pending_recovery_key()?;
         let new_signer = RecoverySigner::derive(&new_key);
         let roster = if roster.recovery_key == old_signer.verifying_key() {
-            // Unsigned checkpoint indexes stop counting once an epoch after 0 starts: if the
-            // newest is one, this device writes a signed one first (before the entry, after
-            // which a vault open with the old key no longer syncs).
+            // Unsigned checkpoint indexes and unlisted writers stop counting with this entry:
+            // if the newest index is one, or an unlisted device's segments lie outside it, this
+            // device writes a signed index first (before the entry, after which a vault open
+            // with the old key no longer syncs).
             self.vouch_for_newest_checkpoint(None).await?;
             let entry = RosterEntry {
                 signer: Signer::Recovery,

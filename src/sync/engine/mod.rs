@@ -171,27 +171,9 @@ impl Engine {
             .map(|(name, coverage)| (name.as_str(), coverage))
     }
 
-    /// Listed checkpoints other than the newest that cover exactly what it covers (the same
-    /// tips): an index a device wrote to vouch for the newest one before a roster change sets
-    /// that one aside (`Vault::vouch_for_newest_checkpoint`). Garbage collection keeps them:
-    /// the tie is broken by name, and the one that loses may be the one that will count.
-    pub fn same_coverage_as_newest(&self) -> Vec<&str> {
-        let Some((newest, coverage)) = self.newest() else {
-            return Vec::new();
-        };
-        let tips_of = |covered: &[Head]| -> BTreeSet<(SegmentId, SegmentHash)> {
-            covered.iter().map(|head| (head.id(), head.hash)).collect()
-        };
-        let tips = tips_of(&coverage.covered);
-        self.coverage
-            .iter()
-            .filter(|(name, other)| {
-                name.as_str() != newest
-                    && self.listing.checkpoints.contains_key(*name)
-                    && tips_of(&other.covered) == tips
-            })
-            .map(|(name, _)| name.as_str())
-            .collect()
+    /// What this device learned of the listed checkpoint `name`, if it opened it.
+    pub fn coverage(&self, name: &str) -> Option<&Coverage> {
+        self.coverage.get(name)
     }
 
     /// What the newest checkpoint covers: the walk from its covered tips through the listing.

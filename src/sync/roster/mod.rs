@@ -96,8 +96,8 @@ impl Revocation {
 }
 
 /// Whether the roster takes segment `seq` (tag `tag`) of `device` at all: a device it revokes
-/// only at or below the tips its revocation pinned, and, once a device was revoked or a key
-/// epoch after 0 has started ([`Roster::trusts_unlisted_writers`]), only devices it lists (a
+/// only at or below the tips its revocation pinned, and, once the roster no longer trusts
+/// writers of before device keys ([`Roster::trusts_unlisted_writers`]), only devices it lists (a
 /// device revoked while it held epoch 0's keys could otherwise go on writing under a new id;
 /// every device of a vault with epochs adds itself before it writes).
 pub fn takes_segment(roster: &Roster, device: DeviceId, seq: u64, tag: u64) -> bool {
@@ -133,7 +133,8 @@ fn at_or_below(
 /// evidence). Of a revoked device it keeps only what its pinned tips reach down the parent tags
 /// (a device's tree may fork, so a new branch below a pinned tip is refused too; below a pinned
 /// tip no longer listed, collected by garbage collection, it goes by sequence number), and once
-/// an epoch after 0 has started nothing of a device the roster does not list. Segments at or
+/// the roster no longer trusts writers of before device keys ([`Roster::trusts_unlisted_writers`])
+/// nothing of a device the roster does not list. Segments at or
 /// below `applied` (what this device applied before it learned of a revocation) stay, so that
 /// its own history does not look rolled back. Returns how many were taken out.
 pub fn refuse_segments(roster: &Roster, listing: &mut Listing, applied: &[Head]) -> usize {

@@ -457,3 +457,92 @@ async fn a_rotation_that_starts_epoch_one_first_signs_an_unsigned_newest_checkpo
     fresh.sync(None, None).await.unwrap();
     assert_eq!(ids(&fresh), ["before", "legacy"]);
 }
+
+#[tokio::test]
+async fn a_revocation_goes_on_when_the_revoked_device_deleted_a_pack_of_its_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ObjectStore> = Arc::new(DirectoryStore::new(dir.path().join("bucket")));
+    let key = RecoveryKey::generate().unwrap();
+    let phone = device(&store, dir.path(), "phone", &key).await;
+    phone.record(vec![message("before")]).unwrap();
+    phone.sync(None, None).await.unwrap();
+    let (laptop, _) = link(&store, &phone, &dir.path().join("laptop")).await;
+    let laptop_id = laptop.device_id();
+    laptop.record(vec![message("laptop-1")]).unwrap();
+    laptop.sync(None, None).await.unwrap();
+    laptop.checkpoint().await.unwrap();
+    phone.sync(None, None).await.unwrap();
+    assert!(phone.collect_garbage(0).await.unwrap() > 0);
+    // The laptop, stolen, deletes the packs of its checkpoint, the vault's newest.
+    let prefix = phone.prefix();
+    for info in store.list(&format!("{prefix}packs/")).await.unwrap() {
+        store.delete(&info.key).await.unwrap();
+    }
+    // Its content is lost to new devices either way; the revocation is not.
+    phone.revoke(laptop_id).await.unwrap();
+    assert!(
+        !phone
+            .devices()
+            .unwrap()
+            .iter()
+            .any(|d| d.id == laptop_id && d.revoked_at_ms.is_none())
+    );
+    assert_eq!(phone.epochs().unwrap().newest().0, 1);
+    assert_eq!(ids(&phone), ["before", "laptop-1"]);
+}
+
+#[tokio::test]
+async fn segments_of_an_unlisted_device_that_a_device_applied_stay_readable_after_a_revocation() {
+    use crate::sync::batch::EncodedBatch;
+    use crate::sync::segment::{NewSegment, seal_segment};
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ObjectStore> = Arc::new(DirectoryStore::new(dir.path().join("bucket")));
+    let key = RecoveryKey::generate().unwrap();
+    let phone = device(&store, dir.path(), "phone", &key).await;
+    phone.record(vec![message("before")]).unwrap();
+    phone.sync(None, None).await.unwrap();
+    // A device of before device keys, which never added itself to the roster, writes an
+    // unsigned segment (taken while the roster trusts such writers), which the phone applies.
+    let old_device = DeviceId([0x42; 16]);
+    let operations = [Operation {
+        stamp: Stamp {
+            wall_ms: phone.now_ms(),
+            counter: 0,
+            device: old_device,
+        },
+        change: message("from-an-old-device"),
+    }];
+    let (name, object, _) = seal_segment(
+        &*phone.epochs().unwrap(),
+        &lock(&phone.chat_keys).unwrap(),
+        &NewSegment {
+            device: old_device,
+            seq: 1,
+            tag: 7,
+            previous: None,
+            seen: &[],
+            grants: &[],
+            operations: &EncodedBatch::from_operations(&operations),
+            device_name: "old phone",
+            platform: "test",
+            signer: None,
+        },
+    )
+    .unwrap();
+    store
+        .put(&format!("{}{name}", phone.prefix()), object)
+        .await
+        .unwrap();
+    phone.sync(None, None).await.unwrap();
+    assert_eq!(ids(&phone), ["before", "from-an-old-device"]);
+    let (laptop, _) = link(&store, &phone, &dir.path().join("laptop")).await;
+
+    // After the revocation, devices that never applied it refuse it; the phone, which did,
+    // still writes checkpoints that read it again, and a new device restores it from them.
+    phone.revoke(laptop.device_id()).await.unwrap();
+    phone.checkpoint().await.unwrap();
+    phone.collect_garbage(0).await.unwrap();
+    let fresh = device(&store, dir.path(), "fresh", &key).await;
+    fresh.sync(None, None).await.unwrap();
+    assert_eq!(ids(&fresh), ["before", "from-an-old-device"]);
+}

@@ -61,8 +61,13 @@ impl Vault {
             Some(_) => roster,
             None => {
                 // Its checkpoint indexes stop counting with the revoke: if the newest is one,
-                // this device writes its own first.
-                self.vouch_for_newest_checkpoint(Some(device)).await?;
+                // this device writes its own first. If what that index lists cannot be read
+                // (a pack the device deleted or overwrote, say), it is lost either way: the
+                // revocation goes on, rather than let the device it cuts off prevent it.
+                match self.vouch_for_newest_checkpoint(Some(device)).await {
+                    Err(Error::Integrity(_) | Error::Decode { .. }) | Ok(()) => {}
+                    Err(other) => return Err(other),
+                }
                 let roster = self.current_roster()?;
                 let signer = self.roster_signer(&roster)?;
                 let accepted_tips = lock(&self.local)?
