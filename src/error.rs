@@ -248,8 +248,9 @@ pub enum IntegrityProblem {
         found: u64,
     },
     /// A segment of a revoked device past the tips its revocation pinned (written after it was
-    /// revoked, or by someone holding its keys), or, once a device was revoked, of a device the
-    /// roster does not list: refused by every device.
+    /// revoked, or by someone holding its keys), or, once a device was revoked or the recovery
+    /// key replaced, of a device the roster does not list, or an unsigned one of a listed device
+    /// outside the unsigned tips its roster entry names: refused by every device.
     #[error("segment {seq} of device {device} was written by a revoked or unknown device")]
     RevokedWriter {
         /// The revoked device.

@@ -70,6 +70,13 @@ pub(super) fn device_vectors() -> Value {
                 name: "Anna's phone".into(),
                 platform: "ios".into(),
                 first_signed_seq: 4,
+                // It wrote segments 1 to 3 before it had keys.
+                unsigned_tips: vec![crate::sync::segment::Head {
+                    device: first_device,
+                    seq: 3,
+                    tag: 0x3333,
+                    hash: pattern(120),
+                }],
             },
         },
         |message| recovery.sign(message),
@@ -87,6 +94,7 @@ pub(super) fn device_vectors() -> Value {
                 name: "Anna's tablet".into(),
                 platform: "android".into(),
                 first_signed_seq: 1,
+                unsigned_tips: Vec::new(),
             },
         },
         |message| device.sign(message),

@@ -114,3 +114,120 @@ async fn a_vault_from_before_device_keys_opens_without_a_migration() {
     assert_eq!(texts(&fresh).len(), expected.len() + 1);
     fresh.verify().await.unwrap();
 }
+
+/// After a revocation, a holder of epoch 0's keys cannot add unsigned segments under an old
+/// device's id as a new branch of what it wrote before it had keys: its roster entry names the
+/// tips of those segments, and every reader takes unsigned ones only at or below them.
+#[tokio::test]
+async fn after_a_revocation_unsigned_segments_of_an_old_device_are_taken_only_below_its_tips() {
+    use chatvault::keys::VaultKeys;
+    use chatvault::sync::batch::EncodedBatch;
+    use chatvault::sync::segment::{ChatKeys, NewSegment, seal_segment};
+    use chatvault::vault::{CancelToken, DeviceKey};
+    use std::time::Duration;
+
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&fixture().join("bucket"), &dir.path().join("bucket"));
+    copy_dir(&fixture().join("phone-state"), &dir.path().join("phone"));
+    let store: Arc<dyn ObjectStore> = Arc::new(DirectoryStore::new(dir.path().join("bucket")));
+    let key =
+        RecoveryKey::parse(&std::fs::read_to_string(fixture().join("key.txt")).unwrap()).unwrap();
+    // The old phone adds itself, naming the tip of its unsigned segments (seq 2).
+    let phone = cached(
+        Vault::open(
+            store.clone(),
+            &dir.path().join("phone"),
+            info("phone"),
+            &key,
+        )
+        .await
+        .unwrap(),
+    );
+    phone.sync(None, None).await.unwrap();
+    // A laptop, linked, then revoked.
+    let offering = phone
+        .offer_link(Duration::from_secs(120), Vec::new())
+        .unwrap();
+    let joining = Vault::join_link(
+        store.clone(),
+        &dir.path().join("laptop"),
+        info("laptop"),
+        offering.text(),
+        DeviceKey::generate().unwrap(),
+    )
+    .await
+    .unwrap();
+    let code = joining.check_code().to_owned();
+    let cancel = CancelToken::new();
+    let (added, joined) = tokio::join!(
+        phone.complete_link(&offering, &code, &cancel),
+        joining.finish(&cancel)
+    );
+    added.unwrap();
+    let laptop = joined.unwrap();
+    laptop.sync(None, None).await.unwrap();
+    phone.revoke(laptop.device_id()).await.unwrap();
+
+    // With epoch 0's keys (the laptop held them), a new branch under the phone's id: seq 2
+    // after its seq 1, unsigned, as the phone wrote before it had keys.
+    let prefix = format!("{}/", phone.vault_id());
+    let phone_dir = format!("{prefix}segments/{}/", phone.device_id().to_hex());
+    let first = store
+        .list(&phone_dir)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|info| info.key.contains("/0000000000000001-"))
+        .unwrap();
+    let first_tag =
+        u64::from_str_radix(&first.key[phone_dir.len() + 17..phone_dir.len() + 33], 16).unwrap();
+    let first_bytes = store.get(&first.key, u64::MAX).await.unwrap().unwrap();
+    let first_hash: [u8; 32] = {
+        use sha2::Digest;
+        sha2::Sha256::digest(&first_bytes).into()
+    };
+    let (name, object, _) = seal_segment(
+        &VaultKeys::derive(&key),
+        &ChatKeys::new(),
+        &NewSegment {
+            device: phone.device_id(),
+            seq: 2,
+            tag: 0xf00d,
+            previous: Some((first_tag, first_hash)),
+            seen: &[],
+            grants: &[],
+            operations: &EncodedBatch::from_operations(&[]),
+            device_name: "phone",
+            platform: "test",
+            signer: None,
+        },
+    )
+    .unwrap();
+    store.put(&format!("{prefix}{name}"), object).await.unwrap();
+
+    // A new device restores everything the phone wrote, unsigned and signed, and refuses the
+    // new branch (verify names it); the tablet, which never added itself, was covered by the
+    // phone's checkpoint before the revocation.
+    let fresh = cached(
+        Vault::open(
+            store.clone(),
+            &dir.path().join("fresh"),
+            info("fresh"),
+            &key,
+        )
+        .await
+        .unwrap(),
+    );
+    fresh.sync(None, None).await.unwrap();
+    assert_eq!(
+        texts(&fresh),
+        [
+            "After the checkpoint",
+            "Dinner at 7?",
+            "Written on the tablet",
+            "Yes"
+        ]
+    );
+    let report = fresh.verify().await.unwrap();
+    assert!(report.unknown.contains(&name), "{:?}", report.unknown);
+}

@@ -424,6 +424,11 @@ pub struct RosterAdd {
     /// that had segments before it had device keys signs those after them.
     #[prost(uint64, tag = "6")]
     pub first_signed_seq: u64,
+    /// For a device that had segments before it had device keys: the tips of its tree of
+    /// unsigned segments when it first signed. Once the roster stops trusting writers of before
+    /// device keys, its unsigned segments are taken only at or below them.
+    #[prost(message, repeated, tag = "7")]
+    pub unsigned_tips: ::prost::alloc::vec::Vec<DeviceHead>,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct RosterRevoke {

@@ -123,6 +123,7 @@ pub fn seal_join(
             name: record.name.clone(),
             platform: record.platform.clone(),
             first_signed_seq: 1,
+            unsigned_tips: Vec::new(),
         }),
     }
     .encode_to_vec();

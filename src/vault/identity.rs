@@ -8,6 +8,8 @@ use crate::format::ObjectKind;
 use crate::keys::VaultKeys;
 use crate::local::LocalState;
 use crate::sealing::{self, ObjectContext};
+use crate::sync::segment::Head;
+use prost::Message as _;
 
 use super::{Vault, lock};
 
@@ -21,6 +23,8 @@ pub(super) const META_COPIED_DEVICE_ID: &str = "copied_device_id";
 /// (u64 BE): 1 for a device that had device keys from its start, the next one to seal for a state
 /// directory that had segments before.
 pub(super) const META_FIRST_SIGNED_SEQ: &str = "first_signed_seq";
+/// The tips of this device's unsigned segments when it first signed (a `Segment`'s `seen`).
+pub(super) const META_UNSIGNED_TIPS: &str = "unsigned_tips";
 /// The AAD name they are sealed under.
 const DEVICE_SECRETS_NAME: &str = "local/device-secrets";
 
@@ -83,10 +87,52 @@ pub(super) fn first_signed_seq(
         .map(|head| head.seq)
         .max()
         .unwrap_or(0);
-    let staged = local.pending_segment()?.map_or(0, |pending| pending.seq);
+    let pending = local.pending_segment()?;
+    let staged = pending.as_ref().map_or(0, |pending| pending.seq);
     let first = newest_head.max(staged) + 1;
+    // The tips of what it wrote unsigned: its own heads and the staged segment, which goes up
+    // unsigned as it was sealed. Its roster entry names them, so that once the roster stops
+    // trusting writers of before device keys, nobody can add unsigned segments under its id.
+    let mut unsigned: Vec<Head> = local
+        .heads()?
+        .into_iter()
+        .filter(|head| head.device == device)
+        .collect();
+    if let Some(pending) = &pending
+        && let Some(name) = crate::sync::segment::parse_segment_name(&pending.name)
+    {
+        unsigned.retain(|head| Some(head.id()) != name.parent_id());
+        unsigned.push(Head {
+            device,
+            seq: pending.seq,
+            tag: name.tag,
+            hash: pending.hash,
+        });
+    }
+    local.set_meta(
+        META_UNSIGNED_TIPS,
+        &crate::format::proto::Segment {
+            seen: unsigned
+                .iter()
+                .map(crate::sync::segment::head_to_proto)
+                .collect(),
+            ..Default::default()
+        }
+        .encode_to_vec(),
+    )?;
     local.set_meta(META_FIRST_SIGNED_SEQ, &first.to_be_bytes())?;
     Ok(first)
+}
+
+/// The tips of the segments this device wrote before it signed (see [`first_signed_seq`]);
+/// empty when it signs from its first segment or its state did not record them.
+pub(super) fn unsigned_tips(local: &LocalState) -> Result<Vec<Head>> {
+    let Some(bytes) = local.meta(META_UNSIGNED_TIPS)? else {
+        return Ok(Vec::new());
+    };
+    let damaged = |_: &str| Error::LocalState("damaged unsigned tips".into());
+    let decoded = crate::format::proto::Segment::decode(&bytes[..]).map_err(|_| damaged(""))?;
+    crate::sync::segment::heads_from_proto(&decoded.seen, damaged)
 }
 
 /// The id and keys this state directory held before it forked off, if it did.

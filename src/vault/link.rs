@@ -233,6 +233,7 @@ impl Vault {
                         platform: record.platform.clone(),
                         // A new device signs every segment it writes.
                         first_signed_seq: 1,
+                        unsigned_tips: Vec::new(),
                     },
                 },
                 |message| secrets.sign(message),

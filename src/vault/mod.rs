@@ -714,6 +714,7 @@ impl Vault {
                 local::set_meta(tx, identity::META_COPIED_DEVICE_ID, &old_device.0)?;
                 // The new id signs every segment it writes, its first included.
                 local::set_meta(tx, identity::META_FIRST_SIGNED_SEQ, &1u64.to_be_bytes())?;
+                local::set_meta(tx, identity::META_UNSIGNED_TIPS, &[])?;
                 match new_clock.last() {
                     Some(last) => local::set_meta(tx, META_CLOCK, &last.to_sortable_bytes()),
                     None => Ok(()),

@@ -1669,7 +1669,8 @@ def link_nonce(counter):
 
 ROSTER_ADD = {1: ("device_id", "bytes", False), 2: ("agreement_key", "bytes", False),
               3: ("verifying_key", "bytes", False), 4: ("name", "string", False),
-              5: ("platform", "string", False), 6: ("first_signed_seq", "uint64", False)}
+              5: ("platform", "string", False), 6: ("first_signed_seq", "uint64", False),
+              7: ("unsigned_tips", DEVICE_HEAD, True)}
 ROSTER_ENTRY = {1: ("signer", "bytes", False), 2: ("parents", "bytes", True),
                 3: ("made_at_ms", "uint64", False), 4: ("epoch", "uint32", False),
                 5: ("add", ROSTER_ADD, False)}
@@ -1716,7 +1717,12 @@ def check_roster(c, v):
             c.check("roster entry %d: a device adds only the id the added key certifies" % n,
                     entry["add"]["device_id"] == hashlib.sha256(
                         b"chatvault/v2/device-id" + entry["add"]["verifying_key"]).digest()[:16]
-                    and entry["add"].get("first_signed_seq", 0) <= 1)
+                    and entry["add"].get("first_signed_seq", 0) <= 1
+                    and not entry["add"]["unsigned_tips"])
+        # Unsigned tips: heads of the added device, each below its first signed segment.
+        c.check("roster entry %d: unsigned tips are the device's own, below its first signed seq" % n,
+                all(t["device_id"] == entry["add"]["device_id"] and 1 <= t["seq"] < entry["add"]["first_signed_seq"]
+                    and len(t["hash"]) == 32 and t["tag"] != 0 for t in entry["add"]["unsigned_tips"]))
         keys[entry["add"]["device_id"]] = entry["add"]["verifying_key"]
         previous = [e["id"]]
 

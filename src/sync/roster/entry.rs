@@ -31,6 +31,8 @@ pub const MAX_DEVICE_NAME_LEN: usize = 256;
 
 /// The longest platform name a roster entry may carry, in UTF-8 bytes.
 pub const MAX_PLATFORM_LEN: usize = 64;
+/// Most unsigned tips an added device names (one per branch of its tree of unsigned segments).
+pub const MAX_UNSIGNED_TIPS: usize = 64;
 
 const ROSTER_PREFIX: &str = "roster/";
 
@@ -71,6 +73,10 @@ pub enum RosterChange {
         platform: String,
         /// The first of its sequence numbers whose segments it signs (0 or 1: all of them).
         first_signed_seq: u64,
+        /// The tips of its unsigned segments' tree when it first signed (each below
+        /// `first_signed_seq`); empty for a device that signs from its first segment, or one
+        /// added by a version that did not record them.
+        unsigned_tips: Vec<Head>,
     },
     /// A device is cut off; the tips of its segment tree that stay accepted.
     Revoke {
@@ -163,6 +169,7 @@ impl RosterEntry {
                     name,
                     platform,
                     first_signed_seq,
+                    unsigned_tips,
                 } => Change::Add(proto::RosterAdd {
                     device_id: device.0.to_vec(),
                     agreement_key: keys.agreement.to_vec(),
@@ -170,6 +177,7 @@ impl RosterEntry {
                     name: name.clone(),
                     platform: platform.clone(),
                     first_signed_seq: *first_signed_seq,
+                    unsigned_tips: unsigned_tips.iter().map(head_to_proto).collect(),
                 }),
                 RosterChange::Revoke {
                     device,
@@ -228,16 +236,32 @@ impl RosterEntry {
             Change::Add(add) if add.platform.len() > MAX_PLATFORM_LEN => {
                 return Err(malformed("platform name too long"));
             }
-            Change::Add(add) => RosterChange::Add {
-                device: DeviceId(id16(&add.device_id, "added device id")?),
-                keys: DevicePublicKeys {
-                    agreement: key32(&add.agreement_key, "agreement key")?,
-                    verifying: key32(&add.verifying_key, "verifying key")?,
-                },
-                name: add.name.clone(),
-                platform: add.platform.clone(),
-                first_signed_seq: add.first_signed_seq,
-            },
+            Change::Add(add) if add.unsigned_tips.len() > MAX_UNSIGNED_TIPS => {
+                return Err(malformed("too many unsigned tips"));
+            }
+            Change::Add(add) => {
+                let device = DeviceId(id16(&add.device_id, "added device id")?);
+                let unsigned_tips = heads_from_proto(&add.unsigned_tips, malformed)?;
+                if unsigned_tips
+                    .iter()
+                    .any(|tip| tip.device != device || tip.seq >= add.first_signed_seq)
+                {
+                    return Err(malformed(
+                        "an unsigned tip of another device or not below its first signed segment",
+                    ));
+                }
+                RosterChange::Add {
+                    device,
+                    keys: DevicePublicKeys {
+                        agreement: key32(&add.agreement_key, "agreement key")?,
+                        verifying: key32(&add.verifying_key, "verifying key")?,
+                    },
+                    name: add.name.clone(),
+                    platform: add.platform.clone(),
+                    first_signed_seq: add.first_signed_seq,
+                    unsigned_tips,
+                }
+            }
             Change::Revoke(revoke) => RosterChange::Revoke {
                 device: DeviceId(id16(&revoke.device_id, "revoked device id")?),
                 accepted_tips: heads_from_proto(&revoke.accepted_tips, malformed)?,

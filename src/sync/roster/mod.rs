@@ -65,6 +65,8 @@ pub struct RosterDevice {
     pub platform: String,
     /// The first of its sequence numbers whose segments it signs (0 or 1: all of them).
     pub first_signed_seq: u64,
+    /// The tips of its unsigned segments when it first signed (empty: none, or not recorded).
+    pub unsigned_tips: Vec<Head>,
     /// Who added it.
     pub added_by: Signer,
     /// When (the adder's clock).
@@ -134,33 +136,40 @@ fn at_or_below(
 /// (a device's tree may fork, so a new branch below a pinned tip is refused too; below a pinned
 /// tip no longer listed, collected by garbage collection, it goes by sequence number), and once
 /// the roster no longer trusts writers of before device keys ([`Roster::trusts_unlisted_writers`])
-/// nothing of a device the roster does not list. Segments at or
+/// nothing of a device the roster does not list, and of a listed device that wrote unsigned
+/// segments before it had keys, only those its roster entry's unsigned tips reach (and every
+/// segment from its first signed one on, whose signature is checked when fetched). Segments at or
 /// below `applied` (what this device applied before it learned of a revocation) stay, so that
 /// its own history does not look rolled back. Returns how many were taken out.
 pub fn refuse_segments(roster: &Roster, listing: &mut Listing, applied: &[Head]) -> usize {
     let mut refused = Vec::new();
     for (device, segments) in &mut listing.segments {
-        let record = roster.devices.get(device);
-        let revocation = record.and_then(|record| record.revoked.as_ref());
-        let trusted = match record {
-            Some(_) => revocation.is_none(),
-            None => roster.trusts_unlisted_writers(),
+        // The tips whose segments (and their ancestors) are taken, and the sequence number from
+        // which on everything is (signed segments, checked when fetched); `None`: all taken.
+        let (pinned, signed_from): (Vec<(u64, u64)>, Option<u64>) = match roster.devices.get(device)
+        {
+            Some(RosterDevice {
+                revoked: Some(revocation),
+                ..
+            }) => (tips_of(&revocation.accepted_tips), None),
+            Some(record)
+                if !roster.trusts_unlisted_writers()
+                    && record.first_signed_seq > 1
+                    && !record.unsigned_tips.is_empty() =>
+            {
+                (
+                    tips_of(&record.unsigned_tips),
+                    Some(record.first_signed_seq),
+                )
+            }
+            Some(_) => continue,
+            None if roster.trusts_unlisted_writers() => continue,
+            None => (Vec::new(), None),
         };
-        if trusted {
-            continue;
-        }
         let applied_here = applied
             .iter()
             .filter(|h| h.device == *device)
             .map(|h| (h.seq, h.tag));
-        let pinned = revocation
-            .map(|r| {
-                r.accepted_tips
-                    .iter()
-                    .map(|h| (h.seq, h.tag))
-                    .collect::<Vec<_>>()
-            })
-            .unwrap_or_default();
         let reached = at_or_below(segments, pinned.iter().copied().chain(applied_here));
         // Pinned tips garbage collection took: what lies below them goes by sequence number.
         let collected: Vec<u64> = pinned
@@ -169,7 +178,9 @@ pub fn refuse_segments(roster: &Roster, listing: &mut Listing, applied: &[Head])
             .map(|(seq, _)| *seq)
             .collect();
         segments.retain(|(seq, tag), segment| {
-            let accepted = reached.contains(&(*seq, *tag)) || collected.iter().any(|tip| seq < tip);
+            let accepted = reached.contains(&(*seq, *tag))
+                || collected.iter().any(|tip| seq < tip)
+                || signed_from.is_some_and(|from| *seq >= from);
             if !accepted {
                 refused.push(segment.listed.name.clone());
             }
@@ -180,6 +191,10 @@ pub fn refuse_segments(roster: &Roster, listing: &mut Listing, applied: &[Head])
     let count = refused.len();
     listing.unknown.extend(refused);
     count
+}
+
+fn tips_of(heads: &[Head]) -> Vec<(u64, u64)> {
+    heads.iter().map(|head| (head.seq, head.tag)).collect()
 }
 
 /// Why an entry does not count.
@@ -281,12 +296,14 @@ impl State {
                 name,
                 platform,
                 first_signed_seq,
+                unsigned_tips,
             } => {
                 self.devices.entry(*device).or_insert(RosterDevice {
                     keys: *keys,
                     name: name.clone(),
                     platform: platform.clone(),
                     first_signed_seq: *first_signed_seq,
+                    unsigned_tips: unsigned_tips.clone(),
                     added_by: entry.signer,
                     added_at_ms: entry.made_at_ms,
                     revoked: None,
@@ -351,7 +368,23 @@ pub fn check_segment(
         return Ok(());
     };
     if segment.signature.is_none() && segment.head.seq < device.first_signed_seq.max(1) {
-        return Ok(());
+        // An unsigned one of before the device had keys: once the roster stops trusting such
+        // writers, only at or below the tips its entry names (by sequence number here; the
+        // listing filter follows parent tags).
+        let pinned = roster.trusts_unlisted_writers()
+            || device.unsigned_tips.is_empty()
+            || device.unsigned_tips.iter().any(|tip| {
+                head.seq < tip.seq
+                    || (head.seq == tip.seq && head.tag == tip.tag && head.hash == tip.hash)
+            });
+        return if pinned {
+            Ok(())
+        } else {
+            Err(Error::Integrity(IntegrityProblem::RevokedWriter {
+                device: head.device.to_hex(),
+                seq: head.seq,
+            }))
+        };
     }
     if segment.signed_by(vault, &device.keys.verifying) {
         Ok(())
@@ -685,8 +718,11 @@ fn device_may_sign(change: &RosterChange) -> bool {
             device,
             keys,
             first_signed_seq,
+            unsigned_tips,
             ..
-        } => *device == DeviceId::of_keys(keys) && *first_signed_seq <= 1,
+        } => {
+            *device == DeviceId::of_keys(keys) && *first_signed_seq <= 1 && unsigned_tips.is_empty()
+        }
         _ => true,
     }
 }

@@ -29,6 +29,7 @@ fn add(n: u8) -> RosterChange {
         name: format!("phone {n}"),
         platform: "test".into(),
         first_signed_seq: 1,
+        unsigned_tips: Vec::new(),
     }
 }
 
@@ -344,6 +345,7 @@ fn a_device_adds_only_ids_the_added_keys_certify() {
         name: "old phone".into(),
         platform: "test".into(),
         first_signed_seq: 1,
+        unsigned_tips: Vec::new(),
     };
     let legacy_by_device = by(0xa, &[&a], legacy.clone());
     // A device that would not sign its first segments.

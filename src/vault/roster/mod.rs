@@ -223,7 +223,11 @@ impl Vault {
             return Ok(None);
         }
         let keys = self.device_keys()?;
-        let first_signed_seq = super::identity::first_signed_seq(&mut *lock(&self.local)?, device)?;
+        let (first_signed_seq, unsigned_tips) = {
+            let mut local = lock(&self.local)?;
+            let first = super::identity::first_signed_seq(&mut local, device)?;
+            (first, super::identity::unsigned_tips(&local)?)
+        };
         let entry = |signer| RosterEntry {
             signer,
             parents: roster.tips.clone(),
@@ -235,6 +239,7 @@ impl Vault {
                 name: self.info.name.clone(),
                 platform: self.info.platform.clone(),
                 first_signed_seq,
+                unsigned_tips: unsigned_tips.clone(),
             },
         };
         let vault = self.keys.vault_id();

@@ -121,6 +121,7 @@ fn forged_add(keys: &VaultKeys, parents: Vec<EntryId>) -> (String, Vec<u8>) {
             name: "intruder".into(),
             platform: "test".into(),
             first_signed_seq: 1,
+            unsigned_tips: Vec::new(),
         },
     };
     let signed = SignedEntry::sign(keys.vault_id(), entry, |m| forger.sign(m));
