@@ -406,7 +406,7 @@ pub mod roster_entry {
         StartEpoch(super::RosterStartEpoch),
     }
 }
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct RosterAdd {
     #[prost(bytes = "vec", tag = "1")]
     pub device_id: ::prost::alloc::vec::Vec<u8>,
@@ -481,7 +481,7 @@ pub struct EpochBox {
 }
 /// The joining device's first link message (FORMAT.md section 13, "Link protocol"):
 /// `links/<id>/join` = the joiner's ephemeral key (32 bytes) || this, sealed under the channel.
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct LinkJoin {
     /// The joining device as its roster entry will add it (id, keys, name, platform).
     #[prost(message, optional, tag = "1")]
