@@ -168,8 +168,10 @@ async fn after_a_revocation_unsigned_segments_of_an_old_device_are_taken_only_be
     laptop.sync(None, None).await.unwrap();
     phone.revoke(laptop.device_id()).await.unwrap();
 
-    // With epoch 0's keys (the laptop held them), a new branch under the phone's id: seq 2
-    // after its seq 1, unsigned, as the phone wrote before it had keys.
+    // With epoch 0's keys (the laptop held them), unsigned segments under the phone's id, as it
+    // wrote before it had keys: a new branch (seq 2 after its seq 1), and, once garbage
+    // collection took the phone's old segments (its tips no longer listed), a seq 1 (which
+    // needs no parent) and another seq 2 after it.
     let prefix = format!("{}/", phone.vault_id());
     let phone_dir = format!("{prefix}segments/{}/", phone.device_id().to_hex());
     let first = store
@@ -181,29 +183,42 @@ async fn after_a_revocation_unsigned_segments_of_an_old_device_are_taken_only_be
         .unwrap();
     let first_tag =
         u64::from_str_radix(&first.key[phone_dir.len() + 17..phone_dir.len() + 33], 16).unwrap();
-    let first_bytes = store.get(&first.key, u64::MAX).await.unwrap().unwrap();
-    let first_hash: [u8; 32] = {
+    let hash_of = |bytes: &[u8]| -> [u8; 32] {
         use sha2::Digest;
-        sha2::Sha256::digest(&first_bytes).into()
+        sha2::Sha256::digest(bytes).into()
     };
-    let (name, object, _) = seal_segment(
-        &VaultKeys::derive(&key),
-        &ChatKeys::new(),
-        &NewSegment {
-            device: phone.device_id(),
-            seq: 2,
-            tag: 0xf00d,
-            previous: Some((first_tag, first_hash)),
-            seen: &[],
-            grants: &[],
-            operations: &EncodedBatch::from_operations(&[]),
-            device_name: "phone",
-            platform: "test",
-            signer: None,
-        },
-    )
-    .unwrap();
+    let first_hash = hash_of(&store.get(&first.key, u64::MAX).await.unwrap().unwrap());
+    let forge = |seq: u64, tag: u64, previous: Option<(u64, [u8; 32])>| {
+        seal_segment(
+            &VaultKeys::derive(&key),
+            &ChatKeys::new(),
+            &NewSegment {
+                device: phone.device_id(),
+                seq,
+                tag,
+                previous,
+                seen: &[],
+                grants: &[],
+                operations: &EncodedBatch::from_operations(&[]),
+                device_name: "phone",
+                platform: "test",
+                signer: None,
+            },
+        )
+        .unwrap()
+    };
+    let mut forged = Vec::new();
+    let (name, object, _) = forge(2, 0xf00d, Some((first_tag, first_hash)));
     store.put(&format!("{prefix}{name}"), object).await.unwrap();
+    forged.push(name);
+    assert!(phone.collect_garbage(0).await.unwrap() > 0);
+    assert!(store.get(&first.key, u64::MAX).await.unwrap().is_none());
+    let (name, object, seq_one_hash) = forge(1, 0xbeef, None);
+    store.put(&format!("{prefix}{name}"), object).await.unwrap();
+    forged.push(name);
+    let (name, object, _) = forge(2, 0xcafe, Some((0xbeef, seq_one_hash)));
+    store.put(&format!("{prefix}{name}"), object).await.unwrap();
+    forged.push(name);
 
     // A new device restores everything the phone wrote, unsigned and signed, and refuses the
     // new branch (verify names it); the tablet, which never added itself, was covered by the
@@ -229,5 +244,15 @@ async fn after_a_revocation_unsigned_segments_of_an_old_device_are_taken_only_be
         ]
     );
     let report = fresh.verify().await.unwrap();
-    assert!(report.unknown.contains(&name), "{:?}", report.unknown);
+    for name in &forged {
+        assert!(
+            report.unknown.contains(name),
+            "{name} not in {:?}",
+            report.unknown
+        );
+    }
+    // The phone, which wrote none of them, goes on as itself.
+    let before = phone.device_id();
+    phone.sync(None, None).await.unwrap();
+    assert_eq!(phone.device_id(), before);
 }

@@ -162,14 +162,19 @@ impl Vault {
         };
         let listing = pass.engine.listing();
         let covered = pass.engine.newest_covered();
-        // Segments of unlisted devices are refused from the change on, except by the devices
-        // that applied them: an index must cover them for the others.
-        let unlisted_uncovered = roster.trusts_unlisted_writers()
-            && listing.all_segments().any(|(segment, _)| {
-                !roster.devices.contains_key(&segment.device) && !covered.reached(segment.id())
-            });
+        // Segments written before device keys that the change leaves out (of devices the roster
+        // does not list, or outside a listed device's unsigned tips: a copy of a state directory
+        // made before device keys wrote a branch its twin's entry does not name) are refused from
+        // then on by every device that did not apply them: an index must cover them for those.
+        let mut after = (*roster).clone();
+        after.epoch = after.epoch.max(1);
+        let mut seen_after = listing.clone();
+        crate::sync::roster::refuse_segments(&after, &mut seen_after, &[]);
+        let left_out_uncovered = listing.all_segments().any(|(segment, _)| {
+            seen_after.segment(segment.id()).is_none() && !covered.reached(segment.id())
+        });
         let newest_stays = pass.engine.newest().is_none_or(|(name, _)| stays(name));
-        if newest_stays && !unlisted_uncovered {
+        if newest_stays && !left_out_uncovered {
             return Ok(None);
         }
         Ok(Some(

@@ -98,16 +98,22 @@ pub(super) fn first_signed_seq(
         .into_iter()
         .filter(|head| head.device == device)
         .collect();
+    // The staged segment's parent stays a tip too: if the staged one never goes up under this
+    // id (a copy that forks off reseals it), the parent still reaches what went up before it.
     if let Some(pending) = &pending
         && let Some(name) = crate::sync::segment::parse_segment_name(&pending.name)
     {
-        unsigned.retain(|head| Some(head.id()) != name.parent_id());
         unsigned.push(Head {
             device,
             seq: pending.seq,
             tag: name.tag,
             hash: pending.hash,
         });
+    }
+    // More tips than an add may name (a tree forked that often is no device's): none named,
+    // and its unsigned segments are taken as before tips existed.
+    if unsigned.len() > crate::sync::roster::MAX_UNSIGNED_TIPS {
+        unsigned.clear();
     }
     local.set_meta(
         META_UNSIGNED_TIPS,

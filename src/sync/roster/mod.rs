@@ -40,7 +40,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use entry::malformed;
 pub use entry::{
     EntryId, MAX_DEVICE_NAME_LEN, MAX_PLATFORM_LEN, MAX_ROSTER_ENTRIES, MAX_ROSTER_OBJECT,
-    RosterChange, RosterEntry, SignedEntry, Signer, parse_roster_name, roster_name,
+    MAX_UNSIGNED_TIPS, RosterChange, RosterEntry, SignedEntry, Signer, parse_roster_name,
+    roster_name,
 };
 
 use super::clock::DeviceId;
@@ -88,8 +89,8 @@ pub struct Revocation {
 
 impl Revocation {
     /// Whether a segment of the revoked device stays accepted: at or below a tip the revocation
-    /// pinned (a device's segments form one chain, whose hashes the engine checks, so "below"
-    /// is by sequence number).
+    /// pinned, by sequence number (`check_segment`'s second line; the listing filter,
+    /// `refuse_segments`, follows the parent tags).
     pub fn accepts(&self, seq: u64, tag: u64) -> bool {
         self.accepted_tips
             .iter()
@@ -133,8 +134,8 @@ fn at_or_below(
 /// Takes out of `listing` the segments the roster refuses. Nobody fetches them; they are listed
 /// as `unknown` (reported by `verify`, skipped by every device, never deleted: they are
 /// evidence). Of a revoked device it keeps only what its pinned tips reach down the parent tags
-/// (a device's tree may fork, so a new branch below a pinned tip is refused too; below a pinned
-/// tip no longer listed, collected by garbage collection, it goes by sequence number), and once
+/// (a device's tree may fork, so a new branch below a pinned tip is refused too, and so is
+/// anything below a pinned tip garbage collection took), and once
 /// the roster no longer trusts writers of before device keys ([`Roster::trusts_unlisted_writers`])
 /// nothing of a device the roster does not list, and of a listed device that wrote unsigned
 /// segments before it had keys, only those its roster entry's unsigned tips reach (and every
@@ -170,17 +171,14 @@ pub fn refuse_segments(roster: &Roster, listing: &mut Listing, applied: &[Head])
             .iter()
             .filter(|h| h.device == *device)
             .map(|h| (h.seq, h.tag));
+        // A pinned tip garbage collection took leaves nothing of its chain below it: collection
+        // deletes in ascending sequence numbers, so a listed segment below it is of another
+        // branch (which its own tip reaches) or was written since. Nothing goes by sequence
+        // number alone: a segment at seq 1 needs no parent.
         let reached = at_or_below(segments, pinned.iter().copied().chain(applied_here));
-        // Pinned tips garbage collection took: what lies below them goes by sequence number.
-        let collected: Vec<u64> = pinned
-            .iter()
-            .filter(|tip| !segments.contains_key(tip))
-            .map(|(seq, _)| *seq)
-            .collect();
         segments.retain(|(seq, tag), segment| {
-            let accepted = reached.contains(&(*seq, *tag))
-                || collected.iter().any(|tip| seq < tip)
-                || signed_from.is_some_and(|from| *seq >= from);
+            let accepted =
+                reached.contains(&(*seq, *tag)) || signed_from.is_some_and(|from| *seq >= from);
             if !accepted {
                 refused.push(segment.listed.name.clone());
             }
@@ -371,12 +369,17 @@ pub fn check_segment(
         // An unsigned one of before the device had keys: once the roster stops trusting such
         // writers, only at or below the tips its entry names (by sequence number here; the
         // listing filter follows parent tags).
+        let replaced = device
+            .unsigned_tips
+            .iter()
+            .any(|tip| tip.seq == head.seq && tip.tag == head.tag && tip.hash != head.hash);
         let pinned = roster.trusts_unlisted_writers()
             || device.unsigned_tips.is_empty()
-            || device.unsigned_tips.iter().any(|tip| {
-                head.seq < tip.seq
-                    || (head.seq == tip.seq && head.tag == tip.tag && head.hash == tip.hash)
-            });
+            || !replaced
+                && device
+                    .unsigned_tips
+                    .iter()
+                    .any(|tip| head.seq < tip.seq || (head.seq == tip.seq && head.tag == tip.tag));
         return if pinned {
             Ok(())
         } else {

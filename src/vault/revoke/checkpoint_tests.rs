@@ -546,3 +546,59 @@ async fn segments_of_an_unlisted_device_that_a_device_applied_stay_readable_afte
     fresh.sync(None, None).await.unwrap();
     assert_eq!(ids(&fresh), ["before", "from-an-old-device"]);
 }
+
+#[tokio::test]
+async fn a_revoked_devices_new_first_segment_is_refused_after_its_pinned_tips_were_collected() {
+    use crate::sync::batch::EncodedBatch;
+    use crate::sync::segment::{NewSegment, seal_segment};
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ObjectStore> = Arc::new(DirectoryStore::new(dir.path().join("bucket")));
+    let key = RecoveryKey::generate().unwrap();
+    let phone = device(&store, dir.path(), "phone", &key).await;
+    phone.record(vec![message("before")]).unwrap();
+    phone.sync(None, None).await.unwrap();
+    let (laptop, _) = link(&store, &phone, &dir.path().join("laptop")).await;
+    let laptop_id = laptop.device_id();
+    for id in ["laptop-1", "laptop-2"] {
+        laptop.record(vec![message(id)]).unwrap();
+        laptop.sync(None, None).await.unwrap();
+    }
+    phone.sync(None, None).await.unwrap();
+    phone.revoke(laptop_id).await.unwrap();
+    // A checkpoint covers the laptop's segments and garbage collection takes them: its pinned
+    // tips are no longer listed.
+    phone.checkpoint().await.unwrap();
+    assert!(phone.collect_garbage(0).await.unwrap() > 0);
+    let laptop_segments = format!("{}segments/{}/", phone.prefix(), laptop_id.to_hex());
+    assert!(store.list(&laptop_segments).await.unwrap().is_empty());
+
+    // The laptop writes a new first segment (seq 1 needs no parent), signed with its key.
+    let secrets = crate::vault::identity::copy(&lock(&laptop.device_secrets).unwrap());
+    let (name, object, _) = seal_segment(
+        &*laptop.epochs().unwrap(),
+        &lock(&laptop.chat_keys).unwrap(),
+        &NewSegment {
+            device: laptop_id,
+            seq: 1,
+            tag: 0x1ee7,
+            previous: None,
+            seen: &[],
+            grants: &[],
+            operations: &EncodedBatch::from_operations(&[]),
+            device_name: "laptop",
+            platform: "test",
+            signer: Some(&secrets),
+        },
+    )
+    .unwrap();
+    store
+        .put(&format!("{}{name}", phone.prefix()), object)
+        .await
+        .unwrap();
+    let fresh = device(&store, dir.path(), "fresh", &key).await;
+    fresh.sync(None, None).await.unwrap();
+    assert_eq!(ids(&fresh), ["before", "laptop-1", "laptop-2"]);
+    assert!(fresh.verify().await.unwrap().unknown.contains(&name));
+    phone.sync(None, None).await.unwrap();
+    assert!(phone.verify().await.unwrap().unknown.contains(&name));
+}
