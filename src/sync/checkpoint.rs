@@ -34,7 +34,7 @@ use super::segment::{
     ChatKeys, Head, KeyGrant, KeyId, SegmentId, grant_epoch_cap, grant_from_proto,
     heads_from_proto, parse_device_seq_tag,
 };
-use super::signature::{BodySignature, CHECKPOINT_LABEL, split_signature};
+use super::signature::{BodySignature, split_signature};
 
 /// Where checkpoint indexes live inside the vault prefix.
 pub const CHECKPOINTS_PREFIX: &str = "checkpoints/";
@@ -157,14 +157,6 @@ pub struct CheckpointIndex {
     pub created_at_ms: u64,
     /// The writer's signature, if it signed (every index written since checkpoints are signed).
     pub signature: Option<BodySignature>,
-}
-
-impl CheckpointIndex {
-    /// Whether the index carries a signature that verifies under `verifying_key` for `vault`.
-    pub fn signed_by(&self, vault: &crate::keys::VaultId, verifying_key: &[u8; 32]) -> bool {
-        self.signature
-            .is_some_and(|s| s.verifies(CHECKPOINT_LABEL, vault, &self.name, verifying_key))
-    }
 }
 
 /// Where a chat's newest delete was written and who may not have seen it yet.

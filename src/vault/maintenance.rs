@@ -42,7 +42,7 @@ impl Vault {
                 indexes.entry(get.name.clone())
             {
                 let bytes = self.read_exact(&get, &mut scratch).await?;
-                entry.insert(pass.engine.index_arrived(&*self.epochs()?, &get, &bytes)?);
+                entry.insert(self.index_that_counts(&mut pass, &get, &bytes)?);
             }
         }
         report.checkpoints = indexes.len() as u64;
@@ -428,7 +428,7 @@ impl Vault {
                 Some(index) => index,
                 None => {
                     let bytes = self.read_exact(&get, report).await?;
-                    pass.engine.index_arrived(&*self.epochs()?, &get, &bytes)?
+                    self.index_that_counts(pass, &get, &bytes)?
                 }
             };
             out.push((get.name, index));

@@ -157,6 +157,37 @@ impl Vault {
         }
     }
 
+    /// Opens a listed index fetched again after `start_pass` judged it by what it was then (its
+    /// signature as noted in the local state): it must still count, with that same signature,
+    /// whose digest binds the body. An index overwritten since under the same name (unsigned,
+    /// or signed otherwise) is `Integrity(Replaced)`, not taken for the one that was judged.
+    pub(super) fn index_that_counts(
+        &self,
+        pass: &mut Pass,
+        get: &Get,
+        bytes: &[u8],
+    ) -> Result<CheckpointIndex> {
+        let index = pass.engine.index_arrived(&*self.epochs()?, get, bytes)?;
+        let roster = self.current_roster()?;
+        let counts = checkpoint_counts(
+            &roster,
+            self.keys.vault_id(),
+            &get.name,
+            index.device,
+            index.signature.as_ref(),
+        );
+        let noted = lock(&self.local)?
+            .known_checkpoints()?
+            .remove(&get.name)
+            .map(|known| known.signature);
+        if !counts || noted.is_some_and(|noted| noted != index.signature) {
+            return Err(Error::Integrity(crate::IntegrityProblem::Replaced {
+                name: get.name.clone(),
+            }));
+        }
+        Ok(index)
+    }
+
     /// The newest checkpoint's index: the one this pass already fetched, or a fresh GET.
     pub(super) async fn newest_index(
         &self,
@@ -179,11 +210,7 @@ impl Vault {
                 name,
             }))?;
         let bytes = self.read_exact(&get, report).await?;
-        Ok(Some(pass.engine.index_arrived(
-            &*self.epochs()?,
-            &get,
-            &bytes,
-        )?))
+        Ok(Some(self.index_that_counts(pass, &get, &bytes)?))
     }
 
     /// Fetches the packs `gets` names (those [`Engine::adopt`] returned for `index`),

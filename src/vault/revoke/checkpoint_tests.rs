@@ -602,3 +602,61 @@ async fn a_revoked_devices_new_first_segment_is_refused_after_its_pinned_tips_we
     phone.sync(None, None).await.unwrap();
     assert!(phone.verify().await.unwrap().unknown.contains(&name));
 }
+
+#[tokio::test]
+async fn an_index_overwritten_under_a_known_name_is_refused_not_taken() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ObjectStore> = Arc::new(DirectoryStore::new(dir.path().join("bucket")));
+    let key = RecoveryKey::generate().unwrap();
+    let phone = device(&store, dir.path(), "phone", &key).await;
+    phone.record(vec![message("before")]).unwrap();
+    phone.sync(None, None).await.unwrap();
+    phone.checkpoint().await.unwrap();
+    let tablet = device(&store, dir.path(), "tablet", &key).await;
+    tablet.sync(None, None).await.unwrap();
+    // A holder of epoch 0's keys seals another index, unsigned (which counts while the vault
+    // trusts writers of before device keys), under the name of the phone's signed one, which
+    // the tablet has judged and noted.
+    let (_, name) = indexes(&store, &phone).await.remove(0);
+    let (writer, seq, tag) = parse_checkpoint_name(&name).unwrap();
+    let sealed = seal_checkpoint(
+        &*phone.epochs().unwrap(),
+        &CheckpointInput {
+            device: writer,
+            seq,
+            tag,
+            covered: &lock(&phone.local).unwrap().heads().unwrap(),
+            chat_keys: &lock(&phone.chat_keys).unwrap(),
+            deleted_chats: &[],
+            created_at_ms: 1,
+            signer: None,
+        },
+        [Ok(ChatContent {
+            chat_id: "c".into(),
+            operations: Vec::new(),
+        })],
+    )
+    .unwrap();
+    assert_eq!(sealed.index_name, name);
+    for (object, bytes) in sealed
+        .packs
+        .into_iter()
+        .chain([(name.clone(), sealed.index)])
+    {
+        store
+            .put(&format!("{}{object}", phone.prefix()), bytes)
+            .await
+            .unwrap();
+    }
+    // Reading it again for a checkpoint, garbage collection or verify, the tablet refuses it.
+    tablet.record(vec![message("tablet")]).unwrap();
+    let replaced = |result: Result<()>| {
+        matches!(
+            result,
+            Err(Error::Integrity(crate::IntegrityProblem::Replaced { name: ref n })) if *n == name
+        )
+    };
+    assert!(replaced(tablet.checkpoint().await.map(|_| ())));
+    assert!(replaced(tablet.verify().await.map(|_| ())));
+    assert!(replaced(tablet.collect_garbage(0).await.map(|_| ())));
+}
