@@ -251,18 +251,20 @@ pub enum IntegrityProblem {
     /// revoked, or by someone holding its keys), or, once a device was revoked or the recovery
     /// key replaced, of a device the roster does not list, or an unsigned one of a listed device
     /// outside the unsigned tips its roster entry names: refused by every device.
-    #[error("segment {seq} of device {device} was written by a revoked or unknown device")]
+    #[error("segment {seq} of device {device} is not one its roster entry lets count")]
     RevokedWriter {
-        /// The revoked device.
+        /// The device whose id the segment is under.
         device: String,
         /// The segment.
         seq: u64,
     },
-    /// An object's bytes are not the ones a signed index lists for it (a checkpoint block
-    /// whose SHA-256 differs: overwritten by someone holding the bucket and an old chat key).
-    #[error("object {name} was replaced: its bytes are not the ones its index lists")]
+    /// An object is not the one a checkpoint index vouched for: a block whose SHA-256 differs
+    /// from the one its index records, or an index read again that no longer carries the
+    /// signature it had when this device judged it. Overwritten in the bucket (by anyone who
+    /// can write there; with a chat key or the log key of its epoch, so that it still opens).
+    #[error("{name} was replaced: its bytes are not the ones vouched for")]
     Replaced {
-        /// The object's name.
+        /// The object's name (for a block: its pack's name and the block's).
         name: String,
     },
     /// The device roster's entries do not settle on one roster (docs/DEVICES.md, "Roster"): a

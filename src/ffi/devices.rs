@@ -235,8 +235,10 @@ impl Vault {
 
     /// Removes a lost or stolen device (`device_id`, 32 hex digits, from `devices()`): it opens
     /// nothing written from now on and every device refuses what it writes afterwards. Syncs
-    /// first. Running it again finishes an interrupted revocation. `NotAllowed` when this device
-    /// is not an active device of the vault; `InvalidInput` for this device itself or an id the
+    /// first, and writes a checkpoint first when the vault's newest one would stop counting (so
+    /// it may take as long as `checkpoint()`). Running it again finishes an interrupted
+    /// revocation. `NotAllowed` when this device is not an active device of the vault (or
+    /// stopped being one while this ran); `InvalidInput` for this device itself or an id the
     /// roster does not list; `DeviceRevoked` when this device was revoked itself.
     pub async fn revoke(&self, device_id: String) -> FfiResult<()> {
         let device = crate::sync::DeviceId::from_hex(&device_id).ok_or_else(|| {
@@ -251,8 +253,9 @@ impl Vault {
     /// new passphrase envelope if you keep one (the old envelope opens only the old key). The old
     /// key opens nothing written from now on; the new one restores everything. Devices open with
     /// the old key, this one included, throw `RecoveryKeyReplaced` until opened again with the
-    /// new key (same state directory); linked devices go on. `NotAllowed` unless this vault is
-    /// open with the recovery key. Interrupted, it resumes with the same new key.
+    /// new key (same state directory); linked devices go on. Like `revoke`, it may first write
+    /// a checkpoint. `NotAllowed` unless this vault is open with the recovery key. Interrupted,
+    /// it resumes with the same new key.
     pub async fn rotate_recovery_key(&self) -> FfiResult<Arc<super::RecoveryKey>> {
         settle::settled(async {
             let key = self.0.rotate_recovery_key().await?;

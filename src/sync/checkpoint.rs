@@ -116,13 +116,13 @@ pub struct PackedChat {
 }
 
 impl PackedChat {
-    /// Checks that `bytes` are the block's, when its index records their hash:
-    /// `Integrity(Replaced)` otherwise.
-    pub fn check_bytes(&self, bytes: &[u8]) -> Result<()> {
+    /// Checks that `bytes`, cut from the pack `pack`, are the block's, when its index records
+    /// their hash: `Integrity(Replaced)` otherwise.
+    pub fn check_bytes(&self, pack: &str, bytes: &[u8]) -> Result<()> {
         match self.hash {
             Some(hash) if <[u8; 32]>::from(Sha256::digest(bytes)) != hash => {
                 Err(Error::Integrity(IntegrityProblem::Replaced {
-                    name: block_name(&self.block_id),
+                    name: format!("{pack} ({})", block_name(&self.block_id)),
                 }))
             }
             _ => Ok(()),
@@ -357,7 +357,11 @@ pub fn open_block(
                 seq: index.seq,
             })
         })?;
-    entry.check_bytes(bytes)?;
+    let pack = index
+        .packs
+        .get(entry.pack)
+        .map_or("", |(name, _)| name.as_str());
+    entry.check_bytes(pack, bytes)?;
     let name = block_name(&entry.block_id);
     let context = ObjectContext {
         vault_id: keys.vault_id(),

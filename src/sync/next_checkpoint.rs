@@ -662,7 +662,11 @@ impl PackWriter<'_, '_> {
             }
             // Copied unopened: the hash is what vouches for the bytes. A block of an index
             // written before blocks were hashed gets its hash here, from the bytes as they lie.
-            entry.check_bytes(&bytes)?;
+            let pack = base
+                .packs
+                .get(entry.pack)
+                .map_or("", |(name, _)| name.as_str());
+            entry.check_bytes(pack, &bytes)?;
             packed.hash = Sha256::digest(&bytes).to_vec();
             self.append(packed, &bytes);
             self.copied += 1;

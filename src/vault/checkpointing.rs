@@ -71,6 +71,21 @@ impl Vault {
             .map(|_| ())
     }
 
+    /// [`vouch_for_newest_checkpoint`](Self::vouch_for_newest_checkpoint) before a revocation or
+    /// rotation, which goes on when the checkpoint cannot be written because objects it needs
+    /// are missing or damaged in the bucket (`Integrity` or `Decode` errors): what they held is
+    /// lost either way, and the device being cut off must not be able to prevent the change by
+    /// damaging them. Store errors (offline, credentials) stop it, to be run again.
+    pub(super) async fn vouch_unless_the_bucket_is_damaged(
+        &self,
+        revoking: Option<DeviceId>,
+    ) -> Result<()> {
+        match self.vouch_for_newest_checkpoint(revoking).await {
+            Ok(()) | Err(Error::Integrity(_) | Error::Decode { .. }) => Ok(()),
+            Err(other) => Err(other),
+        }
+    }
+
     /// Writes checkpoints until every listed segment is covered: each from the one before (the
     /// newest in the bucket, first) and at most [`ROUND_BYTES`] of the segments after it. The
     /// caller holds the sync lock. The report sums every round and names the last index.

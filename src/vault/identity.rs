@@ -68,7 +68,9 @@ pub(super) fn copy(secrets: &DeviceSecrets) -> DeviceSecrets {
 
 /// The first sequence number whose segments `device` signs: kept in the local state, set the first
 /// time a state directory is opened with device keys to the next sequence number it will seal
-/// (after its newest own head and any staged segment, both sealed unsigned).
+/// (after its newest own head and any staged segment, both sealed unsigned). That first time it
+/// also records the tips of those unsigned segments ([`unsigned_tips`]), which its roster entry
+/// names.
 pub(super) fn first_signed_seq(
     local: &mut LocalState,
     device: crate::sync::DeviceId,

@@ -180,7 +180,7 @@ impl Vault {
             // if the newest index is one, or an unlisted device's segments lie outside it, this
             // device writes a signed index first (before the entry, after which a vault open
             // with the old key no longer syncs).
-            self.vouch_for_newest_checkpoint(None).await?;
+            self.vouch_unless_the_bucket_is_damaged(None).await?;
             let entry = RosterEntry {
                 signer: Signer::Recovery,
                 parents: roster.tips.clone(),

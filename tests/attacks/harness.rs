@@ -139,15 +139,15 @@ pub fn auth_failed() -> Outcome {
     })
 }
 
-/// A sealed object cut short: its tag no longer verifies, or its structure ends early.
 /// A checkpoint block whose bytes are not the ones its signed index hashed (FORMAT.md 9.5),
 /// caught before it is opened.
 pub fn replaced_block() -> Outcome {
-    Outcome::err("Integrity { Replaced }", |e| {
+    Outcome::err("Integrity(Replaced)", |e| {
         matches!(e, Error::Integrity(IntegrityProblem::Replaced { .. }))
     })
 }
 
+/// A sealed object cut short: its tag no longer verifies, or its structure ends early.
 pub fn cut_short() -> Outcome {
     Outcome::err("Decode { AuthenticationFailed | Truncated }", |e| {
         matches!(

@@ -92,10 +92,20 @@ impl Revocation {
     /// pinned, by sequence number (`check_segment`'s second line; the listing filter,
     /// `refuse_segments`, follows the parent tags).
     pub fn accepts(&self, seq: u64, tag: u64) -> bool {
-        self.accepted_tips
-            .iter()
-            .any(|tip| seq < tip.seq || (seq == tip.seq && tag == tip.tag))
+        at_or_below_by_seq(seq, tag, &self.accepted_tips)
     }
+}
+
+/// Whether segment (`seq`, `tag`) is one of `tips` or below one by sequence number.
+fn at_or_below_by_seq(seq: u64, tag: u64, tips: &[Head]) -> bool {
+    tips.iter()
+        .any(|tip| seq < tip.seq || (seq == tip.seq && tag == tip.tag))
+}
+
+/// Whether `head` sits where one of `tips` does with other content (another hash).
+fn replaces_a_tip(head: &Head, tips: &[Head]) -> bool {
+    tips.iter()
+        .any(|tip| tip.seq == head.seq && tip.tag == head.tag && tip.hash != head.hash)
 }
 
 /// Whether the roster takes segment `seq` (tag `tag`) of `device` at all: a device it revokes
@@ -335,59 +345,42 @@ impl State {
 
 /// Checks a segment against the roster: from its device's first signed sequence number on, a
 /// segment of a device the roster lists must carry that device's valid signature (a signature
-/// below it must verify too). A segment the roster does not take ([`takes_segment`]) is
-/// `RevokedWriter`. A segment of a device the roster does not list is accepted in a vault still
-/// in epoch 0: a device of a vault written before the roster appears in it once it syncs with a
-/// version that adds it.
+/// below it must verify too). A segment the roster does not take ([`takes_segment`]: a revoked
+/// device's past its pinned tips, or, once the roster no longer trusts writers of before device
+/// keys, an unlisted device's), or an unsigned one of a listed device outside the unsigned tips
+/// its entry names, is `RevokedWriter`. This is the second line, by sequence number; the
+/// listing filter ([`refuse_segments`]) follows the parent tags first.
 pub fn check_segment(
     roster: &Roster,
     vault: &VaultId,
     segment: &crate::sync::segment::OpenedSegment,
 ) -> Result<()> {
     let head = &segment.head;
-    // A pinned tip must be the very segment the revoker had applied.
-    let replaced_tip = roster
-        .devices
-        .get(&head.device)
-        .and_then(|record| record.revoked.as_ref())
-        .is_some_and(|revocation| {
-            revocation
-                .accepted_tips
-                .iter()
-                .any(|tip| tip.seq == head.seq && tip.tag == head.tag && tip.hash != head.hash)
-        });
-    if replaced_tip || !takes_segment(roster, head.device, head.seq, head.tag) {
-        return Err(Error::Integrity(IntegrityProblem::RevokedWriter {
+    let refused = || {
+        Err(Error::Integrity(IntegrityProblem::RevokedWriter {
             device: head.device.to_hex(),
             seq: head.seq,
-        }));
+        }))
+    };
+    let record = roster.devices.get(&head.device);
+    // A pinned tip must be the very segment the revoker had applied.
+    let replaced_pin = record
+        .and_then(|record| record.revoked.as_ref())
+        .is_some_and(|revocation| replaces_a_tip(head, &revocation.accepted_tips));
+    if replaced_pin || !takes_segment(roster, head.device, head.seq, head.tag) {
+        return refused();
     }
-    let Some(device) = roster.devices.get(&head.device) else {
+    let Some(device) = record else {
         return Ok(());
     };
-    if segment.signature.is_none() && segment.head.seq < device.first_signed_seq.max(1) {
+    if segment.signature.is_none() && head.seq < device.first_signed_seq.max(1) {
         // An unsigned one of before the device had keys: once the roster stops trusting such
-        // writers, only at or below the tips its entry names (by sequence number here; the
-        // listing filter follows parent tags).
-        let replaced = device
-            .unsigned_tips
-            .iter()
-            .any(|tip| tip.seq == head.seq && tip.tag == head.tag && tip.hash != head.hash);
-        let pinned = roster.trusts_unlisted_writers()
+        // writers, only at or below the tips its entry names (and the very segments there).
+        let taken = roster.trusts_unlisted_writers()
             || device.unsigned_tips.is_empty()
-            || !replaced
-                && device
-                    .unsigned_tips
-                    .iter()
-                    .any(|tip| head.seq < tip.seq || (head.seq == tip.seq && head.tag == tip.tag));
-        return if pinned {
-            Ok(())
-        } else {
-            Err(Error::Integrity(IntegrityProblem::RevokedWriter {
-                device: head.device.to_hex(),
-                seq: head.seq,
-            }))
-        };
+            || !replaces_a_tip(head, &device.unsigned_tips)
+                && at_or_below_by_seq(head.seq, head.tag, &device.unsigned_tips);
+        return if taken { Ok(()) } else { refused() };
     }
     if segment.signed_by(vault, &device.keys.verifying) {
         Ok(())

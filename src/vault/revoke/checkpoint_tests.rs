@@ -194,8 +194,8 @@ async fn an_unsigned_checkpoint_counts_only_while_the_vault_is_in_epoch_zero() {
     assert_eq!(ids(&tablet), ["before", "legacy"]);
     let (laptop, _) = link(&store, &phone, &dir.path().join("laptop")).await;
 
-    // The revocation starts epoch 1, after which unsigned indexes no longer count: the phone
-    // writes a signed one first, from the unsigned one it counted until then.
+    // From the revoke entry on, unsigned indexes no longer count: the phone writes a signed
+    // one first, from the unsigned one it counted until then.
     phone.revoke(laptop.device_id()).await.unwrap();
     let after: Vec<String> = indexes(&store, &phone)
         .await
@@ -340,7 +340,8 @@ async fn garbage_collection_during_an_interrupted_revocation_keeps_the_vouching_
     phone.sync(None, None).await.unwrap();
 
     // The revocation runs as far as its checkpoint; another device collects garbage (the two
-    // indexes cover the same: neither goes); then the revoke entry, and another collection.
+    // indexes cover the same, and the unsigned one wins the tie by name, its seq being 2^20:
+    // the phone's, written after it, stays); then the revoke entry, and another collection.
     {
         let _guard = phone.sync_lock.lock().await;
         phone
@@ -480,12 +481,11 @@ async fn a_revocation_goes_on_when_the_revoked_device_deleted_a_pack_of_its_chec
     }
     // Its content is lost to new devices either way; the revocation is not.
     phone.revoke(laptop_id).await.unwrap();
+    let listed = phone.devices().unwrap();
     assert!(
-        !phone
-            .devices()
-            .unwrap()
+        listed
             .iter()
-            .any(|d| d.id == laptop_id && d.revoked_at_ms.is_none())
+            .any(|d| d.id == laptop_id && d.revoked_at_ms.is_some())
     );
     assert_eq!(phone.epochs().unwrap().newest().0, 1);
     assert_eq!(ids(&phone), ["before", "laptop-1"]);
@@ -538,8 +538,10 @@ async fn segments_of_an_unlisted_device_that_a_device_applied_stay_readable_afte
     let (laptop, _) = link(&store, &phone, &dir.path().join("laptop")).await;
 
     // After the revocation, devices that never applied it refuse it; the phone, which did,
-    // still writes checkpoints that read it again, and a new device restores it from them.
+    // still reads it again (verify, checkpoints), and a new device restores it from the
+    // checkpoint written before the revoke entry.
     phone.revoke(laptop.device_id()).await.unwrap();
+    phone.verify().await.unwrap();
     phone.checkpoint().await.unwrap();
     phone.collect_garbage(0).await.unwrap();
     let fresh = device(&store, dir.path(), "fresh", &key).await;

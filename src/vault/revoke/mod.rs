@@ -37,7 +37,9 @@ impl Vault {
     ///
     /// Errors: [`Error::InvalidInput`] for this device itself or a device the roster does not
     /// list; [`Error::Link`] with [`LinkProblem::NotAllowed`](crate::LinkProblem::NotAllowed)
-    /// when this device may not revoke; [`Error::DeviceRevoked`] when this device was revoked.
+    /// when this device may not revoke (or stopped being an active device while this ran, so
+    /// that its revoke entry does not count); [`Error::DeviceRevoked`] when this device was
+    /// revoked.
     pub async fn revoke(&self, device: DeviceId) -> Result<()> {
         if device == self.device_id() {
             return Err(Error::invalid_input(
@@ -61,13 +63,12 @@ impl Vault {
             Some(_) => roster,
             None => {
                 // Its checkpoint indexes stop counting with the revoke: if the newest is one,
-                // this device writes its own first. If what that index lists cannot be read
-                // (a pack the device deleted or overwrote, say), it is lost either way: the
-                // revocation goes on, rather than let the device it cuts off prevent it.
-                match self.vouch_for_newest_checkpoint(Some(device)).await {
-                    Err(Error::Integrity(_) | Error::Decode { .. }) | Ok(()) => {}
-                    Err(other) => return Err(other),
-                }
+                // this device writes its own first. If objects that checkpoint needs are missing
+                // or damaged in the bucket (a pack the device deleted or overwrote, say), what
+                // they held is lost either way: the revocation goes on, rather than let the
+                // device it cuts off prevent it.
+                self.vouch_unless_the_bucket_is_damaged(Some(device))
+                    .await?;
                 let roster = self.current_roster()?;
                 let signer = self.roster_signer(&roster)?;
                 let accepted_tips = lock(&self.local)?
