@@ -13,23 +13,18 @@
 //! transaction covers "apply these operations and advance this cursor", which is what makes a
 //! crash at any instant lose nothing acknowledged and apply nothing twice.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
-use prost::Message as _;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use crate::error::{Error, Result};
-use crate::format::proto;
 use crate::keys::VaultKeys;
 use crate::sync::batch::EncodedBatch;
-use crate::sync::segment::{
-    Head, KeyId, SegmentHash, SegmentId, SegmentName, head_to_proto, heads_from_proto,
-};
-use crate::sync::signature::BodySignature;
+use crate::sync::segment::{Head, KeyId, SegmentHash, SegmentId, SegmentName};
 use crate::sync::{Chat, DeviceId};
 
 pub mod cache;
+mod checkpoints;
 mod content;
 mod greatest;
 pub mod lock;
@@ -38,6 +33,8 @@ mod schema;
 pub mod versions;
 
 use cache::CacheKey;
+pub use checkpoints::KnownCheckpoint;
+pub(crate) use checkpoints::{forget_checkpoint, note_checkpoint};
 pub use content::CacheSetting;
 pub use schema::CURRENT_VERSION as SCHEMA_VERSION;
 use versions::{DeviceNumbers, Journal, RunCache};
@@ -55,18 +52,6 @@ fn db_error(error: rusqlite::Error) -> Error {
 
 fn corrupt(what: &str) -> Error {
     Error::LocalState(format!("damaged local state: {what}"))
-}
-
-/// What a device learned from a checkpoint index it opened, kept so it is fetched once.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KnownCheckpoint {
-    /// The tips it covers.
-    pub covered: Vec<Head>,
-    /// Its writer's clock when written.
-    pub created_at_ms: u64,
-    /// Its signature, checked against the roster on every pass (who may write checkpoints
-    /// changes with it).
-    pub signature: Option<BodySignature>,
 }
 
 /// A chat as listed: metadata, live message count and plaintext bytes of its messages.
@@ -430,55 +415,6 @@ impl LocalState {
         .collect()
     }
 
-    /// Checkpoints this device has opened: name -> what it learned of each.
-    pub fn known_checkpoints(&self) -> Result<BTreeMap<String, KnownCheckpoint>> {
-        let mut statement = self
-            .connection
-            .prepare("SELECT name, covered, created_at_ms, signature FROM checkpoints")
-            .map_err(db_error)?;
-        let rows = statement
-            .query_map([], |row| {
-                Ok((
-                    row.get::<_, String>(0)?,
-                    row.get::<_, Vec<u8>>(1)?,
-                    row.get::<_, i64>(2)?,
-                    row.get::<_, Option<Vec<u8>>>(3)?,
-                ))
-            })
-            .map_err(db_error)?;
-        let mut out = BTreeMap::new();
-        for row in rows {
-            let (name, covered, created, signature) = row.map_err(db_error)?;
-            let decoded =
-                proto::Segment::decode(&covered[..]).map_err(|_| corrupt("checkpoint"))?;
-            let covered = heads_from_proto(&decoded.seen, |_| corrupt("checkpoint"))?;
-            let signature = signature
-                .map(|bytes| {
-                    let (signature, digest) = bytes
-                        .split_at_checked(crate::devices::SIGNATURE_LEN)
-                        .ok_or_else(|| corrupt("checkpoint signature"))?;
-                    Ok::<_, Error>(BodySignature {
-                        signature: signature
-                            .try_into()
-                            .map_err(|_| corrupt("checkpoint signature"))?,
-                        digest: digest
-                            .try_into()
-                            .map_err(|_| corrupt("checkpoint signature"))?,
-                    })
-                })
-                .transpose()?;
-            out.insert(
-                name,
-                KnownCheckpoint {
-                    covered,
-                    created_at_ms: created as u64,
-                    signature,
-                },
-            );
-        }
-        Ok(out)
-    }
-
     /// Devices seen in the vault: (device, name, platform).
     pub fn devices(&self) -> Result<Vec<(DeviceId, String, String)>> {
         let mut statement = self
@@ -654,37 +590,6 @@ pub(crate) fn commit_head(
     )
     .map_err(db_error)?;
     Ok(())
-}
-
-/// Remembers what a checkpoint index said (its coverage is stored as the `seen` list of an
-/// otherwise empty Segment message, to reuse its encoding), so it is fetched once.
-pub(crate) fn note_checkpoint(
-    tx: &Transaction<'_>,
-    name: &str,
-    known: &KnownCheckpoint,
-) -> Result<()> {
-    let encoded = proto::Segment {
-        seen: known.covered.iter().map(head_to_proto).collect(),
-        ..proto::Segment::default()
-    }
-    .encode_to_vec();
-    let signature = known
-        .signature
-        .map(|s| [&s.signature[..], &s.digest[..]].concat());
-    tx.execute(
-        "INSERT OR REPLACE INTO checkpoints (name, covered, created_at_ms, signature)
-         VALUES (?1, ?2, ?3, ?4)",
-        params![name, encoded, known.created_at_ms as i64, signature],
-    )
-    .map(|_| ())
-    .map_err(db_error)
-}
-
-/// Forgets a checkpoint that is no longer in the bucket.
-pub(crate) fn forget_checkpoint(tx: &Transaction<'_>, name: &str) -> Result<()> {
-    tx.execute("DELETE FROM checkpoints WHERE name = ?1", [name])
-        .map(|_| ())
-        .map_err(db_error)
 }
 
 /// Replaces every tip with `tips` (after a restore from a checkpoint: the engine computed
@@ -959,60 +864,5 @@ mod tests {
             local.messages(Some("c")),
             Err(Error::NotCached { .. })
         ));
-    }
-}
-
-#[cfg(test)]
-mod checkpoint_cache_tests {
-    use super::*;
-    use crate::keys::RecoveryKey;
-    use crate::sync::signature::BodySignature;
-
-    fn keys() -> VaultKeys {
-        VaultKeys::derive(&RecoveryKey::from_bytes([8; 32]))
-    }
-
-    #[test]
-    fn a_known_checkpoint_keeps_its_signature_and_schema_7_forgets_what_6_knew() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("state.db");
-        let mut local = LocalState::open(&path, &keys()).unwrap();
-        let head = Head {
-            device: DeviceId([1; 16]),
-            seq: 3,
-            tag: 4,
-            hash: [5; 32],
-        };
-        let signed = KnownCheckpoint {
-            covered: vec![head],
-            created_at_ms: 9,
-            signature: Some(BodySignature {
-                signature: [6; 64],
-                digest: [7; 32],
-            }),
-        };
-        let unsigned = KnownCheckpoint {
-            signature: None,
-            ..signed.clone()
-        };
-        local
-            .transaction(|tx| {
-                note_checkpoint(tx, "checkpoints/a", &signed)?;
-                note_checkpoint(tx, "checkpoints/b", &unsigned)
-            })
-            .unwrap();
-        let known = local.known_checkpoints().unwrap();
-        assert_eq!(known["checkpoints/a"], signed);
-        assert_eq!(known["checkpoints/b"], unsigned);
-
-        // A file of version 6 (whose build noted indexes without their signatures): the step to
-        // 7 forgets them, so each is fetched, with its signature, once more.
-        local
-            .connection
-            .execute_batch("PRAGMA user_version = 6;")
-            .unwrap();
-        drop(local);
-        let local = LocalState::open(&path, &keys()).unwrap();
-        assert!(local.known_checkpoints().unwrap().is_empty());
     }
 }

@@ -155,6 +155,24 @@ pub(crate) fn head_to_proto(head: &Head) -> proto::DeviceHead {
 
 /// Reads heads (a segment's `seen`, a checkpoint's `covered`): a malformed device id or hash,
 /// seq 0, a zero tag or the same (device, seq, tag) twice is refused with `malformed`.
+/// `heads` as bytes a device keeps for itself (the `seen` list of an otherwise empty `Segment`,
+/// to reuse its encoding).
+pub(crate) fn encode_heads(heads: &[Head]) -> Vec<u8> {
+    use prost::Message as _;
+    proto::Segment {
+        seen: heads.iter().map(head_to_proto).collect(),
+        ..proto::Segment::default()
+    }
+    .encode_to_vec()
+}
+
+/// The heads [`encode_heads`] wrote; `damaged` names what is wrong otherwise.
+pub(crate) fn decode_heads(bytes: &[u8], damaged: impl Fn(&str) -> Error) -> Result<Vec<Head>> {
+    use prost::Message as _;
+    let decoded = proto::Segment::decode(bytes).map_err(|_| damaged("not a list of heads"))?;
+    heads_from_proto(&decoded.seen, damaged)
+}
+
 pub(crate) fn heads_from_proto(
     heads: &[proto::DeviceHead],
     malformed: impl Fn(&str) -> Error,

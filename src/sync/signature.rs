@@ -33,6 +33,23 @@ pub struct BodySignature {
 }
 
 impl BodySignature {
+    /// Its 96 bytes as a device keeps them: the signature, then the digest.
+    pub fn to_bytes(&self) -> [u8; SIGNATURE_LEN + 32] {
+        let mut bytes = [0u8; SIGNATURE_LEN + 32];
+        bytes[..SIGNATURE_LEN].copy_from_slice(&self.signature);
+        bytes[SIGNATURE_LEN..].copy_from_slice(&self.digest);
+        bytes
+    }
+
+    /// The signature [`to_bytes`](Self::to_bytes) wrote; `None` for bytes of another length.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        let (signature, digest) = bytes.split_at_checked(SIGNATURE_LEN)?;
+        Some(BodySignature {
+            signature: signature.try_into().ok()?,
+            digest: digest.try_into().ok()?,
+        })
+    }
+
     /// Whether it verifies under `verifying_key` as `label`'s signature of the object `name` of
     /// `vault` (strict Ed25519: a key that is not a canonical point of prime order never does).
     pub fn verifies(

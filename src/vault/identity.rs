@@ -9,7 +9,6 @@ use crate::keys::VaultKeys;
 use crate::local::LocalState;
 use crate::sealing::{self, ObjectContext};
 use crate::sync::segment::Head;
-use prost::Message as _;
 
 use super::{Vault, lock};
 
@@ -119,14 +118,7 @@ pub(super) fn first_signed_seq(
     }
     local.set_meta(
         META_UNSIGNED_TIPS,
-        &crate::format::proto::Segment {
-            seen: unsigned
-                .iter()
-                .map(crate::sync::segment::head_to_proto)
-                .collect(),
-            ..Default::default()
-        }
-        .encode_to_vec(),
+        &crate::sync::names::encode_heads(&unsigned),
     )?;
     local.set_meta(META_FIRST_SIGNED_SEQ, &first.to_be_bytes())?;
     Ok(first)
@@ -138,9 +130,9 @@ pub(super) fn unsigned_tips(local: &LocalState) -> Result<Vec<Head>> {
     let Some(bytes) = local.meta(META_UNSIGNED_TIPS)? else {
         return Ok(Vec::new());
     };
-    let damaged = |_: &str| Error::LocalState("damaged unsigned tips".into());
-    let decoded = crate::format::proto::Segment::decode(&bytes[..]).map_err(|_| damaged(""))?;
-    crate::sync::segment::heads_from_proto(&decoded.seen, damaged)
+    crate::sync::names::decode_heads(&bytes, |_| {
+        Error::LocalState("damaged unsigned tips".into())
+    })
 }
 
 /// The id and keys this state directory held before it forked off, if it did.

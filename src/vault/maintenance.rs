@@ -395,9 +395,7 @@ impl Vault {
         }
         Ok(deleted)
     }
-}
 
-impl Vault {
     /// The listed indexes other than the newest that were written after it (by the store's
     /// clock, or their writers' when the store gives no times), opened.
     async fn indexes_written_after_newest(

@@ -43,6 +43,7 @@ mod roster;
 mod rotate;
 #[cfg(test)]
 mod test_devices;
+mod vouching;
 
 pub use device_key::{DeviceKey, holds_linked_device};
 pub use link::{DEFAULT_LINK_TIMEOUT, LINK_POLL, LinkJoining, LinkOffering, MAX_LINK_TIMEOUT};

@@ -262,6 +262,14 @@ impl Roster {
             && self.recovery_agreement.is_none()
             && self.devices.values().all(|record| record.revoked.is_none())
     }
+
+    /// This roster as it will stand once a revoke or rotation entry is added, as far as what it
+    /// takes is concerned: no longer trusting writers of before device keys.
+    pub fn after_a_revoke_or_rotation(&self) -> Roster {
+        let mut after = self.clone();
+        after.epoch = after.epoch.max(1);
+        after
+    }
 }
 
 /// The state a set of counted entries gives, applied in topological order.
