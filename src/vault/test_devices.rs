@@ -95,3 +95,46 @@ pub(super) async fn link(
     added.unwrap();
     (cached(joined.unwrap()), kept)
 }
+
+/// A segment a test forges with the keys `holder` holds (its epochs and chat keys; its device key
+/// when `signed`): `device`'s segment `seq` with tag `tag` after `previous` (the parent's tag and
+/// hash), holding `operations` (each chat with a key `holder` writes with). Put in the bucket
+/// under `holder`'s vault; returns its name and hash.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn put_forged_segment(
+    store: &Arc<dyn ObjectStore>,
+    holder: &Vault,
+    device: crate::sync::DeviceId,
+    seq: u64,
+    tag: u64,
+    previous: Option<(u64, [u8; 32])>,
+    operations: &[crate::sync::Operation],
+    signed: bool,
+) -> (String, [u8; 32]) {
+    use crate::sync::batch::EncodedBatch;
+    use crate::sync::segment::{NewSegment, seal_segment};
+    let secrets =
+        crate::vault::identity::copy(&crate::vault::lock(&holder.device_secrets).unwrap());
+    let (name, object, hash) = seal_segment(
+        &*holder.epochs().unwrap(),
+        &crate::vault::lock(&holder.chat_keys).unwrap(),
+        &NewSegment {
+            device,
+            seq,
+            tag,
+            previous,
+            seen: &[],
+            grants: &[],
+            operations: &EncodedBatch::from_operations(operations),
+            device_name: "forged",
+            platform: "test",
+            signer: signed.then_some(&secrets),
+        },
+    )
+    .unwrap();
+    store
+        .put(&format!("{}{name}", holder.prefix()), object)
+        .await
+        .unwrap();
+    (name, hash)
+}

@@ -12,7 +12,7 @@ use crate::sync::checkpoint::{CHECKPOINTS_PREFIX, parse_checkpoint_name};
 use crate::sync::next_checkpoint::{ChatContent, CheckpointInput, seal_checkpoint};
 use crate::sync::segment::Head;
 use crate::sync::{Operation, Stamp};
-use crate::vault::test_devices::{device, ids, link, message};
+use crate::vault::test_devices::{device, ids, link, message, put_forged_segment};
 
 /// The checkpoint indexes in the bucket, by writer.
 async fn indexes(store: &Arc<dyn ObjectStore>, vault: &Vault) -> Vec<(DeviceId, String)> {
@@ -493,8 +493,6 @@ async fn a_revocation_goes_on_when_the_revoked_device_deleted_a_pack_of_its_chec
 
 #[tokio::test]
 async fn segments_of_an_unlisted_device_that_a_device_applied_stay_readable_after_a_revocation() {
-    use crate::sync::batch::EncodedBatch;
-    use crate::sync::segment::{NewSegment, seal_segment};
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn ObjectStore> = Arc::new(DirectoryStore::new(dir.path().join("bucket")));
     let key = RecoveryKey::generate().unwrap();
@@ -512,27 +510,7 @@ async fn segments_of_an_unlisted_device_that_a_device_applied_stay_readable_afte
         },
         change: message("from-an-old-device"),
     }];
-    let (name, object, _) = seal_segment(
-        &*phone.epochs().unwrap(),
-        &lock(&phone.chat_keys).unwrap(),
-        &NewSegment {
-            device: old_device,
-            seq: 1,
-            tag: 7,
-            previous: None,
-            seen: &[],
-            grants: &[],
-            operations: &EncodedBatch::from_operations(&operations),
-            device_name: "old phone",
-            platform: "test",
-            signer: None,
-        },
-    )
-    .unwrap();
-    store
-        .put(&format!("{}{name}", phone.prefix()), object)
-        .await
-        .unwrap();
+    put_forged_segment(&store, &phone, old_device, 1, 7, None, &operations, false).await;
     phone.sync(None, None).await.unwrap();
     assert_eq!(ids(&phone), ["before", "from-an-old-device"]);
     let (laptop, _) = link(&store, &phone, &dir.path().join("laptop")).await;
@@ -551,8 +529,6 @@ async fn segments_of_an_unlisted_device_that_a_device_applied_stay_readable_afte
 
 #[tokio::test]
 async fn a_revoked_devices_new_first_segment_is_refused_after_its_pinned_tips_were_collected() {
-    use crate::sync::batch::EncodedBatch;
-    use crate::sync::segment::{NewSegment, seal_segment};
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn ObjectStore> = Arc::new(DirectoryStore::new(dir.path().join("bucket")));
     let key = RecoveryKey::generate().unwrap();
@@ -575,28 +551,8 @@ async fn a_revoked_devices_new_first_segment_is_refused_after_its_pinned_tips_we
     assert!(store.list(&laptop_segments).await.unwrap().is_empty());
 
     // The laptop writes a new first segment (seq 1 needs no parent), signed with its key.
-    let secrets = crate::vault::identity::copy(&lock(&laptop.device_secrets).unwrap());
-    let (name, object, _) = seal_segment(
-        &*laptop.epochs().unwrap(),
-        &lock(&laptop.chat_keys).unwrap(),
-        &NewSegment {
-            device: laptop_id,
-            seq: 1,
-            tag: 0x1ee7,
-            previous: None,
-            seen: &[],
-            grants: &[],
-            operations: &EncodedBatch::from_operations(&[]),
-            device_name: "laptop",
-            platform: "test",
-            signer: Some(&secrets),
-        },
-    )
-    .unwrap();
-    store
-        .put(&format!("{}{name}", phone.prefix()), object)
-        .await
-        .unwrap();
+    let (name, _) =
+        put_forged_segment(&store, &laptop, laptop_id, 1, 0x1ee7, None, &[], true).await;
     let fresh = device(&store, dir.path(), "fresh", &key).await;
     fresh.sync(None, None).await.unwrap();
     assert_eq!(ids(&fresh), ["before", "laptop-1", "laptop-2"]);

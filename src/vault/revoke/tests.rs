@@ -13,7 +13,7 @@ use crate::store::{DirectoryStore, ObjectStore};
 use crate::sync::segment::Head;
 use crate::sync::{Change, Message};
 use crate::vault::CancelToken;
-use crate::vault::test_devices::{device, ids, info, link, message};
+use crate::vault::test_devices::{device, ids, info, link, message, put_forged_segment};
 
 /// Every object under the vault's prefix: (name relative to the prefix, bytes).
 async fn objects(store: &Arc<dyn ObjectStore>, vault: &Vault) -> Vec<(String, Vec<u8>)> {
@@ -36,7 +36,6 @@ async fn forge(
     id: &str,
     below: Option<Head>,
 ) -> String {
-    use crate::sync::segment::{NewSegment, seal_segment};
     use crate::sync::{Operation, Stamp};
     // After `below` (a new branch there), or after the device's own tip.
     let own = below.or_else(|| {
@@ -55,29 +54,17 @@ async fn forge(
         },
         change: message(id),
     }];
-    let batch = crate::sync::batch::EncodedBatch::from_operations(&operations);
-    let secrets = crate::vault::identity::copy(&lock(&laptop.device_secrets).unwrap());
-    let (name, object, _) = seal_segment(
-        &*laptop.epochs().unwrap(),
-        &lock(&laptop.chat_keys).unwrap(),
-        &NewSegment {
-            device,
-            seq: own.map_or(1, |head| head.seq + 1),
-            tag: 0x5eed,
-            previous: own.map(|head| (head.tag, head.hash)),
-            seen: &[],
-            grants: &[],
-            operations: &batch,
-            device_name: "laptop",
-            platform: "test",
-            signer: own.is_some().then_some(&secrets),
-        },
+    let (name, _) = put_forged_segment(
+        store,
+        laptop,
+        device,
+        own.map_or(1, |head| head.seq + 1),
+        0x5eed,
+        own.map(|head| (head.tag, head.hash)),
+        &operations,
+        own.is_some(),
     )
-    .unwrap();
-    store
-        .put(&format!("{}{name}", laptop.prefix()), object)
-        .await
-        .unwrap();
+    .await;
     name
 }
 
