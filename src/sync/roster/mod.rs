@@ -46,7 +46,7 @@ pub use entry::{
 
 use super::clock::DeviceId;
 use super::listing::Listing;
-use super::segment::Head;
+use super::segment::{Head, SegmentId};
 use super::signature::{BodySignature, CHECKPOINT_LABEL};
 use crate::devices::DevicePublicKeys;
 use crate::error::{Error, IntegrityProblem, Result};
@@ -154,6 +154,7 @@ fn at_or_below(
 /// its own history does not look rolled back. Returns how many were taken out.
 pub fn refuse_segments(roster: &Roster, listing: &mut Listing, applied: &[Head]) -> usize {
     let mut refused = Vec::new();
+    let mut refused_ids = Vec::new();
     for (device, segments) in &mut listing.segments {
         // The tips whose segments (and their ancestors) are taken, and the sequence number from
         // which on everything is (signed segments, checked when fetched); `None`: all taken.
@@ -191,6 +192,11 @@ pub fn refuse_segments(roster: &Roster, listing: &mut Listing, applied: &[Head])
                 reached.contains(&(*seq, *tag)) || signed_from.is_some_and(|from| *seq >= from);
             if !accepted {
                 refused.push(segment.listed.name.clone());
+                refused_ids.push(SegmentId {
+                    device: *device,
+                    seq: *seq,
+                    tag: *tag,
+                });
             }
             accepted
         });
@@ -198,6 +204,7 @@ pub fn refuse_segments(roster: &Roster, listing: &mut Listing, applied: &[Head])
     listing.segments.retain(|_, segments| !segments.is_empty());
     let count = refused.len();
     listing.unknown.extend(refused);
+    listing.refused_segments.extend(refused_ids);
     count
 }
 

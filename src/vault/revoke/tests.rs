@@ -336,3 +336,65 @@ async fn a_revoked_device_opens_nothing_written_after_and_its_writes_are_refused
         Err(Error::DeviceRevoked)
     ));
 }
+
+#[tokio::test]
+async fn a_segment_that_names_a_refused_late_segment_as_seen_does_not_stop_the_others() {
+    use crate::sync::roster::{RosterChange, RosterEntry};
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ObjectStore> = Arc::new(DirectoryStore::new(dir.path().join("bucket")));
+    let key = RecoveryKey::generate().unwrap();
+    let phone = device(&store, dir.path(), "phone", &key).await;
+    phone.record(vec![message("before")]).unwrap();
+    phone.sync(None, None).await.unwrap();
+    let tablet = device(&store, dir.path(), "tablet", &key).await;
+    tablet.sync(None, None).await.unwrap();
+    let (laptop, _) = link(&store, &phone, &dir.path().join("laptop")).await;
+    let laptop_id = laptop.device_id();
+    laptop.record(vec![message("laptop-1")]).unwrap();
+    laptop.sync(None, None).await.unwrap();
+    phone.sync(None, None).await.unwrap();
+    // The race: the laptop's next segment lands after the phone synced for its revocation and
+    // before the revoke entry; the tablet applies it in between. The revoke pins what the
+    // phone had applied, so that segment is past the pinned tips.
+    laptop.record(vec![message("laptop-late")]).unwrap();
+    laptop.sync(None, None).await.unwrap();
+    tablet.sync(None, None).await.unwrap();
+    assert!(ids(&tablet).contains(&"laptop-late".to_owned()));
+    {
+        let _guard = phone.sync_lock.lock().await;
+        let roster = phone
+            .refresh_roster(&mut SyncReport::default())
+            .await
+            .unwrap();
+        let accepted_tips = lock(&phone.local)
+            .unwrap()
+            .heads()
+            .unwrap()
+            .into_iter()
+            .filter(|head| head.device == laptop_id)
+            .collect();
+        let entry = RosterEntry {
+            signer: phone.roster_signer(&roster).unwrap(),
+            parents: roster.tips.clone(),
+            made_at_ms: phone.now_ms(),
+            epoch: roster.epoch,
+            change: RosterChange::Revoke {
+                device: laptop_id,
+                accepted_tips,
+            },
+        };
+        phone.write_entry(entry, None).await.unwrap();
+    }
+    phone.revoke(laptop_id).await.unwrap();
+
+    // The tablet writes on, naming the late segment as seen; the phone refuses the late segment
+    // but takes the tablet's, and so does a new device.
+    tablet.record(vec![message("tablet-after")]).unwrap();
+    tablet.sync(None, None).await.unwrap();
+    phone.sync(None, None).await.unwrap();
+    assert!(ids(&phone).contains(&"tablet-after".to_owned()));
+    assert!(!ids(&phone).contains(&"laptop-late".to_owned()));
+    let fresh = device(&store, dir.path(), "fresh", &key).await;
+    fresh.sync(None, None).await.unwrap();
+    assert!(ids(&fresh).contains(&"tablet-after".to_owned()));
+}
