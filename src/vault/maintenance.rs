@@ -347,10 +347,14 @@ impl Vault {
             .collect();
         // Packs are written before their index, so packs without a listed index may belong to a
         // checkpoint another device is writing right now: only packs of a listed, superseded
-        // checkpoint, or of an attempt its writer has since replaced, are redundant.
+        // checkpoint, or of an attempt its writer has since replaced, are redundant. Indexes set
+        // aside (the roster does not let them count) are listed and superseded too: their packs
+        // go unless an index that counts references them; the index objects themselves stay,
+        // as evidence, like refused segments.
         let indexes: Vec<(DeviceId, u64, u64)> = listing
             .checkpoints
             .keys()
+            .chain(listing.unknown.iter())
             .filter_map(|name| parse_checkpoint_name(name))
             .collect();
         let pack_is_redundant = |key: &str| {

@@ -424,6 +424,22 @@ async fn the_revoker_vouches_for_segments_not_for_what_the_revoked_device_put_in
     fresh.sync(None, None).await.unwrap();
     assert_eq!(ids(&fresh), ["before", "laptop-1"]);
     assert!(fresh.verify().await.unwrap().unknown.contains(&planted));
+    // The planted index stays (evidence); its packs, which no index that counts references,
+    // went with the collection.
+    let (writer, seq, tag) = parse_checkpoint_name(&planted).unwrap();
+    let planted_packs = format!(
+        "{}{}",
+        phone.prefix(),
+        crate::sync::checkpoint::pack_prefix(writer, seq, tag)
+    );
+    assert!(store.list(&planted_packs).await.unwrap().is_empty());
+    assert!(
+        store
+            .get(&format!("{}{planted}", phone.prefix()), u64::MAX)
+            .await
+            .unwrap()
+            .is_some()
+    );
 }
 
 #[tokio::test]
