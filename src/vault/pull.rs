@@ -56,13 +56,6 @@ impl Vault {
         {
             return Err(Error::RecoveryKeyReplaced);
         }
-        // A device without the recovery key holds the epoch in force only through its own box
-        // (or the chain from a later one): without it, the epoch was started without this
-        // device (its add lost a race with a revocation), and it can read nothing new. It was
-        // cut off as surely as a revoked one.
-        if self.recovery_signer.is_none() && !self.epochs()?.has_confirmed(roster.epoch) {
-            return Err(Error::DeviceRevoked);
-        }
         let store_now_ms = listed.iter().filter_map(|i| i.modified_ms).max();
         let written_ms = listed
             .iter()
@@ -195,20 +188,6 @@ impl Vault {
         Ok(index)
     }
 
-    /// A segment sealed in an epoch newer than any this device holds, when the device holds no
-    /// recovery key: the epoch was started without it (its add lost a race with a revocation,
-    /// or it was revoked in an entry it cannot read), and it can read nothing new. It is told it
-    /// was removed rather than that the bucket was tampered with.
-    fn cut_off_if_newer_epoch(&self, error: Error, newest_held: u8) -> Error {
-        match error {
-            Error::Decode {
-                problem: crate::DecodeProblem::KeyEpoch { found, .. },
-                ..
-            } if self.recovery_signer.is_none() && found > newest_held => Error::DeviceRevoked,
-            other => other,
-        }
-    }
-
     /// The newest checkpoint's index: the one this pass already fetched, or a fresh GET.
     pub(super) async fn newest_index(
         &self,
@@ -330,10 +309,7 @@ impl Vault {
     /// GETs a planned segment and opens its outer layer; the caller counts the request.
     pub(super) async fn fetch_segment(&self, get: &Get) -> Result<(OpenedSegment, u64)> {
         let object = self.get_promised(get).await?;
-        let epochs = self.epochs()?;
-        let segment = get
-            .open_segment(&*epochs, &object)
-            .map_err(|error| self.cut_off_if_newer_epoch(error, epochs.newest().0))?;
+        let segment = get.open_segment(&*self.epochs()?, &object)?;
         // One this device applied before the roster changed stays taken (as `refuse_segments`
         // keeps it in the listing): a checkpoint or verify reading it again must not refuse it.
         let head = &segment.head;
