@@ -47,10 +47,11 @@ pub struct Listing {
     pub epochs: BTreeMap<String, Listed>,
     /// Names that are no vault object, in listing order.
     pub unknown: Vec<String>,
-    /// Segments the roster refuses (`sync::roster::refuse_segments`; their names are among
-    /// `unknown`): in the bucket, so another device's segment that names one as seen is not
-    /// a sign of withholding.
-    pub refused_segments: std::collections::BTreeSet<SegmentId>,
+    /// Segments the roster refuses as a revoked device's past its pinned tips
+    /// (`sync::roster::refuse_segments`; their names are among `unknown`): in the bucket, so
+    /// another device's segment that names one as seen (having applied it before it learned of
+    /// the revocation) is not a sign of withholding.
+    pub late_segments: std::collections::BTreeSet<SegmentId>,
 }
 
 impl Listing {

@@ -310,6 +310,11 @@ impl Vault {
         grace_ms: u64,
     ) -> Result<u64> {
         let mut scratch = SyncReport::default();
+        // A device the roster does not count (its add was fenced by a revocation it cannot
+        // read) judges the log by a roster it cannot bring up to date: it deletes nothing.
+        if self.recovery_signer.is_none() && !self.current_roster()?.is_active(self.device_id()) {
+            return Ok(0);
+        }
         let Some(newest) = pass.engine.newest().map(|(name, _)| name.to_owned()) else {
             return Ok(0);
         };
@@ -347,15 +352,36 @@ impl Vault {
             .collect();
         // Packs are written before their index, so packs without a listed index may belong to a
         // checkpoint another device is writing right now: only packs of a listed, superseded
-        // checkpoint, or of an attempt its writer has since replaced, are redundant. Indexes set
-        // aside (the roster does not let them count) are listed and superseded too: their packs
-        // go unless an index that counts references them; the index objects themselves stay,
-        // as evidence, like refused segments.
+        // checkpoint, or of an attempt its writer has since replaced, are redundant.
         let indexes: Vec<(DeviceId, u64, u64)> = listing
             .checkpoints
             .keys()
-            .chain(listing.unknown.iter())
             .filter_map(|name| parse_checkpoint_name(name))
+            .collect();
+        // So are the packs of a revoked device's indexes (set aside for good, whatever else the
+        // roster does), once older than the grace, unless an index that counts references them.
+        // The index objects stay, as evidence, like its refused segments. Other indexes set
+        // aside keep their packs: whether they count may change with entries this device has
+        // not read yet.
+        let roster = self.current_roster()?;
+        let store_now = pass.store_now_ms.unwrap_or(0).min(self.now_ms());
+        let revoked_indexes: Vec<(DeviceId, u64, u64)> = listing
+            .unknown
+            .iter()
+            .filter(|name| {
+                grace_ms == 0
+                    || pass
+                        .written_ms
+                        .get(*name)
+                        .is_some_and(|written| store_now.saturating_sub(*written) >= grace_ms)
+            })
+            .filter_map(|name| parse_checkpoint_name(name))
+            .filter(|(device, _, _)| {
+                roster
+                    .devices
+                    .get(device)
+                    .is_some_and(|record| record.revoked.is_some())
+            })
             .collect();
         let pack_is_redundant = |key: &str| {
             let Some((device, seq, tag, _)) = parse_pack_name(key) else {
@@ -366,9 +392,10 @@ impl Vault {
             !referenced.contains(key)
                 && (device, seq, tag) != newest_id
                 && !later_ids.contains(&(device, seq, tag))
-                && indexes
-                    .iter()
-                    .any(|(d, s, t)| *d == device && (*s > seq || (*s == seq && *t == tag)))
+                && (revoked_indexes.contains(&(device, seq, tag))
+                    || indexes
+                        .iter()
+                        .any(|(d, s, t)| *d == device && (*s > seq || (*s == seq && *t == tag))))
         };
         // Names that are no vault object are never touched: they are not ours to delete.
         // Exactly what the walk from its covered tips reaches, in ascending sequence numbers per

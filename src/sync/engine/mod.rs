@@ -363,9 +363,9 @@ impl Engine {
                     || self.have.contains(&id)
                     || self.applied.iter().any(|h| h.id() == id)
                     || self.listing.segment(id).is_some()
-                    // In the bucket, refused (a revoked device's segment another device applied
-                    // before it learned of the revocation): not withheld.
-                    || self.listing.refused_segments.contains(&id)
+                    // In the bucket, refused as a revoked device's late segment (which another
+                    // device applied before it learned of the revocation): not withheld.
+                    || self.listing.late_segments.contains(&id)
                     || self.base.reached(id)
                     || self.base.below_floor(id)
                     || known_hash(id)?.is_some())

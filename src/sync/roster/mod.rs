@@ -154,7 +154,7 @@ fn at_or_below(
 /// its own history does not look rolled back. Returns how many were taken out.
 pub fn refuse_segments(roster: &Roster, listing: &mut Listing, applied: &[Head]) -> usize {
     let mut refused = Vec::new();
-    let mut refused_ids = Vec::new();
+    let mut refused_late = Vec::new();
     for (device, segments) in &mut listing.segments {
         // The tips whose segments (and their ancestors) are taken, and the sequence number from
         // which on everything is (signed segments, checked when fetched); `None`: all taken.
@@ -178,6 +178,17 @@ pub fn refuse_segments(roster: &Roster, listing: &mut Listing, applied: &[Head])
             None if roster.trusts_unlisted_writers() => continue,
             None => (Vec::new(), None),
         };
+        // A revoked device's segment past its pinned tips by sequence number: one written late,
+        // which a device may have applied before it learned of the revocation (and named as
+        // seen). Only such a refusal meets another device's claim; any other (a pinned tip gone,
+        // an unlisted writer) still fails it as missing.
+        let late = |seq: u64, tag: u64| match roster.devices.get(device) {
+            Some(RosterDevice {
+                revoked: Some(revocation),
+                ..
+            }) => !revocation.accepts(seq, tag),
+            _ => false,
+        };
         let applied_here = applied
             .iter()
             .filter(|h| h.device == *device)
@@ -192,11 +203,13 @@ pub fn refuse_segments(roster: &Roster, listing: &mut Listing, applied: &[Head])
                 reached.contains(&(*seq, *tag)) || signed_from.is_some_and(|from| *seq >= from);
             if !accepted {
                 refused.push(segment.listed.name.clone());
-                refused_ids.push(SegmentId {
-                    device: *device,
-                    seq: *seq,
-                    tag: *tag,
-                });
+                if late(*seq, *tag) {
+                    refused_late.push(SegmentId {
+                        device: *device,
+                        seq: *seq,
+                        tag: *tag,
+                    });
+                }
             }
             accepted
         });
@@ -204,7 +217,7 @@ pub fn refuse_segments(roster: &Roster, listing: &mut Listing, applied: &[Head])
     listing.segments.retain(|_, segments| !segments.is_empty());
     let count = refused.len();
     listing.unknown.extend(refused);
-    listing.refused_segments.extend(refused_ids);
+    listing.late_segments.extend(refused_late);
     count
 }
 
