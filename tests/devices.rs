@@ -15,7 +15,7 @@ use chatvault::sync::roster::Signer;
 use chatvault::sync::{Change, Message};
 use chatvault::vault::{CancelToken, DeviceInfo, DeviceKey, LinkJoining, Vault};
 use chatvault::{Error, LinkProblem};
-use common::cached;
+use common::{cached, link};
 
 fn info(name: &str) -> DeviceInfo {
     DeviceInfo {
@@ -72,36 +72,6 @@ async fn answer(
 ) -> chatvault::Result<LinkJoining> {
     let device_key = DeviceKey::generate().unwrap();
     Vault::join_link(store.clone(), dir, info(name), offer, device_key).await
-}
-
-/// A new device `name` (state in `dir`) linked by `phone` with the right code: the device, the
-/// roster's entry for it as the phone returned it, and the device key it opens with.
-async fn link(
-    store: &Arc<dyn ObjectStore>,
-    phone: &Vault,
-    dir: &Path,
-    name: &str,
-) -> (Vault, chatvault::vault::VaultDevice, DeviceKey) {
-    let offering = phone
-        .offer_link(Duration::from_secs(120), b"bucket: test".to_vec())
-        .unwrap();
-    assert!(offering.text().starts_with("CHATVAULT-LINK:"));
-    let device_key = DeviceKey::generate().unwrap();
-    let key_bytes = device_key.to_bytes();
-    let joining = Vault::join_link(store.clone(), dir, info(name), offering.text(), device_key)
-        .await
-        .unwrap();
-    let code = joining.check_code().to_owned();
-    assert_eq!(code.len(), 6);
-    let cancel = CancelToken::new();
-    let (added, joined) = tokio::join!(
-        phone.complete_link(&offering, &code, &cancel),
-        joining.finish(&cancel)
-    );
-    let (added, joined) = (added.unwrap(), joined.unwrap());
-    assert_eq!(added.id, joining.device_id());
-    assert_eq!(added.id, joined.device_id());
-    (joined, added, DeviceKey::from_bytes(*key_bytes))
 }
 
 async fn a_linked_device_syncs_both_ways_without_the_recovery_key(store: Arc<dyn ObjectStore>) {

@@ -123,8 +123,6 @@ async fn after_a_revocation_unsigned_segments_of_an_old_device_are_taken_only_be
     use chatvault::keys::VaultKeys;
     use chatvault::sync::batch::EncodedBatch;
     use chatvault::sync::segment::{ChatKeys, NewSegment, seal_segment};
-    use chatvault::vault::{CancelToken, DeviceKey};
-    use std::time::Duration;
 
     let dir = tempfile::tempdir().unwrap();
     copy_dir(&fixture().join("bucket"), &dir.path().join("bucket"));
@@ -145,26 +143,7 @@ async fn after_a_revocation_unsigned_segments_of_an_old_device_are_taken_only_be
     );
     phone.sync(None, None).await.unwrap();
     // A laptop, linked, then revoked.
-    let offering = phone
-        .offer_link(Duration::from_secs(120), Vec::new())
-        .unwrap();
-    let joining = Vault::join_link(
-        store.clone(),
-        &dir.path().join("laptop"),
-        info("laptop"),
-        offering.text(),
-        DeviceKey::generate().unwrap(),
-    )
-    .await
-    .unwrap();
-    let code = joining.check_code().to_owned();
-    let cancel = CancelToken::new();
-    let (added, joined) = tokio::join!(
-        phone.complete_link(&offering, &code, &cancel),
-        joining.finish(&cancel)
-    );
-    added.unwrap();
-    let laptop = joined.unwrap();
+    let (laptop, _, _) = common::link(&store, &phone, &dir.path().join("laptop"), "laptop").await;
     laptop.sync(None, None).await.unwrap();
     phone.revoke(laptop.device_id()).await.unwrap();
 

@@ -23,42 +23,50 @@ pub struct KnownCheckpoint {
     pub signature: Option<BodySignature>,
 }
 
+/// A stored row: (name, covered heads, created at, signature).
+type Row = (String, Vec<u8>, i64, Option<Vec<u8>>);
+
+const SELECT: &str = "SELECT name, covered, created_at_ms, signature FROM checkpoints";
+
+fn read_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
+    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+}
+
+fn decode_row((name, covered, created, signature): Row) -> Result<(String, KnownCheckpoint)> {
+    let covered = decode_heads(&covered, |_| corrupt("checkpoint"))?;
+    let signature = signature
+        .map(|bytes| {
+            BodySignature::from_bytes(&bytes).ok_or_else(|| corrupt("checkpoint signature"))
+        })
+        .transpose()?;
+    Ok((
+        name,
+        KnownCheckpoint {
+            covered,
+            created_at_ms: created as u64,
+            signature,
+        },
+    ))
+}
+
 impl LocalState {
     /// Checkpoints this device has opened: name -> what it learned of each.
     pub fn known_checkpoints(&self) -> Result<BTreeMap<String, KnownCheckpoint>> {
-        let mut statement = self
+        let mut statement = self.connection.prepare(SELECT).map_err(db_error)?;
+        let rows = statement.query_map([], read_row).map_err(db_error)?;
+        rows.map(|row| decode_row(row.map_err(db_error)?)).collect()
+    }
+
+    /// What this device learned of the checkpoint `name`, if it opened it.
+    pub fn known_checkpoint(&self, name: &str) -> Result<Option<KnownCheckpoint>> {
+        use rusqlite::OptionalExtension as _;
+        let row = self
             .connection
-            .prepare("SELECT name, covered, created_at_ms, signature FROM checkpoints")
+            .query_row(&format!("{SELECT} WHERE name = ?1"), [name], read_row)
+            .optional()
             .map_err(db_error)?;
-        let rows = statement
-            .query_map([], |row| {
-                Ok((
-                    row.get::<_, String>(0)?,
-                    row.get::<_, Vec<u8>>(1)?,
-                    row.get::<_, i64>(2)?,
-                    row.get::<_, Option<Vec<u8>>>(3)?,
-                ))
-            })
-            .map_err(db_error)?;
-        let mut out = BTreeMap::new();
-        for row in rows {
-            let (name, covered, created, signature) = row.map_err(db_error)?;
-            let covered = decode_heads(&covered, |_| corrupt("checkpoint"))?;
-            let signature = signature
-                .map(|bytes| {
-                    BodySignature::from_bytes(&bytes).ok_or_else(|| corrupt("checkpoint signature"))
-                })
-                .transpose()?;
-            out.insert(
-                name,
-                KnownCheckpoint {
-                    covered,
-                    created_at_ms: created as u64,
-                    signature,
-                },
-            );
-        }
-        Ok(out)
+        row.map(|row| decode_row(row).map(|(_, known)| known))
+            .transpose()
     }
 }
 
@@ -129,6 +137,11 @@ mod tests {
         let known = local.known_checkpoints().unwrap();
         assert_eq!(known["checkpoints/a"], signed);
         assert_eq!(known["checkpoints/b"], unsigned);
+        assert_eq!(
+            local.known_checkpoint("checkpoints/a").unwrap(),
+            Some(signed)
+        );
+        assert_eq!(local.known_checkpoint("checkpoints/c").unwrap(), None);
 
         // A file of version 6 (whose build noted indexes without their signatures): the step to
         // 7 forgets them, so each is fetched, with its signature, once more.

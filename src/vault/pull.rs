@@ -177,8 +177,7 @@ impl Vault {
             index.signature.as_ref(),
         );
         let noted = lock(&self.local)?
-            .known_checkpoints()?
-            .remove(&get.name)
+            .known_checkpoint(&get.name)?
             .map(|known| known.signature);
         if !counts || noted.is_some_and(|noted| noted != index.signature) {
             return Err(Error::Integrity(crate::IntegrityProblem::Replaced {

@@ -138,3 +138,18 @@ pub(super) async fn put_forged_segment(
         .unwrap();
     (name, hash)
 }
+
+/// A vault on a directory store in a temporary directory, and its first device "phone" (opened
+/// with the recovery key), which has recorded and synced message "before": what most device
+/// tests start from. Keep the directory alive for the test.
+pub(super) async fn phone_with_a_message()
+-> (tempfile::TempDir, Arc<dyn ObjectStore>, RecoveryKey, Vault) {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ObjectStore> =
+        Arc::new(crate::store::DirectoryStore::new(dir.path().join("bucket")));
+    let key = RecoveryKey::generate().unwrap();
+    let phone = device(&store, dir.path(), "phone", &key).await;
+    phone.record(vec![message("before")]).unwrap();
+    phone.sync(None, None).await.unwrap();
+    (dir, store, key, phone)
+}

@@ -169,3 +169,53 @@ pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
         }
     }
 }
+
+/// A new device `name` (state in `dir`) linked by `phone` with the right code: the device, the
+/// roster's entry for it as the phone returned it, and the device key it opens with.
+pub async fn link(
+    store: &std::sync::Arc<dyn ObjectStore>,
+    phone: &chatvault::vault::Vault,
+    dir: &std::path::Path,
+    name: &str,
+) -> (
+    chatvault::vault::Vault,
+    chatvault::vault::VaultDevice,
+    chatvault::vault::DeviceKey,
+) {
+    let offering = phone
+        .offer_link(
+            std::time::Duration::from_secs(120),
+            b"bucket: test".to_vec(),
+        )
+        .unwrap();
+    assert!(offering.text().starts_with("CHATVAULT-LINK:"));
+    let device_key = chatvault::vault::DeviceKey::generate().unwrap();
+    let key_bytes = device_key.to_bytes();
+    let joining = chatvault::vault::Vault::join_link(
+        store.clone(),
+        dir,
+        chatvault::vault::DeviceInfo {
+            name: name.into(),
+            platform: "test".into(),
+        },
+        offering.text(),
+        device_key,
+    )
+    .await
+    .unwrap();
+    let code = joining.check_code().to_owned();
+    assert_eq!(code.len(), 6);
+    let cancel = chatvault::vault::CancelToken::new();
+    let (added, joined) = tokio::join!(
+        phone.complete_link(&offering, &code, &cancel),
+        joining.finish(&cancel)
+    );
+    let (added, joined) = (added.unwrap(), joined.unwrap());
+    assert_eq!(added.id, joining.device_id());
+    assert_eq!(added.id, joined.device_id());
+    (
+        joined,
+        added,
+        chatvault::vault::DeviceKey::from_bytes(*key_bytes),
+    )
+}

@@ -6,13 +6,15 @@
 use std::sync::Arc;
 
 use super::*;
-use crate::keys::{KeyEpochs, RecoveryKey};
-use crate::store::{DirectoryStore, ObjectStore};
+use crate::keys::KeyEpochs;
+use crate::store::ObjectStore;
 use crate::sync::checkpoint::{CHECKPOINTS_PREFIX, parse_checkpoint_name};
 use crate::sync::next_checkpoint::{ChatContent, CheckpointInput, seal_checkpoint};
 use crate::sync::segment::Head;
 use crate::sync::{Operation, Stamp};
-use crate::vault::test_devices::{device, ids, link, message, put_forged_segment};
+use crate::vault::test_devices::{
+    device, ids, link, message, phone_with_a_message, put_forged_segment,
+};
 
 /// The checkpoint indexes in the bucket, by writer.
 async fn indexes(store: &Arc<dyn ObjectStore>, vault: &Vault) -> Vec<(DeviceId, String)> {
@@ -98,13 +100,8 @@ async fn forge_checkpoint(
 
 #[tokio::test]
 async fn checkpoints_a_revoked_device_writes_count_nowhere_and_nothing_is_lost() {
-    let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn ObjectStore> = Arc::new(DirectoryStore::new(dir.path().join("bucket")));
-    let key = RecoveryKey::generate().unwrap();
-    let phone = device(&store, dir.path(), "phone", &key).await;
+    let (dir, store, key, phone) = phone_with_a_message().await;
     let phone_id = phone.device_id();
-    phone.record(vec![message("before")]).unwrap();
-    phone.sync(None, None).await.unwrap();
     let (laptop, _) = link(&store, &phone, &dir.path().join("laptop")).await;
     let laptop_id = laptop.device_id();
     for id in ["laptop-1", "laptop-2"] {
@@ -169,13 +166,8 @@ async fn checkpoints_a_revoked_device_writes_count_nowhere_and_nothing_is_lost()
 
 #[tokio::test]
 async fn an_unsigned_checkpoint_counts_only_while_the_vault_is_in_epoch_zero() {
-    let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn ObjectStore> = Arc::new(DirectoryStore::new(dir.path().join("bucket")));
-    let key = RecoveryKey::generate().unwrap();
-    let phone = device(&store, dir.path(), "phone", &key).await;
+    let (dir, store, key, phone) = phone_with_a_message().await;
     let phone_id = phone.device_id();
-    phone.record(vec![message("before")]).unwrap();
-    phone.sync(None, None).await.unwrap();
     // An index as chatvault wrote them before indexes were signed, holding a message the
     // segments no longer hold (as after a collection), and garbage collection by it.
     let unsigned = forge_checkpoint(
@@ -228,12 +220,7 @@ async fn a_block_the_revoked_device_overwrites_in_a_pack_is_refused_not_restored
     use crate::sealing::{self, Compression, ObjectContext};
     use crate::sync::checkpoint::{block_name, open_checkpoint_index};
 
-    let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn ObjectStore> = Arc::new(DirectoryStore::new(dir.path().join("bucket")));
-    let key = RecoveryKey::generate().unwrap();
-    let phone = device(&store, dir.path(), "phone", &key).await;
-    phone.record(vec![message("before")]).unwrap();
-    phone.sync(None, None).await.unwrap();
+    let (dir, store, key, phone) = phone_with_a_message().await;
     let (laptop, _) = link(&store, &phone, &dir.path().join("laptop")).await;
     laptop.record(vec![message("laptop-1")]).unwrap();
     laptop.sync(None, None).await.unwrap();
@@ -314,13 +301,8 @@ async fn a_block_the_revoked_device_overwrites_in_a_pack_is_refused_not_restored
 #[tokio::test]
 async fn garbage_collection_during_an_interrupted_revocation_keeps_the_vouching_checkpoint() {
     use crate::sync::roster::{RosterChange, RosterEntry};
-    let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn ObjectStore> = Arc::new(DirectoryStore::new(dir.path().join("bucket")));
-    let key = RecoveryKey::generate().unwrap();
-    let phone = device(&store, dir.path(), "phone", &key).await;
+    let (dir, store, key, phone) = phone_with_a_message().await;
     let phone_id = phone.device_id();
-    phone.record(vec![message("before")]).unwrap();
-    phone.sync(None, None).await.unwrap();
     // The vault's only index is unsigned (as written before indexes were signed) and holds a
     // message its collected segments no longer do.
     let unsigned = forge_checkpoint(
@@ -391,12 +373,7 @@ async fn garbage_collection_during_an_interrupted_revocation_keeps_the_vouching_
 
 #[tokio::test]
 async fn the_revoker_vouches_for_segments_not_for_what_the_revoked_device_put_in_its_index() {
-    let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn ObjectStore> = Arc::new(DirectoryStore::new(dir.path().join("bucket")));
-    let key = RecoveryKey::generate().unwrap();
-    let phone = device(&store, dir.path(), "phone", &key).await;
-    phone.record(vec![message("before")]).unwrap();
-    phone.sync(None, None).await.unwrap();
+    let (dir, store, key, phone) = phone_with_a_message().await;
     phone.checkpoint().await.unwrap();
     let (laptop, _) = link(&store, &phone, &dir.path().join("laptop")).await;
     let laptop_id = laptop.device_id();
@@ -444,13 +421,8 @@ async fn the_revoker_vouches_for_segments_not_for_what_the_revoked_device_put_in
 
 #[tokio::test]
 async fn a_rotation_that_starts_epoch_one_first_signs_an_unsigned_newest_checkpoint() {
-    let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn ObjectStore> = Arc::new(DirectoryStore::new(dir.path().join("bucket")));
-    let key = RecoveryKey::generate().unwrap();
-    let phone = device(&store, dir.path(), "phone", &key).await;
+    let (dir, store, _key, phone) = phone_with_a_message().await;
     let phone_id = phone.device_id();
-    phone.record(vec![message("before")]).unwrap();
-    phone.sync(None, None).await.unwrap();
     let unsigned = forge_checkpoint(
         &store,
         &phone,
@@ -477,12 +449,7 @@ async fn a_rotation_that_starts_epoch_one_first_signs_an_unsigned_newest_checkpo
 
 #[tokio::test]
 async fn a_revocation_goes_on_when_the_revoked_device_deleted_a_pack_of_its_checkpoint() {
-    let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn ObjectStore> = Arc::new(DirectoryStore::new(dir.path().join("bucket")));
-    let key = RecoveryKey::generate().unwrap();
-    let phone = device(&store, dir.path(), "phone", &key).await;
-    phone.record(vec![message("before")]).unwrap();
-    phone.sync(None, None).await.unwrap();
+    let (dir, store, _key, phone) = phone_with_a_message().await;
     let (laptop, _) = link(&store, &phone, &dir.path().join("laptop")).await;
     let laptop_id = laptop.device_id();
     laptop.record(vec![message("laptop-1")]).unwrap();
@@ -509,12 +476,7 @@ async fn a_revocation_goes_on_when_the_revoked_device_deleted_a_pack_of_its_chec
 
 #[tokio::test]
 async fn segments_of_an_unlisted_device_that_a_device_applied_stay_readable_after_a_revocation() {
-    let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn ObjectStore> = Arc::new(DirectoryStore::new(dir.path().join("bucket")));
-    let key = RecoveryKey::generate().unwrap();
-    let phone = device(&store, dir.path(), "phone", &key).await;
-    phone.record(vec![message("before")]).unwrap();
-    phone.sync(None, None).await.unwrap();
+    let (dir, store, key, phone) = phone_with_a_message().await;
     // A device of before device keys, which never added itself to the roster, writes an
     // unsigned segment (taken while the roster trusts such writers), which the phone applies.
     let old_device = DeviceId([0x42; 16]);
@@ -545,12 +507,7 @@ async fn segments_of_an_unlisted_device_that_a_device_applied_stay_readable_afte
 
 #[tokio::test]
 async fn a_revoked_devices_new_first_segment_is_refused_after_its_pinned_tips_were_collected() {
-    let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn ObjectStore> = Arc::new(DirectoryStore::new(dir.path().join("bucket")));
-    let key = RecoveryKey::generate().unwrap();
-    let phone = device(&store, dir.path(), "phone", &key).await;
-    phone.record(vec![message("before")]).unwrap();
-    phone.sync(None, None).await.unwrap();
+    let (dir, store, key, phone) = phone_with_a_message().await;
     let (laptop, _) = link(&store, &phone, &dir.path().join("laptop")).await;
     let laptop_id = laptop.device_id();
     for id in ["laptop-1", "laptop-2"] {
@@ -579,12 +536,7 @@ async fn a_revoked_devices_new_first_segment_is_refused_after_its_pinned_tips_we
 
 #[tokio::test]
 async fn an_index_overwritten_under_a_known_name_is_refused_not_taken() {
-    let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn ObjectStore> = Arc::new(DirectoryStore::new(dir.path().join("bucket")));
-    let key = RecoveryKey::generate().unwrap();
-    let phone = device(&store, dir.path(), "phone", &key).await;
-    phone.record(vec![message("before")]).unwrap();
-    phone.sync(None, None).await.unwrap();
+    let (dir, store, key, phone) = phone_with_a_message().await;
     phone.checkpoint().await.unwrap();
     let tablet = device(&store, dir.path(), "tablet", &key).await;
     tablet.sync(None, None).await.unwrap();

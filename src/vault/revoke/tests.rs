@@ -7,13 +7,15 @@ use std::sync::Arc;
 use super::*;
 use crate::devices::EpochObject;
 use crate::format::ObjectKind;
-use crate::keys::{KeyEpochs, RecoveryKey};
+use crate::keys::KeyEpochs;
 use crate::sealing;
-use crate::store::{DirectoryStore, ObjectStore};
+use crate::store::ObjectStore;
 use crate::sync::segment::Head;
 use crate::sync::{Change, Message};
 use crate::vault::CancelToken;
-use crate::vault::test_devices::{device, ids, info, link, message, put_forged_segment};
+use crate::vault::test_devices::{
+    device, ids, info, link, message, phone_with_a_message, put_forged_segment,
+};
 
 /// Every object under the vault's prefix: (name relative to the prefix, bytes).
 async fn objects(store: &Arc<dyn ObjectStore>, vault: &Vault) -> Vec<(String, Vec<u8>)> {
@@ -70,12 +72,7 @@ async fn forge(
 
 #[tokio::test]
 async fn a_revoked_device_opens_nothing_written_after_and_its_writes_are_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn ObjectStore> = Arc::new(DirectoryStore::new(dir.path().join("bucket")));
-    let key = RecoveryKey::generate().unwrap();
-    let phone = device(&store, dir.path(), "phone", &key).await;
-    phone.record(vec![message("before")]).unwrap();
-    phone.sync(None, None).await.unwrap();
+    let (dir, store, key, phone) = phone_with_a_message().await;
     let (laptop, laptop_key) = link(&store, &phone, &dir.path().join("laptop")).await;
     let laptop_id = laptop.device_id();
     laptop.record(vec![message("from-laptop")]).unwrap();
@@ -340,12 +337,7 @@ async fn a_revoked_device_opens_nothing_written_after_and_its_writes_are_refused
 #[tokio::test]
 async fn a_segment_that_names_a_refused_late_segment_as_seen_does_not_stop_the_others() {
     use crate::sync::roster::{RosterChange, RosterEntry};
-    let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn ObjectStore> = Arc::new(DirectoryStore::new(dir.path().join("bucket")));
-    let key = RecoveryKey::generate().unwrap();
-    let phone = device(&store, dir.path(), "phone", &key).await;
-    phone.record(vec![message("before")]).unwrap();
-    phone.sync(None, None).await.unwrap();
+    let (dir, store, key, phone) = phone_with_a_message().await;
     let tablet = device(&store, dir.path(), "tablet", &key).await;
     tablet.sync(None, None).await.unwrap();
     let (laptop, _) = link(&store, &phone, &dir.path().join("laptop")).await;

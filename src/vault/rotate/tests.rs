@@ -7,16 +7,11 @@ use std::sync::Arc;
 use super::*;
 use crate::keys::KeyEpochs;
 use crate::store::DirectoryStore;
-use crate::vault::test_devices::{device, ids, link, message};
+use crate::vault::test_devices::{device, ids, link, message, phone_with_a_message};
 
 #[tokio::test]
 async fn the_new_key_restores_everything_and_the_old_one_opens_nothing_new() {
-    let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn ObjectStore> = Arc::new(DirectoryStore::new(dir.path().join("bucket")));
-    let old_key = RecoveryKey::generate().unwrap();
-    let phone = device(&store, dir.path(), "phone", &old_key).await;
-    phone.record(vec![message("before")]).unwrap();
-    phone.sync(None, None).await.unwrap();
+    let (dir, store, old_key, phone) = phone_with_a_message().await;
     let (laptop, _) = link(&store, &phone, &dir.path().join("laptop")).await;
     laptop.sync(None, None).await.unwrap();
     let tablet = device(&store, dir.path(), "tablet", &old_key).await;
